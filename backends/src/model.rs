@@ -1,0 +1,427 @@
+//! The proxy's view of the cluster, as kube-proxy keeps it: one entry per
+//! service port (`ServicePortName`) with its endpoints, derived from Services
+//! and EndpointSlices by [`crate::tracker::ChangeTracker`].
+//!
+//! Backends render rules from these types; they never look at raw API objects.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+/// L4 protocol of a service port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    /// Kubernetes' spelling: `TCP`, `UDP`, `SCTP`.
+    pub fn as_k8s(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        }
+    }
+
+    /// The lowercase form iptables, nft and kube-proxy's chain hashes use.
+    pub fn lower(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        }
+    }
+
+    pub fn parse_k8s(s: Option<&str>) -> Option<Protocol> {
+        match s.unwrap_or("TCP") {
+            "TCP" => Some(Protocol::Tcp),
+            "UDP" => Some(Protocol::Udp),
+            "SCTP" => Some(Protocol::Sctp),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_k8s())
+    }
+}
+
+/// kube-proxy's `ServicePortName`: a Service's namespace and name, one of its
+/// port names (possibly empty), and the port's protocol.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ServicePortName {
+    pub namespace: String,
+    pub name: String,
+    /// The port's `name` field; empty for a single unnamed port.
+    pub port: String,
+    pub protocol: Protocol,
+}
+
+impl ServicePortName {
+    pub fn new(namespace: &str, name: &str, port: &str, protocol: Protocol) -> Self {
+        ServicePortName {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            port: port.to_string(),
+            protocol,
+        }
+    }
+
+    /// `namespace/name`, the Service this port belongs to.
+    pub fn service(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Formats as kube-proxy's `ServicePortName.String()`: `ns/name:port`, or
+/// `ns/name` when the port has no name. This string feeds the chain hashes.
+impl fmt::Display for ServicePortName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.port.is_empty() {
+            write!(f, "{}/{}", self.namespace, self.name)
+        } else {
+            write!(f, "{}/{}:{}", self.namespace, self.name, self.port)
+        }
+    }
+}
+
+/// One port of one Service, as the proxy needs it (kube-proxy's
+/// `BaseServicePortInfo`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicePort {
+    pub name: ServicePortName,
+    pub cluster_ip: Ipv4Addr,
+    pub port: u16,
+    pub protocol: Protocol,
+    /// Allocated NodePort, for NodePort and LoadBalancer Services.
+    pub node_port: Option<u16>,
+    /// ClientIP session affinity timeout in seconds, when affinity is on.
+    pub session_affinity_seconds: Option<u32>,
+    /// `externalTrafficPolicy: Local`.
+    pub external_policy_local: bool,
+    /// `internalTrafficPolicy: Local`.
+    pub internal_policy_local: bool,
+    /// `healthCheckNodePort`, for externalTrafficPolicy Local Services.
+    pub health_check_node_port: Option<u16>,
+    pub external_ips: Vec<Ipv4Addr>,
+}
+
+impl ServicePort {
+    /// Reachable from outside the cluster (kube-proxy's
+    /// `ExternallyAccessible`): NodePort or external IPs.
+    pub fn externally_accessible(&self) -> bool {
+        self.node_port.is_some() || !self.external_ips.is_empty()
+    }
+
+    /// kube-proxy's `UsesClusterEndpoints`.
+    pub fn uses_cluster_endpoints(&self) -> bool {
+        !self.internal_policy_local
+            || (self.externally_accessible() && !self.external_policy_local)
+    }
+
+    /// kube-proxy's `UsesLocalEndpoints`.
+    pub fn uses_local_endpoints(&self) -> bool {
+        self.internal_policy_local || (self.externally_accessible() && self.external_policy_local)
+    }
+}
+
+/// One endpoint of one service port.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoint {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+    pub node_name: Option<String>,
+    /// On the node this agent runs on.
+    pub is_local: bool,
+}
+
+impl Endpoint {
+    /// `ip:port`, the form kube-proxy hashes into endpoint chain names.
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.ip, self.port)
+    }
+}
+
+/// What this agent knows about its own node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeContext {
+    pub node_name: String,
+    pub node_ip: Ipv4Addr,
+    /// This node's pod CIDR (the `cni0` subnet).
+    pub pod_cidr: Ipv4Net,
+    /// The whole cluster's pod CIDR (kube-proxy's `--cluster-cidr`).
+    pub cluster_cidr: Ipv4Net,
+    pub service_cidr: Ipv4Net,
+    /// The lab run's prefix; kernel objects a backend creates outside the
+    /// fixed kube-proxy names (ipsets, pinned maps, links) start with it.
+    pub run_prefix: String,
+    /// Name of the pod bridge in the node namespace.
+    pub bridge: String,
+    /// Name of the node's link to the fabric (where node IP lives).
+    pub uplink: String,
+}
+
+/// The proxy's whole state: every service port and its endpoints.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxyState {
+    pub services: BTreeMap<ServicePortName, ServicePort>,
+    /// Endpoints per service port, sorted by (ip, port), without duplicates.
+    pub endpoints: BTreeMap<ServicePortName, Vec<Endpoint>>,
+}
+
+impl ProxyState {
+    pub fn endpoints_of(&self, name: &ServicePortName) -> &[Endpoint] {
+        self.endpoints.get(name).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    pub fn endpoint_count(&self) -> usize {
+        self.endpoints.values().map(Vec::len).sum()
+    }
+}
+
+/// What changed since the previous sync (kube-proxy's service and endpoint
+/// change trackers' output). A full sync carries every service port.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChangeSet {
+    /// Service ports whose spec or endpoints changed, including ones that
+    /// were deleted (then absent from `ProxyState::services`).
+    pub changed: BTreeSet<ServicePortName>,
+    /// Service ports that no longer exist, with their last known spec.
+    pub deleted: BTreeMap<ServicePortName, ServicePort>,
+    /// Endpoints that were serving before and are gone or no longer serving
+    /// now, per service port: the stale conntrack candidates.
+    pub removed_endpoints: BTreeMap<ServicePortName, Vec<Endpoint>>,
+    /// UDP service ports that went from no endpoints to some: conntrack may
+    /// hold ICMP-rejected flows for them (kube-proxy clears those too).
+    pub became_ready: BTreeSet<ServicePortName>,
+    /// Watch events folded into this change set.
+    pub service_events: u64,
+    pub endpoint_events: u64,
+}
+
+impl ChangeSet {
+    pub fn is_empty(&self) -> bool {
+        self.changed.is_empty()
+    }
+}
+
+/// Endpoints a service port uses on this node, split by traffic policy: the
+/// result of kube-proxy's `CategorizeEndpoints` (topology hints aside).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Categorized<'a> {
+    /// For traffic with cluster policy; ready endpoints, or serving and
+    /// terminating ones when none is ready.
+    pub cluster: Vec<&'a Endpoint>,
+    /// For traffic with local policy; local ready endpoints, or local serving
+    /// and terminating ones when none is ready.
+    pub local: Vec<&'a Endpoint>,
+    /// Union of the two, for the endpoint chains a backend must create.
+    pub all_reachable: Vec<&'a Endpoint>,
+    /// Whether any usable endpoint exists anywhere in the cluster.
+    pub has_any: bool,
+}
+
+/// Kubernetes' endpoint selection for one service port on this node.
+pub fn categorize_endpoints<'a>(svc: &ServicePort, endpoints: &'a [Endpoint]) -> Categorized<'a> {
+    let mut out = Categorized::default();
+    if svc.uses_cluster_endpoints() {
+        out.cluster = endpoints.iter().filter(|e| e.ready).collect();
+        if out.cluster.is_empty() {
+            out.cluster = endpoints
+                .iter()
+                .filter(|e| e.serving && e.terminating)
+                .collect();
+        }
+        out.has_any = !out.cluster.is_empty();
+    }
+    if !svc.uses_local_endpoints() {
+        out.all_reachable = out.cluster.clone();
+        return out;
+    }
+    let mut local_ready = false;
+    let mut local_terminating = false;
+    for e in endpoints {
+        if e.ready {
+            out.has_any = true;
+            local_ready |= e.is_local;
+        } else if e.serving && e.terminating {
+            out.has_any = true;
+            local_terminating |= e.is_local;
+        }
+    }
+    if local_ready {
+        out.local = endpoints.iter().filter(|e| e.is_local && e.ready).collect();
+    } else if local_terminating {
+        out.local = endpoints
+            .iter()
+            .filter(|e| e.is_local && e.serving && e.terminating)
+            .collect();
+    }
+    if !svc.uses_cluster_endpoints() {
+        out.all_reachable = out.local.clone();
+        return out;
+    }
+    let mut all: Vec<&Endpoint> = out.cluster.clone();
+    for e in &out.local {
+        if !all.contains(e) {
+            all.push(e);
+        }
+    }
+    all.sort();
+    out.all_reachable = all;
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(itp_local: bool, etp_local: bool, node_port: Option<u16>) -> ServicePort {
+        ServicePort {
+            name: ServicePortName::new("ns", "svc", "p", Protocol::Tcp),
+            cluster_ip: Ipv4Addr::new(10, 96, 0, 10),
+            port: 80,
+            protocol: Protocol::Tcp,
+            node_port,
+            session_affinity_seconds: None,
+            external_policy_local: etp_local,
+            internal_policy_local: itp_local,
+            health_check_node_port: None,
+            external_ips: vec![],
+        }
+    }
+
+    fn ep(last: u8, ready: bool, terminating: bool, local: bool) -> Endpoint {
+        Endpoint {
+            ip: Ipv4Addr::new(10, 244, 0, last),
+            port: 8080,
+            ready,
+            serving: ready || terminating,
+            terminating,
+            node_name: Some(if local { "n0" } else { "n1" }.into()),
+            is_local: local,
+        }
+    }
+
+    fn ips(v: &[&Endpoint]) -> Vec<u8> {
+        v.iter().map(|e| e.ip.octets()[3]).collect()
+    }
+
+    #[test]
+    fn port_name_formats_like_kube_proxy() {
+        let named = ServicePortName::new("ns1", "svc1", "p80", Protocol::Tcp);
+        assert_eq!(named.to_string(), "ns1/svc1:p80");
+        let unnamed = ServicePortName::new("ns1", "svc1", "", Protocol::Udp);
+        assert_eq!(unnamed.to_string(), "ns1/svc1");
+    }
+
+    #[test]
+    fn categorize_table() {
+        struct Case {
+            name: &'static str,
+            svc: ServicePort,
+            eps: Vec<Endpoint>,
+            cluster: Vec<u8>,
+            local: Vec<u8>,
+            all: Vec<u8>,
+            has_any: bool,
+        }
+        let cases = vec![
+            Case {
+                name: "cluster policy uses ready endpoints only",
+                svc: svc(false, false, None),
+                eps: vec![ep(1, true, false, true), ep(2, false, false, false)],
+                cluster: vec![1],
+                local: vec![],
+                all: vec![1],
+                has_any: true,
+            },
+            Case {
+                name: "cluster policy falls back to serving terminating",
+                svc: svc(false, false, None),
+                eps: vec![ep(1, false, true, false), ep(2, false, false, true)],
+                cluster: vec![1],
+                local: vec![],
+                all: vec![1],
+                has_any: true,
+            },
+            Case {
+                name: "no endpoints at all",
+                svc: svc(false, false, None),
+                eps: vec![],
+                cluster: vec![],
+                local: vec![],
+                all: vec![],
+                has_any: false,
+            },
+            Case {
+                name: "internal local uses only local ready",
+                svc: svc(true, false, None),
+                eps: vec![ep(1, true, false, true), ep(2, true, false, false)],
+                cluster: vec![],
+                local: vec![1],
+                all: vec![1],
+                has_any: true,
+            },
+            Case {
+                name: "internal local with only remote endpoints has none locally",
+                svc: svc(true, false, None),
+                eps: vec![ep(2, true, false, false)],
+                cluster: vec![],
+                local: vec![],
+                all: vec![],
+                has_any: true,
+            },
+            Case {
+                name: "external local nodeport: cluster for internal, local for external",
+                svc: svc(false, true, Some(30080)),
+                eps: vec![ep(1, true, false, false), ep(2, true, false, true)],
+                cluster: vec![1, 2],
+                local: vec![2],
+                all: vec![1, 2],
+                has_any: true,
+            },
+            Case {
+                name: "local falls back to local terminating",
+                svc: svc(false, true, Some(30080)),
+                eps: vec![ep(1, true, false, false), ep(2, false, true, true)],
+                cluster: vec![1],
+                local: vec![2],
+                all: vec![1, 2],
+                has_any: true,
+            },
+            Case {
+                name: "external local without nodeport acts as cluster",
+                svc: svc(false, true, None),
+                eps: vec![ep(1, true, false, false)],
+                cluster: vec![1],
+                local: vec![],
+                all: vec![1],
+                has_any: true,
+            },
+        ];
+        for c in cases {
+            let got = categorize_endpoints(&c.svc, &c.eps);
+            assert_eq!(ips(&got.cluster), c.cluster, "{}: cluster", c.name);
+            assert_eq!(ips(&got.local), c.local, "{}: local", c.name);
+            assert_eq!(ips(&got.all_reachable), c.all, "{}: all", c.name);
+            assert_eq!(got.has_any, c.has_any, "{}: has_any", c.name);
+        }
+    }
+}
