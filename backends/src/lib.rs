@@ -16,6 +16,8 @@ pub mod model;
 pub mod nftables;
 pub mod none;
 pub mod protocol;
+#[cfg(test)]
+pub mod testns;
 pub mod tracker;
 pub mod userspace;
 
