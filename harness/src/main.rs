@@ -1,1 +1,4 @@
+mod netns;
+mod scenario;
+
 fn main() {}

@@ -1,0 +1,248 @@
+//! The scenario's `kind: Lab` document: the emulated cluster's shape and how
+//! the lab exercises it. Everything else in a scenario is plain Kubernetes.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+pub const LAB_API_VERSION: &str = "svclab.dev/v1alpha1";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LabDoc {
+    pub api_version: String,
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: LabMeta,
+    pub spec: LabSpec,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LabMeta {
+    #[serde(default)]
+    pub name: String,
+}
+
+/// Nodes as a count (`node-0`, `node-1`, ...) or as a list of names.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Nodes {
+    Count(u32),
+    Names(Vec<String>),
+}
+
+impl Nodes {
+    pub fn names(&self) -> Vec<String> {
+        match self {
+            Nodes::Count(n) => (0..*n).map(|i| format!("node-{i}")).collect(),
+            Nodes::Names(v) => v.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LabSpec {
+    pub nodes: Nodes,
+    /// The subnet that joins the nodes (and the external client).
+    #[serde(default = "default_node_network")]
+    pub node_network: Ipv4Net,
+    /// The cluster's pod CIDR; every node gets a slice of it.
+    #[serde(default = "default_pod_cidr", rename = "podCIDR")]
+    pub pod_cidr: Ipv4Net,
+    #[serde(default = "default_node_mask", rename = "nodeCIDRMaskSize")]
+    pub node_cidr_mask_size: u8,
+    #[serde(default = "default_service_cidr", rename = "serviceCIDR")]
+    pub service_cidr: Ipv4Net,
+    /// NodePort range, as the API server's `--service-node-port-range`.
+    #[serde(default = "default_node_port_range")]
+    pub node_port_range: String,
+    /// An `external` namespace on the node network: an out-of-cluster client.
+    #[serde(default = "yes")]
+    pub external: bool,
+    /// One client pod per node (namespace `svclab-system`), the
+    /// `pod-same-node` and `pod-other-node` vantage points.
+    #[serde(default = "yes")]
+    pub client_pods: bool,
+    /// Per-pod state overrides: pods that are not ready or terminating.
+    #[serde(default)]
+    pub pods: Vec<PodState>,
+    #[serde(default)]
+    pub probes: ProbeSettings,
+    #[serde(default)]
+    pub balance: BalanceSettings,
+    #[serde(default)]
+    pub churn: Option<Churn>,
+    /// Agent knobs (kube-proxy's sync periods).
+    #[serde(default)]
+    pub agent: AgentSettings,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PodState {
+    pub name: String,
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    #[serde(default = "yes")]
+    pub ready: bool,
+    #[serde(default)]
+    pub terminating: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProbeSettings {
+    /// Per-probe timeout.
+    #[serde(default = "default_probe_timeout")]
+    pub timeout_ms: u64,
+    /// Probes in flight at once, per vantage point.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Connections per service port and vantage point in the DNAT checks.
+    #[serde(default = "default_per_target")]
+    pub per_target: usize,
+}
+
+impl Default for ProbeSettings {
+    fn default() -> Self {
+        ProbeSettings {
+            timeout_ms: default_probe_timeout(),
+            concurrency: default_concurrency(),
+            per_target: default_per_target(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BalanceSettings {
+    /// Connections per Service (K) in the balance check.
+    #[serde(default = "default_balance_connections")]
+    pub connections: usize,
+    /// The chi-square p-value below which the check fails.
+    #[serde(default = "default_min_p")]
+    pub min_p_value: f64,
+}
+
+impl Default for BalanceSettings {
+    fn default() -> Self {
+        BalanceSettings {
+            connections: default_balance_connections(),
+            min_p_value: default_min_p(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AgentSettings {
+    /// Shortest time between syncs (kube-proxy's `--iptables-min-sync-period`).
+    #[serde(default = "default_min_sync_ms")]
+    pub min_sync_period_ms: u64,
+    /// Full resync interval (kube-proxy's `--iptables-sync-period`).
+    #[serde(default = "default_sync_period_ms")]
+    pub sync_period_ms: u64,
+}
+
+impl Default for AgentSettings {
+    fn default() -> Self {
+        AgentSettings {
+            min_sync_period_ms: default_min_sync_ms(),
+            sync_period_ms: default_sync_period_ms(),
+        }
+    }
+}
+
+/// Changes over time, reproducible from the seed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Churn {
+    #[serde(default)]
+    pub seed: u64,
+    pub duration_seconds: f64,
+    /// A random ready pod goes not-ready, and comes back at the next flap.
+    #[serde(default)]
+    pub endpoint_flaps_per_second: f64,
+    /// A random ready pod starts terminating (it stays serving).
+    #[serde(default)]
+    pub terminating_per_second: f64,
+    /// Services created (copies of an existing Service under a new name).
+    #[serde(default)]
+    pub services_created_per_second: f64,
+    /// Services deleted (the ones churn created first).
+    #[serde(default)]
+    pub services_deleted_per_second: f64,
+    #[serde(default)]
+    pub scale: Vec<ScaleChurn>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ScaleChurn {
+    pub deployment: String,
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    pub min: u32,
+    pub max: u32,
+    pub every_seconds: f64,
+}
+
+/// A derived address plan, for display and for the topology.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodePlan {
+    pub name: String,
+    pub index: usize,
+    pub ip: Ipv4Addr,
+    pub pod_cidr: Ipv4Net,
+    pub gateway: Ipv4Addr,
+}
+
+pub type Labels = BTreeMap<String, String>;
+
+fn yes() -> bool {
+    true
+}
+fn default_namespace() -> String {
+    "default".into()
+}
+fn default_node_network() -> Ipv4Net {
+    "172.18.0.0/24".parse().expect("constant")
+}
+fn default_pod_cidr() -> Ipv4Net {
+    "10.244.0.0/16".parse().expect("constant")
+}
+fn default_node_mask() -> u8 {
+    24
+}
+fn default_service_cidr() -> Ipv4Net {
+    "10.96.0.0/16".parse().expect("constant")
+}
+fn default_node_port_range() -> String {
+    "30000-32767".into()
+}
+fn default_probe_timeout() -> u64 {
+    1000
+}
+fn default_concurrency() -> usize {
+    64
+}
+fn default_per_target() -> usize {
+    20
+}
+fn default_balance_connections() -> usize {
+    2000
+}
+fn default_min_p() -> f64 {
+    0.001
+}
+fn default_min_sync_ms() -> u64 {
+    100
+}
+fn default_sync_period_ms() -> u64 {
+    60_000
+}

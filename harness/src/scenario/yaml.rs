@@ -1,0 +1,322 @@
+//! YAML documents to JSON values, keeping where every value came from, so an
+//! error about any field can name its line and column.
+//!
+//! Scalars resolve with the YAML 1.2 core schema (what Kubernetes' own YAML
+//! readers accept for the fields svclab reads): null, booleans, integers,
+//! floats, and strings otherwise; quoted scalars are always strings.
+
+use std::collections::HashMap;
+
+use saphyr_parser::{Event, Parser, ScalarStyle, Span};
+use serde_json::{Map, Number, Value};
+
+/// A place in the source: 1-based line and column.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pos {
+    pub line: usize,
+    pub col: usize,
+}
+
+impl From<&Span> for Pos {
+    fn from(s: &Span) -> Self {
+        Pos {
+            line: s.start.line(),
+            col: s.start.col() + 1,
+        }
+    }
+}
+
+/// One YAML document as JSON, with the position of every path in it.
+/// Paths are written like `spec.ports[0].port` (the form
+/// `serde_path_to_error` prints); the root is the empty path.
+#[derive(Clone, Debug, Default)]
+pub struct Document {
+    pub value: Value,
+    pub positions: HashMap<String, Pos>,
+    /// Position of the document's first node.
+    pub start: Pos,
+}
+
+impl Document {
+    /// Where `path` is, or the nearest enclosing path that has a position.
+    pub fn pos(&self, path: &str) -> Pos {
+        let mut p = path.to_string();
+        loop {
+            if let Some(pos) = self.positions.get(&p) {
+                return *pos;
+            }
+            match p.rfind(['.', '[']) {
+                Some(i) => p.truncate(i),
+                None if !p.is_empty() => p.clear(),
+                None => return self.start,
+            }
+        }
+    }
+}
+
+/// A syntax error, with its place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct YamlError {
+    pub pos: Pos,
+    pub message: String,
+}
+
+enum Frame {
+    Seq {
+        items: Vec<Value>,
+        path: String,
+        anchor: usize,
+    },
+    Map {
+        map: Map<String, Value>,
+        path: String,
+        anchor: usize,
+        pending_key: Option<String>,
+    },
+}
+
+/// Parses every document in `src`.
+pub fn parse_documents(src: &str) -> Result<Vec<Document>, YamlError> {
+    let mut docs = Vec::new();
+    let mut doc = Document::default();
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut anchors: HashMap<usize, Value> = HashMap::new();
+    let mut root: Option<Value> = None;
+
+    for item in Parser::new_from_str(src) {
+        let (event, span) = item.map_err(|e| YamlError {
+            pos: Pos {
+                line: e.marker().line(),
+                col: e.marker().col() + 1,
+            },
+            message: e.info().to_string(),
+        })?;
+        let pos = Pos::from(&span);
+        match event {
+            Event::DocumentStart(_) => {
+                doc = Document {
+                    start: pos,
+                    ..Document::default()
+                };
+                root = None;
+            }
+            Event::DocumentEnd => {
+                if let Some(v) = root.take() {
+                    doc.value = v;
+                    docs.push(std::mem::take(&mut doc));
+                }
+            }
+            Event::Scalar(text, style, anchor, _tag) => {
+                // A scalar in key position names the next value.
+                if let Some(Frame::Map {
+                    pending_key, map, ..
+                }) = stack.last_mut()
+                {
+                    if pending_key.is_none() {
+                        if map.contains_key(text.as_ref()) {
+                            return Err(YamlError {
+                                pos,
+                                message: format!("duplicate key {:?}", text.as_ref()),
+                            });
+                        }
+                        *pending_key = Some(text.into_owned());
+                        continue;
+                    }
+                }
+                let value = resolve_scalar(&text, style);
+                if anchor > 0 {
+                    anchors.insert(anchor, value.clone());
+                }
+                let path = child_path(&stack);
+                doc.positions.insert(path, pos);
+                push_value(&mut stack, &mut root, value);
+            }
+            Event::Alias(id) => {
+                let value = anchors.get(&id).cloned().ok_or_else(|| YamlError {
+                    pos,
+                    message: "alias to an unknown anchor".into(),
+                })?;
+                if let Some(Frame::Map {
+                    pending_key: None, ..
+                }) = stack.last()
+                {
+                    return Err(YamlError {
+                        pos,
+                        message: "an alias cannot be a mapping key".into(),
+                    });
+                }
+                let path = child_path(&stack);
+                doc.positions.insert(path, pos);
+                push_value(&mut stack, &mut root, value);
+            }
+            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
+                if let Some(Frame::Map {
+                    pending_key: None, ..
+                }) = stack.last()
+                {
+                    return Err(YamlError {
+                        pos,
+                        message: "a mapping key must be a plain value, not a collection".into(),
+                    });
+                }
+                let path = child_path(&stack);
+                doc.positions.insert(path.clone(), pos);
+                stack.push(if matches!(event, Event::SequenceStart(..)) {
+                    Frame::Seq {
+                        items: Vec::new(),
+                        path,
+                        anchor,
+                    }
+                } else {
+                    Frame::Map {
+                        map: Map::new(),
+                        path,
+                        anchor,
+                        pending_key: None,
+                    }
+                });
+            }
+            Event::SequenceEnd | Event::MappingEnd => {
+                let (value, anchor) = match stack.pop() {
+                    Some(Frame::Seq { items, anchor, .. }) => (Value::Array(items), anchor),
+                    Some(Frame::Map { map, anchor, .. }) => (Value::Object(map), anchor),
+                    None => unreachable!("the parser balances collections"),
+                };
+                if anchor > 0 {
+                    anchors.insert(anchor, value.clone());
+                }
+                push_value(&mut stack, &mut root, value);
+            }
+            Event::StreamStart | Event::StreamEnd | Event::Nothing => {}
+        }
+    }
+    Ok(docs)
+}
+
+/// The path of the value about to be added to the innermost collection.
+fn child_path(stack: &[Frame]) -> String {
+    match stack.last() {
+        None => String::new(),
+        Some(Frame::Seq { items, path, .. }) => format!("{path}[{}]", items.len()),
+        Some(Frame::Map {
+            path, pending_key, ..
+        }) => {
+            let key = pending_key.as_deref().unwrap_or("");
+            if path.is_empty() {
+                key.to_string()
+            } else {
+                format!("{path}.{key}")
+            }
+        }
+    }
+}
+
+fn push_value(stack: &mut [Frame], root: &mut Option<Value>, value: Value) {
+    match stack.last_mut() {
+        None => *root = Some(value),
+        Some(Frame::Seq { items, .. }) => items.push(value),
+        Some(Frame::Map {
+            map, pending_key, ..
+        }) => {
+            let key = pending_key.take().expect("a value follows its key");
+            map.insert(key, value);
+        }
+    }
+}
+
+fn resolve_scalar(text: &str, style: ScalarStyle) -> Value {
+    if style != ScalarStyle::Plain {
+        return Value::String(text.to_string());
+    }
+    match text {
+        "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
+        "true" | "True" | "TRUE" => return Value::Bool(true),
+        "false" | "False" | "FALSE" => return Value::Bool(false),
+        _ => {}
+    }
+    if let Some(n) = parse_int(text) {
+        return Value::Number(n.into());
+    }
+    if looks_like_float(text) {
+        if let Some(n) = text.parse::<f64>().ok().and_then(Number::from_f64) {
+            return Value::Number(n);
+        }
+    }
+    Value::String(text.to_string())
+}
+
+fn parse_int(text: &str) -> Option<i64> {
+    let (neg, digits) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text.strip_prefix('+').unwrap_or(text)),
+    };
+    let v = if let Some(hex) = digits.strip_prefix("0x") {
+        i64::from_str_radix(hex, 16).ok()?
+    } else if let Some(oct) = digits.strip_prefix("0o") {
+        i64::from_str_radix(oct, 8).ok()?
+    } else if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+        digits.parse().ok()?
+    } else {
+        return None;
+    };
+    Some(if neg { -v } else { v })
+}
+
+fn looks_like_float(text: &str) -> bool {
+    let t = text.trim_start_matches(['-', '+']);
+    !t.is_empty()
+        && t.bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_digit() || b == b'.')
+        && t.bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'-' | b'+'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn documents_values_and_positions() {
+        let src = "kind: Lab\nspec:\n  nodes: 2\n  ports:\n    - port: 80\n      name: \"80\"\n---\nkind: Service\n";
+        let docs = parse_documents(src).unwrap();
+        assert_eq!(docs.len(), 2);
+        assert_eq!(
+            docs[0].value,
+            json!({"kind": "Lab", "spec": {"nodes": 2, "ports": [{"port": 80, "name": "80"}]}})
+        );
+        assert_eq!(docs[0].pos("spec.nodes"), Pos { line: 3, col: 10 });
+        assert_eq!(docs[0].pos("spec.ports[0].port"), Pos { line: 5, col: 13 });
+        // An unknown path falls back to the nearest known parent.
+        assert_eq!(docs[0].pos("spec.ports[0].nope"), Pos { line: 5, col: 7 });
+        assert_eq!(docs[1].pos("kind"), Pos { line: 8, col: 7 });
+    }
+
+    #[test]
+    fn scalars_resolve_by_core_schema() {
+        let docs = parse_documents(
+            "a: ~\nb: true\nc: 0x1f\nd: -3\ne: 1.5\nf: '12'\ng: 10.96.0.0/12\nh: 1.2.3\n",
+        )
+        .unwrap();
+        assert_eq!(
+            docs[0].value,
+            json!({"a": null, "b": true, "c": 31, "d": -3, "e": 1.5, "f": "12", "g": "10.96.0.0/12", "h": "1.2.3"})
+        );
+    }
+
+    #[test]
+    fn anchors_and_aliases() {
+        let docs = parse_documents("x: &l {app: web}\ny: *l\n").unwrap();
+        assert_eq!(docs[0].value["y"], json!({"app": "web"}));
+    }
+
+    #[test]
+    fn errors_have_places() {
+        let err = parse_documents("a: 1\na: 2\n").unwrap_err();
+        assert_eq!(err.pos.line, 2);
+        assert!(err.message.contains("duplicate key"));
+        let err = parse_documents("a: [1, 2\nb: 3\n").unwrap_err();
+        assert!(err.pos.line >= 1, "{err:?}");
+    }
+}
