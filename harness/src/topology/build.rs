@@ -1,0 +1,321 @@
+//! Building a [`Topology`] through rtnetlink.
+//!
+//! Each namespace gets its own netlink socket (a socket belongs to the
+//! namespace it was opened in). Interface indexes are chosen up front, so no
+//! request waits on a lookup: veth peers are created directly inside their
+//! target namespace with a known index, never created and then moved.
+
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::Instant;
+
+use futures::stream::{self, StreamExt, TryStreamExt};
+use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth};
+use rtnetlink::{
+    Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder,
+};
+
+use super::names::{NODE_UPLINK, POD_BRIDGE, POD_IFACE};
+use super::{BuildTimes, Topology, TopologyError};
+use crate::netns::{NetNs, NetNsGuard, write_sysctl};
+
+/// Fixed interface indexes inside each namespace (lo is 1).
+const IDX_UPLINK: u32 = 2;
+const IDX_BRIDGE: u32 = 3;
+/// Fabric ports and pod ports count up from here.
+const IDX_PORTS: u32 = 100;
+
+/// Requests in flight per namespace.
+const PIPELINE: usize = 32;
+
+fn nl(ns: &str, op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> TopologyError {
+    let (ns, op) = (ns.to_string(), op.into());
+    move |source| TopologyError::Netlink { ns, op, source }
+}
+
+/// A netlink handle whose socket lives in `ns`.
+fn connect_in(ns: &str) -> Result<Handle, TopologyError> {
+    let netns = NetNs::new(ns);
+    let fd = netns.open()?;
+    let (conn, handle, _) = {
+        let _inside = NetNsGuard::enter(fd.as_fd(), ns)?;
+        rtnetlink::new_connection().map_err(|e| TopologyError::Other {
+            ns: ns.to_string(),
+            op: "open netlink socket".into(),
+            message: e.to_string(),
+        })?
+    };
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+enum Role {
+    Fabric,
+    Node,
+    Client,
+}
+
+fn init_namespace(role: &Role) -> Result<(), crate::netns::NetNsError> {
+    match role {
+        Role::Fabric => {
+            // The fabric is a plain switch; no netfilter on bridged frames.
+            let _ = write_sysctl("net.bridge.bridge-nf-call-iptables", "0");
+            Ok(())
+        }
+        Role::Node => {
+            write_sysctl("net.ipv4.ip_forward", "1")?;
+            // Replies between pods on one bridge must pass netfilter so that
+            // DNAT can be undone (kube-proxy requires br_netfilter).
+            write_sysctl("net.bridge.bridge-nf-call-iptables", "1")
+        }
+        Role::Client => write_sysctl("net.ipv4.ip_local_port_range", "10000 65000"),
+    }
+}
+
+pub(super) async fn create(t: &Topology) -> Result<BuildTimes, TopologyError> {
+    let start = Instant::now();
+    create_namespaces(t).await?;
+    let namespaces = start.elapsed();
+    let links = Instant::now();
+    build_fabric(t).await?;
+    let nodes = (0..t.nodes.len()).map(|i| build_node(t, i));
+    futures::future::try_join_all(nodes).await?;
+    Ok(BuildTimes {
+        namespaces,
+        links: links.elapsed(),
+        total: start.elapsed(),
+    })
+}
+
+async fn create_namespaces(t: &Topology) -> Result<(), TopologyError> {
+    let mut work: Vec<(String, Role)> = vec![(t.fabric.clone(), Role::Fabric)];
+    work.extend(t.external.iter().map(|e| (e.clone(), Role::Client)));
+    work.extend(t.nodes.iter().map(|n| (n.netns.clone(), Role::Node)));
+    work.extend(t.pods.iter().map(|p| (p.netns.clone(), Role::Client)));
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()) * 2;
+    let chunk = work.len().div_ceil(workers).max(1);
+    let mut parts = Vec::new();
+    let mut work = work.into_iter().peekable();
+    while work.peek().is_some() {
+        parts.push(work.by_ref().take(chunk).collect::<Vec<_>>());
+    }
+    let tasks = parts.into_iter().map(|part| {
+        tokio::task::spawn_blocking(move || -> Result<(), TopologyError> {
+            for (name, role) in part {
+                NetNs::new(&name).create_then(|| init_namespace(&role))?;
+            }
+            Ok(())
+        })
+    });
+    for r in futures::future::join_all(tasks).await {
+        r.map_err(|e| TopologyError::Other {
+            ns: t.run.ns_prefix(),
+            op: "create namespaces".into(),
+            message: e.to_string(),
+        })??;
+    }
+    Ok(())
+}
+
+/// A veth whose near end is `name` (index `index`) and whose far end is
+/// `peer` (index `peer_index`) created directly in namespace `peer_ns`.
+/// The returned fd must stay open until the request has been answered.
+fn veth_into(
+    name: &str,
+    index: u32,
+    peer: &str,
+    peer_index: u32,
+    peer_ns: &NetNs,
+    controller: u32,
+) -> Result<(netlink_packet_route::link::LinkMessage, OwnedFd), TopologyError> {
+    let fd = peer_ns.open()?;
+    let peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
+        .name(peer.to_string())
+        .index(peer_index)
+        .setns_by_fd(fd.as_raw_fd())
+        .build();
+    let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
+        .name(name.to_string())
+        .index(index)
+        .controller(controller)
+        .up()
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
+        .build();
+    Ok((msg, fd))
+}
+
+async fn add_addr(
+    h: &Handle,
+    ns: &str,
+    index: u32,
+    ip: Ipv4Addr,
+    prefix: u8,
+) -> Result<(), TopologyError> {
+    h.address()
+        .add(index, ip.into(), prefix)
+        .execute()
+        .await
+        .map_err(nl(ns, format!("add address {ip}/{prefix}")))
+}
+
+async fn set_up(h: &Handle, ns: &str, index: u32, what: &str) -> Result<(), TopologyError> {
+    h.link()
+        .set(LinkUnspec::new_with_index(index).up().build())
+        .execute()
+        .await
+        .map_err(nl(ns, format!("set {what} up")))
+}
+
+async fn add_route(
+    h: &Handle,
+    ns: &str,
+    dst: ipnet::Ipv4Net,
+    via: Ipv4Addr,
+) -> Result<(), TopologyError> {
+    let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(dst.addr(), dst.prefix_len())
+        .gateway(via)
+        .build();
+    h.route()
+        .add(msg)
+        .execute()
+        .await
+        .map_err(nl(ns, format!("add route {dst} via {via}")))
+}
+
+async fn build_fabric(t: &Topology) -> Result<(), TopologyError> {
+    let ns = t.fabric.as_str();
+    let h = connect_in(ns)?;
+    let bridge = t.run.fabric_bridge();
+    h.link()
+        .add(LinkBridge::new(&bridge).index(IDX_BRIDGE).up().build())
+        .execute()
+        .await
+        .map_err(nl(ns, format!("create bridge {bridge}")))?;
+    add_addr(
+        &h,
+        ns,
+        IDX_BRIDGE,
+        t.fabric_gateway,
+        t.node_network.prefix_len(),
+    )
+    .await?;
+
+    let mut ports = Vec::new();
+    for (i, n) in t.nodes.iter().enumerate() {
+        ports.push((t.run.fabric_port(i), IDX_PORTS + i as u32, n.netns.clone()));
+    }
+    if let Some(ext) = &t.external {
+        ports.push((t.run.external_port(), IDX_PORTS - 1, ext.clone()));
+    }
+    stream::iter(ports)
+        .map(|(port, index, peer_ns)| {
+            let h = h.clone();
+            async move {
+                let (msg, _peer_fd) = veth_into(
+                    &port,
+                    index,
+                    NODE_UPLINK,
+                    IDX_UPLINK,
+                    &NetNs::new(&peer_ns),
+                    IDX_BRIDGE,
+                )?;
+                h.link()
+                    .add(msg)
+                    .execute()
+                    .await
+                    .map_err(nl(ns, format!("create veth {port} to {peer_ns}")))
+            }
+        })
+        .buffer_unordered(PIPELINE)
+        .try_collect::<Vec<()>>()
+        .await?;
+
+    if let (Some(ext), Some(ip)) = (&t.external, t.external_ip) {
+        let h = connect_in(ext)?;
+        set_up(&h, ext, 1, "lo").await?;
+        add_addr(&h, ext, IDX_UPLINK, ip, t.node_network.prefix_len()).await?;
+        set_up(&h, ext, IDX_UPLINK, NODE_UPLINK).await?;
+    }
+    Ok(())
+}
+
+async fn build_node(t: &Topology, i: usize) -> Result<(), TopologyError> {
+    let node = &t.nodes[i];
+    let ns = node.netns.as_str();
+    let h = connect_in(ns)?;
+    set_up(&h, ns, 1, "lo").await?;
+    add_addr(&h, ns, IDX_UPLINK, node.ip, t.node_network.prefix_len()).await?;
+    set_up(&h, ns, IDX_UPLINK, NODE_UPLINK).await?;
+    h.link()
+        .add(LinkBridge::new(POD_BRIDGE).index(IDX_BRIDGE).up().build())
+        .execute()
+        .await
+        .map_err(nl(ns, "create bridge cni0"))?;
+    add_addr(&h, ns, IDX_BRIDGE, node.gateway, node.pod_cidr.prefix_len()).await?;
+
+    // Default route to the fabric gateway: it covers the service CIDR, so
+    // the node's own connections to a VIP reach the nat OUTPUT chain.
+    add_route(
+        &h,
+        ns,
+        "0.0.0.0/0".parse().expect("constant"),
+        t.fabric_gateway,
+    )
+    .await?;
+    for other in t.nodes.iter().filter(|o| o.name != node.name) {
+        add_route(&h, ns, other.pod_cidr, other.ip).await?;
+    }
+
+    let pods: Vec<(usize, &super::PodNet)> =
+        t.pods.iter().filter(|p| p.node == i).enumerate().collect();
+    stream::iter(pods.iter().copied())
+        .map(|(k, pod)| {
+            let h = h.clone();
+            async move {
+                let index = IDX_PORTS + k as u32;
+                let (msg, _peer_fd) = veth_into(
+                    &pod.host_port,
+                    index,
+                    POD_IFACE,
+                    IDX_UPLINK,
+                    &NetNs::new(&pod.netns),
+                    IDX_BRIDGE,
+                )?;
+                h.link().add(msg).execute().await.map_err(nl(
+                    ns,
+                    format!("create veth {} to {}", pod.host_port, pod.netns),
+                ))?;
+                // Hairpin lets a pod reach itself through its Service.
+                h.link()
+                    .set_port(LinkBridgePort::new(index).hairpin(true).build())
+                    .execute()
+                    .await
+                    .map_err(nl(ns, format!("set hairpin on {}", pod.host_port)))
+            }
+        })
+        .buffer_unordered(PIPELINE)
+        .try_collect::<Vec<()>>()
+        .await?;
+
+    let prefix = node.pod_cidr.prefix_len();
+    stream::iter(pods.iter().map(|(_, p)| *p))
+        .map(|pod| async move {
+            let pns = pod.netns.as_str();
+            let h = connect_in(pns)?;
+            set_up(&h, pns, 1, "lo").await?;
+            add_addr(&h, pns, IDX_UPLINK, pod.ip, prefix).await?;
+            set_up(&h, pns, IDX_UPLINK, POD_IFACE).await?;
+            add_route(
+                &h,
+                pns,
+                "0.0.0.0/0".parse().expect("constant"),
+                node.gateway,
+            )
+            .await
+        })
+        .buffer_unordered(PIPELINE)
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(())
+}
