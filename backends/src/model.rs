@@ -125,8 +125,9 @@ impl ServicePort {
 
     /// kube-proxy's `UsesClusterEndpoints`.
     pub fn uses_cluster_endpoints(&self) -> bool {
-        !self.internal_policy_local
-            || (self.externally_accessible() && !self.external_policy_local)
+        // Even with externalTrafficPolicy Local, external traffic from pods
+        // and the node itself short-circuits to the cluster endpoints.
+        !self.internal_policy_local || self.externally_accessible()
     }
 
     /// kube-proxy's `UsesLocalEndpoints`.
@@ -402,6 +403,15 @@ mod tests {
                 svc: svc(false, true, Some(30080)),
                 eps: vec![ep(1, true, false, false), ep(2, false, true, true)],
                 cluster: vec![1],
+                local: vec![2],
+                all: vec![1, 2],
+                has_any: true,
+            },
+            Case {
+                name: "both policies local with a nodeport keeps cluster endpoints for short-circuits",
+                svc: svc(true, true, Some(30080)),
+                eps: vec![ep(1, true, false, false), ep(2, true, false, true)],
+                cluster: vec![1, 2],
                 local: vec![2],
                 all: vec![1, 2],
                 has_any: true,
