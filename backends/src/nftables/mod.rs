@@ -1,15 +1,61 @@
-//! The `nftables` backend (not built yet: it reports itself unavailable).
+//! The `nftables` backend: kube-proxy's nftables mode.
+//!
+//! One `ip kube-proxy` table. Packets to a Service address are dispatched by
+//! the `service-ips` and `service-nodeports` verdict maps (keyed on
+//! `ipv4_addr . inet_proto . inet_service`) to a chain per service port,
+//! which picks an endpoint with `numgen random mod N vmap { ... }` and jumps
+//! to a chain per endpoint that DNATs. Services without endpoints are
+//! refused through the `no-endpoint-*` maps, unknown ports of ClusterIPs
+//! through the `cluster-ips` set. Every sync is one `nft -f -` transaction:
+//! full syncs rewrite the table's contents, partial syncs only what changed
+//! (see [`Programmed`]).
+//!
+//! Rendering is pure and needs no kernel: [`render_full`] and
+//! [`render_partial`].
 
-use crate::{Backend, BackendOptions, Feature, Unavailable};
+mod backend;
+mod capability;
+mod names;
+mod objects;
+mod programmed;
+mod skeleton;
+mod tx;
 
-pub fn capability() -> Result<(), Unavailable> {
-    Err(Unavailable::new("the nftables backend is not built yet"))
-}
+#[cfg(test)]
+mod fixtures;
+#[cfg(test)]
+mod golden_tests;
 
+pub use backend::{NftablesBackend, setup_text};
+pub use capability::capability;
+pub use programmed::{Counts, Plan, Programmed};
+
+use crate::model::{ChangeSet, NodeContext, ProxyState};
+use crate::{Backend, BackendOptions, Feature};
+
+/// Behaviours not implemented: none.
 pub fn limitations() -> Vec<(Feature, String)> {
     Vec::new()
 }
 
-pub fn new(_options: &BackendOptions) -> Box<dyn Backend> {
-    Box::new(crate::none::NoneBackend::default())
+pub fn new(options: &BackendOptions) -> Box<dyn Backend> {
+    Box::new(NftablesBackend::new(options))
+}
+
+/// The transaction a full sync of `state` writes into an empty table.
+pub fn render_full(state: &ProxyState, node: &NodeContext, options: &BackendOptions) -> String {
+    Programmed::default().plan_full(state, node, options).text
+}
+
+/// The transaction a partial sync writes to bring a table holding
+/// `programmed` to `state`, given what changed. Build `programmed` with
+/// [`Programmed::apply`] on a full plan.
+pub fn render_partial(
+    programmed: &Programmed,
+    state: &ProxyState,
+    changes: &ChangeSet,
+    node: &NodeContext,
+    options: &BackendOptions,
+) -> String {
+    programmed.plan_partial(state, changes, node, options).text
 }

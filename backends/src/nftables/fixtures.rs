@@ -1,0 +1,109 @@
+//! Test fixtures: a node, Services and endpoints in kube-proxy's test
+//! conventions (pods 10.0.0.0/8, ClusterIPs 172.30.0.0/16, node IP
+//! 192.168.0.2), and the change set between two states.
+
+use std::net::Ipv4Addr;
+
+use crate::model::{
+    ChangeSet, Endpoint, NodeContext, Protocol, ProxyState, ServicePort, ServicePortName,
+};
+
+pub fn node() -> NodeContext {
+    NodeContext {
+        node_name: "test-node".into(),
+        node_ip: Ipv4Addr::new(192, 168, 0, 2),
+        pod_cidr: "10.0.0.0/24".parse().unwrap(),
+        cluster_cidr: "10.0.0.0/8".parse().unwrap(),
+        service_cidr: "172.30.0.0/16".parse().unwrap(),
+        run_prefix: "svclab-test".into(),
+        bridge: "cni0".into(),
+        uplink: "eth0".into(),
+    }
+}
+
+pub fn port(
+    ns: &str,
+    name: &str,
+    port_name: &str,
+    proto: Protocol,
+    vip: [u8; 4],
+    port: u16,
+) -> ServicePort {
+    ServicePort {
+        name: ServicePortName::new(ns, name, port_name, proto),
+        cluster_ip: Ipv4Addr::from(vip),
+        port,
+        protocol: proto,
+        node_port: None,
+        session_affinity_seconds: None,
+        external_policy_local: false,
+        internal_policy_local: false,
+        health_check_node_port: None,
+        external_ips: vec![],
+    }
+}
+
+pub fn tcp(ns: &str, name: &str, vip: [u8; 4]) -> ServicePort {
+    port(ns, name, "p80", Protocol::Tcp, vip, 80)
+}
+
+/// A ready endpoint; `local` says whether it is on the test node.
+pub fn ep(ip: [u8; 4], port: u16, local: bool) -> Endpoint {
+    Endpoint {
+        ip: Ipv4Addr::from(ip),
+        port,
+        ready: true,
+        serving: true,
+        terminating: false,
+        node_name: Some(if local { "test-node" } else { "node2" }.into()),
+        is_local: local,
+    }
+}
+
+pub fn insert(state: &mut ProxyState, svc: ServicePort, mut eps: Vec<Endpoint>) {
+    eps.sort();
+    if !eps.is_empty() {
+        state.endpoints.insert(svc.name.clone(), eps);
+    } else {
+        state.endpoints.remove(&svc.name);
+    }
+    state.services.insert(svc.name.clone(), svc);
+}
+
+/// What a change tracker would report between `old` and `new`.
+pub fn changes(old: &ProxyState, new: &ProxyState) -> ChangeSet {
+    let mut cs = ChangeSet::default();
+    for (name, svc) in &old.services {
+        match new.services.get(name) {
+            None => {
+                cs.changed.insert(name.clone());
+                cs.deleted.insert(name.clone(), svc.clone());
+            }
+            Some(n) if n != svc || old.endpoints_of(name) != new.endpoints_of(name) => {
+                cs.changed.insert(name.clone());
+            }
+            Some(_) => {}
+        }
+    }
+    for name in new.services.keys() {
+        if !old.services.contains_key(name) {
+            cs.changed.insert(name.clone());
+        }
+    }
+    cs
+}
+
+/// A state with `services` Services of one TCP port and `endpoints` remote
+/// endpoints each, for size tests and measurements.
+pub fn synthetic(services: usize, endpoints: usize) -> ProxyState {
+    let mut state = ProxyState::default();
+    for i in 0..services {
+        let vip = [172, 30, (i >> 8) as u8, i as u8];
+        let svc = tcp(&format!("ns{}", i % 50), &format!("svc{i}"), vip);
+        let eps = (0..endpoints)
+            .map(|j| ep([10, (i >> 8) as u8 + 1, i as u8, j as u8 + 1], 8080, false))
+            .collect();
+        insert(&mut state, svc, eps);
+    }
+    state
+}

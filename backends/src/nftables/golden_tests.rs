@@ -1,0 +1,333 @@
+//! Golden rulesets: the exact `nft -f` input for one Service shape each, in
+//! `golden/<case>.nft`. `SVCLAB_BLESS=1 cargo test -p svclab-backends
+//! nftables::golden` rewrites them after a deliberate change; review the diff.
+
+use std::path::PathBuf;
+
+use crate::model::{Protocol, ProxyState};
+use crate::nftables::fixtures::{changes, ep, insert, node, port, tcp};
+use crate::nftables::{Programmed, render_full, render_partial};
+use crate::{BackendOptions, Fault};
+
+fn golden_path(case: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("src/nftables/golden")
+        .join(format!("{case}.nft"))
+}
+
+fn check_golden(case: &str, got: &str) {
+    let path = golden_path(case);
+    if std::env::var_os("SVCLAB_BLESS").is_some() {
+        std::fs::write(&path, got).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        return;
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "reading {}: {e} (run with SVCLAB_BLESS=1 to create it)",
+            path.display()
+        )
+    });
+    if want != got {
+        let diff: Vec<String> = want
+            .lines()
+            .zip(got.lines())
+            .enumerate()
+            .filter(|(_, (w, g))| w != g)
+            .take(5)
+            .map(|(i, (w, g))| format!("line {}:\n  want: {w}\n  got:  {g}", i + 1))
+            .collect();
+        panic!(
+            "{case}: rendered ruleset differs from {} ({} vs {} lines)\n{}",
+            path.display(),
+            want.lines().count(),
+            got.lines().count(),
+            diff.join("\n")
+        );
+    }
+}
+
+fn opts(faults: &[Fault]) -> BackendOptions {
+    BackendOptions {
+        faults: faults.to_vec(),
+        ..BackendOptions::default()
+    }
+}
+
+fn eps3() -> Vec<crate::model::Endpoint> {
+    vec![
+        ep([10, 180, 0, 1], 8080, true),
+        ep([10, 180, 1, 1], 8080, false),
+        ep([10, 180, 2, 1], 8080, false),
+    ]
+}
+
+struct Case {
+    name: &'static str,
+    state: ProxyState,
+    faults: Vec<Fault>,
+}
+
+fn cases() -> Vec<Case> {
+    let one = |svc, eps| {
+        let mut s = ProxyState::default();
+        insert(&mut s, svc, eps);
+        s
+    };
+    let nodeport = || {
+        let mut s = tcp("ns1", "svc1", [172, 30, 0, 41]);
+        s.node_port = Some(30080);
+        s
+    };
+    let mut cases = vec![
+        Case {
+            name: "clusterip-0-endpoints",
+            state: one(tcp("ns1", "svc1", [172, 30, 0, 41]), vec![]),
+            faults: vec![],
+        },
+        Case {
+            name: "clusterip-1-endpoint",
+            state: one(
+                tcp("ns1", "svc1", [172, 30, 0, 41]),
+                vec![ep([10, 180, 0, 1], 80, false)],
+            ),
+            faults: vec![],
+        },
+        Case {
+            name: "clusterip-3-endpoints",
+            state: one(tcp("ns1", "svc1", [172, 30, 0, 41]), eps3()),
+            faults: vec![],
+        },
+        Case {
+            name: "nodeport",
+            state: one(nodeport(), eps3()),
+            faults: vec![],
+        },
+        Case {
+            name: "nodeport-0-endpoints",
+            state: one(nodeport(), vec![]),
+            faults: vec![],
+        },
+        Case {
+            name: "affinity-clientip",
+            state: one(
+                {
+                    let mut s = tcp("ns1", "svc1", [172, 30, 0, 41]);
+                    s.session_affinity_seconds = Some(10800);
+                    s
+                },
+                eps3(),
+            ),
+            faults: vec![],
+        },
+        Case {
+            name: "itp-local",
+            state: one(
+                {
+                    let mut s = tcp("ns1", "svc1", [172, 30, 0, 41]);
+                    s.internal_policy_local = true;
+                    s
+                },
+                eps3(),
+            ),
+            faults: vec![],
+        },
+        Case {
+            name: "itp-local-no-local-endpoints",
+            state: one(
+                {
+                    let mut s = tcp("ns1", "svc1", [172, 30, 0, 41]);
+                    s.internal_policy_local = true;
+                    s
+                },
+                vec![ep([10, 180, 1, 1], 8080, false)],
+            ),
+            faults: vec![],
+        },
+        Case {
+            name: "etp-local",
+            state: one(
+                {
+                    let mut s = nodeport();
+                    s.external_policy_local = true;
+                    s.health_check_node_port = Some(30000);
+                    s.external_ips = vec!["192.168.99.22".parse().unwrap()];
+                    s
+                },
+                eps3(),
+            ),
+            faults: vec![],
+        },
+        Case {
+            name: "etp-local-no-local-endpoints",
+            state: one(
+                {
+                    let mut s = nodeport();
+                    s.external_policy_local = true;
+                    s
+                },
+                vec![ep([10, 180, 1, 1], 8080, false)],
+            ),
+            faults: vec![],
+        },
+        Case {
+            name: "itp-and-etp-local",
+            // External traffic from pods and the node short-circuits to the
+            // cluster chain, so it exists even though ClusterIP traffic
+            // uses only local endpoints.
+            state: one(
+                {
+                    let mut s = nodeport();
+                    s.internal_policy_local = true;
+                    s.external_policy_local = true;
+                    s
+                },
+                eps3(),
+            ),
+            faults: vec![],
+        },
+        Case {
+            name: "hairpin",
+            // One endpoint on this node: its chain masquerades traffic the
+            // endpoint sends to its own Service.
+            state: one(
+                tcp("ns1", "svc1", [172, 30, 0, 41]),
+                vec![ep([10, 0, 0, 5], 8080, true)],
+            ),
+            faults: vec![],
+        },
+    ];
+
+    let mut multi = ProxyState::default();
+    let mk = |pn: &str, proto, p, tp| {
+        (
+            port("ns2", "svc2", pn, proto, [172, 30, 0, 42], p),
+            vec![
+                ep([10, 180, 0, 1], tp, true),
+                ep([10, 180, 2, 1], tp, false),
+            ],
+        )
+    };
+    for (svc, eps) in [
+        mk("http", Protocol::Tcp, 80, 80),
+        mk("https", Protocol::Tcp, 443, 8443),
+        mk("dns-udp", Protocol::Udp, 53, 53),
+        mk("dns-tcp", Protocol::Tcp, 53, 5353),
+    ] {
+        insert(&mut multi, svc, eps);
+    }
+    cases.push(Case {
+        name: "multiport",
+        state: multi,
+        faults: vec![],
+    });
+
+    for (name, fault) in [
+        ("fault-missing-masquerade", Fault::MissingMasquerade),
+        ("fault-wrong-probability", Fault::WrongProbability),
+        ("fault-no-reject", Fault::NoReject),
+    ] {
+        cases.push(Case {
+            name,
+            state: one(tcp("ns1", "svc1", [172, 30, 0, 41]), eps3()),
+            faults: vec![fault],
+        });
+    }
+    cases
+}
+
+#[test]
+fn golden_full_rulesets() {
+    for c in cases() {
+        check_golden(c.name, &render_full(&c.state, &node(), &opts(&c.faults)));
+    }
+}
+
+/// One Service gains an endpoint, another loses its last one, a third is
+/// deleted: the partial transaction touches exactly those.
+#[test]
+fn golden_partial_transaction() {
+    let mut before = ProxyState::default();
+    insert(
+        &mut before,
+        tcp("ns1", "grows", [172, 30, 0, 41]),
+        vec![ep([10, 180, 0, 1], 80, false)],
+    );
+    insert(
+        &mut before,
+        tcp("ns1", "empties", [172, 30, 0, 42]),
+        vec![ep([10, 180, 0, 2], 80, false)],
+    );
+    insert(
+        &mut before,
+        tcp("ns1", "deleted", [172, 30, 0, 43]),
+        vec![ep([10, 180, 0, 3], 80, false)],
+    );
+    insert(
+        &mut before,
+        tcp("ns1", "untouched", [172, 30, 0, 44]),
+        vec![ep([10, 180, 0, 4], 80, false)],
+    );
+    let mut after = before.clone();
+    insert(
+        &mut after,
+        tcp("ns1", "grows", [172, 30, 0, 41]),
+        vec![
+            ep([10, 180, 0, 1], 80, false),
+            ep([10, 180, 1, 1], 80, false),
+        ],
+    );
+    insert(&mut after, tcp("ns1", "empties", [172, 30, 0, 42]), vec![]);
+    let gone = tcp("ns1", "deleted", [172, 30, 0, 43]).name;
+    after.services.remove(&gone);
+    after.endpoints.remove(&gone);
+
+    let o = opts(&[]);
+    let mut programmed = Programmed::default();
+    programmed.apply(programmed.plan_full(&before, &node(), &o));
+    let text = render_partial(&programmed, &after, &changes(&before, &after), &node(), &o);
+    assert!(!text.contains("untouched"), "{text}");
+    check_golden("partial-mixed", &text);
+}
+
+/// A partial sync with nothing changed writes nothing.
+#[test]
+fn empty_change_set_writes_nothing() {
+    let state = crate::nftables::fixtures::synthetic(20, 3);
+    let o = opts(&[]);
+    let mut programmed = Programmed::default();
+    programmed.apply(programmed.plan_full(&state, &node(), &o));
+    let plan = programmed.plan_partial(&state, &changes(&state, &state), &node(), &o);
+    assert_eq!(plan.lines, 0);
+    assert!(plan.text.is_empty());
+}
+
+/// Bookkeeping after full + partial equals a fresh full plan's, and the
+/// counts add up to the rendered rules.
+#[test]
+fn partial_bookkeeping_matches_full() {
+    let before = crate::nftables::fixtures::synthetic(30, 4);
+    let mut after = before.clone();
+    let names: Vec<_> = after.services.keys().cloned().collect();
+    after.endpoints.get_mut(&names[0]).unwrap().pop();
+    after.services.remove(&names[1]);
+    after.endpoints.remove(&names[1]);
+    after.endpoints.remove(&names[2]);
+    let mut extra = tcp("ns9", "new", [172, 30, 200, 1]);
+    extra.session_affinity_seconds = Some(60);
+    insert(&mut after, extra, vec![ep([10, 99, 0, 1], 80, true)]);
+
+    let o = opts(&[]);
+    let mut incremental = Programmed::default();
+    incremental.apply(incremental.plan_full(&before, &node(), &o));
+    incremental.apply(incremental.plan_partial(&after, &changes(&before, &after), &node(), &o));
+    let mut fresh = Programmed::default();
+    let full = fresh.plan_full(&after, &node(), &o);
+    let rendered_rules = full
+        .text
+        .lines()
+        .filter(|l| l.starts_with("add rule "))
+        .count();
+    fresh.apply(full);
+    assert_eq!(incremental.counts(), fresh.counts());
+    assert_eq!(fresh.counts().rules, rendered_rules as u64);
+}

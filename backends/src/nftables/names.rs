@@ -1,0 +1,156 @@
+//! kube-proxy's nftables object names: fixed chains, sets and maps, and the
+//! hashed per-service-port and per-endpoint names
+//! (`service-ULMVA6XW-ns1/svc1/tcp/p80`,
+//! `endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80`).
+
+use data_encoding::BASE32;
+use sha2::{Digest, Sha256};
+
+use crate::model::{Endpoint, ServicePortName};
+
+/// The one table everything lives in (`ip kube-proxy`).
+pub const TABLE: &str = "kube-proxy";
+/// Prefix of every command on that table.
+pub const FAMILY_TABLE: &str = "ip kube-proxy";
+
+pub const SERVICES_CHAIN: &str = "services";
+pub const SERVICE_IPS_MAP: &str = "service-ips";
+pub const SERVICE_NODEPORTS_MAP: &str = "service-nodeports";
+pub const NODEPORT_IPS_SET: &str = "nodeport-ips";
+pub const CLUSTER_IPS_SET: &str = "cluster-ips";
+pub const SERVICE_ENDPOINTS_CHECK_CHAIN: &str = "service-endpoints-check";
+pub const NODEPORT_ENDPOINTS_CHECK_CHAIN: &str = "nodeport-endpoints-check";
+pub const NO_ENDPOINT_SERVICES_MAP: &str = "no-endpoint-services";
+pub const NO_ENDPOINT_NODEPORTS_MAP: &str = "no-endpoint-nodeports";
+pub const REJECT_CHAIN: &str = "reject-chain";
+pub const CLUSTER_IPS_CHECK_CHAIN: &str = "cluster-ips-check";
+pub const FIREWALL_IPS_MAP: &str = "firewall-ips";
+pub const FIREWALL_CHECK_CHAIN: &str = "firewall-check";
+pub const MARK_MASQ_CHAIN: &str = "mark-for-masquerade";
+pub const MASQUERADING_CHAIN: &str = "masquerading";
+
+/// The masquerade mark (kube-proxy's default `--masquerade-bit` 14).
+pub const MASQ_MARK: &str = "0x4000";
+
+/// nft's limit on object names, less the longest prefix kube-proxy puts in
+/// front of a hashed base name.
+const BASE_NAME_MAX: usize = 256 - 16;
+
+/// The chain and set names of one service port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortNames {
+    /// Endpoints for Cluster traffic policy.
+    pub cluster: String,
+    /// Endpoints for Local traffic policy.
+    pub local: String,
+    /// Entry point for NodePort and external IP traffic.
+    pub external: String,
+}
+
+impl PortNames {
+    pub fn new(name: &ServicePortName) -> Self {
+        let base = hash_and_truncate(&format!(
+            "{}/{}/{}/{}",
+            name.namespace,
+            name.name,
+            name.protocol.lower(),
+            name.port
+        ));
+        PortNames {
+            cluster: format!("service-{base}"),
+            local: format!("local-{base}"),
+            external: format!("external-{base}"),
+        }
+    }
+}
+
+/// The chain and affinity-set names of one endpoint of one service port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointNames {
+    pub chain: String,
+    pub affinity_set: String,
+}
+
+impl EndpointNames {
+    pub fn new(name: &ServicePortName, ep: &Endpoint) -> Self {
+        let base = hash_and_truncate(&format!(
+            "{}/{}/{}/{}__{}/{}",
+            name.namespace,
+            name.name,
+            name.protocol.lower(),
+            name.port,
+            ep.ip,
+            ep.port
+        ));
+        EndpointNames {
+            chain: format!("endpoint-{base}"),
+            affinity_set: format!("affinity-{base}"),
+        }
+    }
+}
+
+/// Prefixes `name` with 8 base32 characters of its SHA-256, so names stay
+/// unique and tell apart at a glance, and truncates to nft's limit.
+fn hash_and_truncate(name: &str) -> String {
+    let digest = Sha256::digest(name.as_bytes());
+    let encoded = BASE32.encode(&digest);
+    let mut out = String::with_capacity(9 + name.len());
+    out.push_str(&encoded[..8]);
+    out.push('-');
+    out.push_str(name);
+    if out.len() > BASE_NAME_MAX {
+        out.truncate(BASE_NAME_MAX - 3);
+        out.push_str("...");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Protocol;
+    use std::net::Ipv4Addr;
+
+    fn ep(ip: [u8; 4], port: u16) -> Endpoint {
+        Endpoint {
+            ip: Ipv4Addr::from(ip),
+            port,
+            ready: true,
+            serving: true,
+            terminating: false,
+            node_name: None,
+            is_local: false,
+        }
+    }
+
+    /// The expected names are the ones in kube-proxy's own golden rulesets.
+    #[test]
+    fn names_match_kube_proxy() {
+        let p = ServicePortName::new("ns1", "svc1", "p80", Protocol::Tcp);
+        let n = PortNames::new(&p);
+        assert_eq!(n.cluster, "service-ULMVA6XW-ns1/svc1/tcp/p80");
+        assert_eq!(n.local, "local-ULMVA6XW-ns1/svc1/tcp/p80");
+        assert_eq!(n.external, "external-ULMVA6XW-ns1/svc1/tcp/p80");
+        let e = EndpointNames::new(&p, &ep([10, 180, 0, 1], 80));
+        assert_eq!(e.chain, "endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80");
+        assert_eq!(
+            e.affinity_set,
+            "affinity-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80"
+        );
+        let p2 = ServicePortName::new("ns2", "svc2", "p8080", Protocol::Tcp);
+        assert_eq!(
+            PortNames::new(&p2).cluster,
+            "service-MHHHYRWA-ns2/svc2/tcp/p8080"
+        );
+    }
+
+    #[test]
+    fn long_names_are_truncated_with_an_ellipsis() {
+        let long = "x".repeat(300);
+        let p = ServicePortName::new(&long, "svc", "", Protocol::Udp);
+        let n = PortNames::new(&p);
+        let base = n.cluster.strip_prefix("service-").unwrap();
+        assert_eq!(base.len(), BASE_NAME_MAX);
+        assert!(base.ends_with("..."));
+    }
+}

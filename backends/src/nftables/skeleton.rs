@@ -1,0 +1,261 @@
+//! The fixed part of the `ip kube-proxy` table: base chains on the netfilter
+//! hooks with kube-proxy's priorities, the dispatch chains they jump to, the
+//! masquerade chains, and the shared sets and maps (kube-proxy's
+//! `setupNFTables`). Written at the start of every full sync, which also
+//! empties the shared sets and maps so the sync can refill them.
+
+use crate::model::NodeContext;
+use crate::nftables::names::{
+    CLUSTER_IPS_CHECK_CHAIN, CLUSTER_IPS_SET, FIREWALL_CHECK_CHAIN, FIREWALL_IPS_MAP,
+    MARK_MASQ_CHAIN, MASQ_MARK, MASQUERADING_CHAIN, NO_ENDPOINT_NODEPORTS_MAP,
+    NO_ENDPOINT_SERVICES_MAP, NODEPORT_ENDPOINTS_CHECK_CHAIN, NODEPORT_IPS_SET, REJECT_CHAIN,
+    SERVICE_ENDPOINTS_CHECK_CHAIN, SERVICE_IPS_MAP, SERVICE_NODEPORTS_MAP, SERVICES_CHAIN, TABLE,
+};
+use crate::nftables::objects::Container;
+use crate::nftables::tx::Tx;
+use crate::{BackendOptions, Fault};
+
+/// A chain attached to a netfilter hook.
+struct BaseChain {
+    name: &'static str,
+    kind: &'static str,
+    hook: &'static str,
+    priority: i32,
+}
+
+/// Filter chains that look at the pre-DNAT destination run just before
+/// DNAT (-100); the others at the filter priority (0), after it.
+const BASE_CHAINS: [BaseChain; 8] = [
+    BaseChain {
+        name: "filter-prerouting-pre-dnat",
+        kind: "filter",
+        hook: "prerouting",
+        priority: -110,
+    },
+    BaseChain {
+        name: "filter-output-pre-dnat",
+        kind: "filter",
+        hook: "output",
+        priority: -110,
+    },
+    BaseChain {
+        name: "filter-input",
+        kind: "filter",
+        hook: "input",
+        priority: 0,
+    },
+    BaseChain {
+        name: "filter-forward",
+        kind: "filter",
+        hook: "forward",
+        priority: 0,
+    },
+    BaseChain {
+        name: "filter-output",
+        kind: "filter",
+        hook: "output",
+        priority: 0,
+    },
+    BaseChain {
+        name: "nat-prerouting",
+        kind: "nat",
+        hook: "prerouting",
+        priority: -100,
+    },
+    BaseChain {
+        name: "nat-output",
+        kind: "nat",
+        hook: "output",
+        priority: -100,
+    },
+    BaseChain {
+        name: "nat-postrouting",
+        kind: "nat",
+        hook: "postrouting",
+        priority: 100,
+    },
+];
+
+/// (target chain, base chain it is jumped to from, match before the jump).
+/// The reject-capable checks hang off input/forward/output because reject
+/// is only valid there on older kernels.
+const JUMPS: [(&str, &str, &str); 11] = [
+    (
+        NODEPORT_ENDPOINTS_CHECK_CHAIN,
+        "filter-input",
+        "ct state new ",
+    ),
+    (
+        SERVICE_ENDPOINTS_CHECK_CHAIN,
+        "filter-input",
+        "ct state new ",
+    ),
+    (
+        SERVICE_ENDPOINTS_CHECK_CHAIN,
+        "filter-forward",
+        "ct state new ",
+    ),
+    (
+        SERVICE_ENDPOINTS_CHECK_CHAIN,
+        "filter-output",
+        "ct state new ",
+    ),
+    (
+        FIREWALL_CHECK_CHAIN,
+        "filter-prerouting-pre-dnat",
+        "ct state new ",
+    ),
+    (
+        FIREWALL_CHECK_CHAIN,
+        "filter-output-pre-dnat",
+        "ct state new ",
+    ),
+    (SERVICES_CHAIN, "nat-output", ""),
+    (SERVICES_CHAIN, "nat-prerouting", ""),
+    (MASQUERADING_CHAIN, "nat-postrouting", ""),
+    (CLUSTER_IPS_CHECK_CHAIN, "filter-forward", "ct state new "),
+    (CLUSTER_IPS_CHECK_CHAIN, "filter-output", "ct state new "),
+];
+
+const VIP_MAP_TYPE: &str = "ipv4_addr . inet_proto . inet_service : verdict";
+const NODEPORT_MAP_TYPE: &str = "inet_proto . inet_service : verdict";
+
+/// Elements the skeleton itself programs (the node IP in `nodeport-ips`).
+pub const SKELETON_ELEMENTS: u64 = 1;
+
+/// Writes the fixed objects and rules, and empties the shared containers.
+pub fn write_skeleton(tx: &mut Tx, node: &NodeContext, options: &BackendOptions) {
+    tx.raw(format_args!(
+        "add table ip {TABLE} {{ comment \"rules for kube-proxy\" ; }}"
+    ));
+    for bc in &BASE_CHAINS {
+        tx.raw(format_args!(
+            "add chain ip {TABLE} {} {{ type {} hook {} priority {} ; }}",
+            bc.name, bc.kind, bc.hook, bc.priority
+        ));
+        tx.flush_chain(bc.name);
+    }
+
+    let mut created: Vec<&str> = Vec::new();
+    let mut ensure = |tx: &mut Tx, name: &'static str| {
+        if !created.contains(&name) {
+            created.push(name);
+            tx.ensure_chain(name);
+        }
+    };
+    for (target, base, matches) in JUMPS {
+        ensure(tx, target);
+        tx.add_rule(base, &format!("{matches}jump {target}"));
+    }
+    for name in [
+        SERVICES_CHAIN,
+        CLUSTER_IPS_CHECK_CHAIN,
+        MASQUERADING_CHAIN,
+        MARK_MASQ_CHAIN,
+    ] {
+        ensure(tx, name);
+    }
+
+    tx.add_rule(MARK_MASQ_CHAIN, &format!("mark set mark or {MASQ_MARK}"));
+    tx.add_rule(
+        MASQUERADING_CHAIN,
+        &format!("mark and {MASQ_MARK} == 0 return"),
+    );
+    tx.add_rule(
+        MASQUERADING_CHAIN,
+        &format!("mark set mark xor {MASQ_MARK}"),
+    );
+    if !options.has_fault(Fault::MissingMasquerade) {
+        tx.add_rule(MASQUERADING_CHAIN, "masquerade fully-random");
+    }
+
+    // With the NoReject fault, everything kube-proxy refuses is dropped
+    // instead, so clients time out.
+    let refuse = if options.has_fault(Fault::NoReject) {
+        "drop"
+    } else {
+        "reject"
+    };
+
+    tx.raw(format_args!(
+        "add set ip {TABLE} {CLUSTER_IPS_SET} {{ type ipv4_addr ; comment \"Active ClusterIPs\" ; }}"
+    ));
+    tx.add_rule(
+        CLUSTER_IPS_CHECK_CHAIN,
+        &format!(
+            "ip daddr @{CLUSTER_IPS_SET} {refuse} comment \"Reject traffic to invalid ports of ClusterIPs\""
+        ),
+    );
+    tx.add_rule(
+        CLUSTER_IPS_CHECK_CHAIN,
+        &format!(
+            "ip daddr {{ {} }} drop comment \"Drop traffic to unallocated ClusterIPs\"",
+            node.service_cidr
+        ),
+    );
+
+    // NodePorts answer on the node's primary IP only (kube-proxy's default
+    // `--nodeport-addresses primary`).
+    tx.raw(format_args!(
+        "add set ip {TABLE} {NODEPORT_IPS_SET} {{ type ipv4_addr ; comment \"IPs that accept NodePort traffic\" ; }}"
+    ));
+    tx.raw(format_args!("flush set ip {TABLE} {NODEPORT_IPS_SET}"));
+    tx.raw(format_args!(
+        "add element ip {TABLE} {NODEPORT_IPS_SET} {{ {} }}",
+        node.node_ip
+    ));
+
+    tx.raw(format_args!(
+        "add map ip {TABLE} {NO_ENDPOINT_SERVICES_MAP} {{ type {VIP_MAP_TYPE} ; comment \"vmap to drop or reject packets to services with no endpoints\" ; }}"
+    ));
+    tx.raw(format_args!(
+        "add map ip {TABLE} {NO_ENDPOINT_NODEPORTS_MAP} {{ type {NODEPORT_MAP_TYPE} ; comment \"vmap to drop or reject packets to service nodeports with no endpoints\" ; }}"
+    ));
+    tx.raw(format_args!(
+        "add chain ip {TABLE} {REJECT_CHAIN} {{ comment \"helper for @{NO_ENDPOINT_SERVICES_MAP} / @{NO_ENDPOINT_NODEPORTS_MAP}\" ; }}"
+    ));
+    tx.flush_chain(REJECT_CHAIN);
+    tx.add_rule(REJECT_CHAIN, refuse);
+    tx.add_rule(
+        SERVICE_ENDPOINTS_CHECK_CHAIN,
+        &format!("ip daddr . meta l4proto . th dport vmap @{NO_ENDPOINT_SERVICES_MAP}"),
+    );
+    tx.add_rule(
+        NODEPORT_ENDPOINTS_CHECK_CHAIN,
+        &format!(
+            "ip daddr @{NODEPORT_IPS_SET} meta l4proto . th dport vmap @{NO_ENDPOINT_NODEPORTS_MAP}"
+        ),
+    );
+
+    // LoadBalancer source ranges: the lab's Services have none, so this map
+    // stays empty, but packets still pass through it as on a real node.
+    tx.raw(format_args!(
+        "add map ip {TABLE} {FIREWALL_IPS_MAP} {{ type {VIP_MAP_TYPE} ; comment \"destinations that are subject to LoadBalancerSourceRanges\" ; }}"
+    ));
+    tx.add_rule(
+        FIREWALL_CHECK_CHAIN,
+        &format!("ip daddr . meta l4proto . th dport vmap @{FIREWALL_IPS_MAP}"),
+    );
+
+    tx.raw(format_args!(
+        "add map ip {TABLE} {SERVICE_IPS_MAP} {{ type {VIP_MAP_TYPE} ; comment \"ClusterIP, ExternalIP and LoadBalancer IP traffic\" ; }}"
+    ));
+    tx.raw(format_args!(
+        "add map ip {TABLE} {SERVICE_NODEPORTS_MAP} {{ type {NODEPORT_MAP_TYPE} ; comment \"NodePort traffic\" ; }}"
+    ));
+    tx.add_rule(
+        SERVICES_CHAIN,
+        &format!("ip daddr . meta l4proto . th dport vmap @{SERVICE_IPS_MAP}"),
+    );
+    tx.add_rule(
+        SERVICES_CHAIN,
+        &format!(
+            "ip daddr @{NODEPORT_IPS_SET} meta l4proto . th dport vmap @{SERVICE_NODEPORTS_MAP}"
+        ),
+    );
+
+    tx.raw(format_args!("flush map ip {TABLE} {FIREWALL_IPS_MAP}"));
+    for c in Container::ALL {
+        tx.flush_container(c);
+    }
+}
