@@ -1,4 +1,7 @@
 mod cleanup;
+mod controlplane;
+mod probe;
+mod workload;
 mod netns;
 mod scenario;
 mod state;

@@ -1,0 +1,207 @@
+//! ClusterIP and NodePort allocation, as the API server's allocators do it:
+//! explicit requests are honoured if free, the rest are handed out in order.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AllocError {
+    #[error("{what} {value} is already allocated to Service {owner}")]
+    Taken {
+        what: &'static str,
+        value: String,
+        owner: String,
+    },
+    #[error("{what} {value} is outside the range {range}")]
+    OutOfRange {
+        what: &'static str,
+        value: String,
+        range: String,
+    },
+    #[error("the {what} range {range} is exhausted ({size} in use)")]
+    Exhausted {
+        what: &'static str,
+        range: String,
+        size: usize,
+    },
+}
+
+/// Hands out ClusterIPs from the service CIDR. The network address, the
+/// broadcast address and the first ten addresses are never handed out
+/// automatically (the API server keeps `.1` for the `kubernetes` Service and
+/// clusters put DNS at `.10`), but may be requested.
+#[derive(Debug)]
+pub struct IpAllocator {
+    net: Ipv4Net,
+    used: BTreeMap<u32, String>,
+    next: u32,
+}
+
+const RESERVED_LOW: u32 = 10;
+
+impl IpAllocator {
+    pub fn new(net: Ipv4Net) -> Self {
+        IpAllocator {
+            net,
+            used: BTreeMap::new(),
+            next: u32::from(net.network()) + RESERVED_LOW + 1,
+        }
+    }
+
+    pub fn request(&mut self, ip: Ipv4Addr, owner: &str) -> Result<(), AllocError> {
+        let n = u32::from(ip);
+        if !self.net.contains(&ip) || ip == self.net.network() || ip == self.net.broadcast() {
+            return Err(AllocError::OutOfRange {
+                what: "clusterIP",
+                value: ip.to_string(),
+                range: self.net.to_string(),
+            });
+        }
+        if let Some(o) = self.used.get(&n) {
+            if o != owner {
+                return Err(AllocError::Taken {
+                    what: "clusterIP",
+                    value: ip.to_string(),
+                    owner: o.clone(),
+                });
+            }
+        }
+        self.used.insert(n, owner.to_string());
+        Ok(())
+    }
+
+    pub fn allocate(&mut self, owner: &str) -> Result<Ipv4Addr, AllocError> {
+        let first = u32::from(self.net.network()) + RESERVED_LOW + 1;
+        let last = u32::from(self.net.broadcast()) - 1;
+        let span = last.saturating_sub(first) + 1;
+        if first > last {
+            return Err(self.exhausted());
+        }
+        for step in 0..span {
+            let cand = first + (self.next - first + step) % span;
+            if let std::collections::btree_map::Entry::Vacant(e) = self.used.entry(cand) {
+                e.insert(owner.to_string());
+                self.next = if cand == last { first } else { cand + 1 };
+                return Ok(Ipv4Addr::from(cand));
+            }
+        }
+        Err(self.exhausted())
+    }
+
+    fn exhausted(&self) -> AllocError {
+        AllocError::Exhausted {
+            what: "service CIDR",
+            range: self.net.to_string(),
+            size: self.used.len(),
+        }
+    }
+
+    pub fn release(&mut self, ip: Ipv4Addr) {
+        self.used.remove(&u32::from(ip));
+    }
+}
+
+/// Hands out NodePorts (and health-check node ports) from one range.
+#[derive(Debug)]
+pub struct PortAllocator {
+    lo: u16,
+    hi: u16,
+    used: BTreeMap<u16, String>,
+    next: u16,
+}
+
+impl PortAllocator {
+    pub fn new((lo, hi): (u16, u16)) -> Self {
+        PortAllocator {
+            lo,
+            hi,
+            used: BTreeMap::new(),
+            next: lo,
+        }
+    }
+
+    fn range(&self) -> String {
+        format!("{}-{}", self.lo, self.hi)
+    }
+
+    pub fn request(&mut self, port: u16, owner: &str) -> Result<(), AllocError> {
+        if port < self.lo || port > self.hi {
+            return Err(AllocError::OutOfRange {
+                what: "nodePort",
+                value: port.to_string(),
+                range: self.range(),
+            });
+        }
+        if let Some(o) = self.used.get(&port) {
+            if o != owner {
+                return Err(AllocError::Taken {
+                    what: "nodePort",
+                    value: port.to_string(),
+                    owner: o.clone(),
+                });
+            }
+        }
+        self.used.insert(port, owner.to_string());
+        Ok(())
+    }
+
+    pub fn allocate(&mut self, owner: &str) -> Result<u16, AllocError> {
+        let span = u32::from(self.hi - self.lo) + 1;
+        for step in 0..span {
+            let cand = self.lo + ((u32::from(self.next - self.lo) + step) % span) as u16;
+            if let std::collections::btree_map::Entry::Vacant(e) = self.used.entry(cand) {
+                e.insert(owner.to_string());
+                self.next = if cand == self.hi { self.lo } else { cand + 1 };
+                return Ok(cand);
+            }
+        }
+        Err(AllocError::Exhausted {
+            what: "node port",
+            range: self.range(),
+            size: self.used.len(),
+        })
+    }
+
+    pub fn release(&mut self, port: u16) {
+        self.used.remove(&port);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_ips_in_order_explicit_honoured_collisions_and_exhaustion() {
+        let mut a = IpAllocator::new("10.96.0.0/28".parse().unwrap());
+        a.request(Ipv4Addr::new(10, 96, 0, 10), "kube-system/dns").unwrap();
+        assert_eq!(a.allocate("a").unwrap(), Ipv4Addr::new(10, 96, 0, 11));
+        let err = a.request(Ipv4Addr::new(10, 96, 0, 11), "b").unwrap_err();
+        assert!(err.to_string().contains("already allocated to Service a"), "{err}");
+        let err = a.request(Ipv4Addr::new(10, 97, 0, 1), "b").unwrap_err();
+        assert!(matches!(err, AllocError::OutOfRange { .. }));
+        // /28: .11 to .14 are automatic; .11 is taken, three remain.
+        for want in [12, 13, 14] {
+            assert_eq!(a.allocate("x").unwrap(), Ipv4Addr::new(10, 96, 0, want));
+        }
+        let err = a.allocate("y").unwrap_err();
+        assert!(err.to_string().contains("exhausted"), "{err}");
+        a.release(Ipv4Addr::new(10, 96, 0, 13));
+        assert_eq!(a.allocate("y").unwrap(), Ipv4Addr::new(10, 96, 0, 13));
+    }
+
+    #[test]
+    fn node_ports_table() {
+        let mut p = PortAllocator::new((30000, 30002));
+        p.request(30001, "ns/a").unwrap();
+        assert_eq!(p.allocate("ns/b").unwrap(), 30000);
+        assert_eq!(p.allocate("ns/c").unwrap(), 30002);
+        assert!(matches!(p.allocate("ns/d"), Err(AllocError::Exhausted { .. })));
+        assert!(matches!(p.request(30001, "ns/d"), Err(AllocError::Taken { .. })));
+        assert!(matches!(p.request(80, "ns/d"), Err(AllocError::OutOfRange { .. })));
+        // Re-requesting one's own port is not a collision (updates).
+        p.request(30001, "ns/a").unwrap();
+    }
+}

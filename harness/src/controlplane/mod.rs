@@ -1,0 +1,484 @@
+//! The lab's API server and controllers, in one object: Services get
+//! ClusterIPs and NodePorts, pods become EndpointSlices, and every change
+//! comes out as ordered watch events, as an informer would see them.
+
+mod alloc;
+pub mod churn;
+pub mod endpoints;
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use svclab_backends::protocol::{ApiObject, WatchEvent};
+use svclab_backends::tracker::TRIGGER_TIME_ANNOTATION;
+
+pub use alloc::AllocError;
+use alloc::{IpAllocator, PortAllocator};
+
+use crate::scenario::{Pod, Scenario};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlPlaneError {
+    #[error("Service {service}: {source}")]
+    Alloc {
+        service: String,
+        #[source]
+        source: AllocError,
+    },
+    #[error("Service {0} already exists")]
+    Exists(String),
+    #[error("no Service {0}")]
+    NoService(String),
+    #[error("no pod {0}")]
+    NoPod(String),
+    #[error("no Deployment {0}")]
+    NoDeployment(String),
+}
+
+type Key = (String, String);
+
+fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Key {
+    (
+        meta.namespace.clone().unwrap_or_else(|| "default".into()),
+        meta.name.clone().unwrap_or_default(),
+    )
+}
+
+fn key_str(k: &Key) -> String {
+    format!("{}/{}", k.0, k.1)
+}
+
+pub struct ControlPlane {
+    services: BTreeMap<Key, Service>,
+    slices: BTreeMap<Key, Vec<EndpointSlice>>,
+    pods: Vec<Pod>,
+    node_names: Vec<String>,
+    ips: IpAllocator,
+    node_ports: PortAllocator,
+    resource_version: u64,
+}
+
+impl ControlPlane {
+    /// The cluster state the scenario describes: every Service admitted and
+    /// allocated, every slice computed.
+    pub fn new(scenario: &Scenario) -> Result<ControlPlane, ControlPlaneError> {
+        let mut cp = ControlPlane {
+            services: BTreeMap::new(),
+            slices: BTreeMap::new(),
+            pods: scenario.pods.clone(),
+            node_names: scenario.node_names(),
+            ips: IpAllocator::new(scenario.lab.service_cidr),
+            node_ports: PortAllocator::new(scenario.node_port_range),
+            resource_version: 0,
+        };
+        // Explicit addresses first, so automatic ones never take them.
+        let (explicit, auto): (Vec<&Service>, Vec<&Service>) =
+            scenario.services.iter().partition(|s| {
+                s.spec
+                    .as_ref()
+                    .and_then(|sp| sp.cluster_ip.as_deref())
+                    .is_some_and(|ip| !ip.is_empty())
+            });
+        for svc in explicit.into_iter().chain(auto) {
+            cp.add_service(svc.clone())?;
+        }
+        Ok(cp)
+    }
+
+    fn bump(&mut self) -> String {
+        self.resource_version += 1;
+        self.resource_version.to_string()
+    }
+
+    pub fn resource_version(&self) -> u64 {
+        self.resource_version
+    }
+
+    pub fn services(&self) -> impl Iterator<Item = &Service> {
+        self.services.values()
+    }
+
+    pub fn service(&self, namespace: &str, name: &str) -> Option<&Service> {
+        self.services.get(&(namespace.to_string(), name.to_string()))
+    }
+
+    pub fn slices(&self) -> impl Iterator<Item = &EndpointSlice> {
+        self.slices.values().flatten()
+    }
+
+    pub fn slices_of(&self, namespace: &str, service: &str) -> &[EndpointSlice] {
+        self.slices
+            .get(&(namespace.to_string(), service.to_string()))
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    pub fn pods(&self) -> &[Pod] {
+        &self.pods
+    }
+
+    pub fn node_names(&self) -> &[String] {
+        &self.node_names
+    }
+
+    /// The initial list, as an informer receives it, then `SYNCED`.
+    pub fn initial_events(&self) -> Vec<WatchEvent> {
+        let mut out: Vec<WatchEvent> = self
+            .services
+            .values()
+            .map(|s| WatchEvent::Added {
+                object: ApiObject::Service(Box::new(s.clone())),
+            })
+            .collect();
+        out.extend(self.slices().map(|s| WatchEvent::Added {
+            object: ApiObject::EndpointSlice(Box::new(s.clone())),
+        }));
+        out.push(WatchEvent::Synced);
+        out
+    }
+
+    /// Admits a new Service: allocates what it asks for, computes its slices.
+    pub fn add_service(&mut self, mut svc: Service) -> Result<Vec<WatchEvent>, ControlPlaneError> {
+        let key = key_of(&svc.metadata);
+        if self.services.contains_key(&key) {
+            return Err(ControlPlaneError::Exists(key_str(&key)));
+        }
+        svc.metadata.namespace = Some(key.0.clone());
+        self.allocate(&key, &mut svc)?;
+        svc.metadata.uid = Some(format!("svclab-{}-{}", key.0, key.1));
+        svc.metadata.resource_version = Some(self.bump());
+        self.services.insert(key.clone(), svc.clone());
+        let mut events = vec![WatchEvent::Added {
+            object: ApiObject::Service(Box::new(svc)),
+        }];
+        events.extend(self.reconcile_slices(&key));
+        Ok(events)
+    }
+
+    /// Replaces a Service's spec (ports, targetPorts, policies).
+    pub fn update_service(&mut self, mut svc: Service) -> Result<Vec<WatchEvent>, ControlPlaneError> {
+        let key = key_of(&svc.metadata);
+        let Some(old) = self.services.get(&key).cloned() else {
+            return Err(ControlPlaneError::NoService(key_str(&key)));
+        };
+        // ClusterIP is immutable; keep it (and node ports unless given).
+        let old_spec = old.spec.clone().unwrap_or_default();
+        let spec = svc.spec.get_or_insert_with(Default::default);
+        spec.cluster_ip = old_spec.cluster_ip.clone();
+        spec.cluster_ips = old_spec.cluster_ips.clone();
+        self.release(&old);
+        if let Err(e) = self.allocate(&key, &mut svc) {
+            // Put the old allocations back; the update did not happen.
+            let mut restore = old.clone();
+            let _ = self.allocate(&key, &mut restore);
+            return Err(e);
+        }
+        svc.metadata.namespace = Some(key.0.clone());
+        svc.metadata.uid = old.metadata.uid.clone();
+        svc.metadata.resource_version = Some(self.bump());
+        self.services.insert(key.clone(), svc.clone());
+        let mut events = vec![WatchEvent::Modified {
+            object: ApiObject::Service(Box::new(svc)),
+        }];
+        events.extend(self.reconcile_slices(&key));
+        Ok(events)
+    }
+
+    pub fn delete_service(&mut self, namespace: &str, name: &str) -> Result<Vec<WatchEvent>, ControlPlaneError> {
+        let key = (namespace.to_string(), name.to_string());
+        let Some(mut svc) = self.services.remove(&key) else {
+            return Err(ControlPlaneError::NoService(key_str(&key)));
+        };
+        self.release(&svc);
+        let mut events = Vec::new();
+        for mut slice in self.slices.remove(&key).unwrap_or_default() {
+            slice.metadata.resource_version = Some(self.bump());
+            events.push(WatchEvent::Deleted {
+                object: ApiObject::EndpointSlice(Box::new(slice)),
+            });
+        }
+        svc.metadata.resource_version = Some(self.bump());
+        events.push(WatchEvent::Deleted {
+            object: ApiObject::Service(Box::new(svc)),
+        });
+        Ok(events)
+    }
+
+    fn allocate(&mut self, key: &Key, svc: &mut Service) -> Result<(), ControlPlaneError> {
+        let owner = key_str(key);
+        let err = |source| ControlPlaneError::Alloc {
+            service: owner.clone(),
+            source,
+        };
+        let spec = svc.spec.get_or_insert_with(Default::default);
+        match spec.cluster_ip.as_deref() {
+            Some("None") => {}
+            Some(ip) if !ip.is_empty() => {
+                let ip: Ipv4Addr = ip.parse().map_err(|_| {
+                    err(AllocError::OutOfRange {
+                        what: "clusterIP",
+                        value: ip.to_string(),
+                        range: "IPv4".into(),
+                    })
+                })?;
+                self.ips.request(ip, &owner).map_err(err)?;
+            }
+            _ => {
+                let ip = self.ips.allocate(&owner).map_err(err)?;
+                spec.cluster_ip = Some(ip.to_string());
+                spec.cluster_ips = Some(vec![ip.to_string()]);
+            }
+        }
+        let ty = spec.type_.clone().unwrap_or_else(|| "ClusterIP".into());
+        spec.type_ = Some(ty.clone());
+        if matches!(ty.as_str(), "NodePort" | "LoadBalancer") {
+            for p in spec.ports.iter_mut().flatten() {
+                match p.node_port {
+                    Some(n) if n > 0 => self.node_ports.request(n as u16, &owner).map_err(err)?,
+                    _ => p.node_port = Some(i32::from(self.node_ports.allocate(&owner).map_err(err)?)),
+                }
+            }
+            if spec.external_traffic_policy.as_deref() == Some("Local") {
+                match spec.health_check_node_port {
+                    Some(n) if n > 0 => self.node_ports.request(n as u16, &owner).map_err(err)?,
+                    _ => {
+                        spec.health_check_node_port =
+                            Some(i32::from(self.node_ports.allocate(&owner).map_err(err)?));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn release(&mut self, svc: &Service) {
+        let Some(spec) = &svc.spec else { return };
+        if let Some(ip) = spec.cluster_ip.as_deref().and_then(|s| s.parse().ok()) {
+            self.ips.release(ip);
+        }
+        for p in spec.ports.iter().flatten() {
+            if let Some(n) = p.node_port {
+                self.node_ports.release(n as u16);
+            }
+        }
+        if let Some(n) = spec.health_check_node_port {
+            self.node_ports.release(n as u16);
+        }
+    }
+
+    /// Brings one Service's slices to what its pods say now, and returns
+    /// the events for the slices that changed.
+    fn reconcile_slices(&mut self, key: &Key) -> Vec<WatchEvent> {
+        let Some(svc) = self.services.get(key) else {
+            return Vec::new();
+        };
+        let want = endpoints::slices_for(svc, &self.pods, &self.node_names);
+        let have = self.slices.remove(key).unwrap_or_default();
+        let now = jiff::Timestamp::now().to_string();
+        let mut events = Vec::new();
+        let mut kept = Vec::new();
+        let mut have_by_name: BTreeMap<String, EndpointSlice> = have
+            .into_iter()
+            .map(|s| (s.metadata.name.clone().unwrap_or_default(), s))
+            .collect();
+        for mut slice in want {
+            let name = slice.metadata.name.clone().unwrap_or_default();
+            match have_by_name.remove(&name) {
+                Some(old) if old.endpoints == slice.endpoints && old.ports == slice.ports => {
+                    kept.push(old);
+                }
+                old => {
+                    slice.metadata.annotations =
+                        Some([(TRIGGER_TIME_ANNOTATION.to_string(), now.clone())].into_iter().collect());
+                    slice.metadata.resource_version = Some(self.bump());
+                    let object = ApiObject::EndpointSlice(Box::new(slice.clone()));
+                    events.push(if old.is_some() {
+                        WatchEvent::Modified { object }
+                    } else {
+                        WatchEvent::Added { object }
+                    });
+                    kept.push(slice);
+                }
+            }
+        }
+        for (_, mut gone) in have_by_name {
+            gone.metadata.resource_version = Some(self.bump());
+            events.push(WatchEvent::Deleted {
+                object: ApiObject::EndpointSlice(Box::new(gone)),
+            });
+        }
+        if !kept.is_empty() {
+            self.slices.insert(key.clone(), kept);
+        }
+        events
+    }
+
+    /// Re-runs the endpoint controller for every Service whose selector
+    /// matches any of `pods` (given by index).
+    fn pods_changed(&mut self, pods: &[usize]) -> Vec<WatchEvent> {
+        let keys: Vec<Key> = self
+            .services
+            .iter()
+            .filter(|(k, svc)| {
+                let selector = svc.spec.as_ref().and_then(|s| s.selector.as_ref());
+                pods.iter().map(|&i| &self.pods[i]).any(|p| {
+                    p.namespace == k.0
+                        && selector.is_some_and(|sel| {
+                            !sel.is_empty() && sel.iter().all(|(k, v)| p.labels.get(k) == Some(v))
+                        })
+                })
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.iter().flat_map(|k| self.reconcile_slices(k)).collect()
+    }
+
+    fn pod_index(&self, namespace: &str, name: &str) -> Result<usize, ControlPlaneError> {
+        self.pods
+            .iter()
+            .position(|p| p.namespace == namespace && p.name == name && !p.client)
+            .ok_or_else(|| ControlPlaneError::NoPod(format!("{namespace}/{name}")))
+    }
+
+    /// A pod's readiness changes (its readiness probe starts or stops passing).
+    pub fn set_ready(&mut self, namespace: &str, name: &str, ready: bool) -> Result<Vec<WatchEvent>, ControlPlaneError> {
+        let i = self.pod_index(namespace, name)?;
+        self.pods[i].ready = ready;
+        Ok(self.pods_changed(&[i]))
+    }
+
+    /// A pod starts (or stops) terminating; it keeps serving meanwhile.
+    pub fn set_terminating(&mut self, namespace: &str, name: &str, terminating: bool) -> Result<Vec<WatchEvent>, ControlPlaneError> {
+        let i = self.pod_index(namespace, name)?;
+        self.pods[i].terminating = terminating;
+        Ok(self.pods_changed(&[i]))
+    }
+
+    /// Scales a Deployment within the pods the lab pre-created for it.
+    pub fn scale(&mut self, namespace: &str, deployment: &str, replicas: usize) -> Result<Vec<WatchEvent>, ControlPlaneError> {
+        let members: Vec<usize> = (0..self.pods.len())
+            .filter(|&i| {
+                self.pods[i].namespace == namespace
+                    && self.pods[i].deployment.as_deref() == Some(deployment)
+            })
+            .collect();
+        if members.is_empty() {
+            return Err(ControlPlaneError::NoDeployment(format!("{namespace}/{deployment}")));
+        }
+        let mut changed = Vec::new();
+        for (ordinal, &i) in members.iter().enumerate() {
+            let active = ordinal < replicas;
+            if self.pods[i].active != active {
+                self.pods[i].active = active;
+                changed.push(i);
+            }
+        }
+        Ok(self.pods_changed(&changed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::Scenario;
+
+    fn smoke() -> ControlPlane {
+        ControlPlane::new(&Scenario::smoke()).unwrap()
+    }
+
+    fn count(events: &[WatchEvent], kind: &str, ty: &str) -> usize {
+        events
+            .iter()
+            .filter(|e| {
+                let t = match e {
+                    WatchEvent::Added { .. } => "ADDED",
+                    WatchEvent::Modified { .. } => "MODIFIED",
+                    WatchEvent::Deleted { .. } => "DELETED",
+                    WatchEvent::Synced => "SYNCED",
+                };
+                t == ty && e.object().is_some_and(|o| o.kind() == kind)
+            })
+            .count()
+    }
+
+    #[test]
+    fn initial_state_allocates_and_lists_then_synced() {
+        let cp = smoke();
+        let ev = cp.initial_events();
+        assert_eq!(count(&ev, "Service", "ADDED"), 4);
+        assert_eq!(count(&ev, "EndpointSlice", "ADDED"), 3);
+        assert_eq!(ev.last(), Some(&WatchEvent::Synced));
+        let web = cp.service("default", "web").unwrap().spec.clone().unwrap();
+        assert_eq!(web.cluster_ip.as_deref(), Some("10.96.0.11"));
+        let np = cp.service("default", "web-nodeport").unwrap().spec.clone().unwrap();
+        assert_eq!(np.ports.unwrap()[0].node_port, Some(30080));
+        // resourceVersions are unique and none is above the current one.
+        let mut rvs: Vec<u64> = ev
+            .iter()
+            .filter_map(|e| e.object())
+            .map(|o| o.metadata().resource_version.as_deref().unwrap().parse().unwrap())
+            .collect();
+        rvs.sort();
+        assert!(rvs.windows(2).all(|w| w[0] < w[1]), "{rvs:?}");
+        assert_eq!(rvs.last().copied(), Some(cp.resource_version()));
+    }
+
+    #[test]
+    fn readiness_change_modifies_only_affected_slices() {
+        let mut cp = smoke();
+        let ev = cp.set_ready("default", "web-1", false).unwrap();
+        // web, web-nodeport and dns select web-1: one slice each changes.
+        assert_eq!(count(&ev, "EndpointSlice", "MODIFIED"), 3);
+        assert_eq!(ev.len(), 3);
+        let again = cp.set_ready("default", "web-1", false).unwrap();
+        assert!(again.is_empty(), "no change, no event");
+        let ann = ev[0].object().unwrap().metadata().annotations.clone().unwrap();
+        assert!(ann.contains_key(TRIGGER_TIME_ANNOTATION));
+    }
+
+    #[test]
+    fn service_lifecycle_events() {
+        let mut cp = smoke();
+        let mut svc = cp.service("default", "web").unwrap().clone();
+        svc.metadata.name = Some("web2".into());
+        svc.spec.as_mut().unwrap().cluster_ip = None;
+        let ev = cp.add_service(svc.clone()).unwrap();
+        assert_eq!(count(&ev, "Service", "ADDED"), 1);
+        assert_eq!(count(&ev, "EndpointSlice", "ADDED"), 1);
+        assert!(matches!(cp.add_service(svc), Err(ControlPlaneError::Exists(_))));
+        let ev = cp.delete_service("default", "web2").unwrap();
+        assert_eq!(count(&ev, "Service", "DELETED"), 1);
+        assert_eq!(count(&ev, "EndpointSlice", "DELETED"), 1);
+        assert!(matches!(ev.last(), Some(WatchEvent::Deleted { object: ApiObject::Service(_) })));
+    }
+
+    #[test]
+    fn update_keeps_cluster_ip_and_reports_collisions() {
+        let mut cp = smoke();
+        let mut svc = cp.service("default", "web").unwrap().clone();
+        let ip = svc.spec.as_ref().unwrap().cluster_ip.clone();
+        svc.spec.as_mut().unwrap().cluster_ip = Some("10.96.0.99".into());
+        svc.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].port = 81;
+        let ev = cp.update_service(svc).unwrap();
+        assert_eq!(count(&ev, "Service", "MODIFIED"), 1);
+        assert_eq!(cp.service("default", "web").unwrap().spec.as_ref().unwrap().cluster_ip, ip);
+
+        let mut np = cp.service("default", "web").unwrap().clone();
+        np.spec.as_mut().unwrap().type_ = Some("NodePort".into());
+        np.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].node_port = Some(30080);
+        let err = cp.update_service(np).unwrap_err();
+        assert!(err.to_string().contains("30080 is already allocated to Service default/web-nodeport"), "{err}");
+    }
+
+    #[test]
+    fn scale_activates_pre_created_pods() {
+        let mut cp = smoke();
+        let ev = cp.scale("default", "web", 1).unwrap();
+        assert!(!ev.is_empty());
+        let slice = cp.slices_of("default", "web");
+        assert_eq!(slice[0].endpoints.as_ref().unwrap().len(), 1);
+        assert!(matches!(cp.scale("default", "nope", 1), Err(ControlPlaneError::NoDeployment(_))));
+    }
+}
