@@ -90,7 +90,58 @@ pub fn changes(old: &ProxyState, new: &ProxyState) -> ChangeSet {
             cs.changed.insert(name.clone());
         }
     }
+    for name in &cs.changed {
+        let removed: Vec<Endpoint> = old
+            .endpoints_of(name)
+            .iter()
+            .filter(|e| !new.endpoints_of(name).contains(e))
+            .cloned()
+            .collect();
+        if !removed.is_empty() {
+            cs.removed_endpoints.insert(name.clone(), removed);
+        }
+    }
     cs
+}
+
+/// One Service of each shape the backend renders differently.
+pub fn mixed() -> ProxyState {
+    let mut s = ProxyState::default();
+    let three = |third: u8| {
+        vec![
+            ep([10, 180, third, 1], 8080, true),
+            ep([10, 180, third, 2], 8080, false),
+            ep([10, 180, third, 3], 8080, false),
+        ]
+    };
+    insert(&mut s, tcp("ns1", "plain", [172, 30, 0, 1]), three(1));
+    insert(&mut s, tcp("ns1", "empty", [172, 30, 0, 2]), vec![]);
+    let mut np = tcp("ns1", "nodeport", [172, 30, 0, 3]);
+    np.node_port = Some(30003);
+    insert(&mut s, np, three(3));
+    let mut aff = tcp("ns1", "sticky", [172, 30, 0, 4]);
+    aff.session_affinity_seconds = Some(10800);
+    insert(&mut s, aff, three(4));
+    let mut itp = tcp("ns1", "itp", [172, 30, 0, 5]);
+    itp.internal_policy_local = true;
+    insert(&mut s, itp, three(5));
+    let mut etp = tcp("ns1", "etp", [172, 30, 0, 6]);
+    etp.node_port = Some(30006);
+    etp.external_policy_local = true;
+    etp.external_ips = vec![Ipv4Addr::new(192, 168, 99, 6)];
+    insert(&mut s, etp, three(6));
+    for (pn, proto, p) in [
+        ("http", Protocol::Tcp, 80),
+        ("dns", Protocol::Udp, 53),
+        ("dns-tcp", Protocol::Tcp, 53),
+    ] {
+        insert(
+            &mut s,
+            port("ns2", "multi", pn, proto, [172, 30, 0, 7], p),
+            three(7),
+        );
+    }
+    s
 }
 
 /// A state with `services` Services of one TCP port and `endpoints` remote

@@ -25,6 +25,8 @@ mod tx;
 mod fixtures;
 #[cfg(test)]
 mod golden_tests;
+#[cfg(test)]
+mod kernel_tests;
 
 pub use backend::{NftablesBackend, setup_text};
 pub use capability::capability;
