@@ -1,0 +1,620 @@
+//! Tests against the real kernel, each in its own network namespace. The
+//! iptables/ipset part runs on any kernel with netfilter; everything with
+//! IPVS or dummy links runs only where the kernel has them (under
+//! `svclab vm`) and prints `SKIP: <reason>` elsewhere.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use super::ipsets::{self, IpSet};
+use super::link::{DUMMY_DEVICE, Links};
+use super::netlink::{IpvsClient, IpvsError};
+use super::*;
+use crate::model::{
+    ChangeSet, Endpoint, NodeContext, Protocol, ProxyState, ServicePort, ServicePortName,
+};
+use crate::testns;
+
+fn node() -> NodeContext {
+    NodeContext {
+        node_name: "n0".into(),
+        node_ip: Ipv4Addr::new(192, 168, 0, 2),
+        pod_cidr: "10.244.0.0/24".parse().unwrap(),
+        cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+        service_cidr: "10.96.0.0/12".parse().unwrap(),
+        run_prefix: "t".into(),
+        bridge: "cni0".into(),
+        uplink: "eth0".into(),
+    }
+}
+
+/// Why IPVS kernel tests cannot run in the current (private) namespace.
+fn ipvs_missing() -> Option<String> {
+    match IpvsClient::open() {
+        Ok(_) => None,
+        Err(IpvsError::FamilyMissing) => Some(
+            "kernel lacks IP_VS (no IPVS generic netlink family): run under `svclab vm`".into(),
+        ),
+        Err(e) => Some(format!("IPVS unusable: {e}")),
+    }
+}
+
+/// Runs `f` in a fresh namespace if the kernel has IPVS; else prints SKIP.
+fn with_ipvs<T: Send>(f: impl FnOnce() -> T + Send) -> Option<T> {
+    if let Some(reason) = testns::unavailable() {
+        eprintln!("SKIP: {reason}");
+        return None;
+    }
+    testns::in_new_netns(|| {
+        if let Some(reason) = ipvs_missing() {
+            eprintln!("SKIP: {reason}");
+            return None;
+        }
+        Some(f())
+    })
+}
+
+fn service(name: &str, vip: [u8; 4], port: u16, protocol: Protocol) -> ServicePort {
+    ServicePort {
+        name: ServicePortName::new("ns", name, "", protocol),
+        cluster_ip: Ipv4Addr::from(vip),
+        port,
+        protocol,
+        node_port: None,
+        session_affinity_seconds: None,
+        external_policy_local: false,
+        internal_policy_local: false,
+        health_check_node_port: None,
+        external_ips: vec![],
+    }
+}
+
+/// Endpoint 10.244.<node>.<last>:<port>, ready unless `terminating`.
+fn endpoint(node: u8, last: u8, port: u16, terminating: bool) -> Endpoint {
+    Endpoint {
+        ip: Ipv4Addr::new(10, 244, node, last),
+        port,
+        ready: !terminating,
+        serving: true,
+        terminating,
+        node_name: Some(format!("n{node}")),
+        is_local: node == 0,
+    }
+}
+
+fn insert(state: &mut ProxyState, svc: ServicePort, eps: Vec<Endpoint>) {
+    state.endpoints.insert(svc.name.clone(), eps);
+    state.services.insert(svc.name.clone(), svc);
+}
+
+/// A ClusterIP with two endpoints, a UDP NodePort with ClientIP affinity,
+/// an externalTrafficPolicy Local NodePort, a Service without endpoints and
+/// one with a terminating endpoint.
+fn base_state() -> ProxyState {
+    let mut s = ProxyState::default();
+    insert(
+        &mut s,
+        service("web", [10, 96, 0, 10], 80, Protocol::Tcp),
+        vec![endpoint(0, 5, 8080, false), endpoint(1, 6, 8080, false)],
+    );
+    let mut dns = service("dns", [10, 96, 0, 53], 53, Protocol::Udp);
+    dns.node_port = Some(30053);
+    dns.session_affinity_seconds = Some(10800);
+    insert(&mut s, dns, vec![endpoint(1, 7, 5353, false)]);
+    let mut local = service("local", [10, 96, 0, 20], 443, Protocol::Tcp);
+    local.node_port = Some(30443);
+    local.external_policy_local = true;
+    local.health_check_node_port = Some(32000);
+    insert(
+        &mut s,
+        local,
+        vec![endpoint(0, 8, 8443, false), endpoint(1, 9, 8443, false)],
+    );
+    insert(
+        &mut s,
+        service("empty", [10, 96, 0, 30], 80, Protocol::Tcp),
+        vec![],
+    );
+    insert(
+        &mut s,
+        service("drain", [10, 96, 0, 40], 80, Protocol::Tcp),
+        vec![endpoint(1, 10, 8080, false), endpoint(1, 11, 8080, true)],
+    );
+    s
+}
+
+/// What changed between two states, as the tracker would report it.
+fn changes_between(prev: &ProxyState, next: &ProxyState) -> ChangeSet {
+    let mut cs = ChangeSet::default();
+    let names: BTreeSet<&ServicePortName> =
+        prev.services.keys().chain(next.services.keys()).collect();
+    for name in names {
+        if prev.services.get(name) != next.services.get(name)
+            || prev.endpoints_of(name) != next.endpoints_of(name)
+        {
+            cs.changed.insert(name.clone());
+            if !next.services.contains_key(name) {
+                cs.deleted.insert(name.clone(), prev.services[name].clone());
+            }
+        }
+    }
+    cs
+}
+
+fn full(state: &ProxyState) -> ChangeSet {
+    ChangeSet {
+        changed: state.services.keys().cloned().collect(),
+        ..ChangeSet::default()
+    }
+}
+
+fn sync(
+    b: &mut IpvsBackend,
+    seq: u64,
+    mode: SyncMode,
+    state: &ProxyState,
+    changes: &ChangeSet,
+) -> SyncOutcome {
+    let node = node();
+    b.sync(&SyncRequest {
+        mode,
+        seq,
+        state,
+        changes,
+        node: &node,
+    })
+    .unwrap_or_else(|e| panic!("sync {seq} ({mode}): {e}"))
+}
+
+/// The kernel state this backend owns, in comparable form.
+#[derive(Debug, PartialEq, Eq)]
+struct Snapshot {
+    /// `TCP/vip:port sched flags timeout` -> `rs:port weight`.
+    servers: BTreeMap<String, BTreeSet<String>>,
+    addresses: BTreeSet<Ipv4Addr>,
+    sets: ipsets::Entries,
+    rules: Vec<String>,
+}
+
+fn snapshot() -> Snapshot {
+    let mut ipvs = IpvsClient::open().unwrap();
+    let mut servers = BTreeMap::new();
+    for s in ipvs.services().unwrap() {
+        let v = &s.server;
+        let dests = ipvs
+            .dests(&v.key)
+            .unwrap()
+            .into_iter()
+            .map(|d| format!("{}:{} w{}", d.server.addr, d.server.port, d.server.weight))
+            .collect();
+        servers.insert(
+            format!("{} {} f{} t{}", v.key, v.scheduler, v.flags, v.timeout),
+            dests,
+        );
+    }
+    let mut links = Links::open().unwrap();
+    let addresses = match links.index_of(DUMMY_DEVICE).unwrap() {
+        Some(i) => links.addresses(i).unwrap(),
+        None => BTreeSet::new(),
+    };
+    let saved = cmd::run("ipset", &["save"], None).unwrap().stdout;
+    let mut rules: Vec<String> = ["nat", "filter"]
+        .iter()
+        .flat_map(|t| {
+            cmd::run(IPTABLES_SAVE, &["-t", t], None)
+                .unwrap()
+                .stdout
+                .lines()
+                .filter(|l| l.contains("KUBE-"))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    rules.sort();
+    Snapshot {
+        servers,
+        addresses,
+        sets: ipsets::parse_save(&saved),
+        rules,
+    }
+}
+
+fn setup_backend(options: &BackendOptions) -> IpvsBackend {
+    let mut b = IpvsBackend::new(options);
+    b.setup(&node()).expect("setup");
+    b
+}
+
+#[test]
+fn kernel_full_sync_programs_what_kube_proxy_does() {
+    let Some((snap, ipvsadm, stats, after_cleanup, leftovers)) = with_ipvs(|| {
+        let mut b = setup_backend(&BackendOptions::default());
+        let state = base_state();
+        let out = sync(&mut b, 1, SyncMode::Full, &state, &full(&state));
+        assert!(out.rules > 0 && out.written > 0, "{out:?}");
+        let snap = snapshot();
+        let ipvsadm = cmd::run("ipvsadm", &["-Ln"], None).unwrap().stdout;
+        let stats = b.stats().unwrap();
+        b.cleanup().expect("cleanup");
+        let after = snapshot();
+        let sets = cmd::run("ipset", &["list", "-n"], None).unwrap().stdout;
+        (snap, ipvsadm, stats, after, sets)
+    }) else {
+        return;
+    };
+    println!("ipvsadm -Ln after the full sync:\n{ipvsadm}");
+    let s = |k: &str| {
+        snap.servers
+            .get(k)
+            .unwrap_or_else(|| panic!("no virtual server {k:?} in {:#?}", snap.servers))
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        s("TCP/10.96.0.10:80 rr f0 t0"),
+        ["10.244.0.5:8080 w1", "10.244.1.6:8080 w1"]
+    );
+    assert_eq!(s("UDP/10.96.0.53:53 rr f1 t10800"), ["10.244.1.7:5353 w1"]);
+    assert_eq!(
+        s("UDP/192.168.0.2:30053 rr f1 t10800"),
+        ["10.244.1.7:5353 w1"]
+    );
+    assert_eq!(
+        s("TCP/10.96.0.20:443 rr f0 t0"),
+        ["10.244.0.8:8443 w1", "10.244.1.9:8443 w1"]
+    );
+    assert_eq!(s("TCP/192.168.0.2:30443 rr f0 t0"), ["10.244.0.8:8443 w1"]);
+    assert!(s("TCP/10.96.0.30:80 rr f0 t0").is_empty());
+    assert_eq!(
+        s("TCP/10.96.0.40:80 rr f0 t0"),
+        ["10.244.1.10:8080 w1", "10.244.1.11:8080 w0"]
+    );
+    assert_eq!(snap.servers.len(), 7);
+    // ipvsadm, reading the kernel on its own, agrees.
+    assert!(
+        ipvsadm.contains("UDP  10.96.0.53:53 rr persistent 10800"),
+        "{ipvsadm}"
+    );
+    assert!(
+        ipvsadm.contains("-> 10.244.1.11:8080             Masq    0"),
+        "{ipvsadm}"
+    );
+    assert_eq!(snap.addresses.len(), 5);
+    assert!(snap.addresses.contains(&Ipv4Addr::new(10, 96, 0, 30)));
+    assert_eq!(
+        snap.sets[&IpSet::NodePortLocalTcp],
+        BTreeSet::from(["30443".to_string()])
+    );
+    assert_eq!(snap.sets[&IpSet::IpvsIps].len(), 5);
+    assert!(
+        snap.rules
+            .iter()
+            .any(|r| r == "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES"),
+        "{:#?}",
+        snap.rules
+    );
+    assert_eq!(stats.detail["virtualServers"], 7);
+    assert_eq!(stats.detail["realServers"], 9);
+    assert_eq!(
+        stats.detail["perVirtualServer"]["TCP/10.96.0.10:80"]["servicePort"],
+        "ns/web"
+    );
+    assert_eq!(
+        after_cleanup,
+        Snapshot {
+            servers: BTreeMap::new(),
+            addresses: BTreeSet::new(),
+            sets: ipsets::Entries::new(),
+            rules: vec![],
+        }
+    );
+    assert!(
+        !leftovers.lines().any(|l| IpSet::from_name(l).is_some()),
+        "{leftovers}"
+    );
+}
+
+/// The states a run of partial syncs goes through: endpoints change, one
+/// terminates, affinity toggles, a port is added to a Service, a Service
+/// is deleted and another recreated with the same ClusterIP, a NodePort
+/// appears, a Service loses its endpoints.
+fn evolution() -> Vec<ProxyState> {
+    let mut states = vec![base_state()];
+    let mut next = |f: &dyn Fn(&mut ProxyState)| {
+        let mut s = states.last().unwrap().clone();
+        f(&mut s);
+        states.push(s);
+    };
+    let name = |n: &str, p: Protocol| ServicePortName::new("ns", n, "", p);
+    next(&|s| {
+        s.endpoints
+            .get_mut(&name("web", Protocol::Tcp))
+            .unwrap()
+            .push(endpoint(1, 12, 8080, false));
+    });
+    next(&|s| {
+        let eps = s.endpoints.get_mut(&name("web", Protocol::Tcp)).unwrap();
+        eps[1].ready = false;
+        eps[1].terminating = true;
+    });
+    next(&|s| {
+        s.services
+            .get_mut(&name("dns", Protocol::Udp))
+            .unwrap()
+            .session_affinity_seconds = None;
+    });
+    next(&|s| {
+        let mut alt = service("web", [10, 96, 0, 10], 8080, Protocol::Tcp);
+        alt.name = ServicePortName::new("ns", "web", "alt", Protocol::Tcp);
+        insert(s, alt, vec![endpoint(0, 5, 9090, false)]);
+    });
+    next(&|s| {
+        let gone = name("drain", Protocol::Tcp);
+        s.services.remove(&gone);
+        s.endpoints.remove(&gone);
+        insert(
+            s,
+            service("drain2", [10, 96, 0, 40], 80, Protocol::Tcp),
+            vec![endpoint(1, 13, 8080, false)],
+        );
+    });
+    next(&|s| {
+        s.services
+            .get_mut(&name("web", Protocol::Tcp))
+            .unwrap()
+            .node_port = Some(30080);
+    });
+    next(&|s| {
+        s.endpoints.insert(name("local", Protocol::Tcp), vec![]);
+        let web = name("web", Protocol::Tcp);
+        s.services.remove(&web);
+        s.endpoints.remove(&web);
+    });
+    states
+}
+
+#[test]
+fn kernel_partial_syncs_converge_to_a_full_sync() {
+    let states = evolution();
+    let Some((incremental, written)) = with_ipvs(|| {
+        let mut b = setup_backend(&BackendOptions::default());
+        sync(&mut b, 1, SyncMode::Full, &states[0], &full(&states[0]));
+        let mut written = Vec::new();
+        for (i, pair) in states.windows(2).enumerate() {
+            let changes = changes_between(&pair[0], &pair[1]);
+            let out = sync(&mut b, i as u64 + 2, SyncMode::Partial, &pair[1], &changes);
+            assert!(!b.needs_full, "partial sync {} fell back to full", i + 2);
+            written.push(out.written);
+        }
+        let snap = snapshot();
+        b.cleanup().expect("cleanup");
+        (snap, written)
+    }) else {
+        return;
+    };
+    let last = states.last().unwrap();
+    let from_scratch = with_ipvs(|| {
+        let mut b = setup_backend(&BackendOptions::default());
+        sync(&mut b, 1, SyncMode::Full, last, &full(last));
+        let snap = snapshot();
+        b.cleanup().expect("cleanup");
+        snap
+    })
+    .expect("IPVS was there a moment ago");
+    println!("objects written per partial sync: {written:?}");
+    assert_eq!(incremental, from_scratch);
+    // A partial sync writes only what changed: one endpoint added is one
+    // real server plus its ipset entries, not the whole table.
+    assert!(written[0] <= 3, "{written:?}");
+}
+
+/// A second namespace with one interface, `eth0` at 10.244.0.5/24, joined
+/// to the calling namespace's `veth-pod` at 10.244.0.1/24, and a TCP server
+/// on port 8080 that answers each connection with the peer address it saw.
+/// Dropping the returned sender stops it (it stops by itself after 60 s).
+fn start_pod() -> mpsc::Sender<()> {
+    let (to_node, from_pod) = mpsc::channel::<String>();
+    let (to_pod, from_node) = mpsc::channel::<()>();
+    let (stop, stopped) = mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
+        let tid = nix::unistd::gettid();
+        to_node
+            .send(format!("/proc/self/task/{tid}/ns/net"))
+            .unwrap();
+        from_node.recv().unwrap();
+        for args in [
+            &["link", "set", "lo", "up"][..],
+            &["addr", "add", "10.244.0.5/24", "dev", "eth0"],
+            &["link", "set", "eth0", "up"],
+            &["route", "add", "default", "via", "10.244.0.1"],
+        ] {
+            cmd::run("ip", args, None).unwrap();
+        }
+        let listener = TcpListener::bind("0.0.0.0:8080").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        to_node.send("listening".into()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline && stopped.try_recv() == Err(mpsc::TryRecvError::Empty) {
+            match listener.accept() {
+                Ok((mut conn, peer)) => {
+                    let _ = conn.write_all(peer.ip().to_string().as_bytes());
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+    let path = from_pod.recv().unwrap();
+    for args in [
+        &[
+            "link", "add", "veth-pod", "type", "veth", "peer", "name", "eth0", "netns", &path,
+        ][..],
+        &["addr", "add", "10.244.0.1/24", "dev", "veth-pod"],
+        &["link", "set", "veth-pod", "up"],
+    ] {
+        cmd::run("ip", args, None).unwrap();
+    }
+    to_pod.send(()).unwrap();
+    assert_eq!(from_pod.recv().unwrap(), "listening");
+    stop
+}
+
+/// Connects and reads the answer; the error kind and how long it took.
+fn probe(addr: &str) -> (Result<String, std::io::ErrorKind>, Duration) {
+    let start = Instant::now();
+    let addr: SocketAddr = addr.parse().unwrap();
+    let r = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+        .and_then(|mut s| {
+            s.set_read_timeout(Some(Duration::from_secs(3)))?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        })
+        .map_err(|e| e.kind());
+    (r, start.elapsed())
+}
+
+#[test]
+fn kernel_traffic_reaches_the_endpoint_and_an_empty_service_refuses() {
+    let Some(results) = with_ipvs(|| {
+        let stop = start_pod();
+        let mut b = setup_backend(&BackendOptions::default());
+        let mut state = ProxyState::default();
+        insert(
+            &mut state,
+            service("web", [10, 96, 0, 10], 80, Protocol::Tcp),
+            vec![endpoint(0, 5, 8080, false)],
+        );
+        let mut sticky = service("sticky", [10, 96, 0, 11], 80, Protocol::Tcp);
+        sticky.session_affinity_seconds = Some(60);
+        insert(&mut state, sticky, vec![]);
+        insert(
+            &mut state,
+            service("empty", [10, 96, 0, 30], 80, Protocol::Tcp),
+            vec![],
+        );
+        sync(&mut b, 1, SyncMode::Full, &state, &full(&state));
+        let results = [
+            probe("10.96.0.10:80"),
+            probe("10.96.0.30:80"),
+            probe("10.96.0.11:80"),
+            probe("10.96.0.10:81"),
+        ];
+        b.cleanup().expect("cleanup");
+        drop(stop);
+        results
+    }) else {
+        return;
+    };
+    for (what, r) in [
+        "service",
+        "no endpoints",
+        "no endpoints, affinity",
+        "other port",
+    ]
+    .iter()
+    .zip(&results)
+    {
+        println!("{what}: {:?} in {:?}", r.0, r.1);
+    }
+    // From the node itself the source is a VIP outside the cluster CIDR,
+    // so it is masqueraded to the node's address on the pod network.
+    assert_eq!(results[0].0, Ok("10.244.0.1".to_string()));
+    for r in &results[1..] {
+        assert_eq!(
+            r.0,
+            Err(std::io::ErrorKind::ConnectionRefused),
+            "{results:?}"
+        );
+        assert!(r.1 < Duration::from_secs(1), "{results:?}");
+    }
+}
+
+/// The fixed ruleset and the sets apply with the real tools and clean up;
+/// needs netfilter only, so it runs on the host kernel too.
+#[test]
+fn ruleset_applies_and_cleans_up() {
+    if let Some(reason) = testns::unavailable() {
+        eprintln!("SKIP: {reason}");
+        return;
+    }
+    let (applied, after) = testns::in_new_netns(|| {
+        cmd::run(
+            "ipset",
+            &["restore", "-exist"],
+            Some(ipsets::restore_input(true, &[], &[]).as_bytes()),
+        )
+        .unwrap();
+        ensure_jumps().unwrap();
+        ensure_jumps().unwrap();
+        let non_empty: BTreeSet<IpSet> = IpSet::ALL
+            .into_iter()
+            .filter(|s| !matches!(s, IpSet::ExternalIp | IpSet::ExternalIpLocal))
+            .collect();
+        let text = rules::render(&rules::RuleInput {
+            cluster_cidr: node().cluster_cidr,
+            non_empty: &non_empty,
+            masquerade: true,
+        });
+        cmd::run(IPTABLES_RESTORE, &["--noflush"], Some(text.as_bytes())).unwrap();
+        // Applying twice replaces, never duplicates.
+        cmd::run(IPTABLES_RESTORE, &["--noflush"], Some(text.as_bytes())).unwrap();
+        let applied = snapshot_rules();
+        let mut b = IpvsBackend::new(&BackendOptions::default());
+        b.cleanup().expect("cleanup");
+        (applied, snapshot_rules())
+    });
+    let jumps = applied
+        .iter()
+        .filter(|l| l.contains("-j KUBE-SERVICES"))
+        .count();
+    assert_eq!(jumps, 2, "{applied:#?}");
+    assert_eq!(
+        applied.iter().filter(|l| l.starts_with("-A KUBE-")).count(),
+        rules::rule_count(&rules::render(&rules::RuleInput {
+            cluster_cidr: node().cluster_cidr,
+            non_empty: &IpSet::ALL
+                .into_iter()
+                .filter(|s| !matches!(s, IpSet::ExternalIp | IpSet::ExternalIpLocal))
+                .collect(),
+            masquerade: true,
+        }))
+    );
+    assert!(after.is_empty(), "{after:#?}");
+}
+
+fn snapshot_rules() -> Vec<String> {
+    ["nat", "filter"]
+        .iter()
+        .flat_map(|t| {
+            cmd::run(IPTABLES_SAVE, &["-t", t], None)
+                .unwrap()
+                .stdout
+                .lines()
+                .filter(|l| l.contains("KUBE-"))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn capability_names_what_is_missing() {
+    if let Some(reason) = testns::unavailable() {
+        eprintln!("SKIP: {reason}");
+        return;
+    }
+    let kernel_has_ipvs = testns::in_new_netns(|| ipvs_missing().is_none());
+    match (capability(), kernel_has_ipvs) {
+        (Ok(()), true) => {}
+        (Err(u), false) => {
+            assert!(u.reason.contains("kernel lacks IP_VS"), "{}", u.reason);
+            assert!(u.reason.contains("svclab vm"), "{}", u.reason);
+        }
+        (got, has) => panic!("capability {got:?} while the kernel has IPVS: {has}"),
+    }
+}

@@ -1,0 +1,212 @@
+//! The `kube-ipvs0` dummy device and the /32 addresses on it, over
+//! rtnetlink. IPVS only sees packets the kernel delivers locally, so every
+//! VIP must be a local address; a dummy device holds them without ever
+//! sending anything (kube-proxy leaves it down, and so do we: local routes
+//! for its addresses exist either way).
+
+use std::collections::BTreeSet;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
+
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::protocols::NETLINK_ROUTE;
+
+use super::transport::Transport;
+
+/// kube-proxy's name for the device that holds Service addresses.
+pub const DUMMY_DEVICE: &str = "kube-ipvs0";
+
+#[derive(Debug, thiserror::Error)]
+#[error("rtnetlink: {what}: {source}")]
+pub struct LinkError {
+    what: String,
+    #[source]
+    source: io::Error,
+}
+
+fn err(what: impl Into<String>) -> impl FnOnce(io::Error) -> LinkError {
+    let what = what.into();
+    move |source| LinkError { what, source }
+}
+
+/// An rtnetlink socket in the namespace it was opened in.
+pub struct Links {
+    transport: Transport,
+}
+
+impl Links {
+    pub fn open() -> Result<Self, LinkError> {
+        Ok(Links {
+            transport: Transport::open(NETLINK_ROUTE).map_err(err("opening a route socket"))?,
+        })
+    }
+
+    /// The index of link `name`, if it exists.
+    pub fn index_of(&mut self, name: &str) -> Result<Option<u32>, LinkError> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        match self.transport.request(RouteNetlinkMessage::GetLink(msg), 0) {
+            Ok(replies) => Ok(replies.into_iter().find_map(|r| match r {
+                RouteNetlinkMessage::NewLink(l) => Some(l.header.index),
+                _ => None,
+            })),
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(err(format!("looking up link {name}"))(e)),
+        }
+    }
+
+    /// Creates dummy device `name` unless it exists; returns its index.
+    pub fn ensure_dummy(&mut self, name: &str) -> Result<u32, LinkError> {
+        if let Some(index) = self.index_of(name)? {
+            return Ok(index);
+        }
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        msg.attributes
+            .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
+                InfoKind::Dummy,
+            )]));
+        self.transport
+            .request(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL)
+            .map_err(err(format!("creating dummy device {name}")))?;
+        self.index_of(name)?.ok_or_else(|| LinkError {
+            what: format!("dummy device {name} vanished after it was created"),
+            source: io::Error::from_raw_os_error(libc::ENODEV),
+        })
+    }
+
+    /// Deletes link `name`; a link that does not exist is not an error.
+    pub fn delete(&mut self, name: &str) -> Result<(), LinkError> {
+        let Some(index) = self.index_of(name)? else {
+            return Ok(());
+        };
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        self.transport
+            .request(RouteNetlinkMessage::DelLink(msg), 0)
+            .map(|_| ())
+            .map_err(err(format!("deleting link {name}")))
+    }
+
+    /// The IPv4 addresses on link `index`.
+    pub fn addresses(&mut self, index: u32) -> Result<BTreeSet<Ipv4Addr>, LinkError> {
+        let mut msg = AddressMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        let replies = self
+            .transport
+            .dump(RouteNetlinkMessage::GetAddress(msg))
+            .map_err(err("listing IPv4 addresses"))?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|r| match r {
+                RouteNetlinkMessage::NewAddress(a) if a.header.index == index => Some(a),
+                _ => None,
+            })
+            .flat_map(|a| a.attributes)
+            .filter_map(|attr| match attr {
+                AddressAttribute::Local(IpAddr::V4(ip)) => Some(ip),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Adds each address as a /32 on link `index` (`device` names it in
+    /// errors); an address already there is not an error.
+    pub fn add_addresses(
+        &mut self,
+        index: u32,
+        device: &str,
+        ips: &[Ipv4Addr],
+    ) -> Result<(), LinkError> {
+        let msgs = ips
+            .iter()
+            .map(|ip| {
+                (
+                    RouteNetlinkMessage::NewAddress(host_address(index, *ip)),
+                    NLM_F_CREATE,
+                )
+            })
+            .collect();
+        self.check_batch(msgs, ips, &[libc::EEXIST], |ip| {
+            format!("adding address {ip}/32 to {device}")
+        })
+    }
+
+    /// Removes each /32 from link `index`; an address already gone is not
+    /// an error.
+    pub fn del_addresses(
+        &mut self,
+        index: u32,
+        device: &str,
+        ips: &[Ipv4Addr],
+    ) -> Result<(), LinkError> {
+        let msgs = ips
+            .iter()
+            .map(|ip| (RouteNetlinkMessage::DelAddress(host_address(index, *ip)), 0))
+            .collect();
+        self.check_batch(msgs, ips, &[libc::EADDRNOTAVAIL], |ip| {
+            format!("removing address {ip}/32 from {device}")
+        })
+    }
+
+    fn check_batch(
+        &mut self,
+        msgs: Vec<(RouteNetlinkMessage, u16)>,
+        ips: &[Ipv4Addr],
+        tolerated: &[i32],
+        what: impl Fn(&Ipv4Addr) -> String,
+    ) -> Result<(), LinkError> {
+        if msgs.is_empty() {
+            return Ok(());
+        }
+        let results = self
+            .transport
+            .batch(msgs)
+            .map_err(err("sending address changes"))?;
+        for (ip, r) in ips.iter().zip(results) {
+            if let Err(e) = r
+                && !e.raw_os_error().is_some_and(|c| tolerated.contains(&c))
+            {
+                return Err(err(what(ip))(e));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `ip addr add IP/32 dev INDEX`, scope global as kube-proxy adds them.
+fn host_address(index: u32, ip: Ipv4Addr) -> AddressMessage {
+    let mut msg = AddressMessage::default();
+    msg.header.family = AddressFamily::Inet;
+    msg.header.prefix_len = 32;
+    msg.header.index = index;
+    msg.attributes.push(AddressAttribute::Local(IpAddr::V4(ip)));
+    msg.attributes
+        .push(AddressAttribute::Address(IpAddr::V4(ip)));
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use netlink_packet_core::Emitable;
+
+    use super::*;
+
+    /// The bytes `ip addr add 10.96.0.10/32 dev 7` sends after the netlink
+    /// header: ifaddrmsg {AF_INET, /32, flags 0, scope 0, index 7}, then
+    /// IFA_LOCAL and IFA_ADDRESS.
+    #[test]
+    fn host_address_layout() {
+        let msg = host_address(7, Ipv4Addr::new(10, 96, 0, 10));
+        let mut buf = vec![0u8; msg.buffer_len()];
+        msg.emit(&mut buf);
+        let mut want = vec![2u8, 32, 0, 0];
+        want.extend(7u32.to_ne_bytes());
+        want.extend([8, 0, 2, 0, 10, 96, 0, 10]); // IFA_LOCAL
+        want.extend([8, 0, 1, 0, 10, 96, 0, 10]); // IFA_ADDRESS
+        assert_eq!(buf, want);
+    }
+}
