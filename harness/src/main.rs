@@ -1,23 +1,39 @@
+//! `svclab`: an end-to-end test harness and benchmark lab for Kubernetes
+//! Service proxies.
+
+mod agent;
 mod cleanup;
 mod controlplane;
-mod probe;
-mod workload;
+mod guard;
+mod lab;
 mod netns;
+mod probe;
 mod scenario;
 mod state;
 mod topology;
+mod workload;
 
+use std::io::BufRead;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::process::ExitCode;
+use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use svclab_backends::BackendKind;
+
+use crate::scenario::Scenario;
 
 #[derive(Parser)]
 #[command(
     name = "svclab",
     version,
-    about = "End-to-end test harness and benchmark lab for Kubernetes Service proxies"
+    about = "End-to-end test harness and benchmark lab for Kubernetes Service proxies",
+    long_about = "svclab emulates a multi-node Kubernetes cluster on one Linux host with network \
+                  namespaces, runs a kube-proxy-like agent per node with a pluggable backend \
+                  (iptables, nftables, IPVS, userspace, eBPF or your own program), and checks \
+                  DNAT correctness, load balance and rule-sync cost. It never changes the host's \
+                  own network namespace."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -26,53 +42,269 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Build the lab's network and keep it until `svclab down`.
-    Up { scenario: Option<PathBuf> },
-    /// Tear a lab down.
+    /// Build a lab and keep it running until `svclab down`.
+    Up {
+        /// Scenario file (default: the built-in smoke scenario).
+        scenario: Option<PathBuf>,
+        /// Start agents with this backend.
+        #[arg(long)]
+        backend: Option<BackendKind>,
+        /// Stay in the foreground (Ctrl-C tears the lab down).
+        #[arg(long)]
+        foreground: bool,
+    },
+    /// Tear a lab down (the only one, or RUN).
     Down { run: Option<String> },
-    /// Remove what earlier runs left behind.
+    /// Remove what earlier runs left behind (only runs whose owner is gone,
+    /// unless --force).
     Cleanup {
         #[arg(long)]
         force: bool,
     },
+    /// Run one node's agent (started by the lab inside the node's namespace).
+    #[command(hide = true)]
+    Agent(agent::AgentArgs),
+    /// Serve every pod's echo servers (started by the lab).
+    #[command(hide = true)]
+    Workloads,
 }
 
-fn main() -> Result<()> {
+fn load_scenario(path: Option<&PathBuf>) -> Result<Scenario, ExitCode> {
+    match path {
+        None => Ok(Scenario::smoke()),
+        Some(p) => Scenario::load(p).map_err(|e| {
+            eprintln!("{e}");
+            ExitCode::from(2)
+        }),
+    }
+}
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Runtime::new()?;
-    match cli.command {
-        Command::Up { scenario } => {
-            let scn = match scenario {
-                Some(p) => scenario::Scenario::load(&p).map_err(|e| anyhow::anyhow!("{e}"))?,
-                None => scenario::Scenario::smoke(),
-            };
-            let run = topology::RunId::fresh();
-            let mut st = state::RunState::new(&run, &scn.file);
-            let topo = topology::Topology::plan(&scn, &run);
-            st.topology = Some(topo.clone());
-            st.save()?;
-            let t0 = Instant::now();
-            let times = rt
-                .block_on(topo.create())
-                .context("building the topology")?;
-            println!(
-                "run {run}: {} namespaces in {:?} ({:?})",
-                topo.namespaces().len(),
-                t0.elapsed(),
-                times
-            );
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SVCLAB_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Command::Agent(args) = cli.command {
+        return ExitCode::from(agent::run(args) as u8);
+    }
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("svclab: starting the runtime: {e}");
+            return ExitCode::FAILURE;
         }
-        Command::Down { run } => {
-            let mut report = cleanup::CleanupReport::default();
-            let run = topology::RunId::parse(run.as_deref().unwrap_or("")).context("run id")?;
-            let t0 = Instant::now();
-            cleanup::cleanup_run(&run, true, &mut report);
-            println!("{report:?} in {:?}", t0.elapsed());
-        }
-        Command::Cleanup { force } => {
-            let report = cleanup::cleanup_all(force);
-            println!("{report:?}");
+    };
+    guard::install(rt.handle());
+    let result = rt.block_on(dispatch(cli.command));
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("svclab: {e:#}");
+            ExitCode::FAILURE
         }
     }
-    Ok(())
+}
+
+async fn dispatch(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Up {
+            scenario,
+            backend,
+            foreground,
+        } => {
+            let scn = match load_scenario(scenario.as_ref()) {
+                Ok(s) => s,
+                Err(code) => return Ok(code),
+            };
+            if foreground {
+                up_foreground(scn, backend).await
+            } else {
+                up_detached(scenario, backend)
+            }
+        }
+        Command::Down { run } => down(run),
+        Command::Cleanup { force } => {
+            let report = cleanup::cleanup_all(force);
+            for (run, why) in &report.skipped {
+                println!("run {run}: left alone: {why}");
+            }
+            println!(
+                "removed {} run(s): {} namespace(s), {} process(es)",
+                report.runs.len(),
+                report.namespaces,
+                report.processes
+            );
+            for e in &report.errors {
+                eprintln!("error: {e}");
+            }
+            Ok(if report.errors.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Workloads => workloads().await,
+        Command::Agent(_) => unreachable!("handled before the runtime starts"),
+    }
+}
+
+async fn up_foreground(scn: Scenario, backend: Option<BackendKind>) -> Result<ExitCode> {
+    let opts = lab::LabOptions {
+        backend,
+        agent_ports: true,
+        ..Default::default()
+    };
+    let lab = lab::Lab::up(scn, &opts).await?;
+    println!("READY {}", lab.run);
+    print_lab(&lab);
+    // The guard's signal handler tears the lab down and exits.
+    std::future::pending::<()>().await;
+    unreachable!()
+}
+
+fn print_lab(lab: &lab::Lab) {
+    let t = &lab.topology;
+    println!(
+        "lab {} ({}): {} nodes, {} pods, {} namespaces in {:.0} ms",
+        lab.run,
+        lab.scenario.name,
+        t.nodes.len(),
+        t.pods.len(),
+        t.namespaces().len(),
+        lab.times.topology.total.as_secs_f64() * 1e3
+    );
+    for n in &t.nodes {
+        println!("  node {:<10} {}  pods {}  netns {}", n.name, n.ip, n.pod_cidr, n.netns);
+    }
+    if let (Some(ns), Some(ip)) = (&t.external, t.external_ip) {
+        println!("  external        {ip}  netns {ns}");
+    }
+    for svc in lab.cp.services() {
+        let spec = svc.spec.clone().unwrap_or_default();
+        let ports: Vec<String> = spec
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| match p.node_port {
+                Some(np) => format!("{}:{np}/{}", p.port, p.protocol.as_deref().unwrap_or("TCP")),
+                None => format!("{}/{}", p.port, p.protocol.as_deref().unwrap_or("TCP")),
+            })
+            .collect();
+        println!(
+            "  service {}/{} {} {}",
+            svc.metadata.namespace.as_deref().unwrap_or("default"),
+            svc.metadata.name.as_deref().unwrap_or(""),
+            spec.cluster_ip.as_deref().unwrap_or("-"),
+            ports.join(",")
+        );
+    }
+    println!("  try: ip netns exec {} curl -s {}:8080/hostname", t.nodes[0].netns, lab.scenario.pods.iter().find(|p| !p.client).map_or("".into(), |p| p.ip.to_string()));
+    println!("  stop: svclab down {}", lab.run);
+}
+
+fn up_detached(scenario: Option<PathBuf>, backend: Option<BackendKind>) -> Result<ExitCode> {
+    let exe = std::env::current_exe()?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("up").arg("--foreground");
+    if let Some(s) = &scenario {
+        cmd.arg(s);
+    }
+    if let Some(b) = &backend {
+        cmd.arg("--backend").arg(b.to_string());
+    }
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit());
+    // SAFETY: setsid is async-signal-safe; the lab must survive this
+    // terminal's session (it is stopped with `svclab down`).
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("starting the lab process")?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let first = lines.next();
+    match first {
+        Some(Ok(l)) if l.starts_with("READY ") => {
+            for l in lines.map_while(Result::ok) {
+                if l.starts_with("  stop:") {
+                    println!("{l}");
+                    break;
+                }
+                println!("{l}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => {
+            let status = child.wait()?;
+            bail!("the lab did not come up ({status})")
+        }
+    }
+}
+
+fn down(run: Option<String>) -> Result<ExitCode> {
+    let run = match run {
+        Some(r) => topology::RunId::parse(&r).with_context(|| format!("{r:?} is not a run id (4 hex digits)"))?,
+        None => {
+            let live = state::known_runs();
+            match live.as_slice() {
+                [one] => one.clone(),
+                [] => {
+                    println!("no lab is running");
+                    return Ok(ExitCode::SUCCESS);
+                }
+                many => bail!(
+                    "several labs exist ({}); name one: svclab down RUN",
+                    many.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", ")
+                ),
+            }
+        }
+    };
+    if let Ok(st) = state::RunState::load(&run) {
+        if st.owner.signal(nix::sys::signal::Signal::SIGTERM) {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while st.owner.alive() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    let mut report = cleanup::CleanupReport::default();
+    cleanup::cleanup_run(&run, true, &mut report);
+    println!("lab {run} is down");
+    for e in &report.errors {
+        eprintln!("error: {e}");
+    }
+    Ok(if report.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The workload server: reads the pods' servers as one JSON line, binds
+/// them, says READY, and serves until stdin closes.
+async fn workloads() -> Result<ExitCode> {
+    let line = tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line).map(|_| line)
+    })
+    .await??;
+    let pods: Vec<workload::PodServers> = serde_json::from_str(&line).context("reading the pod list")?;
+    let n = workload::serve(pods).await?;
+    println!("READY {n}");
+    tokio::task::spawn_blocking(|| {
+        let mut sink = String::new();
+        while std::io::stdin().lock().read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+            sink.clear();
+        }
+    })
+    .await?;
+    Ok(ExitCode::SUCCESS)
 }

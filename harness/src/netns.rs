@@ -34,6 +34,8 @@ pub enum NetNsError {
     },
     #[error("network namespace {0} already exists")]
     Exists(String),
+    #[error("network namespace {0}: not created, svclab is shutting down")]
+    Stopping(String),
 }
 
 fn sys<'a>(name: &'a str, op: &'static str) -> impl FnOnce(nix::Error) -> NetNsError + 'a {
@@ -89,6 +91,9 @@ impl NetNs {
         &self,
         init: impl FnOnce() -> Result<(), NetNsError>,
     ) -> Result<(), NetNsError> {
+        if crate::guard::stopping() {
+            return Err(NetNsError::Stopping(self.name.clone()));
+        }
         ensure_netns_dir()?;
         let path = self.path();
         match std::fs::OpenOptions::new()

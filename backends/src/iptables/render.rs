@@ -1,0 +1,760 @@
+//! Renders kube-proxy's iptables-mode ruleset as `iptables-restore
+//! --noflush` input, rule for rule as kube-proxy's `syncProxyRules` writes
+//! it (pkg/proxy/iptables/proxier.go), with nodePortAddresses set to the
+//! node IP and the local-traffic detector set to the cluster CIDR.
+//!
+//! Pure: no kernel, no I/O. A full render writes every chain; a partial
+//! render rewrites the top-level chains (always complete) and the chains of
+//! the changed service ports only, and deletes the chains that are no
+//! longer used (kube-proxy's MinimizeIPTablesRestore).
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fmt::{self, Write as _};
+use std::sync::OnceLock;
+
+use super::book::{Book, FixedRules, ServiceEntry, Update};
+use super::names::{Chain, ServiceChains, endpoint_chain};
+use crate::model::{
+    Endpoint, NodeContext, ProxyState, ServicePort, ServicePortName, categorize_endpoints,
+};
+use crate::{BackendOptions, Fault};
+
+/// nat chains every sync writes, in kube-proxy's order.
+pub const NAT_TOP: [&str; 4] = [
+    "KUBE-SERVICES",
+    "KUBE-NODEPORTS",
+    "KUBE-POSTROUTING",
+    "KUBE-MARK-MASQ",
+];
+
+/// filter chains every sync writes, in kube-proxy's order.
+pub const FILTER_TOP: [&str; 5] = [
+    "KUBE-SERVICES",
+    "KUBE-EXTERNAL-SERVICES",
+    "KUBE-FORWARD",
+    "KUBE-NODEPORTS",
+    "KUBE-PROXY-FIREWALL",
+];
+
+/// kube-proxy's default masquerade bit 14.
+const MASQ_MARK: &str = "0x4000";
+
+/// Above this many endpoints kube-proxy drops the per-endpoint comments
+/// (its "large cluster mode"), which shrinks the ruleset by ~40%.
+const LARGE_CLUSTER_ENDPOINTS: usize = 1000;
+
+/// What shapes the rules besides the state: deliberate faults and one
+/// kernel setting.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    pub missing_masquerade: bool,
+    pub wrong_probability: bool,
+    pub no_reject: bool,
+    /// `nf_conntrack_tcp_be_liberal` is set; kube-proxy then leaves out
+    /// its DROP of INVALID packets.
+    pub conntrack_tcp_liberal: bool,
+}
+
+impl Config {
+    pub fn new(options: &BackendOptions) -> Self {
+        Config {
+            missing_masquerade: options.has_fault(Fault::MissingMasquerade),
+            wrong_probability: options.has_fault(Fault::WrongProbability),
+            no_reject: options.has_fault(Fault::NoReject),
+            conntrack_tcp_liberal: false,
+        }
+    }
+}
+
+/// Which service ports a render rewrites.
+#[derive(Clone, Copy, Debug)]
+pub enum Scope<'a> {
+    Full,
+    /// These changed since the last successful sync.
+    Partial(&'a BTreeSet<ServicePortName>),
+}
+
+/// One sync's restore input and the bookkeeping to apply once the kernel
+/// has accepted it.
+#[derive(Debug)]
+pub struct Rendered {
+    pub text: String,
+    /// A partial scope is rendered in full when nothing was synced yet or
+    /// kube-proxy's large cluster mode flipped.
+    pub full: bool,
+    /// Lines of `text`.
+    pub lines: u64,
+    pub deleted_chains: u64,
+    pub update: Update,
+}
+
+/// The whole ruleset for `state`, as the first sync writes it.
+pub fn render_full(state: &ProxyState, node: &NodeContext, options: &BackendOptions) -> String {
+    render(
+        &Config::new(options),
+        state,
+        node,
+        Scope::Full,
+        &Book::default(),
+    )
+    .text
+}
+
+/// Renders `scope` against what `book` says is programmed.
+pub fn render(
+    config: &Config,
+    state: &ProxyState,
+    node: &NodeContext,
+    scope: Scope<'_>,
+    book: &Book,
+) -> Rendered {
+    let large_cluster = endpoints_in_use(state) > LARGE_CLUSTER_ENDPOINTS;
+    let changed = match scope {
+        // The comment style of every endpoint rule changes when large
+        // cluster mode flips, so a flip rewrites everything.
+        Scope::Partial(changed) if book.is_synced() && large_cluster == book.large_cluster() => {
+            Some(changed)
+        }
+        _ => None,
+    };
+    let full = changed.is_none();
+    let ctx = ServiceCtx {
+        config,
+        node,
+        large_cluster,
+    };
+    let mut out = Sections::with_capacity(state, full);
+    let mut deletes: Vec<Chain> = Vec::new();
+    let mut full_entries = BTreeMap::new();
+    let mut partial_entries = Vec::new();
+
+    // Walk the book alongside the state (both sorted by name), so finding
+    // a service port's cached entry costs one comparison, not a lookup.
+    let mut cached = book.services().iter().peekable();
+    for (name, svc) in &state.services {
+        let mut prior = None;
+        while let Some((k, e)) = cached.peek() {
+            match (*k).cmp(name) {
+                std::cmp::Ordering::Less => {
+                    deletes.extend_from_slice(&e.chains);
+                    if !full {
+                        partial_entries.push(((*k).clone(), None));
+                    }
+                    cached.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    prior = Some(*e);
+                    cached.next();
+                    break;
+                }
+                std::cmp::Ordering::Greater => break,
+            }
+        }
+        let rewrite = match (changed, prior) {
+            (Some(changed), Some(_)) => changed.contains(name),
+            _ => true,
+        };
+        if !rewrite {
+            let e = prior.expect("kept service ports have an entry");
+            out.add_top(e);
+            continue;
+        }
+        let entry = ctx.service(
+            &mut out.nat_chains,
+            &mut out.nat_rules,
+            name,
+            svc,
+            state.endpoints_of(name),
+        );
+        if let Some(p) = prior {
+            stale_chains(&p.chains, &entry.chains, &mut deletes);
+        }
+        out.add_top(&entry);
+        if full {
+            full_entries.insert(name.clone(), entry);
+        } else {
+            partial_entries.push((name.clone(), Some(entry)));
+        }
+    }
+    for (k, e) in cached {
+        deletes.extend_from_slice(&e.chains);
+        if !full {
+            partial_entries.push((k.clone(), None));
+        }
+    }
+    if full && !book.orphans().is_empty() {
+        let active: HashSet<Chain> = full_entries
+            .values()
+            .flat_map(|e: &ServiceEntry| e.chains.iter().copied())
+            .collect();
+        let known: HashSet<Chain> = deletes.iter().copied().collect();
+        deletes.extend(
+            book.orphans()
+                .iter()
+                .filter(|c| !active.contains(c) && !known.contains(c)),
+        );
+    }
+
+    let fixed = out.fixed_rules(config, node);
+    let deleted_chains = deletes.len() as u64;
+    let (text, lines) = out.assemble(&deletes);
+    let update = if full {
+        Update::Full {
+            services: full_entries,
+            fixed,
+            large_cluster,
+        }
+    } else {
+        Update::Partial {
+            services: partial_entries,
+            fixed,
+        }
+    };
+    Rendered {
+        text,
+        full,
+        lines,
+        deleted_chains,
+        update,
+    }
+}
+
+/// Endpoints of known service ports, as kube-proxy counts them for large
+/// cluster mode.
+fn endpoints_in_use(state: &ProxyState) -> usize {
+    let mut services = state.services.keys().peekable();
+    let mut total = 0;
+    for (name, eps) in &state.endpoints {
+        while services.next_if(|s| *s < name).is_some() {}
+        if services.peek() == Some(&name) {
+            total += eps.len();
+        }
+    }
+    total
+}
+
+/// Appends the chains of `old` missing from `new` (both sorted).
+fn stale_chains(old: &[Chain], new: &[Chain], out: &mut Vec<Chain>) {
+    let mut new = new.iter().peekable();
+    for c in old {
+        while new.next_if(|n| *n < c).is_some() {}
+        if new.peek() != Some(&c) {
+            out.push(*c);
+        }
+    }
+}
+
+/// Lines of text with a running count.
+#[derive(Default)]
+struct Buf {
+    text: String,
+    lines: u64,
+}
+
+impl Buf {
+    fn with_capacity(n: usize) -> Self {
+        Buf {
+            text: String::with_capacity(n),
+            lines: 0,
+        }
+    }
+
+    fn line(&mut self, args: fmt::Arguments<'_>) {
+        let _ = self.text.write_fmt(args);
+        self.text.push('\n');
+        self.lines += 1;
+    }
+
+    fn chain(&mut self, chain: impl fmt::Display) {
+        self.line(format_args!(":{chain} - [0:0]"));
+    }
+}
+
+/// The restore input, built per section and joined at the end because
+/// iptables-restore wants all chain lines of a table before its rules.
+struct Sections {
+    filter_rules: Buf,
+    nat_chains: Buf,
+    nat_top: Buf,
+    nat_rules: Buf,
+}
+
+impl Sections {
+    fn with_capacity(state: &ProxyState, full: bool) -> Self {
+        let services = state.services.len();
+        let chain_bytes = if full {
+            state.endpoint_count() * 300 + services * 300
+        } else {
+            4096
+        };
+        Sections {
+            filter_rules: Buf::with_capacity(1024),
+            nat_chains: Buf::with_capacity(chain_bytes / 8),
+            nat_top: Buf::with_capacity(services * 160 + 1024),
+            nat_rules: Buf::with_capacity(chain_bytes),
+        }
+    }
+
+    fn add_top(&mut self, e: &ServiceEntry) {
+        self.nat_top.text.push_str(&e.nat_top);
+        self.nat_top.lines += e.nat_top_rules;
+        self.filter_rules.text.push_str(&e.filter);
+        self.filter_rules.lines += e.filter_rules;
+    }
+
+    /// Writes the rules that do not depend on any service port and returns
+    /// the count the book keeps for them.
+    fn fixed_rules(&mut self, config: &Config, node: &NodeContext) -> FixedRules {
+        let (nat_before, filter_before) = (self.nat_top.lines, self.filter_rules.lines);
+        let nat = &mut self.nat_top;
+        nat.line(format_args!(
+            "-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this \
+             must be the last rule in this chain\" -d {} -j KUBE-NODEPORTS",
+            node.node_ip
+        ));
+        nat.line(format_args!(
+            "-A KUBE-POSTROUTING -m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN"
+        ));
+        // Un-marks the packet so it is not masqueraded again if it
+        // traverses the stack once more.
+        nat.line(format_args!(
+            "-A KUBE-POSTROUTING -j MARK --xor-mark {MASQ_MARK}"
+        ));
+        if !config.missing_masquerade {
+            nat.line(format_args!(
+                "-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring \
+                 SNAT\" -j MASQUERADE --random-fully"
+            ));
+        }
+        nat.line(format_args!(
+            "-A KUBE-MARK-MASQ -j MARK --or-mark {MASQ_MARK}"
+        ));
+
+        let filter = &mut self.filter_rules;
+        if !config.conntrack_tcp_liberal {
+            filter.line(format_args!(
+                "-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP"
+            ));
+        }
+        filter.line(format_args!(
+            "-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding rules\" -m mark --mark \
+             {MASQ_MARK}/{MASQ_MARK} -j ACCEPT"
+        ));
+        filter.line(format_args!(
+            "-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding conntrack rule\" -m \
+             conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+        ));
+        FixedRules {
+            nat: self.nat_top.lines - nat_before,
+            filter: self.filter_rules.lines - filter_before,
+        }
+    }
+
+    /// Joins the sections into restore input; returns it and its lines.
+    fn assemble(self, deletes: &[Chain]) -> (String, u64) {
+        let mut tail = Buf::with_capacity(deletes.len() * 64);
+        for c in deletes {
+            tail.chain(c);
+        }
+        let mut removals = Buf::with_capacity(deletes.len() * 32);
+        for c in deletes {
+            removals.line(format_args!("-X {c}"));
+        }
+        let len = self.filter_rules.text.len()
+            + self.nat_chains.text.len()
+            + self.nat_top.text.len()
+            + self.nat_rules.text.len()
+            + tail.text.len()
+            + removals.text.len()
+            + 512;
+        let mut text = String::with_capacity(len);
+        let mut lines = 0u64;
+        let mut fixed = |text: &mut String, s: &str| {
+            text.push_str(s);
+            text.push('\n');
+            lines += 1;
+        };
+        fixed(&mut text, "*filter");
+        for c in FILTER_TOP {
+            fixed(&mut text, &format!(":{c} - [0:0]"));
+        }
+        text.push_str(&self.filter_rules.text);
+        fixed(&mut text, "COMMIT");
+        fixed(&mut text, "*nat");
+        for c in NAT_TOP {
+            fixed(&mut text, &format!(":{c} - [0:0]"));
+        }
+        text.push_str(&self.nat_chains.text);
+        text.push_str(&tail.text);
+        text.push_str(&self.nat_top.text);
+        text.push_str(&self.nat_rules.text);
+        text.push_str(&removals.text);
+        fixed(&mut text, "COMMIT");
+        lines += self.filter_rules.lines
+            + self.nat_chains.lines
+            + tail.lines
+            + self.nat_top.lines
+            + self.nat_rules.lines
+            + removals.lines;
+        (text, lines)
+    }
+}
+
+/// Everything one service port's rules depend on besides the port itself.
+struct ServiceCtx<'a> {
+    config: &'a Config,
+    node: &'a NodeContext,
+    large_cluster: bool,
+}
+
+impl ServiceCtx<'_> {
+    /// Writes the service port's own chains into `chains`/`rules` and
+    /// returns its entry, whose top-level fragments the caller places.
+    fn service(
+        &self,
+        chain_lines: &mut Buf,
+        rules: &mut Buf,
+        name: &ServicePortName,
+        svc: &ServicePort,
+        eps: &[Endpoint],
+    ) -> ServiceEntry {
+        let p = svc.protocol.lower();
+        let cip = svc.cluster_ip;
+        let port = svc.port;
+        let cidr = self.node.cluster_cidr;
+        let cat = categorize_endpoints(svc, eps);
+        let names = ServiceChains::new(name);
+        let (svc_chain, svl_chain, ext_chain) = (names.svc(), names.svl(), names.ext());
+        let external_local = svc.externally_accessible() && svc.external_policy_local;
+        // The model fills each set only when the policy uses it, as
+        // kube-proxy's usesClusterPolicyChain / usesLocalPolicyChain.
+        let uses_cluster_chain = !cat.cluster.is_empty();
+        let uses_local_chain = !cat.local.is_empty();
+        let internal_chain = if svc.internal_policy_local {
+            svl_chain
+        } else {
+            svc_chain
+        };
+        let has_internal = cat.has_any && (!svc.internal_policy_local || uses_local_chain);
+        let external_policy_chain = if external_local { svl_chain } else { svc_chain };
+        let has_external = cat.has_any && (!external_local || uses_local_chain);
+        let uses_ext_chain = cat.has_any && svc.externally_accessible();
+        let (internal_filter, external_filter) = if !cat.has_any {
+            let reject = (!self.config.no_reject).then_some(("REJECT", "has no endpoints"));
+            (reject, reject)
+        } else {
+            let drop = ("DROP", "has no local endpoints");
+            (
+                (!has_internal).then_some(drop),
+                (!has_external).then_some(drop),
+            )
+        };
+
+        let mut top = Buf::default();
+        let mut filter = Buf::default();
+        if has_internal {
+            top.line(format_args!(
+                "-A KUBE-SERVICES -m comment --comment \"{name} cluster IP\" -m {p} -p {p} -d \
+                 {cip} --dport {port} -j {internal_chain}"
+            ));
+        } else if let Some((target, why)) = internal_filter {
+            filter.line(format_args!(
+                "-A KUBE-SERVICES -m comment --comment \"{name} {why}\" -m {p} -p {p} -d {cip} \
+                 --dport {port} -j {target}"
+            ));
+        }
+        for eip in &svc.external_ips {
+            if cat.has_any {
+                top.line(format_args!(
+                    "-A KUBE-SERVICES -m comment --comment \"{name} external IP\" -m {p} -p {p} \
+                     -d {eip} --dport {port} -j {ext_chain}"
+                ));
+            }
+            if let (false, Some((target, why))) = (has_external, external_filter) {
+                filter.line(format_args!(
+                    "-A KUBE-EXTERNAL-SERVICES -m comment --comment \"{name} {why}\" -m {p} -p \
+                     {p} -d {eip} --dport {port} -j {target}"
+                ));
+            }
+        }
+        if let Some(np) = svc.node_port {
+            if cat.has_any {
+                top.line(format_args!(
+                    "-A KUBE-NODEPORTS -m comment --comment {name} -m {p} -p {p} --dport {np} \
+                     -j {ext_chain}"
+                ));
+            }
+            if let (false, Some((target, why))) = (has_external, external_filter) {
+                filter.line(format_args!(
+                    "-A KUBE-EXTERNAL-SERVICES -m comment --comment \"{name} {why}\" -m addrtype \
+                     --dst-type LOCAL -m {p} -p {p} --dport {np} -j {target}"
+                ));
+            }
+        }
+        if let Some(hc) = svc.health_check_node_port {
+            filter.line(format_args!(
+                "-A KUBE-NODEPORTS -m comment --comment \"{name} health check node port\" -m tcp \
+                 -p tcp --dport {hc} -j ACCEPT"
+            ));
+        }
+
+        let rules_before = rules.lines;
+        let mut chains = Vec::with_capacity(cat.all_reachable.len() + 3);
+        if has_internal {
+            // Masquerades off-cluster traffic to the ClusterIP: a node may
+            // route the service CIDR for outside clients.
+            rules.line(format_args!(
+                "-A {internal_chain} -m comment --comment \"{name} cluster IP\" -m {p} -p {p} -d \
+                 {cip} --dport {port} ! -s {cidr} -j KUBE-MARK-MASQ"
+            ));
+        }
+        if uses_ext_chain {
+            chain_lines.chain(ext_chain);
+            chains.push(ext_chain);
+            if !external_local {
+                rules.line(format_args!(
+                    "-A {ext_chain} -m comment --comment \"masquerade traffic for {name} external \
+                     destinations\" -j KUBE-MARK-MASQ"
+                ));
+            } else {
+                // Pods and the node itself reach external destinations as
+                // if through an outside load balancer: Cluster policy.
+                rules.line(format_args!(
+                    "-A {ext_chain} -m comment --comment \"pod traffic for {name} external \
+                     destinations\" -s {cidr} -j {svc_chain}"
+                ));
+                rules.line(format_args!(
+                    "-A {ext_chain} -m comment --comment \"masquerade LOCAL traffic for {name} \
+                     external destinations\" -m addrtype --src-type LOCAL -j KUBE-MARK-MASQ"
+                ));
+                rules.line(format_args!(
+                    "-A {ext_chain} -m comment --comment \"route LOCAL traffic for {name} \
+                     external destinations\" -m addrtype --src-type LOCAL -j {svc_chain}"
+                ));
+            }
+            if has_external {
+                rules.line(format_args!("-A {ext_chain} -j {external_policy_chain}"));
+            }
+        }
+        let seps: Vec<Chain> = cat
+            .all_reachable
+            .iter()
+            .map(|e| endpoint_chain(name, e))
+            .collect();
+        let reachable = Reachable {
+            eps: &cat.all_reachable,
+            chains: &seps,
+        };
+        if uses_cluster_chain {
+            chain_lines.chain(svc_chain);
+            chains.push(svc_chain);
+            self.balance(rules, name, svc, svc_chain, &cat.cluster, &reachable);
+        }
+        if uses_local_chain {
+            chain_lines.chain(svl_chain);
+            chains.push(svl_chain);
+            self.balance(rules, name, svc, svl_chain, &cat.local, &reachable);
+        }
+        for (ep, sep) in cat.all_reachable.iter().zip(&seps) {
+            chain_lines.chain(sep);
+            chains.push(*sep);
+            let comment = Comment::service(name, self.large_cluster);
+            // Hairpin: an endpoint reaching itself through the Service is
+            // masqueraded, or its reply would bypass the DNAT.
+            rules.line(format_args!(
+                "-A {sep}{comment} -s {} -j KUBE-MARK-MASQ",
+                ep.ip
+            ));
+            let affinity = Affinity {
+                sep: *sep,
+                on: svc.session_affinity_seconds.is_some(),
+            };
+            rules.line(format_args!(
+                "-A {sep}{comment}{affinity} -m {p} -p {p} -j DNAT --to-destination {}:{}",
+                ep.ip, ep.port
+            ));
+        }
+        chains.sort_unstable();
+        ServiceEntry {
+            chains,
+            chain_rules: rules.lines - rules_before,
+            nat_top: top.text,
+            nat_top_rules: top.lines,
+            filter: filter.text,
+            filter_rules: filter.lines,
+        }
+    }
+
+    /// kube-proxy's writeServiceToEndpointRules: affinity rules first, then
+    /// one probabilistic jump per endpoint, the last unconditional.
+    fn balance(
+        &self,
+        rules: &mut Buf,
+        name: &ServicePortName,
+        svc: &ServicePort,
+        chain: Chain,
+        eps: &[&Endpoint],
+        reachable: &Reachable<'_>,
+    ) {
+        if let Some(seconds) = svc.session_affinity_seconds {
+            let mut cursor = 0;
+            for ep in eps {
+                let sep = reachable.chain_of(ep, &mut cursor);
+                let comment = Comment::to_endpoint(name, ep, self.large_cluster);
+                rules.line(format_args!(
+                    "-A {chain}{comment} -m recent --name {sep} --rcheck --seconds {seconds} \
+                     --reap -j {sep}"
+                ));
+            }
+        }
+        let n = eps.len();
+        let mut cursor = 0;
+        for (i, ep) in eps.iter().enumerate() {
+            let sep = reachable.chain_of(ep, &mut cursor);
+            let comment = Comment::to_endpoint(name, ep, self.large_cluster);
+            if i + 1 < n {
+                let p = Probability(if self.config.wrong_probability {
+                    n
+                } else {
+                    n - i
+                });
+                rules.line(format_args!(
+                    "-A {chain}{comment} -m statistic --mode random --probability {p} -j {sep}"
+                ));
+            } else {
+                rules.line(format_args!("-A {chain}{comment} -j {sep}"));
+            }
+        }
+    }
+}
+
+/// The endpoint chains of a service port, aligned with its reachable
+/// endpoints.
+struct Reachable<'a> {
+    eps: &'a [&'a Endpoint],
+    chains: &'a [Chain],
+}
+
+impl Reachable<'_> {
+    /// The chain of `ep`. The cluster and local sets are subsequences of
+    /// the reachable set in the same order, so a cursor finds each in
+    /// amortised constant time; the wrap-around keeps it right regardless.
+    fn chain_of(&self, ep: &Endpoint, cursor: &mut usize) -> Chain {
+        let n = self.eps.len();
+        for step in 0..n {
+            let i = (*cursor + step) % n;
+            if self.eps[i] == ep {
+                *cursor = i + 1;
+                return self.chains[i];
+            }
+        }
+        unreachable!("categorized endpoints are all reachable")
+    }
+}
+
+/// ` -m comment --comment ...` on endpoint rules, left out in large
+/// cluster mode as kube-proxy does.
+struct Comment<'a> {
+    name: &'a ServicePortName,
+    target: Option<&'a Endpoint>,
+    omit: bool,
+}
+
+impl<'a> Comment<'a> {
+    fn service(name: &'a ServicePortName, omit: bool) -> Self {
+        Comment {
+            name,
+            target: None,
+            omit,
+        }
+    }
+
+    fn to_endpoint(name: &'a ServicePortName, ep: &'a Endpoint, omit: bool) -> Self {
+        Comment {
+            name,
+            target: Some(ep),
+            omit,
+        }
+    }
+}
+
+impl fmt::Display for Comment<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.omit, self.target) {
+            (true, _) => Ok(()),
+            (false, None) => write!(f, " -m comment --comment {}", self.name),
+            (false, Some(ep)) => write!(
+                f,
+                " -m comment --comment \"{} -> {}:{}\"",
+                self.name, ep.ip, ep.port
+            ),
+        }
+    }
+}
+
+/// ` -m recent --name SEP --set` on the DNAT rule under ClientIP affinity.
+struct Affinity {
+    sep: Chain,
+    on: bool,
+}
+
+impl fmt::Display for Affinity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.on {
+            write!(f, " -m recent --name {} --set", self.sep)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// 1/n with 10 decimals, as kube-proxy prints it; the common ones are
+/// formatted once.
+struct Probability(usize);
+
+const PRECOMPUTED_PROBABILITIES: usize = 1024;
+
+impl fmt::Display for Probability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        static TABLE: OnceLock<Vec<String>> = OnceLock::new();
+        if self.0 < PRECOMPUTED_PROBABILITIES {
+            let table = TABLE.get_or_init(|| {
+                (0..PRECOMPUTED_PROBABILITIES)
+                    .map(|n| format!("{:.10}", 1.0 / n.max(1) as f64))
+                    .collect()
+            });
+            f.write_str(&table[self.0])
+        } else {
+            write!(f, "{:.10}", 1.0 / self.0 as f64)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probabilities_print_like_kube_proxy() {
+        assert_eq!(Probability(2).to_string(), "0.5000000000");
+        assert_eq!(Probability(3).to_string(), "0.3333333333");
+        assert_eq!(Probability(7).to_string(), "0.1428571429");
+        assert_eq!(Probability(2000).to_string(), "0.0005000000");
+    }
+
+    #[test]
+    fn stale_chains_are_the_difference() {
+        let name = ServicePortName::new("ns", "svc", "", crate::model::Protocol::Tcp);
+        let c = ServiceChains::new(&name);
+        let mut old = vec![c.svc(), c.ext(), c.svl()];
+        old.sort();
+        let mut new = vec![c.svc()];
+        new.sort();
+        let mut out = Vec::new();
+        stale_chains(&old, &new, &mut out);
+        out.sort();
+        let mut want = vec![c.ext(), c.svl()];
+        want.sort();
+        assert_eq!(out, want);
+    }
+}

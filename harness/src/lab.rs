@@ -1,0 +1,335 @@
+//! A running lab: topology, workloads, control plane and agents for one
+//! scenario and at most one backend. `Lab::up` builds it (and removes
+//! whatever it built if a step fails); `Lab::down` removes all of it.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use svclab_backends::protocol::WatchEvent;
+use svclab_backends::{BackendKind, Fault};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::agent::AgentArgs;
+use crate::agent::supervisor::Agents;
+use crate::controlplane::ControlPlane;
+use crate::probe::{Outcome, ProbeSpec, Prober};
+use crate::scenario::Scenario;
+use crate::state::{ProcRef, RunState, run_dir};
+use crate::topology::{BuildTimes, RunId, Topology};
+use crate::workload::PodServers;
+
+#[derive(Clone, Debug, Default)]
+pub struct LabOptions {
+    pub backend: Option<BackendKind>,
+    pub faults: Vec<Fault>,
+    pub dump_dir: Option<PathBuf>,
+    pub ipvs_scheduler: Option<String>,
+    /// Skip the reachability sample after the topology is built.
+    pub skip_fabric_check: bool,
+    /// How long agents may take to apply a change.
+    pub sync_timeout: Option<Duration>,
+    /// Agent HTTP ports off (many labs at once on one host need none).
+    pub agent_ports: bool,
+}
+
+/// What bringing a lab up cost, by step.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpTimes {
+    pub topology: BuildTimes,
+    #[serde(with = "secs")]
+    pub workloads: Duration,
+    #[serde(with = "secs")]
+    pub fabric_check: Duration,
+    #[serde(with = "secs")]
+    pub control_plane: Duration,
+    #[serde(with = "secs")]
+    pub first_sync: Duration,
+}
+
+mod secs {
+    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+}
+
+pub struct Lab {
+    pub run: RunId,
+    pub scenario: Scenario,
+    pub topology: Topology,
+    pub cp: ControlPlane,
+    pub state: RunState,
+    pub prober: Prober,
+    pub agents: Option<Agents>,
+    pub backend: Option<BackendKind>,
+    pub times: UpTimes,
+    workloads: Option<Child>,
+    /// The workload server exits when this closes.
+    workloads_stdin: Option<tokio::process::ChildStdin>,
+    sync_timeout: Duration,
+}
+
+const DEFAULT_SYNC_TIMEOUT: Duration = Duration::from_secs(120);
+
+impl Lab {
+    /// Builds the lab. On any error, what was built is removed again.
+    pub async fn up(scenario: Scenario, opts: &LabOptions) -> Result<Lab> {
+        let run = RunId::fresh();
+        let mut state = RunState::new(&run, &scenario.file);
+        state.backend = opts.backend.as_ref().map(|b| b.to_string());
+        let topology = Topology::plan(&scenario, &run);
+        state.topology = Some(topology.clone());
+        // The record exists before the first kernel object does.
+        state.save().with_context(|| format!("writing {}", run_dir(&run).display()))?;
+        crate::guard::register(&run);
+        let cp = match ControlPlane::new(&scenario) {
+            Ok(cp) => cp,
+            Err(e) => {
+                crate::guard::cleanup_registered_run(&run);
+                return Err(e.into());
+            }
+        };
+        let mut lab = Lab {
+            run: run.clone(),
+            scenario,
+            topology,
+            cp,
+            state,
+            prober: Prober::new(),
+            agents: None,
+            backend: opts.backend.clone(),
+            times: UpTimes::default(),
+            workloads: None,
+            workloads_stdin: None,
+            sync_timeout: opts.sync_timeout.unwrap_or(DEFAULT_SYNC_TIMEOUT),
+        };
+        match lab.build(opts).await {
+            Ok(()) => Ok(lab),
+            Err(e) => {
+                lab.down().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn build(&mut self, opts: &LabOptions) -> Result<()> {
+        self.times.topology = self.topology.create().await.context("building the topology")?;
+
+        let t = Instant::now();
+        self.start_workloads().await?;
+        self.times.workloads = t.elapsed();
+
+        if !opts.skip_fabric_check {
+            let t = Instant::now();
+            self.check_fabric().await?;
+            self.times.fabric_check = t.elapsed();
+        }
+
+        if let Some(backend) = opts.backend.clone() {
+            let t = Instant::now();
+            self.start_agents(&backend, opts).await?;
+            let events = self.cp.initial_events();
+            self.times.control_plane = t.elapsed();
+            let t = Instant::now();
+            self.apply(events).await.context("initial sync")?;
+            self.times.first_sync = t.elapsed();
+        }
+        self.save_state();
+        Ok(())
+    }
+
+    fn log_dir(&self) -> PathBuf {
+        run_dir(&self.run)
+    }
+
+    pub fn save_state(&mut self) {
+        self.state.services = self.cp.services().cloned().collect();
+        if let Err(e) = self.state.save() {
+            tracing::warn!("saving the run state: {e}");
+        }
+    }
+
+    async fn start_workloads(&mut self) -> Result<()> {
+        let servers: Vec<PodServers> = self
+            .scenario
+            .pods
+            .iter()
+            .zip(&self.topology.pods)
+            .filter(|(p, _)| !p.ports.is_empty())
+            .map(|(p, net)| PodServers {
+                pod: p.key(),
+                netns: net.netns.clone(),
+                ip: p.ip,
+                ports: p.ports.iter().map(|pp| (pp.port, pp.protocol)).collect(),
+            })
+            .collect();
+        let exe = std::env::current_exe()?;
+        let log = std::fs::File::create(self.log_dir().join("workloads.log"))?;
+        let mut cmd = Command::new(exe);
+        cmd.arg("workloads")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true);
+        // SAFETY: prctl is async-signal-safe; the server never outlives us.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().context("starting the workload server")?;
+        if let Some(pr) = child.id().and_then(|pid| ProcRef::of(pid, "workloads")) {
+            self.state.processes.push(pr);
+            self.save_state();
+        }
+        let mut stdin = child.stdin.take().expect("piped");
+        let mut line = serde_json::to_string(&servers)?;
+        line.push('\n');
+        stdin.write_all(line.as_bytes()).await?;
+        let stdout = child.stdout.take().expect("piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await;
+        match ready {
+            Ok(Ok(Some(l))) if l.starts_with("READY") => {}
+            other => {
+                let log = std::fs::read_to_string(self.log_dir().join("workloads.log")).unwrap_or_default();
+                bail!("the workload server did not start ({other:?}): {log}");
+            }
+        }
+        self.workloads_stdin = Some(stdin);
+        self.workloads = Some(child);
+        Ok(())
+    }
+
+    /// The reachability sample: every node's pods reach a pod on every
+    /// other node, and `external` reaches every node IP. A refused
+    /// connection proves reachability as well as an answer does.
+    async fn check_fabric(&self) -> Result<()> {
+        let timeout = Duration::from_secs(2);
+        let mut failures = Vec::new();
+        let target_of = |node: usize| {
+            self.scenario.pods.iter().find(|p| p.node == node).map(|p| {
+                let port = p.ports.iter().find(|pp| pp.protocol != svclab_backends::model::Protocol::Udp);
+                (p, port.map_or(9, |pp| pp.port))
+            })
+        };
+        for (from_node, _) in self.topology.nodes.iter().enumerate() {
+            let Some((src, _)) = target_of(from_node) else { continue };
+            let src_ns = &self.topology.pods[self.scenario.pods.iter().position(|p| p == src).expect("pod")].netns;
+            for (to_node, _) in self.topology.nodes.iter().enumerate() {
+                if to_node == from_node {
+                    continue;
+                }
+                let Some((dst, port)) = target_of(to_node) else { continue };
+                let spec = ProbeSpec::new(
+                    std::net::SocketAddrV4::new(dst.ip, port),
+                    svclab_backends::model::Protocol::Tcp,
+                    timeout,
+                );
+                let r = self.prober.probe(src_ns, spec).await?;
+                if !matches!(r.outcome, Outcome::Answered | Outcome::Refused) {
+                    failures.push(format!("pod {} -> pod {} ({}:{port}): {:?}", src.key(), dst.key(), dst.ip, r.outcome));
+                }
+            }
+        }
+        if let Some(ext) = &self.topology.external {
+            for n in &self.topology.nodes {
+                let spec = ProbeSpec::new(
+                    std::net::SocketAddrV4::new(n.ip, 9),
+                    svclab_backends::model::Protocol::Tcp,
+                    timeout,
+                );
+                let r = self.prober.probe(ext, spec).await?;
+                if !matches!(r.outcome, Outcome::Answered | Outcome::Refused) {
+                    failures.push(format!("external -> node {} ({}): {:?}", n.name, n.ip, r.outcome));
+                }
+            }
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            bail!("the lab's network does not work:\n  {}", failures.join("\n  "))
+        }
+    }
+
+    async fn start_agents(&mut self, backend: &BackendKind, opts: &LabOptions) -> Result<()> {
+        backend
+            .capability()
+            .map_err(|e| anyhow::anyhow!("backend {backend} cannot run here: {e}"))?;
+        let lab = &self.scenario.lab;
+        let agents: Vec<(AgentArgs, String)> = self
+            .topology
+            .nodes
+            .iter()
+            .map(|n| {
+                (
+                    AgentArgs {
+                        node: n.name.clone(),
+                        backend: backend.clone(),
+                        node_ip: n.ip,
+                        pod_cidr: n.pod_cidr,
+                        cluster_cidr: lab.pod_cidr,
+                        service_cidr: lab.service_cidr,
+                        run_prefix: format!("sl{}", self.run),
+                        min_sync_period_ms: lab.agent.min_sync_period_ms,
+                        sync_period_ms: lab.agent.sync_period_ms,
+                        faults: opts.faults.clone(),
+                        dump_dir: opts.dump_dir.as_ref().map(|d| d.join(&n.name)),
+                        ipvs_scheduler: opts.ipvs_scheduler.clone().unwrap_or_else(|| "rr".into()),
+                        healthz_port: if opts.agent_ports { 10256 } else { 0 },
+                        metrics_port: if opts.agent_ports { 10249 } else { 0 },
+                    },
+                    n.netns.clone(),
+                )
+            })
+            .collect();
+        let agents = Agents::start(agents, &self.log_dir()).await?;
+        for (node, pid) in agents.pids() {
+            if let Some(pr) = ProcRef::of(pid, format!("agent {node}")) {
+                self.state.processes.push(pr);
+            }
+        }
+        self.agents = Some(agents);
+        self.save_state();
+        Ok(())
+    }
+
+    /// Sends `events` to the agents and waits until all have applied them.
+    pub async fn apply(&mut self, events: Vec<WatchEvent>) -> Result<()> {
+        let rv = self.cp.resource_version();
+        let timeout = self.sync_timeout;
+        let Some(agents) = self.agents.as_mut() else {
+            return Ok(());
+        };
+        agents.send(&events).await?;
+        agents.wait_synced(rv, timeout).await?;
+        Ok(())
+    }
+
+    /// The namespace of a pod.
+    pub fn pod_netns(&self, namespace: &str, name: &str) -> Option<&str> {
+        self.topology.pod(namespace, name).map(|p| p.netns.as_str())
+    }
+
+    /// Removes everything. Never fails: problems are printed, and the
+    /// run's namespaces and state are removed regardless.
+    pub async fn down(mut self) {
+        self.prober.close();
+        if let Some(agents) = self.agents.take() {
+            for p in agents.stop(Duration::from_secs(30)).await {
+                eprintln!("svclab: {p}");
+            }
+        }
+        self.workloads_stdin = None;
+        if let Some(mut w) = self.workloads.take() {
+            let _ = w.kill().await;
+        }
+        crate::guard::cleanup_registered_run(&self.run);
+    }
+}
