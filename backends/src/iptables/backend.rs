@@ -1,0 +1,123 @@
+//! The iptables backend: renders, restores with `--noflush`, keeps the
+//! book of what it programmed, and clears stale UDP conntrack entries.
+
+use std::path::Path;
+
+use super::book::Book;
+use super::names::Chain;
+use super::render::{self, Config, Scope};
+use super::saved::SavedTable;
+use super::tool::{self, Flavor};
+use super::{cleanup, hooks};
+use crate::model::NodeContext;
+use crate::protocol::SyncMode;
+use crate::{
+    Backend, BackendError, BackendKind, BackendOptions, BackendStats, SyncOutcome, SyncRequest,
+    conntrack,
+};
+
+const TCP_LIBERAL_SYSCTL: &str = "/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal";
+
+pub struct IptablesBackend {
+    flavor: Flavor,
+    options: BackendOptions,
+    config: Config,
+    book: Book,
+    /// A failed restore leaves the kernel's state unknown to the book, so
+    /// the next sync rewrites everything (as kube-proxy's needFullSync).
+    need_full: bool,
+    syncs: u64,
+    deleted_chains: u64,
+}
+
+impl IptablesBackend {
+    pub fn new(flavor: Flavor, options: &BackendOptions) -> Self {
+        IptablesBackend {
+            flavor,
+            options: options.clone(),
+            config: Config::new(options),
+            book: Book::default(),
+            need_full: true,
+            syncs: 0,
+            deleted_chains: 0,
+        }
+    }
+
+    fn dump(&self, dir: &Path, seq: u64, full: bool, text: &str) -> Result<(), BackendError> {
+        let mode = if full {
+            SyncMode::Full
+        } else {
+            SyncMode::Partial
+        };
+        let path = dir.join(format!("{seq}-{mode}.iptables"));
+        std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::write(&path, text))
+            .map_err(|e| BackendError::io(format!("writing {}", path.display()), e))
+    }
+}
+
+impl Backend for IptablesBackend {
+    fn kind(&self) -> BackendKind {
+        match self.flavor {
+            Flavor::Nft => BackendKind::Iptables,
+            Flavor::Legacy => BackendKind::IptablesLegacy,
+        }
+    }
+
+    fn setup(&mut self, _node: &NodeContext) -> Result<(), BackendError> {
+        hooks::ensure(self.flavor)?;
+        self.config.conntrack_tcp_liberal =
+            std::fs::read_to_string(TCP_LIBERAL_SYSCTL).is_ok_and(|v| v.trim() != "0");
+        // Service chains of an earlier run: the first full sync deletes
+        // the ones it does not reuse.
+        let saved = tool::save(self.flavor, "nat")?;
+        let orphans: Vec<Chain> = SavedTable::parse(&saved)
+            .chains
+            .into_iter()
+            .filter_map(Chain::parse)
+            .collect();
+        self.book.set_orphans(orphans);
+        Ok(())
+    }
+
+    fn sync(&mut self, req: &SyncRequest<'_>) -> Result<SyncOutcome, BackendError> {
+        let scope = match req.mode {
+            SyncMode::Partial if !self.need_full => Scope::Partial(&req.changes.changed),
+            _ => Scope::Full,
+        };
+        let rendered = render::render(&self.config, req.state, req.node, scope, &self.book);
+        if let Some(dir) = &self.options.dump_dir {
+            self.dump(dir, req.seq, rendered.full, &rendered.text)?;
+        }
+        if let Err(e) = tool::restore(self.flavor, &rendered.text) {
+            self.need_full = true;
+            return Err(e);
+        }
+        self.need_full = false;
+        self.syncs += 1;
+        self.deleted_chains += rendered.deleted_chains;
+        self.book.apply(rendered.update);
+        conntrack::flush(&conntrack::stale_flows(req.state, req.changes))?;
+        Ok(SyncOutcome {
+            rules: self.book.rules(),
+            written: rendered.lines,
+        })
+    }
+
+    fn stats(&mut self) -> Result<BackendStats, BackendError> {
+        let mut detail = self.book.detail();
+        detail["syncs"] = self.syncs.into();
+        detail["deletedChains"] = self.deleted_chains.into();
+        detail["restore"] = self.flavor.restore().into();
+        Ok(BackendStats {
+            rules: self.book.rules(),
+            detail,
+        })
+    }
+
+    fn cleanup(&mut self) -> Result<(), Vec<BackendError>> {
+        self.book.reset();
+        self.need_full = true;
+        cleanup::remove_all(self.flavor)
+    }
+}
