@@ -412,26 +412,30 @@ fn kernel_partial_syncs_converge_to_a_full_sync() {
     assert!(written[0] <= 3, "{written:?}");
 }
 
-/// A second namespace with one interface, `eth0` at 10.244.0.5/24, joined
-/// to the calling namespace's `veth-pod` at 10.244.0.1/24, and a TCP server
-/// on port 8080 that answers each connection with the peer address it saw.
-/// Dropping the returned sender stops it (it stops by itself after 60 s).
-fn start_pod() -> mpsc::Sender<()> {
+/// A pod: its own namespace with `eth0` at 10.244.<n>.5/24, joined to the
+/// calling namespace's `veth-pod<n>` at 10.244.<n>.1/24, and a TCP server on
+/// port 8080 that answers each connection with `<its address> <peer
+/// address>`. Dropping the returned sender stops it (it stops by itself
+/// after 60 s).
+fn start_pod(n: u8) -> mpsc::Sender<()> {
     let (to_node, from_pod) = mpsc::channel::<String>();
     let (to_pod, from_node) = mpsc::channel::<()>();
     let (stop, stopped) = mpsc::channel::<()>();
+    let pod_addr = format!("10.244.{n}.5/24");
+    let gateway = format!("10.244.{n}.1");
     std::thread::spawn(move || {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
         let tid = nix::unistd::gettid();
         to_node
-            .send(format!("/proc/self/task/{tid}/ns/net"))
+            // `self` would be the `ip` process that opens it.
+            .send(format!("/proc/{}/task/{tid}/ns/net", std::process::id()))
             .unwrap();
         from_node.recv().unwrap();
         for args in [
             &["link", "set", "lo", "up"][..],
-            &["addr", "add", "10.244.0.5/24", "dev", "eth0"],
+            &["addr", "add", &pod_addr, "dev", "eth0"],
             &["link", "set", "eth0", "up"],
-            &["route", "add", "default", "via", "10.244.0.1"],
+            &["route", "add", "default", "via", &gateway],
         ] {
             cmd::run("ip", args, None).unwrap();
         }
@@ -442,19 +446,23 @@ fn start_pod() -> mpsc::Sender<()> {
         while Instant::now() < deadline && stopped.try_recv() == Err(mpsc::TryRecvError::Empty) {
             match listener.accept() {
                 Ok((mut conn, peer)) => {
-                    let _ = conn.write_all(peer.ip().to_string().as_bytes());
+                    let local = conn.local_addr().map(|a| a.ip().to_string());
+                    let reply = format!("{} {}", local.unwrap_or_default(), peer.ip());
+                    let _ = conn.write_all(reply.as_bytes());
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(5)),
             }
         }
     });
     let path = from_pod.recv().unwrap();
+    let veth = format!("veth-pod{n}");
+    let node_addr = format!("10.244.{n}.1/24");
     for args in [
         &[
-            "link", "add", "veth-pod", "type", "veth", "peer", "name", "eth0", "netns", &path,
+            "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &path,
         ][..],
-        &["addr", "add", "10.244.0.1/24", "dev", "veth-pod"],
-        &["link", "set", "veth-pod", "up"],
+        &["addr", "add", &node_addr, "dev", &veth],
+        &["link", "set", &veth, "up"],
     ] {
         cmd::run("ip", args, None).unwrap();
     }
@@ -478,60 +486,116 @@ fn probe(addr: &str) -> (Result<String, std::io::ErrorKind>, Duration) {
     (r, start.elapsed())
 }
 
+/// How many of `count` connections to `addr` each answer got.
+fn spread(addr: &str, count: usize) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for _ in 0..count {
+        let answer = match probe(addr).0 {
+            Ok(a) => a,
+            Err(kind) => format!("error {kind:?}"),
+        };
+        *out.entry(answer).or_default() += 1;
+    }
+    out
+}
+
+fn web(eps: Vec<Endpoint>) -> ProxyState {
+    let mut state = ProxyState::default();
+    insert(
+        &mut state,
+        service("web", [10, 96, 0, 10], 80, Protocol::Tcp),
+        eps.clone(),
+    );
+    let mut sticky = service("sticky", [10, 96, 0, 11], 80, Protocol::Tcp);
+    sticky.session_affinity_seconds = Some(60);
+    insert(&mut state, sticky, eps);
+    insert(
+        &mut state,
+        service("empty", [10, 96, 0, 30], 80, Protocol::Tcp),
+        vec![],
+    );
+    let mut sticky_empty = service("sticky-empty", [10, 96, 0, 31], 80, Protocol::Tcp);
+    sticky_empty.session_affinity_seconds = Some(60);
+    insert(&mut state, sticky_empty, vec![]);
+    state
+}
+
 #[test]
-fn kernel_traffic_reaches_the_endpoint_and_an_empty_service_refuses() {
-    let Some(results) = with_ipvs(|| {
-        let stop = start_pod();
+fn kernel_traffic_follows_the_virtual_servers() {
+    let Some(seen) = with_ipvs(|| {
+        let pods = [start_pod(1), start_pod(2)];
         let mut b = setup_backend(&BackendOptions::default());
-        let mut state = ProxyState::default();
-        insert(
-            &mut state,
-            service("web", [10, 96, 0, 10], 80, Protocol::Tcp),
-            vec![endpoint(0, 5, 8080, false)],
-        );
-        let mut sticky = service("sticky", [10, 96, 0, 11], 80, Protocol::Tcp);
-        sticky.session_affinity_seconds = Some(60);
-        insert(&mut state, sticky, vec![]);
-        insert(
-            &mut state,
-            service("empty", [10, 96, 0, 30], 80, Protocol::Tcp),
-            vec![],
-        );
-        sync(&mut b, 1, SyncMode::Full, &state, &full(&state));
-        let results = [
-            probe("10.96.0.10:80"),
-            probe("10.96.0.30:80"),
-            probe("10.96.0.11:80"),
-            probe("10.96.0.10:81"),
+        let both = web(vec![
+            endpoint(1, 5, 8080, false),
+            endpoint(2, 5, 8080, false),
+        ]);
+        sync(&mut b, 1, SyncMode::Full, &both, &full(&both));
+        let mut seen = vec![
+            ("round robin", spread("10.96.0.10:80", 6)),
+            ("affinity", spread("10.96.0.11:80", 6)),
         ];
+        let mut refused = BTreeMap::new();
+        for addr in ["10.96.0.30:80", "10.96.0.31:80", "10.96.0.10:81"] {
+            let (r, took) = probe(addr);
+            let fast = if took < Duration::from_secs(1) {
+                "at once"
+            } else {
+                "slowly"
+            };
+            *refused.entry(format!("{r:?} {fast}")).or_default() += 1;
+        }
+        seen.push(("no endpoints, affinity, other port", refused));
+        let draining = web(vec![
+            endpoint(1, 5, 8080, false),
+            endpoint(2, 5, 8080, true),
+        ]);
+        sync(
+            &mut b,
+            2,
+            SyncMode::Partial,
+            &draining,
+            &changes_between(&both, &draining),
+        );
+        seen.push(("one draining", spread("10.96.0.10:80", 4)));
+        let one = web(vec![endpoint(1, 5, 8080, false)]);
+        sync(
+            &mut b,
+            3,
+            SyncMode::Partial,
+            &one,
+            &changes_between(&draining, &one),
+        );
+        seen.push(("one removed", spread("10.96.0.10:80", 4)));
+        let ipvsadm = cmd::run("ipvsadm", &["-Ln", "-t", "10.96.0.10:80", "--stats"], None)
+            .unwrap()
+            .stdout;
+        println!("{ipvsadm}");
         b.cleanup().expect("cleanup");
-        drop(stop);
-        results
+        drop(pods);
+        seen
     }) else {
         return;
     };
-    for (what, r) in [
-        "service",
-        "no endpoints",
-        "no endpoints, affinity",
-        "other port",
-    ]
-    .iter()
-    .zip(&results)
-    {
-        println!("{what}: {:?} in {:?}", r.0, r.1);
+    for (what, answers) in &seen {
+        println!("{what}: {answers:?}");
     }
-    // From the node itself the source is a VIP outside the cluster CIDR,
-    // so it is masqueraded to the node's address on the pod network.
-    assert_eq!(results[0].0, Ok("10.244.0.1".to_string()));
-    for r in &results[1..] {
-        assert_eq!(
-            r.0,
-            Err(std::io::ErrorKind::ConnectionRefused),
-            "{results:?}"
-        );
-        assert!(r.1 < Duration::from_secs(1), "{results:?}");
-    }
+    let get = |what: &str| &seen.iter().find(|(w, _)| *w == what).unwrap().1;
+    // From the node itself the source is a VIP outside the cluster CIDR, so
+    // it is masqueraded to the node's address toward the pod.
+    let pod1 = "10.244.1.5 10.244.1.1".to_string();
+    let pod2 = "10.244.2.5 10.244.2.1".to_string();
+    assert_eq!(
+        get("round robin"),
+        &BTreeMap::from([(pod1.clone(), 3), (pod2, 3)])
+    );
+    assert_eq!(get("affinity").len(), 1, "{seen:?}");
+    assert_eq!(get("affinity").values().sum::<usize>(), 6);
+    assert_eq!(
+        get("no endpoints, affinity, other port"),
+        &BTreeMap::from([("Err(ConnectionRefused) at once".to_string(), 3)])
+    );
+    assert_eq!(get("one draining"), &BTreeMap::from([(pod1.clone(), 4)]));
+    assert_eq!(get("one removed"), &BTreeMap::from([(pod1, 4)]));
 }
 
 /// The fixed ruleset and the sets apply with the real tools and clean up;
