@@ -231,6 +231,7 @@ fn partial_syncs_converge_to_a_fresh_full_sync() {
     steps.push(("multiport port removed", s.clone()));
 
     let want: Vec<Vec<String>> = steps.iter().map(|(_, st)| fresh_full_table(st)).collect();
+    let want_start = fresh_full_table(&start);
     in_new_netns(|| {
         let mut b = NftablesBackend::new(&BackendOptions::default());
         b.setup(&node()).expect("setup");
@@ -250,6 +251,9 @@ fn partial_syncs_converge_to_a_fresh_full_sync() {
         // A full resync over the partial history changes nothing.
         sync(&mut b, 99, SyncMode::Full, &prev, &prev);
         assert_eq!(canonical_table(), *want.last().unwrap());
+        // A full sync back to the start deletes what the start lacks.
+        sync(&mut b, 100, SyncMode::Full, &prev, &start);
+        assert_eq!(canonical_table(), want_start);
         b.cleanup().expect("cleanup");
     });
 }

@@ -27,6 +27,8 @@ mod fixtures;
 mod golden_tests;
 #[cfg(test)]
 mod kernel_tests;
+#[cfg(test)]
+mod measure;
 
 pub use backend::{NftablesBackend, setup_text};
 pub use capability::capability;

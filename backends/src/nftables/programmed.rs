@@ -7,7 +7,7 @@
 //! Planning is pure: a [`Plan`] is applied to the bookkeeping only after the
 //! kernel has accepted its text, so a failed transaction changes nothing.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::BackendOptions;
 use crate::model::{ChangeSet, NodeContext, ProxyState, ServicePortName};
@@ -103,8 +103,7 @@ impl Programmed {
         let mut records = Vec::with_capacity(state.services.len());
         let mut elements: HashMap<ElementKey, Owners> = HashMap::new();
         let mut element_order: Vec<ElementKey> = Vec::new();
-        let mut live_chains: HashSet<&str> = HashSet::new();
-        let mut live_sets: HashSet<&str> = HashSet::new();
+        let mut stale = Stale::default();
         for (name, svc) in &state.services {
             let objs = port_objects(svc, state.endpoints_of(name), node, options);
             write_port(&mut tx, &objs);
@@ -116,37 +115,22 @@ impl Programmed {
                 }
                 owners.insert(name.clone(), el.value.clone());
             }
-            records.push((name.clone(), Some(record_of(&objs))));
+            let record = record_of(&objs);
+            if let Some(old) = self.ports.get(name) {
+                stale.add(old, Some(&record));
+            }
+            records.push((name.clone(), Some(record)));
         }
-        for (_, r) in &records {
-            let r = r.as_ref().expect("full plans record every port");
-            live_chains.extend(r.chains.iter().map(String::as_str));
-            live_sets.extend(r.sets.iter().map(|s| s.name.as_str()));
+        for (name, old) in &self.ports {
+            if !state.services.contains_key(name) {
+                stale.add(old, None);
+            }
         }
         for key in &element_order {
             let value = effective(elements.get(key)).expect("element has an owner");
             tx.add_element(key.0, &key.1, value);
         }
-
-        let mut stale_chains: Vec<&str> = Vec::new();
-        let mut stale_sets: Vec<&str> = Vec::new();
-        for r in self.ports.values() {
-            stale_chains.extend(
-                r.chains
-                    .iter()
-                    .map(String::as_str)
-                    .filter(|c| !live_chains.contains(c)),
-            );
-            stale_sets.extend(
-                r.sets
-                    .iter()
-                    .map(|s| s.name.as_str())
-                    .filter(|s| !live_sets.contains(s)),
-            );
-        }
-        stale_chains.sort_unstable();
-        stale_sets.sort_unstable();
-        write_stale(&mut tx, &stale_chains, &stale_sets);
+        stale.write(&mut tx);
 
         let lines = tx.lines();
         Plan {
@@ -174,8 +158,7 @@ impl Programmed {
         // What the changed ports now want, per key.
         let mut wanted: HashMap<ElementKey, Vec<(&ServicePortName, ElementValue)>> = HashMap::new();
         let mut touched: BTreeSet<ElementKey> = BTreeSet::new();
-        let mut stale_chains: Vec<String> = Vec::new();
-        let mut stale_sets: Vec<String> = Vec::new();
+        let mut stale = Stale::default();
 
         for name in &changes.changed {
             let old = self.ports.get(name);
@@ -191,30 +174,12 @@ impl Programmed {
                     wanted.entry(key).or_default().push((name, e.value.clone()));
                 }
             }
+            let record = objs.as_ref().map(record_of);
             if let Some(old) = old {
                 touched.extend(old.elements.iter().cloned());
-                let new_chains: HashSet<&str> = objs
-                    .iter()
-                    .flat_map(|o| o.chains.iter().map(|c| c.name.as_str()))
-                    .collect();
-                let new_sets: HashSet<&str> = objs
-                    .iter()
-                    .flat_map(|o| o.sets.iter().map(|s| s.name.as_str()))
-                    .collect();
-                stale_chains.extend(
-                    old.chains
-                        .iter()
-                        .filter(|c| !new_chains.contains(c.as_str()))
-                        .cloned(),
-                );
-                stale_sets.extend(
-                    old.sets
-                        .iter()
-                        .filter(|s| !new_sets.contains(s.name.as_str()))
-                        .map(|s| s.name.clone()),
-                );
+                stale.add(old, record.as_ref());
             }
-            records.push((name.clone(), objs.as_ref().map(record_of)));
+            records.push((name.clone(), record));
         }
 
         let mut element_updates = Vec::with_capacity(touched.len());
@@ -239,11 +204,7 @@ impl Programmed {
             element_updates.push((key, (!after.is_empty()).then_some(after)));
         }
 
-        stale_chains.sort_unstable();
-        stale_sets.sort_unstable();
-        let chains: Vec<&str> = stale_chains.iter().map(String::as_str).collect();
-        let sets: Vec<&str> = stale_sets.iter().map(String::as_str).collect();
-        write_stale(&mut tx, &chains, &sets);
+        stale.write(&mut tx);
 
         let lines = tx.lines();
         Plan {
@@ -322,17 +283,46 @@ fn write_port(tx: &mut Tx, objs: &PortObjects) {
     }
 }
 
-/// Removes chains and sets nothing uses any more. Chains are emptied first
-/// (they may refer to each other and to the sets); by now no map element
-/// points at them.
-fn write_stale(tx: &mut Tx, chains: &[&str], sets: &[&str]) {
-    for c in chains {
-        tx.flush_chain(c);
+/// Chains and sets the kernel has that the new state no longer needs.
+#[derive(Debug, Default)]
+struct Stale<'a> {
+    chains: Vec<&'a str>,
+    sets: Vec<&'a str>,
+}
+
+impl<'a> Stale<'a> {
+    /// A port's objects are named after the port, so only its own new
+    /// record can still hold them.
+    fn add(&mut self, old: &'a PortRecord, new: Option<&PortRecord>) {
+        let kept_chain = |c: &str| new.is_some_and(|n| n.chains.iter().any(|x| x == c));
+        let kept_set = |s: &str| new.is_some_and(|n| n.sets.iter().any(|x| x.name == s));
+        self.chains.extend(
+            old.chains
+                .iter()
+                .map(String::as_str)
+                .filter(|c| !kept_chain(c)),
+        );
+        self.sets.extend(
+            old.sets
+                .iter()
+                .map(|s| s.name.as_str())
+                .filter(|s| !kept_set(s)),
+        );
     }
-    for s in sets {
-        tx.delete_set(s);
-    }
-    for c in chains {
-        tx.delete_chain(c);
+
+    /// Empties the chains first (they may refer to each other and to the
+    /// sets), then deletes. By now no map element points at them.
+    fn write(mut self, tx: &mut Tx) {
+        self.chains.sort_unstable();
+        self.sets.sort_unstable();
+        for c in &self.chains {
+            tx.flush_chain(c);
+        }
+        for s in &self.sets {
+            tx.delete_set(s);
+        }
+        for c in &self.chains {
+            tx.delete_chain(c);
+        }
     }
 }
