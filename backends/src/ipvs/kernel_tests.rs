@@ -4,10 +4,7 @@
 //! `svclab vm`) and prints `SKIP: <reason>` elsewhere.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::net::Ipv4Addr;
 
 use super::ipsets::{self, IpSet};
 use super::link::{DUMMY_DEVICE, Links};
@@ -18,7 +15,7 @@ use crate::model::{
 };
 use crate::testns;
 
-fn node() -> NodeContext {
+pub(super) fn node() -> NodeContext {
     NodeContext {
         node_name: "n0".into(),
         node_ip: Ipv4Addr::new(192, 168, 0, 2),
@@ -43,7 +40,7 @@ fn ipvs_missing() -> Option<String> {
 }
 
 /// Runs `f` in a fresh namespace if the kernel has IPVS; else prints SKIP.
-fn with_ipvs<T: Send>(f: impl FnOnce() -> T + Send) -> Option<T> {
+pub(super) fn with_ipvs<T: Send>(f: impl FnOnce() -> T + Send) -> Option<T> {
     if let Some(reason) = testns::unavailable() {
         eprintln!("SKIP: {reason}");
         return None;
@@ -57,7 +54,7 @@ fn with_ipvs<T: Send>(f: impl FnOnce() -> T + Send) -> Option<T> {
     })
 }
 
-fn service(name: &str, vip: [u8; 4], port: u16, protocol: Protocol) -> ServicePort {
+pub(super) fn service(name: &str, vip: [u8; 4], port: u16, protocol: Protocol) -> ServicePort {
     ServicePort {
         name: ServicePortName::new("ns", name, "", protocol),
         cluster_ip: Ipv4Addr::from(vip),
@@ -73,7 +70,7 @@ fn service(name: &str, vip: [u8; 4], port: u16, protocol: Protocol) -> ServicePo
 }
 
 /// Endpoint 10.244.<node>.<last>:<port>, ready unless `terminating`.
-fn endpoint(node: u8, last: u8, port: u16, terminating: bool) -> Endpoint {
+pub(super) fn endpoint(node: u8, last: u8, port: u16, terminating: bool) -> Endpoint {
     Endpoint {
         ip: Ipv4Addr::new(10, 244, node, last),
         port,
@@ -85,7 +82,7 @@ fn endpoint(node: u8, last: u8, port: u16, terminating: bool) -> Endpoint {
     }
 }
 
-fn insert(state: &mut ProxyState, svc: ServicePort, eps: Vec<Endpoint>) {
+pub(super) fn insert(state: &mut ProxyState, svc: ServicePort, eps: Vec<Endpoint>) {
     state.endpoints.insert(svc.name.clone(), eps);
     state.services.insert(svc.name.clone(), svc);
 }
@@ -127,31 +124,46 @@ fn base_state() -> ProxyState {
 }
 
 /// What changed between two states, as the tracker would report it.
-fn changes_between(prev: &ProxyState, next: &ProxyState) -> ChangeSet {
+pub(super) fn changes_between(prev: &ProxyState, next: &ProxyState) -> ChangeSet {
     let mut cs = ChangeSet::default();
     let names: BTreeSet<&ServicePortName> =
         prev.services.keys().chain(next.services.keys()).collect();
     for name in names {
-        if prev.services.get(name) != next.services.get(name)
-            || prev.endpoints_of(name) != next.endpoints_of(name)
-        {
-            cs.changed.insert(name.clone());
-            if !next.services.contains_key(name) {
-                cs.deleted.insert(name.clone(), prev.services[name].clone());
-            }
+        let (before, after) = (prev.endpoints_of(name), next.endpoints_of(name));
+        if prev.services.get(name) == next.services.get(name) && before == after {
+            continue;
+        }
+        cs.changed.insert(name.clone());
+        if !next.services.contains_key(name) {
+            cs.deleted.insert(name.clone(), prev.services[name].clone());
+        }
+        let serving = |eps: &[Endpoint], e: &Endpoint| {
+            eps.iter()
+                .any(|x| x.ip == e.ip && x.port == e.port && x.serving)
+        };
+        let removed: Vec<Endpoint> = before
+            .iter()
+            .filter(|e| e.serving && !serving(after, e))
+            .cloned()
+            .collect();
+        if !removed.is_empty() {
+            cs.removed_endpoints.insert(name.clone(), removed);
+        }
+        if name.protocol == Protocol::Udp && before.is_empty() && !after.is_empty() {
+            cs.became_ready.insert(name.clone());
         }
     }
     cs
 }
 
-fn full(state: &ProxyState) -> ChangeSet {
+pub(super) fn full(state: &ProxyState) -> ChangeSet {
     ChangeSet {
         changed: state.services.keys().cloned().collect(),
         ..ChangeSet::default()
     }
 }
 
-fn sync(
+pub(super) fn sync(
     b: &mut IpvsBackend,
     seq: u64,
     mode: SyncMode,
@@ -222,7 +234,7 @@ fn snapshot() -> Snapshot {
     }
 }
 
-fn setup_backend(options: &BackendOptions) -> IpvsBackend {
+pub(super) fn setup_backend(options: &BackendOptions) -> IpvsBackend {
     let mut b = IpvsBackend::new(options);
     b.setup(&node()).expect("setup");
     b
@@ -410,192 +422,6 @@ fn kernel_partial_syncs_converge_to_a_full_sync() {
     // A partial sync writes only what changed: one endpoint added is one
     // real server plus its ipset entries, not the whole table.
     assert!(written[0] <= 3, "{written:?}");
-}
-
-/// A pod: its own namespace with `eth0` at 10.244.<n>.5/24, joined to the
-/// calling namespace's `veth-pod<n>` at 10.244.<n>.1/24, and a TCP server on
-/// port 8080 that answers each connection with `<its address> <peer
-/// address>`. Dropping the returned sender stops it (it stops by itself
-/// after 60 s).
-fn start_pod(n: u8) -> mpsc::Sender<()> {
-    let (to_node, from_pod) = mpsc::channel::<String>();
-    let (to_pod, from_node) = mpsc::channel::<()>();
-    let (stop, stopped) = mpsc::channel::<()>();
-    let pod_addr = format!("10.244.{n}.5/24");
-    let gateway = format!("10.244.{n}.1");
-    std::thread::spawn(move || {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
-        let tid = nix::unistd::gettid();
-        to_node
-            // `self` would be the `ip` process that opens it.
-            .send(format!("/proc/{}/task/{tid}/ns/net", std::process::id()))
-            .unwrap();
-        from_node.recv().unwrap();
-        for args in [
-            &["link", "set", "lo", "up"][..],
-            &["addr", "add", &pod_addr, "dev", "eth0"],
-            &["link", "set", "eth0", "up"],
-            &["route", "add", "default", "via", &gateway],
-        ] {
-            cmd::run("ip", args, None).unwrap();
-        }
-        let listener = TcpListener::bind("0.0.0.0:8080").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        to_node.send("listening".into()).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline && stopped.try_recv() == Err(mpsc::TryRecvError::Empty) {
-            match listener.accept() {
-                Ok((mut conn, peer)) => {
-                    let local = conn.local_addr().map(|a| a.ip().to_string());
-                    let reply = format!("{} {}", local.unwrap_or_default(), peer.ip());
-                    let _ = conn.write_all(reply.as_bytes());
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(5)),
-            }
-        }
-    });
-    let path = from_pod.recv().unwrap();
-    let veth = format!("veth-pod{n}");
-    let node_addr = format!("10.244.{n}.1/24");
-    for args in [
-        &[
-            "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &path,
-        ][..],
-        &["addr", "add", &node_addr, "dev", &veth],
-        &["link", "set", &veth, "up"],
-    ] {
-        cmd::run("ip", args, None).unwrap();
-    }
-    to_pod.send(()).unwrap();
-    assert_eq!(from_pod.recv().unwrap(), "listening");
-    stop
-}
-
-/// Connects and reads the answer; the error kind and how long it took.
-fn probe(addr: &str) -> (Result<String, std::io::ErrorKind>, Duration) {
-    let start = Instant::now();
-    let addr: SocketAddr = addr.parse().unwrap();
-    let r = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
-        .and_then(|mut s| {
-            s.set_read_timeout(Some(Duration::from_secs(3)))?;
-            let mut out = String::new();
-            s.read_to_string(&mut out)?;
-            Ok(out)
-        })
-        .map_err(|e| e.kind());
-    (r, start.elapsed())
-}
-
-/// How many of `count` connections to `addr` each answer got.
-fn spread(addr: &str, count: usize) -> BTreeMap<String, usize> {
-    let mut out = BTreeMap::new();
-    for _ in 0..count {
-        let answer = match probe(addr).0 {
-            Ok(a) => a,
-            Err(kind) => format!("error {kind:?}"),
-        };
-        *out.entry(answer).or_default() += 1;
-    }
-    out
-}
-
-fn web(eps: Vec<Endpoint>) -> ProxyState {
-    let mut state = ProxyState::default();
-    insert(
-        &mut state,
-        service("web", [10, 96, 0, 10], 80, Protocol::Tcp),
-        eps.clone(),
-    );
-    let mut sticky = service("sticky", [10, 96, 0, 11], 80, Protocol::Tcp);
-    sticky.session_affinity_seconds = Some(60);
-    insert(&mut state, sticky, eps);
-    insert(
-        &mut state,
-        service("empty", [10, 96, 0, 30], 80, Protocol::Tcp),
-        vec![],
-    );
-    let mut sticky_empty = service("sticky-empty", [10, 96, 0, 31], 80, Protocol::Tcp);
-    sticky_empty.session_affinity_seconds = Some(60);
-    insert(&mut state, sticky_empty, vec![]);
-    state
-}
-
-#[test]
-fn kernel_traffic_follows_the_virtual_servers() {
-    let Some(seen) = with_ipvs(|| {
-        let pods = [start_pod(1), start_pod(2)];
-        let mut b = setup_backend(&BackendOptions::default());
-        let both = web(vec![
-            endpoint(1, 5, 8080, false),
-            endpoint(2, 5, 8080, false),
-        ]);
-        sync(&mut b, 1, SyncMode::Full, &both, &full(&both));
-        let mut seen = vec![
-            ("round robin", spread("10.96.0.10:80", 6)),
-            ("affinity", spread("10.96.0.11:80", 6)),
-        ];
-        let mut refused = BTreeMap::new();
-        for addr in ["10.96.0.30:80", "10.96.0.31:80", "10.96.0.10:81"] {
-            let (r, took) = probe(addr);
-            let fast = if took < Duration::from_secs(1) {
-                "at once"
-            } else {
-                "slowly"
-            };
-            *refused.entry(format!("{r:?} {fast}")).or_default() += 1;
-        }
-        seen.push(("no endpoints, affinity, other port", refused));
-        let draining = web(vec![
-            endpoint(1, 5, 8080, false),
-            endpoint(2, 5, 8080, true),
-        ]);
-        sync(
-            &mut b,
-            2,
-            SyncMode::Partial,
-            &draining,
-            &changes_between(&both, &draining),
-        );
-        seen.push(("one draining", spread("10.96.0.10:80", 4)));
-        let one = web(vec![endpoint(1, 5, 8080, false)]);
-        sync(
-            &mut b,
-            3,
-            SyncMode::Partial,
-            &one,
-            &changes_between(&draining, &one),
-        );
-        seen.push(("one removed", spread("10.96.0.10:80", 4)));
-        let ipvsadm = cmd::run("ipvsadm", &["-Ln", "-t", "10.96.0.10:80", "--stats"], None)
-            .unwrap()
-            .stdout;
-        println!("{ipvsadm}");
-        b.cleanup().expect("cleanup");
-        drop(pods);
-        seen
-    }) else {
-        return;
-    };
-    for (what, answers) in &seen {
-        println!("{what}: {answers:?}");
-    }
-    let get = |what: &str| &seen.iter().find(|(w, _)| *w == what).unwrap().1;
-    // From the node itself the source is a VIP outside the cluster CIDR, so
-    // it is masqueraded to the node's address toward the pod.
-    let pod1 = "10.244.1.5 10.244.1.1".to_string();
-    let pod2 = "10.244.2.5 10.244.2.1".to_string();
-    assert_eq!(
-        get("round robin"),
-        &BTreeMap::from([(pod1.clone(), 3), (pod2, 3)])
-    );
-    assert_eq!(get("affinity").len(), 1, "{seen:?}");
-    assert_eq!(get("affinity").values().sum::<usize>(), 6);
-    assert_eq!(
-        get("no endpoints, affinity, other port"),
-        &BTreeMap::from([("Err(ConnectionRefused) at once".to_string(), 3)])
-    );
-    assert_eq!(get("one draining"), &BTreeMap::from([(pod1.clone(), 4)]));
-    assert_eq!(get("one removed"), &BTreeMap::from([(pod1, 4)]));
 }
 
 /// The fixed ruleset and the sets apply with the real tools and clean up;

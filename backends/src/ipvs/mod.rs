@@ -19,6 +19,8 @@ mod transport;
 
 #[cfg(test)]
 mod kernel_tests;
+#[cfg(test)]
+mod traffic_tests;
 
 use std::collections::BTreeMap;
 use std::path::Path;
