@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::time::Instant;
 
 use super::ipsets::{self, IpSet};
 use super::link::{DUMMY_DEVICE, Links};
@@ -422,6 +423,126 @@ fn kernel_partial_syncs_converge_to_a_full_sync() {
     // A partial sync writes only what changed: one endpoint added is one
     // real server plus its ipset entries, not the whole table.
     assert!(written[0] <= 3, "{written:?}");
+}
+
+/// Each sync's dump replays with the standard tools (`ipvsadm-restore`,
+/// `ipset restore`, `iptables-nft-restore`) to the same kernel state, so a
+/// benchmark can time the bare tools on exactly what the backend wrote.
+#[test]
+fn kernel_dumps_replay_with_the_standard_tools() {
+    let dir = std::env::temp_dir().join(format!("svclab-ipvs-dump-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let options = BackendOptions {
+        dump_dir: Some(dir.clone()),
+        ..BackendOptions::default()
+    };
+    let state = base_state();
+    let saved = |what: &[&str]| cmd::run(what[0], &what[1..], None).unwrap().stdout;
+    let Some(programmed) = with_ipvs(|| {
+        let mut b = setup_backend(&options);
+        sync(&mut b, 1, SyncMode::Full, &state, &full(&state));
+        let out = (saved(&["ipvsadm", "-Sn"]), saved(&["ipset", "save"]));
+        b.cleanup().expect("cleanup");
+        out
+    }) else {
+        return;
+    };
+    let files: BTreeSet<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        files,
+        BTreeSet::from([
+            "1-full.ipset".into(),
+            "1-full.iptables".into(),
+            "1-full.ipvsadm".into()
+        ])
+    );
+    let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
+    let replayed = testns::in_new_netns(|| {
+        cmd::run("ipvsadm-restore", &[], Some(&read("1-full.ipvsadm"))).unwrap();
+        cmd::run("ipset", &["restore"], Some(&read("1-full.ipset"))).unwrap();
+        cmd::run(
+            IPTABLES_RESTORE,
+            &["--noflush"],
+            Some(&read("1-full.iptables")),
+        )
+        .unwrap();
+        (saved(&["ipvsadm", "-Sn"]), saved(&["ipset", "save"]))
+    });
+    std::fs::remove_dir_all(&dir).unwrap();
+    let sorted = |text: &str| {
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        lines.sort();
+        lines
+    };
+    assert_eq!(sorted(&replayed.0), sorted(&programmed.0));
+    assert_eq!(
+        ipsets::parse_save(&replayed.1),
+        ipsets::parse_save(&programmed.1)
+    );
+}
+
+/// 2000 Services with 10 endpoints each (a tenth with a NodePort): the
+/// full sync, a second full sync that finds everything in place (it reads
+/// back every virtual server's real servers, so dumps span many
+/// datagrams), and a one-endpoint partial sync.
+#[test]
+fn kernel_sync_at_scale() {
+    const SERVICES: u16 = 2000;
+    let mut state = ProxyState::default();
+    for i in 0..SERVICES {
+        let vip = [10, 96, (i >> 8) as u8, i as u8];
+        let mut svc = service(&format!("s{i}"), vip, 80, Protocol::Tcp);
+        if i % 10 == 0 {
+            svc.node_port = Some(30000 + i);
+        }
+        let eps = (0..10u8)
+            .map(|e| endpoint(1 + (i % 200) as u8, 10 + e, 8080, false))
+            .collect();
+        insert(&mut state, svc, eps);
+    }
+    let mut next = state.clone();
+    // s1 has no NodePort: one virtual server loses one real server.
+    let s1 = ServicePortName::new("ns", "s1", "", Protocol::Tcp);
+    next.endpoints.get_mut(&s1).unwrap().pop();
+    let Some((outcomes, listed)) = with_ipvs(|| {
+        let mut b = setup_backend(&BackendOptions::default());
+        let mut outcomes = Vec::new();
+        for (seq, mode) in [(1, SyncMode::Full), (2, SyncMode::Full)] {
+            let start = Instant::now();
+            let out = sync(&mut b, seq, mode, &state, &full(&state));
+            outcomes.push((mode, out, start.elapsed()));
+        }
+        let start = Instant::now();
+        let out = sync(
+            &mut b,
+            3,
+            SyncMode::Partial,
+            &next,
+            &changes_between(&state, &next),
+        );
+        outcomes.push((SyncMode::Partial, out, start.elapsed()));
+        let listed = cmd::run("ipvsadm", &["-Ln"], None).unwrap().stdout;
+        b.cleanup().expect("cleanup");
+        (outcomes, listed)
+    }) else {
+        return;
+    };
+    for (mode, out, took) in &outcomes {
+        println!("{mode} sync: {out:?} in {took:?} (under emulation; not a performance figure)");
+    }
+    let virtual_servers = usize::from(SERVICES) * 11 / 10;
+    let services = listed.lines().filter(|l| l.starts_with("TCP ")).count();
+    let dests = listed.lines().filter(|l| l.starts_with("  -> 10.")).count();
+    assert_eq!(services, virtual_servers);
+    assert_eq!(dests, virtual_servers * 10 - 1);
+    // The second full sync changed nothing but rewrote the fixed ruleset.
+    let ruleset = outcomes[1].1.written;
+    assert!(ruleset < 40, "{outcomes:?}");
+    // One endpoint removed: its real server, nothing else.
+    assert_eq!(outcomes[2].1.written, 1, "{outcomes:?}");
 }
 
 /// The fixed ruleset and the sets apply with the real tools and clean up;
