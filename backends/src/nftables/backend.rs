@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use crate::model::NodeContext;
+use crate::nftables::existing::Existing;
 use crate::nftables::names::TABLE;
 use crate::nftables::programmed::{Plan, Programmed};
 use crate::nftables::skeleton::write_skeleton;
@@ -87,8 +88,9 @@ impl Backend for NftablesBackend {
 
     fn sync(&mut self, req: &SyncRequest<'_>) -> Result<SyncOutcome, BackendError> {
         let plan: Plan = if req.mode == SyncMode::Full || self.needs_full {
+            let existing = Existing::list()?;
             self.programmed
-                .plan_full(req.state, req.node, &self.options)
+                .plan_full(req.state, req.node, &self.options, &existing)
         } else {
             self.programmed
                 .plan_partial(req.state, req.changes, req.node, &self.options)

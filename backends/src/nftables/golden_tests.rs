@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use crate::model::{Protocol, ProxyState};
 use crate::nftables::fixtures::{changes, ep, insert, node, port, tcp};
-use crate::nftables::{Programmed, render_full, render_partial};
+use crate::nftables::{Existing, Programmed, render_full, render_partial};
 use crate::{BackendOptions, Fault};
 
 fn golden_path(case: &str) -> PathBuf {
@@ -283,7 +283,7 @@ fn golden_partial_transaction() {
 
     let o = opts(&[]);
     let mut programmed = Programmed::default();
-    programmed.apply(programmed.plan_full(&before, &node(), &o));
+    programmed.apply(programmed.plan_full(&before, &node(), &o, &Existing::default()));
     let text = render_partial(&programmed, &after, &changes(&before, &after), &node(), &o);
     assert!(!text.contains("untouched"), "{text}");
     check_golden("partial-mixed", &text);
@@ -295,7 +295,7 @@ fn empty_change_set_writes_nothing() {
     let state = crate::nftables::fixtures::synthetic(20, 3);
     let o = opts(&[]);
     let mut programmed = Programmed::default();
-    programmed.apply(programmed.plan_full(&state, &node(), &o));
+    programmed.apply(programmed.plan_full(&state, &node(), &o, &Existing::default()));
     let plan = programmed.plan_partial(&state, &changes(&state, &state), &node(), &o);
     assert_eq!(plan.lines, 0);
     assert!(plan.text.is_empty());
@@ -318,10 +318,10 @@ fn partial_bookkeeping_matches_full() {
 
     let o = opts(&[]);
     let mut incremental = Programmed::default();
-    incremental.apply(incremental.plan_full(&before, &node(), &o));
+    incremental.apply(incremental.plan_full(&before, &node(), &o, &Existing::default()));
     incremental.apply(incremental.plan_partial(&after, &changes(&before, &after), &node(), &o));
     let mut fresh = Programmed::default();
-    let full = fresh.plan_full(&after, &node(), &o);
+    let full = fresh.plan_full(&after, &node(), &o, &Existing::default());
     let rendered_rules = full
         .text
         .lines()
@@ -330,4 +330,62 @@ fn partial_bookkeeping_matches_full() {
     fresh.apply(full);
     assert_eq!(incremental.counts(), fresh.counts());
     assert_eq!(fresh.counts().rules, rendered_rules as u64);
+}
+
+/// A full resync keeps endpoint chains that exist with the right affinity
+/// (their rules follow from the name) and rewrites everything else.
+#[test]
+fn full_resync_keeps_existing_endpoint_chains() {
+    let mut state = ProxyState::default();
+    insert(&mut state, tcp("ns1", "svc1", [172, 30, 0, 41]), eps3());
+    let o = opts(&[]);
+    let mut programmed = Programmed::default();
+    programmed.apply(programmed.plan_full(&state, &node(), &o, &Existing::default()));
+
+    let resync = programmed.plan_full(&state, &node(), &o, &programmed.existing());
+    assert!(
+        !resync.text.contains("chain ip kube-proxy endpoint-"),
+        "{}",
+        resync.text
+    );
+    assert!(
+        resync
+            .text
+            .contains("add chain ip kube-proxy service-ULMVA6XW-ns1/svc1/tcp/p80")
+    );
+    assert!(!resync.text.contains("delete "), "{}", resync.text);
+
+    // Turning affinity on changes what the endpoint chains must hold.
+    let mut sticky = state.clone();
+    sticky
+        .services
+        .values_mut()
+        .next()
+        .unwrap()
+        .session_affinity_seconds = Some(30);
+    let plan = programmed.plan_full(&sticky, &node(), &o, &programmed.existing());
+    let rewritten = plan
+        .text
+        .lines()
+        .filter(|l| l.starts_with("add chain ip kube-proxy endpoint-"))
+        .count();
+    assert_eq!(rewritten, 3, "{}", plan.text);
+
+    // Whatever exists but is not wanted goes, known to the bookkeeping or not.
+    let mut existing = programmed.existing();
+    existing
+        .chains
+        .insert("service-AAAAAAAA-gone/svc/tcp/p".into());
+    existing
+        .sets
+        .insert("affinity-AAAAAAAA-gone/svc/tcp/p__10.0.0.9/80".into());
+    let plan = programmed.plan_full(&state, &node(), &o, &existing);
+    assert!(
+        plan.text
+            .contains("delete chain ip kube-proxy service-AAAAAAAA-gone/svc/tcp/p\n")
+    );
+    assert!(
+        plan.text
+            .contains("delete set ip kube-proxy affinity-AAAAAAAA-gone/svc/tcp/p__10.0.0.9/80\n")
+    );
 }

@@ -258,6 +258,44 @@ fn partial_syncs_converge_to_a_fresh_full_sync() {
     });
 }
 
+/// A full sync removes per-service objects left by an earlier agent that
+/// its own bookkeeping never knew, and restores a chain emptied behind its
+/// back.
+#[test]
+fn full_sync_repairs_leftovers_and_drift() {
+    require_netns!();
+    let state = mixed();
+    let want = fresh_full_table(&state);
+    in_new_netns(|| {
+        let mut b = NftablesBackend::new(&BackendOptions::default());
+        b.setup(&node()).expect("setup");
+        let leftovers = "\
+add chain ip kube-proxy endpoint-AAAAAAAA-old/svc/tcp/p__10.9.9.9/80
+add rule ip kube-proxy endpoint-AAAAAAAA-old/svc/tcp/p__10.9.9.9/80 meta l4proto tcp dnat to 10.9.9.9:80
+add set ip kube-proxy affinity-AAAAAAAA-old/svc/tcp/p__10.9.9.9/80 { type ipv4_addr ; flags dynamic,timeout ; timeout 60s ; }
+";
+        cmd::run("nft", &["-f", "-"], Some(leftovers.as_bytes())).expect("leftovers");
+        sync(&mut b, 1, SyncMode::Full, &ProxyState::default(), &state);
+        assert_eq!(canonical_table(), want);
+
+        cmd::run(
+            "nft",
+            &[
+                "flush",
+                "chain",
+                "ip",
+                "kube-proxy",
+                "service-LY4HC3X6-ns1/plain/tcp/p80",
+            ],
+            None,
+        )
+        .expect("drift");
+        sync(&mut b, 2, SyncMode::Full, &state, &state);
+        assert_eq!(canonical_table(), want);
+        b.cleanup().expect("cleanup");
+    });
+}
+
 /// Gives the namespace a node IP on a real link and routes the service
 /// CIDR over it (as the lab's default route does), so locally generated
 /// packets to a ClusterIP reach the nat OUTPUT hook and rejects come back

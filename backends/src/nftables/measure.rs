@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use crate::model::ProxyState;
 use crate::nftables::fixtures::{changes, ep, node, synthetic};
-use crate::nftables::{NftablesBackend, Programmed};
+use crate::nftables::{Existing, NftablesBackend, Programmed};
 use crate::protocol::SyncMode;
 use crate::testns::in_new_netns;
 use crate::{Backend, BackendOptions, SyncRequest, cmd, require_netns};
@@ -86,7 +86,12 @@ fn measure_sync_cost() {
     };
     let big = synthetic(10_000, ENDPOINTS);
     let (t, c) = (Instant::now(), cpu());
-    let plan = Programmed::default().plan_full(&big, &node(), &BackendOptions::default());
+    let plan = Programmed::default().plan_full(
+        &big,
+        &node(),
+        &BackendOptions::default(),
+        &Existing::default(),
+    );
     eprintln!(
         "render full 10000x{ENDPOINTS}: {:.3} s wall, {:.3} s cpu, {} lines, {:.1} MiB",
         t.elapsed().as_secs_f64(),
@@ -106,31 +111,36 @@ fn measure_sync_cost() {
             .expect("a Service")
             .push(ep([10, 250, 0, 1], 8080, false));
 
-        let (full_wall, partial_wall, rules, lines_full, lines_partial) = in_new_netns(|| {
-            let mut b = NftablesBackend::new(&BackendOptions {
-                dump_dir: Some(dir.clone()),
-                ..BackendOptions::default()
+        let (full_wall, partial_wall, resync_wall, rules, lines_full, lines_partial) =
+            in_new_netns(|| {
+                let mut b = NftablesBackend::new(&BackendOptions {
+                    dump_dir: Some(dir.clone()),
+                    ..BackendOptions::default()
+                });
+                b.setup(&node()).expect("setup");
+                let full = sync(&mut b, 1, SyncMode::Full, &ProxyState::default(), &state);
+                let partial = sync(&mut b, 2, SyncMode::Partial, &state, &next);
+                // The periodic resync: a full sync over a table that already
+                // holds everything.
+                let resync = sync(&mut b, 3, SyncMode::Full, &next, &next);
+                let stats = b.stats().expect("stats");
+                let lines = |f: &str| {
+                    std::fs::read_to_string(dir.join(f))
+                        .expect("dumped input")
+                        .lines()
+                        .count()
+                };
+                let out = (
+                    full,
+                    partial,
+                    resync,
+                    stats.rules,
+                    lines("1-full.nft"),
+                    lines("2-partial.nft"),
+                );
+                b.cleanup().expect("cleanup");
+                out
             });
-            b.setup(&node()).expect("setup");
-            let full = sync(&mut b, 1, SyncMode::Full, &ProxyState::default(), &state);
-            let partial = sync(&mut b, 2, SyncMode::Partial, &state, &next);
-            let stats = b.stats().expect("stats");
-            let lines = |f: &str| {
-                std::fs::read_to_string(dir.join(f))
-                    .expect("dumped input")
-                    .lines()
-                    .count()
-            };
-            let out = (
-                full,
-                partial,
-                stats.rules,
-                lines("1-full.nft"),
-                lines("2-partial.nft"),
-            );
-            b.cleanup().expect("cleanup");
-            out
-        });
         let (bare_full, bare_partial) = in_new_netns(|| {
             cmd::run(
                 "nft",
@@ -147,7 +157,7 @@ fn measure_sync_cost() {
             "{n}x{ENDPOINTS}: {rules} rules+elements | full: backend {full_wall:.2} s, \
              {lines_full} lines, bare nft {:.2} s (user {:.2}, sys {:.2}, rss {:.0} MiB) | \
              partial (+1 endpoint): backend {partial_wall:.3} s, {lines_partial} lines, \
-             bare nft {:.3} s (user {:.2}, sys {:.2})",
+             bare nft {:.3} s (user {:.2}, sys {:.2}) | resync: backend {resync_wall:.2} s",
             bare_full.0,
             bare_full.1,
             bare_full.2,

@@ -15,6 +15,7 @@
 
 mod backend;
 mod capability;
+mod existing;
 mod names;
 mod objects;
 mod programmed;
@@ -32,6 +33,7 @@ mod measure;
 
 pub use backend::{NftablesBackend, setup_text};
 pub use capability::capability;
+pub use existing::Existing;
 pub use programmed::{Counts, Plan, Programmed};
 
 use crate::model::{ChangeSet, NodeContext, ProxyState};
@@ -48,7 +50,9 @@ pub fn new(options: &BackendOptions) -> Box<dyn Backend> {
 
 /// The transaction a full sync of `state` writes into an empty table.
 pub fn render_full(state: &ProxyState, node: &NodeContext, options: &BackendOptions) -> String {
-    Programmed::default().plan_full(state, node, options).text
+    Programmed::default()
+        .plan_full(state, node, options, &Existing::default())
+        .text
 }
 
 /// The transaction a partial sync writes to bring a table holding

@@ -63,6 +63,15 @@ pub struct Element {
 pub struct Chain {
     pub name: String,
     pub rules: Vec<String>,
+    /// Set on endpoint chains, whose rules follow from their name and from
+    /// whether affinity is on: an existing one can be left as it is.
+    pub endpoint: Option<EndpointChain>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointChain {
+    pub affinity_set: String,
+    pub affinity: bool,
 }
 
 /// A per-endpoint ClientIP affinity set (`ipv4_addr`, dynamic, with timeout).
@@ -234,6 +243,7 @@ pub fn port_objects(
         out.chains.push(Chain {
             name: names.cluster.clone(),
             rules,
+            endpoint: None,
         });
     }
     if uses_local_chain {
@@ -250,6 +260,7 @@ pub fn port_objects(
         out.chains.push(Chain {
             name: names.local.clone(),
             rules,
+            endpoint: None,
         });
     }
     if uses_external_chain {
@@ -280,6 +291,7 @@ pub fn port_objects(
         out.chains.push(Chain {
             name: names.external.clone(),
             rules,
+            endpoint: None,
         });
     }
 
@@ -298,6 +310,10 @@ pub fn port_objects(
         out.chains.push(Chain {
             name: n.chain.clone(),
             rules,
+            endpoint: Some(EndpointChain {
+                affinity_set: n.affinity_set.clone(),
+                affinity: svc.session_affinity_seconds.is_some(),
+            }),
         });
     }
     out

@@ -7,11 +7,14 @@
 //! Planning is pure: a [`Plan`] is applied to the bookkeeping only after the
 //! kernel has accepted its text, so a failed transaction changes nothing.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use crate::BackendOptions;
 use crate::model::{ChangeSet, NodeContext, ProxyState, ServicePortName};
-use crate::nftables::objects::{AffinitySet, Container, ElementValue, PortObjects, port_objects};
+use crate::nftables::existing::Existing;
+use crate::nftables::objects::{
+    AffinitySet, Chain, Container, ElementValue, PortObjects, port_objects,
+};
 use crate::nftables::skeleton::{SKELETON_ELEMENTS, write_skeleton};
 use crate::nftables::tx::Tx;
 use crate::protocol::SyncMode;
@@ -87,14 +90,27 @@ impl Programmed {
         c
     }
 
+    /// What the bookkeeping says the table holds.
+    pub fn existing(&self) -> Existing {
+        let mut e = Existing::default();
+        for r in self.ports.values() {
+            e.chains.extend(r.chains.iter().cloned());
+            e.sets.extend(r.sets.iter().map(|s| s.name.clone()));
+        }
+        e
+    }
+
     /// Rewrites the whole table for `state`: the skeleton, every service
-    /// port's chains and elements, and deletions of whatever the previous
-    /// bookkeeping has that `state` no longer needs.
+    /// port's chains and elements, and deletions of whatever in `existing`
+    /// `state` no longer needs. As in kube-proxy, endpoint chains already in
+    /// `existing` with the right affinity are kept rather than rewritten:
+    /// their content follows from their name.
     pub fn plan_full(
         &self,
         state: &ProxyState,
         node: &NodeContext,
         options: &BackendOptions,
+        existing: &Existing,
     ) -> Plan {
         let mut tx = Tx::with_capacity(estimate_bytes(state));
         write_skeleton(&mut tx, node, options);
@@ -103,10 +119,17 @@ impl Programmed {
         let mut records = Vec::with_capacity(state.services.len());
         let mut elements: HashMap<ElementKey, Owners> = HashMap::new();
         let mut element_order: Vec<ElementKey> = Vec::new();
-        let mut stale = Stale::default();
+        let keep = |c: &Chain| {
+            c.endpoint.as_ref().is_some_and(|e| {
+                existing.chains.contains(&c.name)
+                    && existing.sets.contains(&e.affinity_set) == e.affinity
+            })
+        };
+        let mut live_chains: HashSet<String> = HashSet::new();
+        let mut live_sets: HashSet<String> = HashSet::new();
         for (name, svc) in &state.services {
             let objs = port_objects(svc, state.endpoints_of(name), node, options);
-            write_port(&mut tx, &objs);
+            write_port(&mut tx, &objs, keep);
             for el in objs.elements.iter() {
                 let key = (el.container, el.key.clone());
                 let owners = elements.entry(key.clone()).or_default();
@@ -116,16 +139,26 @@ impl Programmed {
                 owners.insert(name.clone(), el.value.clone());
             }
             let record = record_of(&objs);
-            if let Some(old) = self.ports.get(name) {
-                stale.add(old, Some(&record));
+            if !existing.chains.is_empty() || !existing.sets.is_empty() {
+                live_chains.extend(record.chains.iter().cloned());
+                live_sets.extend(record.sets.iter().map(|s| s.name.clone()));
             }
             records.push((name.clone(), Some(record)));
         }
-        for (name, old) in &self.ports {
-            if !state.services.contains_key(name) {
-                stale.add(old, None);
-            }
-        }
+        let stale = Stale {
+            chains: existing
+                .chains
+                .iter()
+                .map(String::as_str)
+                .filter(|c| !live_chains.contains(*c))
+                .collect(),
+            sets: existing
+                .sets
+                .iter()
+                .map(String::as_str)
+                .filter(|s| !live_sets.contains(*s))
+                .collect(),
+        };
         for key in &element_order {
             let value = effective(elements.get(key)).expect("element has an owner");
             tx.add_element(key.0, &key.1, value);
@@ -167,7 +200,7 @@ impl Programmed {
                 .get(name)
                 .map(|svc| port_objects(svc, state.endpoints_of(name), node, options));
             if let Some(objs) = &objs {
-                write_port(&mut tx, objs);
+                write_port(&mut tx, objs, |_| false);
                 for e in &objs.elements {
                     let key = (e.container, e.key.clone());
                     touched.insert(key.clone());
@@ -268,15 +301,17 @@ fn record_of(objs: &PortObjects) -> PortRecord {
 }
 
 /// One port's sets, then its chains (created and emptied before any rule,
-/// since rules jump between them), then their rules.
-fn write_port(tx: &mut Tx, objs: &PortObjects) {
+/// since rules jump between them), then their rules. Chains `keep` accepts
+/// are already in the kernel as they should be and are left alone.
+fn write_port(tx: &mut Tx, objs: &PortObjects, keep: impl Fn(&Chain) -> bool) {
     for set in &objs.sets {
         tx.add_affinity_set(set);
     }
-    for chain in &objs.chains {
+    let rewrite: Vec<&Chain> = objs.chains.iter().filter(|c| !keep(c)).collect();
+    for chain in &rewrite {
         tx.ensure_chain(&chain.name);
     }
-    for chain in &objs.chains {
+    for chain in &rewrite {
         for rule in &chain.rules {
             tx.add_rule(&chain.name, rule);
         }

@@ -1,0 +1,52 @@
+//! The service-port chains and affinity sets a table already holds. A full
+//! sync lists them from the kernel first, as kube-proxy does, so it can keep
+//! endpoint chains that are already right and delete leftovers the
+//! bookkeeping does not know about (from an earlier agent, say).
+
+use std::collections::HashSet;
+
+use serde_json::Value;
+
+use crate::nftables::names::TABLE;
+use crate::{BackendError, cmd};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Existing {
+    /// Service-port and endpoint chains (the ones with a `/` in the name).
+    pub chains: HashSet<String>,
+    /// Affinity sets.
+    pub sets: HashSet<String>,
+}
+
+impl Existing {
+    /// Lists the `ip kube-proxy` table's per-service objects. Listing the
+    /// whole `ip` family never fails on a missing table; that is just an
+    /// empty list.
+    pub fn list() -> Result<Existing, BackendError> {
+        Ok(Existing {
+            chains: list_names("chains", "chain", |n| n.contains('/'))?,
+            sets: list_names("sets", "set", |n| n.starts_with("affinity-"))?,
+        })
+    }
+}
+
+fn list_names(
+    what: &str,
+    kind: &str,
+    wanted: impl Fn(&str) -> bool,
+) -> Result<HashSet<String>, BackendError> {
+    let out = cmd::run("nft", &["-j", "list", what, "ip"], None)?;
+    let v: Value = serde_json::from_str(&out.stdout).map_err(|e| {
+        BackendError::Other(format!("`nft -j list {what} ip` printed invalid JSON: {e}"))
+    })?;
+    Ok(v["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o.get(kind))
+        .filter(|b| b["table"] == TABLE)
+        .filter_map(|b| b["name"].as_str())
+        .filter(|n| wanted(n))
+        .map(str::to_string)
+        .collect())
+}
