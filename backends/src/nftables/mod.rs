@@ -7,8 +7,9 @@
 //! to a chain per endpoint that DNATs. Services without endpoints are
 //! refused through the `no-endpoint-*` maps, unknown ports of ClusterIPs
 //! through the `cluster-ips` set. Every sync is one `nft -f -` transaction:
-//! full syncs rewrite the table's contents, partial syncs only what changed
-//! (see [`Programmed`]).
+//! full syncs rewrite the table's contents (keeping endpoint chains the
+//! kernel already holds as they should be, like kube-proxy), partial syncs
+//! only what changed (see [`Programmed`]).
 //!
 //! Rendering is pure and needs no kernel: [`render_full`] and
 //! [`render_partial`].

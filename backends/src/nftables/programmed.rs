@@ -1,8 +1,9 @@
 //! What the `ip kube-proxy` table holds, as this backend last programmed it,
 //! and the transactions that move it to a new state: a full one that
-//! rewrites everything, and a partial one (kube-proxy's partial sync) that
-//! rewrites only the chains of changed service ports, changes only the map
-//! elements that differ, and deletes what removed ports left behind.
+//! rewrites everything (but endpoint chains that are already right), and a
+//! partial one (kube-proxy's partial sync) that rewrites only the chains of
+//! changed service ports, changes only the map elements that differ, and
+//! deletes what removed ports left behind.
 //!
 //! Planning is pure: a [`Plan`] is applied to the bookkeeping only after the
 //! kernel has accepted its text, so a failed transaction changes nothing.
