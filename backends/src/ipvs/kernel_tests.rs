@@ -7,14 +7,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
+use super::backend::ensure_jumps;
 use super::ipsets::{self, IpSet};
 use super::link::{DUMMY_DEVICE, Links};
 use super::netlink::{IpvsClient, IpvsError};
-use super::*;
+use super::{IPTABLES_RESTORE, IPTABLES_SAVE, IpvsBackend, capability, rules};
 use crate::model::{
     ChangeSet, Endpoint, NodeContext, Protocol, ProxyState, ServicePort, ServicePortName,
 };
+use crate::protocol::SyncMode;
 use crate::testns;
+use crate::{Backend, BackendOptions, SyncOutcome, SyncRequest, cmd};
 
 pub(super) fn node() -> NodeContext {
     NodeContext {

@@ -10,8 +10,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use super::kernel_tests::{changes_between, full, insert, service, setup_backend, sync, with_ipvs};
-use super::*;
 use crate::model::{Endpoint, Protocol, ProxyState};
+use crate::protocol::SyncMode;
+use crate::{Backend, BackendOptions, cmd};
 
 type Job = Box<dyn FnOnce() + Send>;
 

@@ -1,0 +1,91 @@
+//! Whether this kernel and these tools can run the ipvs backend, and if
+//! not, exactly what is missing. The kernel is probed inside a throwaway
+//! private network namespace, never the host's.
+
+use std::net::Ipv4Addr;
+
+use super::link::Links;
+use super::netlink::{self, IpvsClient, IpvsError, Op};
+use super::{DEFAULT_SCHEDULER, IPTABLES_RESTORE, IPTABLES_SAVE};
+use crate::model::Protocol;
+use crate::{Unavailable, cmd};
+
+pub fn capability() -> Result<(), Unavailable> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(Unavailable::new(
+            "the ipvs backend needs root (CAP_NET_ADMIN) to program IPVS, links and iptables",
+        ));
+    }
+    for tool in ["ipset", IPTABLES_RESTORE, IPTABLES_SAVE, "conntrack"] {
+        if !cmd::have(tool) {
+            return Err(Unavailable::new(format!(
+                "{tool} is not installed (the ipvs backend needs ipset, iptables-nft and conntrack; ci/setup installs them)"
+            )));
+        }
+    }
+    let missing = std::thread::scope(|s| {
+        s.spawn(probe_in_throwaway_netns)
+            .join()
+            .unwrap_or_else(|_| vec!["the kernel probe thread panicked".to_string()])
+    });
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(Unavailable::new(format!(
+            "{}: run under `svclab vm`",
+            missing.join("; ")
+        )))
+    }
+}
+
+/// Tries everything the backend needs from the kernel inside a private
+/// network namespace that dies with this thread, so the host's own
+/// namespace is never touched. Returns what is missing.
+fn probe_in_throwaway_netns() -> Vec<String> {
+    use nix::sched::{CloneFlags, unshare};
+    if let Err(e) = unshare(CloneFlags::CLONE_NEWNET) {
+        return vec![format!(
+            "cannot create a network namespace to probe in ({e})"
+        )];
+    }
+    let mut missing = Vec::new();
+    match IpvsClient::open() {
+        Err(IpvsError::FamilyMissing) => {
+            missing.push("kernel lacks IP_VS (no IPVS generic netlink family)".to_string())
+        }
+        Err(e) => missing.push(format!("IPVS is not usable: {e}")),
+        Ok(mut ipvs) => {
+            // kube-proxy's own probe: a virtual server on TEST-NET-2.
+            let probe = netlink::VirtualServer {
+                key: netlink::ServiceKey {
+                    protocol: Protocol::Tcp,
+                    addr: Ipv4Addr::new(198, 51, 100, 0),
+                    port: 20000,
+                },
+                scheduler: DEFAULT_SCHEDULER.into(),
+                flags: 0,
+                timeout: 0,
+            };
+            if let Err(e) = ipvs.apply(&[Op::NewService(probe.clone()), Op::DelService(probe.key)])
+            {
+                missing.push(format!(
+                    "IPVS cannot create a virtual server with the rr scheduler (module ip_vs_rr?): {e}"
+                ));
+            }
+        }
+    }
+    match Links::open().and_then(|mut l| l.ensure_dummy("svclab-probe0")) {
+        Ok(_) => {}
+        Err(e) => missing.push(format!(
+            "kernel cannot create dummy links for kube-ipvs0 (CONFIG_DUMMY): {e}"
+        )),
+    }
+    if let Err(e) = cmd::run(
+        "ipset",
+        &["create", "svclab-probe", "hash:ip,port,ip"],
+        None,
+    ) {
+        missing.push(format!("kernel ipset support is missing: {e}"));
+    }
+    missing
+}
