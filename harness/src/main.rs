@@ -2,15 +2,21 @@
 //! Service proxies.
 
 mod agent;
+mod checks;
 mod cleanup;
 mod controlplane;
+mod doctor;
 mod guard;
 mod lab;
 mod netns;
 mod probe;
+mod results;
+mod run;
 mod scenario;
+mod scrape;
 mod state;
 mod topology;
+mod vm;
 mod workload;
 
 use std::io::BufRead;
@@ -55,6 +61,32 @@ enum Command {
     },
     /// Tear a lab down (the only one, or RUN).
     Down { run: Option<String> },
+    /// Run a scenario's checks against one or more backends and write a
+    /// results folder (exit code 1 if any check failed).
+    Run {
+        scenario: PathBuf,
+        /// Comma-separated backends, e.g. iptables,nftables (`all`: every
+        /// one that can run here).
+        #[arg(long, value_delimiter = ',', default_value = "all")]
+        backend: Vec<String>,
+        /// Deliberate defect to inject (negative tests of the lab itself).
+        #[arg(long)]
+        fault: Vec<svclab_backends::Fault>,
+        /// Connections per Service in the balance check.
+        #[arg(long)]
+        balance_connections: Option<usize>,
+        #[arg(long, default_value = "results")]
+        results: PathBuf,
+    },
+    /// Run the built-in scenario on every backend this host can run.
+    Demo {
+        #[arg(long, default_value = "results")]
+        results: PathBuf,
+    },
+    /// What this host can run, and why not.
+    Doctor,
+    /// Run a svclab command inside a VM booted from a stock kernel.
+    Vm(vm::VmArgs),
     /// Remove what earlier runs left behind (only runs whose owner is gone,
     /// unless --force).
     Cleanup {
@@ -69,6 +101,22 @@ enum Command {
     Workloads,
 }
 
+/// `all` expands to every backend this host can run.
+fn parse_backends(names: &[String]) -> Result<Vec<BackendKind>> {
+    let mut out = Vec::new();
+    for n in names {
+        if n == "all" {
+            out.extend(doctor::runnable());
+        } else {
+            out.push(n.parse::<BackendKind>().map_err(|e| anyhow::anyhow!(e))?);
+        }
+    }
+    if out.is_empty() {
+        bail!("no backend to run");
+    }
+    Ok(out)
+}
+
 fn load_scenario(path: Option<&PathBuf>) -> Result<Scenario, ExitCode> {
     match path {
         None => Ok(Scenario::smoke()),
@@ -81,6 +129,8 @@ fn load_scenario(path: Option<&PathBuf>) -> Result<Scenario, ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // One TLS crypto provider for every client (kube, reqwest).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SVCLAB_LOG").unwrap_or_else(|_| "warn".into()),
@@ -147,6 +197,53 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             })
         }
         Command::Workloads => workloads().await,
+        Command::Run {
+            scenario,
+            backend,
+            fault,
+            balance_connections,
+            results,
+        } => {
+            let scn = match load_scenario(Some(&scenario)) {
+                Ok(s) => s,
+                Err(code) => return Ok(code),
+            };
+            let backends = parse_backends(&backend)?;
+            let opts = run::RunOptions {
+                backends,
+                faults: fault,
+                results,
+                balance_connections,
+            };
+            let (r, dir) = run::run(&scn, &opts).await?;
+            Ok(run::report(&r, &dir))
+        }
+        Command::Demo { results } => {
+            let scn = Scenario::smoke();
+            let backends = doctor::runnable();
+            for b in BackendKind::BUILTIN {
+                if let Err(e) = b.capability() {
+                    println!("demo: skipping {b}: {}", e.reason);
+                }
+            }
+            println!(
+                "demo: scenario {} on {}",
+                scenario::SMOKE_NAME,
+                backends.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(", ")
+            );
+            let opts = run::RunOptions {
+                backends,
+                results,
+                ..Default::default()
+            };
+            let (r, dir) = run::run(&scn, &opts).await?;
+            Ok(run::report(&r, &dir))
+        }
+        Command::Doctor => {
+            doctor::print().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Vm(args) => tokio::task::spawn_blocking(move || vm::run(args)).await?,
         Command::Agent(_) => unreachable!("handled before the runtime starts"),
     }
 }

@@ -345,7 +345,11 @@ async fn udp_probe(spec: ProbeSpec) -> ProbeResult {
 
 fn bind_udp(addr: SocketAddr) -> std::io::Result<tokio::net::UdpSocket> {
     let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
-    s.set_reuse_address(true)?;
+    // Only for a fixed port: with SO_REUSEADDR, bind(0) may hand two UDP
+    // sockets the same port, and one of them never sees its answer.
+    if addr.port() != 0 {
+        s.set_reuse_address(true)?;
+    }
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
     tokio::net::UdpSocket::from_std(s.into())

@@ -34,7 +34,7 @@ fn nl(ns: &str, op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> Topol
 }
 
 /// A netlink handle whose socket lives in `ns`.
-fn connect_in(ns: &str) -> Result<Handle, TopologyError> {
+pub(crate) fn connect_in(ns: &str) -> Result<Handle, TopologyError> {
     let netns = NetNs::new(ns);
     let fd = netns.open()?;
     let (conn, handle, _) = {
@@ -60,16 +60,27 @@ fn init_namespace(role: &Role) -> Result<(), crate::netns::NetNsError> {
         Role::Fabric => {
             // The fabric is a plain switch; no netfilter on bridged frames.
             let _ = write_sysctl("net.bridge.bridge-nf-call-iptables", "0");
-            Ok(())
+            unlimited_icmp()
         }
         Role::Node => {
             write_sysctl("net.ipv4.ip_forward", "1")?;
+            unlimited_icmp()?;
             // Replies between pods on one bridge must pass netfilter so that
             // DNAT can be undone (kube-proxy requires br_netfilter).
             write_sysctl("net.bridge.bridge-nf-call-iptables", "1")
         }
         Role::Client => write_sysctl("net.ipv4.ip_local_port_range", "10000 65000"),
     }
+}
+
+/// The lab probes far faster than real clients; the kernel's ICMP rate
+/// limit (a burst of 6 per destination, then one per second) would turn a
+/// Service's REJECTs into silent timeouts after a few probes.
+fn unlimited_icmp() -> Result<(), crate::netns::NetNsError> {
+    write_sysctl("net.ipv4.icmp_ratelimit", "0")?;
+    // Per namespace only on newer kernels; the global default is high.
+    let _ = write_sysctl("net.ipv4.icmp_msgs_per_sec", "100000");
+    Ok(())
 }
 
 pub(super) async fn create(t: &Topology) -> Result<BuildTimes, TopologyError> {

@@ -8,7 +8,7 @@
 //! namespaces (which destroys every link in them). Nothing is done in the
 //! host's own network namespace.
 
-mod build;
+pub(crate) mod build;
 pub mod names;
 
 use std::net::Ipv4Addr;

@@ -1,0 +1,149 @@
+//! `svclab doctor`: which kernel features and tools this host has, which
+//! backends can run here, and why the others cannot. Every kernel probe
+//! happens inside a throwaway namespace, never in the host's own.
+
+use std::process::Command;
+
+use svclab_backends::BackendKind;
+
+use crate::netns::NetNs;
+
+/// One line of the report.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Finding {
+    pub what: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+fn tool_in(ns: &NetNs, program: &str, args: &[&str]) -> Result<String, String> {
+    let out = ns
+        .run(|| Command::new(program).args(args).output())
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("{program}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("").to_string())
+    } else {
+        Err(format!(
+            "`{program} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn version(program: &str, arg: &str) -> Result<String, String> {
+    Command::new(program)
+        .arg(arg)
+        .output()
+        .map_err(|_| format!("{program} is not installed"))
+        .map(|o| {
+            let text = if o.stdout.is_empty() { o.stderr } else { o.stdout };
+            String::from_utf8_lossy(&text).lines().next().unwrap_or("").trim().to_string()
+        })
+}
+
+/// Creates a veth pair and a bridge over rtnetlink inside `ns`.
+async fn links_in(ns: &NetNs) -> (Result<String, String>, Result<String, String>) {
+    let h = match crate::topology::build::connect_in(&ns.name) {
+        Ok(h) => h,
+        Err(e) => return (Err(e.to_string()), Err(e.to_string())),
+    };
+    let veth = h
+        .link()
+        .add(rtnetlink::LinkVeth::new("d0", "d1").build())
+        .execute()
+        .await
+        .map(|_| "can create".to_string())
+        .map_err(|e| format!("creating a veth pair: {e}"));
+    let bridge = h
+        .link()
+        .add(rtnetlink::LinkBridge::new("b0").build())
+        .execute()
+        .await
+        .map(|_| "can create".to_string())
+        .map_err(|e| format!("creating a bridge: {e}"));
+    (veth, bridge)
+}
+
+pub async fn findings() -> Vec<Finding> {
+    let mut out = Vec::new();
+    let mut add = |what: &str, r: Result<String, String>| {
+        let (ok, detail) = match r {
+            Ok(d) => (true, d),
+            Err(d) => (false, d),
+        };
+        out.push(Finding {
+            what: what.into(),
+            ok,
+            detail,
+        });
+    };
+    let ns = NetNs::new(format!("svclab-doctor-{}", std::process::id()));
+    let made = ns.create();
+    add(
+        "network namespaces",
+        made.as_ref().map(|_| "can create".to_string()).map_err(|e| e.to_string()),
+    );
+    if made.is_ok() {
+        let (veth, bridge) = links_in(&ns).await;
+        add("veth", veth);
+        add("bridge", bridge);
+        add(
+            "br_netfilter",
+            ns.run(|| std::fs::read_to_string("/proc/sys/net/bridge/bridge-nf-call-iptables"))
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|_| "no bridge-nf-call-iptables: br_netfilter is not loaded".to_string()))
+                .map(|v| format!("bridge-nf-call-iptables={}", v.trim())),
+        );
+        add("iptables-nft", tool_in(&ns, "iptables-nft", &["-w", "-t", "nat", "-S"]).map(|_| "works".into()));
+        add("iptables-legacy", tool_in(&ns, "iptables-legacy", &["-w", "-t", "nat", "-S"]).map(|_| "works".into()));
+        add("nftables (nft)", tool_in(&ns, "nft", &["list", "ruleset"]).map(|_| "works".into()));
+        add("ipset", tool_in(&ns, "ipset", &["list", "-n"]).map(|_| "works".into()));
+        add("conntrack", tool_in(&ns, "conntrack", &["-L"]).map(|_| "works".into()));
+        let _ = ns.delete();
+    }
+    add(
+        "IP_VS",
+        BackendKind::Ipvs.capability().map(|_| "available".into()).map_err(|e| e.reason),
+    );
+    add(
+        "BPF (tc, BTF)",
+        BackendKind::Ebpf.capability().map(|_| "available".into()).map_err(|e| e.reason),
+    );
+    add("clang (eBPF build)", version("clang", "--version"));
+    add("qemu (VM mode)", version("qemu-system-x86_64", "--version"));
+    add("virtme-ng (VM mode)", version("vng", "--version"));
+    add(
+        "VM kernel",
+        crate::vm::default_kernel()
+            .map(|p| p.display().to_string())
+            .ok_or_else(|| "no /boot/vmlinuz-*: install linux-image-amd64 (ci/setup --vm)".to_string()),
+    );
+    out
+}
+
+/// Prints the report; returns the backends that can run here.
+pub async fn print() -> Vec<BackendKind> {
+    println!("kernel {} · features and tools:", nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default());
+    for f in findings().await {
+        println!("  {} {:<22} {}", if f.ok { "✔" } else { "✘" }, f.what, f.detail);
+    }
+    println!("backends:");
+    let mut runnable = Vec::new();
+    for b in BackendKind::BUILTIN {
+        match b.capability() {
+            Ok(()) => {
+                println!("  ✔ {:<16} can run here", b.to_string());
+                runnable.push(b);
+            }
+            Err(e) => println!("  ✘ {:<16} {}", b.to_string(), e.reason),
+        }
+    }
+    runnable
+}
+
+/// The backends `demo` runs: every built-in one that can run here.
+pub fn runnable() -> Vec<BackendKind> {
+    BackendKind::BUILTIN.into_iter().filter(|b| b.capability().is_ok()).collect()
+}

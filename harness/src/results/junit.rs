@@ -1,0 +1,51 @@
+//! `junit.xml`: one test suite per backend, one test case per check, so CI
+//! systems show svclab's checks like any other tests.
+
+use std::time::Duration;
+
+use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
+
+use super::RunResults;
+use crate::checks::Verdict;
+
+pub fn render(r: &RunResults) -> anyhow::Result<String> {
+    let mut report = Report::new(format!("svclab {}", r.scenario));
+    for b in &r.backends {
+        let mut suite = TestSuite::new(format!("svclab.{}", b.backend));
+        if let Some(why) = &b.unavailable {
+            let mut status = TestCaseStatus::skipped();
+            status.set_message(format!("backend not run: {why}"));
+            let mut case = TestCase::new("backend-available", status);
+            case.set_classname(format!("svclab.{}", b.backend));
+            suite.add_test_case(case);
+        }
+        for c in &b.checks {
+            let status = match c.verdict {
+                Verdict::Pass => TestCaseStatus::success(),
+                Verdict::Skip => {
+                    let mut s = TestCaseStatus::skipped();
+                    s.set_message(c.summary.clone());
+                    s
+                }
+                Verdict::Fail => {
+                    let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);
+                    s.set_message(c.summary.clone());
+                    let detail: Vec<String> = c
+                        .evidence
+                        .iter()
+                        .filter(|e| !e.ok)
+                        .map(|e| format!("{} -> {}\n  expected: {}\n  observed: {}", e.vantage, e.target, e.expected, e.observed))
+                        .collect();
+                    s.set_description(detail.join("\n"));
+                    s
+                }
+            };
+            let mut case = TestCase::new(c.name.clone(), status);
+            case.set_classname(format!("svclab.{}", b.backend));
+            case.set_time(Duration::from_secs_f64(c.seconds));
+            suite.add_test_case(case);
+        }
+        report.add_test_suite(suite);
+    }
+    Ok(report.to_string()?)
+}

@@ -1,0 +1,214 @@
+//! A run's results folder, `results/<timestamp>-<scenario>/`: `results.json`
+//! (schema in `results/README.md`), `junit.xml`, `summary.md` and a
+//! self-contained `report.html`.
+
+pub mod charts;
+pub mod html;
+mod junit;
+mod markdown;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use svclab_backends::protocol::SyncReport;
+
+use crate::checks::{CheckResult, Verdict};
+
+pub const SCHEMA: &str = "svclab.dev/results/v1";
+
+/// Facts about the machine the run happened on.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostFacts {
+    pub hostname: String,
+    pub kernel: String,
+    pub os: String,
+    pub cpu_model: String,
+    pub cpus: usize,
+    pub memory_mib: u64,
+    pub svclab_version: String,
+    /// Versions of the tools the backends drive.
+    pub tools: std::collections::BTreeMap<String, String>,
+    /// Inside an emulated VM (`svclab vm`): timings are not comparable with
+    /// the host's.
+    pub emulated: bool,
+}
+
+impl HostFacts {
+    pub fn collect() -> HostFacts {
+        let uname = nix::sys::utsname::uname().ok();
+        let os = std::fs::read_to_string("/etc/os-release")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_string()))
+            })
+            .unwrap_or_default();
+        let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
+            })
+            .unwrap_or_default();
+        let memory_mib = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|s| {
+                s.lines().find_map(|l| {
+                    l.strip_prefix("MemTotal:")
+                        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+                })
+            })
+            .map_or(0, |kb| kb / 1024);
+        let mut tools = std::collections::BTreeMap::new();
+        for (tool, args) in [
+            ("iptables", &["--version"][..]),
+            ("nft", &["--version"][..]),
+            ("ipset", &["--version"][..]),
+            ("conntrack", &["--version"][..]),
+            ("clang", &["--version"][..]),
+        ] {
+            if let Ok(out) = std::process::Command::new(tool).args(args).output() {
+                let text = String::from_utf8_lossy(&out.stdout);
+                let first = text.lines().next().unwrap_or("").trim().to_string();
+                if !first.is_empty() {
+                    tools.insert(tool.to_string(), first);
+                }
+            }
+        }
+        HostFacts {
+            hostname: uname
+                .as_ref()
+                .map(|u| u.nodename().to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            kernel: uname
+                .as_ref()
+                .map(|u| u.release().to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            os,
+            cpu_model,
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            memory_mib,
+            svclab_version: env!("CARGO_PKG_VERSION").to_string(),
+            tools,
+            emulated: std::env::var_os("SVCLAB_IN_VM").is_some(),
+        }
+    }
+}
+
+/// One backend's part of a run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendRun {
+    pub backend: String,
+    /// Why the backend could not run at all, if it could not.
+    pub unavailable: Option<String>,
+    pub checks: Vec<CheckResult>,
+    /// Every agent sync report of this backend's lab.
+    pub syncs: Vec<SyncReport>,
+    /// The agents' `/metrics`, scraped at the end, per node.
+    #[serde(default)]
+    pub metrics: std::collections::BTreeMap<String, serde_json::Value>,
+    /// Agent metric counts against the harness's own sync counts.
+    #[serde(default)]
+    pub metrics_cross_check: Vec<String>,
+    /// Seconds to bring the lab up, by step.
+    #[serde(default)]
+    pub lab_times: serde_json::Value,
+}
+
+impl BackendRun {
+    pub fn count(&self, v: Verdict) -> usize {
+        self.checks.iter().filter(|c| c.verdict == v).count()
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunResults {
+    pub schema: String,
+    pub run: String,
+    pub scenario: String,
+    pub scenario_file: String,
+    pub started_at: String,
+    pub finished_at: String,
+    pub host: HostFacts,
+    pub backends: Vec<BackendRun>,
+}
+
+impl RunResults {
+    pub fn failed(&self) -> usize {
+        self.backends.iter().map(|b| b.count(Verdict::Fail)).sum()
+    }
+
+    /// The check names in report order.
+    pub fn check_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for b in &self.backends {
+            for c in &b.checks {
+                if !names.contains(&c.name) {
+                    names.push(c.name.clone());
+                }
+            }
+        }
+        names
+    }
+
+    pub fn verdict(&self, backend: &BackendRun, check: &str) -> Option<Verdict> {
+        backend.checks.iter().find(|c| c.name == check).map(|c| c.verdict)
+    }
+}
+
+/// `results/<UTC timestamp>-<scenario>`, created.
+pub fn new_run_dir(base: &Path, scenario: &str) -> std::io::Result<PathBuf> {
+    let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ").to_string();
+    let mut dir = base.join(format!("{stamp}-{scenario}"));
+    let mut n = 1;
+    while dir.exists() {
+        n += 1;
+        dir = base.join(format!("{stamp}-{scenario}-{n}"));
+    }
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Writes every file of the results folder.
+pub fn write_all(dir: &Path, r: &RunResults) -> anyhow::Result<()> {
+    std::fs::write(dir.join("results.json"), serde_json::to_vec_pretty(r)?)?;
+    std::fs::write(dir.join("junit.xml"), junit::render(r)?)?;
+    std::fs::write(dir.join("summary.md"), markdown::render(r))?;
+    std::fs::write(dir.join("report.html"), html::render(r))?;
+    Ok(())
+}
+
+/// The checks × backends table for the terminal.
+pub fn terminal_table(r: &RunResults) -> String {
+    let names = r.check_names();
+    let width = names.iter().map(|n| n.len()).max().unwrap_or(5).max(5);
+    let mut s = format!("{:width$}", "check");
+    for b in &r.backends {
+        s.push_str(&format!("  {:>w$}", b.backend, w = b.backend.len().max(4)));
+    }
+    s.push('\n');
+    for n in &names {
+        s.push_str(&format!("{n:width$}"));
+        for b in &r.backends {
+            let v = r.verdict(b, n).map_or("-".to_string(), |v| v.to_string());
+            s.push_str(&format!("  {:>w$}", v, w = b.backend.len().max(4)));
+        }
+        s.push('\n');
+    }
+    for b in &r.backends {
+        match &b.unavailable {
+            Some(why) => s.push_str(&format!("{}: not run: {why}\n", b.backend)),
+            None => s.push_str(&format!(
+                "{}: {} passed, {} failed, {} skipped\n",
+                b.backend,
+                b.count(Verdict::Pass),
+                b.count(Verdict::Fail),
+                b.count(Verdict::Skip)
+            )),
+        }
+    }
+    s
+}

@@ -1,0 +1,142 @@
+//! `svclab run`: for each backend, bring the lab up, run every check, tear
+//! the lab down, and go on; then write the results folder and print the
+//! checks × backends table.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use svclab_backends::{BackendKind, Fault};
+
+use crate::checks::{self, CheckResult, Settings, Verdict};
+use crate::lab::{Lab, LabOptions};
+use crate::results::{self, BackendRun, HostFacts, RunResults};
+use crate::scenario::Scenario;
+
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    pub backends: Vec<BackendKind>,
+    pub faults: Vec<Fault>,
+    pub results: PathBuf,
+    /// Overrides the scenario's balance connections (K).
+    pub balance_connections: Option<usize>,
+}
+
+fn settings(scn: &Scenario, opts: &RunOptions) -> Settings {
+    let p = &scn.lab.probes;
+    Settings {
+        timeout: Duration::from_millis(p.timeout_ms),
+        per_target: p.per_target,
+        concurrency: p.concurrency,
+        balance_connections: opts.balance_connections.unwrap_or(scn.lab.balance.connections),
+        min_p_value: scn.lab.balance.min_p_value,
+    }
+}
+
+fn progress(len: u64) -> ProgressBar {
+    let interactive = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("CI").is_none();
+    if !interactive {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+            .expect("a valid template"),
+    );
+    pb.enable_steady_tick(Duration::from_millis(120));
+    pb
+}
+
+/// Runs the scenario on every backend; returns the results and their folder.
+pub async fn run(scn: &Scenario, opts: &RunOptions) -> anyhow::Result<(RunResults, PathBuf)> {
+    let started_at = jiff::Timestamp::now().to_string();
+    let pb = progress((opts.backends.len() * checks::CHECKS.len()) as u64);
+    let mut backends = Vec::new();
+    for backend in &opts.backends {
+        if !pb.is_hidden() {
+            pb.set_message(format!("{backend}: bringing the lab up"));
+        } else {
+            eprintln!("svclab: {backend}: bringing the lab up");
+        }
+        backends.push(run_backend(scn, backend, opts, &pb).await);
+        if pb.is_hidden() {
+            let b = backends.last().expect("just pushed");
+            eprintln!(
+                "svclab: {backend}: {} passed, {} failed, {} skipped",
+                b.count(Verdict::Pass),
+                b.count(Verdict::Fail),
+                b.count(Verdict::Skip)
+            );
+        }
+    }
+    pb.finish_and_clear();
+    let results = RunResults {
+        schema: results::SCHEMA.into(),
+        run: jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ").to_string(),
+        scenario: scn.name.clone(),
+        scenario_file: scn.file.clone(),
+        started_at,
+        finished_at: jiff::Timestamp::now().to_string(),
+        host: HostFacts::collect(),
+        backends,
+    };
+    let dir = results::new_run_dir(&opts.results, &scn.name)?;
+    results::write_all(&dir, &results)?;
+    Ok((results, dir))
+}
+
+async fn run_backend(scn: &Scenario, backend: &BackendKind, opts: &RunOptions, pb: &ProgressBar) -> BackendRun {
+    let mut run = BackendRun {
+        backend: backend.to_string(),
+        unavailable: None,
+        checks: Vec::new(),
+        syncs: Vec::new(),
+        metrics: Default::default(),
+        metrics_cross_check: Vec::new(),
+        lab_times: serde_json::Value::Null,
+    };
+    if let Err(e) = backend.capability() {
+        run.unavailable = Some(e.reason);
+        pb.inc(checks::CHECKS.len() as u64);
+        return run;
+    }
+    let lab_opts = LabOptions {
+        backend: Some(backend.clone()),
+        faults: opts.faults.clone(),
+        agent_ports: true,
+        ..Default::default()
+    };
+    let mut lab = match Lab::up(scn.clone(), &lab_opts).await {
+        Ok(lab) => lab,
+        Err(e) => {
+            run.checks.push(CheckResult {
+                name: "lab-up".into(),
+                verdict: Verdict::Fail,
+                summary: format!("the lab did not come up: {e:#}"),
+                evidence: Vec::new(),
+                balance: Vec::new(),
+                seconds: 0.0,
+            });
+            pb.inc(checks::CHECKS.len() as u64);
+            return run;
+        }
+    };
+    run.lab_times = serde_json::to_value(&lab.times).unwrap_or_default();
+    run.checks = checks::run_all(&mut lab, backend, settings(scn, opts), pb).await;
+    crate::scrape::attach(&mut lab, &mut run).await;
+    lab.down().await;
+    run
+}
+
+/// Prints the table and where the results are; the exit code says whether
+/// any check failed.
+pub fn report(results: &RunResults, dir: &Path) -> std::process::ExitCode {
+    println!("{}", results::terminal_table(results));
+    println!("results: {}", dir.display());
+    println!("  report: {}", dir.join("report.html").display());
+    if results.failed() > 0 {
+        std::process::ExitCode::FAILURE
+    } else {
+        std::process::ExitCode::SUCCESS
+    }
+}
