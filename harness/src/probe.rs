@@ -25,7 +25,8 @@ use crate::workload::Whoami;
 pub enum Outcome {
     /// An echo server answered.
     Answered,
-    /// TCP RST or ICMP port unreachable.
+    /// TCP RST, ICMP port unreachable, or EPERM from the sender's own
+    /// netfilter (a REJECT in the OUTPUT path fails `send` at once).
     Refused,
     /// ICMP host/net unreachable (or no route).
     Unreachable,
@@ -236,7 +237,7 @@ pub async fn run_probe(spec: ProbeSpec) -> ProbeResult {
 
 fn classify(e: &std::io::Error) -> Outcome {
     match e.raw_os_error() {
-        Some(libc::ECONNREFUSED) => Outcome::Refused,
+        Some(libc::ECONNREFUSED) | Some(libc::EPERM) => Outcome::Refused,
         Some(libc::EHOSTUNREACH) | Some(libc::ENETUNREACH) => Outcome::Unreachable,
         Some(libc::ETIMEDOUT) => Outcome::Timeout,
         _ => Outcome::Error(e.to_string()),
