@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::Path;
 
+use super::capability::probe_scheduler;
 use super::ledger::Ledger;
 use super::link::{DUMMY_DEVICE, Links};
 use super::netlink::{IpvsClient, Op};
@@ -167,7 +168,7 @@ impl IpvsBackend {
 
     fn partial_sync(&mut self, req: &SyncRequest<'_>) -> Result<Written, BackendError> {
         let ctx = PlanContext {
-            node_ip: req.node.node_ip,
+            node_ip: self.kernel()?.node.node_ip,
             scheduler: &self.scheduler,
         };
         let changes = req
@@ -300,7 +301,8 @@ impl Backend for IpvsBackend {
     }
 
     fn setup(&mut self, node: &NodeContext) -> Result<(), BackendError> {
-        let ipvs = IpvsClient::open()?;
+        let mut ipvs = IpvsClient::open()?;
+        probe_scheduler(&mut ipvs, &self.scheduler).map_err(BackendError::Other)?;
         for (path, value) in SYSCTLS {
             std::fs::write(path, value)
                 .map_err(|e| BackendError::io(format!("setting {path} to {value}"), e))?;

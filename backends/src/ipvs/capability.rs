@@ -55,22 +55,8 @@ fn probe_in_throwaway_netns() -> Vec<String> {
         }
         Err(e) => missing.push(format!("IPVS is not usable: {e}")),
         Ok(mut ipvs) => {
-            // kube-proxy's own probe: a virtual server on TEST-NET-2.
-            let probe = netlink::VirtualServer {
-                key: netlink::ServiceKey {
-                    protocol: Protocol::Tcp,
-                    addr: Ipv4Addr::new(198, 51, 100, 0),
-                    port: 20000,
-                },
-                scheduler: DEFAULT_SCHEDULER.into(),
-                flags: 0,
-                timeout: 0,
-            };
-            if let Err(e) = ipvs.apply(&[Op::NewService(probe.clone()), Op::DelService(probe.key)])
-            {
-                missing.push(format!(
-                    "IPVS cannot create a virtual server with the rr scheduler (module ip_vs_rr?): {e}"
-                ));
+            if let Err(e) = probe_scheduler(&mut ipvs, DEFAULT_SCHEDULER) {
+                missing.push(e);
             }
         }
     }
@@ -88,4 +74,25 @@ fn probe_in_throwaway_netns() -> Vec<String> {
         missing.push(format!("kernel ipset support is missing: {e}"));
     }
     missing
+}
+
+/// kube-proxy's own probe: creates and deletes a virtual server on
+/// TEST-NET-2 with `scheduler`, which fails if its module is missing.
+pub(super) fn probe_scheduler(ipvs: &mut IpvsClient, scheduler: &str) -> Result<(), String> {
+    let probe = netlink::VirtualServer {
+        key: netlink::ServiceKey {
+            protocol: Protocol::Tcp,
+            addr: Ipv4Addr::new(198, 51, 100, 0),
+            port: 20000,
+        },
+        scheduler: scheduler.into(),
+        flags: 0,
+        timeout: 0,
+    };
+    ipvs.apply(&[Op::NewService(probe.clone()), Op::DelService(probe.key)])
+        .map_err(|e| {
+            format!(
+                "IPVS cannot create a virtual server with scheduler {scheduler:?} (kernel module ip_vs_{scheduler}?): {e}"
+            )
+        })
 }

@@ -548,6 +548,39 @@ fn kernel_sync_at_scale() {
     assert_eq!(outcomes[2].1.written, 1, "{outcomes:?}");
 }
 
+/// A scheduler the kernel does not have fails setup with its name; a
+/// hashing scheduler declares it does not balance uniformly.
+#[test]
+fn kernel_scheduler_is_checked_at_setup() {
+    let Some(err) = with_ipvs(|| {
+        let options = BackendOptions {
+            ipvs_scheduler: "nosuch".into(),
+            ..BackendOptions::default()
+        };
+        let mut b = IpvsBackend::new(&options);
+        let err = b.setup(&node()).expect_err("no such scheduler").to_string();
+        b.cleanup().expect("cleanup");
+        err
+    }) else {
+        return;
+    };
+    assert!(err.contains("scheduler \"nosuch\""), "{err}");
+    let sh = IpvsBackend::new(&BackendOptions {
+        ipvs_scheduler: "sh".into(),
+        ..BackendOptions::default()
+    });
+    assert!(
+        sh.limitations()
+            .iter()
+            .any(|(f, why)| *f == crate::Feature::UniformBalance && why.contains("\"sh\""))
+    );
+    assert!(
+        IpvsBackend::new(&BackendOptions::default())
+            .limitations()
+            .is_empty()
+    );
+}
+
 /// The fixed ruleset and the sets apply with the real tools and clean up;
 /// needs netfilter only, so it runs on the host kernel too.
 #[test]

@@ -585,9 +585,7 @@ impl Op {
         };
         IpvsMessage { cmd, attrs }
     }
-}
 
-impl Op {
     /// The same change as an `ipvsadm-restore` line, so a benchmark can time
     /// the standard tool on this sync's changes.
     pub fn ipvsadm_line(&self) -> String {
