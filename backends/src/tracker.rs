@@ -252,10 +252,8 @@ impl ChangeTracker {
                 continue;
             }
             cs.changed.insert(name.clone());
-            if new_svc.is_none() {
-                if let Some(old) = &old_svc {
-                    cs.deleted.insert(name.clone(), old.clone());
-                }
+            if let (None, Some(old)) = (new_svc, &old_svc) {
+                cs.deleted.insert(name.clone(), old.clone());
             }
             let removed: Vec<Endpoint> = old_eps
                 .iter()
@@ -358,7 +356,9 @@ pub fn service_ports(svc: &Service) -> Result<Vec<ServicePort>, String> {
             .filter(|p| *p > 0)
             .ok_or_else(|| format!("spec.ports[{i}].port {} is out of range", p.port))?;
         let node_port = if node_ports_allowed {
-            p.node_port.and_then(|n| u16::try_from(n).ok()).filter(|n| *n > 0)
+            p.node_port
+                .and_then(|n| u16::try_from(n).ok())
+                .filter(|n| *n > 0)
         } else {
             None
         };
