@@ -144,9 +144,7 @@ impl IpvsBackend {
         for (set, entry) in plans.values().flat_map(|p| &p.entries) {
             wanted.entry(*set).or_default().insert(entry.clone());
         }
-        let saved = cmd::run("ipset", &["save"], None)?;
-        let (add, del) = ipsets::diff(&ipsets::parse_save(&saved.stdout), &wanted);
-        let ipset = ipsets::restore_input(true, &add, &del);
+        let ipset = ipsets::replace_input(&wanted);
 
         let bound = k.links.addresses(k.dummy)?;
         let want_bound: BTreeSet<_> = plans.values().flat_map(|p| p.addresses.clone()).collect();
@@ -192,7 +190,7 @@ impl IpvsBackend {
             ipset: if delta.add.is_empty() && delta.del.is_empty() {
                 String::new()
             } else {
-                ipsets::restore_input(false, &delta.add, &delta.del)
+                ipsets::changes_input(&delta.add, &delta.del)
             },
             iptables: None,
         };
@@ -312,7 +310,7 @@ impl Backend for IpvsBackend {
         cmd::run(
             "ipset",
             &["restore", "-exist"],
-            Some(ipsets::restore_input(true, &[], &[]).as_bytes()),
+            Some(ipsets::create_input().as_bytes()),
         )?;
         ensure_jumps()?;
         self.kernel = Some(Kernel {

@@ -145,15 +145,23 @@ impl IpSet {
 
     /// The `create` line, with kube-proxy's defaults.
     pub fn create_line(self) -> String {
+        self.create_line_as(self.name())
+    }
+
+    /// A `create` line for a set `name` of this set's type.
+    fn create_line_as(self, name: &str) -> String {
         let t = self.set_type();
         if t == "bitmap:port" {
-            format!("create {} {t} range 0-65535", self.name())
+            format!("create {name} {t} range 0-65535")
         } else {
-            format!(
-                "create {} {t} family inet hashsize 1024 maxelem 65536",
-                self.name()
-            )
+            format!("create {name} {t} family inet hashsize 1024 maxelem 65536")
         }
+    }
+
+    /// The scratch set a full sync fills and swaps in for this one.
+    fn swap_name(self) -> String {
+        let index = IpSet::ALL.iter().position(|s| *s == self).unwrap_or(0);
+        format!("{SWAP_PREFIX}{index}")
     }
 
     /// The NodePort set for `protocol`, plain or with externalTrafficPolicy
@@ -180,8 +188,74 @@ pub fn ip_port_ip(ip: Ipv4Addr, protocol: Protocol, port: u16, ip2: Ipv4Addr) ->
     format!("{ip},{}:{port},{ip2}", protocol.lower())
 }
 
+/// Scratch sets live only inside one `ipset restore` (and are destroyed by
+/// cleanup should a restore have died halfway).
+const SWAP_PREFIX: &str = "svclab-ipvs-swap-";
+
+/// An entry as `ipset restore` reads it: the protocol by number, because a
+/// name costs ipset a lookup in /etc/protocols per entry (a file read each
+/// time, which is slow on a VM's shared root filesystem).
+fn wire(entry: &str) -> String {
+    for (name, number) in [(",tcp:", ",6:"), (",udp:", ",17:"), (",sctp:", ",132:")] {
+        if entry.contains(name) {
+            return entry.replacen(name, number, 1);
+        }
+    }
+    entry.to_string()
+}
+
+/// `create` lines for every set; with `ipset restore -exist`, sets that
+/// exist alike are left as they are.
+pub fn create_input() -> String {
+    IpSet::ALL.iter().map(|s| s.create_line() + "\n").collect()
+}
+
+/// The deletions and additions of a partial sync.
+pub fn changes_input(add: &[Entry], del: &[Entry]) -> String {
+    let mut s = String::new();
+    for (set, entry) in del {
+        let _ = writeln!(s, "del {} {}", set.name(), wire(entry));
+    }
+    for (set, entry) in add {
+        let _ = writeln!(s, "add {} {}", set.name(), wire(entry));
+    }
+    s
+}
+
+/// A full sync's input: every set is filled afresh in a scratch set and
+/// swapped in whole, so the entries become exactly `desired` without the
+/// current ones being read, and no packet sees a half-filled set. Rules
+/// that match a set keep matching it across the swap.
+pub fn replace_input(desired: &Entries) -> String {
+    let mut s = create_input();
+    let none = BTreeSet::new();
+    for set in IpSet::ALL {
+        let scratch = set.swap_name();
+        let _ = writeln!(s, "{}", set.create_line_as(&scratch));
+        let _ = writeln!(s, "flush {scratch}");
+        for entry in desired.get(&set).unwrap_or(&none) {
+            let _ = writeln!(s, "add {scratch} {}", wire(entry));
+        }
+        let _ = writeln!(s, "swap {scratch} {}", set.name());
+        let _ = writeln!(s, "destroy {scratch}");
+    }
+    s
+}
+
+/// `ipset restore` input that destroys the sets named in `existing` (the
+/// output of `ipset list -n`) that are ours.
+pub fn destroy_input(existing: &str) -> String {
+    existing
+        .lines()
+        .map(str::trim)
+        .filter(|l| IpSet::from_name(l).is_some() || l.starts_with(SWAP_PREFIX))
+        .map(|name| format!("destroy {name}\n"))
+        .collect()
+}
+
 /// Reads the entries of our sets from `ipset save` output; other sets and
 /// the `create` lines are skipped.
+#[cfg(test)]
 pub fn parse_save(text: &str) -> Entries {
     let mut out = Entries::new();
     for line in text.lines() {
@@ -196,49 +270,6 @@ pub fn parse_save(text: &str) -> Entries {
         out.entry(set).or_default().insert(entry.to_string());
     }
     out
-}
-
-/// `ipset restore -exist` input: `create` lines for every set (a no-op for
-/// sets that exist alike), then the deletions and additions.
-pub fn restore_input(create: bool, add: &[Entry], del: &[Entry]) -> String {
-    let mut s = String::new();
-    if create {
-        for set in IpSet::ALL {
-            s.push_str(&set.create_line());
-            s.push('\n');
-        }
-    }
-    for (set, entry) in del {
-        let _ = writeln!(s, "del {} {entry}", set.name());
-    }
-    for (set, entry) in add {
-        let _ = writeln!(s, "add {} {entry}", set.name());
-    }
-    s
-}
-
-/// `ipset restore` input that destroys the sets named in `existing` (the
-/// output of `ipset list -n`) that are ours.
-pub fn destroy_input(existing: &str) -> String {
-    existing
-        .lines()
-        .filter_map(|l| IpSet::from_name(l.trim()))
-        .map(|set| format!("destroy {}\n", set.name()))
-        .collect()
-}
-
-/// The additions and deletions that turn `current` into `desired`.
-pub fn diff(current: &Entries, desired: &Entries) -> (Vec<Entry>, Vec<Entry>) {
-    let empty = BTreeSet::new();
-    let mut add = Vec::new();
-    let mut del = Vec::new();
-    for set in IpSet::ALL {
-        let cur = current.get(&set).unwrap_or(&empty);
-        let want = desired.get(&set).unwrap_or(&empty);
-        add.extend(want.difference(cur).map(|e| (set, e.clone())));
-        del.extend(cur.difference(want).map(|e| (set, e.clone())));
-    }
-    (add, del)
 }
 
 #[cfg(test)]
@@ -271,7 +302,7 @@ mod tests {
 
     /// `ipset save` output as ipset 7.17 prints it, with a foreign set.
     #[test]
-    fn parses_save_output_and_diffs() {
+    fn parses_save_output() {
         let saved = "\
 create KUBE-CLUSTER-IP hash:ip,port family inet hashsize 1024 maxelem 65536 bucketsize 12 initval 0x5e0bd0a1
 add KUBE-CLUSTER-IP 10.96.0.10,tcp:80
@@ -283,34 +314,62 @@ add other 192.0.2.1
 ";
         let current = parse_save(saved);
         assert_eq!(current.len(), 2);
-        let mut desired = Entries::new();
-        desired.entry(IpSet::ClusterIp).or_default().extend([
-            ip_port(Ipv4Addr::new(10, 96, 0, 10), Protocol::Tcp, 80),
-            ip_port(Ipv4Addr::new(10, 96, 0, 12), Protocol::Tcp, 443),
-        ]);
-        let (add, del) = diff(&current, &desired);
-        assert_eq!(add, vec![(IpSet::ClusterIp, "10.96.0.12,tcp:443".into())]);
-        assert_eq!(
-            del,
-            vec![
-                (IpSet::ClusterIp, "10.96.0.11,udp:53".into()),
-                (IpSet::NodePortTcp, "30080".into()),
-            ]
+        assert_eq!(current[&IpSet::ClusterIp].len(), 2);
+        assert!(current[&IpSet::NodePortTcp].contains("30080"));
+    }
+
+    #[test]
+    fn partial_input_names_protocols_by_number() {
+        let vip = Ipv4Addr::new(10, 96, 0, 10);
+        let ep = Ipv4Addr::new(10, 244, 1, 5);
+        let input = changes_input(
+            &[
+                (IpSet::ClusterIp, ip_port(vip, Protocol::Tcp, 443)),
+                (IpSet::LoopBack, ip_port_ip(ep, Protocol::Sctp, 9, ep)),
+            ],
+            &[(IpSet::NodePortUdp, "30053".into())],
         );
-        let input = restore_input(false, &add, &del);
         assert_eq!(
             input,
-            "del KUBE-CLUSTER-IP 10.96.0.11,udp:53\ndel KUBE-NODE-PORT-TCP 30080\n\
-             add KUBE-CLUSTER-IP 10.96.0.12,tcp:443\n"
+            "del KUBE-NODE-PORT-UDP 30053\n\
+             add KUBE-CLUSTER-IP 10.96.0.10,6:443\n\
+             add KUBE-LOOP-BACK 10.244.1.5,132:9,10.244.1.5\n"
         );
     }
 
     #[test]
+    fn full_input_swaps_every_set_in_whole() {
+        let mut desired = Entries::new();
+        desired.entry(IpSet::ClusterIp).or_default().insert(ip_port(
+            Ipv4Addr::new(10, 96, 0, 53),
+            Protocol::Udp,
+            53,
+        ));
+        let input = replace_input(&desired);
+        assert!(input.starts_with(&create_input()));
+        let cluster: Vec<&str> = input
+            .lines()
+            .filter(|l| l.split_whitespace().nth(1) == Some("svclab-ipvs-swap-1"))
+            .collect();
+        assert_eq!(
+            cluster,
+            [
+                "create svclab-ipvs-swap-1 hash:ip,port family inet hashsize 1024 maxelem 65536",
+                "flush svclab-ipvs-swap-1",
+                "add svclab-ipvs-swap-1 10.96.0.53,17:53",
+                "swap svclab-ipvs-swap-1 KUBE-CLUSTER-IP",
+                "destroy svclab-ipvs-swap-1",
+            ]
+        );
+        assert_eq!(input.matches("swap svclab").count(), IpSet::ALL.len());
+    }
+
+    #[test]
     fn destroys_only_our_sets() {
-        let listed = "KUBE-CLUSTER-IP\nother\nKUBE-IPVS-IPS\n";
+        let listed = "KUBE-CLUSTER-IP\nother\nKUBE-IPVS-IPS\nsvclab-ipvs-swap-3\n";
         assert_eq!(
             destroy_input(listed),
-            "destroy KUBE-CLUSTER-IP\ndestroy KUBE-IPVS-IPS\n"
+            "destroy KUBE-CLUSTER-IP\ndestroy KUBE-IPVS-IPS\ndestroy svclab-ipvs-swap-3\n"
         );
     }
 

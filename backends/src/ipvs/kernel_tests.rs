@@ -541,9 +541,11 @@ fn kernel_sync_at_scale() {
     let dests = listed.lines().filter(|l| l.starts_with("  -> 10.")).count();
     assert_eq!(services, virtual_servers);
     assert_eq!(dests, virtual_servers * 10 - 1);
-    // The second full sync changed nothing but rewrote the fixed ruleset.
-    let ruleset = outcomes[1].1.written;
-    assert!(ruleset < 40, "{outcomes:?}");
+    // The second full sync changed no virtual server, real server or
+    // address: it refilled the sets (2000 ClusterIP and 2000 KUBE-IPVS-IPS
+    // entries, 200 NodePorts) and rewrote the fixed ruleset.
+    let fixed_rules = outcomes[1].1.rules - (virtual_servers * 11) as u64;
+    assert_eq!(outcomes[1].1.written, 4200 + fixed_rules, "{outcomes:?}");
     // One endpoint removed: its real server, nothing else.
     assert_eq!(outcomes[2].1.written, 1, "{outcomes:?}");
 }
@@ -593,7 +595,7 @@ fn ruleset_applies_and_cleans_up() {
         cmd::run(
             "ipset",
             &["restore", "-exist"],
-            Some(ipsets::restore_input(true, &[], &[]).as_bytes()),
+            Some(ipsets::create_input().as_bytes()),
         )
         .unwrap();
         ensure_jumps().unwrap();
@@ -632,6 +634,65 @@ fn ruleset_applies_and_cleans_up() {
         }))
     );
     assert!(after.is_empty(), "{after:#?}");
+}
+
+/// A full sync's swap replaces set contents under rules that use the sets,
+/// and leaves no scratch set behind; needs netfilter only.
+#[test]
+fn ipset_full_replace_swaps_under_live_rules() {
+    if let Some(reason) = testns::unavailable() {
+        eprintln!("SKIP: {reason}");
+        return;
+    }
+    let (first, second, sets) = testns::in_new_netns(|| {
+        let restore = |input: String| {
+            cmd::run("ipset", &["restore", "-exist"], Some(input.as_bytes())).unwrap();
+        };
+        restore(ipsets::create_input());
+        ensure_jumps().unwrap();
+        let non_empty = BTreeSet::from([IpSet::ClusterIp]);
+        let text = rules::render(&rules::RuleInput {
+            cluster_cidr: node().cluster_cidr,
+            non_empty: &non_empty,
+            masquerade: true,
+        });
+        cmd::run(IPTABLES_RESTORE, &["--noflush"], Some(text.as_bytes())).unwrap();
+        let entries = |vips: &[u8]| {
+            let mut e = ipsets::Entries::new();
+            for v in vips {
+                let vip = Ipv4Addr::new(10, 96, 0, *v);
+                e.entry(IpSet::ClusterIp)
+                    .or_default()
+                    .insert(ipsets::ip_port(vip, Protocol::Tcp, 80));
+            }
+            e
+        };
+        let saved = || ipsets::parse_save(&cmd::run("ipset", &["save"], None).unwrap().stdout);
+        restore(ipsets::replace_input(&entries(&[1, 2])));
+        let first = saved();
+        restore(ipsets::replace_input(&entries(&[2, 3])));
+        let second = saved();
+        let sets = cmd::run("ipset", &["list", "-n"], None).unwrap().stdout;
+        let mut b = IpvsBackend::new(&BackendOptions::default());
+        b.cleanup().expect("cleanup");
+        (first, second, sets)
+    });
+    assert_eq!(
+        first[&IpSet::ClusterIp],
+        BTreeSet::from([
+            "10.96.0.1,tcp:80".to_string(),
+            "10.96.0.2,tcp:80".to_string()
+        ])
+    );
+    assert_eq!(
+        second[&IpSet::ClusterIp],
+        BTreeSet::from([
+            "10.96.0.2,tcp:80".to_string(),
+            "10.96.0.3,tcp:80".to_string()
+        ])
+    );
+    assert!(!sets.contains("swap"), "{sets}");
+    assert_eq!(sets.lines().count(), IpSet::ALL.len(), "{sets}");
 }
 
 fn snapshot_rules() -> Vec<String> {
