@@ -14,6 +14,9 @@ use netlink_packet_core::{
     NetlinkPayload, NetlinkSerializable,
 };
 use netlink_sys::{Socket, SocketAddr};
+use nix::sys::socket::setsockopt;
+use nix::sys::socket::sockopt::ReceiveTimeout;
+use nix::sys::time::TimeVal;
 
 /// Receive buffer: larger than any single datagram a dump sends.
 const RECV_BUF: usize = 1 << 16;
@@ -21,6 +24,7 @@ const RECV_BUF: usize = 1 << 16;
 /// buffer, which the kernel caps at `net.core.rmem_max` (208 KiB by default).
 const BATCH: usize = 64;
 const RCVBUF_BYTES: usize = 1 << 20;
+const RECV_TIMEOUT_SECS: i64 = 30;
 
 pub struct Transport {
     socket: Socket,
@@ -35,6 +39,10 @@ impl Transport {
         socket.bind_auto()?;
         socket.connect(&SocketAddr::new(0, 0))?;
         socket.set_rx_buf_sz(RCVBUF_BYTES)?;
+        // The kernel answers at once; a wait this long means it never will,
+        // and every read loop below ends with an error instead of hanging.
+        setsockopt(&socket, ReceiveTimeout, &TimeVal::new(RECV_TIMEOUT_SECS, 0))
+            .map_err(io::Error::from)?;
         Ok(Transport {
             socket,
             seq: 0,
