@@ -5,7 +5,7 @@ use std::path::Path;
 
 use super::book::Book;
 use super::names::Chain;
-use super::render::{self, Config, Scope};
+use super::render::{self, Config, NFT_CHAINS_PER_TRANSACTION, Scope};
 use super::saved::SavedTable;
 use super::tool::{self, Flavor};
 use super::{cleanup, hooks};
@@ -32,10 +32,17 @@ pub struct IptablesBackend {
 
 impl IptablesBackend {
     pub fn new(flavor: Flavor, options: &BackendOptions) -> Self {
+        let config = Config {
+            chains_per_transaction: match flavor {
+                Flavor::Nft => Some(NFT_CHAINS_PER_TRANSACTION),
+                Flavor::Legacy => None,
+            },
+            ..Config::new(options)
+        };
         IptablesBackend {
             flavor,
             options: options.clone(),
-            config: Config::new(options),
+            config,
             book: Book::default(),
             need_full: true,
             syncs: 0,
@@ -89,7 +96,10 @@ impl Backend for IptablesBackend {
         if let Some(dir) = &self.options.dump_dir {
             self.dump(dir, req.seq, rendered.full, &rendered.text)?;
         }
-        if let Err(e) = tool::restore(self.flavor, &rendered.text) {
+        // Nothing differs from what is programmed: no restore at all.
+        if !rendered.text.is_empty()
+            && let Err(e) = tool::restore(self.flavor, &rendered.text)
+        {
             self.need_full = true;
             return Err(e);
         }

@@ -7,16 +7,20 @@ use std::collections::BTreeMap;
 
 use serde_json::json;
 
-use super::names::{Chain, ChainKind};
+use super::names::{Chain, ChainKind, ServiceChains};
 use crate::model::ServicePortName;
 
 /// What one service port contributes to the ruleset.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceEntry {
+    /// The hash its KUBE-SVC/SVL/EXT chains share.
+    pub chains_id: ServiceChains,
     /// Its KUBE-SVC/SVL/EXT/SEP chains, sorted.
     pub chains: Vec<Chain>,
     /// Rules in those chains.
     pub chain_rules: u64,
+    /// Digest of the text of those chains, as last written.
+    pub digest: u64,
     /// Its rules in the nat top-level chains (KUBE-SERVICES, KUBE-NODEPORTS).
     pub nat_top: String,
     pub nat_top_rules: u64,
@@ -44,7 +48,6 @@ pub enum Update {
     /// Only these service ports were rewritten (`None`: removed).
     Partial {
         services: Vec<(ServicePortName, Option<ServiceEntry>)>,
-        fixed: FixedRules,
     },
 }
 
@@ -97,7 +100,7 @@ impl Book {
                 self.large_cluster = large_cluster;
                 self.orphans.clear();
             }
-            Update::Partial { services, fixed } => {
+            Update::Partial { services } => {
                 for (name, entry) in services {
                     match entry {
                         Some(e) => {
@@ -108,7 +111,6 @@ impl Book {
                         }
                     }
                 }
-                self.fixed = fixed;
             }
         }
         self.synced = true;

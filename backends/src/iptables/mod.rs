@@ -26,6 +26,8 @@ mod golden_tests;
 #[cfg(test)]
 mod kernel_tests;
 #[cfg(test)]
+mod measure;
+#[cfg(test)]
 mod render_tests;
 #[cfg(test)]
 mod restore_model;

@@ -92,7 +92,7 @@ impl fmt::Debug for Chain {
 
 /// The chains of one service port: KUBE-SVC, KUBE-SVL and KUBE-EXT share
 /// one hash (kube-proxy's `portProtoHash`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ServiceChains {
     hash: [u8; HASH_LEN],
 }

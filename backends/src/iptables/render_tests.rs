@@ -133,13 +133,92 @@ fn partial_render_writes_only_changed_service_chains() {
     let gone = super::names::endpoint_chain(&name, &removed);
     assert!(partial.text.contains(&format!("\n-X {gone}\n")));
     assert_eq!(partial.deleted_chains, 1);
-    // All 20 service ports are still captured in KUBE-SERVICES.
+    // KUBE-SERVICES and the filter table read the same as before: left out.
+    assert!(!partial.text.contains("KUBE-SERVICES"), "{}", partial.text);
+    assert!(!partial.text.contains("*filter"));
+    book.apply(partial.update);
+
+    // A new service port without endpoints adds a REJECT: the filter
+    // table is written, the nat top-level chains are not.
+    let empty = p80("ns9", "empty", [172, 30, 9, 9]);
+    let changed = BTreeSet::from([empty.name.clone()]);
+    s.services.insert(empty.name.clone(), empty);
+    let partial = render(&config, &s, &node, Scope::Partial(&changed), &book);
+    assert!(partial.text.contains("\"ns9/empty:p80 has no endpoints\""));
+    assert!(!partial.text.contains("*nat"), "{}", partial.text);
+    book.apply(partial.update);
+
+    // One with endpoints changes KUBE-SERVICES: it is written whole.
+    let added = p80("ns9", "added", [172, 30, 9, 10]);
+    let changed = BTreeSet::from([added.name.clone()]);
+    set_endpoints(&mut s, &added.name, vec![ep([10, 190, 0, 1], 80, false)]);
+    s.services.insert(added.name.clone(), added);
+    let partial = render(&config, &s, &node, Scope::Partial(&changed), &book);
     let captured = partial
         .text
         .lines()
-        .filter(|l| l.contains("cluster IP\" -m tcp") && l.starts_with("-A KUBE-SERVICES"))
+        .filter(|l| l.starts_with("-A KUBE-SERVICES") && l.contains("cluster IP"))
         .count();
-    assert_eq!(captured, 20);
+    assert_eq!(captured, 21);
+    assert!(!partial.text.contains("*filter"));
+}
+
+#[test]
+fn an_unchanged_change_writes_nothing() {
+    let config = Config::default();
+    let s = synthetic(3, 2);
+    let mut book = Book::default();
+    book.apply(render(&config, &s, &node(), Scope::Full, &book).update);
+    let changed = BTreeSet::from([s.services.keys().next().unwrap().clone()]);
+    let r = render(&config, &s, &node(), Scope::Partial(&changed), &book);
+    assert_eq!(r.text, "");
+    assert_eq!(r.lines, 0);
+}
+
+#[test]
+fn a_full_sync_writes_everything_again() {
+    let config = Config::default();
+    let s = synthetic(3, 2);
+    let mut book = Book::default();
+    let first = render(&config, &s, &node(), Scope::Full, &book);
+    book.apply(first.update);
+    let again = render(&config, &s, &node(), Scope::Full, &book);
+    assert_eq!(again.text, first.text);
+}
+
+#[test]
+fn nft_transactions_keep_each_service_port_whole() {
+    let config = Config {
+        chains_per_transaction: Some(25),
+        ..Config::default()
+    };
+    let s = synthetic(40, 4);
+    let r = render(&config, &s, &node(), Scope::Full, &Book::default());
+    let sections: Vec<&str> = r.text.split("*nat\n").skip(1).collect();
+    assert!(sections.len() > 5, "{} transactions", sections.len());
+    for (i, sec) in sections.iter().enumerate() {
+        let chains = sec.lines().filter(|l| l.starts_with(':')).count();
+        let last = i + 1 == sections.len();
+        // 25 reached, plus at most one service port's 5 chains; the last
+        // also holds KUBE-SERVICES and KUBE-NODEPORTS.
+        assert!(chains <= 30 + if last { 2 } else { 0 }, "{chains}");
+        let in_service_chains = |l: &&str| {
+            l.starts_with("-A ")
+                && !l.starts_with("-A KUBE-SERVICES ")
+                && !l.starts_with("-A KUBE-NODEPORTS ")
+        };
+        for line in sec.lines().filter(in_service_chains) {
+            let target = super::saved::target(line).unwrap_or("");
+            if target.starts_with("KUBE-S") && target != "KUBE-SERVICES" {
+                assert!(
+                    sec.contains(&format!(":{target} - [0:0]")),
+                    "{target} jumped to outside its transaction"
+                );
+            }
+        }
+    }
+    assert!(sections.last().unwrap().contains(":KUBE-SERVICES - [0:0]"));
+    assert!(sections[0].contains(":KUBE-MARK-MASQ - [0:0]"));
 }
 
 #[test]
@@ -251,7 +330,12 @@ fn set_endpoints(s: &mut ProxyState, name: &ServicePortName, mut eps: Vec<Endpoi
 }
 
 fn full_tables(config: &Config, s: &ProxyState) -> Tables {
-    let r = render(config, s, &node(), Scope::Full, &Book::default());
+    // The reference is one transaction, however `config` splits them.
+    let one = Config {
+        chains_per_transaction: None,
+        ..*config
+    };
+    let r = render(&one, s, &node(), Scope::Full, &Book::default());
     let mut t = Tables::default();
     t.restore(&r.text).unwrap();
     t
@@ -259,9 +343,12 @@ fn full_tables(config: &Config, s: &ProxyState) -> Tables {
 
 #[test]
 fn partial_syncs_end_where_a_full_sync_does() {
-    let config = Config::default();
     let node = node();
     for seed in 0..20u64 {
+        let config = Config {
+            chains_per_transaction: (seed % 2 == 1).then_some(6),
+            ..Config::default()
+        };
         let mut rng = StdRng::seed_from_u64(seed);
         let mut s = synthetic(8, 2);
         let mut next_id = 0;
