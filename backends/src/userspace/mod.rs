@@ -1,15 +1,54 @@
-//! The `userspace` backend (not built yet: it reports itself unavailable).
+//! The `userspace` backend: kube-proxy's original userspace mode
+//! (pkg/proxy/userspace, removed in Kubernetes 1.26) as a real proxy in the
+//! agent. Every service port gets listeners on proxy ports of the node's
+//! namespace; iptables rules send ClusterIP, external IP and NodePort
+//! traffic to them; the proxy picks an endpoint round-robin (with ClientIP
+//! affinity) and relays TCP streams and UDP datagrams.
+//!
+//! - [`balancer`]: round-robin and session affinity.
+//! - [`policy`]: traffic policies (which endpoints a connection may use).
+//! - [`service`]: one proxied service port's shared state and counters.
+//! - [`tcp`] and [`udp`]: the relays.
+//! - [`ports`]: proxy port allocation.
+//! - [`rules`] and [`hooks`]: the iptables side.
+//! - [`backend`]: the [`Backend`] that ties them together.
+//!
+//! SCTP service ports are not proxied (kube-proxy's userspace mode did not
+//! either); `stats()` lists them.
+
+pub mod backend;
+pub mod balancer;
+mod capability;
+pub mod hooks;
+pub mod policy;
+pub mod ports;
+pub mod rules;
+pub mod service;
+pub mod tcp;
+pub mod udp;
+
+#[cfg(test)]
+mod kernel_tests;
 
 use crate::{Backend, BackendOptions, Feature, Unavailable};
 
+/// Whether the iptables-nft and conntrack tools are installed and the
+/// kernel takes the rules.
 pub fn capability() -> Result<(), Unavailable> {
-    Err(Unavailable::new("the userspace backend is not built yet"))
+    capability::capability()
 }
 
+/// A proxy terminates the client's connection and opens its own to the
+/// endpoint, so the endpoint sees the node, never the client.
 pub fn limitations() -> Vec<(Feature, String)> {
-    Vec::new()
+    vec![(
+        Feature::SourcePreservation,
+        "userspace mode proxies connections: the server sees the node, as kube-proxy's \
+         userspace mode did"
+            .to_string(),
+    )]
 }
 
-pub fn new(_options: &BackendOptions) -> Box<dyn Backend> {
-    Box::new(crate::none::NoneBackend::default())
+pub fn new(options: &BackendOptions) -> Box<dyn Backend> {
+    Box::new(backend::UserspaceBackend::new(options))
 }

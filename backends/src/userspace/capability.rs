@@ -1,0 +1,55 @@
+//! Whether this host can run the userspace backend: the iptables-nft and
+//! conntrack tools are installed, and the kernel takes the rules it writes
+//! (REDIRECT, DNAT, REJECT, comment and conntrack matches). The kernel is
+//! asked inside a throwaway network namespace, never the host's own.
+
+use nix::sched::{CloneFlags, unshare};
+
+use super::hooks::FLAVOR;
+use crate::iptables::tool;
+use crate::{Unavailable, cmd};
+
+const PROBE_RULES: &str = "*nat\n\
+:KUBE-PROBE - [0:0]\n\
+-A KUBE-PROBE -d 10.0.0.1/32 -p tcp -m comment --comment \"probe\" -m tcp --dport 80 -j REDIRECT --to-ports 40000\n\
+-A KUBE-PROBE -d 10.0.0.1/32 -p udp -m udp --dport 53 -j DNAT --to-destination 10.0.0.2:40001\n\
+COMMIT\n\
+*filter\n\
+:KUBE-PROBE - [0:0]\n\
+-A KUBE-PROBE -m conntrack --ctstate NEW -d 10.0.0.1/32 -p tcp -m tcp --dport 81 -j REJECT\n\
+COMMIT\n";
+
+pub fn capability() -> Result<(), Unavailable> {
+    for program in [
+        FLAVOR.restore(),
+        FLAVOR.save(),
+        FLAVOR.iptables(),
+        "conntrack",
+    ] {
+        if !cmd::have(program) {
+            return Err(Unavailable::new(format!(
+                "`{program}` is not installed: install the iptables (1.8 or newer) and conntrack \
+                 packages"
+            )));
+        }
+    }
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            unshare(CloneFlags::CLONE_NEWNET).map_err(|errno| {
+                Unavailable::new(format!(
+                    "cannot create a private network namespace to probe the kernel ({errno}): \
+                     run as root (CAP_SYS_ADMIN and CAP_NET_ADMIN)"
+                ))
+            })?;
+            tool::restore(FLAVOR, PROBE_RULES).map_err(|e| {
+                Unavailable::new(format!(
+                    "the kernel refused the userspace backend's iptables rules (nf_tables with \
+                     nft_compat and the REDIRECT, DNAT, REJECT, comment and conntrack \
+                     extensions): {e}"
+                ))
+            })
+        })
+        .join()
+        .unwrap_or_else(|_| Err(Unavailable::new("the capability probe thread panicked")))
+    })
+}

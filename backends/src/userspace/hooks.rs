@@ -1,0 +1,225 @@
+//! The jumps from the built-in chains into ours, and removing everything
+//! again. The built-in chains are shared with other software, so jumps are
+//! checked and inserted one by one, never written by a restore that would
+//! own the whole chain.
+
+use super::rules::{
+    CONTAINER_NODEPORTS, CONTAINER_PORTALS, HOST_NODEPORTS, HOST_PORTALS, REJECT_NODEPORTS,
+    REJECT_PORTALS, Table,
+};
+use crate::BackendError;
+use crate::iptables::Flavor;
+use crate::iptables::saved::SavedTable;
+use crate::iptables::tool;
+
+/// The iptables flavor: userspace mode's rules are few and simple, and
+/// iptables-nft applies a `--noflush` diff without rewriting the table.
+pub const FLAVOR: Flavor = Flavor::Nft;
+
+/// One jump from a built-in chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Jump {
+    pub table: Table,
+    pub from: &'static str,
+    pub to: &'static str,
+    pub comment: &'static str,
+    /// Portals first (kube-proxy inserted them at the top), NodePorts last:
+    /// a NodePort rule matches any port on the node IP, so it must not
+    /// shadow a portal.
+    pub first: bool,
+    pub new_only: bool,
+}
+
+const PORTALS: &str = "handle ClusterIPs; NOTE: this must be before the NodePort rules";
+const NODEPORTS: &str = "handle service NodePorts; NOTE: this must be the last rule in the chain";
+const REJECTS: &str = "reject service portals without endpoints";
+const REJECT_NP: &str = "reject node ports without endpoints";
+
+const fn jump(
+    table: Table,
+    from: &'static str,
+    to: &'static str,
+    comment: &'static str,
+    first: bool,
+    new_only: bool,
+) -> Jump {
+    Jump {
+        table,
+        from,
+        to,
+        comment,
+        first,
+        new_only,
+    }
+}
+
+pub const JUMPS: [Jump; 7] = [
+    jump(
+        Table::Nat,
+        "PREROUTING",
+        CONTAINER_PORTALS,
+        PORTALS,
+        true,
+        false,
+    ),
+    jump(Table::Nat, "OUTPUT", HOST_PORTALS, PORTALS, true, false),
+    jump(
+        Table::Nat,
+        "PREROUTING",
+        CONTAINER_NODEPORTS,
+        NODEPORTS,
+        false,
+        false,
+    ),
+    jump(
+        Table::Nat,
+        "OUTPUT",
+        HOST_NODEPORTS,
+        NODEPORTS,
+        false,
+        false,
+    ),
+    jump(
+        Table::Filter,
+        "FORWARD",
+        REJECT_PORTALS,
+        REJECTS,
+        true,
+        true,
+    ),
+    jump(Table::Filter, "OUTPUT", REJECT_PORTALS, REJECTS, true, true),
+    jump(
+        Table::Filter,
+        "INPUT",
+        REJECT_NODEPORTS,
+        REJECT_NP,
+        true,
+        true,
+    ),
+];
+
+impl Jump {
+    fn spec(&self) -> Vec<&'static str> {
+        let mut a = Vec::with_capacity(10);
+        if self.new_only {
+            a.extend(["-m", "conntrack", "--ctstate", "NEW"]);
+        }
+        a.extend(["-m", "comment", "--comment", self.comment, "-j", self.to]);
+        a
+    }
+}
+
+/// Creates our chains and the jumps that are missing; running it again
+/// changes nothing.
+pub fn ensure() -> Result<(), BackendError> {
+    for j in JUMPS {
+        ensure_chain(j.table, j.to)?;
+        if !has_jump(&j)? {
+            let mut args = if j.first {
+                vec!["-I", j.from, "1"]
+            } else {
+                vec!["-A", j.from]
+            };
+            args.extend(j.spec());
+            tool::iptables(FLAVOR, j.table.name(), &args)?;
+        }
+    }
+    Ok(())
+}
+
+fn ensure_chain(table: Table, chain: &str) -> Result<(), BackendError> {
+    match tool::iptables(FLAVOR, table.name(), &["-N", chain]) {
+        Err(BackendError::Command { stderr, .. }) if stderr.contains("already exists") => Ok(()),
+        other => other,
+    }
+}
+
+fn has_jump(j: &Jump) -> Result<bool, BackendError> {
+    let mut args = vec!["-C", j.from];
+    args.extend(j.spec());
+    match tool::iptables(FLAVOR, j.table.name(), &args) {
+        Ok(()) => Ok(true),
+        Err(BackendError::Command { stderr, .. }) if stderr.contains("matching rule exist") => {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes our chains and every rule elsewhere that jumps into them (ours,
+/// or ones an earlier crashed run left), per table; keeps going after an
+/// error and returns all of them.
+pub fn remove_all() -> Result<(), Vec<BackendError>> {
+    let errors: Vec<BackendError> = Table::ALL
+        .into_iter()
+        .filter_map(|t| remove_table(t).err())
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+fn remove_table(table: Table) -> Result<(), BackendError> {
+    let saved = tool::save(FLAVOR, table.name())?;
+    match removal_input(table, &SavedTable::parse(&saved)) {
+        Some(input) => tool::restore(FLAVOR, &input),
+        None => Ok(()),
+    }
+}
+
+/// Restore input that empties and deletes our chains of `table` and the
+/// jumps into them, or `None` when the table has none of ours.
+pub fn removal_input(table: Table, saved: &SavedTable<'_>) -> Option<String> {
+    let ours = |c: &str| table.chains().contains(&c);
+    let chains: Vec<&str> = saved.chains.iter().copied().filter(|c| ours(c)).collect();
+    if chains.is_empty() {
+        return None;
+    }
+    let mut s = format!("*{}\n", table.name());
+    for c in &chains {
+        s.push_str(&format!(":{c} - [0:0]\n"));
+    }
+    for r in &saved.rules {
+        if !ours(r.chain) && r.target.is_some_and(ours) {
+            s.push_str(&format!("-D {} {}\n", r.chain, r.spec));
+        }
+    }
+    for c in &chains {
+        s.push_str(&format!("-X {c}\n"));
+    }
+    s.push_str("COMMIT\n");
+    Some(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removal_takes_our_chains_and_jumps_and_nothing_else() {
+        let text = "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
+            :KUBE-SERVICES - [0:0]\n:KUBE-PORTALS-CONTAINER - [0:0]\n:KUBE-NODEPORT-HOST - [0:0]\n\
+            -A PREROUTING -m comment --comment \"handle ClusterIPs; NOTE: this must be before the NodePort rules\" -j KUBE-PORTALS-CONTAINER\n\
+            -A PREROUTING -j KUBE-SERVICES\n\
+            -A OUTPUT -m comment --comment \"x\" -j KUBE-NODEPORT-HOST\n\
+            -A KUBE-PORTALS-CONTAINER -d 10.96.0.10/32 -p tcp -m tcp --dport 80 -j REDIRECT --to-ports 40000\n\
+            COMMIT\n";
+        let got = removal_input(Table::Nat, &SavedTable::parse(text)).unwrap();
+        assert_eq!(
+            got,
+            "*nat\n:KUBE-PORTALS-CONTAINER - [0:0]\n:KUBE-NODEPORT-HOST - [0:0]\n\
+             -D PREROUTING -m comment --comment \"handle ClusterIPs; NOTE: this must be before the NodePort rules\" -j KUBE-PORTALS-CONTAINER\n\
+             -D OUTPUT -m comment --comment \"x\" -j KUBE-NODEPORT-HOST\n\
+             -X KUBE-PORTALS-CONTAINER\n-X KUBE-NODEPORT-HOST\nCOMMIT\n"
+        );
+        assert_eq!(
+            removal_input(
+                Table::Filter,
+                &SavedTable::parse("*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n")
+            ),
+            None
+        );
+    }
+}

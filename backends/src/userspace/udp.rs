@@ -1,0 +1,244 @@
+//! The UDP proxy: one socket per front receives the clients' datagrams;
+//! each client (address and port) gets a session, a socket connected to the
+//! endpoint it was given, whose replies a task of its own sends back
+//! through the front's socket. A session ends after an idle timeout, when
+//! its endpoint refuses (ICMP port unreachable), or when the endpoint
+//! leaves the service.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
+use tokio::task::AbortHandle;
+
+use super::policy::{Front, Pool};
+use super::service::{Counters, ServiceProxy};
+
+/// How long a session lives without a datagram either way: the kernel's
+/// own UDP conntrack timeout (`nf_conntrack_udp_timeout`), so a client sees
+/// the same stickiness as through kube-proxy's other modes.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The largest UDP payload over IPv4.
+const MAX_DATAGRAM: usize = 65_507;
+
+type Key = (Front, SocketAddrV4);
+
+/// The live sessions of one service port.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    map: Mutex<HashMap<Key, Session>>,
+    next_id: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Session {
+    id: u64,
+    pool: Pool,
+    endpoint: SocketAddrV4,
+    upstream: Arc<UdpSocket>,
+    activity: Arc<Activity>,
+    task: AbortHandle,
+}
+
+impl Sessions {
+    /// Ends every session whose endpoint `keep` rejects; returns how many.
+    pub fn retain(&self, keep: impl Fn(Pool, SocketAddrV4) -> bool) -> usize {
+        let mut map = self.map.lock().expect("sessions lock");
+        let before = map.len();
+        map.retain(|_, s| {
+            let kept = keep(s.pool, s.endpoint);
+            if !kept {
+                s.task.abort();
+            }
+            kept
+        });
+        before - map.len()
+    }
+
+    /// Ends every session.
+    pub fn clear(&self) {
+        self.retain(|_, _| false);
+    }
+
+    /// Sessions alive now.
+    pub fn live(&self) -> usize {
+        self.map.lock().expect("sessions lock").len()
+    }
+
+    fn remove(&self, key: Key, id: u64) {
+        let mut map = self.map.lock().expect("sessions lock");
+        if map.get(&key).is_some_and(|s| s.id == id) {
+            map.remove(&key);
+        }
+    }
+}
+
+/// When a session last carried a datagram.
+#[derive(Debug)]
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn idle(&self) -> Duration {
+        self.start
+            .elapsed()
+            .saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// Serves one front until the task is aborted.
+pub async fn serve(listener: Arc<UdpSocket>, svc: Arc<ServiceProxy>, front: Front, idle: Duration) {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        let (n, from) = match listener.recv_from(&mut buf).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::debug!(
+                    "{}: UDP receive on the {} front: {e}",
+                    svc.name,
+                    front.as_str()
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let SocketAddr::V4(client) = from else {
+            continue;
+        };
+        let Some((upstream, activity)) = session_for(&listener, &svc, front, client, idle) else {
+            Counters::add(&svc.counters.no_endpoint, 1);
+            continue;
+        };
+        // A send error is an ICMP error from an earlier datagram; the
+        // session's reply task sees it too and ends the session.
+        if let Ok(sent) = upstream.send(&buf[..n]).await {
+            activity.touch();
+            Counters::add(&svc.counters.bytes_to_endpoints, sent as u64);
+        }
+    }
+}
+
+/// The client's session, made on its first datagram.
+fn session_for(
+    listener: &Arc<UdpSocket>,
+    svc: &Arc<ServiceProxy>,
+    front: Front,
+    client: SocketAddrV4,
+    idle: Duration,
+) -> Option<(Arc<UdpSocket>, Arc<Activity>)> {
+    let key = (front, client);
+    let mut map = svc.sessions.map.lock().expect("sessions lock");
+    if let Some(s) = map.get(&key) {
+        return Some((s.upstream.clone(), s.activity.clone()));
+    }
+    let (pool, endpoint) = connect_any(svc, front, *client.ip())?;
+    let upstream = Arc::new(endpoint.1);
+    let activity = Arc::new(Activity::new());
+    let id = svc.sessions.next_id.fetch_add(1, Ordering::Relaxed);
+    let task = tokio::spawn(replies(
+        listener.clone(),
+        upstream.clone(),
+        svc.clone(),
+        key,
+        id,
+        activity.clone(),
+        idle,
+    ))
+    .abort_handle();
+    map.insert(
+        key,
+        Session {
+            id,
+            pool,
+            endpoint: endpoint.0,
+            upstream: upstream.clone(),
+            activity: activity.clone(),
+            task,
+        },
+    );
+    Counters::add(&svc.counters.udp_sessions, 1);
+    Some((upstream, activity))
+}
+
+/// A socket connected to the next endpoint; an endpoint the node cannot
+/// send to (no route) is skipped for the one after it, as for TCP.
+fn connect_any(
+    svc: &ServiceProxy,
+    front: Front,
+    client: Ipv4Addr,
+) -> Option<(Pool, (SocketAddrV4, UdpSocket))> {
+    let mut reset = false;
+    for _ in 0..super::tcp::DIAL_TIMEOUTS.len() {
+        let (pool, ep) = svc.pick(front, client, reset)?;
+        match connect(ep) {
+            Ok(sock) => return Some((pool, (ep, sock))),
+            Err(e) => {
+                tracing::debug!("{}: UDP socket to {ep}: {e}", svc.name);
+                Counters::add(&svc.counters.connect_failures, 1);
+                reset = true;
+            }
+        }
+    }
+    None
+}
+
+fn connect(ep: SocketAddrV4) -> std::io::Result<UdpSocket> {
+    let sock = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+    sock.connect(ep)?;
+    sock.set_nonblocking(true)?;
+    UdpSocket::from_std(sock)
+}
+
+/// Sends the endpoint's replies to the client until the session idles out
+/// or the endpoint refuses.
+async fn replies(
+    listener: Arc<UdpSocket>,
+    upstream: Arc<UdpSocket>,
+    svc: Arc<ServiceProxy>,
+    key: Key,
+    id: u64,
+    activity: Arc<Activity>,
+    idle: Duration,
+) {
+    loop {
+        let left = idle.saturating_sub(activity.idle());
+        if left.is_zero() {
+            break;
+        }
+        let mut buf = Vec::with_capacity(MAX_DATAGRAM);
+        match tokio::time::timeout(left, upstream.recv_buf(&mut buf)).await {
+            // Woken by the timer: the client may have sent meanwhile.
+            Err(_) => continue,
+            Ok(Err(e)) => {
+                tracing::debug!("{}: session of {} ends: {e}", svc.name, key.1);
+                break;
+            }
+            Ok(Ok(n)) => {
+                activity.touch();
+                Counters::add(&svc.counters.bytes_from_endpoints, n as u64);
+                if listener.send_to(&buf[..n], key.1).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    svc.sessions.remove(key, id);
+}
