@@ -22,7 +22,11 @@ fn tool_in(ns: &NetNs, program: &str, args: &[&str]) -> Result<String, String> {
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("{program}: {e}"))?;
     if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("").to_string())
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string())
     } else {
         Err(format!(
             "`{program} {}` failed: {}",
@@ -38,8 +42,17 @@ fn version(program: &str, arg: &str) -> Result<String, String> {
         .output()
         .map_err(|_| format!("{program} is not installed"))
         .map(|o| {
-            let text = if o.stdout.is_empty() { o.stderr } else { o.stdout };
-            String::from_utf8_lossy(&text).lines().next().unwrap_or("").trim().to_string()
+            let text = if o.stdout.is_empty() {
+                o.stderr
+            } else {
+                o.stdout
+            };
+            String::from_utf8_lossy(&text)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
         })
 }
 
@@ -83,7 +96,9 @@ pub async fn findings() -> Vec<Finding> {
     let made = ns.create();
     add(
         "network namespaces",
-        made.as_ref().map(|_| "can create".to_string()).map_err(|e| e.to_string()),
+        made.as_ref()
+            .map(|_| "can create".to_string())
+            .map_err(|e| e.to_string()),
     );
     if made.is_ok() {
         let (veth, bridge) = links_in(&ns).await;
@@ -93,23 +108,48 @@ pub async fn findings() -> Vec<Finding> {
             "br_netfilter",
             ns.run(|| std::fs::read_to_string("/proc/sys/net/bridge/bridge-nf-call-iptables"))
                 .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|_| "no bridge-nf-call-iptables: br_netfilter is not loaded".to_string()))
+                .and_then(|r| {
+                    r.map_err(|_| {
+                        "no bridge-nf-call-iptables: br_netfilter is not loaded".to_string()
+                    })
+                })
                 .map(|v| format!("bridge-nf-call-iptables={}", v.trim())),
         );
-        add("iptables-nft", tool_in(&ns, "iptables-nft", &["-w", "-t", "nat", "-S"]).map(|_| "works".into()));
-        add("iptables-legacy", tool_in(&ns, "iptables-legacy", &["-w", "-t", "nat", "-S"]).map(|_| "works".into()));
-        add("nftables (nft)", tool_in(&ns, "nft", &["list", "ruleset"]).map(|_| "works".into()));
-        add("ipset", tool_in(&ns, "ipset", &["list", "-n"]).map(|_| "works".into()));
-        add("conntrack", tool_in(&ns, "conntrack", &["-L"]).map(|_| "works".into()));
+        add(
+            "iptables-nft",
+            tool_in(&ns, "iptables-nft", &["-w", "-t", "nat", "-S"]).map(|_| "works".into()),
+        );
+        add(
+            "iptables-legacy",
+            tool_in(&ns, "iptables-legacy", &["-w", "-t", "nat", "-S"]).map(|_| "works".into()),
+        );
+        add(
+            "nftables (nft)",
+            tool_in(&ns, "nft", &["list", "ruleset"]).map(|_| "works".into()),
+        );
+        add(
+            "ipset",
+            tool_in(&ns, "ipset", &["list", "-n"]).map(|_| "works".into()),
+        );
+        add(
+            "conntrack",
+            tool_in(&ns, "conntrack", &["-L"]).map(|_| "works".into()),
+        );
         let _ = ns.delete();
     }
     add(
         "IP_VS",
-        BackendKind::Ipvs.capability().map(|_| "available".into()).map_err(|e| e.reason),
+        BackendKind::Ipvs
+            .capability()
+            .map(|_| "available".into())
+            .map_err(|e| e.reason),
     );
     add(
         "BPF (tc, BTF)",
-        BackendKind::Ebpf.capability().map(|_| "available".into()).map_err(|e| e.reason),
+        BackendKind::Ebpf
+            .capability()
+            .map(|_| "available".into())
+            .map_err(|e| e.reason),
     );
     add("clang (eBPF build)", version("clang", "--version"));
     add("qemu (VM mode)", version("qemu-system-x86_64", "--version"));
@@ -118,16 +158,28 @@ pub async fn findings() -> Vec<Finding> {
         "VM kernel",
         crate::vm::default_kernel()
             .map(|p| p.display().to_string())
-            .ok_or_else(|| "no /boot/vmlinuz-*: install linux-image-amd64 (ci/setup --vm)".to_string()),
+            .ok_or_else(|| {
+                "no /boot/vmlinuz-*: install linux-image-amd64 (ci/setup --vm)".to_string()
+            }),
     );
     out
 }
 
 /// Prints the report; returns the backends that can run here.
 pub async fn print() -> Vec<BackendKind> {
-    println!("kernel {} · features and tools:", nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default());
+    println!(
+        "kernel {} · features and tools:",
+        nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default()
+    );
     for f in findings().await {
-        println!("  {} {:<22} {}", if f.ok { "✔" } else { "✘" }, f.what, f.detail);
+        println!(
+            "  {} {:<22} {}",
+            if f.ok { "✔" } else { "✘" },
+            f.what,
+            f.detail
+        );
     }
     println!("backends:");
     let mut runnable = Vec::new();
@@ -145,5 +197,8 @@ pub async fn print() -> Vec<BackendKind> {
 
 /// The backends `demo` runs: every built-in one that can run here.
 pub fn runnable() -> Vec<BackendKind> {
-    BackendKind::BUILTIN.into_iter().filter(|b| b.capability().is_ok()).collect()
+    BackendKind::BUILTIN
+        .into_iter()
+        .filter(|b| b.capability().is_ok())
+        .collect()
 }

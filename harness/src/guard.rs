@@ -17,11 +17,15 @@ pub fn stopping() -> bool {
 }
 
 pub fn register(run: &RunId) {
-    RUNS.lock().unwrap_or_else(|e| e.into_inner()).push(run.clone());
+    RUNS.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(run.clone());
 }
 
 pub fn unregister(run: &RunId) {
-    RUNS.lock().unwrap_or_else(|e| e.into_inner()).retain(|r| r != run);
+    RUNS.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|r| r != run);
 }
 
 /// Removes every registered run; safe to call more than once.

@@ -51,7 +51,10 @@ pub struct UpTimes {
 }
 
 mod secs {
-    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         s.serialize_f64(d.as_secs_f64())
     }
 }
@@ -66,6 +69,8 @@ pub struct Lab {
     pub agents: Option<Agents>,
     pub backend: Option<BackendKind>,
     pub times: UpTimes,
+    /// Watch events sent to every agent so far (SYNCED markers aside).
+    pub events_sent: u64,
     workloads: Option<Child>,
     /// The workload server exits when this closes.
     workloads_stdin: Option<tokio::process::ChildStdin>,
@@ -83,7 +88,9 @@ impl Lab {
         let topology = Topology::plan(&scenario, &run);
         state.topology = Some(topology.clone());
         // The record exists before the first kernel object does.
-        state.save().with_context(|| format!("writing {}", run_dir(&run).display()))?;
+        state
+            .save()
+            .with_context(|| format!("writing {}", run_dir(&run).display()))?;
         crate::guard::register(&run);
         let cp = match ControlPlane::new(&scenario) {
             Ok(cp) => cp,
@@ -102,6 +109,7 @@ impl Lab {
             agents: None,
             backend: opts.backend.clone(),
             times: UpTimes::default(),
+            events_sent: 0,
             workloads: None,
             workloads_stdin: None,
             sync_timeout: opts.sync_timeout.unwrap_or(DEFAULT_SYNC_TIMEOUT),
@@ -116,7 +124,11 @@ impl Lab {
     }
 
     async fn build(&mut self, opts: &LabOptions) -> Result<()> {
-        self.times.topology = self.topology.create().await.context("building the topology")?;
+        self.times.topology = self
+            .topology
+            .create()
+            .await
+            .context("building the topology")?;
 
         let t = Instant::now();
         self.start_workloads().await?;
@@ -198,7 +210,8 @@ impl Lab {
         match ready {
             Ok(Ok(Some(l))) if l.starts_with("READY") => {}
             other => {
-                let log = std::fs::read_to_string(self.log_dir().join("workloads.log")).unwrap_or_default();
+                let log = std::fs::read_to_string(self.log_dir().join("workloads.log"))
+                    .unwrap_or_default();
                 bail!("the workload server did not start ({other:?}): {log}");
             }
         }
@@ -215,18 +228,31 @@ impl Lab {
         let mut failures = Vec::new();
         let target_of = |node: usize| {
             self.scenario.pods.iter().find(|p| p.node == node).map(|p| {
-                let port = p.ports.iter().find(|pp| pp.protocol != svclab_backends::model::Protocol::Udp);
+                let port = p
+                    .ports
+                    .iter()
+                    .find(|pp| pp.protocol != svclab_backends::model::Protocol::Udp);
                 (p, port.map_or(9, |pp| pp.port))
             })
         };
         for (from_node, _) in self.topology.nodes.iter().enumerate() {
-            let Some((src, _)) = target_of(from_node) else { continue };
-            let src_ns = &self.topology.pods[self.scenario.pods.iter().position(|p| p == src).expect("pod")].netns;
+            let Some((src, _)) = target_of(from_node) else {
+                continue;
+            };
+            let src_ns = &self.topology.pods[self
+                .scenario
+                .pods
+                .iter()
+                .position(|p| p == src)
+                .expect("pod")]
+            .netns;
             for (to_node, _) in self.topology.nodes.iter().enumerate() {
                 if to_node == from_node {
                     continue;
                 }
-                let Some((dst, port)) = target_of(to_node) else { continue };
+                let Some((dst, port)) = target_of(to_node) else {
+                    continue;
+                };
                 let spec = ProbeSpec::new(
                     std::net::SocketAddrV4::new(dst.ip, port),
                     svclab_backends::model::Protocol::Tcp,
@@ -234,7 +260,13 @@ impl Lab {
                 );
                 let r = self.prober.probe(src_ns, spec).await?;
                 if !matches!(r.outcome, Outcome::Answered | Outcome::Refused) {
-                    failures.push(format!("pod {} -> pod {} ({}:{port}): {:?}", src.key(), dst.key(), dst.ip, r.outcome));
+                    failures.push(format!(
+                        "pod {} -> pod {} ({}:{port}): {:?}",
+                        src.key(),
+                        dst.key(),
+                        dst.ip,
+                        r.outcome
+                    ));
                 }
             }
         }
@@ -247,14 +279,20 @@ impl Lab {
                 );
                 let r = self.prober.probe(ext, spec).await?;
                 if !matches!(r.outcome, Outcome::Answered | Outcome::Refused) {
-                    failures.push(format!("external -> node {} ({}): {:?}", n.name, n.ip, r.outcome));
+                    failures.push(format!(
+                        "external -> node {} ({}): {:?}",
+                        n.name, n.ip, r.outcome
+                    ));
                 }
             }
         }
         if failures.is_empty() {
             Ok(())
         } else {
-            bail!("the lab's network does not work:\n  {}", failures.join("\n  "))
+            bail!(
+                "the lab's network does not work:\n  {}",
+                failures.join("\n  ")
+            )
         }
     }
 
@@ -302,13 +340,30 @@ impl Lab {
 
     /// Sends `events` to the agents and waits until all have applied them.
     pub async fn apply(&mut self, events: Vec<WatchEvent>) -> Result<()> {
-        let rv = self.cp.resource_version();
-        let timeout = self.sync_timeout;
+        self.send(events).await?;
+        self.wait_synced().await
+    }
+
+    /// Sends `events` to every agent without waiting for a sync.
+    pub async fn send(&mut self, events: Vec<WatchEvent>) -> Result<()> {
         let Some(agents) = self.agents.as_mut() else {
             return Ok(());
         };
-        agents.send(&events).await?;
-        agents.wait_synced(rv, timeout).await?;
+        self.events_sent += events
+            .iter()
+            .filter(|e| !matches!(e, WatchEvent::Synced))
+            .count() as u64;
+        agents.send(&events).await
+    }
+
+    /// Waits until every agent has applied everything the control plane
+    /// has produced so far.
+    pub async fn wait_synced(&mut self) -> Result<()> {
+        let rv = self.cp.resource_version();
+        let timeout = self.sync_timeout;
+        if let Some(agents) = self.agents.as_mut() {
+            agents.wait_synced(rv, timeout).await?;
+        }
         Ok(())
     }
 

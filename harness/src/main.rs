@@ -3,6 +3,7 @@
 
 mod agent;
 mod checks;
+mod churn;
 mod cleanup;
 mod controlplane;
 mod doctor;
@@ -85,6 +86,27 @@ enum Command {
     },
     /// What this host can run, and why not.
     Doctor,
+    /// Bring a lab up with agents, play churn against it, and account for
+    /// every change (exit code 1 if an agent missed one).
+    Churn {
+        scenario: PathBuf,
+        #[arg(long, default_value = "none")]
+        backend: BackendKind,
+        /// Overrides the scenario's churn seed.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// Print a generated scenario (Services x endpoints) as YAML.
+    Generate {
+        #[arg(long, default_value_t = 1000)]
+        services: usize,
+        #[arg(long, default_value_t = 10)]
+        endpoints: usize,
+        #[arg(long, default_value_t = 2)]
+        nodes: usize,
+        #[arg(long, default_value_t = 5)]
+        pools: usize,
+    },
     /// Run a svclab command inside a VM booted from a stock kernel.
     Vm(vm::VmArgs),
     /// Remove what earlier runs left behind (only runs whose owner is gone,
@@ -133,7 +155,8 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SVCLAB_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("SVCLAB_LOG")
+                .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -229,7 +252,11 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             println!(
                 "demo: scenario {} on {}",
                 scenario::SMOKE_NAME,
-                backends.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(", ")
+                backends
+                    .iter()
+                    .map(|b| b.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
             let opts = run::RunOptions {
                 backends,
@@ -238,6 +265,40 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             };
             let (r, dir) = run::run(&scn, &opts).await?;
             Ok(run::report(&r, &dir))
+        }
+        Command::Churn {
+            scenario,
+            backend,
+            seed,
+        } => {
+            let scn = match load_scenario(Some(&scenario)) {
+                Ok(s) => s,
+                Err(code) => return Ok(code),
+            };
+            let report = churn::run(scn, backend, seed).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(if report.accounted {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("svclab churn: some agent did not account for every change");
+                ExitCode::FAILURE
+            })
+        }
+        Command::Generate {
+            services,
+            endpoints,
+            nodes,
+            pools,
+        } => {
+            let shape = scenario::generate::Shape {
+                services,
+                endpoints,
+                nodes,
+                pools,
+                node_ports: true,
+            };
+            print!("{}", scenario::generate::yaml(&shape));
+            Ok(ExitCode::SUCCESS)
         }
         Command::Doctor => {
             doctor::print().await;
@@ -255,8 +316,15 @@ async fn up_foreground(scn: Scenario, backend: Option<BackendKind>) -> Result<Ex
         ..Default::default()
     };
     let lab = lab::Lab::up(scn, &opts).await?;
+    if let Some(log) = std::env::var_os("SVCLAB_DAEMON_LOG") {
+        let _ = std::fs::rename(log, state::run_dir(&lab.run).join("daemon.log"));
+    }
     println!("READY {}", lab.run);
     print_lab(&lab);
+    // A test hook: proves that a panic still removes the lab.
+    if std::env::var_os("SVCLAB_TEST_PANIC_AFTER_UP").is_some() {
+        panic!("SVCLAB_TEST_PANIC_AFTER_UP is set");
+    }
     // The guard's signal handler tears the lab down and exits.
     std::future::pending::<()>().await;
     unreachable!()
@@ -274,7 +342,10 @@ fn print_lab(lab: &lab::Lab) {
         lab.times.topology.total.as_secs_f64() * 1e3
     );
     for n in &t.nodes {
-        println!("  node {:<10} {}  pods {}  netns {}", n.name, n.ip, n.pod_cidr, n.netns);
+        println!(
+            "  node {:<10} {}  pods {}  netns {}",
+            n.name, n.ip, n.pod_cidr, n.netns
+        );
     }
     if let (Some(ns), Some(ip)) = (&t.external, t.external_ip) {
         println!("  external        {ip}  netns {ns}");
@@ -298,7 +369,15 @@ fn print_lab(lab: &lab::Lab) {
             ports.join(",")
         );
     }
-    println!("  try: ip netns exec {} curl -s {}:8080/hostname", t.nodes[0].netns, lab.scenario.pods.iter().find(|p| !p.client).map_or("".into(), |p| p.ip.to_string()));
+    println!(
+        "  try: ip netns exec {} curl -s {}:8080/hostname",
+        t.nodes[0].netns,
+        lab.scenario
+            .pods
+            .iter()
+            .find(|p| !p.client)
+            .map_or("".into(), |p| p.ip.to_string())
+    );
     println!("  stop: svclab down {}", lab.run);
 }
 
@@ -312,9 +391,15 @@ fn up_detached(scenario: Option<PathBuf>, backend: Option<BackendKind>) -> Resul
     if let Some(b) = &backend {
         cmd.arg("--backend").arg(b.to_string());
     }
-    cmd.stdin(std::process::Stdio::null())
+    // The lab process outlives this one: it must not hold our stderr (a
+    // caller waiting for EOF would hang), so it logs to a file, which it
+    // moves into its run folder once the run exists.
+    std::fs::create_dir_all(state::STATE_DIR)?;
+    let log = PathBuf::from(state::STATE_DIR).join(format!("up-{}.log", std::process::id()));
+    cmd.env("SVCLAB_DAEMON_LOG", &log)
+        .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit());
+        .stderr(std::fs::File::create(&log)?);
     // SAFETY: setsid is async-signal-safe; the lab must survive this
     // terminal's session (it is stopped with `svclab down`).
     unsafe {
@@ -341,6 +426,9 @@ fn up_detached(scenario: Option<PathBuf>, backend: Option<BackendKind>) -> Resul
         }
         _ => {
             let status = child.wait()?;
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let _ = std::fs::remove_file(&log);
+            eprint!("{text}");
             bail!("the lab did not come up ({status})")
         }
     }
@@ -348,7 +436,8 @@ fn up_detached(scenario: Option<PathBuf>, backend: Option<BackendKind>) -> Resul
 
 fn down(run: Option<String>) -> Result<ExitCode> {
     let run = match run {
-        Some(r) => topology::RunId::parse(&r).with_context(|| format!("{r:?} is not a run id (4 hex digits)"))?,
+        Some(r) => topology::RunId::parse(&r)
+            .with_context(|| format!("{r:?} is not a run id (4 hex digits)"))?,
         None => {
             let live = state::known_runs();
             match live.as_slice() {
@@ -359,7 +448,10 @@ fn down(run: Option<String>) -> Result<ExitCode> {
                 }
                 many => bail!(
                     "several labs exist ({}); name one: svclab down RUN",
-                    many.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", ")
+                    many.iter()
+                        .map(|r| r.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             }
         }
@@ -393,12 +485,18 @@ async fn workloads() -> Result<ExitCode> {
         std::io::stdin().lock().read_line(&mut line).map(|_| line)
     })
     .await??;
-    let pods: Vec<workload::PodServers> = serde_json::from_str(&line).context("reading the pod list")?;
+    let pods: Vec<workload::PodServers> =
+        serde_json::from_str(&line).context("reading the pod list")?;
     let n = workload::serve(pods).await?;
     println!("READY {n}");
     tokio::task::spawn_blocking(|| {
         let mut sink = String::new();
-        while std::io::stdin().lock().read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+        while std::io::stdin()
+            .lock()
+            .read_line(&mut sink)
+            .map(|n| n > 0)
+            .unwrap_or(false)
+        {
             sink.clear();
         }
     })

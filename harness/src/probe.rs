@@ -271,7 +271,11 @@ async fn tcp_probe(spec: ProbeSpec) -> ProbeResult {
     if let Some(port) = spec.source_port {
         let _ = sock.set_reuseaddr(true);
         if let Err(e) = sock.bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))) {
-            return result(spec, Outcome::Error(format!("bind :{port}: {e}")), Duration::ZERO);
+            return result(
+                spec,
+                Outcome::Error(format!("bind :{port}: {e}")),
+                Duration::ZERO,
+            );
         }
     }
     let connected = tokio::time::timeout(spec.timeout, sock.connect(spec.target.into())).await;
@@ -315,7 +319,13 @@ async fn udp_probe(spec: ProbeSpec) -> ProbeResult {
     let bind = SocketAddr::from((Ipv4Addr::UNSPECIFIED, spec.source_port.unwrap_or(0)));
     let sock = match bind_udp(bind) {
         Ok(s) => s,
-        Err(e) => return result(spec, Outcome::Error(format!("bind {bind}: {e}")), Duration::ZERO),
+        Err(e) => {
+            return result(
+                spec,
+                Outcome::Error(format!("bind {bind}: {e}")),
+                Duration::ZERO,
+            );
+        }
     };
     if let Err(e) = sock.connect(SocketAddr::from(spec.target)).await {
         return result(spec, classify(&e), start.elapsed());

@@ -28,13 +28,16 @@ fn settings(scn: &Scenario, opts: &RunOptions) -> Settings {
         timeout: Duration::from_millis(p.timeout_ms),
         per_target: p.per_target,
         concurrency: p.concurrency,
-        balance_connections: opts.balance_connections.unwrap_or(scn.lab.balance.connections),
+        balance_connections: opts
+            .balance_connections
+            .unwrap_or(scn.lab.balance.connections),
         min_p_value: scn.lab.balance.min_p_value,
     }
 }
 
 fn progress(len: u64) -> ProgressBar {
-    let interactive = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("CI").is_none();
+    let interactive =
+        std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("CI").is_none();
     if !interactive {
         return ProgressBar::hidden();
     }
@@ -72,7 +75,9 @@ pub async fn run(scn: &Scenario, opts: &RunOptions) -> anyhow::Result<(RunResult
     pb.finish_and_clear();
     let results = RunResults {
         schema: results::SCHEMA.into(),
-        run: jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ").to_string(),
+        run: jiff::Timestamp::now()
+            .strftime("%Y%m%dT%H%M%SZ")
+            .to_string(),
         scenario: scn.name.clone(),
         scenario_file: scn.file.clone(),
         started_at,
@@ -85,7 +90,12 @@ pub async fn run(scn: &Scenario, opts: &RunOptions) -> anyhow::Result<(RunResult
     Ok((results, dir))
 }
 
-async fn run_backend(scn: &Scenario, backend: &BackendKind, opts: &RunOptions, pb: &ProgressBar) -> BackendRun {
+async fn run_backend(
+    scn: &Scenario,
+    backend: &BackendKind,
+    opts: &RunOptions,
+    pb: &ProgressBar,
+) -> BackendRun {
     let mut run = BackendRun {
         backend: backend.to_string(),
         unavailable: None,

@@ -10,7 +10,12 @@ use crate::lab::Lab;
 use crate::results::BackendRun;
 
 /// Fetches `http://127.0.0.1:<port><path>` from inside `netns`.
-pub async fn get_in(lab: &Lab, netns: &str, port: u16, path: &str) -> anyhow::Result<(u16, String)> {
+pub async fn get_in(
+    lab: &Lab,
+    netns: &str,
+    port: u16,
+    path: &str,
+) -> anyhow::Result<(u16, String)> {
     let rt = lab.prober.vantage(netns)?;
     let url = format!("http://127.0.0.1:{port}{path}");
     let fetch = rt.spawn(async move {
@@ -51,7 +56,10 @@ pub fn cross_check(node: &str, reports: &[&SyncReport], m: &BTreeMap<String, f64
     let ok: Vec<&&SyncReport> = reports.iter().filter(|r| r.error.is_none()).collect();
     let mut expect: Vec<(&str, f64)> = vec![
         ("svclab_agent_syncs_total", reports.len() as f64),
-        ("kubeproxy_sync_proxy_rules_duration_seconds_count", ok.len() as f64),
+        (
+            "kubeproxy_sync_proxy_rules_duration_seconds_count",
+            ok.len() as f64,
+        ),
         (
             "kubeproxy_sync_proxy_rules_endpoint_changes_total",
             reports.iter().map(|r| r.endpoint_events as f64).sum(),
@@ -63,13 +71,17 @@ pub fn cross_check(node: &str, reports: &[&SyncReport], m: &BTreeMap<String, f64
     ];
     expect.push((
         "kubeproxy_sync_full_proxy_rules_duration_seconds_count",
-        ok.iter().filter(|r| r.mode == svclab_backends::protocol::SyncMode::Full).count() as f64,
+        ok.iter()
+            .filter(|r| r.mode == svclab_backends::protocol::SyncMode::Full)
+            .count() as f64,
     ));
     let mut problems = Vec::new();
     for (name, want) in expect {
         match m.get(name) {
             Some(got) if (got - want).abs() < 1e-9 => {}
-            Some(got) => problems.push(format!("{node}: {name} is {got}, the harness counted {want}")),
+            Some(got) => problems.push(format!(
+                "{node}: {name} is {got}, the harness counted {want}"
+            )),
             None => problems.push(format!("{node}: {name} missing from /metrics")),
         }
     }
@@ -85,8 +97,12 @@ pub async fn attach(lab: &mut Lab, run: &mut BackendRun) {
             Ok((200, text)) => {
                 texts.insert(n.name.clone(), text);
             }
-            Ok((code, _)) => run.metrics_cross_check.push(format!("{}: /metrics answered HTTP {code}", n.name)),
-            Err(e) => run.metrics_cross_check.push(format!("{}: scraping /metrics: {e:#}", n.name)),
+            Ok((code, _)) => run
+                .metrics_cross_check
+                .push(format!("{}: /metrics answered HTTP {code}", n.name)),
+            Err(e) => run
+                .metrics_cross_check
+                .push(format!("{}: scraping /metrics: {e:#}", n.name)),
         }
     }
     if let Some(agents) = lab.agents.as_mut() {
@@ -96,11 +112,16 @@ pub async fn attach(lab: &mut Lab, run: &mut BackendRun) {
     for (node, text) in texts {
         match samples(&text) {
             Ok(m) => {
-                let reports: Vec<&SyncReport> = run.syncs.iter().filter(|r| r.node == node).collect();
-                run.metrics_cross_check.extend(cross_check(&node, &reports, &m));
-                run.metrics.insert(node, serde_json::to_value(&m).unwrap_or_default());
+                let reports: Vec<&SyncReport> =
+                    run.syncs.iter().filter(|r| r.node == node).collect();
+                run.metrics_cross_check
+                    .extend(cross_check(&node, &reports, &m));
+                run.metrics
+                    .insert(node, serde_json::to_value(&m).unwrap_or_default());
             }
-            Err(e) => run.metrics_cross_check.push(format!("{node}: /metrics does not parse: {e}")),
+            Err(e) => run
+                .metrics_cross_check
+                .push(format!("{node}: /metrics does not parse: {e}")),
         }
     }
     if run.metrics_cross_check.is_empty() && !run.metrics.is_empty() {
@@ -147,9 +168,17 @@ mod tests {
         r.endpoint_events = 1;
         m.record(&r);
         let parsed = samples(&m.encode()).unwrap();
-        assert_eq!(parsed["kubeproxy_sync_proxy_rules_endpoint_changes_total"], 5.0);
+        assert_eq!(
+            parsed["kubeproxy_sync_proxy_rules_endpoint_changes_total"],
+            5.0
+        );
         assert!(cross_check("node-0", &[&first, &r], &parsed).is_empty());
         let problems = cross_check("node-0", &[&first], &parsed);
-        assert!(problems.iter().any(|p| p.contains("svclab_agent_syncs_total is 2")), "{problems:?}");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("svclab_agent_syncs_total is 2")),
+            "{problems:?}"
+        );
     }
 }

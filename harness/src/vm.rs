@@ -40,7 +40,10 @@ pub fn default_kernel() -> Option<PathBuf> {
         .ok()?
         .filter_map(|e| e.ok())
         .map(|e| e.path())
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
         .collect();
     k.sort();
     k.pop()
@@ -55,7 +58,10 @@ const MODULES: &str = "ip_vs ip_vs_rr ip_vs_wrr ip_vs_sh ip_vs_lc dummy veth bri
                        nft_masq nft_chain_nat nft_compat ip_tables iptable_nat iptable_filter";
 
 fn shell_quote(s: &str) -> String {
-    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./:=,@".contains(&b)) {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./:=,@".contains(&b))
+    {
         s.to_string()
     } else {
         format!("'{}'", s.replace('\'', "'\\''"))
@@ -66,7 +72,11 @@ fn shell_quote(s: &str) -> String {
 fn script(exe: &Path, cwd: &Path, command: &[String], kernel: &Path) -> String {
     let release = kernel
         .file_name()
-        .map(|n| n.to_string_lossy().trim_start_matches("vmlinuz-").to_string())
+        .map(|n| {
+            n.to_string_lossy()
+                .trim_start_matches("vmlinuz-")
+                .to_string()
+        })
         .unwrap_or_default();
     let args: Vec<String> = command.iter().map(|a| shell_quote(a)).collect();
     format!(
@@ -93,7 +103,10 @@ fn result_dirs(base: &Path) -> Vec<PathBuf> {
 
 pub fn run(args: VmArgs) -> Result<ExitCode> {
     let kernels = if args.kernels.is_empty() {
-        vec![default_kernel().context("no kernel under /boot: install linux-image-amd64 (ci/setup --vm)")?]
+        vec![
+            default_kernel()
+                .context("no kernel under /boot: install linux-image-amd64 (ci/setup --vm)")?,
+        ]
     } else {
         args.kernels.clone()
     };
@@ -113,11 +126,20 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
     for kernel in &kernels {
         let before = result_dirs(&results);
         let start = Instant::now();
-        eprintln!("svclab vm: booting {} (software emulation, about 40 s)", kernel.display());
+        eprintln!(
+            "svclab vm: booting {} (software emulation, about 40 s)",
+            kernel.display()
+        );
         let mut child = Command::new("vng")
             .arg("--run")
             .arg(kernel)
-            .args(["--disable-kvm", "--memory", &args.memory, "--cpus", &args.cpus.to_string()])
+            .args([
+                "--disable-kvm",
+                "--memory",
+                &args.memory,
+                "--cpus",
+                &args.cpus.to_string(),
+            ])
             .arg(format!("--rwdir={}", results.display()))
             .arg("--exec")
             .arg(script(&exe, &cwd, &args.command, kernel))
@@ -143,18 +165,33 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
                 failed = true;
             }
             None => {
-                eprintln!("svclab vm: {} did not finish within {} s; killed", kernel.display(), args.timeout);
+                eprintln!(
+                    "svclab vm: {} did not finish within {} s; killed",
+                    kernel.display(),
+                    args.timeout
+                );
                 failed = true;
             }
         }
-        eprintln!("svclab vm: {} took {:.0} s (emulated)", kernel.display(), start.elapsed().as_secs_f64());
-        let new: Vec<PathBuf> = result_dirs(&results).into_iter().filter(|d| !before.contains(d)).collect();
+        eprintln!(
+            "svclab vm: {} took {:.0} s (emulated)",
+            kernel.display(),
+            start.elapsed().as_secs_f64()
+        );
+        let new: Vec<PathBuf> = result_dirs(&results)
+            .into_iter()
+            .filter(|d| !before.contains(d))
+            .collect();
         made.push((kernel.clone(), new));
     }
     if kernels.len() > 1 {
         print_matrix(&made);
     }
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn which(program: &str) -> Result<()> {
@@ -162,7 +199,11 @@ fn which(program: &str) -> Result<()> {
         .unwrap_or_default()
         .split(':')
         .any(|d| Path::new(d).join(program).is_file());
-    if found { Ok(()) } else { bail!("{program} not found on PATH") }
+    if found {
+        Ok(())
+    } else {
+        bail!("{program} not found on PATH")
+    }
 }
 
 /// One table: kernel × backend × check, from each VM's results.json.
@@ -170,8 +211,12 @@ fn print_matrix(made: &[(PathBuf, Vec<PathBuf>)]) {
     println!("kernel matrix (emulated VMs):");
     for (kernel, dirs) in made {
         for d in dirs {
-            let Ok(raw) = std::fs::read(d.join("results.json")) else { continue };
-            let Ok(r) = serde_json::from_slice::<crate::results::RunResults>(&raw) else { continue };
+            let Ok(raw) = std::fs::read(d.join("results.json")) else {
+                continue;
+            };
+            let Ok(r) = serde_json::from_slice::<crate::results::RunResults>(&raw) else {
+                continue;
+            };
             println!("== {} ({})", kernel.display(), r.host.kernel);
             print!("{}", crate::results::terminal_table(&r));
         }
@@ -187,7 +232,13 @@ mod tests {
         let s = script(
             Path::new("/w/target/release/svclab"),
             Path::new("/w"),
-            &["run".into(), "scenarios/behaviours.yaml".into(), "--backend".into(), "ipvs,iptables".into(), "a b".into()],
+            &[
+                "run".into(),
+                "scenarios/behaviours.yaml".into(),
+                "--backend".into(),
+                "ipvs,iptables".into(),
+                "a b".into(),
+            ],
             Path::new("/boot/vmlinuz-6.1.0-56-amd64"),
         );
         assert!(s.contains("SVCLAB_IN_VM=6.1.0-56-amd64"), "{s}");

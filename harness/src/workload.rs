@@ -193,7 +193,13 @@ fn pod_name(pod: &PodServers) -> &str {
 }
 
 /// The one-line protocol, shared by TCP and UDP.
-fn command_reply(pod: &PodServers, port: u16, line: &str, peer: SocketAddrV4, _proto: &str) -> String {
+fn command_reply(
+    pod: &PodServers,
+    port: u16,
+    line: &str,
+    peer: SocketAddrV4,
+    _proto: &str,
+) -> String {
     let line = line.trim();
     let (cmd, arg) = line.split_once(' ').unwrap_or((line, ""));
     match cmd {
@@ -222,7 +228,11 @@ fn http_reply(pod: &PodServers, port: u16, request: &str, peer: SocketAddrV4) ->
             ("200 OK", msg, "text/plain")
         }
         "/" => ("200 OK", "NOW: svclab netexec".to_string(), "text/plain"),
-        _ => ("404 Not Found", "404 page not found\n".to_string(), "text/plain"),
+        _ => (
+            "404 Not Found",
+            "404 page not found\n".to_string(),
+            "text/plain",
+        ),
     };
     format!(
         "HTTP/1.1 {status}\r\nContent-Type: {ctype}; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -259,7 +269,13 @@ async fn serve_udp(pod: Arc<PodServers>, port: u16, sock: tokio::net::UdpSocket)
             continue;
         };
         let text = String::from_utf8_lossy(&buf[..n]);
-        let reply = command_reply(&pod, port, text.lines().next().unwrap_or(""), as_v4(peer), "udp");
+        let reply = command_reply(
+            &pod,
+            port,
+            text.lines().next().unwrap_or(""),
+            as_v4(peer),
+            "udp",
+        );
         let _ = sock.send_to(reply.as_bytes(), peer).await;
     }
 }
@@ -280,21 +296,37 @@ mod tests {
     #[test]
     fn netexec_http_answers() {
         let peer = SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, 2), 40000);
-        let r = http_reply(&pod(), 8080, "GET /hostname HTTP/1.1\r\nHost: x\r\n\r\n", peer);
+        let r = http_reply(
+            &pod(),
+            8080,
+            "GET /hostname HTTP/1.1\r\nHost: x\r\n\r\n",
+            peer,
+        );
         assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
         assert!(r.ends_with("\r\n\r\nweb-0"), "{r}");
         let r = http_reply(&pod(), 8080, "GET /clientip HTTP/1.1\r\n\r\n", peer);
         assert!(r.ends_with("10.244.1.2:40000"), "{r}");
-        let r = http_reply(&pod(), 8080, "GET /echo?msg=hello%20there+you HTTP/1.1\r\n\r\n", peer);
+        let r = http_reply(
+            &pod(),
+            8080,
+            "GET /echo?msg=hello%20there+you HTTP/1.1\r\n\r\n",
+            peer,
+        );
         assert!(r.ends_with("hello there you"), "{r}");
-        assert!(http_reply(&pod(), 8080, "GET /nope HTTP/1.1\r\n\r\n", peer).starts_with("HTTP/1.1 404"));
+        assert!(
+            http_reply(&pod(), 8080, "GET /nope HTTP/1.1\r\n\r\n", peer)
+                .starts_with("HTTP/1.1 404")
+        );
     }
 
     #[test]
     fn line_protocol_and_whoami_round_trip() {
         let peer = SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, 2), 40000);
         assert_eq!(command_reply(&pod(), 80, "hostname", peer, "udp"), "web-0");
-        assert_eq!(command_reply(&pod(), 80, "clientip\n", peer, "udp"), "10.244.1.2:40000");
+        assert_eq!(
+            command_reply(&pod(), 80, "clientip\n", peer, "udp"),
+            "10.244.1.2:40000"
+        );
         assert_eq!(command_reply(&pod(), 80, "echo a b", peer, "udp"), "a b");
         let w = Whoami::parse(&command_reply(&pod(), 8080, "whoami", peer, "tcp")).unwrap();
         assert_eq!(w.pod, "default/web-0");

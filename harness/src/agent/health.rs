@@ -56,8 +56,11 @@ impl HealthState {
                 if servers.contains_key(&port) {
                     continue;
                 }
-                let listener = match std::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))
-                    .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                let listener = match std::net::TcpListener::bind(SocketAddr::from((
+                    Ipv4Addr::UNSPECIFIED,
+                    port,
+                )))
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
                 {
                     Ok(l) => l,
                     Err(e) => {
@@ -91,7 +94,11 @@ pub fn reply(namespace: &str, name: &str, local: usize) -> (u16, &'static str, S
         "localEndpoints": local,
         "serviceProxyHealthy": true,
     });
-    (if local > 0 { 200 } else { 503 }, "application/json", body.to_string())
+    (
+        if local > 0 { 200 } else { 503 },
+        "application/json",
+        body.to_string(),
+    )
 }
 
 /// The health-check table for a proxy state: local ready endpoints per
@@ -110,7 +117,10 @@ pub fn table(state: &ProxyState) -> HealthTable {
             .filter(|e| e.is_local && e.ready)
             .map(|e| e.ip)
             .collect();
-        out.insert(port, (name.namespace.clone(), name.name.clone(), local.len()));
+        out.insert(
+            port,
+            (name.namespace.clone(), name.name.clone(), local.len()),
+        );
     }
     out
 }
@@ -148,7 +158,10 @@ mod tests {
             node_name: None,
             is_local: local,
         };
-        st.endpoints.insert(name.clone(), vec![ep(2, true, true), ep(3, false, true), ep(4, true, false)]);
+        st.endpoints.insert(
+            name.clone(),
+            vec![ep(2, true, true), ep(3, false, true), ep(4, true, false)],
+        );
         let t = table(&st);
         assert_eq!(t[&31000], ("default".into(), "web".into(), 1));
         let (code, _, body) = reply("default", "web", 1);

@@ -45,7 +45,11 @@ pub struct AgentMetrics {
 impl AgentMetrics {
     pub fn new(node: &str) -> Self {
         let mut registry = Registry::with_labels(
-            [(std::borrow::Cow::Borrowed("node"), std::borrow::Cow::Owned(node.to_string()))].into_iter(),
+            [(
+                std::borrow::Cow::Borrowed("node"),
+                std::borrow::Cow::Owned(node.to_string()),
+            )]
+            .into_iter(),
         );
         let buckets = || exponential_buckets(0.001, 2.0, 15);
         let m = AgentMetrics {
@@ -99,7 +103,11 @@ impl AgentMetrics {
             m.service_changes.clone(),
         );
         registry.register("svclab_agent_syncs", "Syncs the agent ran", m.syncs.clone());
-        registry.register("svclab_agent_sync_errors", "Syncs that failed", m.sync_errors.clone());
+        registry.register(
+            "svclab_agent_sync_errors",
+            "Syncs that failed",
+            m.sync_errors.clone(),
+        );
         registry.register(
             "svclab_agent_rules",
             "Rules or objects the backend has programmed",
@@ -175,7 +183,10 @@ pub(super) fn start_servers(
     let metrics_l = bind(args.metrics_port)?;
     rt.spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             return;
         };
         tokio::select! {
@@ -206,7 +217,11 @@ pub(super) fn start_servers(
 }
 
 /// kube-proxy's `/healthz` body.
-pub fn healthz_reply(path: &str, last_updated: Option<f64>, healthy: bool) -> (u16, &'static str, String) {
+pub fn healthz_reply(
+    path: &str,
+    last_updated: Option<f64>,
+    healthy: bool,
+) -> (u16, &'static str, String) {
     if path != "/healthz" && path != "/livez" {
         return (404, "text/plain", "404 page not found\n".into());
     }
@@ -222,7 +237,11 @@ pub fn healthz_reply(path: &str, last_updated: Option<f64>, healthy: bool) -> (u
         "nodeHealthy": healthy,
         "nodeEligible": true,
     });
-    (if healthy { 200 } else { 503 }, "application/json", body.to_string())
+    (
+        if healthy { 200 } else { 503 },
+        "application/json",
+        body.to_string(),
+    )
 }
 
 /// A minimal HTTP/1.1 server: one request per connection, answered by `f`.
@@ -323,6 +342,9 @@ mod tests {
         assert!(body.contains("\"nodeHealthy\":false"), "{body}");
         let (code, _, body) = healthz_reply("/healthz", Some(1.7e9), true);
         assert_eq!(code, 200);
-        assert!(body.contains("\"lastUpdated\":\"2023-11-14T22:13:20Z\""), "{body}");
+        assert!(
+            body.contains("\"lastUpdated\":\"2023-11-14T22:13:20Z\""),
+            "{body}"
+        );
     }
 }

@@ -106,7 +106,12 @@ impl AgentArgs {
         ];
         for f in &self.faults {
             v.push("--fault".into());
-            v.push(serde_json::to_value(f).ok().and_then(|x| x.as_str().map(String::from)).unwrap_or_default());
+            v.push(
+                serde_json::to_value(f)
+                    .ok()
+                    .and_then(|x| x.as_str().map(String::from))
+                    .unwrap_or_default(),
+            );
         }
         if let Some(d) = &self.dump_dir {
             v.push("--dump-dir".into());
@@ -125,7 +130,11 @@ enum Input {
 fn rusage(who: nix::sys::resource::UsageWho) -> (f64, f64, u64) {
     let r = nix::sys::resource::getrusage(who).expect("getrusage cannot fail for self/children");
     let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
-    (secs(r.user_time()), secs(r.system_time()), r.max_rss() as u64)
+    (
+        secs(r.user_time()),
+        secs(r.system_time()),
+        r.max_rss() as u64,
+    )
 }
 
 fn emit(out: &mut impl Write, msg: &AgentMessage) {
@@ -142,11 +151,20 @@ pub fn run(args: AgentArgs) -> i32 {
     let mut out = std::io::stdout().lock();
     let fatal = |out: &mut std::io::StdoutLock<'_>, error: String| {
         eprintln!("agent {}: {error}", args.node);
-        emit(out, &AgentMessage::Fatal { node: args.node.clone(), error });
+        emit(
+            out,
+            &AgentMessage::Fatal {
+                node: args.node.clone(),
+                error,
+            },
+        );
         3
     };
     if let Err(e) = args.backend.capability() {
-        return fatal(&mut out, format!("backend {} cannot run here: {e}", args.backend));
+        return fatal(
+            &mut out,
+            format!("backend {} cannot run here: {e}", args.backend),
+        );
     }
     let options = BackendOptions {
         ipvs_scheduler: args.ipvs_scheduler.clone(),
@@ -246,11 +264,16 @@ pub fn run(args: AgentArgs) -> i32 {
             continue;
         }
         let full_due = seq == 0 || last_full.elapsed() >= sync_period;
-        let partial_due = tracker.has_pending() && last_sync.is_none_or(|t| t.elapsed() >= min_sync);
+        let partial_due =
+            tracker.has_pending() && last_sync.is_none_or(|t| t.elapsed() >= min_sync);
         if !(full_due || partial_due) {
             continue;
         }
-        let mode = if full_due { SyncMode::Full } else { SyncMode::Partial };
+        let mode = if full_due {
+            SyncMode::Full
+        } else {
+            SyncMode::Partial
+        };
         seq += 1;
         let report = sync_once(&args, &node, &mut *backend, &mut tracker, mode, seq);
         last_sync = Some(Instant::now());
@@ -261,7 +284,10 @@ pub fn run(args: AgentArgs) -> i32 {
         shared.lock().expect("metrics lock").record(&report);
         emit(&mut out, &AgentMessage::Sync(report));
     }
-    eprintln!("agent {}: stopping ({stop_reason}); cleaning up backend {}", args.node, args.backend);
+    eprintln!(
+        "agent {}: stopping ({stop_reason}); cleaning up backend {}",
+        args.node, args.backend
+    );
     drop(servers);
     match backend.cleanup() {
         Ok(()) => 0,

@@ -20,7 +20,11 @@ pub enum AgentError {
     #[error("agent {node}: {what}")]
     Failed { node: String, what: String },
     #[error("agents did not apply resourceVersion {rv} within {timeout:?}: {detail}")]
-    Timeout { rv: u64, timeout: Duration, detail: String },
+    Timeout {
+        rv: u64,
+        timeout: Duration,
+        detail: String,
+    },
 }
 
 struct Handle {
@@ -142,10 +146,12 @@ impl Agents {
                 let Some(stdin) = h.stdin.as_mut() else {
                     return Err(anyhow::anyhow!("agent {node}: stdin is closed"));
                 };
-                stdin
-                    .write_all(buf.as_bytes())
-                    .await
-                    .map_err(|e| anyhow::anyhow!("agent {node}: writing events: {e}; log:\n{}", tail(&h.log, 20)))
+                stdin.write_all(buf.as_bytes()).await.map_err(|e| {
+                    anyhow::anyhow!(
+                        "agent {node}: writing events: {e}; log:\n{}",
+                        tail(&h.log, 20)
+                    )
+                })
             }
         });
         for r in futures::future::join_all(writes).await {
@@ -219,7 +225,11 @@ impl Agents {
                         .map(|h| format!("{} at {}", h.node, h.synced_rv))
                         .collect::<Vec<_>>()
                         .join(", ");
-                    return Err(AgentError::Timeout { rv, timeout, detail });
+                    return Err(AgentError::Timeout {
+                        rv,
+                        timeout,
+                        detail,
+                    });
                 }
             }
         }
@@ -243,7 +253,10 @@ impl Agents {
                 Ok(Err(e)) => problems.push(format!("agent {}: {e}", h.node)),
                 Err(_) => {
                     let _ = h.child.kill().await;
-                    problems.push(format!("agent {} did not exit within {grace:?}; killed", h.node));
+                    problems.push(format!(
+                        "agent {} did not exit within {grace:?}; killed",
+                        h.node
+                    ));
                 }
             }
         }

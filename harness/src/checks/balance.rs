@@ -84,8 +84,13 @@ pub async fn check(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<CheckResult>
             evidence.push(Evidence {
                 vantage: "pods".into(),
                 target: t.label(),
-                expected: format!("at least 5 connections per endpoint ({} endpoints)", eps.len()),
-                observed: format!("K = {k} is too small for a chi-square test; raise spec.balance.connections"),
+                expected: format!(
+                    "at least 5 connections per endpoint ({} endpoints)",
+                    eps.len()
+                ),
+                observed: format!(
+                    "K = {k} is too small for a chi-square test; raise spec.balance.connections"
+                ),
                 ok: false,
                 probes: 0,
             });
@@ -108,25 +113,41 @@ pub async fn check(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<CheckResult>
                 _ => stray += 1,
             }
         }
-        let tb = table(t.label(), counts.into_iter().collect(), ctx.settings.min_p_value);
+        let tb = table(
+            t.label(),
+            counts.into_iter().collect(),
+            ctx.settings.min_p_value,
+        );
         evidence.push(Evidence {
             vantage: format!("{} client pods", clients.len()),
             target: t.label(),
-            expected: format!("uniform over {} endpoints (p >= {})", eps.len(), tb.min_p_value),
+            expected: format!(
+                "uniform over {} endpoints (p >= {})",
+                eps.len(),
+                tb.min_p_value
+            ),
             observed: format!(
                 "chi2 = {:.2} (df {}), p = {:.4}, max/min = {:.2}{}",
                 tb.chi_square,
                 tb.degrees_of_freedom,
                 tb.p_value,
                 tb.max_min_ratio,
-                if stray > 0 { format!("; {stray} not answered by an endpoint: {}", tally(&results)) } else { String::new() }
+                if stray > 0 {
+                    format!("; {stray} not answered by an endpoint: {}", tally(&results))
+                } else {
+                    String::new()
+                }
             ),
             ok: tb.pass && stray == 0,
             probes: results.len(),
         });
         tables.push(tb);
     }
-    let mut r = CheckResult::from_evidence(name, evidence, "the scenario has no Service with 2 or more endpoints");
+    let mut r = CheckResult::from_evidence(
+        name,
+        evidence,
+        "the scenario has no Service with 2 or more endpoints",
+    );
     r.balance = tables;
     if r.verdict == Verdict::Skip {
         r.balance.clear();
@@ -159,7 +180,10 @@ mod tests {
             // kube-proxy: 1/n, 1/(n-1), ..., last unconditional.
             let good = draw_chain(n, k * n / 20 + k, |i| 1.0 / (n - i) as f64, 42);
             let (_, p) = chi_square_uniform(&good);
-            assert!(p >= 0.001, "n={n}: the correct chain failed uniformity: p={p}");
+            assert!(
+                p >= 0.001,
+                "n={n}: the correct chain failed uniformity: p={p}"
+            );
         }
         for n in [20usize, 50] {
             let bad = draw_chain(n, k, |_| 1.0 / n as f64, 42);

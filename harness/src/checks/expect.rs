@@ -64,7 +64,10 @@ impl Target {
         if !ready.is_empty() {
             return ready;
         }
-        self.endpoints.iter().filter(|e| e.serving && e.terminating).collect()
+        self.endpoints
+            .iter()
+            .filter(|e| e.serving && e.terminating)
+            .collect()
     }
 
     /// Endpoints traffic with local policy on `node` may reach: local ready
@@ -80,12 +83,20 @@ impl Target {
 
     /// What a client inside the cluster on `node` may reach through the VIP.
     pub fn internal(&self, node: &str) -> Vec<&Ep> {
-        if self.itp_local { self.local(node) } else { self.cluster() }
+        if self.itp_local {
+            self.local(node)
+        } else {
+            self.cluster()
+        }
     }
 
     /// What a client outside the cluster may reach through `node`'s NodePort.
     pub fn external(&self, node: &str) -> Vec<&Ep> {
-        if self.etp_local { self.local(node) } else { self.cluster() }
+        if self.etp_local {
+            self.local(node)
+        } else {
+            self.cluster()
+        }
     }
 
     /// Usable endpoints exist anywhere (else: reject, not drop).
@@ -107,10 +118,20 @@ pub fn targets(cp: &ControlPlane) -> Vec<Target> {
 }
 
 pub fn targets_of(cp: &ControlPlane, svc: &Service) -> Vec<Target> {
-    let ns = svc.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let ns = svc
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
     let name = svc.metadata.name.clone().unwrap_or_default();
-    let Some(spec) = &svc.spec else { return Vec::new() };
-    let Some(vip) = spec.cluster_ip.as_deref().and_then(|ip| ip.parse::<Ipv4Addr>().ok()) else {
+    let Some(spec) = &svc.spec else {
+        return Vec::new();
+    };
+    let Some(vip) = spec
+        .cluster_ip
+        .as_deref()
+        .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
+    else {
         return Vec::new();
     };
     let ty = spec.type_.as_deref().unwrap_or("ClusterIP");
@@ -183,7 +204,9 @@ pub fn targets_of(cp: &ControlPlane, svc: &Service) -> Vec<Target> {
             etp_local: node_ports && spec.external_traffic_policy.as_deref() == Some("Local"),
             itp_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
             affinity: spec.session_affinity.as_deref() == Some("ClientIP"),
-            health_check_node_port: spec.health_check_node_port.and_then(|n| u16::try_from(n).ok()),
+            health_check_node_port: spec
+                .health_check_node_port
+                .and_then(|n| u16::try_from(n).ok()),
             endpoints,
         });
     }
@@ -227,13 +250,75 @@ mod tests {
     fn kubernetes_semantics_table() {
         // (what, target, node, internal count, external count)
         let cases = vec![
-            ("cluster, ready everywhere", target(false, false, vec![ep("a", true, true, false), ep("b", true, true, false)]), "a", 2, 2),
-            ("cluster, one not ready", target(false, false, vec![ep("a", false, false, false), ep("b", true, true, false)]), "a", 1, 1),
-            ("cluster, only terminating", target(false, false, vec![ep("a", false, true, true), ep("b", false, false, true)]), "a", 1, 1),
-            ("itp local, local endpoint", target(true, false, vec![ep("a", true, true, false), ep("b", true, true, false)]), "a", 1, 2),
-            ("itp local, none local", target(true, false, vec![ep("b", true, true, false)]), "a", 0, 1),
-            ("etp local, falls back to local terminating", target(false, true, vec![ep("a", false, true, true), ep("b", true, true, false)]), "a", 1, 1),
-            ("etp local, nothing local", target(false, true, vec![ep("b", true, true, false)]), "a", 1, 0),
+            (
+                "cluster, ready everywhere",
+                target(
+                    false,
+                    false,
+                    vec![ep("a", true, true, false), ep("b", true, true, false)],
+                ),
+                "a",
+                2,
+                2,
+            ),
+            (
+                "cluster, one not ready",
+                target(
+                    false,
+                    false,
+                    vec![ep("a", false, false, false), ep("b", true, true, false)],
+                ),
+                "a",
+                1,
+                1,
+            ),
+            (
+                "cluster, only terminating",
+                target(
+                    false,
+                    false,
+                    vec![ep("a", false, true, true), ep("b", false, false, true)],
+                ),
+                "a",
+                1,
+                1,
+            ),
+            (
+                "itp local, local endpoint",
+                target(
+                    true,
+                    false,
+                    vec![ep("a", true, true, false), ep("b", true, true, false)],
+                ),
+                "a",
+                1,
+                2,
+            ),
+            (
+                "itp local, none local",
+                target(true, false, vec![ep("b", true, true, false)]),
+                "a",
+                0,
+                1,
+            ),
+            (
+                "etp local, falls back to local terminating",
+                target(
+                    false,
+                    true,
+                    vec![ep("a", false, true, true), ep("b", true, true, false)],
+                ),
+                "a",
+                1,
+                1,
+            ),
+            (
+                "etp local, nothing local",
+                target(false, true, vec![ep("b", true, true, false)]),
+                "a",
+                1,
+                0,
+            ),
         ];
         for (what, t, node, internal, external) in cases {
             assert_eq!(t.internal(node).len(), internal, "{what}: internal");

@@ -18,7 +18,10 @@ fn pod_parts(pod: &str) -> (&str, &str) {
 }
 
 fn distinct(results: &[crate::probe::ProbeResult]) -> BTreeSet<String> {
-    results.iter().filter_map(|r| r.answer.as_ref().map(|w| w.pod.clone())).collect()
+    results
+        .iter()
+        .filter_map(|r| r.answer.as_ref().map(|w| w.pod.clone()))
+        .collect()
 }
 
 /// A copy of a scenario Service with endpoints, renamed, without selector
@@ -71,7 +74,10 @@ pub async fn affinity(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<CheckResu
         .filter(|t| t.affinity && !t.itp_local && t.cluster().len() >= 2)
         .collect();
     let Some(t) = targets.first().cloned() else {
-        return Ok(CheckResult::skip(name, "the scenario has no ClientIP-affinity Service with 2 or more endpoints"));
+        return Ok(CheckResult::skip(
+            name,
+            "the scenario has no ClientIP-affinity Service with 2 or more endpoints",
+        ));
     };
     let mut evidence = Vec::new();
     let n = ctx.settings.per_target.max(10);
@@ -117,19 +123,29 @@ pub async fn affinity(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<CheckResu
     }
     let events = ctx.lab.cp.update_service(original)?;
     ctx.change(events).await?;
-    Ok(CheckResult::from_evidence(name, evidence, "no affinity case ran"))
+    Ok(CheckResult::from_evidence(
+        name,
+        evidence,
+        "no affinity case ran",
+    ))
 }
 
 /// A TCP or UDP target with cluster policy, 2+ ready endpoints, no affinity.
 fn pick(ctx: &Ctx<'_>, protocol: Protocol) -> Option<Target> {
     ctx.targets().into_iter().find(|t| {
-        t.protocol == protocol && !t.itp_local && !t.affinity && t.endpoints.iter().filter(|e| e.ready).count() >= 2
+        t.protocol == protocol
+            && !t.itp_local
+            && !t.affinity
+            && t.endpoints.iter().filter(|e| e.ready).count() >= 2
     })
 }
 
 pub async fn endpoint_removed(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<CheckResult> {
     let Some(t) = pick(ctx, Protocol::Tcp) else {
-        return Ok(CheckResult::skip(name, "the scenario has no TCP Service with 2 or more ready endpoints"));
+        return Ok(CheckResult::skip(
+            name,
+            "the scenario has no TCP Service with 2 or more ready endpoints",
+        ));
     };
     let gone = t.cluster()[0].clone();
     let (ns, pod) = pod_parts(&gone.pod);
@@ -143,7 +159,9 @@ pub async fn endpoint_removed(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<C
     for i in 0..2 {
         let Some(v) = client_on(ctx, i) else { break };
         let spec = ctx.spec(t.vip_addr(), t.protocol);
-        let results = ctx.probe(&v, vec![spec; ctx.settings.per_target * 2]).await?;
+        let results = ctx
+            .probe(&v, vec![spec; ctx.settings.per_target * 2])
+            .await?;
         evidence.push(Evidence {
             vantage: ctx.vantage_label(&v, &t),
             target: t.label(),
@@ -155,12 +173,19 @@ pub async fn endpoint_removed(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<C
     }
     let events = ctx.lab.cp.set_ready(ns, pod, true)?;
     ctx.change(events).await?;
-    Ok(CheckResult::from_evidence(name, evidence, "no client pod to probe from"))
+    Ok(CheckResult::from_evidence(
+        name,
+        evidence,
+        "no client pod to probe from",
+    ))
 }
 
 pub async fn stale_udp(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<CheckResult> {
     let Some(t) = pick(ctx, Protocol::Udp) else {
-        return Ok(CheckResult::skip(name, "the scenario has no UDP Service with 2 or more ready endpoints"));
+        return Ok(CheckResult::skip(
+            name,
+            "the scenario has no UDP Service with 2 or more ready endpoints",
+        ));
     };
     let Some(v) = client_on(ctx, 0) else {
         return Ok(CheckResult::skip(name, "the scenario has no client pods"));
@@ -192,11 +217,19 @@ pub async fn stale_udp(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<CheckRes
     for _ in 0..3 {
         after.extend(ctx.probe(&v, vec![spec]).await?);
     }
-    let remaining: Vec<_> = t.cluster().into_iter().filter(|e| e.pod != answer.pod).collect();
+    let remaining: Vec<_> = t
+        .cluster()
+        .into_iter()
+        .filter(|e| e.pod != answer.pod)
+        .collect();
     let evidence = vec![Evidence {
         vantage: format!("{} (source port 41234 kept)", ctx.vantage_label(&v, &t)),
         target: t.label(),
-        expected: format!("after {} is removed: a remaining endpoint ({})", answer.pod, names(&remaining)),
+        expected: format!(
+            "after {} is removed: a remaining endpoint ({})",
+            answer.pod,
+            names(&remaining)
+        ),
         observed: format!("before: {}; after: {}", tally(&first), tally(&after)),
         ok: all_reach(&after, &remaining),
         probes: 4,
@@ -221,7 +254,11 @@ pub async fn becomes_ready(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<Chec
             s.spec
                 .as_ref()
                 .and_then(|sp| sp.ports.as_ref())
-                .map_or(0, |p| p.iter().filter(|p| p.protocol.as_deref() == Some("UDP")).count())
+                .map_or(0, |p| {
+                    p.iter()
+                        .filter(|p| p.protocol.as_deref() == Some("UDP"))
+                        .count()
+                })
         })
         .cloned()
         .ok_or_else(|| anyhow::anyhow!("the scenario has no Service with a selector"))?;
@@ -233,15 +270,21 @@ pub async fn becomes_ready(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<Chec
     ctx.change(events).await?;
     let targets = super::expect::targets_of(
         &ctx.lab.cp,
-        ctx.lab.cp.service("default", "svclab-check-ready").or_else(|| {
-            ctx.lab
-                .cp
-                .services()
-                .find(|s| s.metadata.name.as_deref() == Some("svclab-check-ready"))
-        })
-        .expect("just added"),
+        ctx.lab
+            .cp
+            .service("default", "svclab-check-ready")
+            .or_else(|| {
+                ctx.lab
+                    .cp
+                    .services()
+                    .find(|s| s.metadata.name.as_deref() == Some("svclab-check-ready"))
+            })
+            .expect("just added"),
     );
-    let ns = targets.first().map(|t| t.namespace.clone()).unwrap_or_else(|| "default".into());
+    let ns = targets
+        .first()
+        .map(|t| t.namespace.clone())
+        .unwrap_or_else(|| "default".into());
     // Before: one probe per port with a fixed source port, expected to fail.
     let mut before = Vec::new();
     for (i, t) in targets.iter().enumerate() {
@@ -260,7 +303,10 @@ pub async fn becomes_ready(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<Chec
     ctx.change(events).await?;
     let now = super::expect::targets_of(
         &ctx.lab.cp,
-        ctx.lab.cp.service(&ns, "svclab-check-ready").expect("still there"),
+        ctx.lab
+            .cp
+            .service(&ns, "svclab-check-ready")
+            .expect("still there"),
     );
     let mut evidence = Vec::new();
     for (i, t) in now.iter().enumerate() {
@@ -268,29 +314,48 @@ pub async fn becomes_ready(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<Chec
         spec.source_port = Some(42000 + i as u16);
         let after = ctx.probe(&v, vec![spec]).await?;
         evidence.push(Evidence {
-            vantage: format!("{} (same source port before and after)", ctx.vantage_label(&v, t)),
+            vantage: format!(
+                "{} (same source port before and after)",
+                ctx.vantage_label(&v, t)
+            ),
             target: t.label(),
             expected: format!("0 -> {} endpoints: answered at once", t.cluster().len()),
-            observed: format!("with 0: {}; with {}: {}", tally(&before[i]), t.cluster().len(), tally(&after)),
+            observed: format!(
+                "with 0: {}; with {}: {}",
+                tally(&before[i]),
+                t.cluster().len(),
+                tally(&after)
+            ),
             ok: none_answered(&before[i]) && all_reach(&after, &t.cluster()),
             probes: 2,
         });
     }
     let events = ctx.lab.cp.delete_service(&ns, "svclab-check-ready")?;
     ctx.change(events).await?;
-    Ok(CheckResult::from_evidence(name, evidence, "the copied Service has no ports"))
+    Ok(CheckResult::from_evidence(
+        name,
+        evidence,
+        "the copied Service has no ports",
+    ))
 }
 
 pub async fn terminating_fallback(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<CheckResult> {
     let Some(ext) = ctx.external() else {
-        return Ok(CheckResult::skip(name, "the lab has no external namespace (spec.external: false)"));
+        return Ok(CheckResult::skip(
+            name,
+            "the lab has no external namespace (spec.external: false)",
+        ));
     };
     // An externalTrafficPolicy: Local NodePort with ready local endpoints.
     let found = ctx.targets().into_iter().find_map(|t| {
         if !t.etp_local || t.node_port.is_none() {
             return None;
         }
-        let node = t.endpoints.iter().find(|e| e.ready).map(|e| e.node.clone())?;
+        let node = t
+            .endpoints
+            .iter()
+            .find(|e| e.ready)
+            .map(|e| e.node.clone())?;
         Some((t, node))
     });
     let Some((t, node)) = found else {
@@ -310,16 +375,27 @@ pub async fn terminating_fallback(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Resu
         .into_iter()
         .find(|x| x.label() == t.label())
         .ok_or_else(|| anyhow::anyhow!("{} vanished", t.label()))?;
-    let ip = ctx.node_ip(&node).ok_or_else(|| anyhow::anyhow!("no node {node}"))?;
+    let ip = ctx
+        .node_ip(&node)
+        .ok_or_else(|| anyhow::anyhow!("no node {node}"))?;
     let spec = ctx.spec(SocketAddrV4::new(ip, t.node_port.unwrap_or(0)), t.protocol);
     let results = ctx.probe(&ext, vec![spec; ctx.settings.per_target]).await?;
     let fallback = after.local(&node);
     let evidence = vec![Evidence {
         vantage: "external".into(),
-        target: format!("{} via node {node} port {}", t.label(), t.node_port.unwrap_or(0)),
-        expected: format!("only terminating local endpoints left: falls back to {}", names(&fallback)),
+        target: format!(
+            "{} via node {node} port {}",
+            t.label(),
+            t.node_port.unwrap_or(0)
+        ),
+        expected: format!(
+            "only terminating local endpoints left: falls back to {}",
+            names(&fallback)
+        ),
         observed: tally(&results),
-        ok: !fallback.is_empty() && fallback.iter().all(|e| e.terminating) && all_reach(&results, &fallback),
+        ok: !fallback.is_empty()
+            && fallback.iter().all(|e| e.terminating)
+            && all_reach(&results, &fallback),
         probes: results.len(),
     }];
     let mut events = Vec::new();
@@ -336,7 +412,10 @@ pub async fn service_update(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<Che
         return Ok(CheckResult::skip(name, "the scenario has no client pods"));
     };
     let Some(base) = pick(ctx, Protocol::Tcp) else {
-        return Ok(CheckResult::skip(name, "the scenario has no TCP Service with 2 or more ready endpoints"));
+        return Ok(CheckResult::skip(
+            name,
+            "the scenario has no TCP Service with 2 or more ready endpoints",
+        ));
     };
     let template = ctx
         .lab
@@ -362,7 +441,11 @@ pub async fn service_update(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<Che
         spec.ports = Some(vec![p]);
     }
     let mut evidence = Vec::new();
-    let mut step = async |ctx: &mut Ctx<'_>, what: &str, svc: Option<Service>, delete: bool| -> anyhow::Result<()> {
+    let mut step = async |ctx: &mut Ctx<'_>,
+                          what: &str,
+                          svc: Option<Service>,
+                          delete: bool|
+           -> anyhow::Result<()> {
         let events = if delete {
             ctx.lab.cp.delete_service(&ns, svc_name)?
         } else if ctx.lab.cp.service(&ns, svc_name).is_some() {
@@ -385,7 +468,9 @@ pub async fn service_update(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<Che
             .unwrap_or_default()
     };
     let vip = current(ctx).first().map(|t| t.vip);
-    let probe_all = async |ctx: &Ctx<'_>, targets: &[Target]| -> anyhow::Result<Vec<(Target, Vec<crate::probe::ProbeResult>)>> {
+    let probe_all = async |ctx: &Ctx<'_>,
+                           targets: &[Target]|
+           -> anyhow::Result<Vec<(Target, Vec<crate::probe::ProbeResult>)>> {
         let mut out = Vec::new();
         for t in targets {
             let spec = ctx.spec(t.vip_addr(), t.protocol);
@@ -414,7 +499,11 @@ pub async fn service_update(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<Che
         ports.push(extra);
     }
     step(ctx, "add port", Some(two), false).await?;
-    for (t, r) in probe_all(ctx, &current(ctx)).await?.into_iter().filter(|(t, _)| t.port == 8181) {
+    for (t, r) in probe_all(ctx, &current(ctx))
+        .await?
+        .into_iter()
+        .filter(|(t, _)| t.port == 8181)
+    {
         evidence.push(Evidence {
             vantage: ctx.vantage_label(&v, &t),
             target: t.label(),
@@ -463,7 +552,9 @@ pub async fn service_update(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<Che
             }
             step(ctx, "change targetPort", Some(moved), false).await?;
             for (t, r) in probe_all(ctx, &current(ctx)).await? {
-                let on_new = r.iter().all(|x| x.answer.as_ref().is_some_and(|w| w.port == port));
+                let on_new = r
+                    .iter()
+                    .all(|x| x.answer.as_ref().is_some_and(|w| w.port == port));
                 evidence.push(Evidence {
                     vantage: ctx.vantage_label(&v, &t),
                     target: t.label(),

@@ -128,7 +128,10 @@ impl CheckResult {
         let bad = evidence.iter().filter(|e| !e.ok).count();
         let probes: usize = evidence.iter().map(|e| e.probes).sum();
         let summary = if bad == 0 {
-            format!("{} case(s), {probes} probe(s), all as expected", evidence.len())
+            format!(
+                "{} case(s), {probes} probe(s), all as expected",
+                evidence.len()
+            )
         } else {
             let first = evidence.iter().find(|e| !e.ok).expect("bad > 0");
             format!(
@@ -142,7 +145,11 @@ impl CheckResult {
         };
         CheckResult {
             name: name.into(),
-            verdict: if bad == 0 { Verdict::Pass } else { Verdict::Fail },
+            verdict: if bad == 0 {
+                Verdict::Pass
+            } else {
+                Verdict::Fail
+            },
             summary,
             evidence,
             balance: Vec::new(),
@@ -257,11 +264,19 @@ impl<'a> Ctx<'a> {
         self.lab.topology.node(node).map(|n| n.ip)
     }
 
-    pub fn spec(&self, target: std::net::SocketAddrV4, protocol: svclab_backends::model::Protocol) -> ProbeSpec {
+    pub fn spec(
+        &self,
+        target: std::net::SocketAddrV4,
+        protocol: svclab_backends::model::Protocol,
+    ) -> ProbeSpec {
         ProbeSpec::new(target, protocol, self.settings.timeout)
     }
 
-    pub async fn probe(&self, v: &Vantage, specs: Vec<ProbeSpec>) -> anyhow::Result<Vec<ProbeResult>> {
+    pub async fn probe(
+        &self,
+        v: &Vantage,
+        specs: Vec<ProbeSpec>,
+    ) -> anyhow::Result<Vec<ProbeResult>> {
         self.lab
             .prober
             .probe_many(&v.netns, specs, self.settings.concurrency)
@@ -269,7 +284,11 @@ impl<'a> Ctx<'a> {
     }
 
     /// `per_target` probes from `v` to `target`'s VIP, cached.
-    pub async fn probe_vip(&mut self, v: &Vantage, target: &Target) -> anyhow::Result<Vec<ProbeResult>> {
+    pub async fn probe_vip(
+        &mut self,
+        v: &Vantage,
+        target: &Target,
+    ) -> anyhow::Result<Vec<ProbeResult>> {
         let key = (v.name.clone(), target.label());
         if let Some(r) = self.cache.get(&key) {
             return Ok(r.clone());
@@ -282,7 +301,10 @@ impl<'a> Ctx<'a> {
 
     /// Changes the cluster and waits until every agent applied it; the
     /// probe cache is dropped since answers may differ now.
-    pub async fn change(&mut self, events: Vec<svclab_backends::protocol::WatchEvent>) -> anyhow::Result<()> {
+    pub async fn change(
+        &mut self,
+        events: Vec<svclab_backends::protocol::WatchEvent>,
+    ) -> anyhow::Result<()> {
         self.cache.clear();
         self.lab.apply(events).await
     }
@@ -292,8 +314,15 @@ impl<'a> Ctx<'a> {
     pub fn vantage_label(&self, v: &Vantage, target: &Target) -> String {
         let kind = match v.kind {
             "pod" => {
-                let same = v.node.as_ref().is_some_and(|n| target.nodes_with_endpoints().contains(n));
-                if same { "pod-same-node" } else { "pod-other-node" }
+                let same = v
+                    .node
+                    .as_ref()
+                    .is_some_and(|n| target.nodes_with_endpoints().contains(n));
+                if same {
+                    "pod-same-node"
+                } else {
+                    "pod-other-node"
+                }
             }
             k => k,
         };
@@ -325,7 +354,10 @@ pub fn names(eps: &[&Ep]) -> String {
     if eps.is_empty() {
         return "no endpoint".into();
     }
-    eps.iter().map(|e| format!("{}:{}", e.pod, e.port)).collect::<Vec<_>>().join(", ")
+    eps.iter()
+        .map(|e| format!("{}:{}", e.pod, e.port))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Every probe answered, each by one of `eps` on its target port.

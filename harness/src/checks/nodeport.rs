@@ -12,15 +12,29 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::{CheckResult, Ctx, Evidence, Target, Vantage, all_reach, names, none_answered, tally};
 use crate::probe::ProbeResult;
 
-async fn probe_node_port(ctx: &Ctx<'_>, v: &Vantage, t: &Target, node: &str) -> anyhow::Result<Vec<ProbeResult>> {
-    let ip = ctx.node_ip(node).ok_or_else(|| anyhow::anyhow!("no node {node}"))?;
-    let np = t.node_port.ok_or_else(|| anyhow::anyhow!("{} has no node port", t.label()))?;
+async fn probe_node_port(
+    ctx: &Ctx<'_>,
+    v: &Vantage,
+    t: &Target,
+    node: &str,
+) -> anyhow::Result<Vec<ProbeResult>> {
+    let ip = ctx
+        .node_ip(node)
+        .ok_or_else(|| anyhow::anyhow!("no node {node}"))?;
+    let np = t
+        .node_port
+        .ok_or_else(|| anyhow::anyhow!("{} has no node port", t.label()))?;
     let spec = ctx.spec(SocketAddrV4::new(ip, np), t.protocol);
     ctx.probe(v, vec![spec; ctx.settings.per_target]).await
 }
 
 fn node_names(ctx: &Ctx<'_>) -> Vec<String> {
-    ctx.lab.topology.nodes.iter().map(|n| n.name.clone()).collect()
+    ctx.lab
+        .topology
+        .nodes
+        .iter()
+        .map(|n| n.name.clone())
+        .collect()
 }
 
 pub async fn nodeport(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<CheckResult> {
@@ -40,7 +54,11 @@ pub async fn nodeport(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<CheckResu
                 let expected = t.external(node);
                 evidence.push(Evidence {
                     vantage: format!("{} {}", v.kind, v.name),
-                    target: format!("{} via node {node} port {}", t.label(), t.node_port.unwrap_or(0)),
+                    target: format!(
+                        "{} via node {node} port {}",
+                        t.label(),
+                        t.node_port.unwrap_or(0)
+                    ),
                     expected: format!("a ready endpoint: {}", names(&expected)),
                     observed: tally(&results),
                     ok: all_reach(&results, &expected),
@@ -49,12 +67,19 @@ pub async fn nodeport(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<CheckResu
             }
         }
     }
-    Ok(CheckResult::from_evidence(name, evidence, "the scenario has no NodePort Service (Cluster policy) with endpoints"))
+    Ok(CheckResult::from_evidence(
+        name,
+        evidence,
+        "the scenario has no NodePort Service (Cluster policy) with endpoints",
+    ))
 }
 
 pub async fn nodeport_masquerade(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<CheckResult> {
     let Some(ext) = ctx.external() else {
-        return Ok(CheckResult::skip(name, "the lab has no external namespace (spec.external: false)"));
+        return Ok(CheckResult::skip(
+            name,
+            "the lab has no external namespace (spec.external: false)",
+        ));
     };
     let targets: Vec<_> = ctx
         .targets()
@@ -75,13 +100,24 @@ pub async fn nodeport_masquerade(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Resul
             let seen: BTreeSet<String> = remote.iter().map(|w| w.peer.ip().to_string()).collect();
             evidence.push(Evidence {
                 vantage: "external".into(),
-                target: format!("{} via node {node} port {}", t.label(), t.node_port.unwrap_or(0)),
-                expected: format!("answers from endpoints on other nodes see a node address, not {}", ext.ip),
+                target: format!(
+                    "{} via node {node} port {}",
+                    t.label(),
+                    t.node_port.unwrap_or(0)
+                ),
+                expected: format!(
+                    "answers from endpoints on other nodes see a node address, not {}",
+                    ext.ip
+                ),
                 observed: format!(
                     "{}; {} from other nodes, source seen: {}",
                     tally(&results),
                     remote.len(),
-                    if seen.is_empty() { "-".into() } else { seen.into_iter().collect::<Vec<_>>().join(", ") }
+                    if seen.is_empty() {
+                        "-".into()
+                    } else {
+                        seen.into_iter().collect::<Vec<_>>().join(", ")
+                    }
                 ),
                 ok: !remote.is_empty() && remote.iter().all(|w| *w.peer.ip() != ext.ip),
                 probes: results.len(),
@@ -99,16 +135,27 @@ pub async fn nodeport_masquerade(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Resul
 
 pub async fn etp_local(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<CheckResult> {
     let Some(ext) = ctx.external() else {
-        return Ok(CheckResult::skip(name, "the lab has no external namespace (spec.external: false)"));
+        return Ok(CheckResult::skip(
+            name,
+            "the lab has no external namespace (spec.external: false)",
+        ));
     };
-    let targets: Vec<_> = ctx.targets().into_iter().filter(|t| t.node_port.is_some() && t.etp_local).collect();
+    let targets: Vec<_> = ctx
+        .targets()
+        .into_iter()
+        .filter(|t| t.node_port.is_some() && t.etp_local)
+        .collect();
     let mut evidence = Vec::new();
     let nodes = node_names(ctx);
     for t in &targets {
         for node in &nodes {
             let results = probe_node_port(ctx, &ext, t, node).await?;
             let local = t.local(node);
-            let via = format!("{} via node {node} port {}", t.label(), t.node_port.unwrap_or(0));
+            let via = format!(
+                "{} via node {node} port {}",
+                t.label(),
+                t.node_port.unwrap_or(0)
+            );
             if local.is_empty() {
                 evidence.push(Evidence {
                     vantage: "external".into(),
@@ -126,7 +173,11 @@ pub async fn etp_local(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<CheckRes
                 evidence.push(Evidence {
                     vantage: "external".into(),
                     target: via,
-                    expected: format!("only local endpoints ({}) and source {} kept", names(&local), ext.ip),
+                    expected: format!(
+                        "only local endpoints ({}) and source {} kept",
+                        names(&local),
+                        ext.ip
+                    ),
                     observed: format!(
                         "{}; sources seen: {}",
                         tally(&results),
@@ -144,16 +195,24 @@ pub async fn etp_local(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<CheckRes
             }
         }
     }
-    Ok(CheckResult::from_evidence(name, evidence, "the scenario has no externalTrafficPolicy: Local Service"))
+    Ok(CheckResult::from_evidence(
+        name,
+        evidence,
+        "the scenario has no externalTrafficPolicy: Local Service",
+    ))
 }
 
 /// A plain HTTP GET from a vantage's namespace: (status, body).
 async fn http_get(ctx: &Ctx<'_>, v: &Vantage, addr: SocketAddrV4) -> anyhow::Result<(u16, String)> {
     let rt = ctx.lab.prober.vantage(&v.netns)?;
     let fetch = rt.spawn(async move {
-        let mut s = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr)).await??;
-        s.write_all(format!("GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
-            .await?;
+        let mut s =
+            tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+                .await??;
+        s.write_all(
+            format!("GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
         let mut buf = Vec::new();
         tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut buf)).await??;
         Ok::<_, anyhow::Error>(String::from_utf8_lossy(&buf).into_owned())
@@ -170,7 +229,10 @@ async fn http_get(ctx: &Ctx<'_>, v: &Vantage, addr: SocketAddrV4) -> anyhow::Res
 
 pub async fn etp_local_healthcheck(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<CheckResult> {
     let Some(ext) = ctx.external() else {
-        return Ok(CheckResult::skip(name, "the lab has no external namespace (spec.external: false)"));
+        return Ok(CheckResult::skip(
+            name,
+            "the lab has no external namespace (spec.external: false)",
+        ));
     };
     let mut seen = BTreeSet::new();
     let targets: Vec<_> = ctx
@@ -183,7 +245,12 @@ pub async fn etp_local_healthcheck(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Res
     for t in &targets {
         let port = t.health_check_node_port.unwrap_or(0);
         for n in ctx.lab.topology.nodes.clone() {
-            let local: BTreeSet<_> = t.endpoints.iter().filter(|e| e.node == n.name && e.ready).map(|e| e.ip).collect();
+            let local: BTreeSet<_> = t
+                .endpoints
+                .iter()
+                .filter(|e| e.node == n.name && e.ready)
+                .map(|e| e.ip)
+                .collect();
             let want_status = if local.is_empty() { 503 } else { 200 };
             let observed = http_get(ctx, &ext, SocketAddrV4::new(n.ip, port)).await;
             let (ok, observed) = match observed {
@@ -216,7 +283,11 @@ pub async fn etp_local_healthcheck(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Res
 }
 
 pub async fn itp_local(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<CheckResult> {
-    let targets: Vec<_> = ctx.targets().into_iter().filter(|t| t.itp_local && t.has_any()).collect();
+    let targets: Vec<_> = ctx
+        .targets()
+        .into_iter()
+        .filter(|t| t.itp_local && t.has_any())
+        .collect();
     let mut evidence = Vec::new();
     for t in &targets {
         for v in ctx.clients() {
@@ -224,9 +295,15 @@ pub async fn itp_local(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<CheckRes
             let results = ctx.probe_vip(&v, t).await?;
             let local = t.local(&node);
             let (expected, ok) = if local.is_empty() {
-                ("fails: no endpoint on this node".to_string(), none_answered(&results))
+                (
+                    "fails: no endpoint on this node".to_string(),
+                    none_answered(&results),
+                )
             } else {
-                (format!("only local endpoints: {}", names(&local)), all_reach(&results, &local))
+                (
+                    format!("only local endpoints: {}", names(&local)),
+                    all_reach(&results, &local),
+                )
             };
             evidence.push(Evidence {
                 vantage: ctx.vantage_label(&v, t),
@@ -238,5 +315,9 @@ pub async fn itp_local(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<CheckRes
             });
         }
     }
-    Ok(CheckResult::from_evidence(name, evidence, "the scenario has no internalTrafficPolicy: Local Service"))
+    Ok(CheckResult::from_evidence(
+        name,
+        evidence,
+        "the scenario has no internalTrafficPolicy: Local Service",
+    ))
 }

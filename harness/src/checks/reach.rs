@@ -17,7 +17,11 @@ fn plain(t: &super::Target) -> bool {
     !t.itp_local && t.has_any()
 }
 
-pub async fn clusterip(ctx: &mut Ctx<'_>, name: &str, protocol: Protocol) -> anyhow::Result<CheckResult> {
+pub async fn clusterip(
+    ctx: &mut Ctx<'_>,
+    name: &str,
+    protocol: Protocol,
+) -> anyhow::Result<CheckResult> {
     let targets: Vec<_> = ctx
         .targets()
         .into_iter()
@@ -68,7 +72,10 @@ pub async fn multiport(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<CheckRes
         .collect();
     let mut evidence = Vec::new();
     let clients = ctx.clients();
-    for t in all.iter().filter(|t| plain(t) && multi.contains(&(t.namespace.clone(), t.service.clone()))) {
+    for t in all
+        .iter()
+        .filter(|t| plain(t) && multi.contains(&(t.namespace.clone(), t.service.clone())))
+    {
         let Some(v) = clients.first() else { break };
         let results = ctx.probe_vip(v, t).await?;
         let expected = t.cluster();
@@ -82,7 +89,11 @@ pub async fn multiport(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<CheckRes
             probes: results.len(),
         });
     }
-    Ok(CheckResult::from_evidence(name, evidence, "the scenario has no Service with several ports"))
+    Ok(CheckResult::from_evidence(
+        name,
+        evidence,
+        "the scenario has no Service with several ports",
+    ))
 }
 
 pub async fn same_port_two_protocols(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<CheckResult> {
@@ -91,7 +102,10 @@ pub async fn same_port_two_protocols(ctx: &mut Ctx<'_>, name: &str) -> anyhow::R
     let clients = ctx.clients();
     for t in all.iter().filter(|t| plain(t)) {
         let twin = all.iter().any(|o| {
-            o.namespace == t.namespace && o.service == t.service && o.port == t.port && o.protocol != t.protocol
+            o.namespace == t.namespace
+                && o.service == t.service
+                && o.port == t.port
+                && o.protocol != t.protocol
         });
         if !twin {
             continue;
@@ -127,13 +141,21 @@ pub async fn pod_source_preserved(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Resu
                 vantage: ctx.vantage_label(&v, t),
                 target: t.label(),
                 expected: format!("server sees the client's own IP {}", v.ip),
-                observed: format!("{} answered; source seen: {}", answered.len(), seen.into_iter().collect::<Vec<_>>().join(", ")),
+                observed: format!(
+                    "{} answered; source seen: {}",
+                    answered.len(),
+                    seen.into_iter().collect::<Vec<_>>().join(", ")
+                ),
                 ok: !answered.is_empty() && answered.iter().all(|w| *w.peer.ip() == v.ip),
                 probes: results.len(),
             });
         }
     }
-    Ok(CheckResult::from_evidence(name, evidence, "the scenario has no Service with endpoints"))
+    Ok(CheckResult::from_evidence(
+        name,
+        evidence,
+        "the scenario has no Service with endpoints",
+    ))
 }
 
 pub async fn unrelated_port(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<CheckResult> {
@@ -144,11 +166,18 @@ pub async fn unrelated_port(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<Che
         return Ok(CheckResult::skip(name, "the scenario has no client pods"));
     };
     let mut seen_vips = BTreeSet::new();
-    for t in all.iter().filter(|t| t.protocol == Protocol::Tcp && plain(t)) {
+    for t in all
+        .iter()
+        .filter(|t| t.protocol == Protocol::Tcp && plain(t))
+    {
         if !seen_vips.insert(t.vip) {
             continue;
         }
-        let declared: BTreeSet<u16> = all.iter().filter(|o| o.vip == t.vip).map(|o| o.port).collect();
+        let declared: BTreeSet<u16> = all
+            .iter()
+            .filter(|o| o.vip == t.vip)
+            .map(|o| o.port)
+            .collect();
         // An endpoint's real port is the tempting one: it has a listener.
         let port = t
             .cluster()
@@ -161,14 +190,21 @@ pub async fn unrelated_port(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<Che
         let results = ctx.probe(v, vec![spec; 3]).await?;
         evidence.push(Evidence {
             vantage: ctx.vantage_label(v, t),
-            target: format!("{}/{} {}:{port}/TCP (not a Service port)", t.namespace, t.service, t.vip),
+            target: format!(
+                "{}/{} {}:{port}/TCP (not a Service port)",
+                t.namespace, t.service, t.vip
+            ),
             expected: "not DNATed: no answer".into(),
             observed: tally(&results),
             ok: none_answered(&results),
             probes: results.len(),
         });
     }
-    Ok(CheckResult::from_evidence(name, evidence, "the scenario has no TCP Service with endpoints"))
+    Ok(CheckResult::from_evidence(
+        name,
+        evidence,
+        "the scenario has no TCP Service with endpoints",
+    ))
 }
 
 pub async fn no_endpoints_reject(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<CheckResult> {
@@ -199,7 +235,11 @@ pub async fn no_endpoints_reject(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Resul
                 vantage: ctx.vantage_label(v, t),
                 target: t.label(),
                 expected: "refused (RST or ICMP unreachable) within 1 s".into(),
-                observed: format!("{} in at most {:.0} ms", tally(&results), worst.as_secs_f64() * 1e3),
+                observed: format!(
+                    "{} in at most {:.0} ms",
+                    tally(&results),
+                    worst.as_secs_f64() * 1e3
+                ),
                 ok: fast,
                 probes: results.len(),
             });
@@ -212,20 +252,28 @@ pub async fn no_endpoints_reject(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Resul
         )?;
         ctx.change(events).await?;
     }
-    Ok(CheckResult::from_evidence(name, evidence, "no Service without endpoints could be made"))
+    Ok(CheckResult::from_evidence(
+        name,
+        evidence,
+        "no Service without endpoints could be made",
+    ))
 }
 
 pub async fn hairpin(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<CheckResult> {
     let targets: Vec<_> = ctx
         .targets()
         .into_iter()
-        .filter(|t| plain(t) && t.protocol == Protocol::Tcp && !t.affinity && t.cluster().len() <= 10)
+        .filter(|t| {
+            plain(t) && t.protocol == Protocol::Tcp && !t.affinity && t.cluster().len() <= 10
+        })
         .collect();
     let mut evidence = Vec::new();
     for t in &targets {
         let eps: Vec<_> = t.cluster().into_iter().cloned().collect();
         for ep in eps.iter().take(3) {
-            let Some(v) = ctx.pod_vantage(ep) else { continue };
+            let Some(v) = ctx.pod_vantage(ep) else {
+                continue;
+            };
             // Enough probes that some land on the caller itself.
             let n = (ctx.settings.per_target * eps.len()).clamp(10, 200);
             let spec = ctx.spec(t.vip_addr(), t.protocol);
@@ -249,7 +297,11 @@ pub async fn hairpin(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<CheckResul
                     "{}; {} landed on itself, source seen: {}",
                     tally(&results),
                     selfs.len(),
-                    if seen.is_empty() { "-".into() } else { seen.into_iter().collect::<Vec<_>>().join(", ") }
+                    if seen.is_empty() {
+                        "-".into()
+                    } else {
+                        seen.into_iter().collect::<Vec<_>>().join(", ")
+                    }
                 ),
                 ok: all_answered && !selfs.is_empty() && masqueraded,
                 probes: results.len(),

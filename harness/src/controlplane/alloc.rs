@@ -176,10 +176,14 @@ mod tests {
     #[test]
     fn cluster_ips_in_order_explicit_honoured_collisions_and_exhaustion() {
         let mut a = IpAllocator::new("10.96.0.0/28".parse().unwrap());
-        a.request(Ipv4Addr::new(10, 96, 0, 10), "kube-system/dns").unwrap();
+        a.request(Ipv4Addr::new(10, 96, 0, 10), "kube-system/dns")
+            .unwrap();
         assert_eq!(a.allocate("a").unwrap(), Ipv4Addr::new(10, 96, 0, 11));
         let err = a.request(Ipv4Addr::new(10, 96, 0, 11), "b").unwrap_err();
-        assert!(err.to_string().contains("already allocated to Service a"), "{err}");
+        assert!(
+            err.to_string().contains("already allocated to Service a"),
+            "{err}"
+        );
         let err = a.request(Ipv4Addr::new(10, 97, 0, 1), "b").unwrap_err();
         assert!(matches!(err, AllocError::OutOfRange { .. }));
         // /28: .11 to .14 are automatic; .11 is taken, three remain.
@@ -198,9 +202,18 @@ mod tests {
         p.request(30001, "ns/a").unwrap();
         assert_eq!(p.allocate("ns/b").unwrap(), 30000);
         assert_eq!(p.allocate("ns/c").unwrap(), 30002);
-        assert!(matches!(p.allocate("ns/d"), Err(AllocError::Exhausted { .. })));
-        assert!(matches!(p.request(30001, "ns/d"), Err(AllocError::Taken { .. })));
-        assert!(matches!(p.request(80, "ns/d"), Err(AllocError::OutOfRange { .. })));
+        assert!(matches!(
+            p.allocate("ns/d"),
+            Err(AllocError::Exhausted { .. })
+        ));
+        assert!(matches!(
+            p.request(30001, "ns/d"),
+            Err(AllocError::Taken { .. })
+        ));
+        assert!(matches!(
+            p.request(80, "ns/d"),
+            Err(AllocError::OutOfRange { .. })
+        ));
         // Re-requesting one's own port is not a collision (updates).
         p.request(30001, "ns/a").unwrap();
     }

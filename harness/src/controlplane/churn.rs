@@ -15,13 +15,32 @@ use svclab_backends::protocol::WatchEvent;
 #[serde(tag = "action", rename_all = "kebab-case")]
 pub enum Action {
     /// A pod goes not ready (`ready: false`) or comes back.
-    SetReady { pod: String, namespace: String, ready: bool },
+    SetReady {
+        pod: String,
+        namespace: String,
+        ready: bool,
+    },
     /// A pod starts terminating, or its replacement takes over.
-    SetTerminating { pod: String, namespace: String, terminating: bool },
+    SetTerminating {
+        pod: String,
+        namespace: String,
+        terminating: bool,
+    },
     /// A copy of Service `from` named `name` is created.
-    CreateService { from: String, namespace: String, name: String },
-    DeleteService { namespace: String, name: String },
-    Scale { deployment: String, namespace: String, replicas: usize },
+    CreateService {
+        from: String,
+        namespace: String,
+        name: String,
+    },
+    DeleteService {
+        namespace: String,
+        name: String,
+    },
+    Scale {
+        deployment: String,
+        namespace: String,
+        replicas: usize,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -33,7 +52,11 @@ pub struct Step {
 
 /// A churn kind that fires every `1/rate` seconds.
 fn ticks(rate: f64, duration: f64) -> impl Iterator<Item = f64> {
-    let every = if rate > 0.0 { 1.0 / rate } else { f64::INFINITY };
+    let every = if rate > 0.0 {
+        1.0 / rate
+    } else {
+        f64::INFINITY
+    };
     (1..)
         .map(move |i| i as f64 * every)
         .take_while(move |t| *t <= duration)
@@ -56,7 +79,11 @@ pub fn schedule(churn: &Churn, cp: &ControlPlane) -> Vec<Step> {
         if let Some((namespace, pod)) = flapped.take() {
             steps.push(Step {
                 at,
-                action: Action::SetReady { pod, namespace, ready: true },
+                action: Action::SetReady {
+                    pod,
+                    namespace,
+                    ready: true,
+                },
             });
         }
         if candidates.is_empty() {
@@ -76,7 +103,11 @@ pub fn schedule(churn: &Churn, cp: &ControlPlane) -> Vec<Step> {
     if let Some((namespace, pod)) = flapped {
         steps.push(Step {
             at: d,
-            action: Action::SetReady { pod, namespace, ready: true },
+            action: Action::SetReady {
+                pod,
+                namespace,
+                ready: true,
+            },
         });
     }
 
@@ -96,7 +127,11 @@ pub fn schedule(churn: &Churn, cp: &ControlPlane) -> Vec<Step> {
         // The replacement is ready a second later (or at the end).
         steps.push(Step {
             at: (at + 1.0).min(d),
-            action: Action::SetTerminating { pod, namespace, terminating: false },
+            action: Action::SetTerminating {
+                pod,
+                namespace,
+                terminating: false,
+            },
         });
     }
 
@@ -114,7 +149,11 @@ pub fn schedule(churn: &Churn, cp: &ControlPlane) -> Vec<Step> {
     let mut create_times: Vec<f64> = ticks(churn.services_created_per_second, d).collect();
     let delete_times: Vec<f64> = ticks(churn.services_deleted_per_second, d).collect();
     create_times.reverse();
-    for at in delete_times.iter().copied().chain(std::iter::once(f64::INFINITY)) {
+    for at in delete_times
+        .iter()
+        .copied()
+        .chain(std::iter::once(f64::INFINITY))
+    {
         // Creations that come before this deletion.
         while create_times.last().is_some_and(|t| *t <= at) {
             let t = create_times.pop().expect("checked");
@@ -127,7 +166,11 @@ pub fn schedule(churn: &Churn, cp: &ControlPlane) -> Vec<Step> {
             created.push_back((namespace.clone(), name.clone()));
             steps.push(Step {
                 at: t,
-                action: Action::CreateService { from, namespace, name },
+                action: Action::CreateService {
+                    from,
+                    namespace,
+                    name,
+                },
             });
         }
         if at.is_finite() {
@@ -161,11 +204,21 @@ impl ControlPlane {
     /// Applies one churn action and returns its watch events.
     pub fn apply(&mut self, action: &Action) -> Result<Vec<WatchEvent>, ControlPlaneError> {
         match action {
-            Action::SetReady { pod, namespace, ready } => self.set_ready(namespace, pod, *ready),
-            Action::SetTerminating { pod, namespace, terminating } => {
-                self.set_terminating(namespace, pod, *terminating)
-            }
-            Action::CreateService { from, namespace, name } => {
+            Action::SetReady {
+                pod,
+                namespace,
+                ready,
+            } => self.set_ready(namespace, pod, *ready),
+            Action::SetTerminating {
+                pod,
+                namespace,
+                terminating,
+            } => self.set_terminating(namespace, pod, *terminating),
+            Action::CreateService {
+                from,
+                namespace,
+                name,
+            } => {
                 let mut svc = self
                     .service(namespace, from)
                     .cloned()
@@ -183,7 +236,11 @@ impl ControlPlane {
                 self.add_service(svc)
             }
             Action::DeleteService { namespace, name } => self.delete_service(namespace, name),
-            Action::Scale { deployment, namespace, replicas } => self.scale(namespace, deployment, *replicas),
+            Action::Scale {
+                deployment,
+                namespace,
+                replicas,
+            } => self.scale(namespace, deployment, *replicas),
         }
     }
 }
@@ -218,8 +275,14 @@ mod tests {
             .filter(|s| matches!(s.action, Action::SetReady { ready: false, .. }))
             .count();
         assert_eq!(flaps_down, 8);
-        let creates = a.iter().filter(|s| matches!(s.action, Action::CreateService { .. })).count();
-        let deletes = a.iter().filter(|s| matches!(s.action, Action::DeleteService { .. })).count();
+        let creates = a
+            .iter()
+            .filter(|s| matches!(s.action, Action::CreateService { .. }))
+            .count();
+        let deletes = a
+            .iter()
+            .filter(|s| matches!(s.action, Action::DeleteService { .. }))
+            .count();
         assert_eq!((creates, deletes), (4, 2));
         let mut other = churn();
         other.seed = 8;
@@ -242,7 +305,13 @@ mod tests {
         };
         let after: Vec<_> = cp
             .slices()
-            .filter(|s| !s.metadata.name.as_deref().unwrap_or("").starts_with("churn-"))
+            .filter(|s| {
+                !s.metadata
+                    .name
+                    .as_deref()
+                    .unwrap_or("")
+                    .starts_with("churn-")
+            })
             .cloned()
             .collect();
         assert_eq!(eps(&after), eps(&before));

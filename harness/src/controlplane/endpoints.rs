@@ -20,7 +20,12 @@ pub const MANAGED_BY: &str = "endpointslice-controller.k8s.io";
 
 /// A pod's port for one service port: numeric targetPort as is, a named one
 /// looked up among the pod's containerPorts of the same protocol.
-fn resolve_port(target: Option<&IntOrString>, svc_port: i32, protocol: Protocol, pod: &Pod) -> Option<i32> {
+fn resolve_port(
+    target: Option<&IntOrString>,
+    svc_port: i32,
+    protocol: Protocol,
+    pod: &Pod,
+) -> Option<i32> {
     match target {
         None => Some(svc_port),
         Some(IntOrString::Int(p)) => Some(*p),
@@ -40,7 +45,11 @@ fn matches(selector: &BTreeMap<String, String>, pod: &Pod) -> bool {
 /// slices are named `<service>-<n>`, endpoints sorted by address.
 /// `node_names` maps a pod's node index to its name.
 pub fn slices_for(svc: &Service, pods: &[Pod], node_names: &[String]) -> Vec<EndpointSlice> {
-    let ns = svc.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let ns = svc
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
     let name = svc.metadata.name.clone().unwrap_or_default();
     let Some(spec) = &svc.spec else {
         return Vec::new();
@@ -150,7 +159,9 @@ mod tests {
         Pod {
             name: format!("web-{i}"),
             namespace: "default".into(),
-            labels: [("app".to_string(), "web".to_string())].into_iter().collect(),
+            labels: [("app".to_string(), "web".to_string())]
+                .into_iter()
+                .collect(),
             node: (i % 2) as usize,
             ip: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 244, 0, 10)) + i),
             ports: vec![
@@ -189,8 +200,15 @@ mod tests {
     #[test]
     fn slices_split_at_100() {
         let pods: Vec<Pod> = (0..250).map(|i| pod(i, true, false)).collect();
-        let slices = slices_for(&service(serde_json::json!([{"port": 80, "targetPort": 8080}])), &pods, &nodes());
-        let sizes: Vec<usize> = slices.iter().map(|s| s.endpoints.as_ref().unwrap().len()).collect();
+        let slices = slices_for(
+            &service(serde_json::json!([{"port": 80, "targetPort": 8080}])),
+            &pods,
+            &nodes(),
+        );
+        let sizes: Vec<usize> = slices
+            .iter()
+            .map(|s| s.endpoints.as_ref().unwrap().len())
+            .collect();
         assert_eq!(sizes, vec![100, 100, 50]);
         assert_eq!(slices[2].metadata.name.as_deref(), Some("web-2"));
         let labels = slices[0].metadata.labels.as_ref().unwrap();
@@ -255,7 +273,10 @@ mod tests {
             );
             let ep = &slices[0].endpoints.as_ref().unwrap()[0];
             let c = ep.conditions.as_ref().unwrap();
-            assert_eq!((c.ready, c.serving, c.terminating), (Some(want.0), Some(want.1), Some(want.2)));
+            assert_eq!(
+                (c.ready, c.serving, c.terminating),
+                (Some(want.0), Some(want.1), Some(want.2))
+            );
             assert_eq!(ep.node_name.as_deref(), Some("node-0"));
         }
     }
@@ -266,7 +287,14 @@ mod tests {
         let mut inactive = pod(1, true, false);
         inactive.active = false;
         let pods = vec![pod(0, true, false), inactive];
-        assert_eq!(slices_for(&svc, &pods, &nodes())[0].endpoints.as_ref().unwrap().len(), 1);
+        assert_eq!(
+            slices_for(&svc, &pods, &nodes())[0]
+                .endpoints
+                .as_ref()
+                .unwrap()
+                .len(),
+            1
+        );
         svc.spec.as_mut().unwrap().selector = None;
         assert!(slices_for(&svc, &pods, &nodes()).is_empty());
     }

@@ -101,7 +101,8 @@ impl ControlPlane {
     }
 
     pub fn service(&self, namespace: &str, name: &str) -> Option<&Service> {
-        self.services.get(&(namespace.to_string(), name.to_string()))
+        self.services
+            .get(&(namespace.to_string(), name.to_string()))
     }
 
     pub fn slices(&self) -> impl Iterator<Item = &EndpointSlice> {
@@ -158,7 +159,10 @@ impl ControlPlane {
     }
 
     /// Replaces a Service's spec (ports, targetPorts, policies).
-    pub fn update_service(&mut self, mut svc: Service) -> Result<Vec<WatchEvent>, ControlPlaneError> {
+    pub fn update_service(
+        &mut self,
+        mut svc: Service,
+    ) -> Result<Vec<WatchEvent>, ControlPlaneError> {
         let key = key_of(&svc.metadata);
         let Some(old) = self.services.get(&key).cloned() else {
             return Err(ControlPlaneError::NoService(key_str(&key)));
@@ -186,7 +190,11 @@ impl ControlPlane {
         Ok(events)
     }
 
-    pub fn delete_service(&mut self, namespace: &str, name: &str) -> Result<Vec<WatchEvent>, ControlPlaneError> {
+    pub fn delete_service(
+        &mut self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Vec<WatchEvent>, ControlPlaneError> {
         let key = (namespace.to_string(), name.to_string());
         let Some(mut svc) = self.services.remove(&key) else {
             return Err(ControlPlaneError::NoService(key_str(&key)));
@@ -237,7 +245,10 @@ impl ControlPlane {
             for p in spec.ports.iter_mut().flatten() {
                 match p.node_port {
                     Some(n) if n > 0 => self.node_ports.request(n as u16, &owner).map_err(err)?,
-                    _ => p.node_port = Some(i32::from(self.node_ports.allocate(&owner).map_err(err)?)),
+                    _ => {
+                        p.node_port =
+                            Some(i32::from(self.node_ports.allocate(&owner).map_err(err)?))
+                    }
                 }
             }
             if spec.external_traffic_policy.as_deref() == Some("Local") {
@@ -290,8 +301,11 @@ impl ControlPlane {
                     kept.push(old);
                 }
                 old => {
-                    slice.metadata.annotations =
-                        Some([(TRIGGER_TIME_ANNOTATION.to_string(), now.clone())].into_iter().collect());
+                    slice.metadata.annotations = Some(
+                        [(TRIGGER_TIME_ANNOTATION.to_string(), now.clone())]
+                            .into_iter()
+                            .collect(),
+                    );
                     slice.metadata.resource_version = Some(self.bump());
                     let object = ApiObject::EndpointSlice(Box::new(slice.clone()));
                     events.push(if old.is_some() {
@@ -343,21 +357,36 @@ impl ControlPlane {
     }
 
     /// A pod's readiness changes (its readiness probe starts or stops passing).
-    pub fn set_ready(&mut self, namespace: &str, name: &str, ready: bool) -> Result<Vec<WatchEvent>, ControlPlaneError> {
+    pub fn set_ready(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        ready: bool,
+    ) -> Result<Vec<WatchEvent>, ControlPlaneError> {
         let i = self.pod_index(namespace, name)?;
         self.pods[i].ready = ready;
         Ok(self.pods_changed(&[i]))
     }
 
     /// A pod starts (or stops) terminating; it keeps serving meanwhile.
-    pub fn set_terminating(&mut self, namespace: &str, name: &str, terminating: bool) -> Result<Vec<WatchEvent>, ControlPlaneError> {
+    pub fn set_terminating(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        terminating: bool,
+    ) -> Result<Vec<WatchEvent>, ControlPlaneError> {
         let i = self.pod_index(namespace, name)?;
         self.pods[i].terminating = terminating;
         Ok(self.pods_changed(&[i]))
     }
 
     /// Scales a Deployment within the pods the lab pre-created for it.
-    pub fn scale(&mut self, namespace: &str, deployment: &str, replicas: usize) -> Result<Vec<WatchEvent>, ControlPlaneError> {
+    pub fn scale(
+        &mut self,
+        namespace: &str,
+        deployment: &str,
+        replicas: usize,
+    ) -> Result<Vec<WatchEvent>, ControlPlaneError> {
         let members: Vec<usize> = (0..self.pods.len())
             .filter(|&i| {
                 self.pods[i].namespace == namespace
@@ -365,7 +394,9 @@ impl ControlPlane {
             })
             .collect();
         if members.is_empty() {
-            return Err(ControlPlaneError::NoDeployment(format!("{namespace}/{deployment}")));
+            return Err(ControlPlaneError::NoDeployment(format!(
+                "{namespace}/{deployment}"
+            )));
         }
         let mut changed = Vec::new();
         for (ordinal, &i) in members.iter().enumerate() {
@@ -412,13 +443,25 @@ mod tests {
         assert_eq!(ev.last(), Some(&WatchEvent::Synced));
         let web = cp.service("default", "web").unwrap().spec.clone().unwrap();
         assert_eq!(web.cluster_ip.as_deref(), Some("10.96.0.11"));
-        let np = cp.service("default", "web-nodeport").unwrap().spec.clone().unwrap();
+        let np = cp
+            .service("default", "web-nodeport")
+            .unwrap()
+            .spec
+            .clone()
+            .unwrap();
         assert_eq!(np.ports.unwrap()[0].node_port, Some(30080));
         // resourceVersions are unique and none is above the current one.
         let mut rvs: Vec<u64> = ev
             .iter()
             .filter_map(|e| e.object())
-            .map(|o| o.metadata().resource_version.as_deref().unwrap().parse().unwrap())
+            .map(|o| {
+                o.metadata()
+                    .resource_version
+                    .as_deref()
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            })
             .collect();
         rvs.sort();
         assert!(rvs.windows(2).all(|w| w[0] < w[1]), "{rvs:?}");
@@ -434,7 +477,13 @@ mod tests {
         assert_eq!(ev.len(), 3);
         let again = cp.set_ready("default", "web-1", false).unwrap();
         assert!(again.is_empty(), "no change, no event");
-        let ann = ev[0].object().unwrap().metadata().annotations.clone().unwrap();
+        let ann = ev[0]
+            .object()
+            .unwrap()
+            .metadata()
+            .annotations
+            .clone()
+            .unwrap();
         assert!(ann.contains_key(TRIGGER_TIME_ANNOTATION));
     }
 
@@ -447,11 +496,19 @@ mod tests {
         let ev = cp.add_service(svc.clone()).unwrap();
         assert_eq!(count(&ev, "Service", "ADDED"), 1);
         assert_eq!(count(&ev, "EndpointSlice", "ADDED"), 1);
-        assert!(matches!(cp.add_service(svc), Err(ControlPlaneError::Exists(_))));
+        assert!(matches!(
+            cp.add_service(svc),
+            Err(ControlPlaneError::Exists(_))
+        ));
         let ev = cp.delete_service("default", "web2").unwrap();
         assert_eq!(count(&ev, "Service", "DELETED"), 1);
         assert_eq!(count(&ev, "EndpointSlice", "DELETED"), 1);
-        assert!(matches!(ev.last(), Some(WatchEvent::Deleted { object: ApiObject::Service(_) })));
+        assert!(matches!(
+            ev.last(),
+            Some(WatchEvent::Deleted {
+                object: ApiObject::Service(_)
+            })
+        ));
     }
 
     #[test]
@@ -463,13 +520,25 @@ mod tests {
         svc.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].port = 81;
         let ev = cp.update_service(svc).unwrap();
         assert_eq!(count(&ev, "Service", "MODIFIED"), 1);
-        assert_eq!(cp.service("default", "web").unwrap().spec.as_ref().unwrap().cluster_ip, ip);
+        assert_eq!(
+            cp.service("default", "web")
+                .unwrap()
+                .spec
+                .as_ref()
+                .unwrap()
+                .cluster_ip,
+            ip
+        );
 
         let mut np = cp.service("default", "web").unwrap().clone();
         np.spec.as_mut().unwrap().type_ = Some("NodePort".into());
         np.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].node_port = Some(30080);
         let err = cp.update_service(np).unwrap_err();
-        assert!(err.to_string().contains("30080 is already allocated to Service default/web-nodeport"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("30080 is already allocated to Service default/web-nodeport"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -479,6 +548,9 @@ mod tests {
         assert!(!ev.is_empty());
         let slice = cp.slices_of("default", "web");
         assert_eq!(slice[0].endpoints.as_ref().unwrap().len(), 1);
-        assert!(matches!(cp.scale("default", "nope", 1), Err(ControlPlaneError::NoDeployment(_))));
+        assert!(matches!(
+            cp.scale("default", "nope", 1),
+            Err(ControlPlaneError::NoDeployment(_))
+        ));
     }
 }

@@ -12,7 +12,14 @@ pub fn bars(title: &str, labels: &[String], values: &[u64], expected: f64) -> St
     {
         let root = SVGBackend::with_string(&mut svg, (W, H)).into_drawing_area();
         let _ = root.fill(&WHITE);
-        let max = values.iter().copied().max().unwrap_or(1).max(expected.ceil() as u64).max(1) as f64 * 1.15;
+        let max = values
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(1)
+            .max(expected.ceil() as u64)
+            .max(1) as f64
+            * 1.15;
         let n = labels.len().max(1);
         let chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 14))
@@ -20,8 +27,13 @@ pub fn bars(title: &str, labels: &[String], values: &[u64], expected: f64) -> St
             .x_label_area_size(if n > 12 { 20 } else { 40 })
             .y_label_area_size(48)
             .build_cartesian_2d(0f64..n as f64, 0f64..max);
-        let Ok(mut chart) = chart else { return svg_error(title) };
-        let short: Vec<String> = labels.iter().map(|l| l.rsplit('/').next().unwrap_or("").to_string()).collect();
+        let Ok(mut chart) = chart else {
+            return svg_error(title);
+        };
+        let short: Vec<String> = labels
+            .iter()
+            .map(|l| l.rsplit('/').next().unwrap_or("").to_string())
+            .collect();
         let label_of = move |x: &f64| {
             let i = x.floor() as usize;
             if n <= 12 && (x - x.floor()).abs() < 1e-9 && i < short.len() {
@@ -31,13 +43,19 @@ pub fn bars(title: &str, labels: &[String], values: &[u64], expected: f64) -> St
             }
         };
         let mut mesh = chart.configure_mesh();
-        mesh.disable_x_mesh().y_desc("connections").x_labels(n.min(12)).x_label_formatter(&label_of);
+        mesh.disable_x_mesh()
+            .y_desc("connections")
+            .x_labels(n.min(12))
+            .x_label_formatter(&label_of);
         if n > 12 {
             mesh.x_desc("endpoints");
         }
         let _ = mesh.draw();
         let _ = chart.draw_series(values.iter().enumerate().map(|(i, v)| {
-            Rectangle::new([(i as f64 + 0.1, 0.0), (i as f64 + 0.9, *v as f64)], RGBColor(70, 120, 190).filled())
+            Rectangle::new(
+                [(i as f64 + 0.1, 0.0), (i as f64 + 0.9, *v as f64)],
+                RGBColor(70, 120, 190).filled(),
+            )
         }));
         let _ = chart.draw_series(LineSeries::new(
             [(0.0, expected), (n as f64, expected)],
@@ -50,7 +68,13 @@ pub fn bars(title: &str, labels: &[String], values: &[u64], expected: f64) -> St
 
 /// One line per series over a shared x axis (Service count), optionally
 /// with a logarithmic y axis.
-pub fn lines(title: &str, x_desc: &str, y_desc: &str, series: &[(String, Vec<(f64, f64)>)], log_y: bool) -> String {
+pub fn lines(
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+    log_y: bool,
+) -> String {
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (W, H)).into_drawing_area();
@@ -59,7 +83,10 @@ pub fn lines(title: &str, x_desc: &str, y_desc: &str, series: &[(String, Vec<(f6
         let ys = series.iter().flat_map(|(_, p)| p.iter().map(|(_, y)| *y));
         let xmax = xs.fold(1.0f64, f64::max) * 1.05;
         let ymax = ys.clone().fold(f64::MIN_POSITIVE, f64::max) * 1.2;
-        let ymin = ys.filter(|y| *y > 0.0).fold(f64::MAX, f64::min).min(ymax / 10.0);
+        let ymin = ys
+            .filter(|y| *y > 0.0)
+            .fold(f64::MAX, f64::min)
+            .min(ymax / 10.0);
         let palette = [
             RGBColor(70, 120, 190),
             RGBColor(200, 60, 60),
@@ -77,17 +104,26 @@ pub fn lines(title: &str, x_desc: &str, y_desc: &str, series: &[(String, Vec<(f6
             .right_y_label_area_size(0);
         macro_rules! draw {
             ($chart:expr) => {{
-                let Ok(mut chart) = $chart else { return svg_error(title) };
+                let Ok(mut chart) = $chart else {
+                    return svg_error(title);
+                };
                 let _ = chart.configure_mesh().x_desc(x_desc).y_desc(y_desc).draw();
                 for (i, (name, pts)) in series.iter().enumerate() {
                     let color = palette[i % palette.len()];
-                    let pts: Vec<(f64, f64)> = pts.iter().copied().filter(|(_, y)| !log_y || *y > 0.0).collect();
-                    if let Ok(s) = chart.draw_series(LineSeries::new(pts.clone(), color.stroke_width(2))) {
+                    let pts: Vec<(f64, f64)> = pts
+                        .iter()
+                        .copied()
+                        .filter(|(_, y)| !log_y || *y > 0.0)
+                        .collect();
+                    if let Ok(s) =
+                        chart.draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+                    {
                         s.label(name.clone()).legend(move |(x, y)| {
                             PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2))
                         });
                     }
-                    let _ = chart.draw_series(pts.iter().map(|p| Circle::new(*p, 3, color.filled())));
+                    let _ =
+                        chart.draw_series(pts.iter().map(|p| Circle::new(*p, 3, color.filled())));
                 }
                 let _ = chart
                     .configure_series_labels()
@@ -108,7 +144,9 @@ pub fn lines(title: &str, x_desc: &str, y_desc: &str, series: &[(String, Vec<(f6
 }
 
 fn svg_error(title: &str) -> String {
-    format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"40\"><text x=\"8\" y=\"24\">{title}: chart could not be drawn</text></svg>")
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"40\"><text x=\"8\" y=\"24\">{title}: chart could not be drawn</text></svg>"
+    )
 }
 
 #[cfg(test)]
@@ -117,7 +155,12 @@ mod tests {
 
     #[test]
     fn charts_are_self_contained_svg() {
-        let s = bars("web", &["default/web-0".into(), "default/web-1".into()], &[480, 520], 500.0);
+        let s = bars(
+            "web",
+            &["default/web-0".into(), "default/web-1".into()],
+            &[480, 520],
+            500.0,
+        );
         assert!(s.starts_with("<svg"), "{}", &s[..s.len().min(80)]);
         assert!(s.contains("<rect"));
         assert!(s.contains("web-0"));
@@ -126,7 +169,10 @@ mod tests {
             "sync",
             "services",
             "seconds",
-            &[("iptables".into(), vec![(1000.0, 0.9), (10000.0, 17.0)]), ("nftables".into(), vec![(1000.0, 1.1)])],
+            &[
+                ("iptables".into(), vec![(1000.0, 0.9), (10000.0, 17.0)]),
+                ("nftables".into(), vec![(1000.0, 1.1)]),
+            ],
             true,
         );
         assert!(l.contains("<polyline") || l.contains("<path"));

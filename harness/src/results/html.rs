@@ -8,7 +8,10 @@ use super::{RunResults, charts};
 use crate::checks::Verdict;
 
 pub fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 pub const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}\
@@ -45,7 +48,11 @@ pub fn render(r: &RunResults) -> String {
         esc(&r.host.kernel),
         r.host.cpus,
         r.host.memory_mib,
-        if r.host.emulated { " · <b>emulated VM: timings are not comparable with host runs</b>" } else { "" }
+        if r.host.emulated {
+            " · <b>emulated VM: timings are not comparable with host runs</b>"
+        } else {
+            ""
+        }
     );
     let _ = write!(s, "<h2>Checks</h2><table><tr><th>check</th>");
     for b in &r.backends {
@@ -55,7 +62,10 @@ pub fn render(r: &RunResults) -> String {
     for name in r.check_names() {
         let _ = write!(s, "<tr><td>{}</td>", esc(&name));
         for b in &r.backends {
-            s.push_str(&verdict_cell(r.verdict(b, &name), &format!("{}-{}", b.backend, name)));
+            s.push_str(&verdict_cell(
+                r.verdict(b, &name),
+                &format!("{}-{}", b.backend, name),
+            ));
         }
         s.push_str("</tr>");
     }
@@ -86,7 +96,11 @@ pub fn render(r: &RunResults) -> String {
         }
         sync_table(&mut s, b);
         for c in &b.checks {
-            let open = if c.verdict == Verdict::Fail { " open" } else { "" };
+            let open = if c.verdict == Verdict::Fail {
+                " open"
+            } else {
+                ""
+            };
             let _ = write!(
                 s,
                 "<details id=\"{}-{}\"{open}><summary><span class=\"{}\">{}</span> <b>{}</b> — {} <span class=\"muted\">({:.1} s)</span></summary>",
@@ -129,7 +143,11 @@ pub fn render(r: &RunResults) -> String {
                     t.degrees_of_freedom,
                     t.p_value,
                     t.max_min_ratio,
-                    if t.pass { "<span class=\"ok\">uniform</span>" } else { "<span class=\"bad\">not uniform</span>" }
+                    if t.pass {
+                        "<span class=\"ok\">uniform</span>"
+                    } else {
+                        "<span class=\"bad\">not uniform</span>"
+                    }
                 );
             }
             s.push_str("</details>");
@@ -143,8 +161,18 @@ fn sync_table(s: &mut String, b: &super::BackendRun) {
     if b.syncs.is_empty() {
         return;
     }
-    let mut full: Vec<f64> = b.syncs.iter().filter(|r| r.mode == svclab_backends::protocol::SyncMode::Full).map(|r| r.wall_seconds).collect();
-    let mut partial: Vec<f64> = b.syncs.iter().filter(|r| r.mode == svclab_backends::protocol::SyncMode::Partial).map(|r| r.wall_seconds).collect();
+    let mut full: Vec<f64> = b
+        .syncs
+        .iter()
+        .filter(|r| r.mode == svclab_backends::protocol::SyncMode::Full)
+        .map(|r| r.wall_seconds)
+        .collect();
+    let mut partial: Vec<f64> = b
+        .syncs
+        .iter()
+        .filter(|r| r.mode == svclab_backends::protocol::SyncMode::Partial)
+        .map(|r| r.wall_seconds)
+        .collect();
     let median = |v: &mut Vec<f64>| {
         if v.is_empty() {
             return "-".to_string();
@@ -165,6 +193,10 @@ fn sync_table(s: &mut String, b: &super::BackendRun) {
         b.syncs.last().map_or(0, |r| r.rules)
     );
     if !b.metrics_cross_check.is_empty() {
-        let _ = write!(s, "<p>Agent metrics against harness counts: {}</p>", esc(&b.metrics_cross_check.join("; ")));
+        let _ = write!(
+            s,
+            "<p>Agent metrics against harness counts: {}</p>",
+            esc(&b.metrics_cross_check.join("; "))
+        );
     }
 }

@@ -34,7 +34,12 @@ pub fn render(r: &RunResults) -> anyhow::Result<String> {
                         .evidence
                         .iter()
                         .filter(|e| !e.ok)
-                        .map(|e| format!("{} -> {}\n  expected: {}\n  observed: {}", e.vantage, e.target, e.expected, e.observed))
+                        .map(|e| {
+                            format!(
+                                "{} -> {}\n  expected: {}\n  observed: {}",
+                                e.vantage, e.target, e.expected, e.observed
+                            )
+                        })
                         .collect();
                     s.set_description(detail.join("\n"));
                     s

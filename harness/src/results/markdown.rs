@@ -16,7 +16,11 @@ pub fn render(r: &RunResults) -> String {
         r.host.os,
         r.host.kernel,
         r.host.cpus,
-        if r.host.emulated { ", **emulated VM: timings not comparable with host runs**" } else { "" },
+        if r.host.emulated {
+            ", **emulated VM: timings not comparable with host runs**"
+        } else {
+            ""
+        },
         r.started_at,
         r.finished_at
     );
@@ -59,7 +63,11 @@ pub fn render(r: &RunResults) -> String {
         );
     }
     for b in &r.backends {
-        let failed: Vec<_> = b.checks.iter().filter(|c| c.verdict == Verdict::Fail).collect();
+        let failed: Vec<_> = b
+            .checks
+            .iter()
+            .filter(|c| c.verdict == Verdict::Fail)
+            .collect();
         if failed.is_empty() {
             continue;
         }
@@ -78,7 +86,12 @@ pub fn render(r: &RunResults) -> String {
     let skipped: Vec<_> = r
         .backends
         .iter()
-        .flat_map(|b| b.checks.iter().filter(|c| c.verdict == Verdict::Skip).map(move |c| (b, c)))
+        .flat_map(|b| {
+            b.checks
+                .iter()
+                .filter(|c| c.verdict == Verdict::Skip)
+                .map(move |c| (b, c))
+        })
         .collect();
     if !skipped.is_empty() {
         let _ = writeln!(s, "\n## Skips\n");

@@ -40,15 +40,19 @@ impl HostFacts {
         let os = std::fs::read_to_string("/etc/os-release")
             .ok()
             .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_string()))
+                s.lines().find_map(|l| {
+                    l.strip_prefix("PRETTY_NAME=")
+                        .map(|v| v.trim_matches('"').to_string())
+                })
             })
             .unwrap_or_default();
         let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
             .ok()
             .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
+                s.lines().find_map(|l| {
+                    l.strip_prefix("model name")
+                        .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+                })
             })
             .unwrap_or_default();
         let memory_mib = std::fs::read_to_string("/proc/meminfo")
@@ -155,13 +159,19 @@ impl RunResults {
     }
 
     pub fn verdict(&self, backend: &BackendRun, check: &str) -> Option<Verdict> {
-        backend.checks.iter().find(|c| c.name == check).map(|c| c.verdict)
+        backend
+            .checks
+            .iter()
+            .find(|c| c.name == check)
+            .map(|c| c.verdict)
     }
 }
 
 /// `results/<UTC timestamp>-<scenario>`, created.
 pub fn new_run_dir(base: &Path, scenario: &str) -> std::io::Result<PathBuf> {
-    let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ").to_string();
+    let stamp = jiff::Timestamp::now()
+        .strftime("%Y%m%dT%H%M%SZ")
+        .to_string();
     let mut dir = base.join(format!("{stamp}-{scenario}"));
     let mut n = 1;
     while dir.exists() {

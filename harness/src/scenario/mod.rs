@@ -2,6 +2,7 @@
 //! (`Service`, `Deployment`). Loading checks everything before anything is
 //! created; every error names the file, line, column and field.
 
+pub mod generate;
 mod lab;
 mod validate;
 pub mod yaml;

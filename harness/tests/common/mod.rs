@@ -1,0 +1,157 @@
+//! Shared helpers for the lab's integration tests. They drive the real
+//! `svclab` binary; tests that need root say so and skip without it.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard};
+
+/// One lab at a time within a test binary: probes time out at 1 s, and two
+/// labs competing for 2 cores would make the checks flaky, not wrong.
+static LAB: Mutex<()> = Mutex::new(());
+
+pub fn lab_lock() -> MutexGuard<'static, ()> {
+    LAB.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Why lab tests cannot run here, if they cannot.
+pub fn skip_reason() -> Option<String> {
+    if !nix_is_root() {
+        return Some("needs root to create network namespaces".into());
+    }
+    None
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if let Some(why) = common::skip_reason() {
+            eprintln!("SKIP: {why}");
+            return;
+        }
+    };
+}
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+pub fn svclab() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_svclab"));
+    c.current_dir(root());
+    c
+}
+
+pub fn run(args: &[&str]) -> Output {
+    svclab().args(args).output().expect("running svclab")
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "status {}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// svclab namespaces on this host.
+pub fn lab_namespaces() -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("svclab-"))
+        .collect()
+}
+
+/// Namespaces of one run.
+pub fn run_namespaces(run: &str) -> Vec<String> {
+    lab_namespaces()
+        .into_iter()
+        .filter(|n| n.starts_with(&format!("svclab-{run}-")))
+        .collect()
+}
+
+/// The run id printed by `svclab up` ("stop: svclab down <run>").
+pub fn run_id(out: &str) -> String {
+    out.lines()
+        .find_map(|l| l.trim().strip_prefix("stop: svclab down "))
+        .unwrap_or_else(|| panic!("no run id in:\n{out}"))
+        .trim()
+        .to_string()
+}
+
+/// A private results folder for one test.
+pub fn results_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("svclab-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("creating a results folder");
+    d
+}
+
+/// The one run folder inside `base`, and its results.json.
+pub fn results_json(base: &Path) -> (PathBuf, serde_json::Value) {
+    let dir = std::fs::read_dir(base)
+        .expect("results folder")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.join("results.json").is_file())
+        .unwrap_or_else(|| panic!("no results.json under {}", base.display()));
+    let json = serde_json::from_slice(&std::fs::read(dir.join("results.json")).expect("read"))
+        .expect("parse");
+    (dir, json)
+}
+
+/// (backend, check) -> (verdict, summary) from results.json.
+pub fn verdicts(results: &serde_json::Value) -> Vec<(String, String, String, String)> {
+    let mut out = Vec::new();
+    for b in results["backends"].as_array().expect("backends") {
+        let backend = b["backend"].as_str().unwrap_or("").to_string();
+        for c in b["checks"].as_array().expect("checks") {
+            out.push((
+                backend.clone(),
+                c["name"].as_str().unwrap_or("").to_string(),
+                c["verdict"].as_str().unwrap_or("").to_string(),
+                c["summary"].as_str().unwrap_or("").to_string(),
+            ));
+        }
+    }
+    out
+}
+
+/// Runs a command inside a lab namespace (test setup only).
+pub fn in_netns(ns: &str, cmd: &[&str]) -> Output {
+    Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(cmd)
+        .output()
+        .expect("ip netns exec")
+}
+
+/// Takes a lab down when dropped, so a failing test leaves nothing behind.
+pub struct LabGuard(pub String);
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        if !run_namespaces(&self.0).is_empty() {
+            let _ = run(&["down", &self.0]);
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! The lab's safety: it leaves the host's own network namespace exactly as
+//! it found it, removes what it made on every exit path, and never touches
+//! another run's objects.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Everything about the host's network state that a lab could change.
+fn host_snapshot() -> String {
+    let mut s = String::new();
+    let strip_counters = |t: &str| -> String {
+        t.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| match (l.find('['), l.rfind(']')) {
+                (Some(a), Some(b)) if l.starts_with(':') && b > a => {
+                    format!("{}{}", &l[..a], &l[b + 1..])
+                }
+                _ => l.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    for (what, cmd) in [
+        ("links", &["ip", "-d", "-j", "link", "show"][..]),
+        ("addresses", &["ip", "-j", "addr", "show"][..]),
+        ("routes", &["ip", "-j", "route", "show", "table", "all"][..]),
+        ("rules", &["ip", "-j", "rule", "show"][..]),
+        ("iptables-nft", &["iptables-nft-save"][..]),
+        ("iptables-legacy", &["iptables-legacy-save"][..]),
+        ("nft", &["nft", "-j", "list", "ruleset"][..]),
+    ] {
+        let out = Command::new(cmd[0]).args(&cmd[1..]).output();
+        let text = match out {
+            Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
+            Err(e) => format!("({} unavailable: {e})", cmd[0]),
+        };
+        s.push_str(&format!("== {what}\n{}\n", strip_counters(&text)));
+    }
+    let mut netns: Vec<String> = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    netns.sort();
+    s.push_str(&format!("== netns\n{}\n", netns.join("\n")));
+    s
+}
+
+#[test]
+fn up_and_down_leave_the_host_namespace_identical() {
+    require_root!();
+    let _lab = common::lab_lock();
+    let before = host_snapshot();
+    let up = common::run(&["up", "scenarios/smoke.yaml", "--backend", "iptables"]);
+    assert!(up.status.success(), "{}", common::text(&up));
+    let run = common::run_id(&String::from_utf8_lossy(&up.stdout));
+    let _guard = common::LabGuard(run.clone());
+    assert!(
+        common::run_namespaces(&run).len() >= 9,
+        "the lab's namespaces exist while it is up"
+    );
+    let during = host_snapshot();
+    let down = common::run(&["down", &run]);
+    assert!(down.status.success(), "{}", common::text(&down));
+    let after = host_snapshot();
+    assert!(
+        common::run_namespaces(&run).is_empty(),
+        "namespaces left: {:?}",
+        common::run_namespaces(&run)
+    );
+    // Only /run/netns entries differ while the lab is up; nothing else.
+    let strip_netns = |s: &str| s.split("== netns").next().unwrap_or("").to_string();
+    assert_eq!(
+        strip_netns(&before),
+        strip_netns(&during),
+        "the lab changed the host namespace while up"
+    );
+    assert_eq!(before, after, "the host namespace differs after up/down");
+}
+
+#[test]
+fn a_bad_scenario_exits_2_names_the_place_and_creates_nothing() {
+    require_root!();
+    let dir = common::results_dir("bad-scenario");
+    let bad = dir.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: svclab.dev/v1alpha1\nkind: Lab\nspec:\n  nodes: 2\n  podCIDR: 10.244.0.0/16\n  serviceCIDR: 10.244.0.0/20\n",
+    )
+    .unwrap();
+    let before = common::lab_namespaces();
+    let out = common::run(&["up", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", common::text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.yaml:6:16: Lab: spec.serviceCIDR"),
+        "{err}"
+    );
+    assert!(err.contains("overlaps spec.podCIDR"), "{err}");
+    assert_eq!(common::lab_namespaces(), before);
+    let out = common::run(&["run", bad.to_str().unwrap(), "--backend", "none"]);
+    assert_eq!(out.status.code(), Some(2), "{}", common::text(&out));
+}
+
+/// Starts `svclab up --foreground` and waits for READY; returns the child
+/// and the run id.
+fn up_foreground(backend: &str) -> (std::process::Child, String) {
+    let mut child = common::svclab()
+        .args([
+            "up",
+            "--foreground",
+            "scenarios/smoke.yaml",
+            "--backend",
+            backend,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn svclab up");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().expect("a READY line").expect("read");
+    let run = first
+        .strip_prefix("READY ")
+        .unwrap_or_else(|| panic!("not READY: {first}"))
+        .to_string();
+    std::thread::spawn(move || for _ in lines {});
+    (child, run)
+}
+
+fn wait_exit(
+    child: &mut std::process::Child,
+    within: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+#[test]
+fn ctrl_c_and_sigterm_remove_the_lab() {
+    require_root!();
+    let _lab = common::lab_lock();
+    for (sig, code) in [(libc::SIGINT, 130), (libc::SIGTERM, 143)] {
+        let (mut child, run) = up_foreground("none");
+        let _guard = common::LabGuard(run.clone());
+        assert!(!common::run_namespaces(&run).is_empty());
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let status =
+            wait_exit(&mut child, Duration::from_secs(30)).expect("svclab exits after the signal");
+        assert_eq!(status.code(), Some(code));
+        assert!(
+            common::run_namespaces(&run).is_empty(),
+            "signal {sig}: left {:?}",
+            common::run_namespaces(&run)
+        );
+        assert!(!std::path::Path::new(&format!("/run/svclab/{run}")).exists());
+    }
+}
+
+#[test]
+fn cleanup_removes_a_sigkilled_run_and_leaves_live_runs_alone() {
+    require_root!();
+    let _lab = common::lab_lock();
+    let (mut killed, dead_run) = up_foreground("none");
+    let _g1 = common::LabGuard(dead_run.clone());
+    let (mut live, live_run) = up_foreground("none");
+    let _g2 = common::LabGuard(live_run.clone());
+    assert_ne!(dead_run, live_run, "two runs at once get different ids");
+    unsafe { libc::kill(killed.id() as i32, libc::SIGKILL) };
+    wait_exit(&mut killed, Duration::from_secs(10)).expect("killed");
+    assert!(
+        !common::run_namespaces(&dead_run).is_empty(),
+        "a SIGKILLed run leaves its namespaces"
+    );
+
+    let out = common::run(&["cleanup"]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains(&format!("run {live_run}: left alone")),
+        "{said}"
+    );
+    assert!(
+        common::run_namespaces(&dead_run).is_empty(),
+        "cleanup left {:?}",
+        common::run_namespaces(&dead_run)
+    );
+    assert!(
+        !common::run_namespaces(&live_run).is_empty(),
+        "cleanup touched a live run"
+    );
+    // No process of the killed run survives (agents and workloads die with it).
+    let stale: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read_to_string(e.path().join("cmdline")).ok())
+        .filter(|c| c.contains("svclab") && c.contains(&format!("svclab-{dead_run}")))
+        .collect();
+    assert!(stale.is_empty(), "{stale:?}");
+
+    let out = common::run(&["down", &live_run]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    wait_exit(&mut live, Duration::from_secs(30)).expect("the live run's owner exits on down");
+    assert!(common::run_namespaces(&live_run).is_empty());
+}
+
+#[test]
+fn a_panic_tears_the_lab_down() {
+    require_root!();
+    let _lab = common::lab_lock();
+    let out = common::svclab()
+        .args(["up", "--foreground", "scenarios/smoke.yaml"])
+        .env("SVCLAB_TEST_PANIC_AFTER_UP", "1")
+        .output()
+        .expect("run");
+    assert!(!out.status.success(), "{}", common::text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let run = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("READY "))
+        .unwrap_or_else(|| panic!("{}", common::text(&out)))
+        .to_string();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("panicked"),
+        "{}",
+        common::text(&out)
+    );
+    assert!(
+        common::run_namespaces(&run).is_empty(),
+        "panic left {:?}",
+        common::run_namespaces(&run)
+    );
+}
