@@ -22,6 +22,10 @@ pub mod maps;
 mod object;
 pub mod plan;
 pub mod sync;
+#[cfg(test)]
+mod testnet;
+#[cfg(test)]
+mod traffic_tests;
 
 use crate::{Backend, BackendOptions, Feature, Unavailable};
 
