@@ -1,24 +1,6 @@
 //! `svclab`: an end-to-end test harness and benchmark lab for Kubernetes
 //! Service proxies.
 
-mod agent;
-mod checks;
-mod churn;
-mod cleanup;
-mod controlplane;
-mod doctor;
-mod guard;
-mod lab;
-mod netns;
-mod probe;
-mod results;
-mod run;
-mod scenario;
-mod scrape;
-mod state;
-mod topology;
-mod vm;
-mod workload;
 
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -29,7 +11,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use svclab_backends::BackendKind;
 
-use crate::scenario::Scenario;
+use svclab::scenario::Scenario;
+use svclab::{agent, cleanup, doctor, guard, lab, run, scenario, state, topology, vm, workload};
 
 #[derive(Parser)]
 #[command(
@@ -275,7 +258,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
                 Ok(s) => s,
                 Err(code) => return Ok(code),
             };
-            let report = churn::run(scn, backend, seed).await?;
+            let report = svclab::churn::run(scn, backend, seed).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(if report.accounted {
                 ExitCode::SUCCESS

@@ -441,7 +441,7 @@ pub async fn service_update(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<Che
         spec.ports = Some(vec![p]);
     }
     let mut evidence = Vec::new();
-    let mut step = async |ctx: &mut Ctx<'_>,
+    let step = async |ctx: &mut Ctx<'_>,
                           what: &str,
                           svc: Option<Service>,
                           delete: bool|

@@ -1,0 +1,30 @@
+//! svclab: an end-to-end test harness and benchmark lab for Kubernetes
+//! Service proxies. The `svclab` binary is a thin CLI over these modules:
+//!
+//! - [`scenario`]: scenario files (a `Lab` document plus Kubernetes objects);
+//! - [`topology`]: the emulated cluster's namespaces, links and routes;
+//! - [`workload`]: the pods' echo and netexec servers;
+//! - [`controlplane`]: Services, EndpointSlices and watch events;
+//! - [`agent`]: the per-node agent process and its supervisor;
+//! - [`probe`], [`checks`]: probes from vantage points, and the checks;
+//! - [`lab`], [`run`], [`results`]: one run, end to end, and its reports;
+//! - [`cleanup`], [`guard`], [`state`]: leaving the host as it was found.
+
+pub mod agent;
+pub mod checks;
+pub mod churn;
+pub mod cleanup;
+pub mod controlplane;
+pub mod doctor;
+pub mod guard;
+pub mod lab;
+pub mod netns;
+pub mod probe;
+pub mod results;
+pub mod run;
+pub mod scenario;
+pub mod scrape;
+pub mod state;
+pub mod topology;
+pub mod vm;
+pub mod workload;
