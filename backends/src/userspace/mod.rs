@@ -29,6 +29,8 @@ pub mod udp;
 
 #[cfg(test)]
 mod kernel_tests;
+#[cfg(test)]
+mod measure;
 
 use crate::{Backend, BackendOptions, Feature, Unavailable};
 

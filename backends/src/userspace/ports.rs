@@ -7,10 +7,11 @@ use std::collections::BTreeSet;
 use std::io;
 use std::ops::RangeInclusive;
 
-/// The default range: clear of the NodePort range (30000-32767). It may
-/// overlap the ephemeral range: the kernel never picks an ephemeral port that
-/// a listener holds, and a port an outgoing socket holds is skipped here.
-pub const DEFAULT_RANGE: RangeInclusive<u16> = 40000..=49999;
+/// The default range: 18000 ports, below the NodePort range (30000-32767)
+/// and the kernel's default ephemeral range (32768-60999), so listeners
+/// never take ports that outgoing connections and UDP sessions need, and
+/// above the agent's own ports (kube-proxy's 10249 and 10256).
+pub const DEFAULT_RANGE: RangeInclusive<u16> = 12000..=29999;
 
 #[derive(Debug)]
 pub struct PortAllocator {
