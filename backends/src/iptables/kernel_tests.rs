@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 use super::backend::IptablesBackend;
 use super::fixtures::{ep, mixed, node, p80};
-use super::hooks::JUMPS;
+use super::hooks::{self, JUMPS};
 use super::names::{ServiceChains, endpoint_chain};
 use super::tool::{self, Flavor};
 use crate::model::{ChangeSet, Endpoint, ProxyState, ServicePortName};
@@ -80,6 +80,17 @@ fn fresh_full(flavor: Flavor, state: &ProxyState) -> String {
         let mut b = IptablesBackend::new(flavor, &BackendOptions::default());
         b.setup(&node()).unwrap();
         sync(&mut b, SyncMode::Full, 1, state, &full_changes(state));
+        saved(flavor)
+    })
+}
+
+/// What a fresh namespace holds after the hooks and `state` restored as
+/// one transaction per table.
+fn one_transaction(flavor: Flavor, state: &ProxyState) -> String {
+    in_new_netns(|| {
+        hooks::ensure(flavor).unwrap();
+        let text = super::render::render_full(state, &node(), &BackendOptions::default());
+        tool::restore(flavor, &text).unwrap();
         saved(flavor)
     })
 }
@@ -256,5 +267,54 @@ fn setup_finds_an_earlier_runs_chains_and_the_first_sync_removes_them() {
         b.setup(&node()).unwrap();
         sync(&mut b, SyncMode::Full, 1, &new, &full_changes(&new));
         assert_eq!(saved(flavor), fresh_full(flavor, &new));
+    });
+}
+
+#[test]
+fn split_transactions_end_where_one_transaction_does() {
+    require_netns!();
+    for_each_flavor(|flavor| {
+        // 130 x 10 endpoints: 1430 chains, so iptables-nft's restore is
+        // split in two transactions (and large cluster mode is on).
+        let mut state = super::fixtures::synthetic(130, 10);
+        let dump = std::env::temp_dir().join(format!(
+            "svclab-iptables-split-{flavor:?}-{}",
+            std::process::id()
+        ));
+        let options = BackendOptions {
+            dump_dir: Some(dump.clone()),
+            ..BackendOptions::default()
+        };
+        let mut b = IptablesBackend::new(flavor, &options);
+        b.setup(&node()).unwrap();
+        sync(&mut b, SyncMode::Full, 1, &state, &full_changes(&state));
+        let input = std::fs::read_to_string(dump.join("1-full.iptables")).unwrap();
+        std::fs::remove_dir_all(&dump).unwrap();
+        let transactions = input.matches("*nat\n").count();
+        assert_eq!(transactions, if flavor == Flavor::Nft { 2 } else { 1 });
+        assert!(
+            saved(flavor) == one_transaction(flavor, &state),
+            "{flavor:?}: split full sync differs from one transaction"
+        );
+
+        // A partial sync that adds a service port and removes another.
+        let gone = state.services.keys().nth(3).unwrap().clone();
+        let old = state.services.remove(&gone).unwrap();
+        state.endpoints.remove(&gone);
+        let added = p80("ns7", "added", [172, 31, 0, 7]);
+        state
+            .endpoints
+            .insert(added.name.clone(), vec![ep([10, 190, 0, 7], 80, false)]);
+        let changes = ChangeSet {
+            changed: BTreeSet::from([gone.clone(), added.name.clone()]),
+            deleted: [(gone, old)].into(),
+            ..ChangeSet::default()
+        };
+        state.services.insert(added.name.clone(), added);
+        sync(&mut b, SyncMode::Partial, 2, &state, &changes);
+        assert!(
+            saved(flavor) == one_transaction(flavor, &state),
+            "{flavor:?}: after partial"
+        );
     });
 }
