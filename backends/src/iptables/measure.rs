@@ -33,6 +33,8 @@ use crate::{Backend, BackendOptions, SyncRequest, require_netns};
 const ENDPOINTS_PER_SERVICE: usize = 10;
 
 struct Run {
+    setup: Duration,
+    cleanup: Duration,
     full: Duration,
     partials: Vec<Duration>,
     render_full: Duration,
@@ -70,7 +72,9 @@ fn agent_run(flavor: Flavor, services: usize, partials: usize, dir: &Path) -> Ru
 
     in_new_netns(|| {
         let mut b = IptablesBackend::new(flavor, &options);
+        let t = Instant::now();
         b.setup(&node).unwrap();
+        let setup = t.elapsed();
         let all = ChangeSet {
             changed: state.services.keys().cloned().collect(),
             ..ChangeSet::default()
@@ -115,8 +119,12 @@ fn agent_run(flavor: Flavor, services: usize, partials: usize, dir: &Path) -> Ru
             let name = p.file_name().unwrap().to_string_lossy().into_owned();
             name.split('-').next().unwrap().parse::<u64>().unwrap()
         });
+        let t = Instant::now();
         b.cleanup().unwrap();
+        let cleanup = t.elapsed();
         Run {
+            setup,
+            cleanup,
             full,
             partials: times,
             render_full,
@@ -234,6 +242,7 @@ fn measure_sync_costs() {
                 ms(run.render_full),
                 ms(run.render_partial),
             );
+            println!("  setup {}, cleanup {}", ms(run.setup), ms(run.cleanup));
             println!(
                 "  partials agent: {:?}\n  partials bare:  {:?}",
                 run.partials.iter().map(|d| ms(*d)).collect::<Vec<_>>(),

@@ -3,10 +3,18 @@
 //! it (pkg/proxy/iptables/proxier.go), with nodePortAddresses set to the
 //! node IP and the local-traffic detector set to the cluster CIDR.
 //!
-//! Pure: no kernel, no I/O. A full render writes every chain; a partial
-//! render rewrites the top-level chains (always complete) and the chains of
-//! the changed service ports only, and deletes the chains that are no
-//! longer used (kube-proxy's MinimizeIPTablesRestore).
+//! Pure: no kernel, no I/O. A full render writes every chain. A partial
+//! render writes the chains of the changed service ports and deletes the
+//! chains no longer used (kube-proxy's MinimizeIPTablesRestore); it goes
+//! one step further than kube-proxy, which rewrites the top-level chains
+//! on every sync: it writes them only when their text changed, and leaves
+//! out a changed service port that renders exactly as before. The rules in
+//! the kernel are the same either way.
+//!
+//! Rules in KUBE-SERVICES and KUBE-NODEPORTS come in descending order of
+//! their target chain's name rather than kube-proxy's (random) map order;
+//! their matches are disjoint, so the order only matters to
+//! iptables-nft's speed (see [`Config::chains_per_transaction`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt::{self, Write as _};
@@ -20,7 +28,7 @@ use crate::model::{
 };
 use crate::{BackendOptions, Fault};
 
-/// nat chains every sync writes, in kube-proxy's order.
+/// kube-proxy's chains in the nat table that belong to no service port.
 pub const NAT_TOP: [&str; 4] = [
     "KUBE-SERVICES",
     "KUBE-NODEPORTS",
@@ -28,7 +36,7 @@ pub const NAT_TOP: [&str; 4] = [
     "KUBE-MARK-MASQ",
 ];
 
-/// filter chains every sync writes, in kube-proxy's order.
+/// kube-proxy's chains in the filter table, in its order.
 pub const FILTER_TOP: [&str; 5] = [
     "KUBE-SERVICES",
     "KUBE-EXTERNAL-SERVICES",
@@ -571,7 +579,7 @@ struct ServiceCtx<'a> {
 }
 
 impl ServiceCtx<'_> {
-    /// Writes the service port's own chains into `chains`/`rules` and
+    /// Writes the service port's own chains into `chain_lines`/`rules` and
     /// returns its entry, whose top-level fragments the caller places.
     fn service(
         &self,

@@ -1,6 +1,7 @@
 //! A model of what `iptables-restore --noflush` does to the kernel's
 //! tables, strict where the kernel is strict (a jump needs its chain; a
-//! chain is deleted only when empty and unreferenced). Pure tests run long
+//! chain is deleted only when empty and unreferenced; a rule is deleted
+//! only if it exists). Pure tests run long
 //! random sequences of partial syncs through it, which would take hours
 //! against the kernel.
 
@@ -25,7 +26,10 @@ impl Tables {
             let fail = |why: &str| format!("line {}: {why}: `{line}`", i + 1);
             if let Some(name) = line.strip_prefix('*') {
                 table = Some(name);
-                next.tables.entry(name.to_string()).or_default();
+                let t = next.tables.entry(name.to_string()).or_default();
+                for b in BUILTIN_CHAINS {
+                    t.entry(b.to_string()).or_default();
+                }
                 continue;
             }
             if line == "COMMIT" {
@@ -51,6 +55,14 @@ impl Tables {
                 t.get_mut(chain)
                     .ok_or_else(|| fail("no such chain"))?
                     .push(spec.to_string());
+            } else if let Some(rest) = line.strip_prefix("-D ") {
+                let (chain, spec) = rest.split_once(' ').ok_or_else(|| fail("no rule"))?;
+                let rules = t.get_mut(chain).ok_or_else(|| fail("no such chain"))?;
+                let at = rules
+                    .iter()
+                    .position(|r| r == spec)
+                    .ok_or_else(|| fail("no such rule"))?;
+                rules.remove(at);
             } else if let Some(chain) = line.strip_prefix("-X ") {
                 let rules = t.get(chain).ok_or_else(|| fail("no such chain"))?;
                 if !rules.is_empty() {
@@ -68,10 +80,16 @@ impl Tables {
         Ok(())
     }
 
+    /// The user-defined chains of `table`.
     pub fn chains(&self, table: &str) -> Vec<&str> {
         self.tables
             .get(table)
-            .map(|t| t.keys().map(String::as_str).collect())
+            .map(|t| {
+                t.keys()
+                    .map(String::as_str)
+                    .filter(|c| !BUILTIN_CHAINS.contains(c))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
