@@ -43,7 +43,14 @@ pub fn cleanup_run(run: &RunId, force: bool, report: &mut CleanupReport) {
             return;
         }
     }
-    let mut procs: Vec<ProcRef> = state.map(|s| s.processes).unwrap_or_default();
+    let mut procs: Vec<ProcRef> = Vec::new();
+    if let Some(st) = state {
+        // Forced: the owner (a lab process) goes too, or it would idle on.
+        if st.owner.pid != std::process::id() {
+            procs.push(st.owner);
+        }
+        procs.extend(st.processes);
+    }
     procs.extend(svclab_processes_in(&run.ns_prefix()));
     procs.sort_by_key(|p| p.pid);
     procs.dedup_by_key(|p| p.pid);
@@ -99,8 +106,7 @@ fn svclab_processes_in(prefix: &str) -> Vec<ProcRef> {
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
             let ino = std::fs::metadata(format!("/proc/{pid}/ns/net")).map(|m| m.ino());
-            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-            ino.is_ok_and(|i| inodes.contains(&i)) && comm.trim() == "svclab"
+            ino.is_ok_and(|i| inodes.contains(&i)) && crate::state::is_svclab(*pid)
         })
         .filter_map(|pid| ProcRef::of(pid, "found"))
         .collect()

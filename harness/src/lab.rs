@@ -178,10 +178,13 @@ impl Lab {
                 ports: p.ports.iter().map(|pp| (pp.port, pp.protocol)).collect(),
             })
             .collect();
-        let exe = std::env::current_exe()?;
+        let exe = crate::state::self_exe();
         let log = std::fs::File::create(self.log_dir().join("workloads.log"))?;
         let mut cmd = Command::new(exe);
-        cmd.arg("workloads")
+        cmd.arg0("svclab")
+            .arg("workloads")
+            .arg("--run")
+            .arg(self.run.as_str())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))

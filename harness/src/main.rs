@@ -103,7 +103,11 @@ enum Command {
     Agent(agent::AgentArgs),
     /// Serve every pod's echo servers (started by the lab).
     #[command(hide = true)]
-    Workloads,
+    Workloads {
+        /// The run this server belongs to (for `ps` and cleanup).
+        #[arg(long)]
+        run: String,
+    },
 }
 
 /// `all` expands to every backend this host can run.
@@ -202,7 +206,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
-        Command::Workloads => workloads().await,
+        Command::Workloads { .. } => workloads().await,
         Command::Run {
             scenario,
             backend,
@@ -365,8 +369,12 @@ fn print_lab(lab: &lab::Lab) {
 }
 
 fn up_detached(scenario: Option<PathBuf>, backend: Option<BackendKind>) -> Result<ExitCode> {
-    let exe = std::env::current_exe()?;
+    let exe = svclab::state::self_exe();
     let mut cmd = std::process::Command::new(exe);
+    {
+        use std::os::unix::process::CommandExt;
+        cmd.arg0("svclab");
+    }
     cmd.arg("up").arg("--foreground");
     if let Some(s) = &scenario {
         cmd.arg(s);

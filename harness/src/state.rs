@@ -137,6 +137,22 @@ pub fn known_runs() -> Vec<RunId> {
     ids
 }
 
+/// This program, for re-executing itself (agents, workload server, the lab
+/// process). Through /proc/self/exe it keeps working when the binary on
+/// disk is replaced by a rebuild while a lab runs.
+pub fn self_exe() -> std::path::PathBuf {
+    std::path::PathBuf::from("/proc/self/exe")
+}
+
+/// Whether `pid` runs svclab (by its executable, which a rebuild may have
+/// replaced: then the link ends in " (deleted)").
+pub fn is_svclab(pid: u32) -> bool {
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .is_some_and(|n| n == "svclab" || n.starts_with("svclab "))
+}
+
 pub fn now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

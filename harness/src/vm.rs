@@ -117,6 +117,7 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
     }
     which("vng").context("virtme-ng (vng) is not installed: run ci/setup --vm")?;
     which("qemu-system-x86_64").context("qemu is not installed: run ci/setup --vm")?;
+    // The VM runs this same binary by its path on the shared filesystem.
     let exe = std::env::current_exe()?;
     let cwd = std::env::current_dir()?;
     std::fs::create_dir_all(&args.results)?;

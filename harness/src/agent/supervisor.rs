@@ -55,7 +55,7 @@ impl Agents {
     /// Starts one agent per `(args, netns)`; stderr goes to `log_dir`.
     pub async fn start(agents: Vec<(AgentArgs, String)>, log_dir: &Path) -> anyhow::Result<Agents> {
         std::fs::create_dir_all(log_dir)?;
-        let exe = std::env::current_exe()?;
+        let exe = crate::state::self_exe();
         let (tx, rx) = mpsc::unbounded_channel();
         let mut handles = Vec::new();
         for (i, (args, netns)) in agents.into_iter().enumerate() {
@@ -64,7 +64,8 @@ impl Agents {
             let ns_fd = NetNs::new(&netns).open()?;
             let raw = ns_fd.as_raw_fd();
             let mut cmd = Command::new(&exe);
-            cmd.arg("agent")
+            cmd.arg0("svclab")
+                .arg("agent")
                 .args(args.to_flags())
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
