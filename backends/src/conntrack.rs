@@ -4,15 +4,19 @@
 
 use std::net::Ipv4Addr;
 
+use crate::BackendError;
 use crate::cmd;
 use crate::model::{ChangeSet, Protocol, ProxyState};
-use crate::BackendError;
 
 /// One conntrack deletion, named for the report.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Flush {
     /// Flows to `vip:port` that were DNATed to `endpoint`.
-    ServiceToEndpoint { vip: Ipv4Addr, port: u16, endpoint: Ipv4Addr },
+    ServiceToEndpoint {
+        vip: Ipv4Addr,
+        port: u16,
+        endpoint: Ipv4Addr,
+    },
     /// Flows to any address on `node_port` DNATed to `endpoint`.
     NodePortToEndpoint { node_port: u16, endpoint: Ipv4Addr },
     /// Every UDP flow to `vip:port` (a Service that just got endpoints may
@@ -25,7 +29,11 @@ impl Flush {
     pub fn args(&self) -> Vec<String> {
         let mut a: Vec<String> = vec!["-D".into(), "-p".into(), "udp".into()];
         match self {
-            Flush::ServiceToEndpoint { vip, port, endpoint } => a.extend([
+            Flush::ServiceToEndpoint {
+                vip,
+                port,
+                endpoint,
+            } => a.extend([
                 "--orig-dst".into(),
                 vip.to_string(),
                 "--orig-port-dst".into(),
@@ -33,7 +41,10 @@ impl Flush {
                 "--dst-nat".into(),
                 endpoint.to_string(),
             ]),
-            Flush::NodePortToEndpoint { node_port, endpoint } => a.extend([
+            Flush::NodePortToEndpoint {
+                node_port,
+                endpoint,
+            } => a.extend([
                 "--orig-port-dst".into(),
                 node_port.to_string(),
                 "--dst-nat".into(),
@@ -57,7 +68,11 @@ pub fn stale_flows(state: &ProxyState, changes: &ChangeSet) -> Vec<Flush> {
         if name.protocol != Protocol::Udp {
             continue;
         }
-        let Some(svc) = state.services.get(name).or_else(|| changes.deleted.get(name)) else {
+        let Some(svc) = state
+            .services
+            .get(name)
+            .or_else(|| changes.deleted.get(name))
+        else {
             continue;
         };
         for ep in removed {

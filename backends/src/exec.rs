@@ -43,7 +43,9 @@ pub fn capability(program: &str) -> Result<(), Unavailable> {
     use std::os::unix::fs::PermissionsExt;
     let path = resolve(program)
         .ok_or_else(|| Unavailable::new(format!("exec backend program {program:?} not found")))?;
-    let mode = std::fs::metadata(&path).map(|m| m.permissions().mode()).unwrap_or(0);
+    let mode = std::fs::metadata(&path)
+        .map(|m| m.permissions().mode())
+        .unwrap_or(0);
     if mode & 0o111 == 0 {
         return Err(Unavailable::new(format!(
             "exec backend program {} is not executable",
@@ -200,13 +202,20 @@ impl Backend for ExecBackend {
                         break;
                     }
                     Err(e) => {
-                        errors.push(BackendError::io(format!("waiting for exec:{}", self.program), e));
+                        errors.push(BackendError::io(
+                            format!("waiting for exec:{}", self.program),
+                            e,
+                        ));
                         break;
                     }
                 }
             }
         }
-        if errors.is_empty() { Ok(()) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
     }
 }
 

@@ -199,7 +199,10 @@ pub enum AgentMessage {
     },
     Sync(SyncReport),
     /// The agent cannot go on; it exits after this line.
-    Fatal { node: String, error: String },
+    Fatal {
+        node: String,
+        error: String,
+    },
 }
 
 /// What the agent sends to an `exec:` program's stdin.
