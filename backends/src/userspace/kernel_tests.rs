@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use super::backend::UserspaceBackend;
@@ -487,6 +488,121 @@ fn no_reject_fault_leaves_clients_hanging() {
         sync(&mut b, 1, SyncMode::Full, &ProxyState::default(), &state);
         let err = ask_tcp("172.30.0.42:80").expect_err("no endpoints");
         assert_eq!(err.kind(), ErrorKind::TimedOut, "{err}");
+        b.cleanup().expect("cleanup");
+    });
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A pod: a namespace of its own joined to the test's (node) namespace by
+/// a veth, `eth0` 10.244.0.5/24 with the node side `vpod` 10.244.0.1/24 as
+/// its gateway. Its packets reach the node through PREROUTING, like a real
+/// pod's through `cni0`.
+struct Pod {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Pod {
+    /// Must be called from the node namespace.
+    fn start() -> Pod {
+        let (path_tx, path_rx) = mpsc::channel::<String>();
+        let (jobs, job_rx) = mpsc::channel::<Job>();
+        std::thread::spawn(move || {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
+            let tid = nix::unistd::gettid();
+            let _ = path_tx.send(format!("/proc/{}/task/{tid}/ns/net", std::process::id()));
+            while let Ok(job) = job_rx.recv_timeout(Duration::from_secs(60)) {
+                job();
+            }
+        });
+        let path = path_rx.recv().unwrap();
+        for args in [
+            &[
+                "link", "add", "vpod", "type", "veth", "peer", "name", "eth0", "netns", &path,
+            ][..],
+            &["addr", "add", "10.244.0.1/24", "dev", "vpod"],
+            &["link", "set", "vpod", "up"],
+        ] {
+            cmd::run("ip", args, None).expect("pod link");
+        }
+        // The node routes: pod packets to a VIP without endpoints must reach
+        // FORWARD, where they are rejected.
+        cmd::run(
+            "sh",
+            &["-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"],
+            None,
+        )
+        .expect("forwarding on in the test namespace");
+        let pod = Pod { jobs };
+        pod.run(|| {
+            for args in [
+                &["link", "set", "lo", "up"][..],
+                &["addr", "add", "10.244.0.5/24", "dev", "eth0"],
+                &["link", "set", "eth0", "up"],
+                &["route", "add", "default", "via", "10.244.0.1"],
+            ] {
+                cmd::run("ip", args, None).expect("pod address");
+            }
+        });
+        pod
+    }
+
+    /// Runs `f` on the pod's thread, inside its namespace.
+    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = mpsc::channel();
+        self.jobs
+            .send(Box::new(move || {
+                let _ = tx.send(f());
+            }))
+            .unwrap();
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("pod job done")
+    }
+}
+
+#[test]
+fn pod_traffic_is_redirected_to_the_proxy() {
+    require_netns!();
+    in_new_netns(|| {
+        plumb(&[5, 6]);
+        serve(5, 8080);
+        serve(6, 8080);
+        serve(5, 5353);
+        serve(6, 5353);
+        let pod = Pod::start();
+        let mut state = ProxyState::default();
+        let mut web = service("web", [172, 30, 0, 41], 80, Protocol::Tcp);
+        web.node_port = Some(30080);
+        insert(&mut state, web, vec![ep(5, 8080), ep(6, 8080)]);
+        insert(
+            &mut state,
+            service("dns", [172, 30, 0, 53], 53, Protocol::Udp),
+            vec![ep(5, 5353), ep(6, 5353)],
+        );
+        insert(
+            &mut state,
+            service("empty", [172, 30, 0, 42], 80, Protocol::Tcp),
+            vec![],
+        );
+        let mut b = backend();
+        sync(&mut b, 1, SyncMode::Full, &ProxyState::default(), &state);
+
+        let (vip, node_port, empty, dns) = pod.run(|| {
+            let vip = tally((0..4).map(|_| ask_tcp("172.30.0.41:80").expect("ClusterIP").0));
+            let np = tally((0..4).map(|_| ask_tcp("192.168.0.2:30080").expect("NodePort").0));
+            let empty = ask_tcp("172.30.0.42:80").map_err(|e| e.kind());
+            // Replies must come back from the VIP (REDIRECT un-done), or the
+            // connected socket drops them.
+            let dns = (0..4)
+                .map(|_| ask_udp(&udp_client("172.30.0.53:53")).map(|a| a.0))
+                .collect::<std::io::Result<Vec<u8>>>();
+            (vip, np, empty, dns)
+        });
+        let even = BTreeMap::from([(5, 2), (6, 2)]);
+        assert_eq!(vip, even);
+        assert_eq!(node_port, even);
+        assert_eq!(empty, Err(ErrorKind::ConnectionRefused));
+        assert_eq!(tally(dns.expect("UDP from the pod")), even);
         b.cleanup().expect("cleanup");
     });
 }

@@ -152,7 +152,7 @@ fn sync_cost_at_scale() {
                 ));
                 seq += 1;
             }
-            let mut add_delete = Vec::new();
+            let (mut adds, mut deletes) = (Vec::new(), Vec::new());
             for k in 0..PARTIALS as u32 {
                 let svc = service(n + k);
                 let name = svc.name.clone();
@@ -176,17 +176,19 @@ fn sync_cost_at_scale() {
                     &state,
                     BTreeSet::from([name]),
                 );
-                add_delete.push(add + del);
+                adds.push(add);
+                deletes.push(del);
                 seq += 2;
             }
             let stats = b.stats().unwrap();
             println!(
-                "| {n} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {n} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 ms(setup),
                 ms(first),
                 ms(resync),
                 ms(median(endpoint_only)),
-                ms(median(add_delete)),
+                ms(median(adds)),
+                ms(median(deletes)),
                 stats.detail["listeners"],
                 stats.detail["iptablesRules"],
             );
