@@ -35,6 +35,8 @@ use crate::{
 const WORKERS: usize = 2;
 /// Pending connections per listener, for bursts of probes.
 const BACKLOG: u32 = 1024;
+/// The fixed rules that send portal traffic to its sub-chain.
+const DISPATCH_RULES: u64 = 3 * rules::SHARDS as u64;
 /// kube-proxy's userspace mode raised its descriptor limit to this.
 const WANTED_FILES: u64 = 64_000;
 
@@ -118,6 +120,7 @@ impl UserspaceBackend {
             .map(|p| p.rules.len() as u64)
             .sum::<u64>()
             + JUMPS.len() as u64
+            + DISPATCH_RULES
     }
 
     /// Creates or updates the proxy of `svc` and opens or closes its

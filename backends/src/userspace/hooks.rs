@@ -172,7 +172,7 @@ fn remove_table(table: Table) -> Result<(), BackendError> {
 /// Restore input that empties and deletes our chains of `table` and the
 /// jumps into them, or `None` when the table has none of ours.
 pub fn removal_input(table: Table, saved: &SavedTable<'_>) -> Option<String> {
-    let ours = |c: &str| table.chains().contains(&c);
+    let ours = |c: &str| table.is_ours(c);
     let chains: Vec<&str> = saved.chains.iter().copied().filter(|c| ours(c)).collect();
     if chains.is_empty() {
         return None;
@@ -200,19 +200,20 @@ mod tests {
     #[test]
     fn removal_takes_our_chains_and_jumps_and_nothing_else() {
         let text = "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
-            :KUBE-SERVICES - [0:0]\n:KUBE-PORTALS-CONTAINER - [0:0]\n:KUBE-NODEPORT-HOST - [0:0]\n\
+            :KUBE-SERVICES - [0:0]\n:KUBE-PORTALS-CONTAINER - [0:0]\n:KUBE-PORTALS-CONTAINER-0A - [0:0]\n:KUBE-NODEPORT-HOST - [0:0]\n\
             -A PREROUTING -m comment --comment \"handle ClusterIPs; NOTE: this must be before the NodePort rules\" -j KUBE-PORTALS-CONTAINER\n\
             -A PREROUTING -j KUBE-SERVICES\n\
             -A OUTPUT -m comment --comment \"x\" -j KUBE-NODEPORT-HOST\n\
-            -A KUBE-PORTALS-CONTAINER -d 10.96.0.10/32 -p tcp -m tcp --dport 80 -j REDIRECT --to-ports 40000\n\
+            -A KUBE-PORTALS-CONTAINER -d 0.0.0.10/0.0.0.63 -j KUBE-PORTALS-CONTAINER-0A\n\
+            -A KUBE-PORTALS-CONTAINER-0A -d 10.96.0.10/32 -p tcp -m tcp --dport 80 -j REDIRECT --to-ports 40000\n\
             COMMIT\n";
         let got = removal_input(Table::Nat, &SavedTable::parse(text)).unwrap();
         assert_eq!(
             got,
-            "*nat\n:KUBE-PORTALS-CONTAINER - [0:0]\n:KUBE-NODEPORT-HOST - [0:0]\n\
+            "*nat\n:KUBE-PORTALS-CONTAINER - [0:0]\n:KUBE-PORTALS-CONTAINER-0A - [0:0]\n:KUBE-NODEPORT-HOST - [0:0]\n\
              -D PREROUTING -m comment --comment \"handle ClusterIPs; NOTE: this must be before the NodePort rules\" -j KUBE-PORTALS-CONTAINER\n\
              -D OUTPUT -m comment --comment \"x\" -j KUBE-NODEPORT-HOST\n\
-             -X KUBE-PORTALS-CONTAINER\n-X KUBE-NODEPORT-HOST\nCOMMIT\n"
+             -X KUBE-PORTALS-CONTAINER\n-X KUBE-PORTALS-CONTAINER-0A\n-X KUBE-NODEPORT-HOST\nCOMMIT\n"
         );
         assert_eq!(
             removal_input(

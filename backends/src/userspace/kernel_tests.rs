@@ -439,7 +439,7 @@ fn partial_syncs_touch_only_changed_ports_and_match_a_full_sync() {
         let partial = std::fs::read_to_string(dir.join("2-partial.iptables")).unwrap();
         assert!(!partial.contains("ns/a"), "{partial}");
         assert!(
-            partial.contains("-D KUBE-PORTALS-CONTAINER -d 172.30.0.2/32"),
+            partial.contains("-D KUBE-PORTALS-CONTAINER-02 -d 172.30.0.2/32"),
             "{partial}"
         );
         assert!(
