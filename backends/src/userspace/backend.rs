@@ -43,7 +43,6 @@ const WANTED_FILES: u64 = 64_000;
 pub struct UserspaceBackend {
     options: BackendOptions,
     runtime: Option<Runtime>,
-    node: Option<NodeContext>,
     ports: PortAllocator,
     udp_idle: Duration,
     proxies: BTreeMap<ServicePortName, Proxied>,
@@ -90,7 +89,6 @@ impl UserspaceBackend {
         UserspaceBackend {
             options: options.clone(),
             runtime: None,
-            node: None,
             ports: PortAllocator::new(DEFAULT_RANGE),
             udp_idle: udp::IDLE_TIMEOUT,
             proxies: BTreeMap::new(),
@@ -330,7 +328,7 @@ impl Backend for UserspaceBackend {
         BackendKind::Userspace
     }
 
-    fn setup(&mut self, node: &NodeContext) -> Result<(), BackendError> {
+    fn setup(&mut self, _node: &NodeContext) -> Result<(), BackendError> {
         raise_file_limit();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(WORKERS)
@@ -340,7 +338,6 @@ impl Backend for UserspaceBackend {
             .map_err(|e| BackendError::io("starting the userspace proxy's tokio runtime", e))?;
         hooks::ensure()?;
         self.runtime = Some(runtime);
-        self.node = Some(node.clone());
         Ok(())
     }
 

@@ -53,8 +53,8 @@ impl ServiceProxy {
     /// Takes a new spec and endpoint list. UDP sessions whose endpoint left
     /// their pool are dropped, so the client's next datagram picks a
     /// remaining endpoint (what flushing conntrack does for kube-proxy's
-    /// other modes). Returns how many sessions were dropped.
-    pub fn update(&self, svc: &ServicePort, endpoints: &[Endpoint], node: &NodeContext) -> usize {
+    /// other modes).
+    pub fn update(&self, svc: &ServicePort, endpoints: &[Endpoint], node: &NodeContext) {
         let (cluster, local) = policy::pools(svc, endpoints);
         let affinity = svc
             .session_affinity_seconds
@@ -77,7 +77,6 @@ impl ServiceProxy {
         self.counters
             .udp_sessions_dropped
             .fetch_add(dropped as u64, Ordering::Relaxed);
-        dropped
     }
 
     /// The endpoint for a new connection or UDP session from `client` that
