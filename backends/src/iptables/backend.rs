@@ -23,8 +23,9 @@ pub struct IptablesBackend {
     options: BackendOptions,
     config: Config,
     book: Book,
-    /// A failed restore leaves the kernel's state unknown to the book, so
-    /// the next sync rewrites everything (as kube-proxy's needFullSync).
+    /// A failed sync leaves the kernel's state unknown to the book (and
+    /// the agent has taken its changes), so the next sync rewrites
+    /// everything, as kube-proxy's needFullSync.
     need_full: bool,
     syncs: u64,
     deleted_chains: u64,
@@ -93,8 +94,12 @@ impl Backend for IptablesBackend {
             _ => Scope::Full,
         };
         let rendered = render::render(&self.config, req.state, req.node, scope, &self.book);
-        if let Some(dir) = &self.options.dump_dir {
-            self.dump(dir, req.seq, rendered.full, &rendered.text)?;
+        if let Some(dir) = &self.options.dump_dir
+            && let Err(e) = self.dump(dir, req.seq, rendered.full, &rendered.text)
+        {
+            // This sync's changes are not applied; the next sync covers them.
+            self.need_full = true;
+            return Err(e);
         }
         // Nothing differs from what is programmed: no restore at all.
         if !rendered.text.is_empty()

@@ -6,7 +6,8 @@
 //!
 //! `SVCLAB_MEASURE_SERVICES` (default `1000,10000`), `SVCLAB_MEASURE_PARTIALS`
 //! (default 10), `SVCLAB_MEASURE_FLAVORS` (default `nft,legacy`) narrow it;
-//! `SVCLAB_MEASURE_KEEP=1` keeps the dumped inputs.
+//! `SVCLAB_MEASURE_REPS` (default 1) repeats each size, alternating agent and
+//! bare runs; `SVCLAB_MEASURE_KEEP=1` keeps the dumped inputs.
 //!
 //! For each flavor and size (Services x 10 endpoints) it times, in a fresh
 //! namespace, the agent's full sync and one-endpoint partial syncs (render,
@@ -193,18 +194,75 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1e3)
 }
 
+/// `reps` alternating agent and bare runs, so load from other work on the
+/// machine falls on both alike; prints medians.
+fn measure_size(flavor: Flavor, services: usize, partials: usize, reps: usize, keep: bool) {
+    let (mut agent_full, mut bare_full) = (Vec::new(), Vec::new());
+    let (mut agent_partial, mut bare_partial) = (Vec::new(), Vec::new());
+    let (mut render_full, mut render_partial) = (Vec::new(), Vec::new());
+    let (mut setup, mut cleanup) = (Vec::new(), Vec::new());
+    for rep in 0..reps {
+        let dir = std::env::temp_dir().join(format!(
+            "svclab-measure-{flavor:?}-{services}-{rep}-{}",
+            std::process::id()
+        ));
+        let run = agent_run(flavor, services, partials, &dir);
+        let bare = bare_run(flavor, &run.files);
+        if keep {
+            println!("  dumps kept in {}", dir.display());
+        } else {
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+        let (full, rest) = bare.split_first().unwrap();
+        bare_full.push(*full);
+        bare_partial.extend_from_slice(rest);
+        agent_full.push(run.full);
+        agent_partial.extend(run.partials);
+        render_full.push(run.render_full);
+        render_partial.push(run.render_partial);
+        setup.push(run.setup);
+        cleanup.push(run.cleanup);
+    }
+    let ratio = |a: &[Duration], b: &[Duration]| {
+        median(a.to_vec()).as_secs_f64() / median(b.to_vec()).as_secs_f64()
+    };
+    println!(
+        "| {} | {services} x {ENDPOINTS_PER_SERVICE} | {} / {} | {} / {} | {:.2} / {:.2} | {} / {} \
+         | {} / {} |",
+        flavor.restore(),
+        ms(median(agent_full.clone())),
+        ms(median(bare_full.clone())),
+        ms(median(agent_partial.clone())),
+        ms(median(bare_partial.clone())),
+        ratio(&agent_full, &bare_full),
+        ratio(&agent_partial, &bare_partial),
+        ms(median(render_full)),
+        ms(median(render_partial)),
+        ms(median(setup)),
+        ms(median(cleanup)),
+    );
+    println!(
+        "  full agent: {:?}\n  full bare:  {:?}\n  partial agent: {:?}\n  partial bare:  {:?}",
+        agent_full.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
+        bare_full.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
+        agent_partial.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
+        bare_partial.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
+    );
+}
+
 #[test]
 #[ignore = "minutes of kernel work; run by hand in a release build"]
 fn measure_sync_costs() {
     require_netns!();
     let sizes = env_list("SVCLAB_MEASURE_SERVICES", "1000,10000");
     let partials = env_list("SVCLAB_MEASURE_PARTIALS", "10")[0];
+    let reps = env_list("SVCLAB_MEASURE_REPS", "1")[0].max(1);
     let keep = std::env::var_os("SVCLAB_MEASURE_KEEP").is_some();
     println!(
         "| flavor | services x eps | full: agent / bare | partial p50: agent / bare | ratio | \
-         render full / partial |"
+         render full / partial | setup / cleanup |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     let flavors = std::env::var("SVCLAB_MEASURE_FLAVORS").unwrap_or("nft,legacy".into());
     for flavor in [Flavor::Nft, Flavor::Legacy] {
         if !flavors.contains(&format!("{flavor:?}").to_lowercase()) {
@@ -215,39 +273,7 @@ fn measure_sync_costs() {
             continue;
         }
         for &services in &sizes {
-            let dir = std::env::temp_dir().join(format!(
-                "svclab-measure-{flavor:?}-{services}-{}",
-                std::process::id()
-            ));
-            let run = agent_run(flavor, services, partials, &dir);
-            let bare = bare_run(flavor, &run.files);
-            if keep {
-                println!("  dumps kept in {}", dir.display());
-            } else {
-                std::fs::remove_dir_all(&dir).unwrap();
-            }
-            let (bare_full, bare_partials) = bare.split_first().unwrap();
-            let agent_p50 = median(run.partials.clone());
-            let bare_p50 = median(bare_partials.to_vec());
-            println!(
-                "| {} | {services} x {ENDPOINTS_PER_SERVICE} | {} / {} | {} / {} | {:.2} / {:.2} \
-                 | {} / {} |",
-                flavor.restore(),
-                ms(run.full),
-                ms(*bare_full),
-                ms(agent_p50),
-                ms(bare_p50),
-                run.full.as_secs_f64() / bare_full.as_secs_f64(),
-                agent_p50.as_secs_f64() / bare_p50.as_secs_f64(),
-                ms(run.render_full),
-                ms(run.render_partial),
-            );
-            println!("  setup {}, cleanup {}", ms(run.setup), ms(run.cleanup));
-            println!(
-                "  partials agent: {:?}\n  partials bare:  {:?}",
-                run.partials.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
-                bare_partials.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
-            );
+            measure_size(flavor, services, partials, reps, keep);
         }
     }
 }
