@@ -19,6 +19,8 @@ pub mod flows;
 pub mod links;
 pub mod loader;
 pub mod maps;
+#[cfg(test)]
+mod measure;
 mod object;
 pub mod plan;
 pub mod sync;
