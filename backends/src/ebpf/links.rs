@@ -1,15 +1,17 @@
 //! The node's links as the backend needs them, over rtnetlink in the
 //! calling thread's namespace: the uplink, the pod bridge, the pods' host
-//! veths (the bridge's ports) and the bridge's address.
+//! veths (the bridge's ports), the bridge's address, and removing the
+//! clsact qdiscs the backend added (kernels before tcx).
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 
 use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use netlink_packet_route::tc::{TcHandle, TcMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::protocols::NETLINK_ROUTE;
 use netlink_sys::{Socket, SocketAddr};
@@ -33,11 +35,14 @@ pub struct Link {
 
 /// Every link of the current namespace.
 pub fn all() -> Result<Vec<Link>, LinkError> {
-    let replies =
-        dump(RouteNetlinkMessage::GetLink(LinkMessage::default())).map_err(|source| LinkError {
-            what: "listing links".into(),
-            source,
-        })?;
+    let replies = request(
+        RouteNetlinkMessage::GetLink(LinkMessage::default()),
+        NLM_F_DUMP,
+    )
+    .map_err(|source| LinkError {
+        what: "listing links".into(),
+        source,
+    })?;
     Ok(replies
         .into_iter()
         .filter_map(|m| match m {
@@ -68,10 +73,11 @@ fn link_of(l: LinkMessage) -> Link {
 pub fn ipv4_addresses(index: u32) -> Result<Vec<Ipv4Addr>, LinkError> {
     let mut msg = AddressMessage::default();
     msg.header.family = AddressFamily::Inet;
-    let replies = dump(RouteNetlinkMessage::GetAddress(msg)).map_err(|source| LinkError {
-        what: "listing IPv4 addresses".into(),
-        source,
-    })?;
+    let replies =
+        request(RouteNetlinkMessage::GetAddress(msg), NLM_F_DUMP).map_err(|source| LinkError {
+            what: "listing IPv4 addresses".into(),
+            source,
+        })?;
     Ok(replies
         .into_iter()
         .filter_map(|m| match m {
@@ -86,13 +92,44 @@ pub fn ipv4_addresses(index: u32) -> Result<Vec<Ipv4Addr>, LinkError> {
         .collect())
 }
 
-/// Sends a dump request and collects the replies up to NLMSG_DONE.
-fn dump(msg: RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
+/// Deletes the clsact qdisc of link `name` (`tc qdisc del dev NAME
+/// clsact`), with the filters on it. A link that is gone, or has no
+/// clsact qdisc, is not an error.
+pub fn delete_clsact(name: &str) -> Result<(), LinkError> {
+    let Some(link) = all()?.into_iter().find(|l| l.name == name) else {
+        return Ok(());
+    };
+    let mut msg = TcMessage::with_index(link.index as i32);
+    msg.header.parent = TcHandle::CLSACT;
+    msg.header.handle = TcHandle {
+        major: TcHandle::CLSACT.major,
+        minor: 0,
+    };
+    match request(RouteNetlinkMessage::DelQueueDiscipline(msg), NLM_F_ACK) {
+        Ok(_) => Ok(()),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENODEV | libc::ENOENT | libc::EINVAL)
+            ) =>
+        {
+            Ok(())
+        }
+        Err(source) => Err(LinkError {
+            what: format!("deleting the clsact qdisc of {name}"),
+            source,
+        }),
+    }
+}
+
+/// Sends a request (a dump with `NLM_F_DUMP`, acknowledged with
+/// `NLM_F_ACK`) and collects the replies up to NLMSG_DONE or the ack.
+fn request(msg: RouteNetlinkMessage, flags: u16) -> io::Result<Vec<RouteNetlinkMessage>> {
     let mut socket = Socket::new(NETLINK_ROUTE)?;
     socket.bind_auto()?;
     socket.connect(&SocketAddr::new(0, 0))?;
     let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    header.flags = NLM_F_REQUEST | flags;
     header.sequence_number = 1;
     let mut request = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
     request.finalize();
@@ -111,6 +148,7 @@ fn dump(msg: RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
                 NetlinkPayload::InnerMessage(inner) => out.push(inner),
                 NetlinkPayload::Done(_) => return Ok(out),
                 NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io()),
+                NetlinkPayload::Error(_) => return Ok(out),
                 _ => {}
             }
             if len == 0 || len > rest.len() {

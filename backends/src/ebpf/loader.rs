@@ -3,7 +3,7 @@
 //! filters before 6.6). Everything is owned by the agent's process: links
 //! and maps go away when it exits, and nothing is pinned.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use aya::programs::tc::{self, SchedClassifierLinkId, TcAttachType, TcError};
@@ -13,6 +13,7 @@ use aya::{Ebpf, EbpfLoader};
 use ipnet::Ipv4Net;
 
 use super::abi::be_addr;
+use super::links::{self, LinkError};
 use super::object;
 use crate::Unavailable;
 
@@ -114,6 +115,8 @@ fn describe(e: &ProgramError) -> String {
 pub struct Programs {
     ebpf: Ebpf,
     links: BTreeMap<(String, Hook), SchedClassifierLinkId>,
+    /// Links whose clsact qdisc this backend added (kernels before tcx).
+    clsact_added: BTreeSet<String>,
 }
 
 impl Programs {
@@ -148,6 +151,7 @@ impl Programs {
         Ok(Programs {
             ebpf,
             links: BTreeMap::new(),
+            clsact_added: BTreeSet::new(),
         })
     }
 
@@ -172,7 +176,9 @@ impl Programs {
         };
         if !has_tcx() {
             match tc::qdisc_add_clsact(iface) {
-                Ok(()) => {}
+                Ok(()) => {
+                    self.clsact_added.insert(iface.to_string());
+                }
                 Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
                 Err(e) => return Err(fail(format!("adding the clsact qdisc: {e}"))),
             }
@@ -192,6 +198,19 @@ impl Programs {
         {
             let _ = p.detach(id);
         }
+    }
+
+    /// Detaches everything and removes the clsact qdiscs it added.
+    pub fn unload(self) -> Result<(), LinkError> {
+        let Programs {
+            ebpf,
+            links: _,
+            clsact_added,
+        } = self;
+        drop(ebpf);
+        clsact_added
+            .iter()
+            .try_for_each(|iface| links::delete_clsact(iface))
     }
 
     /// Interfaces `hook` is attached to.

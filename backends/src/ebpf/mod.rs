@@ -16,6 +16,8 @@ pub mod abi;
 pub mod backend;
 mod capability;
 pub mod flows;
+#[cfg(test)]
+mod kernel_tests;
 pub mod links;
 pub mod loader;
 pub mod maps;

@@ -114,33 +114,6 @@ impl Topology {
         ip(&["link", "add", "cni0", "type", "bridge"]);
         ip(&["addr", "add", "10.244.0.1/24", "dev", "cni0"]);
         ip(&["link", "set", "cni0", "up"]);
-        let mut hosts = Vec::new();
-        for i in 0..pods {
-            let addr = Ipv4Addr::new(10, 244, 0, 11 + i);
-            let (pod, path) = Host::spawn(addr);
-            let veth = format!("vethp{i}");
-            ip(&[
-                "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &path,
-            ]);
-            ip(&["link", "set", &veth, "master", "cni0", "up"]);
-            ip(&[
-                "link",
-                "set",
-                &veth,
-                "type",
-                "bridge_slave",
-                "hairpin",
-                "on",
-            ]);
-            let cidr = format!("{addr}/24");
-            pod.run(move || {
-                ip(&["link", "set", "lo", "up"]);
-                ip(&["addr", "add", &cidr, "dev", "eth0"]);
-                ip(&["link", "set", "eth0", "up"]);
-                ip(&["route", "add", "default", "via", "10.244.0.1"]);
-            });
-            hosts.push(pod);
-        }
         let (remote, path) = Host::spawn(REMOTE_POD);
         ip(&[
             "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &path,
@@ -158,10 +131,44 @@ impl Topology {
             ip(&["link", "set", "eth0", "up"]);
             ip(&["route", "add", "10.244.0.0/24", "via", "192.168.0.1"]);
         });
-        Topology {
-            pods: hosts,
+        let mut t = Topology {
+            pods: Vec::new(),
             remote,
+        };
+        for _ in 0..pods {
+            t.add_pod();
         }
+        t
+    }
+
+    /// Another pod on `cni0`: 10.244.0.11 for the first, .12 next...
+    pub fn add_pod(&mut self) -> &Host {
+        let i = self.pods.len() as u8;
+        let addr = Ipv4Addr::new(10, 244, 0, 11 + i);
+        let (pod, path) = Host::spawn(addr);
+        let veth = format!("vethp{i}");
+        ip(&[
+            "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &path,
+        ]);
+        ip(&["link", "set", &veth, "master", "cni0", "up"]);
+        ip(&[
+            "link",
+            "set",
+            &veth,
+            "type",
+            "bridge_slave",
+            "hairpin",
+            "on",
+        ]);
+        let cidr = format!("{addr}/24");
+        pod.run(move || {
+            ip(&["link", "set", "lo", "up"]);
+            ip(&["addr", "add", &cidr, "dev", "eth0"]);
+            ip(&["link", "set", "eth0", "up"]);
+            ip(&["route", "add", "default", "via", "10.244.0.1"]);
+        });
+        self.pods.push(pod);
+        self.pods.last().expect("just added")
     }
 
     pub fn node() -> NodeContext {
