@@ -253,15 +253,23 @@ impl Backend for EbpfBackend {
         let Some(n) = self.node.take() else {
             return Ok(());
         };
-        // Dropping the programs closes their links and maps: nothing is
-        // pinned, so that detaches and frees everything.
-        let restore = n.lo_accept_local.clone();
-        drop(n);
-        std::fs::write(LO_ACCEPT_LOCAL, &restore).map_err(|e| {
-            vec![BackendError::io(
-                format!("restoring {LO_ACCEPT_LOCAL} to {restore}"),
+        let mut errors = Vec::new();
+        // Closing the programs' links and maps detaches and frees them:
+        // nothing is pinned.
+        drop(n.maps);
+        if let Err(e) = n.programs.unload() {
+            errors.push(other(e));
+        }
+        if let Err(e) = std::fs::write(LO_ACCEPT_LOCAL, &n.lo_accept_local) {
+            errors.push(BackendError::io(
+                format!("restoring {LO_ACCEPT_LOCAL} to {}", n.lo_accept_local),
                 e,
-            )]
-        })
+            ));
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
     }
 }

@@ -25,7 +25,12 @@ fn attached(iface: &str) -> usize {
             n += programs.len();
         }
         if let Ok(out) = cmd::run("tc", &["filter", "show", "dev", iface, name], None) {
-            n += out.stdout.lines().filter(|l| l.contains(" bpf ")).count();
+            // A filter prints a line per chain and one per program.
+            n += out
+                .stdout
+                .lines()
+                .filter(|l| l.contains(" bpf ") && l.contains(" handle "))
+                .count();
         }
     }
     n

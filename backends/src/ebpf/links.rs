@@ -174,4 +174,22 @@ mod tests {
             assert_eq!(ipv4_addresses(lo.index).unwrap(), vec![Ipv4Addr::LOCALHOST]);
         });
     }
+
+    #[test]
+    fn deletes_a_clsact_qdisc_and_tolerates_none() {
+        crate::require_netns!();
+        crate::testns::in_new_netns(|| {
+            let show = || {
+                crate::cmd::run("tc", &["qdisc", "show", "dev", "lo"], None)
+                    .unwrap()
+                    .stdout
+            };
+            crate::cmd::run("tc", &["qdisc", "add", "dev", "lo", "clsact"], None).unwrap();
+            assert!(show().contains("clsact"));
+            delete_clsact("lo").unwrap();
+            assert!(!show().contains("clsact"), "{}", show());
+            delete_clsact("lo").unwrap();
+            delete_clsact("no-such-link").unwrap();
+        });
+    }
 }
