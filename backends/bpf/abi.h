@@ -110,7 +110,7 @@ struct ct_val {
 };
 
 /* Service ids index the stats array. */
-#define MAX_SERVICE_IDS 65536
+#define MAX_SERVICE_IDS 262144
 
 struct svc_stats {
 	__u64 packets;

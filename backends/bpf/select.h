@@ -29,9 +29,9 @@ static __always_inline void count(__u32 svc_id, int new_connection)
 
 	if (!s)
 		return;
-	s->packets++;
+	__sync_fetch_and_add(&s->packets, 1);
 	if (new_connection)
-		s->connections++;
+		__sync_fetch_and_add(&s->connections, 1);
 }
 
 static __always_inline int remembered(struct svc_val *svc, struct affinity_val *av, __u8 set,

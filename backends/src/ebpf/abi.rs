@@ -44,7 +44,7 @@ pub const SET_CLUSTER: u8 = 0;
 pub const SET_LOCAL: u8 = 1;
 
 /// Size of the stats array, so the number of service ports at once.
-pub const MAX_SERVICE_IDS: u32 = 65536;
+pub const MAX_SERVICE_IDS: u32 = 262_144;
 
 pub const CT_ORIG: u8 = 1;
 pub const CT_SNAT: u8 = 2;

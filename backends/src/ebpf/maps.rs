@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::io;
 
 use aya::Ebpf;
-use aya::maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuValues};
+use aya::maps::{Array, HashMap, MapData, MapError};
 
 use super::abi::{Backend, BackendKey, CtKey, CtVal, MemberKey, SvcKey, SvcStats, SvcVal};
 use super::flows;
@@ -15,8 +15,7 @@ pub struct KernelMaps {
     backends: HashMap<MapData, BackendKey, Backend>,
     members: HashMap<MapData, MemberKey, u8>,
     conntrack: HashMap<MapData, CtKey, CtVal>,
-    stats: PerCpuArray<MapData, SvcStats>,
-    cpus: usize,
+    stats: Array<MapData, SvcStats>,
 }
 
 fn op_error(map: &'static str, op: &'static str) -> impl FnOnce(MapError) -> MapOpError {
@@ -55,31 +54,18 @@ fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
 impl KernelMaps {
     /// Takes the maps out of a loaded object.
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapOpError> {
-        let cpus = aya::util::nr_cpus().map_err(|(what, source)| MapOpError {
-            map: "stats",
-            op: "sizing (counting possible CPUs)",
-            source: io::Error::new(source.kind(), format!("{what}: {source}")),
-        })?;
         Ok(KernelMaps {
             services: take(ebpf, "services")?,
             backends: take(ebpf, "backends")?,
             members: take(ebpf, "members")?,
             conntrack: take(ebpf, "conntrack")?,
             stats: take(ebpf, "stats")?,
-            cpus,
         })
     }
 
-    /// A service id's counters, summed over CPUs.
+    /// A service id's counters.
     pub fn counters(&self, id: u32) -> Result<SvcStats, MapOpError> {
-        let per_cpu = self
-            .stats
-            .get(&id, 0)
-            .map_err(op_error("stats", "reading"))?;
-        Ok(per_cpu.iter().fold(SvcStats::default(), |a, s| SvcStats {
-            packets: a.packets + s.packets,
-            connections: a.connections + s.connections,
-        }))
+        self.stats.get(&id, 0).map_err(op_error("stats", "reading"))
     }
 
     /// Deletes the conntrack entries of connections to `stale` endpoints
@@ -134,15 +120,8 @@ impl Maps for KernelMaps {
         absent_ok(self.members.remove(k)).map_err(op_error("members", "deleting"))
     }
     fn reset_stats(&mut self, id: u32) -> Result<(), MapOpError> {
-        let zeros = PerCpuValues::try_from(vec![SvcStats::default(); self.cpus]).map_err(|e| {
-            MapOpError {
-                map: "stats",
-                op: "zeroing",
-                source: e,
-            }
-        })?;
         self.stats
-            .set(id, zeros, 0)
+            .set(id, SvcStats::default(), 0)
             .map_err(op_error("stats", "zeroing"))
     }
 }

@@ -60,6 +60,15 @@ pub struct Book {
     next_id: u32,
     /// Ids of ports deleted in the current sync, reusable after it.
     released: Vec<u32>,
+    /// Kept up to date, so a partial sync costs nothing per other port.
+    entries: u64,
+}
+
+/// The map entries one programmed port holds.
+fn entries_of(p: &Programmed) -> u64 {
+    let sets: usize = p.plan.sets.iter().map(Vec::len).sum();
+    let members = if p.plan.affinity_seconds > 0 { sets } else { 0 };
+    (p.plan.entries.len() + sets + members) as u64
 }
 
 /// What one sync did.
@@ -86,14 +95,7 @@ impl Book {
 
     /// Map entries programmed: service entries, backend slots, members.
     pub fn entries(&self) -> u64 {
-        self.services
-            .values()
-            .map(|p| {
-                let sets: usize = p.plan.sets.iter().map(Vec::len).sum();
-                let members = if p.plan.affinity_seconds > 0 { sets } else { 0 };
-                (p.plan.entries.len() + sets + members) as u64
-            })
-            .sum()
+        self.entries
     }
 
     /// Brings `name` to `desired` (None: not programmed). On an error the
@@ -110,7 +112,21 @@ impl Book {
         if current.as_ref().map(|c| &c.plan) == desired {
             return Ok(());
         }
-        let result = match (&current, desired) {
+        self.entries -= current.as_ref().map_or(0, entries_of);
+        let result = self.change(maps, name, current.as_ref(), desired, out);
+        self.entries += self.services.get(name).map_or(0, entries_of);
+        result
+    }
+
+    fn change(
+        &mut self,
+        maps: &mut dyn Maps,
+        name: &ServicePortName,
+        current: Option<&Programmed>,
+        desired: Option<&ServicePlan>,
+        out: &mut Applied,
+    ) -> Result<(), SyncError> {
+        let result = match (current, desired) {
             (None, None) => Ok(()),
             (None, Some(plan)) => self.create(maps, name, plan, out),
             (Some(cur), None) => {
@@ -129,7 +145,7 @@ impl Book {
                 );
             }),
         };
-        if let Some(cur) = &current
+        if let Some(cur) = current
             && name.protocol == Protocol::Udp
         {
             let now = desired.map(ServicePlan::endpoints).unwrap_or_default();
@@ -147,7 +163,7 @@ impl Book {
                 purge(
                     maps,
                     p.id,
-                    [Some(&p.plan), current.as_ref().map(|c| &c.plan), desired],
+                    [Some(&p.plan), current.map(|c| &c.plan), desired],
                 );
                 self.released.push(p.id);
             }

@@ -198,6 +198,7 @@ fn deletion_removes_everything_and_frees_the_id_after_the_sync() {
     assert_eq!(maps.members.len(), 2);
     book.apply(&mut maps, &a, None, &mut out).unwrap();
     assert!(maps.services.is_empty() && maps.backends.is_empty() && maps.members.is_empty());
+    assert_eq!(book.entries(), 0);
     let stale: Vec<(u32, u8)> = out
         .stale_udp
         .iter()
@@ -295,6 +296,7 @@ fn a_failed_update_is_purged_forgotten_and_named() {
     assert!(err.to_string().contains("ns/svc:p"), "{err}");
     assert!(err.to_string().contains("backends"), "{err}");
     assert!(book.get(&n).is_none());
+    assert_eq!(book.entries(), 0, "the purged port counts no more");
     assert!(maps.services.is_empty() && maps.backends.is_empty());
     // The next sync programs it from scratch.
     book.release_ids();
