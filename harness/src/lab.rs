@@ -33,6 +33,10 @@ pub struct LabOptions {
     pub sync_timeout: Option<Duration>,
     /// Agent HTTP ports off (many labs at once on one host need none).
     pub agent_ports: bool,
+    /// Start the agents but leave the initial list unsent: the caller sends
+    /// `cp.initial_events()` itself (a benchmark times that first sync
+    /// under its own budget).
+    pub defer_initial_sync: bool,
 }
 
 /// What bringing a lab up cost, by step.
@@ -143,11 +147,13 @@ impl Lab {
         if let Some(backend) = opts.backend.clone() {
             let t = Instant::now();
             self.start_agents(&backend, opts).await?;
-            let events = self.cp.initial_events();
-            self.times.control_plane = t.elapsed();
-            let t = Instant::now();
-            self.apply(events).await.context("initial sync")?;
-            self.times.first_sync = t.elapsed();
+            if !opts.defer_initial_sync {
+                let events = self.cp.initial_events();
+                self.times.control_plane = t.elapsed();
+                let t = Instant::now();
+                self.apply(events).await.context("initial sync")?;
+                self.times.first_sync = t.elapsed();
+            }
         }
         self.save_state();
         Ok(())

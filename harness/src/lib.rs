@@ -8,9 +8,14 @@
 //! - [`agent`]: the per-node agent process and its supervisor;
 //! - [`probe`], [`checks`]: probes from vantage points, and the checks;
 //! - [`lab`], [`run`], [`results`]: one run, end to end, and its reports;
+//! - [`bench`]: the benchmarks (`svclab bench`, `svclab compare`);
+//! - [`trace`]: one probe's path through the kernel (`svclab trace`);
+//! - [`capture`]: a live cluster's Services as a scenario (`svclab capture`);
 //! - [`cleanup`], [`guard`], [`state`]: leaving the host as it was found.
 
 pub mod agent;
+pub mod bench;
+pub mod capture;
 pub mod checks;
 pub mod churn;
 pub mod cleanup;
@@ -26,5 +31,6 @@ pub mod scenario;
 pub mod scrape;
 pub mod state;
 pub mod topology;
+pub mod trace;
 pub mod vm;
 pub mod workload;

@@ -90,6 +90,19 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         pools: usize,
     },
+    /// Benchmarks: topology build, rule sync at scale, probe throughput
+    /// (results/<UTC>-bench-<kind>/ with bench.json, bench.csv, report.html).
+    Bench(svclab::bench::BenchArgs),
+    /// Compare two bench runs figure by figure (exit code 1 on a
+    /// regression beyond the threshold, 2 when they cannot be compared).
+    Compare(svclab::bench::compare::CompareArgs),
+    /// Send one probe through a running lab and print the path the kernel
+    /// reports: hooks, chains and rules (nf_tables trace), conntrack, and
+    /// IPVS or BPF map entries.
+    Trace(svclab::trace::cli::TraceArgs),
+    /// Write a live cluster's Services and EndpointSlices as a scenario
+    /// that reproduces them (YAML on stdout).
+    Capture(svclab::capture::cli::CaptureArgs),
     /// Run a svclab command inside a VM booted from a stock kernel.
     Vm(vm::VmArgs),
     /// Remove what earlier runs left behind (only runs whose owner is gone,
@@ -291,6 +304,10 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             doctor::print().await;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Bench(args) => svclab::bench::run(args).await,
+        Command::Compare(args) => svclab::bench::compare::run(&args),
+        Command::Trace(args) => svclab::trace::cli::run(args).await,
+        Command::Capture(args) => svclab::capture::cli::run(args).await,
         Command::Vm(args) => tokio::task::spawn_blocking(move || vm::run(args)).await?,
         Command::Agent(_) => unreachable!("handled before the runtime starts"),
     }

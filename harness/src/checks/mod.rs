@@ -184,6 +184,8 @@ pub struct Vantage {
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub timeout: Duration,
+    /// How fast a Service without endpoints must refuse (1 s on a host).
+    pub refuse_within: Duration,
     pub per_target: usize,
     pub concurrency: usize,
     pub balance_connections: usize,

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddrV4;
-use std::time::Duration;
 
 use svclab_backends::Feature;
 use svclab_backends::model::Protocol;
@@ -223,18 +222,19 @@ pub async fn no_endpoints_reject(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Resul
     if !ctx.limits.contains_key(&Feature::NodeOrigin) {
         vantages.extend(ctx.nodes().into_iter().take(1));
     }
+    let within = ctx.settings.refuse_within;
     for t in &targets {
         for v in &vantages {
             let spec = ctx.spec(t.vip_addr(), t.protocol);
             let results = ctx.probe(v, vec![spec; 3]).await?;
             let fast = results
                 .iter()
-                .all(|r| r.outcome == Outcome::Refused && r.latency < Duration::from_secs(1));
+                .all(|r| r.outcome == Outcome::Refused && r.latency < within);
             let worst = results.iter().map(|r| r.latency).max().unwrap_or_default();
             evidence.push(Evidence {
                 vantage: ctx.vantage_label(v, t),
                 target: t.label(),
-                expected: "refused (RST or ICMP unreachable) within 1 s".into(),
+                expected: format!("refused (RST or ICMP unreachable) within {within:?}"),
                 observed: format!(
                     "{} in at most {:.0} ms",
                     tally(&results),

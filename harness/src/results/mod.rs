@@ -35,6 +35,11 @@ pub struct HostFacts {
 }
 
 impl HostFacts {
+    /// Inside `svclab vm`.
+    pub fn in_vm() -> bool {
+        std::env::var_os("SVCLAB_IN_VM").is_some()
+    }
+
     pub fn collect() -> HostFacts {
         let uname = nix::sys::utsname::uname().ok();
         let os = std::fs::read_to_string("/etc/os-release")
@@ -95,7 +100,7 @@ impl HostFacts {
             memory_mib,
             svclab_version: env!("CARGO_PKG_VERSION").to_string(),
             tools,
-            emulated: std::env::var_os("SVCLAB_IN_VM").is_some(),
+            emulated: HostFacts::in_vm(),
         }
     }
 }
@@ -221,4 +226,128 @@ pub fn terminal_table(r: &RunResults) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checks::balance::table;
+    use crate::checks::{CheckResult, Evidence, Verdict};
+
+    /// A run with one pass, one fail with evidence, one skip and a balance table.
+    pub fn sample() -> RunResults {
+        let mut balance = CheckResult::skip("balance-uniform", "");
+        balance.verdict = Verdict::Pass;
+        balance.summary = "1 case(s), 2000 probe(s), all as expected".into();
+        balance.balance = vec![table(
+            "default/web:http 10.96.0.11:80/TCP".into(),
+            vec![("default/web-0".into(), 650), ("default/web-1".into(), 690), ("default/web-2".into(), 660)],
+            0.001,
+        )];
+        let fail = CheckResult {
+            name: "hairpin-masquerade".into(),
+            verdict: Verdict::Fail,
+            summary: "1 of 1 case(s) wrong".into(),
+            evidence: vec![Evidence {
+                vantage: "hairpin default/web-0".into(),
+                target: "default/web:http 10.96.0.11:80/TCP".into(),
+                expected: "masqueraded <not 10.244.0.3>".into(),
+                observed: "timeout ×7".into(),
+                ok: false,
+                probes: 20,
+            }],
+            balance: Vec::new(),
+            seconds: 1.5,
+        };
+        RunResults {
+            schema: SCHEMA.into(),
+            run: "20261123T000000Z".into(),
+            scenario: "smoke".into(),
+            scenario_file: "scenarios/smoke.yaml".into(),
+            started_at: "2026-11-23T00:00:00Z".into(),
+            finished_at: "2026-11-23T00:00:30Z".into(),
+            host: HostFacts::default(),
+            backends: vec![BackendRun {
+                backend: "iptables".into(),
+                unavailable: None,
+                checks: vec![balance, fail, CheckResult::skip("itp-local", "the scenario has no internalTrafficPolicy: Local Service")],
+                syncs: Vec::new(),
+                metrics: Default::default(),
+                metrics_cross_check: Vec::new(),
+                lab_times: serde_json::Value::Null,
+            }],
+        }
+    }
+
+    #[test]
+    fn every_format_carries_the_verdicts() {
+        let r = sample();
+        let md = markdown::render(&r);
+        assert!(md.contains("| hairpin-masquerade | **FAIL** |"), "{md}");
+        assert!(md.contains("itp-local: the scenario has no"), "{md}");
+        let xml = junit::render(&r).unwrap();
+        assert!(xml.contains("<failure message=\"1 of 1 case(s) wrong\""), "{xml}");
+        assert!(xml.contains("<skipped message="), "{xml}");
+        let html = html::render(&r);
+        assert!(html.contains("&lt;not 10.244.0.3&gt;"), "evidence is escaped");
+        assert!(html.contains("<svg"), "balance chart inline");
+        // Self-contained: no scripts, no external resources.
+        for banned in ["<script", "src=\"http", "href=\"http", "<link"] {
+            assert!(!html.contains(banned), "{banned} in report.html");
+        }
+        let table = terminal_table(&r);
+        assert!(table.contains("hairpin-masquerade") && table.contains("FAIL"));
+        let back: RunResults = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back.failed(), 1);
+    }
+
+    /// Renders report.html in headless Chromium: the DOM has the tables and
+    /// charts, and the screenshot is a real picture.
+    #[test]
+    fn report_renders_in_headless_chromium() {
+        let Some(chromium) = ["chromium", "chromium-browser"]
+            .into_iter()
+            .find(|c| std::process::Command::new(c).arg("--version").output().is_ok())
+        else {
+            eprintln!("SKIP: chromium is not installed (ci/setup --browser installs it)");
+            return;
+        };
+        let dir = std::env::temp_dir().join(format!("svclab-report-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        write_all(&dir, &sample()).unwrap();
+        let page = format!("file://{}", dir.join("report.html").display());
+        let shot = dir.join("report.png");
+        let profile = dir.join("profile");
+        let base = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ];
+        let dom = std::process::Command::new(chromium)
+            .args(base)
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .args(["--dump-dom", &page])
+            .output()
+            .unwrap();
+        let dom = String::from_utf8_lossy(&dom.stdout);
+        assert!(dom.contains("<table"), "no table in the rendered DOM");
+        assert!(dom.matches("<rect").count() >= 3, "the balance bars did not render");
+        assert!(dom.contains("hairpin-masquerade"));
+        let out = std::process::Command::new(chromium)
+            .args(base)
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .args(["--window-size=1200,1600", &format!("--screenshot={}", shot.display()), &page])
+            .output()
+            .unwrap();
+        let png = std::fs::read(&shot).unwrap_or_else(|_| panic!("no screenshot: {}", String::from_utf8_lossy(&out.stderr)));
+        assert_eq!(&png[1..4], b"PNG");
+        // A blank page compresses to a few KB; tables and charts do not.
+        assert!(png.len() > 30_000, "the screenshot looks empty ({} bytes)", png.len());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -1,0 +1,337 @@
+//! `svclab compare BASE CANDIDATE --threshold 10%`: every figure two bench
+//! runs share, as the ratio candidate/base, with the ones that got worse by
+//! more than the threshold flagged (direction-aware: a longer time or a
+//! lower throughput is worse). A case that finished in the base run and not
+//! in the candidate is a regression too. The exit code is non-zero on any
+//! regression, for CI gates.
+//!
+//! Ratios, not absolute differences, decide; and an emulated run (inside
+//! `svclab vm`) is never compared with a host run: their timings do not
+//! measure the same thing.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::schema::{BenchResults, Better, Status};
+
+#[derive(Args, Clone, Debug)]
+pub struct CompareArgs {
+    /// The baseline: a bench folder, or its bench.json.
+    pub base: PathBuf,
+    /// The run to judge against it.
+    pub candidate: PathBuf,
+    /// How much worse a figure may get before it counts as a regression,
+    /// as a percentage (`10%`) or a fraction (`0.1`).
+    #[arg(long, default_value = "10%", value_parser = parse_threshold)]
+    pub threshold: f64,
+}
+
+pub fn parse_threshold(s: &str) -> Result<f64, String> {
+    let t = s.trim();
+    let v = match t.strip_suffix('%') {
+        Some(p) => p.trim().parse::<f64>().map(|v| v / 100.0),
+        None => t.parse::<f64>(),
+    }
+    .map_err(|e| format!("{s:?} is not a threshold like 10% or 0.1: {e}"))?;
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("{s:?}: the threshold must be zero or more"))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompareError {
+    #[error(
+        "refusing to compare an emulated run ({emulated}) with a host run ({host}): timings \
+         under software emulation do not measure the same thing; compare emulated runs with \
+         emulated runs"
+    )]
+    Emulated { emulated: String, host: String },
+    #[error("refusing to compare a `{base}` bench with a `{candidate}` bench")]
+    Kind { base: String, candidate: String },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Verdict {
+    Ok,
+    Better,
+    Regression,
+    /// Only in one run, or not comparable (a zero base).
+    Info(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub backend: String,
+    pub size: u64,
+    pub metric: String,
+    pub stat: String,
+    pub unit: String,
+    pub base: Option<f64>,
+    pub candidate: Option<f64>,
+    pub ratio: Option<f64>,
+    pub verdict: Verdict,
+}
+
+pub struct Comparison {
+    pub rows: Vec<Row>,
+    pub threshold: f64,
+}
+
+impl Comparison {
+    pub fn regressions(&self) -> usize {
+        self.rows
+            .iter()
+            .filter(|r| r.verdict == Verdict::Regression)
+            .count()
+    }
+}
+
+fn status_row(backend: &str, size: u64, base: Status, cand: Status, reason: Option<&str>) -> Row {
+    Row {
+        backend: backend.into(),
+        size,
+        metric: "status".into(),
+        stat: String::new(),
+        unit: String::new(),
+        base: None,
+        candidate: None,
+        ratio: None,
+        verdict: if base == Status::Ok && cand != Status::Ok {
+            Verdict::Regression
+        } else {
+            Verdict::Info(format!(
+                "{base} -> {cand}{}",
+                reason.map_or(String::new(), |r| format!(": {r}"))
+            ))
+        },
+    }
+}
+
+pub fn compare(
+    base: &BenchResults,
+    cand: &BenchResults,
+    threshold: f64,
+) -> Result<Comparison, CompareError> {
+    if base.kind != cand.kind {
+        return Err(CompareError::Kind {
+            base: base.kind.clone(),
+            candidate: cand.kind.clone(),
+        });
+    }
+    if base.host.emulated != cand.host.emulated {
+        let (e, h) = if base.host.emulated {
+            (&base.run, &cand.run)
+        } else {
+            (&cand.run, &base.run)
+        };
+        return Err(CompareError::Emulated {
+            emulated: e.clone(),
+            host: h.clone(),
+        });
+    }
+    let mut rows = Vec::new();
+    for bc in &base.cases {
+        if let Some(cc) = cand.case(&bc.backend, bc.size)
+            && bc.status != cc.status
+        {
+            rows.push(status_row(
+                &bc.backend,
+                bc.size,
+                bc.status,
+                cc.status,
+                cc.reason.as_deref(),
+            ));
+        }
+    }
+    let cand_figs: BTreeMap<_, _> = cand.figures.iter().map(|f| (f.key(), f)).collect();
+    for bf in &base.figures {
+        let cf = cand_figs.get(&bf.key());
+        let candidate_case = cand.case(&bf.backend, bf.size);
+        let (ratio, verdict) = match cf {
+            None => match candidate_case {
+                Some(c) if c.status == Status::Ok => (None, Verdict::Regression),
+                Some(_) => continue, // the status row says it
+                None => (None, Verdict::Info("not in the candidate".into())),
+            },
+            Some(cf) if bf.value == 0.0 => (
+                None,
+                Verdict::Info(format!("base is 0, candidate {}", cf.value)),
+            ),
+            Some(cf) => {
+                let ratio = cf.value / bf.value;
+                let worse = match bf.better {
+                    Better::Lower => ratio,
+                    Better::Higher => 1.0 / ratio,
+                };
+                let verdict = if worse > 1.0 + threshold {
+                    Verdict::Regression
+                } else if worse < 1.0 / (1.0 + threshold) {
+                    Verdict::Better
+                } else {
+                    Verdict::Ok
+                };
+                (Some(ratio), verdict)
+            }
+        };
+        rows.push(Row {
+            backend: bf.backend.clone(),
+            size: bf.size,
+            metric: bf.metric.clone(),
+            stat: bf.stat.clone(),
+            unit: bf.unit.clone(),
+            base: Some(bf.value),
+            candidate: cf.map(|f| f.value),
+            ratio,
+            verdict,
+        });
+    }
+    Ok(Comparison { rows, threshold })
+}
+
+/// A number in its unit, short.
+pub fn human(v: f64, unit: &str) -> String {
+    match unit {
+        "seconds" if v < 1e-3 => format!("{:.1} µs", v * 1e6),
+        "seconds" if v < 1.0 => format!("{:.2} ms", v * 1e3),
+        "seconds" => format!("{v:.3} s"),
+        "bytes" => format!("{:.1} MiB", v / 1048576.0),
+        "per-second" => format!("{v:.0}/s"),
+        "speedup" => format!("{v:.1}x"),
+        _ => format!("{v:.3}"),
+    }
+}
+
+pub fn table(c: &Comparison) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<16} {:>6}  {:<48} {:>5}  {:>12} {:>12} {:>7}  verdict",
+        "backend", "size", "metric", "stat", "base", "candidate", "ratio"
+    );
+    for r in &c.rows {
+        let v = |x: Option<f64>| x.map_or("-".into(), |x| human(x, &r.unit));
+        let verdict = match &r.verdict {
+            Verdict::Ok => "ok".to_string(),
+            Verdict::Better => "better".to_string(),
+            Verdict::Regression => "REGRESSION".to_string(),
+            Verdict::Info(why) => why.clone(),
+        };
+        let _ = writeln!(
+            s,
+            "{:<16} {:>6}  {:<48} {:>5}  {:>12} {:>12} {:>7}  {verdict}",
+            r.backend,
+            r.size,
+            r.metric,
+            r.stat,
+            v(r.base),
+            v(r.candidate),
+            r.ratio.map_or("-".into(), |x| format!("{x:.2}")),
+        );
+    }
+    let _ = writeln!(
+        s,
+        "{} figure(s) compared, {} regression(s) beyond {:.0}%",
+        c.rows.len(),
+        c.regressions(),
+        c.threshold * 100.0
+    );
+    s
+}
+
+/// Exit code: 0 without regressions, 1 with, 2 when the runs cannot be
+/// compared.
+pub fn run(args: &CompareArgs) -> anyhow::Result<std::process::ExitCode> {
+    let base = BenchResults::load(&args.base)?;
+    let cand = BenchResults::load(&args.candidate)?;
+    match compare(&base, &cand, args.threshold) {
+        Ok(c) => {
+            print!("{}", table(&c));
+            Ok(if c.regressions() > 0 {
+                std::process::ExitCode::from(1)
+            } else {
+                std::process::ExitCode::SUCCESS
+            })
+        }
+        Err(e) => {
+            eprintln!("svclab compare: {e}");
+            Ok(std::process::ExitCode::from(2))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::schema::Case;
+    use super::*;
+
+    fn results(emulated: bool, full: f64, rate: f64) -> BenchResults {
+        let mut r = BenchResults::new("sync", "r", serde_json::json!({}));
+        r.host.emulated = emulated;
+        r.value(
+            "iptables",
+            1000,
+            "sync_full_proxy_rules_duration_seconds",
+            "seconds",
+            full,
+        );
+        r.value("iptables", 1000, "probes_per_second", "per-second", rate);
+        r.cases.push(Case {
+            backend: "iptables".into(),
+            size: 1000,
+            status: Status::Ok,
+            reason: None,
+            detail: serde_json::Value::Null,
+        });
+        r
+    }
+
+    #[test]
+    fn thresholds_parse() {
+        assert_eq!(parse_threshold("10%").unwrap(), 0.1);
+        assert_eq!(parse_threshold("0.25").unwrap(), 0.25);
+        assert!(parse_threshold("-5%").is_err());
+        assert!(parse_threshold("ten").is_err());
+    }
+
+    #[test]
+    fn direction_decides_what_is_worse() {
+        let base = results(false, 1.0, 1000.0);
+        let same = compare(&base, &base, 0.1).unwrap();
+        assert_eq!(same.regressions(), 0);
+        // Slower sync: regression; higher throughput: better.
+        let c = compare(&base, &results(false, 1.2, 1200.0), 0.1).unwrap();
+        assert_eq!(c.regressions(), 1);
+        assert_eq!(c.rows[0].verdict, Verdict::Regression);
+        assert_eq!(c.rows[1].verdict, Verdict::Better);
+        // Lower throughput beyond the threshold: regression.
+        let c = compare(&base, &results(false, 1.0, 850.0), 0.1).unwrap();
+        assert_eq!(c.rows[1].verdict, Verdict::Regression);
+        // Within the threshold: ok.
+        let c = compare(&base, &results(false, 1.05, 960.0), 0.1).unwrap();
+        assert_eq!(c.regressions(), 0);
+    }
+
+    #[test]
+    fn a_case_that_stopped_finishing_is_a_regression() {
+        let base = results(false, 1.0, 1000.0);
+        let mut cand = results(false, 1.0, 1000.0);
+        cand.figures.clear();
+        cand.cases[0].status = Status::NotFinished;
+        let c = compare(&base, &cand, 0.1).unwrap();
+        assert_eq!(c.regressions(), 1);
+        assert_eq!(c.rows[0].metric, "status");
+    }
+
+    #[test]
+    fn emulated_and_host_runs_are_not_compared() {
+        let err = compare(&results(true, 1.0, 1.0), &results(false, 1.0, 1.0), 0.1)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("emulated"), "{err}");
+    }
+}

@@ -1,0 +1,302 @@
+//! `svclab bench`: the benchmark lab.
+//!
+//! - [`topology`]: building and tearing down the lab's network, against an
+//!   `ip`-command script;
+//! - [`sync`]: rule-sync cost per backend and Service count (full and
+//!   partial syncs, network programming latency, data-path latency, the
+//!   bare-tool floor, the harness's own overhead);
+//! - [`probes`]: the probe engine's throughput through DNAT;
+//! - [`compare`]: two runs' figures side by side, for CI gates.
+//!
+//! Every bench writes `results/<UTC>-bench-<kind>/` with `bench.json`
+//! ([`schema`]), `bench.csv` and `report.html` ([`report`]).
+
+pub mod changes;
+pub mod compare;
+pub mod datapath;
+pub mod floor;
+pub mod npl;
+pub mod probes;
+pub mod procs;
+pub mod report;
+pub mod schema;
+pub mod stats;
+pub mod sync;
+pub mod topology;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use svclab_backends::BackendKind;
+
+use schema::{BenchResults, Case, Status};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub kind: BenchKind,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchKind {
+    /// Create and tear down the lab topology (no agents) several times, and
+    /// once with ci/ip-baseline.sh for comparison.
+    Topology {
+        #[arg(long, default_value_t = 10)]
+        nodes: usize,
+        /// Pods per node, the node's client pod included.
+        #[arg(long, default_value_t = 100)]
+        pods_per_node: usize,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Runs of the ip script (0: none).
+        #[arg(long, default_value_t = 1)]
+        ip_runs: usize,
+        #[arg(long, default_value = "ci/ip-baseline.sh")]
+        ip_script: PathBuf,
+        #[arg(long, default_value = "results")]
+        results: PathBuf,
+    },
+    /// Full and partial sync cost, network programming latency, data-path
+    /// latency and the bare-tool floor, per backend and Service count.
+    Sync {
+        /// A scenario file to measure instead of generated ones (its own
+        /// Services are the one size; --services is ignored).
+        scenario: Option<PathBuf>,
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "1000,5000,10000,20000,50000"
+        )]
+        services: Vec<usize>,
+        /// Endpoints per generated Service.
+        #[arg(long, default_value_t = 10)]
+        endpoints: usize,
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "none,iptables,iptables-legacy,nftables"
+        )]
+        backend: Vec<BackendKind>,
+        /// Single-Service changes after the full sync, each synced and
+        /// watched by a client (a cycle of endpoint added, endpoint
+        /// removed, Service added, Service deleted).
+        #[arg(long, default_value_t = 20)]
+        partials: usize,
+        /// Seconds a size's first full sync may take before it counts as
+        /// not finished (larger sizes of that backend are then skipped).
+        #[arg(long, default_value_t = 600)]
+        budget: u64,
+        #[arg(long, default_value_t = 1)]
+        nodes: usize,
+        /// Sequential TCP connects for the data-path latency.
+        #[arg(long, default_value_t = 2000)]
+        connects: usize,
+        #[arg(long, default_value = "results")]
+        results: PathBuf,
+    },
+    /// Probe-engine throughput: TCP probes through DNAT per second.
+    Probes {
+        #[arg(long, default_value = "iptables")]
+        backend: BackendKind,
+        /// Endpoints behind the ClusterIP.
+        #[arg(long, default_value_t = 4)]
+        endpoints: usize,
+        #[arg(long, default_value_t = 20_000)]
+        probes: usize,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[arg(long, default_value = "results")]
+        results: PathBuf,
+    },
+}
+
+fn finish(r: &mut BenchResults, dir: &Path) -> Result<()> {
+    r.finished_at = jiff::Timestamp::now().to_string();
+    r.load_at_end = schema::Load::now();
+    save(r, dir)
+}
+
+fn save(r: &BenchResults, dir: &Path) -> Result<()> {
+    r.write(dir)?;
+    std::fs::write(dir.join("report.html"), report::render(r))?;
+    Ok(())
+}
+
+fn new_dir(results: &Path, kind: &str) -> Result<(PathBuf, String)> {
+    let dir = crate::results::new_run_dir(results, &format!("bench-{kind}"))
+        .with_context(|| format!("creating a folder in {}", results.display()))?;
+    let name = dir
+        .file_name()
+        .map_or(String::new(), |n| n.to_string_lossy().into_owned());
+    Ok((dir, name))
+}
+
+pub async fn run(args: BenchArgs) -> Result<ExitCode> {
+    match args.kind {
+        BenchKind::Topology {
+            nodes,
+            pods_per_node,
+            runs,
+            ip_runs,
+            ip_script,
+            results,
+        } => {
+            let settings = topology::TopologySettings {
+                nodes,
+                pods_per_node,
+                runs,
+                ip_runs,
+                ip_script,
+            };
+            let (dir, name) = new_dir(&results, "topology")?;
+            let mut r = BenchResults::new("topology", &name, serde_json::to_value(&settings)?);
+            let outcome = topology::run(&settings, &mut r).await;
+            finish(&mut r, &dir)?;
+            outcome?;
+            print!("{}", topology::summary(&r));
+            print!("{}", report::targets_text(&r));
+            println!("results: {}", dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        BenchKind::Sync {
+            scenario,
+            services,
+            endpoints,
+            backend,
+            partials,
+            budget,
+            nodes,
+            connects,
+            results,
+        } => {
+            let mut sizes = services;
+            sizes.sort_unstable();
+            sizes.dedup();
+            let settings = sync::SyncSettings {
+                scenario,
+                services: sizes,
+                endpoints,
+                backends: backend.iter().map(|b| b.to_string()).collect(),
+                partials,
+                budget_seconds: budget,
+                nodes: nodes.max(1),
+                connects,
+                min_sync_period_ms: 0,
+                sync_period_ms: 0,
+            };
+            run_sync(settings, &backend, &results).await
+        }
+        BenchKind::Probes {
+            backend,
+            endpoints,
+            probes,
+            concurrency,
+            runs,
+            results,
+        } => {
+            let settings = probes::ProbeSettings {
+                backend: backend.to_string(),
+                endpoints,
+                probes,
+                concurrency,
+                runs,
+            };
+            let (dir, name) = new_dir(&results, "probes")?;
+            let mut r = BenchResults::new("probes", &name, serde_json::to_value(&settings)?);
+            let outcome = probes::run(&settings, &mut r).await;
+            finish(&mut r, &dir)?;
+            outcome?;
+            for c in r.cases.iter().filter(|c| c.status != Status::Ok) {
+                println!(
+                    "bench probes: {}: {}: {}",
+                    c.backend,
+                    c.status,
+                    c.reason.as_deref().unwrap_or("")
+                );
+            }
+            print!("{}", report::targets_text(&r));
+            println!("results: {}", dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn run_sync(
+    mut settings: sync::SyncSettings,
+    backends: &[BackendKind],
+    results: &Path,
+) -> Result<ExitCode> {
+    // A given scenario is one size: its own Services.
+    let probe = sync::scenario_for(
+        &settings,
+        settings.services.first().copied().unwrap_or(1000),
+    )?;
+    if settings.scenario.is_some() {
+        settings.services = vec![probe.services.len().saturating_sub(1)];
+    }
+    settings.min_sync_period_ms = probe.lab.agent.min_sync_period_ms;
+    settings.sync_period_ms = probe.lab.agent.sync_period_ms;
+    drop(probe);
+    let (dir, name) = new_dir(results, "sync")?;
+    let mut r = BenchResults::new("sync", &name, serde_json::to_value(&settings)?);
+    println!("bench sync: writing {}", dir.display());
+    for kind in backends {
+        let b = kind.to_string();
+        if let Err(e) = kind.capability() {
+            for &size in &settings.services {
+                r.cases.push(Case {
+                    backend: b.clone(),
+                    size: size as u64,
+                    status: Status::Unavailable,
+                    reason: Some(e.reason.clone()),
+                    detail: serde_json::Value::Null,
+                });
+            }
+            println!("bench sync: {b}: unavailable: {}", e.reason);
+            continue;
+        }
+        let mut blown: Option<usize> = None;
+        for &size in &settings.services {
+            if let Some(smaller) = blown {
+                r.cases.push(Case {
+                    backend: b.clone(),
+                    size: size as u64,
+                    status: Status::Skipped,
+                    reason: Some(format!(
+                        "the full sync at {smaller} Services did not finish within the budget"
+                    )),
+                    detail: serde_json::Value::Null,
+                });
+                continue;
+            }
+            let run = match sync::scenario_for(&settings, size) {
+                Ok(scn) => {
+                    let dump = std::env::temp_dir()
+                        .join(format!("svclab-bench-{}-{b}-{size}", std::process::id()));
+                    sync::run_case(kind, scn, &settings, &dump).await
+                }
+                Err(e) => sync::CaseRun {
+                    status: Status::Failed,
+                    reason: Some(format!("{e:#}")),
+                    detail: Default::default(),
+                },
+            };
+            println!("{}", sync::progress_line(&b, size as u64, &run));
+            if run.status == Status::NotFinished {
+                blown = Some(size);
+            }
+            sync::record(&mut r, &b, size as u64, run);
+            save(&r, &dir)?;
+        }
+    }
+    finish(&mut r, &dir)?;
+    print!("{}", report::sync_table(&r));
+    print!("{}", report::targets_text(&r));
+    println!("results: {}", dir.display());
+    Ok(ExitCode::SUCCESS)
+}

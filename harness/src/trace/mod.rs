@@ -1,0 +1,508 @@
+//! `svclab trace`: one real probe through a running lab, and the path the
+//! kernel says it took.
+//!
+//! In every node the probe can cross, a temporary `ip svclab-trace-<run>`
+//! table marks the probe's first packet for nf_tables tracing ([`nftrace`]),
+//! `nft monitor trace` records every chain and rule it passed, and after
+//! the probe the node's conntrack entry is read ([`conntrack`]). IPVS
+//! ([`ipvs`]) and eBPF ([`bpf`]) keep their decisions outside nf_tables, so
+//! their own tables are read as well. The marking tables are deleted again
+//! whatever happens (and die with the lab's namespaces in any case).
+
+pub mod bpf;
+pub mod cli;
+pub mod conntrack;
+pub mod ipvs;
+pub mod nftrace;
+mod render;
+pub mod resolve;
+mod tool;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddrV4;
+use std::time::Duration;
+
+use rand::RngExt;
+use serde::{Deserialize, Serialize};
+
+use crate::probe::{ProbeResult, ProbeSpec, Prober};
+use crate::state::{ProcRef, RunState};
+use crate::topology::{RunId, Topology};
+use crate::workload::Whoami;
+use conntrack::ConntrackEntry;
+use nftrace::{HookPass, MarkTable, Monitor, Selector};
+pub use render::{html, text};
+use resolve::{From, To};
+
+/// How long a probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long trace events may trail the probe's answer.
+const GRACE: Duration = Duration::from_millis(300);
+/// Nodes traced at most; beyond, only the client's node and the nodes with
+/// endpoints.
+const MAX_TRACED_NODES: usize = 8;
+/// Source ports a trace picks from: above Linux's default ephemeral range
+/// start, so a concurrent connection rarely has it.
+const SOURCE_PORTS: std::ops::RangeInclusive<u16> = 40000..=60999;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    #[error("no lab is running (start one with `svclab up`)")]
+    NoRun,
+    #[error("several labs are running ({0}); name one with --run")]
+    SeveralRuns(String),
+    #[error("run {run}: reading its state: {message}")]
+    State { run: String, message: String },
+    #[error("--from {0}")]
+    Vantage(String),
+    #[error("--to {0}")]
+    Target(String),
+    #[error("in {netns}: `{command}`: {message}")]
+    Tool {
+        netns: String,
+        command: String,
+        message: String,
+    },
+    #[error("the probe could not run: {0}")]
+    Probe(String),
+}
+
+impl TraceError {
+    fn tool(netns: &str, program: &str, args: &[&str], message: String) -> TraceError {
+        TraceError::Tool {
+            netns: netns.to_string(),
+            command: std::iter::once(program)
+                .chain(args.iter().copied())
+                .collect::<Vec<_>>()
+                .join(" "),
+            message,
+        }
+    }
+}
+
+/// What the kernel showed in one node.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeTrace {
+    pub node: String,
+    pub netns: String,
+    /// Every base chain the packet passed, with the rules it matched.
+    pub hooks: Vec<HookPass>,
+    pub conntrack: Vec<ConntrackEntry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipvs: Option<Vec<ipvs::IpvsConn>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bpf: Option<bpf::BpfView>,
+    /// What could not be read here, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+/// One traced probe.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Trace {
+    pub run: String,
+    pub backend: Option<String>,
+    pub from: From,
+    pub to: To,
+    /// The probe's own address: the client's IP and the source port
+    /// the trace chose.
+    pub client: SocketAddrV4,
+    pub probe: ProbeResult,
+    /// The pod that answered and the source it saw.
+    pub answered_by: Option<Whoami>,
+    /// Nodes in the order the packet reached them.
+    pub nodes: Vec<NodeTrace>,
+    /// Every chain entered, in order, across nodes.
+    pub path: Vec<String>,
+    /// The destination the first node rewrote to.
+    pub dnat: Option<SocketAddrV4>,
+    /// The source the first node rewrote to (masquerade).
+    pub snat: Option<SocketAddrV4>,
+    /// What a trace on this backend cannot show, and why.
+    pub limits: Vec<String>,
+}
+
+/// What a trace needs to know about the lab.
+#[derive(Clone, Debug)]
+pub struct LabView {
+    pub run: RunId,
+    pub backend: Option<String>,
+    pub topology: Topology,
+    pub processes: Vec<ProcRef>,
+}
+
+impl LabView {
+    pub fn of_state(st: &RunState) -> Result<LabView, TraceError> {
+        let topology = st.topology.clone().ok_or_else(|| TraceError::State {
+            run: st.run.to_string(),
+            message: "it has no topology yet".into(),
+        })?;
+        Ok(LabView {
+            run: st.run.clone(),
+            backend: st.backend.clone(),
+            topology,
+            processes: st.processes.clone(),
+        })
+    }
+
+    fn node_index(&self, name: &str) -> Option<usize> {
+        self.topology.nodes.iter().position(|n| n.name == name)
+    }
+}
+
+/// The running lab `run`, or the only one.
+pub fn find_run(run: Option<&str>) -> Result<RunState, TraceError> {
+    let id = match run {
+        Some(r) => RunId::parse(r).ok_or_else(|| TraceError::State {
+            run: r.to_string(),
+            message: "not a run id (4 hex digits)".into(),
+        })?,
+        None => {
+            let live: Vec<RunId> = crate::state::known_runs()
+                .into_iter()
+                .filter(|r| RunState::load(r).is_ok_and(|s| s.owner.alive()))
+                .collect();
+            match live.as_slice() {
+                [] => return Err(TraceError::NoRun),
+                [one] => one.clone(),
+                many => {
+                    return Err(TraceError::SeveralRuns(
+                        many.iter()
+                            .map(|r| r.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    ));
+                }
+            }
+        }
+    };
+    let st = RunState::load(&id).map_err(|e| TraceError::State {
+        run: id.to_string(),
+        message: e.to_string(),
+    })?;
+    if !st.owner.alive() {
+        return Err(TraceError::State {
+            run: id.to_string(),
+            message: "its owner process is gone (remove it with `svclab cleanup`)".into(),
+        });
+    }
+    Ok(st)
+}
+
+/// Limits of tracing on `backend`, said before anything runs.
+fn limits(backend: Option<&str>) -> Vec<String> {
+    let mut out = vec![
+        "only the connection's first packet is traced (the one the nat chains see); chains \
+         below priority -180 (the raw table) run before the trace is switched on"
+            .to_string(),
+    ];
+    match backend {
+        Some("iptables-legacy") => out.push(
+            "iptables-legacy rules live in x_tables, which nf_tables tracing cannot see; their \
+             TRACE target logs to the kernel log only for the host's namespace unless the \
+             host-wide sysctl net.netfilter.nf_log_all_netns is set, which svclab never changes. \
+             The conntrack entry shows the DNAT and SNAT that happened"
+                .into(),
+        ),
+        Some("ipvs") => out.push(
+            "IPVS balances in the input and output hooks without nf_tables rules: the trace \
+             shows its iptables rules; the real server it picked is in the IPVS connection entry"
+                .into(),
+        ),
+        Some("ebpf") => out.push(
+            "the eBPF programs rewrite packets at tc, before netfilter: the trace shows the \
+             packet already DNATed; the decision is in the BPF map entries (service, flow, \
+             counters)"
+                .into(),
+        ),
+        Some("userspace") => out.push(
+            "the userspace proxy accepts the connection in the agent and opens its own to the \
+             endpoint: the trace shows the redirect to the proxy, not the second connection"
+                .into(),
+        ),
+        Some("none") | None => {
+            out.push("no backend programs rules: nothing rewrites the packet".into())
+        }
+        Some(b) if b.starts_with("exec:") => out.push(format!(
+            "{b} is an external program: the trace shows whatever nf_tables rules it wrote; \
+             other dataplanes are not visible"
+        )),
+        Some(_) => {}
+    }
+    out
+}
+
+/// The nodes to trace in, the client's node first.
+fn traced_nodes(lab: &LabView, first: usize, endpoint_nodes: Option<&BTreeSet<usize>>) -> Vec<usize> {
+    let mut out = vec![first];
+    let all = 0..lab.topology.nodes.len();
+    let rest: Vec<usize> = if lab.topology.nodes.len() <= MAX_TRACED_NODES {
+        all.collect()
+    } else {
+        endpoint_nodes.into_iter().flatten().copied().collect()
+    };
+    for n in rest {
+        if !out.contains(&n) && out.len() < MAX_TRACED_NODES {
+            out.push(n);
+        }
+    }
+    out
+}
+
+/// Everything running in one node while the probe runs.
+struct Armed {
+    node: usize,
+    table: MarkTable,
+    monitor: Monitor,
+    bases: nftrace::BaseChains,
+}
+
+fn arm(lab: &LabView, nodes: &[usize], client: SocketAddrV4, to: &To) -> Result<Vec<Armed>, TraceError> {
+    let first_ip = lab.topology.nodes[nodes[0]].ip;
+    let mut armed = Vec::new();
+    for (i, &n) in nodes.iter().enumerate() {
+        let node = &lab.topology.nodes[n];
+        let sel = Selector {
+            protocol: to.protocol,
+            client,
+            snat_from: (i > 0).then_some((first_ip, node.pod_cidr)),
+        };
+        let bases = nftrace::base_chains(&node.netns)?;
+        let table = MarkTable::create(&node.netns, lab.run.as_str(), &sel)?;
+        let monitor = Monitor::start(&node.netns)?;
+        armed.push(Armed {
+            node: n,
+            table,
+            monitor,
+            bases,
+        });
+    }
+    Ok(armed)
+}
+
+fn agent_pid(lab: &LabView, node: &str) -> Option<u32> {
+    lab.processes
+        .iter()
+        .find(|p| p.role == format!("agent {node}") && p.alive())
+        .map(|p| p.pid)
+}
+
+/// Stops the monitors, reads conntrack and the backend's own tables, and
+/// deletes the marking tables.
+fn collect(
+    lab: &LabView,
+    armed: Vec<Armed>,
+    client: SocketAddrV4,
+    to: &To,
+) -> Result<Vec<NodeTrace>, TraceError> {
+    let skip = nftrace::table_name(lab.run.as_str());
+    let mut out = Vec::new();
+    let mut ip_id = None;
+    let mut first_err = None;
+    for mut a in armed {
+        let node = &lab.topology.nodes[a.node];
+        let mut notes = Vec::new();
+        let text = a.monitor.stop().unwrap_or_else(|e| {
+            notes.push(e.to_string());
+            String::new()
+        });
+        if let Err(e) = a.table.delete() {
+            first_err.get_or_insert(e);
+        }
+        let hooks = nftrace::parse(&text, &a.bases, &skip, ip_id);
+        ip_id = ip_id.or_else(|| hooks.first().and_then(|h| h.packet.ip_id));
+        // The tuple this node saw first: the probe's own, or after SNAT.
+        let src = hooks
+            .first()
+            .and_then(|h| Some(SocketAddrV4::new(h.packet.saddr?, h.packet.sport?)))
+            .unwrap_or(client);
+        let conntrack = conntrack::entries(&node.netns, to.protocol, src).unwrap_or_else(|e| {
+            notes.push(e.to_string());
+            Vec::new()
+        });
+        let ipvs = match lab.backend.as_deref() {
+            Some("ipvs") => match ipvs::connections(&node.netns, src) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    notes.push(e);
+                    None
+                }
+            },
+            _ => None,
+        };
+        let bpf = match (lab.backend.as_deref(), agent_pid(lab, &node.name)) {
+            (Some("ebpf"), Some(pid)) => {
+                match bpf::view(pid, to.protocol, client, to.address, to.node_port) {
+                    Ok(v) => Some(v),
+                    Err(e) => {
+                        notes.push(e);
+                        None
+                    }
+                }
+            }
+            (Some("ebpf"), None) => {
+                notes.push(format!("no live agent process for node {}", node.name));
+                None
+            }
+            _ => None,
+        };
+        if hooks.is_empty() && !matches!(lab.backend.as_deref(), Some("iptables-legacy")) {
+            notes.push("no traced packet reached this node".into());
+        }
+        out.push(NodeTrace {
+            node: node.name.clone(),
+            netns: node.netns.clone(),
+            hooks,
+            conntrack,
+            ipvs,
+            bpf,
+            notes,
+        });
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
+}
+
+/// Chains entered, in order: each step's chain and each jump's target,
+/// once per hook pass (a return to the base chain is not a new entry).
+pub(crate) fn path_of(nodes: &[NodeTrace]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for h in nodes.iter().flat_map(|n| &n.hooks) {
+        let mut seen: Vec<&str> = Vec::new();
+        for s in &h.steps {
+            let target = s
+                .verdict
+                .strip_prefix("jump ")
+                .or_else(|| s.verdict.strip_prefix("goto "));
+            for c in std::iter::once(s.chain.as_str()).chain(target) {
+                if !seen.contains(&c) {
+                    seen.push(c);
+                    out.push(c.to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Traces one probe from `from` to `to` in a running lab. `endpoint_nodes`
+/// (indices) narrows the traced nodes in big labs.
+pub async fn trace(
+    lab: &LabView,
+    prober: &Prober,
+    from: &From,
+    to: &To,
+    endpoint_nodes: Option<&BTreeSet<usize>>,
+) -> Result<Trace, TraceError> {
+    let first = match (&to.node, &from.node) {
+        (Some(n), _) if to.node_port && from.kind == "external" => lab.node_index(n),
+        (_, Some(n)) => lab.node_index(n),
+        (Some(n), None) => lab.node_index(n),
+        (None, None) => Some(0),
+    }
+    .unwrap_or(0);
+    let nodes = traced_nodes(lab, first, endpoint_nodes);
+    let port = rand::rng().random_range(SOURCE_PORTS);
+    let client = SocketAddrV4::new(from.ip, port);
+
+    let armed = {
+        let (lab, nodes, to) = (lab.clone(), nodes.clone(), to.clone());
+        tokio::task::spawn_blocking(move || arm(&lab, &nodes, client, &to))
+            .await
+            .map_err(|e| TraceError::Probe(e.to_string()))??
+    };
+    let mut spec = ProbeSpec::new(to.address, to.protocol, PROBE_TIMEOUT);
+    spec.source_port = Some(port);
+    let probe = prober.probe(&from.netns, spec).await;
+    tokio::time::sleep(GRACE).await;
+    let collected = {
+        let (lab, to) = (lab.clone(), to.clone());
+        tokio::task::spawn_blocking(move || collect(&lab, armed, client, &to))
+            .await
+            .map_err(|e| TraceError::Probe(e.to_string()))?
+    };
+    let probe = probe.map_err(|e| TraceError::Probe(format!("{e:#}")))?;
+    let nodes = collected?;
+
+    let first_ct = nodes.first().and_then(|n| {
+        n.conntrack
+            .iter()
+            .find(|c| c.original.src == client)
+            .cloned()
+    });
+    let dnat = first_ct.as_ref().and_then(ConntrackEntry::dnat_to).or_else(|| {
+        nodes.iter().flat_map(|n| &n.hooks).flat_map(|h| &h.steps).find_map(|s| {
+            let r = s.rule.as_deref()?;
+            r.split_once("dnat to ")?.1.split_whitespace().next()?.parse().ok()
+        })
+    });
+    Ok(Trace {
+        run: lab.run.to_string(),
+        backend: lab.backend.clone(),
+        from: from.clone(),
+        to: to.clone(),
+        client,
+        answered_by: probe.answer.clone(),
+        probe,
+        path: path_of(&nodes),
+        dnat,
+        snat: first_ct.as_ref().and_then(ConntrackEntry::snat_to),
+        nodes,
+        limits: limits(lab.backend.as_deref()),
+    })
+}
+
+/// A trace of the probe a failed check made, for its report: from the
+/// check's vantage point to the address it dialled. One probe and about a
+/// second of tracing; `None` when the lab's backend leaves nothing to trace
+/// or the vantage is not one of the lab's namespaces.
+pub async fn for_failure(
+    lab: &crate::lab::Lab,
+    vantage: &crate::checks::Vantage,
+    target: &crate::checks::expect::Target,
+    address: SocketAddrV4,
+) -> Option<Result<Trace, TraceError>> {
+    let view = LabView {
+        run: lab.run.clone(),
+        backend: lab.backend.as_ref().map(|b| b.to_string()),
+        topology: lab.topology.clone(),
+        processes: lab.state.processes.clone(),
+    };
+    if matches!(view.backend.as_deref(), Some("none") | None) {
+        return None;
+    }
+    let from = From {
+        kind: match vantage.kind {
+            "hairpin" => "pod".into(),
+            k => k.to_string(),
+        },
+        name: vantage.name.clone(),
+        netns: vantage.netns.clone(),
+        ip: vantage.ip,
+        node: vantage.node.clone(),
+    };
+    let node_port = address.ip() != &target.vip;
+    let to = To {
+        service: Some(format!("{}/{}", target.namespace, target.service)),
+        port_name: Some(target.port_name.clone()).filter(|n| !n.is_empty()),
+        protocol: target.protocol,
+        address,
+        node_port,
+        node: view
+            .topology
+            .nodes
+            .iter()
+            .find(|n| n.ip == *address.ip())
+            .map(|n| n.name.clone()),
+    };
+    let endpoint_nodes: BTreeSet<usize> = target
+        .endpoints
+        .iter()
+        .filter_map(|e| view.node_index(&e.node))
+        .collect();
+    Some(trace(&view, &lab.prober, &from, &to, Some(&endpoint_nodes)).await)
+}
