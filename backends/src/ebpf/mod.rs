@@ -2,7 +2,7 @@
 //! node's namespace (tc programs on the pods' host veths, the uplink and
 //! lo), steered by maps the agent updates.
 //!
-//! - `bpf/*.c, *.h` (compiled by `build.rs`): the programs; [`object`]
+//! - `bpf/*.c, *.h` (compiled by `build.rs`): the programs; `object`
 //!   embeds them.
 //! - [`abi`]: the map layout shared with the programs.
 //! - [`plan`]: what a service port asks of the maps.
@@ -10,7 +10,16 @@
 //!   is programmed; [`maps`]: the kernel's maps behind it.
 //! - [`flows`]: stale UDP flows of removed endpoints.
 //! - [`loader`] and [`links`]: loading, attaching, finding the links.
-//! - [`capability`]: the probe; [`backend`]: the [`Backend`].
+//! - `capability`: the probe; [`backend`]: the [`Backend`].
+//!
+//! Outside the checked behaviours, the programs leave alone (pass
+//! unchanged): IP fragments, IPv4 options, SCTP ports (reported under
+//! `unsupported` in the stats) and ICMP errors from endpoints, which reach
+//! the client untranslated (a UDP client of an endpoint with no listener
+//! times out instead of seeing ECONNREFUSED). Setup sets
+//! `net.ipv4.conf.lo.accept_local` in the node namespace (restored at
+//! cleanup): replies for the node's connections to its own NodePorts are
+//! delivered through lo with the node's own address as source.
 
 pub mod abi;
 pub mod backend;
