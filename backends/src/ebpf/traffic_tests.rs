@@ -305,7 +305,15 @@ fn nodeports_masquerade_for_cluster_and_keep_the_client_for_local() {
     elsewhere.node_port = Some(30082);
     elsewhere.external_policy_local = true;
     insert(&mut state, elsewhere, vec![remote(TCP_PORT)]);
+    let external_ip = Ipv4Addr::new(203, 0, 113, 10);
+    let mut ext_ip = service("ext-ip", vip(43), 80, Protocol::Tcp);
+    ext_ip.external_ips = vec![external_ip];
+    insert(&mut state, ext_ip, vec![local_ep(pod1, TCP_PORT)]);
     with_lab(2, &state, |t, _| {
+        t.remote.run(|| {
+            let via = ["route", "add", "203.0.113.10/32", "via", "192.168.0.1"];
+            crate::cmd::run("ip", &via, None).unwrap();
+        });
         let ext = Some(SocketAddrV4::new(EXTERNAL, 0));
         for (protocol, port) in [(Protocol::Tcp, 30080), (Protocol::Udp, 30053)] {
             let r = many(
@@ -352,6 +360,19 @@ fn nodeports_masquerade_for_cluster_and_keep_the_client_for_local() {
             r,
             vec![Err(ErrorKind::TimedOut)],
             "Local without a local endpoint drops"
+        );
+        let r = many(
+            Some(&t.remote),
+            5,
+            Protocol::Tcp,
+            SocketAddrV4::new(external_ip, 80),
+            ext,
+        );
+        assert_eq!(servers(&r), BTreeSet::from([pod1]), "external IP: {r:?}");
+        assert_eq!(
+            seen(&r),
+            BTreeSet::from([GATEWAY]),
+            "external IP: masqueraded"
         );
         // The node to its own NodePort (through lo).
         let r = many(
