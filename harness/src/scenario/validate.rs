@@ -167,9 +167,10 @@ pub(crate) fn derive(ctx: &Context<'_>, errs: &mut Errs) -> Option<Derived> {
     let fabric_gateway = hosts[0];
     let external_ip = lab.external.then(|| hosts[hosts.len() - 1]);
 
-    let pods = derive_pods(ctx, &nodes, errs)?;
+    let mut pods = derive_pods(ctx, &nodes, errs)?;
     check_services(ctx, &pods, node_port_range, errs);
     check_pod_states(ctx, &pods, errs);
+    apply_pod_states(ctx, &mut pods);
     check_churn(ctx, errs);
     if errs.list.len() > start {
         return None;
@@ -681,6 +682,19 @@ fn check_pod_states(ctx: &Context<'_>, pods: &[Pod], errs: &mut Errs) {
                     st.namespace, st.name
                 ),
             );
+        }
+    }
+}
+
+/// `spec.pods`: pods that start not ready or terminating.
+fn apply_pod_states(ctx: &Context<'_>, pods: &mut [Pod]) {
+    for st in &ctx.lab.pods {
+        for p in pods
+            .iter_mut()
+            .filter(|p| p.name == st.name && p.namespace == st.namespace && !p.client)
+        {
+            p.ready = st.ready;
+            p.terminating = st.terminating;
         }
     }
 }
