@@ -373,7 +373,9 @@ fn keep(svc: &Service) -> Result<Kept<'_>, String> {
     match spec.type_.as_deref().unwrap_or("ClusterIP") {
         "ClusterIP" | "NodePort" | "LoadBalancer" => {}
         "ExternalName" => {
-            return Err("type ExternalName is a DNS alias; no proxy programs anything for it".into());
+            return Err(
+                "type ExternalName is a DNS alias; no proxy programs anything for it".into(),
+            );
         }
         other => return Err(format!("type {other:?} is unknown")),
     }
@@ -404,7 +406,11 @@ fn word(n: &pods::Note, ns: &[String], svc: &[String], names: &mut Names) -> Str
     use pods::Note;
     match n {
         Note::NoServiceLabel { namespace, slice } => {
-            let slice = if names.anonymize() { "(name withheld)" } else { slice };
+            let slice = if names.anonymize() {
+                "(name withheld)"
+            } else {
+                slice
+            };
             format!(
                 "EndpointSlice {}/{slice}: skipped: no {} label",
                 names.namespace(namespace),

@@ -136,7 +136,11 @@ pub fn dns_label(text: &str, fallback: &str) -> String {
     let mut s = mapped.trim_matches('-').to_string();
     s.truncate(63);
     let s = s.trim_end_matches('-').to_string();
-    if s.is_empty() { fallback.to_string() } else { s }
+    if s.is_empty() {
+        fallback.to_string()
+    } else {
+        s
+    }
 }
 
 /// `base-suffix`, shortening `base` so the result stays a 63-character label.

@@ -99,8 +99,20 @@ pub fn plan(d: &Demand) -> Result<Plan, String> {
             (fresh, false)
         }
     };
-    let lo = d.node_ports.iter().copied().min().unwrap_or(30000).min(30000);
-    let hi = d.node_ports.iter().copied().max().unwrap_or(32767).max(32767);
+    let lo = d
+        .node_ports
+        .iter()
+        .copied()
+        .min()
+        .unwrap_or(30000)
+        .min(30000);
+    let hi = d
+        .node_ports
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(32767)
+        .max(32767);
     Ok(Plan {
         service_cidr,
         pod_cidr,

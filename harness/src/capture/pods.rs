@@ -137,7 +137,11 @@ fn resolve_ports(
     for p in slice.ports.as_deref().unwrap_or(&[]) {
         let protocol = Protocol::parse_k8s(p.protocol.as_deref()).unwrap_or(Protocol::Tcp);
         let name = p.name.as_deref().unwrap_or("");
-        let Some(number) = p.port.and_then(|n| u16::try_from(n).ok()).filter(|n| *n > 0) else {
+        let Some(number) = p
+            .port
+            .and_then(|n| u16::try_from(n).ok())
+            .filter(|n| *n > 0)
+        else {
             continue;
         };
         let svc_port = svc.ports.iter().find(|sp| {
@@ -175,7 +179,11 @@ fn add_endpoint(
     ports: &[ContainerPort],
     notes: &mut Vec<Note>,
 ) {
-    let Some(address) = ep.addresses.first().and_then(|a| a.parse::<Ipv4Addr>().ok()) else {
+    let Some(address) = ep
+        .addresses
+        .first()
+        .and_then(|a| a.parse::<Ipv4Addr>().ok())
+    else {
         return;
     };
     let pod_name = ep
@@ -243,7 +251,9 @@ fn add_endpoint(
 pub fn owner_name(pod: &str) -> Option<&str> {
     let parts: Vec<&str> = pod.split('-').collect();
     let is_hash = |s: &str| {
-        !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
     };
     let cut = match parts.as_slice() {
         [.., rs, p] if parts.len() >= 3 && is_hash(rs) && rs.len() >= 5 && p.len() == 5 => 2,
