@@ -156,11 +156,7 @@ pub fn view(
                     .collect()
             };
             Some(BpfService {
-                key: format!(
-                    "{}:{}/{protocol}",
-                    abi::addr_of(key.addr),
-                    target.port()
-                ),
+                key: format!("{}:{}/{protocol}", abi::addr_of(key.addr), target.port()),
                 id: v.id,
                 flags: flag_names(v.flags),
                 affinity_seconds: v.affinity_seconds,

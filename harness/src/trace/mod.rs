@@ -235,7 +235,11 @@ fn limits(backend: Option<&str>) -> Vec<String> {
 }
 
 /// The nodes to trace in, the client's node first.
-fn traced_nodes(lab: &LabView, first: usize, endpoint_nodes: Option<&BTreeSet<usize>>) -> Vec<usize> {
+fn traced_nodes(
+    lab: &LabView,
+    first: usize,
+    endpoint_nodes: Option<&BTreeSet<usize>>,
+) -> Vec<usize> {
     let mut out = vec![first];
     let all = 0..lab.topology.nodes.len();
     let rest: Vec<usize> = if lab.topology.nodes.len() <= MAX_TRACED_NODES {
@@ -259,7 +263,12 @@ struct Armed {
     bases: nftrace::BaseChains,
 }
 
-fn arm(lab: &LabView, nodes: &[usize], client: SocketAddrV4, to: &To) -> Result<Vec<Armed>, TraceError> {
+fn arm(
+    lab: &LabView,
+    nodes: &[usize],
+    client: SocketAddrV4,
+    to: &To,
+) -> Result<Vec<Armed>, TraceError> {
     let first_ip = lab.topology.nodes[nodes[0]].ip;
     let mut armed = Vec::new();
     for (i, &n) in nodes.iter().enumerate() {
@@ -434,12 +443,24 @@ pub async fn trace(
             .find(|c| c.original.src == client)
             .cloned()
     });
-    let dnat = first_ct.as_ref().and_then(ConntrackEntry::dnat_to).or_else(|| {
-        nodes.iter().flat_map(|n| &n.hooks).flat_map(|h| &h.steps).find_map(|s| {
-            let r = s.rule.as_deref()?;
-            r.split_once("dnat to ")?.1.split_whitespace().next()?.parse().ok()
-        })
-    });
+    let dnat = first_ct
+        .as_ref()
+        .and_then(ConntrackEntry::dnat_to)
+        .or_else(|| {
+            nodes
+                .iter()
+                .flat_map(|n| &n.hooks)
+                .flat_map(|h| &h.steps)
+                .find_map(|s| {
+                    let r = s.rule.as_deref()?;
+                    r.split_once("dnat to ")?
+                        .1
+                        .split_whitespace()
+                        .next()?
+                        .parse()
+                        .ok()
+                })
+        });
     Ok(Trace {
         run: lab.run.to_string(),
         backend: lab.backend.clone(),

@@ -434,8 +434,7 @@ fn without_counters(rule: &str) -> String {
     let mut out = Vec::with_capacity(t.len());
     let mut i = 0;
     while i < t.len() {
-        if t[i] == "counter" && t.get(i + 1) == Some(&"packets") && t.get(i + 3) == Some(&"bytes")
-        {
+        if t[i] == "counter" && t.get(i + 1) == Some(&"packets") && t.get(i + 3) == Some(&"bytes") {
             i += 5;
             continue;
         }
@@ -514,11 +513,17 @@ trace id 7777aaaa ip nat PREROUTING rule jump KUBE-SERVICES (verdict jump KUBE-S
         let sel = Selector {
             protocol: Protocol::Udp,
             client: "10.244.0.2:40001".parse().unwrap(),
-            snat_from: Some(("172.18.0.2".parse().unwrap(), "10.244.1.0/24".parse().unwrap())),
+            snat_from: Some((
+                "172.18.0.2".parse().unwrap(),
+                "10.244.1.0/24".parse().unwrap(),
+            )),
         };
         let t = table_text("ab12", &sel);
         assert!(t.starts_with("table ip svclab-trace-ab12 {"), "{t}");
-        assert!(t.contains("type filter hook prerouting priority -180;"), "{t}");
+        assert!(
+            t.contains("type filter hook prerouting priority -180;"),
+            "{t}"
+        );
         assert!(t.contains("type filter hook output priority -180;"), "{t}");
         assert!(
             t.contains("ip saddr 10.244.0.2 udp sport 40001 ct state new meta nftrace set 1"),

@@ -176,12 +176,15 @@ pub fn to(
     };
     let node_port = by_port.is_none() || from.kind == "external";
     let address = if node_port {
-        let np = sp.node_port.and_then(|n| u16::try_from(n).ok()).ok_or_else(|| {
-            bad(format!(
-                "Service {ns}/{name} has no node port, and {} cannot reach ClusterIPs",
-                from.kind
-            ))
-        })?;
+        let np = sp
+            .node_port
+            .and_then(|n| u16::try_from(n).ok())
+            .ok_or_else(|| {
+                bad(format!(
+                    "Service {ns}/{name} has no node port, and {} cannot reach ClusterIPs",
+                    from.kind
+                ))
+            })?;
         let node = match via_node.or(from.node.as_deref()) {
             Some(n) => topology
                 .node(n)
