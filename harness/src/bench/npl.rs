@@ -118,8 +118,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_listener_that_appears_is_seen_after_it_appears() {
-        // Nothing listens on the port at first: refused; then it listens.
+    async fn a_refusal_is_seen_at_once_and_an_absent_answer_never() {
+        // Nothing listens on the port: every probe is refused at once.
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = match l.local_addr().unwrap() {
             std::net::SocketAddr::V4(a) => a,

@@ -48,6 +48,9 @@ pub struct TopologyRun {
     pub reclaim_seconds: f64,
 }
 
+/// One number of a run, by name.
+type Field = fn(&TopologyRun) -> f64;
+
 /// The scenario: `nodes` nodes, each with a client pod and
 /// `pods_per_node - 1` pods of one Deployment (spread evenly).
 fn scenario(nodes: usize, pods_per_node: usize) -> Result<Scenario> {
@@ -186,10 +189,8 @@ pub async fn run(settings: &TopologySettings, r: &mut BenchResults) -> Result<()
         runs.push(run);
     }
     let stats = ["p50", "min", "max"];
-    let dist = |f: fn(&TopologyRun) -> f64, runs: &[TopologyRun]| {
-        Recorder::from_values(runs.iter().map(f)).summary()
-    };
-    let metrics: [(&str, fn(&TopologyRun) -> f64); 4] = [
+    let dist = |f: Field, runs: &[TopologyRun]| Recorder::from_values(runs.iter().map(f)).summary();
+    let metrics: [(&str, Field); 4] = [
         ("topology_create_seconds", |r| r.create_seconds),
         ("topology_create_namespaces_seconds", |r| {
             r.namespaces_seconds
