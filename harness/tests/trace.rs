@@ -327,3 +327,77 @@ fn a_refused_probe_still_shows_its_path() {
     );
     no_trace_table_left(&run);
 }
+
+#[test]
+fn iptables_legacy_trace_follows_rule_counters() {
+    require_root!();
+    let _lock = common::lab_lock();
+    let Some(lab) = up("iptables-legacy") else {
+        return;
+    };
+    let run = lab.0.clone();
+    let t = trace(
+        &run,
+        &[
+            "--from",
+            "pod/svclab-system/client-node-0",
+            "--to",
+            "web:80",
+        ],
+    );
+    let (_, ep) = answered(&t);
+    let svc = format!("KUBE-SVC-{}", iptables_hash("default/web:httptcp"));
+    let sep = format!(
+        "KUBE-SEP-{}",
+        iptables_hash(&format!("default/web:httptcp{ep}"))
+    );
+    let path = strings(&t["path"]);
+    assert!(
+        in_order(
+            &path,
+            &[
+                "PREROUTING",
+                "KUBE-SERVICES",
+                &svc,
+                &sep,
+                "KUBE-POSTROUTING"
+            ]
+        ),
+        "{path:?}"
+    );
+    assert_eq!(t["dnat"].as_str(), Some(ep.to_string().as_str()), "{t:#}");
+    no_trace_table_left(&run);
+}
+
+#[test]
+fn ebpf_trace_shows_map_entries() {
+    require_root!();
+    let _lock = common::lab_lock();
+    let Some(lab) = up("ebpf") else { return };
+    let run = lab.0.clone();
+    let t = trace(
+        &run,
+        &[
+            "--from",
+            "pod/svclab-system/client-node-0",
+            "--to",
+            "web:80",
+        ],
+    );
+    let (_, ep) = answered(&t);
+    let bpf = &t["nodes"][0]["bpf"];
+    assert_eq!(bpf["service"]["key"], "10.96.0.11:80/TCP", "{t:#}");
+    assert!(
+        strings(&bpf["service"]["clusterEndpoints"]).contains(&ep.to_string()),
+        "{t:#}"
+    );
+    let flows = bpf["flows"].as_array().unwrap();
+    assert!(
+        flows
+            .iter()
+            .any(|f| f["kind"] == "dnat" && f["rewriteTo"] == ep.to_string().as_str()),
+        "{t:#}"
+    );
+    assert_eq!(t["dnat"].as_str(), Some(ep.to_string().as_str()), "{t:#}");
+    no_trace_table_left(&run);
+}

@@ -6,7 +6,7 @@
 
 use std::net::SocketAddrV4;
 
-use aya::maps::{HashMap, Map, MapData, MapInfo, PerCpuArray};
+use aya::maps::{Array, HashMap, Map, MapData, MapInfo};
 use serde::{Deserialize, Serialize};
 use svclab_backends::ebpf::abi::{
     self, Backend, BackendKey, CtKey, CtVal, SET_CLUSTER, SET_LOCAL, SvcKey, SvcStats, SvcVal,
@@ -49,7 +49,7 @@ pub struct BpfView {
     pub maps: Vec<String>,
     pub service: Option<BpfService>,
     pub flows: Vec<BpfFlow>,
-    /// The Service's counters, summed over CPUs: (packets, connections).
+    /// The Service's counters: (packets, connections).
     pub counters: Option<(u64, u64)>,
 }
 
@@ -193,13 +193,9 @@ pub fn view(
 
     let counters = match &service {
         Some(s) => {
-            let stats: PerCpuArray<MapData, SvcStats> =
-                PerCpuArray::try_from(open(&ids, "stats")?).map_err(|e| e.to_string())?;
-            stats.get(&s.id, 0).ok().map(|per_cpu| {
-                per_cpu
-                    .iter()
-                    .fold((0, 0), |(p, c), s| (p + s.packets, c + s.connections))
-            })
+            let stats: Array<MapData, SvcStats> =
+                Array::try_from(open(&ids, "stats")?).map_err(|e| e.to_string())?;
+            stats.get(&s.id, 0).ok().map(|c| (c.packets, c.connections))
         }
         None => None,
     };

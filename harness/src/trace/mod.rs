@@ -13,6 +13,7 @@ pub mod bpf;
 pub mod cli;
 pub mod conntrack;
 pub mod ipvs;
+pub mod legacy;
 pub mod nftrace;
 mod render;
 pub mod resolve;
@@ -203,7 +204,9 @@ fn limits(backend: Option<&str>) -> Vec<String> {
             "iptables-legacy rules live in x_tables, which nf_tables tracing cannot see; their \
              TRACE target logs to the kernel log only for the host's namespace unless the \
              host-wide sysctl net.netfilter.nf_log_all_netns is set, which svclab never changes. \
-             The conntrack entry shows the DNAT and SNAT that happened"
+             The rules shown are those whose packet counters rose while the probe ran \
+             (iptables-legacy-save -c before and after): every packet of the connection counts, \
+             and in a busy lab other traffic would too"
                 .into(),
         ),
         Some("ipvs") => out.push(
@@ -261,6 +264,8 @@ struct Armed {
     table: MarkTable,
     monitor: Monitor,
     bases: nftrace::BaseChains,
+    /// iptables-legacy's counters before the probe.
+    legacy: Option<legacy::Counters>,
 }
 
 fn arm(
@@ -281,11 +286,16 @@ fn arm(
         let bases = nftrace::base_chains(&node.netns)?;
         let table = MarkTable::create(&node.netns, lab.run.as_str(), &sel)?;
         let monitor = Monitor::start(&node.netns)?;
+        let legacy = match lab.backend.as_deref() {
+            Some("iptables-legacy") => Some(legacy::snapshot(&node.netns)?),
+            _ => None,
+        };
         armed.push(Armed {
             node: n,
             table,
             monitor,
             bases,
+            legacy,
         });
     }
     Ok(armed)
@@ -320,12 +330,21 @@ fn collect(
         if let Err(e) = a.table.delete() {
             first_err.get_or_insert(e);
         }
-        let hooks = nftrace::parse(&text, &a.bases, &skip, ip_id);
+        let mut hooks = nftrace::parse(&text, &a.bases, &skip, ip_id);
+        if let Some(before) = &a.legacy {
+            match legacy::snapshot(&node.netns) {
+                Ok(after) => hooks.extend(legacy::matched(before, &after)),
+                Err(e) => notes.push(e.to_string()),
+            }
+        }
         ip_id = ip_id.or_else(|| hooks.first().and_then(|h| h.packet.ip_id));
         // The tuple this node saw first: the probe's own, or after SNAT.
+        let seen = nftrace::marked(&text, &skip);
         let src = hooks
-            .first()
-            .and_then(|h| Some(SocketAddrV4::new(h.packet.saddr?, h.packet.sport?)))
+            .iter()
+            .map(|h| &h.packet)
+            .chain(seen.iter().map(|(_, p)| p))
+            .find_map(|p| Some(SocketAddrV4::new(p.saddr?, p.sport?)))
             .unwrap_or(client);
         let conntrack = conntrack::entries(&node.netns, to.protocol, src).unwrap_or_else(|e| {
             notes.push(e.to_string());
@@ -357,8 +376,15 @@ fn collect(
             }
             _ => None,
         };
-        if hooks.is_empty() && !matches!(lab.backend.as_deref(), Some("iptables-legacy")) {
-            notes.push("no traced packet reached this node".into());
+        if hooks.is_empty() {
+            match seen.first() {
+                Some((hook, pkt)) => notes.push(format!(
+                    "netfilter saw the packet at {hook} as {} and no rule of another table \
+                     matched it",
+                    pkt.summary()
+                )),
+                None => notes.push("no traced packet reached this node".into()),
+            }
         }
         out.push(NodeTrace {
             node: node.name.clone(),
@@ -396,6 +422,17 @@ pub(crate) fn path_of(nodes: &[NodeTrace]) -> Vec<String> {
         }
     }
     out
+}
+
+/// The address the first eBPF flow entry of `kind` rewrites to: eBPF
+/// translates before conntrack sees the packet.
+fn bpf_rewrite(nodes: &[NodeTrace], kind: &str) -> Option<SocketAddrV4> {
+    nodes
+        .iter()
+        .filter_map(|n| n.bpf.as_ref())
+        .flat_map(|b| &b.flows)
+        .find(|f| f.kind == kind)
+        .map(|f| f.rewrite_to)
 }
 
 /// Traces one probe from `from` to `to` in a running lab. `endpoint_nodes`
@@ -460,7 +497,12 @@ pub async fn trace(
                         .parse()
                         .ok()
                 })
-        });
+        })
+        .or_else(|| bpf_rewrite(&nodes, "dnat"));
+    let snat = first_ct
+        .as_ref()
+        .and_then(ConntrackEntry::snat_to)
+        .or_else(|| bpf_rewrite(&nodes, "snat"));
     Ok(Trace {
         run: lab.run.to_string(),
         backend: lab.backend.clone(),
@@ -471,7 +513,7 @@ pub async fn trace(
         probe,
         path: path_of(&nodes),
         dnat,
-        snat: first_ct.as_ref().and_then(ConntrackEntry::snat_to),
+        snat,
         nodes,
         limits: limits(lab.backend.as_deref()),
     })

@@ -428,6 +428,28 @@ pub fn parse(
     passes
 }
 
+/// The packet as the marking table (`own_table`) saw it at each hook:
+/// proof that it reached netfilter when no other table traced a rule, as
+/// with dataplanes that rewrite it before netfilter (eBPF at tc).
+pub fn marked(text: &str, own_table: &str) -> Vec<(String, Packet)> {
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("trace id ")?;
+            let mut parts = rest.splitn(5, ' ');
+            let (_id, _family, table, chain, event) = (
+                parts.next()?,
+                parts.next()?,
+                parts.next()?,
+                parts.next()?,
+                parts.next()?,
+            );
+            let pkt = event.strip_prefix("packet: ")?;
+            let hook = chain.strip_prefix("mark-")?;
+            (table == own_table).then(|| (hook.to_string(), Packet::parse(pkt)))
+        })
+        .collect()
+}
+
 /// Leaves out `counter packets N bytes M`: counts of other packets.
 fn without_counters(rule: &str) -> String {
     let t: Vec<&str> = rule.split_whitespace().collect();
@@ -506,6 +528,10 @@ trace id 7777aaaa ip nat PREROUTING rule jump KUBE-SERVICES (verdict jump KUBE-S
         );
         assert_eq!(passes[1].steps.last().unwrap().verdict, "policy accept");
         assert_eq!(passes[1].packet.daddr, Some(Ipv4Addr::new(10, 244, 1, 3)));
+        let seen = marked(IPTABLES, "svclab-trace-1358");
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].0, "prerouting");
+        assert_eq!(seen[0].1.sport, Some(45678));
     }
 
     #[test]

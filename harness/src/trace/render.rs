@@ -61,12 +61,14 @@ fn summary(t: &Trace) -> Vec<String> {
 fn node_lines(n: &NodeTrace) -> Vec<String> {
     let mut out = vec![format!("node {} ({})", n.node, n.netns)];
     for h in &n.hooks {
+        let packet = if h.packet.saddr.is_some() {
+            format!(" [{}]", h.packet.summary())
+        } else {
+            String::new()
+        };
         out.push(format!(
-            "  {:<11} {} {} [{}]",
-            h.hook,
-            h.table,
-            h.base_chain,
-            h.packet.summary()
+            "  {:<11} {} {}{packet}",
+            h.hook, h.table, h.base_chain
         ));
         for s in &h.steps {
             match &s.rule {
@@ -119,7 +121,9 @@ fn node_lines(n: &NodeTrace) -> Vec<String> {
             ));
         }
         if let Some((p, c)) = b.counters {
-            out.push(format!("  bpf stats: {p} packets, {c} connections"));
+            out.push(format!(
+                "  bpf stats (since the Service was programmed): {p} packets, {c} connections"
+            ));
         }
     }
     for note in &n.notes {
