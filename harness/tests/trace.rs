@@ -401,3 +401,34 @@ fn ebpf_trace_shows_map_entries() {
     assert_eq!(t["dnat"].as_str(), Some(ep.to_string().as_str()), "{t:#}");
     no_trace_table_left(&run);
 }
+
+/// A recorded trace (iptables, pod to ClusterIP) renders as text and as
+/// an HTML fragment for reports; needs no root.
+#[test]
+fn recorded_trace_renders() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/trace-iptables.json");
+    let t: svclab::trace::Trace =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let text = svclab::trace::text(&t);
+    for want in [
+        "answered by default/web-0 (10.244.0.3:8080)",
+        "DNAT to 10.244.0.3:8080",
+        "source kept (no SNAT)",
+        "KUBE-SVC-CDGGSHYLG3RE2FKL",
+        "prerouting  ip nat PREROUTING [10.244.0.2:",
+        "conntrack: tcp",
+    ] {
+        assert!(text.contains(want), "{want:?} not in\n{text}");
+    }
+    let html = svclab::trace::html(&t);
+    assert!(html.starts_with("<details class=\"trace\">"), "{html}");
+    assert!(html.contains("KUBE-SVC-CDGGSHYLG3RE2FKL"), "{html}");
+    assert!(
+        html.contains("-&gt;") && !html.contains("->"),
+        "unescaped: {html}"
+    );
+    let again: svclab::trace::Trace =
+        serde_json::from_str(&serde_json::to_string(&t).unwrap()).unwrap();
+    assert_eq!(svclab::trace::text(&again), text);
+}
