@@ -31,17 +31,19 @@ pub fn cleanup_all(force: bool) -> CleanupReport {
 /// Cleans one run into `report`.
 pub fn cleanup_run(run: &RunId, force: bool, report: &mut CleanupReport) {
     let state = RunState::load(run).ok();
-    if let Some(st) = &state {
-        if st.owner.alive() && st.owner.pid != std::process::id() && !force {
-            report.skipped.push((
-                run.clone(),
-                format!(
-                    "in use by pid {} (svclab down, or cleanup --force)",
-                    st.owner.pid
-                ),
-            ));
-            return;
-        }
+    if let Some(st) = &state
+        && st.owner.alive()
+        && st.owner.pid != std::process::id()
+        && !force
+    {
+        report.skipped.push((
+            run.clone(),
+            format!(
+                "in use by pid {} (svclab down, or cleanup --force)",
+                st.owner.pid
+            ),
+        ));
+        return;
     }
     let mut procs: Vec<ProcRef> = Vec::new();
     if let Some(st) = state {
@@ -64,12 +66,12 @@ pub fn cleanup_run(run: &RunId, force: bool, report: &mut CleanupReport) {
     }
     report.namespaces += before - crate::netns::list_with_prefix(&run.ns_prefix()).len();
     let dir = run_dir(run);
-    if dir.exists() {
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
-            report
-                .errors
-                .push(format!("removing {}: {e}", dir.display()));
-        }
+    if dir.exists()
+        && let Err(e) = std::fs::remove_dir_all(&dir)
+    {
+        report
+            .errors
+            .push(format!("removing {}: {e}", dir.display()));
     }
     report.runs.push(run.clone());
 }

@@ -1,7 +1,6 @@
 //! `svclab`: an end-to-end test harness and benchmark lab for Kubernetes
 //! Service proxies.
 
-
 use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -464,12 +463,13 @@ fn down(run: Option<String>) -> Result<ExitCode> {
             }
         }
     };
-    if let Ok(st) = state::RunState::load(&run) {
-        if st.owner.signal(nix::sys::signal::Signal::SIGTERM) {
-            let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            while st.owner.alive() && std::time::Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
+    // The lab process tears its own lab down on SIGTERM; wait for it.
+    if let Ok(st) = state::RunState::load(&run)
+        && st.owner.signal(nix::sys::signal::Signal::SIGTERM)
+    {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while st.owner.alive() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
     let mut report = cleanup::CleanupReport::default();

@@ -18,6 +18,12 @@ pub struct HealthState {
     tx: watch::Sender<HealthTable>,
 }
 
+impl Default for HealthState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl HealthState {
     pub fn new() -> Self {
         HealthState {

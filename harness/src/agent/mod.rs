@@ -171,10 +171,10 @@ pub fn run(args: AgentArgs) -> i32 {
         faults: args.faults.clone(),
         dump_dir: args.dump_dir.clone(),
     };
-    if let Some(d) = &args.dump_dir {
-        if let Err(e) = std::fs::create_dir_all(d) {
-            return fatal(&mut out, format!("creating dump dir {}: {e}", d.display()));
-        }
+    if let Some(d) = &args.dump_dir
+        && let Err(e) = std::fs::create_dir_all(d)
+    {
+        return fatal(&mut out, format!("creating dump dir {}: {e}", d.display()));
     }
     let mut backend = svclab_backends::create(&args.backend, &options);
     if let Err(e) = backend.setup(&node) {

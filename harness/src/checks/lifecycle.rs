@@ -442,9 +442,9 @@ pub async fn service_update(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<Che
     }
     let mut evidence = Vec::new();
     let step = async |ctx: &mut Ctx<'_>,
-                          what: &str,
-                          svc: Option<Service>,
-                          delete: bool|
+                      what: &str,
+                      svc: Option<Service>,
+                      delete: bool|
            -> anyhow::Result<()> {
         let events = if delete {
             ctx.lab.cp.delete_service(&ns, svc_name)?

@@ -45,9 +45,15 @@ pub async fn nodeport(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<CheckResu
         .collect();
     let mut evidence = Vec::new();
     let nodes = node_names(ctx);
+    let node_note = ctx
+        .limits
+        .get(&svclab_backends::Feature::NodeOrigin)
+        .map(|why| format!(" (node vantage skipped: {why})"));
     for t in &targets {
         let mut vantages: Vec<Vantage> = ctx.external().into_iter().collect();
-        vantages.extend(ctx.nodes());
+        if node_note.is_none() {
+            vantages.extend(ctx.nodes());
+        }
         for v in &vantages {
             for node in &nodes {
                 let results = probe_node_port(ctx, v, t, node).await?;
@@ -67,11 +73,15 @@ pub async fn nodeport(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<CheckResu
             }
         }
     }
-    Ok(CheckResult::from_evidence(
+    let mut r = CheckResult::from_evidence(
         name,
         evidence,
         "the scenario has no NodePort Service (Cluster policy) with endpoints",
-    ))
+    );
+    if let Some(note) = node_note {
+        r.summary.push_str(&note);
+    }
+    Ok(r)
 }
 
 pub async fn nodeport_masquerade(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<CheckResult> {

@@ -59,14 +59,14 @@ impl IpAllocator {
                 range: self.net.to_string(),
             });
         }
-        if let Some(o) = self.used.get(&n) {
-            if o != owner {
-                return Err(AllocError::Taken {
-                    what: "clusterIP",
-                    value: ip.to_string(),
-                    owner: o.clone(),
-                });
-            }
+        if let Some(o) = self.used.get(&n)
+            && o != owner
+        {
+            return Err(AllocError::Taken {
+                what: "clusterIP",
+                value: ip.to_string(),
+                owner: o.clone(),
+            });
         }
         self.used.insert(n, owner.to_string());
         Ok(())
@@ -134,14 +134,14 @@ impl PortAllocator {
                 range: self.range(),
             });
         }
-        if let Some(o) = self.used.get(&port) {
-            if o != owner {
-                return Err(AllocError::Taken {
-                    what: "nodePort",
-                    value: port.to_string(),
-                    owner: o.clone(),
-                });
-            }
+        if let Some(o) = self.used.get(&port)
+            && o != owner
+        {
+            return Err(AllocError::Taken {
+                what: "nodePort",
+                value: port.to_string(),
+                owner: o.clone(),
+            });
         }
         self.used.insert(port, owner.to_string());
         Ok(())

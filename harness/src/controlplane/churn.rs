@@ -173,13 +173,13 @@ pub fn schedule(churn: &Churn, cp: &ControlPlane) -> Vec<Step> {
                 },
             });
         }
-        if at.is_finite() {
-            if let Some((namespace, name)) = created.pop_front() {
-                steps.push(Step {
-                    at,
-                    action: Action::DeleteService { namespace, name },
-                });
-            }
+        if at.is_finite()
+            && let Some((namespace, name)) = created.pop_front()
+        {
+            steps.push(Step {
+                at,
+                action: Action::DeleteService { namespace, name },
+            });
         }
     }
 

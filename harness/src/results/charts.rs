@@ -12,7 +12,14 @@ pub fn bars(title: &str, labels: &[String], values: &[u64], expected: f64) -> St
     {
         let root = SVGBackend::with_string(&mut svg, (W, H)).into_drawing_area();
         let _ = root.fill(&WHITE);
-        let max = values.iter().copied().max().unwrap_or(1).max(expected.ceil() as u64).max(1) as f64 * 1.15;
+        let max = values
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(1)
+            .max(expected.ceil() as u64)
+            .max(1) as f64
+            * 1.15;
         let n = labels.len().max(1) as u32;
         let chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 14))
@@ -20,16 +27,26 @@ pub fn bars(title: &str, labels: &[String], values: &[u64], expected: f64) -> St
             .x_label_area_size(if n > 12 { 24 } else { 40 })
             .y_label_area_size(48)
             .build_cartesian_2d((0..n).into_segmented(), 0f64..max);
-        let Ok(mut chart) = chart else { return svg_error(title) };
-        let short: Vec<String> = labels.iter().map(|l| l.rsplit('/').next().unwrap_or("").to_string()).collect();
+        let Ok(mut chart) = chart else {
+            return svg_error(title);
+        };
+        let short: Vec<String> = labels
+            .iter()
+            .map(|l| l.rsplit('/').next().unwrap_or("").to_string())
+            .collect();
         // Name each bar under its centre when they fit; else number them.
         let label_of = move |x: &SegmentValue<u32>| match x {
-            SegmentValue::CenterOf(i) if n <= 12 => short.get(*i as usize).cloned().unwrap_or_default(),
+            SegmentValue::CenterOf(i) if n <= 12 => {
+                short.get(*i as usize).cloned().unwrap_or_default()
+            }
             SegmentValue::CenterOf(i) => i.to_string(),
             _ => String::new(),
         };
         let mut mesh = chart.configure_mesh();
-        mesh.disable_x_mesh().y_desc("connections").x_labels(n.min(25) as usize).x_label_formatter(&label_of);
+        mesh.disable_x_mesh()
+            .y_desc("connections")
+            .x_labels(n.min(25) as usize)
+            .x_label_formatter(&label_of);
         if n > 12 {
             mesh.x_desc("endpoint (see the table)");
         }
@@ -37,14 +54,20 @@ pub fn bars(title: &str, labels: &[String], values: &[u64], expected: f64) -> St
         let _ = chart.draw_series(values.iter().enumerate().map(|(i, v)| {
             let i = i as u32;
             let mut bar = Rectangle::new(
-                [(SegmentValue::Exact(i), 0.0), (SegmentValue::Exact(i + 1), *v as f64)],
+                [
+                    (SegmentValue::Exact(i), 0.0),
+                    (SegmentValue::Exact(i + 1), *v as f64),
+                ],
                 RGBColor(70, 120, 190).filled(),
             );
             bar.set_margin(0, 0, 3, 3);
             bar
         }));
         let _ = chart.draw_series(LineSeries::new(
-            [(SegmentValue::Exact(0), expected), (SegmentValue::Last, expected)],
+            [
+                (SegmentValue::Exact(0), expected),
+                (SegmentValue::Last, expected),
+            ],
             ShapeStyle::from(&RGBColor(200, 60, 60)).stroke_width(2),
         ));
         let _ = root.present();

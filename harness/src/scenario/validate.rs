@@ -254,9 +254,7 @@ fn derive_pods(ctx: &Context<'_>, nodes: &[NodePlan], errs: &mut Errs) -> Option
     let lab_doc = &ctx.docs[ctx.lab_doc];
     if ctx.lab.client_pods {
         for n in nodes {
-            let Some(ip) = take_ip(n.index, errs, lab_doc, "spec.clientPods") else {
-                return None;
-            };
+            let ip = take_ip(n.index, errs, lab_doc, "spec.clientPods")?;
             pods.push(Pod {
                 name: format!("client-{}", n.name),
                 namespace: CLIENT_NAMESPACE.into(),
@@ -394,9 +392,7 @@ fn derive_pods(ctx: &Context<'_>, nodes: &[NodePlan], errs: &mut Errs) -> Option
             .unwrap_or(0);
         for ordinal in 0..replicas.max(scale_max) {
             let node = pinned_index.unwrap_or(ordinal as usize % nodes.len());
-            let Some(ip) = take_ip(node, errs, doc, "spec.replicas") else {
-                return None;
-            };
+            let ip = take_ip(node, errs, doc, "spec.replicas")?;
             pods.push(Pod {
                 name: format!("{name}-{ordinal}"),
                 namespace: ns.clone(),
@@ -490,46 +486,45 @@ fn check_services(ctx: &Context<'_>, pods: &[Pod], node_ports: (u16, u16), errs:
                 );
             }
         }
-        if let Some(p) = spec.internal_traffic_policy.as_deref() {
-            if !matches!(p, "Cluster" | "Local") {
-                errs.at(
-                    doc,
-                    "spec.internalTrafficPolicy",
-                    format!("{p:?} is not Cluster or Local"),
-                );
-            }
+        if let Some(p) = spec.internal_traffic_policy.as_deref()
+            && !matches!(p, "Cluster" | "Local")
+        {
+            errs.at(
+                doc,
+                "spec.internalTrafficPolicy",
+                format!("{p:?} is not Cluster or Local"),
+            );
         }
-        if let Some(a) = spec.session_affinity.as_deref() {
-            if !matches!(a, "None" | "ClientIP") {
-                errs.at(
-                    doc,
-                    "spec.sessionAffinity",
-                    format!("{a:?} is not None or ClientIP"),
-                );
-            }
+        if let Some(a) = spec.session_affinity.as_deref()
+            && !matches!(a, "None" | "ClientIP")
+        {
+            errs.at(
+                doc,
+                "spec.sessionAffinity",
+                format!("{a:?} is not None or ClientIP"),
+            );
         }
         if let Some(t) = spec
             .session_affinity_config
             .as_ref()
             .and_then(|c| c.client_ip.as_ref())
             .and_then(|c| c.timeout_seconds)
+            && !(1..=86400).contains(&t)
         {
-            if !(1..=86400).contains(&t) {
-                errs.at(
-                    doc,
-                    "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
-                    format!("{t} is out of range 1-86400"),
-                );
-            }
+            errs.at(
+                doc,
+                "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                format!("{t} is out of range 1-86400"),
+            );
         }
-        if let Some(hc) = spec.health_check_node_port {
-            if !(1..=65535).contains(&hc) {
-                errs.at(
-                    doc,
-                    "spec.healthCheckNodePort",
-                    format!("{hc} is out of range 1-65535"),
-                );
-            }
+        if let Some(hc) = spec.health_check_node_port
+            && !(1..=65535).contains(&hc)
+        {
+            errs.at(
+                doc,
+                "spec.healthCheckNodePort",
+                format!("{hc} is out of range 1-65535"),
+            );
         }
 
         let selector: BTreeMap<String, String> = spec
@@ -586,14 +581,14 @@ fn check_services(ctx: &Context<'_>, pods: &[Pod], node_ports: (u16, u16), errs:
                     "required when a Service has several ports",
                 );
             }
-            if let Some(n) = p.name.as_deref() {
-                if !port_names.insert(n.to_string()) {
-                    errs.at(
-                        doc,
-                        &format!("{path}.name"),
-                        format!("duplicate port name {n:?}"),
-                    );
-                }
+            if let Some(n) = p.name.as_deref()
+                && !port_names.insert(n.to_string())
+            {
+                errs.at(
+                    doc,
+                    &format!("{path}.name"),
+                    format!("duplicate port name {n:?}"),
+                );
             }
             if !(1..=65535).contains(&p.port) {
                 errs.at(

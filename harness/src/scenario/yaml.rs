@@ -111,17 +111,16 @@ pub fn parse_documents(src: &str) -> Result<Vec<Document>, YamlError> {
                 if let Some(Frame::Map {
                     pending_key, map, ..
                 }) = stack.last_mut()
+                    && pending_key.is_none()
                 {
-                    if pending_key.is_none() {
-                        if map.contains_key(text.as_ref()) {
-                            return Err(YamlError {
-                                pos,
-                                message: format!("duplicate key {:?}", text.as_ref()),
-                            });
-                        }
-                        *pending_key = Some(text.into_owned());
-                        continue;
+                    if map.contains_key(text.as_ref()) {
+                        return Err(YamlError {
+                            pos,
+                            message: format!("duplicate key {:?}", text.as_ref()),
+                        });
                     }
+                    *pending_key = Some(text.into_owned());
+                    continue;
                 }
                 let value = resolve_scalar(&text, style);
                 if anchor > 0 {
@@ -237,10 +236,10 @@ fn resolve_scalar(text: &str, style: ScalarStyle) -> Value {
     if let Some(n) = parse_int(text) {
         return Value::Number(n.into());
     }
-    if looks_like_float(text) {
-        if let Some(n) = text.parse::<f64>().ok().and_then(Number::from_f64) {
-            return Value::Number(n);
-        }
+    if looks_like_float(text)
+        && let Some(n) = text.parse::<f64>().ok().and_then(Number::from_f64)
+    {
+        return Value::Number(n);
     }
     Value::String(text.to_string())
 }
