@@ -241,7 +241,11 @@ mod tests {
         balance.summary = "1 case(s), 2000 probe(s), all as expected".into();
         balance.balance = vec![table(
             "default/web:http 10.96.0.11:80/TCP".into(),
-            vec![("default/web-0".into(), 650), ("default/web-1".into(), 690), ("default/web-2".into(), 660)],
+            vec![
+                ("default/web-0".into(), 650),
+                ("default/web-1".into(), 690),
+                ("default/web-2".into(), 660),
+            ],
             0.001,
         )];
         let fail = CheckResult {
@@ -270,7 +274,14 @@ mod tests {
             backends: vec![BackendRun {
                 backend: "iptables".into(),
                 unavailable: None,
-                checks: vec![balance, fail, CheckResult::skip("itp-local", "the scenario has no internalTrafficPolicy: Local Service")],
+                checks: vec![
+                    balance,
+                    fail,
+                    CheckResult::skip(
+                        "itp-local",
+                        "the scenario has no internalTrafficPolicy: Local Service",
+                    ),
+                ],
                 syncs: Vec::new(),
                 metrics: Default::default(),
                 metrics_cross_check: Vec::new(),
@@ -286,10 +297,16 @@ mod tests {
         assert!(md.contains("| hairpin-masquerade | **FAIL** |"), "{md}");
         assert!(md.contains("itp-local: the scenario has no"), "{md}");
         let xml = junit::render(&r).unwrap();
-        assert!(xml.contains("<failure message=\"1 of 1 case(s) wrong\""), "{xml}");
+        assert!(
+            xml.contains("<failure message=\"1 of 1 case(s) wrong\""),
+            "{xml}"
+        );
         assert!(xml.contains("<skipped message="), "{xml}");
         let html = html::render(&r);
-        assert!(html.contains("&lt;not 10.244.0.3&gt;"), "evidence is escaped");
+        assert!(
+            html.contains("&lt;not 10.244.0.3&gt;"),
+            "evidence is escaped"
+        );
         assert!(html.contains("<svg"), "balance chart inline");
         // Self-contained: no scripts, no external resources.
         for banned in ["<script", "src=\"http", "href=\"http", "<link"] {
@@ -305,10 +322,12 @@ mod tests {
     /// charts, and the screenshot is a real picture.
     #[test]
     fn report_renders_in_headless_chromium() {
-        let Some(chromium) = ["chromium", "chromium-browser"]
-            .into_iter()
-            .find(|c| std::process::Command::new(c).arg("--version").output().is_ok())
-        else {
+        let Some(chromium) = ["chromium", "chromium-browser"].into_iter().find(|c| {
+            std::process::Command::new(c)
+                .arg("--version")
+                .output()
+                .is_ok()
+        }) else {
             eprintln!("SKIP: chromium is not installed (ci/setup --browser installs it)");
             return;
         };
@@ -336,18 +355,30 @@ mod tests {
             .unwrap();
         let dom = String::from_utf8_lossy(&dom.stdout);
         assert!(dom.contains("<table"), "no table in the rendered DOM");
-        assert!(dom.matches("<rect").count() >= 3, "the balance bars did not render");
+        assert!(
+            dom.matches("<rect").count() >= 3,
+            "the balance bars did not render"
+        );
         assert!(dom.contains("hairpin-masquerade"));
         let out = std::process::Command::new(chromium)
             .args(base)
             .arg(format!("--user-data-dir={}", profile.display()))
-            .args(["--window-size=1200,1600", &format!("--screenshot={}", shot.display()), &page])
+            .args([
+                "--window-size=1200,1600",
+                &format!("--screenshot={}", shot.display()),
+                &page,
+            ])
             .output()
             .unwrap();
-        let png = std::fs::read(&shot).unwrap_or_else(|_| panic!("no screenshot: {}", String::from_utf8_lossy(&out.stderr)));
+        let png = std::fs::read(&shot)
+            .unwrap_or_else(|_| panic!("no screenshot: {}", String::from_utf8_lossy(&out.stderr)));
         assert_eq!(&png[1..4], b"PNG");
         // A blank page compresses to a few KB; tables and charts do not.
-        assert!(png.len() > 30_000, "the screenshot looks empty ({} bytes)", png.len());
+        assert!(
+            png.len() > 30_000,
+            "the screenshot looks empty ({} bytes)",
+            png.len()
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
