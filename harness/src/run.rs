@@ -29,7 +29,11 @@ pub const EMULATION_SLOWDOWN: u32 = 4;
 
 fn settings(scn: &Scenario, opts: &RunOptions) -> Settings {
     let p = &scn.lab.probes;
-    let factor = if HostFacts::in_vm() { EMULATION_SLOWDOWN } else { 1 };
+    let factor = if HostFacts::in_vm() {
+        EMULATION_SLOWDOWN
+    } else {
+        1
+    };
     Settings {
         timeout: Duration::from_millis(p.timeout_ms) * factor,
         refuse_within: Duration::from_secs(1) * factor,

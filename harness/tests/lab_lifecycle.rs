@@ -203,7 +203,9 @@ fn cleanup_removes_a_sigkilled_run_and_leaves_live_runs_alone() {
         .unwrap()
         .filter_map(|e| e.ok())
         .filter_map(|e| std::fs::read_to_string(e.path().join("cmdline")).ok())
-        .filter(|c| c.contains(&format!("sl{dead_run}")) || c.contains(&format!("--run\0{dead_run}")))
+        .filter(|c| {
+            c.contains(&format!("sl{dead_run}")) || c.contains(&format!("--run\0{dead_run}"))
+        })
         .collect();
     assert!(stale.is_empty(), "{stale:?}");
 

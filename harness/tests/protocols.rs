@@ -14,7 +14,11 @@ fn curl(ns: &str, url: &str) -> (u16, String) {
 #[test]
 fn netexec_healthz_and_metrics_answer_like_the_real_thing() {
     require_root!();
-    if std::process::Command::new("curl").arg("--version").output().is_err() {
+    if std::process::Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         eprintln!("SKIP: curl is not installed (ci/setup installs it)");
         return;
     }
@@ -51,8 +55,10 @@ fn netexec_healthz_and_metrics_answer_like_the_real_thing() {
     // kube-proxy's /metrics on 10249, parsed by a Prometheus parser.
     let (code, body) = curl(&node, "http://127.0.0.1:10249/metrics");
     assert_eq!(code, 200);
-    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).expect("parses");
-    let names: std::collections::BTreeSet<&str> = scrape.samples.iter().map(|s| s.metric.as_str()).collect();
+    let scrape =
+        prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).expect("parses");
+    let names: std::collections::BTreeSet<&str> =
+        scrape.samples.iter().map(|s| s.metric.as_str()).collect();
     for want in [
         "kubeproxy_sync_proxy_rules_duration_seconds",
         "kubeproxy_sync_full_proxy_rules_duration_seconds",
@@ -62,7 +68,10 @@ fn netexec_healthz_and_metrics_answer_like_the_real_thing() {
         "kubeproxy_sync_proxy_rules_endpoint_changes_total",
         "kubeproxy_sync_proxy_rules_service_changes_total",
     ] {
-        assert!(names.contains(want), "{want} missing from /metrics: {names:?}");
+        assert!(
+            names.contains(want),
+            "{want} missing from /metrics: {names:?}"
+        );
     }
     let syncs = scrape
         .samples
@@ -71,7 +80,10 @@ fn netexec_healthz_and_metrics_answer_like_the_real_thing() {
         .unwrap();
     match &syncs.value {
         prometheus_parse::Value::Histogram(b) => {
-            assert!(b.iter().map(|c| c.count).fold(0.0, f64::max) >= 1.0, "a full sync is counted")
+            assert!(
+                b.iter().map(|c| c.count).fold(0.0, f64::max) >= 1.0,
+                "a full sync is counted"
+            )
         }
         other => panic!("not a histogram: {other:?}"),
     }
