@@ -136,6 +136,7 @@ async fn run_backend(
                 summary: format!("the lab did not come up: {e:#}"),
                 evidence: Vec::new(),
                 balance: Vec::new(),
+                trace: None,
                 seconds: 0.0,
             });
             pb.inc(checks::CHECKS.len() as u64);

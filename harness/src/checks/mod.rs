@@ -104,6 +104,9 @@ pub struct CheckResult {
     pub evidence: Vec<Evidence>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub balance: Vec<balance::BalanceTable>,
+    /// For a failed check: the kernel's trace of one failing probe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
     pub seconds: f64,
 }
 
@@ -115,6 +118,7 @@ impl CheckResult {
             summary: why.into(),
             evidence: Vec::new(),
             balance: Vec::new(),
+            trace: None,
             seconds: 0.0,
         }
     }
@@ -153,6 +157,7 @@ impl CheckResult {
             summary,
             evidence,
             balance: Vec::new(),
+            trace: None,
             seconds: 0.0,
         }
     }
@@ -164,6 +169,7 @@ impl CheckResult {
             summary: format!("the check could not run: {e:#}"),
             evidence: Vec::new(),
             balance: Vec::new(),
+            trace: None,
             seconds: 0.0,
         }
     }
@@ -198,6 +204,8 @@ pub struct Ctx<'a> {
     pub settings: Settings,
     /// ClusterIP probes already made: (vantage name, target label) -> results.
     cache: HashMap<(String, String), Vec<ProbeResult>>,
+    /// The first failing probe of the running check, to trace if it fails.
+    trace_request: Option<(Vantage, Target, std::net::SocketAddrV4)>,
 }
 
 impl<'a> Ctx<'a> {
@@ -311,6 +319,14 @@ impl<'a> Ctx<'a> {
         self.lab.apply(events).await
     }
 
+    /// Remembers a failing probe of the running check (the first one only):
+    /// if the check fails, the report gets the kernel's trace of it.
+    pub fn want_trace(&mut self, v: &Vantage, t: &Target, address: std::net::SocketAddrV4) {
+        if self.trace_request.is_none() {
+            self.trace_request = Some((v.clone(), t.clone(), address));
+        }
+    }
+
     /// Vantage name qualified with its kind relative to a target: a pod
     /// client is `pod-same-node` when its node hosts an endpoint.
     pub fn vantage_label(&self, v: &Vantage, target: &Target) -> String {
@@ -391,12 +407,14 @@ pub async fn run_all(
         limits,
         settings,
         cache: HashMap::new(),
+        trace_request: None,
     };
     let mut out = Vec::new();
     for name in CHECKS {
         progress.set_message(format!("{backend}: {name}"));
         let start = Instant::now();
         let missing = needs(name).iter().find_map(|f| ctx.limits.get(f).cloned());
+        ctx.trace_request = None;
         let mut result = match missing {
             Some(reason) => CheckResult::skip(name, format!("backend {backend}: {reason}")),
             None => match run_one(&mut ctx, name).await {
@@ -404,6 +422,16 @@ pub async fn run_all(
                 Err(e) => CheckResult::error(name, &e),
             },
         };
+        if result.verdict == Verdict::Fail
+            && let Some((v, t, address)) = ctx.trace_request.take()
+        {
+            progress.set_message(format!("{backend}: {name}: tracing a failing probe"));
+            result.trace = match crate::trace::for_failure(ctx.lab, &v, &t, address).await {
+                Some(Ok(trace)) => Some(crate::trace::text(&trace)),
+                Some(Err(e)) => Some(format!("the trace could not be taken: {e}")),
+                None => None,
+            };
+        }
         result.seconds = start.elapsed().as_secs_f64();
         out.push(result);
         progress.inc(1);

@@ -58,6 +58,10 @@ pub async fn nodeport(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<CheckResu
             for node in &nodes {
                 let results = probe_node_port(ctx, v, t, node).await?;
                 let expected = t.external(node);
+                if !all_reach(&results, &expected) {
+                    let ip = ctx.node_ip(node).unwrap_or(t.vip);
+                    ctx.want_trace(v, t, SocketAddrV4::new(ip, t.node_port.unwrap_or(0)));
+                }
                 evidence.push(Evidence {
                     vantage: format!("{} {}", v.kind, v.name),
                     target: format!(

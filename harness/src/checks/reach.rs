@@ -38,12 +38,16 @@ pub async fn clusterip(
         for v in &vantages {
             let results = ctx.probe_vip(v, t).await?;
             let expected = t.cluster();
+            let ok = all_reach(&results, &expected);
+            if !ok {
+                ctx.want_trace(v, t, t.vip_addr());
+            }
             evidence.push(Evidence {
                 vantage: ctx.vantage_label(v, t),
                 target: t.label(),
                 expected: format!("a ready endpoint: {}", names(&expected)),
                 observed: tally(&results),
-                ok: all_reach(&results, &expected),
+                ok,
                 probes: results.len(),
             });
         }
@@ -230,6 +234,9 @@ pub async fn no_endpoints_reject(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Resul
             let fast = results
                 .iter()
                 .all(|r| r.outcome == Outcome::Refused && r.latency < within);
+            if !fast {
+                ctx.want_trace(v, t, t.vip_addr());
+            }
             let worst = results.iter().map(|r| r.latency).max().unwrap_or_default();
             evidence.push(Evidence {
                 vantage: ctx.vantage_label(v, t),
@@ -285,6 +292,9 @@ pub async fn hairpin(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<CheckResul
                 .collect();
             let masqueraded = selfs.iter().all(|w| *w.peer.ip() != ep.ip);
             let all_answered = results.iter().all(|r| r.outcome == Outcome::Answered);
+            if !(all_answered && !selfs.is_empty() && masqueraded) {
+                ctx.want_trace(&v, t, t.vip_addr());
+            }
             let seen: BTreeSet<String> = selfs.iter().map(|w| w.peer.ip().to_string()).collect();
             evidence.push(Evidence {
                 vantage: format!("hairpin {}", ep.pod),

@@ -129,6 +129,13 @@ pub fn render(r: &RunResults) -> String {
                 }
                 s.push_str("</table>");
             }
+            if let Some(trace) = &c.trace {
+                let _ = write!(
+                    s,
+                    "<p>The kernel's trace of one failing probe:</p><pre>{}</pre>",
+                    esc(trace)
+                );
+            }
             for t in &c.balance {
                 let labels: Vec<String> = t.counts.iter().map(|(l, _)| l.clone()).collect();
                 let values: Vec<u64> = t.counts.iter().map(|(_, v)| *v).collect();

@@ -81,6 +81,13 @@ pub fn render(r: &RunResults) -> String {
                     e.vantage, e.target, e.expected, e.observed
                 );
             }
+            if let Some(trace) = &c.trace {
+                let _ = writeln!(
+                    s,
+                    "\nThe kernel's trace of one failing probe:\n\n```\n{}\n```",
+                    trace.trim_end()
+                );
+            }
         }
     }
     let skipped: Vec<_> = r

@@ -261,6 +261,7 @@ mod tests {
                 probes: 20,
             }],
             balance: Vec::new(),
+            trace: Some("KUBE-SERVICES -> KUBE-SVC-X".into()),
             seconds: 1.5,
         };
         RunResults {
