@@ -85,6 +85,9 @@ fn up_and_down_leave_the_host_namespace_identical() {
 #[test]
 fn a_bad_scenario_exits_2_names_the_place_and_creates_nothing() {
     require_root!();
+    // It compares the host's lab namespaces before and after: no other
+    // lab test may be bringing one up meanwhile.
+    let _lab = common::lab_lock();
     let dir = common::results_dir("bad-scenario");
     let bad = dir.join("bad.yaml");
     std::fs::write(
