@@ -105,23 +105,55 @@ pub fn live_netns() -> Option<u64> {
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
 }
 
+/// System (kernel) CPU seconds the whole machine has used so far, from the
+/// `cpu` line of /proc/stat.
+fn machine_system_cpu() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    // cpu user nice system idle iowait irq softirq ...
+    let system: u64 = line.split_whitespace().nth(3)?.parse().ok()?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    Some(system as f64 / hz)
+}
+
 /// Deleting a namespace only unlinks it; the kernel frees it later, on a
-/// work queue. Waits (at most `limit`) until at most `slack` more
-/// namespaces than `baseline` are alive, so one measurement does not pay
-/// for the previous one's teardown. Returns how long it waited; without
-/// slabinfo it waits a fixed two seconds.
+/// work queue. Waits (at most `limit`) until the kernel is done, so one
+/// measurement does not pay for the previous one's teardown. Done means
+/// at most `slack` more namespaces than `baseline` are alive, or, since the
+/// slab count SLUB reports is approximate and may never get back to the
+/// baseline, that the count has stopped falling for a second while the
+/// machine's kernel CPU stayed under a tenth of a core. Returns how long it
+/// waited; without slabinfo it waits a fixed two seconds.
 pub fn wait_netns_freed(baseline: Option<u64>, slack: u64, limit: Duration) -> Duration {
+    const QUIET: Duration = Duration::from_secs(1);
     let start = Instant::now();
     let Some(base) = baseline else {
         std::thread::sleep(Duration::from_secs(2).min(limit));
         return start.elapsed();
     };
+    let mut last = (live_netns(), machine_system_cpu(), Instant::now());
     while start.elapsed() < limit {
-        match live_netns() {
-            Some(n) if n <= base + slack => break,
-            Some(_) => std::thread::sleep(Duration::from_millis(50)),
-            None => break,
+        let Some(n) = live_netns() else { break };
+        if n <= base + slack {
+            break;
         }
+        let now = Instant::now();
+        if Some(n) < last.0 {
+            last = (Some(n), machine_system_cpu(), now);
+        } else if now - last.2 >= QUIET {
+            let busy = match (machine_system_cpu(), last.1) {
+                (Some(b), Some(a)) => (b - a) / (now - last.2).as_secs_f64(),
+                _ => 0.0,
+            };
+            if busy < 0.1 {
+                break;
+            }
+            last = (Some(n), machine_system_cpu(), now);
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
     start.elapsed()
 }
