@@ -145,8 +145,17 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
             .arg("--exec")
             .arg(script(&exe, &cwd, &args.command, kernel))
             .stdin(Stdio::null())
+            // Relayed, not inherited: qemu reopens an inherited stdout
+            // through /proc/self/fd, at offset 0, and so wrote over a log
+            // file that `ci/test > log` had already filled.
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
             .context("starting vng")?;
+        let relays = [
+            relay(child.stdout.take(), std::io::stdout),
+            relay(child.stderr.take(), std::io::stderr),
+        ];
         let deadline = start + Duration::from_secs(args.timeout);
         let status = loop {
             if let Some(s) = child.try_wait()? {
@@ -159,6 +168,12 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
             }
             std::thread::sleep(Duration::from_millis(200));
         };
+        if status.is_some() {
+            // The VM is gone; its output ends with it.
+            for r in relays.into_iter().flatten() {
+                let _ = r.join();
+            }
+        }
         match status {
             Some(s) if s.success() => {}
             Some(s) => {
@@ -193,6 +208,18 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Copies a child's output to ours as it comes, on a thread.
+fn relay<R, W>(from: Option<R>, to: fn() -> W) -> Option<std::thread::JoinHandle<()>>
+where
+    R: std::io::Read + Send + 'static,
+    W: std::io::Write + 'static,
+{
+    let mut from = from?;
+    Some(std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from, &mut to());
+    }))
 }
 
 fn which(program: &str) -> Result<()> {
