@@ -121,8 +121,9 @@ pub struct CpuUsage {
     /// Its waited-for children (iptables-restore, nft, an exec: program).
     pub children_user_seconds: f64,
     pub children_sys_seconds: f64,
-    /// Peak resident set size so far, in KiB, of the agent and of its
-    /// largest child.
+    /// Peak resident set size so far, in KiB, of the agent (VmHWM, since
+    /// its exec) and of its largest child (getrusage: the kernel carries
+    /// the agent's peak at fork time into a child's, so an upper bound).
     pub self_max_rss_kib: u64,
     pub children_max_rss_kib: u64,
 }

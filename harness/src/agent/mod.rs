@@ -137,6 +137,13 @@ fn rusage(who: nix::sys::resource::UsageWho) -> (f64, f64, u64) {
     )
 }
 
+/// This process's peak resident set since its exec (VmHWM), in KiB.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 fn emit(out: &mut impl Write, msg: &AgentMessage) {
     let mut line = serde_json::to_string(msg).expect("agent messages serialize");
     line.push('\n');
@@ -323,7 +330,10 @@ fn sync_once(
         node,
     });
     let wall = t0.elapsed().as_secs_f64();
-    let (su1, ss1, self_rss) = rusage(UsageWho::RUSAGE_SELF);
+    let (su1, ss1, rusage_rss) = rusage(UsageWho::RUSAGE_SELF);
+    // getrusage's peak survives execve: it would be the harness's peak at
+    // the moment it forked this agent. The mm's own high-water mark is not.
+    let self_rss = peak_rss_kib().unwrap_or(rusage_rss);
     let (cu1, cs1, child_rss) = rusage(UsageWho::RUSAGE_CHILDREN);
     let ended = crate::state::now();
     let state = tracker.state();
