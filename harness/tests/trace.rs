@@ -106,6 +106,14 @@ fn no_trace_table_left(run: &str) {
     }
 }
 
+/// The probe most tests trace: the first node's client pod to web:80.
+const CLIENT_TO_WEB: [&str; 4] = [
+    "--from",
+    "pod/svclab-system/client-node-0",
+    "--to",
+    "web:80",
+];
+
 #[test]
 fn iptables_trace_names_kube_proxy_chains() {
     require_root!();
@@ -113,15 +121,7 @@ fn iptables_trace_names_kube_proxy_chains() {
     let Some(lab) = up("iptables") else { return };
     let run = lab.0.clone();
 
-    let t = trace(
-        &run,
-        &[
-            "--from",
-            "pod/svclab-system/client-node-0",
-            "--to",
-            "web:80",
-        ],
-    );
+    let t = trace(&run, &CLIENT_TO_WEB);
     let (pod, ep) = answered(&t);
     assert!(pod.starts_with("default/web-"), "{pod}");
     let svc = format!("KUBE-SVC-{}", iptables_hash("default/web:httptcp"));
@@ -241,15 +241,7 @@ fn nftables_trace_names_maps_and_chains() {
     let Some(lab) = up("nftables") else { return };
     let run = lab.0.clone();
 
-    let t = trace(
-        &run,
-        &[
-            "--from",
-            "pod/svclab-system/client-node-0",
-            "--to",
-            "web:80",
-        ],
-    );
+    let t = trace(&run, &CLIENT_TO_WEB);
     let (pod, ep) = answered(&t);
     assert!(pod.starts_with("default/web-"), "{pod}");
     let svc = format!("service-{}", nft_name("default/web/tcp/http"));
@@ -336,15 +328,7 @@ fn iptables_legacy_trace_follows_rule_counters() {
         return;
     };
     let run = lab.0.clone();
-    let t = trace(
-        &run,
-        &[
-            "--from",
-            "pod/svclab-system/client-node-0",
-            "--to",
-            "web:80",
-        ],
-    );
+    let t = trace(&run, &CLIENT_TO_WEB);
     let (_, ep) = answered(&t);
     let svc = format!("KUBE-SVC-{}", iptables_hash("default/web:httptcp"));
     let sep = format!(
@@ -375,15 +359,7 @@ fn ebpf_trace_shows_map_entries() {
     let _lock = common::lab_lock();
     let Some(lab) = up("ebpf") else { return };
     let run = lab.0.clone();
-    let t = trace(
-        &run,
-        &[
-            "--from",
-            "pod/svclab-system/client-node-0",
-            "--to",
-            "web:80",
-        ],
-    );
+    let t = trace(&run, &CLIENT_TO_WEB);
     let (_, ep) = answered(&t);
     let bpf = &t["nodes"][0]["bpf"];
     assert_eq!(bpf["service"]["key"], "10.96.0.11:80/TCP", "{t:#}");
