@@ -4,7 +4,6 @@
 use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -105,10 +104,12 @@ enum Command {
     /// Run a svclab command inside a VM booted from a stock kernel.
     Vm(vm::VmArgs),
     /// Remove what earlier runs left behind (only runs whose owner is gone,
-    /// unless --force).
+    /// unless --force; namespaces without a run record only with --force).
     Cleanup {
         #[arg(long)]
         force: bool,
+        /// Only these runs (4 hex digits each); all by default.
+        runs: Vec<String>,
     },
     /// Run one node's agent (started by the lab inside the node's namespace).
     #[command(hide = true)]
@@ -198,21 +199,20 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             }
         }
         Command::Down { run } => down(run),
-        Command::Cleanup { force } => {
-            let report = cleanup::cleanup_all(force);
-            for (run, why) in &report.skipped {
-                println!("run {run}: left alone: {why}");
-            }
-            println!(
-                "removed {} run(s): {} namespace(s), {} process(es)",
-                report.runs.len(),
-                report.namespaces,
-                report.processes
-            );
-            for e in &report.errors {
-                eprintln!("error: {e}");
-            }
-            Ok(if report.errors.is_empty() {
+        Command::Cleanup { force, runs } => {
+            let report = if runs.is_empty() {
+                cleanup::cleanup_all(force)
+            } else {
+                let mut report = cleanup::CleanupReport::default();
+                for r in &runs {
+                    let run = topology::RunId::parse(r)
+                        .with_context(|| format!("{r:?} is not a run id (4 hex digits)"))?;
+                    cleanup::cleanup_run(&run, force, &mut report);
+                }
+                report
+            };
+            report.print();
+            Ok(if report.ok() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
@@ -401,12 +401,12 @@ fn up_detached(scenario: Option<PathBuf>, backend: Option<BackendKind>) -> Resul
     // The lab process outlives this one: it must not hold our stderr (a
     // caller waiting for EOF would hang), so it logs to a file, which it
     // moves into its run folder once the run exists.
-    std::fs::create_dir_all(state::STATE_DIR)?;
+    state::ensure_state_dir()?;
     let log = PathBuf::from(state::STATE_DIR).join(format!("up-{}.log", std::process::id()));
     cmd.env("SVCLAB_DAEMON_LOG", &log)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
-        .stderr(std::fs::File::create(&log)?);
+        .stderr(state::create_private_file(&log)?);
     // SAFETY: setsid is async-signal-safe; the lab must survive this
     // terminal's session (it is stopped with `svclab down`).
     unsafe {
@@ -463,22 +463,12 @@ fn down(run: Option<String>) -> Result<ExitCode> {
             }
         }
     };
-    // The lab process tears its own lab down on SIGTERM; wait for it.
-    if let Ok(st) = state::RunState::load(&run)
-        && st.owner.signal(nix::sys::signal::Signal::SIGTERM)
-    {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while st.owner.alive() && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    let report = cleanup::down(&run);
+    report.print();
+    if report.runs.contains(&run) {
+        println!("lab {run} is down");
     }
-    let mut report = cleanup::CleanupReport::default();
-    cleanup::cleanup_run(&run, true, &mut report);
-    println!("lab {run} is down");
-    for e in &report.errors {
-        eprintln!("error: {e}");
-    }
-    Ok(if report.errors.is_empty() {
+    Ok(if report.ok() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -2,9 +2,21 @@
 //! which processes it started and what network it built. `svclab down`,
 //! `svclab cleanup` and `svclab trace` read it; it is written before the
 //! first kernel object is created, so even a SIGKILLed run can be found.
+//!
+//! Root acts on these records (it signals the processes they name and
+//! removes the namespaces), so they are private whatever the caller's
+//! umask: `/run/svclab` and every run folder are 0700, every file 0600, all
+//! owned by the effective user; the record is replaced atomically by
+//! renaming a fresh `O_EXCL` temporary file. A record that anyone else could
+//! have written is refused (`RunState::load_trusted`), and a process named in
+//! a record is signalled only once it is proven to be svclab's
+//! (`ProcRef::claim`).
 
-use std::io;
-use std::path::PathBuf;
+use std::fs::{File, OpenOptions, Permissions};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -16,14 +28,174 @@ pub fn run_dir(run: &RunId) -> PathBuf {
     PathBuf::from(STATE_DIR).join(run.as_str())
 }
 
+fn euid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+/// Makes `path` a private folder of ours (mode 0700, whatever the umask):
+/// created if missing; if it exists it must be a real folder (not a
+/// symlink) owned by the effective user, and its mode is tightened to 0700.
+pub fn ensure_private_dir(path: &Path) -> io::Result<()> {
+    match std::fs::DirBuilder::new().mode(0o700).create(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let m = std::fs::symlink_metadata(path)?;
+    if !m.file_type().is_dir() {
+        return Err(io::Error::other(format!(
+            "{} is not a folder (a symlink or a file is in its place); refusing to use it",
+            path.display()
+        )));
+    }
+    if m.uid() != euid() {
+        return Err(io::Error::other(format!(
+            "{} is owned by uid {}, not by uid {}; refusing to use it",
+            path.display(),
+            m.uid(),
+            euid()
+        )));
+    }
+    if m.mode() & 0o7777 != 0o700 {
+        std::fs::set_permissions(path, Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// `/run/svclab`, private (see `ensure_private_dir`).
+pub fn ensure_state_dir() -> io::Result<()> {
+    ensure_private_dir(Path::new(STATE_DIR))
+}
+
+/// A run's folder, private, inside a private `/run/svclab`.
+pub fn ensure_run_dir(run: &RunId) -> io::Result<PathBuf> {
+    ensure_state_dir()?;
+    let dir = run_dir(run);
+    ensure_private_dir(&dir)?;
+    Ok(dir)
+}
+
+/// Creates a new file readable and writable by us only (0600 whatever the
+/// umask). `O_EXCL` and `O_NOFOLLOW`: an existing file or a planted symlink
+/// at `path` is an error, never opened.
+pub fn create_private_file(path: &Path) -> io::Result<File> {
+    let f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    f.set_permissions(Permissions::from_mode(0o600))?;
+    Ok(f)
+}
+
+/// A private temporary folder (random name, created exclusively, mode 0700
+/// whatever the umask) inside `parent`, removed when dropped.
+pub fn private_temp_dir_in(parent: &Path, prefix: &str) -> io::Result<tempfile::TempDir> {
+    let d = tempfile::Builder::new()
+        .prefix(prefix)
+        .permissions(Permissions::from_mode(0o700))
+        .tempdir_in(parent)?;
+    std::fs::set_permissions(d.path(), Permissions::from_mode(0o700))?;
+    Ok(d)
+}
+
+/// Why a path cannot be trusted as root's own: not a plain file or folder,
+/// owned by someone else, or writable by group or others.
+fn untrusted(path: &Path, m: &std::fs::Metadata, want_dir: bool) -> Option<String> {
+    let kind_ok = if want_dir {
+        m.file_type().is_dir()
+    } else {
+        m.file_type().is_file()
+    };
+    if !kind_ok {
+        return Some(format!(
+            "{} is not a plain {}",
+            path.display(),
+            if want_dir { "folder" } else { "file" }
+        ));
+    }
+    if m.uid() != euid() {
+        return Some(format!(
+            "{} is owned by uid {}, not by uid {} (who runs svclab)",
+            path.display(),
+            m.uid(),
+            euid()
+        ));
+    }
+    if m.mode() & 0o022 != 0 {
+        return Some(format!(
+            "{} is writable by {} (mode {:04o})",
+            path.display(),
+            if m.mode() & 0o020 != 0 {
+                "its group"
+            } else {
+                "others"
+            },
+            m.mode() & 0o7777
+        ));
+    }
+    None
+}
+
+/// Why a run's record could not be read as ours.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// No `state.json`: the run has no record.
+    #[error("no run record")]
+    Missing,
+    /// Someone other than us could have written it.
+    #[error("{0}; the record is not trusted (inspect it, and remove it by hand if it is stale)")]
+    Untrusted(String),
+    #[error("{0}")]
+    Unreadable(String),
+}
+
+/// The identity of an executable: the file `/proc/<pid>/exe` points to
+/// (which stays the same inode when a rebuild replaces the binary on disk).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExeId {
+    pub dev: u64,
+    pub ino: u64,
+    /// The path, for messages (may end in " (deleted)").
+    #[serde(default)]
+    pub path: String,
+}
+
+fn exe_of(pid: u32) -> Option<ExeId> {
+    let link = format!("/proc/{pid}/exe");
+    let m = std::fs::metadata(&link).ok()?;
+    Some(ExeId {
+        dev: m.dev(),
+        ino: m.ino(),
+        path: std::fs::read_link(&link)
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+    })
+}
+
+/// The inode of `pid`'s network namespace.
+pub fn netns_of(pid: u32) -> Option<u64> {
+    std::fs::metadata(format!("/proc/{pid}/ns/net"))
+        .ok()
+        .map(|m| m.ino())
+}
+
 /// A process, identified by pid and start time so a reused pid is never
-/// mistaken for ours.
+/// mistaken for ours, with its executable and network namespace as they
+/// were when it was recorded.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ProcRef {
     pub pid: u32,
     pub start_ticks: u64,
     pub role: String,
+    /// Its executable when recorded (absent in records of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<ExeId>,
+    /// The inode of its network namespace when recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u64>,
 }
 
 /// Field 22 of /proc/<pid>/stat: start time in clock ticks since boot.
@@ -34,12 +206,66 @@ fn start_ticks(pid: u32) -> Option<u64> {
     rest.split(' ').nth(19)?.parse().ok()
 }
 
+/// The command name of `pid`, for messages.
+pub fn comm_of(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// A process proven to be svclab's, held by a pidfd so that a pid reused
+/// after the proof is never signalled.
+pub struct Claimed {
+    pub proc: ProcRef,
+    pidfd: Option<OwnedFd>,
+}
+
+impl Claimed {
+    /// Sends `sig`; false if the process is gone.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) -> bool {
+        match &self.pidfd {
+            // SAFETY: a plain syscall on a pidfd we own.
+            Some(fd) => unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd.as_raw_fd(),
+                    sig as libc::c_int,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                ) == 0
+            },
+            None => self.proc.signal(sig),
+        }
+    }
+
+    pub fn alive(&self) -> bool {
+        self.proc.alive()
+    }
+}
+
+fn pidfd_open(pid: u32) -> io::Result<Option<OwnedFd>> {
+    // SAFETY: a plain syscall; the fd it returns is ours.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if r >= 0 {
+        // SAFETY: r is a new file descriptor nobody else owns.
+        return Ok(Some(unsafe { OwnedFd::from_raw_fd(r as i32) }));
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        // A kernel without pidfds (before 5.3): fall back to the pid.
+        Some(libc::ENOSYS) => Ok(None),
+        _ => Err(e),
+    }
+}
+
 impl ProcRef {
     pub fn of(pid: u32, role: impl Into<String>) -> Option<ProcRef> {
         Some(ProcRef {
             pid,
             start_ticks: start_ticks(pid)?,
             role: role.into(),
+            exe: exe_of(pid),
+            netns: netns_of(pid),
         })
     }
 
@@ -59,9 +285,59 @@ impl ProcRef {
             .any(|l| l.starts_with("State:") && l.contains('Z'))
     }
 
+    /// Signals the process if it is still the one recorded (by start time
+    /// only: for a process we started ourselves; anything read from a
+    /// record goes through `claim`).
     pub fn signal(&self, sig: nix::sys::signal::Signal) -> bool {
         self.alive()
             && nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid as i32), sig).is_ok()
+    }
+
+    /// Proves the process is svclab's before anything signals it: it is
+    /// the process recorded (same start time), its executable is svclab
+    /// (the same file as recorded at start, and svclab's), and its network
+    /// namespace is one of `run_netns` (the run's namespaces) or the one
+    /// recorded for it. `Ok(None)`: it is gone. `Err`: it is someone
+    /// else's, with the reason.
+    pub fn claim(&self, run_netns: &[u64]) -> Result<Option<Claimed>, String> {
+        let pidfd = match pidfd_open(self.pid) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(None),
+            Err(e) => return Err(format!("cannot open it: {e}")),
+        };
+        // Proven after the pidfd is open: if the pid were reused in
+        // between, the start time below would not match.
+        if !self.alive() {
+            return Ok(None);
+        }
+        let Some(exe) = exe_of(self.pid) else {
+            return Err("its executable cannot be read".into());
+        };
+        if let Some(rec) = &self.exe
+            && (rec.dev, rec.ino) != (exe.dev, exe.ino)
+        {
+            return Err(format!(
+                "its executable is {}, not the one recorded at its start ({})",
+                exe.path, rec.path
+            ));
+        }
+        if !is_svclab_exe(&exe) {
+            return Err(format!("its executable is {}, not svclab", exe.path));
+        }
+        let ns = netns_of(self.pid);
+        let ns_ok = ns.is_some_and(|n| run_netns.contains(&n) || self.netns == Some(n))
+            // Records of older versions did not keep the owner's namespace.
+            || (self.netns.is_none() && self.role == "owner");
+        if !ns_ok {
+            return Err(format!(
+                "its network namespace ({}) is none of the run's",
+                ns.map_or("unreadable".into(), |n| format!("net:[{n}]"))
+            ));
+        }
+        Ok(Some(Claimed {
+            proc: self.clone(),
+            pidfd,
+        }))
     }
 }
 
@@ -100,18 +376,74 @@ impl RunState {
         }
     }
 
-    /// Writes the record atomically (a reader never sees half of it).
+    /// Writes the record atomically (a reader never sees half of it): a
+    /// fresh 0600 temporary file (random name, `O_EXCL`) in the private run
+    /// folder, renamed over `state.json`.
     pub fn save(&self) -> io::Result<()> {
-        let dir = run_dir(&self.run);
-        std::fs::create_dir_all(&dir)?;
-        let tmp = dir.join("state.json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
-        std::fs::rename(tmp, dir.join("state.json"))
+        let dir = ensure_run_dir(&self.run)?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".state.json.")
+            .permissions(Permissions::from_mode(0o600))
+            .tempfile_in(&dir)?;
+        tmp.as_file()
+            .set_permissions(Permissions::from_mode(0o600))?;
+        tmp.write_all(&serde_json::to_vec_pretty(self)?)?;
+        tmp.persist(dir.join("state.json"))
+            .map(drop)
+            .map_err(|e| e.error)
     }
 
+    /// Reads the record without asking who wrote it (for reading only:
+    /// anything that signals or removes uses `load_trusted`).
     pub fn load(run: &RunId) -> io::Result<RunState> {
         let raw = std::fs::read(run_dir(run).join("state.json"))?;
         serde_json::from_slice(&raw).map_err(io::Error::other)
+    }
+
+    /// Reads the record only if nobody but us could have written it:
+    /// `/run/svclab`, the run folder and `state.json` must be ours (the
+    /// effective user's), not symlinks, and not writable by group or others.
+    pub fn load_trusted(run: &RunId) -> Result<RunState, LoadError> {
+        let dir = run_dir(run);
+        let file = dir.join("state.json");
+        let f = match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+            .open(&file)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(LoadError::Missing),
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(LoadError::Untrusted(format!(
+                    "{} is a symlink",
+                    file.display()
+                )));
+            }
+            Err(e) => {
+                return Err(LoadError::Unreadable(format!(
+                    "reading {}: {e}",
+                    file.display()
+                )));
+            }
+        };
+        for (path, want_dir) in [(Path::new(STATE_DIR), true), (dir.as_path(), true)] {
+            let m = std::fs::symlink_metadata(path)
+                .map_err(|e| LoadError::Unreadable(format!("{}: {e}", path.display())))?;
+            if let Some(why) = untrusted(path, &m, want_dir) {
+                return Err(LoadError::Untrusted(why));
+            }
+        }
+        let m = f
+            .metadata()
+            .map_err(|e| LoadError::Unreadable(format!("{}: {e}", file.display())))?;
+        if let Some(why) = untrusted(&file, &m, false) {
+            return Err(LoadError::Untrusted(why));
+        }
+        let mut raw = Vec::new();
+        (&f).read_to_end(&mut raw)
+            .map_err(|e| LoadError::Unreadable(format!("reading {}: {e}", file.display())))?;
+        serde_json::from_slice(&raw)
+            .map_err(|e| LoadError::Unreadable(format!("{}: {e}", file.display())))
     }
 }
 
@@ -144,13 +476,22 @@ pub fn self_exe() -> std::path::PathBuf {
     std::path::PathBuf::from("/proc/self/exe")
 }
 
-/// Whether `pid` runs svclab (by its executable, which a rebuild may have
-/// replaced: then the link ends in " (deleted)").
+/// Whether `pid` runs svclab (see `is_svclab_exe`).
 pub fn is_svclab(pid: u32) -> bool {
-    std::fs::read_link(format!("/proc/{pid}/exe"))
-        .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .is_some_and(|n| n == "svclab" || n.starts_with("svclab "))
+    exe_of(pid).is_some_and(|e| is_svclab_exe(&e))
+}
+
+/// Whether an executable is svclab: the very file this process runs, or a
+/// file named `svclab` (a rebuild may have replaced it on disk: then the
+/// link ends in " (deleted)").
+fn is_svclab_exe(exe: &ExeId) -> bool {
+    if exe_of(std::process::id()).is_some_and(|me| (me.dev, me.ino) == (exe.dev, exe.ino)) {
+        return true;
+    }
+    Path::new(&exe.path)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .is_some_and(|n| n == "svclab" || n == "svclab (deleted)")
 }
 
 pub fn now() -> f64 {

@@ -120,7 +120,9 @@ fn timed(
         what: format!("opening {name}"),
         source,
     })?;
-    let errors = tempfile_in_tmp().map_err(|source| FloorError::Io {
+    // The tool's stderr goes to an anonymous file beside its input (in the
+    // bench's private dump folder): no name anyone could plant a symlink at.
+    let mut errors = private_tempfile_beside(file).map_err(|source| FloorError::Io {
         what: "creating a stderr file".into(),
         source,
     })?;
@@ -129,7 +131,7 @@ fn timed(
         .args(args)
         .stdin(Stdio::from(input))
         .stdout(Stdio::null())
-        .stderr(Stdio::from(errors.1.try_clone().map_err(|source| {
+        .stderr(Stdio::from(errors.try_clone().map_err(|source| {
             FloorError::Io {
                 what: "stderr file".into(),
                 source,
@@ -161,8 +163,14 @@ fn timed(
     let wall = t.elapsed().as_secs_f64();
     let _ = done_tx.send(());
     let killed = watchdog.join().unwrap_or(false);
-    let stderr = std::fs::read_to_string(&errors.0).unwrap_or_default();
-    let _ = std::fs::remove_file(&errors.0);
+    let stderr = {
+        use std::io::{Read, Seek};
+        let mut text = String::new();
+        let _ = errors
+            .rewind()
+            .and_then(|()| errors.read_to_string(&mut text));
+        text
+    };
     if r < 0 {
         return Err(FloorError::Io {
             what: format!("waiting for `{command}`"),
@@ -192,12 +200,14 @@ fn timed(
     ))
 }
 
-fn tempfile_in_tmp() -> std::io::Result<(PathBuf, File)> {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let path = std::env::temp_dir().join(format!("svclab-floor-{}-{n}.stderr", std::process::id()));
-    let f = File::create(&path)?;
-    Ok((path, f))
+/// An unnamed file (`O_TMPFILE`, or a random `O_EXCL` name unlinked at
+/// once) with mode 0600, in the folder that holds `file`.
+fn private_tempfile_beside(file: &Path) -> std::io::Result<File> {
+    let dir = file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    tempfile::tempfile_in(dir)
 }
 
 /// Runs `f` on a new thread inside a fresh private network namespace that
@@ -270,8 +280,8 @@ mod tests {
 
     #[test]
     fn dumps_sort_by_sequence_and_skip_empty_inputs() {
-        let dir = std::env::temp_dir().join(format!("svclab-floor-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         for (name, text) in [
             ("10-partial.nft", "x"),
             ("0-setup.nft", "x"),
@@ -282,19 +292,18 @@ mod tests {
         ] {
             std::fs::write(dir.join(name), text).unwrap();
         }
-        let d = dumps(&dir, "nft");
+        let d = dumps(dir, "nft");
         let got: Vec<(u64, &str)> = d.iter().map(|d| (d.seq, d.mode.as_str())).collect();
         assert_eq!(
             got,
             [(0, "setup"), (1, "full"), (2, "partial"), (10, "partial")]
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn a_tool_run_is_timed_and_failures_name_the_file() {
-        let dir = std::env::temp_dir().join(format!("svclab-floor-tool-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let f = dir.join("1-full.txt");
         std::fs::write(&f, "hello\n").unwrap();
         let (wall, cpu, _) = timed("cat", &[], &f, Duration::from_secs(10)).unwrap();
@@ -303,6 +312,5 @@ mod tests {
         assert!(err.to_string().contains("1-full.txt"), "{err}");
         let err = timed("sleep", &["5"], &f, Duration::from_millis(100)).unwrap_err();
         assert!(matches!(err, FloorError::Budget { .. }), "{err}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -276,9 +276,13 @@ async fn run_sync(
             }
             let run = match sync::scenario_for(&settings, size) {
                 Ok(scn) => {
-                    let dump = std::env::temp_dir()
-                        .join(format!("svclab-bench-{}-{b}-{size}", std::process::id()));
-                    sync::run_case(kind, scn, &settings, &dump).await
+                    // The agents' dumped tool input: a private folder with
+                    // a random name inside the results folder (root writes
+                    // there; never at a name someone could plant first).
+                    let dump =
+                        crate::state::private_temp_dir_in(&dir, &format!(".dump-{b}-{size}-"))
+                            .with_context(|| format!("a dump folder in {}", dir.display()))?;
+                    sync::run_case(kind, scn, &settings, dump.path()).await
                 }
                 Err(e) => sync::CaseRun {
                     status: Status::Failed,
