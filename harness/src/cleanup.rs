@@ -274,10 +274,11 @@ fn processes_in(inodes: &[u64]) -> (Vec<ProcRef>, Vec<(u32, String)>) {
     let Ok(proc_dir) = std::fs::read_dir("/proc") else {
         return (ours, foreign);
     };
-    let names: Vec<(u64, String)> = crate::netns::list_with_prefix(crate::topology::names::NS_PREFIX)
-        .into_iter()
-        .filter_map(|ns| Some((crate::netns::inode_of(&ns.path())?, ns.name)))
-        .collect();
+    let names: Vec<(u64, String)> =
+        crate::netns::list_with_prefix(crate::topology::names::NS_PREFIX)
+            .into_iter()
+            .filter_map(|ns| Some((crate::netns::inode_of(&ns.path())?, ns.name)))
+            .collect();
     for pid in proc_dir
         .filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
