@@ -112,9 +112,17 @@ pub fn cleanup_run(run: &RunId, force: bool, report: &mut CleanupReport) {
             report.orphans.extend(names);
             return;
         }
-        // A folder of ours with no record and nothing built: a run killed
-        // before its first save. Nothing in it is acted on; remove it.
-        remove_run_dir(run, report);
+        // A folder with no record and nothing built: a run killed while it
+        // wrote its first record (nothing in it is acted on). A young one
+        // may be a run writing it right now: left for a later cleanup.
+        let old = std::fs::symlink_metadata(run_dir(run))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > Duration::from_secs(60));
+        if old {
+            remove_run_dir(run, report);
+        }
         return;
     }
     if let Some(st) = &state

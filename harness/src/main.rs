@@ -402,11 +402,12 @@ fn up_detached(scenario: Option<PathBuf>, backend: Option<BackendKind>) -> Resul
     // caller waiting for EOF would hang), so it logs to a file, which it
     // moves into its run folder once the run exists.
     state::ensure_state_dir()?;
-    let log = PathBuf::from(state::STATE_DIR).join(format!("up-{}.log", std::process::id()));
+    let (log_file, log) =
+        state::private_named_file_in(std::path::Path::new(state::STATE_DIR), "up-", ".log")?;
     cmd.env("SVCLAB_DAEMON_LOG", &log)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
-        .stderr(state::create_private_file(&log)?);
+        .stderr(log_file);
     // SAFETY: setsid is async-signal-safe; the lab must survive this
     // terminal's session (it is stopped with `svclab down`).
     unsafe {

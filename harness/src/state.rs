@@ -100,6 +100,22 @@ pub fn private_temp_dir_in(parent: &Path, prefix: &str) -> io::Result<tempfile::
     Ok(d)
 }
 
+/// A new private file (0600, random name, `O_EXCL`) in `dir`, kept (not
+/// removed when closed): the file and its path.
+pub fn private_named_file_in(
+    dir: &Path,
+    prefix: &str,
+    suffix: &str,
+) -> io::Result<(File, PathBuf)> {
+    let f = tempfile::Builder::new()
+        .prefix(prefix)
+        .suffix(suffix)
+        .permissions(Permissions::from_mode(0o600))
+        .tempfile_in(dir)?;
+    f.as_file().set_permissions(Permissions::from_mode(0o600))?;
+    f.keep().map_err(|e| e.error)
+}
+
 /// Why a path cannot be trusted as root's own: not a plain file or folder,
 /// owned by someone else, or writable by group or others.
 fn untrusted(path: &Path, m: &std::fs::Metadata, want_dir: bool) -> Option<String> {
@@ -504,6 +520,77 @@ pub fn now() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_is_claimed_only_if_it_is_svclabs() {
+        // This test binary is "svclab" here: the same file as /proc/self/exe.
+        let me = ProcRef::current("owner");
+        assert!(me.exe.is_some() && me.netns.is_some());
+        assert!(matches!(me.claim(&[]), Ok(Some(_))));
+        let gone = ProcRef {
+            start_ticks: me.start_ticks + 1,
+            ..me.clone()
+        };
+        assert!(matches!(gone.claim(&[]), Ok(None)));
+        // Another executable: refused, whatever the record says about it.
+        let mut sleep = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = sleep.id();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while comm_of(pid) != "sleep" && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let other = ProcRef::of(pid, "agent node-0").unwrap();
+        let err = other.claim(&[other.netns.unwrap()]).err().unwrap();
+        assert!(err.contains("not svclab"), "{err}");
+        // Recorded as our own executable, but it runs another: refused.
+        let forged = ProcRef {
+            exe: me.exe.clone(),
+            ..other
+        };
+        let err = forged.claim(&[forged.netns.unwrap()]).err().unwrap();
+        assert!(err.contains("not the one recorded"), "{err}");
+        sleep.kill().unwrap();
+        sleep.wait().unwrap();
+        // Our own process, but in a namespace that is neither recorded nor
+        // the run's.
+        let elsewhere = ProcRef {
+            netns: Some(1),
+            role: "agent node-0".into(),
+            ..me.clone()
+        };
+        let err = elsewhere.claim(&[2]).err().unwrap();
+        assert!(err.contains("none of the run's"), "{err}");
+    }
+
+    #[test]
+    fn private_dirs_and_files_ignore_the_umask_and_refuse_symlinks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let loose = tmp.path().join("loose");
+        std::fs::create_dir(&loose).unwrap();
+        std::fs::set_permissions(&loose, Permissions::from_mode(0o777)).unwrap();
+        ensure_private_dir(&loose).unwrap();
+        let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().mode() & 0o7777;
+        assert_eq!(mode(&loose), 0o700);
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&loose, &link).unwrap();
+        assert!(ensure_private_dir(&link).is_err());
+        let target = tmp.path().join("target");
+        std::fs::write(&target, "precious").unwrap();
+        let planted = tmp.path().join("planted");
+        std::os::unix::fs::symlink(&target, &planted).unwrap();
+        assert!(create_private_file(&planted).is_err());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious");
+        let fresh = tmp.path().join("fresh");
+        create_private_file(&fresh).unwrap();
+        assert_eq!(mode(&fresh), 0o600);
+        let (_, named) = private_named_file_in(tmp.path(), "up-", ".log").unwrap();
+        assert_eq!(mode(&named), 0o600);
+        let d = private_temp_dir_in(tmp.path(), ".dump-").unwrap();
+        assert_eq!(mode(d.path()), 0o700);
+    }
 
     #[test]
     fn proc_ref_tells_our_process_from_others() {

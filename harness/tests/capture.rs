@@ -358,8 +358,8 @@ mod live {
                 "https://127.0.0.1:6443",
                 &format!("https://127.0.0.1:{port}"),
             );
-        let dir = std::env::temp_dir().join(format!("svclab-k3s-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let path = dir.join("kubeconfig");
         std::fs::write(&path, kubeconfig).unwrap();
 
@@ -447,6 +447,5 @@ mod live {
                 .sum();
             assert_eq!(have, want, "{ns}/{name}");
         }
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

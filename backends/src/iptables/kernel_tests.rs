@@ -103,10 +103,8 @@ fn name(ns: &str, svc: &str) -> ServicePortName {
 fn setup_and_full_sync_are_accepted_and_read_back() {
     require_netns!();
     for_each_flavor(|flavor| {
-        let dump = std::env::temp_dir().join(format!(
-            "svclab-iptables-dump-{flavor:?}-{}",
-            std::process::id()
-        ));
+        let tmp = tempfile::tempdir().unwrap();
+        let dump = tmp.path().join("dump");
         let options = BackendOptions {
             dump_dir: Some(dump.clone()),
             ..BackendOptions::default()
@@ -277,10 +275,8 @@ fn split_transactions_end_where_one_transaction_does() {
         // 130 x 10 endpoints: 1430 chains, so iptables-nft's restore is
         // split in two transactions (and large cluster mode is on).
         let mut state = super::fixtures::synthetic(130, 10);
-        let dump = std::env::temp_dir().join(format!(
-            "svclab-iptables-split-{flavor:?}-{}",
-            std::process::id()
-        ));
+        let tmp = tempfile::tempdir().unwrap();
+        let dump = tmp.path().join("dump");
         let options = BackendOptions {
             dump_dir: Some(dump.clone()),
             ..BackendOptions::default()

@@ -202,10 +202,13 @@ fn measure_size(flavor: Flavor, services: usize, partials: usize, reps: usize, k
     let (mut render_full, mut render_partial) = (Vec::new(), Vec::new());
     let (mut setup, mut cleanup) = (Vec::new(), Vec::new());
     for rep in 0..reps {
-        let dir = std::env::temp_dir().join(format!(
-            "svclab-measure-{flavor:?}-{services}-{rep}-{}",
-            std::process::id()
-        ));
+        // Kept (SVCLAB_MEASURE_KEEP=1) or removed below; never at a name
+        // someone could plant first.
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("svclab-measure-{flavor:?}-{services}-{rep}-"))
+            .tempdir()
+            .unwrap()
+            .keep();
         let run = agent_run(flavor, services, partials, &dir);
         let bare = bare_run(flavor, &run.files);
         if keep {

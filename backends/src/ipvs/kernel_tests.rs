@@ -433,7 +433,8 @@ fn kernel_partial_syncs_converge_to_a_full_sync() {
 /// benchmark can time the bare tools on exactly what the backend wrote.
 #[test]
 fn kernel_dumps_replay_with_the_standard_tools() {
-    let dir = std::env::temp_dir().join(format!("svclab-ipvs-dump-{}", std::process::id()));
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("dump");
     std::fs::create_dir_all(&dir).unwrap();
     let options = BackendOptions {
         dump_dir: Some(dir.clone()),

@@ -405,7 +405,8 @@ fn no_reject_fault_makes_clients_time_out() {
 #[test]
 fn dump_dir_gets_each_transaction() {
     require_netns!();
-    let dir = std::env::temp_dir().join(format!("svclab-nft-dump-{}", std::process::id()));
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("dump");
     in_new_netns(|| {
         let mut b = NftablesBackend::new(&BackendOptions {
             dump_dir: Some(dir.clone()),

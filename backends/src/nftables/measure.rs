@@ -101,8 +101,8 @@ fn measure_sync_cost() {
     );
 
     for n in sizes {
-        let dir =
-            std::env::temp_dir().join(format!("svclab-nft-measure-{}-{n}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join(format!("measure-{n}"));
         let state = synthetic(n, ENDPOINTS);
         let mut next = state.clone();
         next.endpoints

@@ -399,7 +399,8 @@ fn udp_without_endpoints_is_refused_then_works_once_ready() {
 #[test]
 fn partial_syncs_touch_only_changed_ports_and_match_a_full_sync() {
     require_netns!();
-    let dir = std::env::temp_dir().join(format!("svclab-userspace-dump-{}", std::process::id()));
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("dump");
     in_new_netns(|| {
         plumb(&[5, 6]);
         serve(5, 8080);

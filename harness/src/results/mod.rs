@@ -332,8 +332,8 @@ mod tests {
             eprintln!("SKIP: chromium is not installed (ci/setup --browser installs it)");
             return;
         };
-        let dir = std::env::temp_dir().join(format!("svclab-report-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
         write_all(&dir, &sample()).unwrap();
         let page = format!("file://{}", dir.join("report.html").display());
         let shot = dir.join("report.png");

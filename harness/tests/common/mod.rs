@@ -98,12 +98,14 @@ pub fn run_id(out: &str) -> String {
         .to_string()
 }
 
-/// A private results folder for one test.
+/// A private results folder for one test (a new folder with a random name,
+/// mode 0700: root never writes at a path someone could plant first).
 pub fn results_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("svclab-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("creating a results folder");
-    d
+    tempfile::Builder::new()
+        .prefix(&format!("svclab-test-{name}-"))
+        .tempdir()
+        .expect("creating a results folder")
+        .keep()
 }
 
 /// The one run folder inside `base`, and its results.json.
