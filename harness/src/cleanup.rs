@@ -88,17 +88,17 @@ pub fn cleanup_run(run: &RunId, force: bool, report: &mut CleanupReport) {
     let state = match RunState::load_trusted(run) {
         Ok(st) => Some(st),
         Err(LoadError::Missing) => None,
-        Err(LoadError::Untrusted(why)) if !force => {
-            report.refused.push((run.clone(), why));
-            return;
-        }
         Err(e) => {
             if !force {
                 report.refused.push((run.clone(), e.to_string()));
                 return;
             }
+            let why = match &e {
+                LoadError::Untrusted(why) | LoadError::Unreadable(why) => why.clone(),
+                LoadError::Missing => e.to_string(),
+            };
             report.notes.push(format!(
-                "run {run}: its record was ignored ({e}); nothing it names was signalled"
+                "run {run}: its record was ignored ({why}); nothing it names was signalled"
             ));
             None
         }

@@ -140,14 +140,14 @@ fn untrusted(path: &Path, m: &std::fs::Metadata, want_dir: bool) -> Option<Strin
         ));
     }
     if m.mode() & 0o022 != 0 {
+        let who = match (m.mode() & 0o020 != 0, m.mode() & 0o002 != 0) {
+            (true, true) => "its group and others",
+            (true, false) => "its group",
+            _ => "others",
+        };
         return Some(format!(
-            "{} is writable by {} (mode {:04o})",
+            "{} is writable by {who} (mode {:04o})",
             path.display(),
-            if m.mode() & 0o020 != 0 {
-                "its group"
-            } else {
-                "others"
-            },
             m.mode() & 0o7777
         ));
     }
@@ -161,7 +161,10 @@ pub enum LoadError {
     #[error("no run record")]
     Missing,
     /// Someone other than us could have written it.
-    #[error("{0}; the record is not trusted (inspect it, and remove it by hand if it is stale)")]
+    #[error(
+        "{0}: the record is not trusted (inspect it; `svclab cleanup --force RUN` ignores it \
+         and signals only processes proven svclab's)"
+    )]
     Untrusted(String),
     #[error("{0}")]
     Unreadable(String),

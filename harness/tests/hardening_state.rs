@@ -341,6 +341,20 @@ fn cleanup_and_down_refuse_records_others_could_write() {
             );
             assert!(file.exists(), "{what}, {cmd:?}");
         }
+        // Forced, the record is ignored: the run's namespace goes, and the
+        // process it names is still never signalled.
+        let out = common::run(&["cleanup", "--force", run.as_str()]);
+        let text = common::text(&out);
+        assert!(out.status.success(), "{what}: {text}");
+        assert!(text.contains("record was ignored"), "{what}: {text}");
+        assert!(
+            alive(mess.child(victim)),
+            "{what}: forced: the victim was killed"
+        );
+        assert!(
+            !Path::new("/run/netns").join(&node_ns).exists(),
+            "{what}: {text}"
+        );
     }
 }
 
