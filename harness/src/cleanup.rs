@@ -44,6 +44,17 @@ impl CleanupReport {
 
     /// What `svclab cleanup` says.
     pub fn print(&self) {
+        self.print_details();
+        println!(
+            "removed {} run(s): {} namespace(s), {} process(es)",
+            self.runs.len(),
+            self.namespaces,
+            self.processes
+        );
+    }
+
+    /// Everything but the summary line (what `svclab down` says).
+    pub fn print_details(&self) {
         for (run, why) in &self.skipped {
             println!("run {run}: left alone: {why}");
         }
@@ -56,17 +67,11 @@ impl CleanupReport {
         if !self.orphans.is_empty() {
             println!(
                 "found {} svclab-looking namespace(s) without a run record: {}; \
-                 rerun with --force to remove them",
+                 rerun `svclab cleanup` with --force to remove them",
                 self.orphans.len(),
                 self.orphans.join(", ")
             );
         }
-        println!(
-            "removed {} run(s): {} namespace(s), {} process(es)",
-            self.runs.len(),
-            self.namespaces,
-            self.processes
-        );
         for e in &self.errors {
             eprintln!("error: {e}");
         }

@@ -465,11 +465,11 @@ fn down(run: Option<String>) -> Result<ExitCode> {
         }
     };
     let report = cleanup::down(&run);
-    report.print();
+    report.print_details();
     if report.runs.contains(&run) {
         println!("lab {run} is down");
     }
-    Ok(if report.ok() {
+    Ok(if report.ok() && report.orphans.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
