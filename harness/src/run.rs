@@ -77,11 +77,7 @@ pub async fn run(scn: &Scenario, opts: &RunOptions) -> anyhow::Result<(RunResult
     let mut not_run = Vec::new();
     for backend in &opts.backends {
         if crate::guard::stopping() {
-            not_run.extend(
-                checks::CHECKS
-                    .iter()
-                    .map(|c| format!("{backend}/{c}")),
-            );
+            not_run.extend(checks::CHECKS.iter().map(|c| format!("{backend}/{c}")));
             continue;
         }
         if !pb.is_hidden() {

@@ -455,6 +455,10 @@ mod tests {
         assert!(r.at.is_some());
         r.succeeded();
         assert_eq!((r.failures, r.at), (0, None));
-        assert_eq!(r.failed(), RETRY_START, "a success starts the backoff afresh");
+        assert_eq!(
+            r.failed(),
+            RETRY_START,
+            "a success starts the backoff afresh"
+        );
     }
 }

@@ -502,7 +502,12 @@ impl Agents {
                     format!("pid {} exited with {status}", inc.pid)
                 };
                 if supervised && !crate::guard::stopping() {
-                    eprintln!("svclab: agent {}: {detail}", h.node);
+                    eprintln!(
+                        "svclab: agent {}: restart {} in {:.0} s",
+                        h.node,
+                        h.restarts + 1,
+                        wait.as_secs_f64()
+                    );
                 }
                 self.events.push(AgentEvent {
                     at: crate::state::now(),
@@ -557,7 +562,10 @@ impl Agents {
             let h = &mut self.handles[i];
             match inc {
                 Ok(mut inc) => {
-                    let replay = self.replay.as_ref().expect("supervised agents keep a replay");
+                    let replay = self
+                        .replay
+                        .as_ref()
+                        .expect("supervised agents keep a replay");
                     let lines = replay.lines();
                     h.replayed_rv = replay.synced.then_some(replay.max_rv);
                     if let Some(stdin) = inc.stdin.as_mut() {

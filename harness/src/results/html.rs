@@ -106,7 +106,9 @@ pub fn render(r: &RunResults) -> String {
         }
         sync_table(&mut s, b);
         if !b.agent_events.is_empty() {
-            s.push_str("<h3>Agent events</h3><table><tr><th>node</th><th>event</th><th>detail</th></tr>");
+            s.push_str(
+                "<h3>Agent events</h3><table><tr><th>node</th><th>event</th><th>detail</th></tr>",
+            );
             for e in &b.agent_events {
                 let _ = write!(
                     s,

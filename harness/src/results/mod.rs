@@ -372,13 +372,22 @@ mod tests {
         assert_eq!(json["backends"][0]["agentEvents"][0]["kind"], "exited");
         let md = std::fs::read_to_string(dir.join("summary.md")).unwrap();
         assert!(md.contains("INTERRUPTED by SIGINT"), "{md}");
-        assert!(md.contains("node-1"), "agent events are in the summary: {md}");
+        assert!(
+            md.contains("node-1"),
+            "agent events are in the summary: {md}"
+        );
         let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
         assert!(html.contains("INTERRUPTED by SIGINT"), "report.html");
-        assert!(html.contains("pid 42 exited"), "agent events in report.html");
+        assert!(
+            html.contains("pid 42 exited"),
+            "agent events in report.html"
+        );
         let xml = std::fs::read_to_string(dir.join("junit.xml")).unwrap();
         assert!(xml.contains("interrupted"), "{xml}");
-        assert!(xml.contains("<error"), "an interrupted run is an error in CI: {xml}");
+        assert!(
+            xml.contains("<error"),
+            "an interrupted run is an error in CI: {xml}"
+        );
         assert!(terminal_table(&r).contains("INTERRUPTED by SIGINT"));
         // A complete run carries no mark.
         let clean = sample();
