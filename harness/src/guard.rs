@@ -145,7 +145,7 @@ pub fn install(rt: &tokio::runtime::Handle) {
         let code = 128 + stop_signal().unwrap_or(sig);
         if COOPERATING.load(Ordering::SeqCst) > 0 {
             eprintln!(
-                "svclab: interrupted ({}); stopping the checks and removing the lab",
+                "svclab: interrupted ({}); winding down and removing the lab",
                 signal_name(sig)
             );
             let deadline = tokio::time::Instant::now() + WIND_DOWN_GRACE;

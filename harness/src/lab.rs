@@ -422,11 +422,23 @@ impl Lab {
             .collect();
         let hook: Option<crate::agent::supervisor::StateHook> = opts.supervise_agents.then(|| {
             let run = self.run.clone();
-            let hook: crate::agent::supervisor::StateHook = std::sync::Arc::new(move |procs| {
+            let hook: crate::agent::supervisor::StateHook = std::sync::Arc::new(move |change| {
+                use crate::agent::supervisor::StateChange;
                 let _one = STATE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
                 match RunState::load(&run) {
                     Ok(mut st) => {
-                        with_agents(&mut st.processes, procs);
+                        match change {
+                            StateChange::Exited { node, pid, status } => {
+                                for p in &mut st.processes {
+                                    if p.pid == pid && p.role == format!("agent {node}") {
+                                        p.role = format!(
+                                            "agent {node} (exited with {status}; restart pending)"
+                                        );
+                                    }
+                                }
+                            }
+                            StateChange::Table(procs) => with_agents(&mut st.processes, procs),
+                        }
                         if let Err(e) = st.save() {
                             eprintln!("svclab: recording the agents in the run state: {e}");
                         }

@@ -227,22 +227,28 @@ impl Prober {
     }
 }
 
-/// A probe batch is cancelled when a stop signal arrives: its task is
-/// aborted (its sockets close at once) and the caller gets
+/// A probe batch is cancelled when a stop signal arrives, and when its
+/// caller is (a check cancelled by a stop signal drops it): its task is
+/// aborted, so its sockets close at once, and the caller gets
 /// [`Interrupted`] instead of results the teardown could have caused.
 pub async fn cancellable<T>(task: tokio::task::JoinHandle<T>) -> anyhow::Result<T> {
+    let mut task = AbortOnDrop(task);
     if let Some(sig) = crate::guard::stop_signal() {
-        task.abort();
         return Err(Interrupted(sig).into());
     }
-    let mut task = task;
     tokio::select! {
         biased;
-        sig = crate::guard::stopped() => {
-            task.abort();
-            Err(Interrupted(sig).into())
-        }
-        r = &mut task => Ok(r?),
+        sig = crate::guard::stopped() => Err(Interrupted(sig).into()),
+        r = &mut task.0 => Ok(r?),
+    }
+}
+
+/// Aborts the task when dropped (a no-op once it has finished).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

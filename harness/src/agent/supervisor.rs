@@ -64,12 +64,24 @@ pub struct AgentEvent {
     pub detail: String,
 }
 
-/// Called with the agents' current process table whenever it changes (an
-/// agent died or was restarted), so the run's record follows at once.
-pub type StateHook = Arc<dyn Fn(Vec<ProcRef>) + Send + Sync>;
+/// What the run's record must say about the agents now.
+pub enum StateChange {
+    /// An agent process just exited (said from its waiter, at once).
+    Exited {
+        node: String,
+        pid: u32,
+        status: String,
+    },
+    /// The agents' whole process table (after a restart).
+    Table(Vec<ProcRef>),
+}
+
+/// Called whenever an agent dies or is restarted, so the run's record
+/// follows at once.
+pub type StateHook = Arc<dyn Fn(StateChange) + Send + Sync>;
 
 enum Msg {
-    Line(AgentMessage),
+    Line(Box<AgentMessage>),
     Exited(String),
 }
 
@@ -191,6 +203,7 @@ fn role(node: &str) -> String {
 
 /// Starts one agent process; its stdout lines and its exit arrive on `tx`
 /// tagged with `(i, generation)`.
+#[allow(clippy::too_many_arguments)]
 fn spawn(
     i: usize,
     generation: u32,
@@ -199,6 +212,7 @@ fn spawn(
     log: &Path,
     tx: &mpsc::UnboundedSender<(usize, u32, Msg)>,
     stopping: &Arc<AtomicBool>,
+    hook: Option<StateHook>,
 ) -> anyhow::Result<Incarnation> {
     let stderr = if generation == 0 {
         std::fs::File::create(log)?
@@ -254,7 +268,7 @@ fn spawn(
             while let Ok(Some(line)) = lines.next_line().await {
                 match serde_json::from_str::<AgentMessage>(&line) {
                     Ok(m) => {
-                        if tx.send((i, generation, Msg::Line(m))).is_err() {
+                        if tx.send((i, generation, Msg::Line(Box::new(m)))).is_err() {
                             return;
                         }
                     }
@@ -278,6 +292,13 @@ fn spawn(
         if !stopping.load(Ordering::SeqCst) && !crate::guard::stopping() {
             // Reported at once, whoever is (or is not) waiting on the agents.
             eprintln!("svclab: agent {node} (pid {pid}) exited with {what}");
+            if let Some(hook) = &hook {
+                hook(StateChange::Exited {
+                    node: node.clone(),
+                    pid,
+                    status: what.clone(),
+                });
+            }
         }
         let _ = tx.send((i, generation, Msg::Exited(what)));
         status
@@ -323,7 +344,16 @@ impl Agents {
         };
         for (i, (args, netns)) in agents.into_iter().enumerate() {
             let log = log_dir.join(format!("agent-{}.log", args.node));
-            let inc = match spawn(i, 0, &args, &netns, &log, &all.tx, &all.stopping) {
+            let inc = match spawn(
+                i,
+                0,
+                &args,
+                &netns,
+                &log,
+                &all.tx,
+                &all.stopping,
+                all.hook.clone(),
+            ) {
                 Ok(inc) => inc,
                 Err(e) => {
                     all.stop(Duration::from_secs(5)).await;
@@ -394,7 +424,7 @@ impl Agents {
 
     fn tell_hook(&self) {
         if let Some(hook) = &self.hook {
-            hook(self.proc_refs());
+            hook(StateChange::Table(self.proc_refs()));
         }
     }
 
@@ -445,39 +475,45 @@ impl Agents {
         let h = &mut self.handles[i];
         let current = generation == h.generation;
         match msg {
-            Msg::Line(AgentMessage::Sync(r)) => {
-                if current {
-                    if r.error.is_none() {
-                        let covered = h.replayed_rv.take().unwrap_or(0);
-                        h.synced_rv = h.synced_rv.max(r.resource_version).max(covered);
-                        h.failures_in_a_row = 0;
-                    } else {
-                        h.failures_in_a_row += 1;
-                        let what = format!(
-                            "{} sync {} failed: {}",
-                            r.mode,
-                            r.seq,
-                            r.error.clone().unwrap_or_default()
-                        );
-                        let limit = if supervised {
-                            SUPERVISED_FAILURES_IN_A_ROW
+            Msg::Line(m) => match *m {
+                AgentMessage::Sync(r) => {
+                    if current {
+                        if r.error.is_none() {
+                            let covered = h.replayed_rv.take().unwrap_or(0);
+                            h.synced_rv = h.synced_rv.max(r.resource_version).max(covered);
+                            h.failures_in_a_row = 0;
                         } else {
-                            1
-                        };
-                        if h.failures_in_a_row >= limit {
-                            h.fatal = Some(format!(
-                                "{} sync(s) in a row failed; the last: {what}",
-                                h.failures_in_a_row
-                            ));
+                            h.failures_in_a_row += 1;
+                            let what = format!(
+                                "{} sync {} failed: {}",
+                                r.mode,
+                                r.seq,
+                                r.error.clone().unwrap_or_default()
+                            );
+                            let limit = if supervised {
+                                SUPERVISED_FAILURES_IN_A_ROW
+                            } else {
+                                1
+                            };
+                            if h.failures_in_a_row >= limit {
+                                h.fatal = Some(if limit == 1 {
+                                    what.clone()
+                                } else {
+                                    format!(
+                                        "{} syncs in a row failed; the last: {what}",
+                                        h.failures_in_a_row
+                                    )
+                                });
+                            }
+                            h.last_failure = Some(what);
                         }
-                        h.last_failure = Some(what);
                     }
+                    self.reports.push(r);
                 }
-                self.reports.push(r);
-            }
-            Msg::Line(_) if !current => {}
-            Msg::Line(AgentMessage::Started { .. }) => h.started = true,
-            Msg::Line(AgentMessage::Fatal { error, .. }) => h.fatal = Some(error),
+                _ if !current => {}
+                AgentMessage::Started { .. } => h.started = true,
+                AgentMessage::Fatal { error, .. } => h.fatal = Some(error),
+            },
             Msg::Exited(_) if !current => {}
             Msg::Exited(status) => {
                 let Some(inc) = h.live.take() else { return };
@@ -558,6 +594,7 @@ impl Agents {
                 &h.log,
                 &self.tx,
                 &self.stopping,
+                self.hook.clone(),
             );
             let h = &mut self.handles[i];
             match inc {
