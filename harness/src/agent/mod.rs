@@ -3,8 +3,10 @@
 //! kube-proxy's change tracking, coalesces bursts (a minimum sync period),
 //! calls its backend (a full sync first and after every resync period, a
 //! partial sync for changes) and writes one JSON line per sync on stdout.
-//! It also serves kube-proxy's `/healthz`, `/metrics` and health-check node
-//! ports in the node's namespace.
+//! It also serves kube-proxy's `/healthz` (0.0.0.0:10256), `/metrics`
+//! (127.0.0.1:10249) and health-check node ports in the node's namespace.
+//! A failed sync never ends it: it is retried with backoff ([`Retry`]) and
+//! counted in the metrics, as kube-proxy does.
 
 pub mod health;
 pub mod metrics;
@@ -54,10 +56,10 @@ pub struct AgentArgs {
     pub dump_dir: Option<PathBuf>,
     #[arg(long, default_value = "rr")]
     pub ipvs_scheduler: String,
-    /// kube-proxy's healthz port (0: off).
+    /// kube-proxy's healthz port, on 0.0.0.0 (0: off).
     #[arg(long, default_value_t = 10256)]
     pub healthz_port: u16,
-    /// kube-proxy's metrics port (0: off).
+    /// kube-proxy's metrics port, on 127.0.0.1 (0: off).
     #[arg(long, default_value_t = 10249)]
     pub metrics_port: u16,
 }
