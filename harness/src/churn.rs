@@ -23,6 +23,10 @@ pub struct NodeAccount {
     pub events_synced: u64,
     pub last_resource_version: u64,
     pub partial_wall_p50_ms: f64,
+    /// Times the agent died and was restarted; a restarted agent's new
+    /// list replaces the events it missed, so it is accounted for by the
+    /// resourceVersion it reached.
+    pub restarts: u32,
 }
 
 #[derive(Debug, Serialize)]
@@ -88,16 +92,24 @@ pub async fn run(
         churn.seed = s;
     }
     let t = Instant::now();
+    // A stop signal is left to this function: it removes the lab itself.
+    let _cooperation = crate::guard::cooperate();
     let opts = LabOptions {
         backend: Some(backend.clone()),
         sync_timeout: Some(Duration::from_secs(1800)),
+        supervise_agents: true,
         ..Default::default()
     };
     let services = scn.services.len();
     let mut lab = Lab::up(scn, &opts).await?;
     let up_seconds = t.elapsed().as_secs_f64();
     let control_plane_seconds = lab.times.control_plane.as_secs_f64();
-    let (steps, churn_seconds) = match play(&mut lab, &churn).await {
+    let played = tokio::select! {
+        biased;
+        sig = crate::guard::stopped() => Err(crate::probe::Interrupted(sig).into()),
+        r = play(&mut lab, &churn) => r,
+    };
+    let (steps, churn_seconds) = match played {
         Ok(x) => x,
         Err(e) => {
             lab.down().await;
@@ -109,6 +121,7 @@ pub async fn run(
     let mut nodes = BTreeMap::new();
     if let Some(agents) = lab.agents.as_mut() {
         agents.drain();
+        let restarts = agents.restarts();
         for n in &lab.topology.nodes {
             let mine: Vec<_> = agents.reports.iter().filter(|r| r.node == n.name).collect();
             let mut partial: Vec<f64> = mine
@@ -133,6 +146,7 @@ pub async fn run(
                         .max()
                         .unwrap_or(0),
                     partial_wall_p50_ms: partial.get(partial.len() / 2).copied().unwrap_or(0.0),
+                    restarts: restarts.get(&n.name).copied().unwrap_or(0),
                 },
             );
         }
@@ -140,7 +154,9 @@ pub async fn run(
     lab.down().await;
     let accounted = !nodes.is_empty()
         && nodes.values().all(|n| {
-            n.events_synced == events_sent && n.last_resource_version == rv && n.failed_syncs == 0
+            (n.events_synced == events_sent || n.restarts > 0)
+                && n.last_resource_version == rv
+                && n.failed_syncs == 0
         });
     Ok(ChurnReport {
         backend: backend.to_string(),

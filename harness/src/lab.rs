@@ -37,6 +37,12 @@ pub struct LabOptions {
     /// `cp.initial_events()` itself (a benchmark times that first sync
     /// under its own budget).
     pub defer_initial_sync: bool,
+    /// Restart agents that die, with backoff, as a kubelet restarts
+    /// kube-proxy (`up`, `run`, `churn`); off, a dead agent is an error
+    /// (benchmarks).
+    pub supervise_agents: bool,
+    /// Say on stderr which run id the lab has, before anything is built.
+    pub announce: bool,
 }
 
 /// What bringing a lab up cost, by step.
@@ -83,6 +89,16 @@ pub struct Lab {
 
 const DEFAULT_SYNC_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// One writer of state.json at a time: the lab, and an agent's death or
+/// restart reported from the supervisor.
+static STATE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// `processes` with every agent entry replaced by `agents`.
+fn with_agents(processes: &mut Vec<ProcRef>, agents: Vec<ProcRef>) {
+    processes.retain(|p| !p.role.starts_with("agent "));
+    processes.extend(agents);
+}
+
 impl Lab {
     /// Builds the lab. On any error, what was built is removed again.
     pub async fn up(scenario: Scenario, opts: &LabOptions) -> Result<Lab> {
@@ -96,6 +112,14 @@ impl Lab {
             .save()
             .with_context(|| format!("writing {}", run_dir(&run).display()))?;
         crate::guard::register(&run);
+        if opts.announce {
+            eprintln!(
+                "svclab: lab {run}{}",
+                opts.backend
+                    .as_ref()
+                    .map_or(String::new(), |b| format!(" for {b}"))
+            );
+        }
         let cp = match ControlPlane::new(&scenario) {
             Ok(cp) => cp,
             Err(e) => {
@@ -118,10 +142,26 @@ impl Lab {
             workloads_stdin: None,
             sync_timeout: opts.sync_timeout.unwrap_or(DEFAULT_SYNC_TIMEOUT),
         };
-        match lab.build(opts).await {
+        // A stop signal cancels the build (a probe, a wait for the
+        // workloads or the first sync can take seconds); what was built is
+        // removed.
+        let built = tokio::select! {
+            biased;
+            sig = crate::guard::stopped() => Err(anyhow::Error::new(crate::probe::Interrupted(sig))),
+            r = lab.build(opts) => r,
+        };
+        match built {
             Ok(()) => Ok(lab),
             Err(e) => {
+                let interrupted = crate::guard::stopping();
                 lab.down().await;
+                if interrupted {
+                    // A namespace being created by a cancelled build step
+                    // finishes within milliseconds (no new one starts);
+                    // sweep once more.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    crate::guard::cleanup_registered_run(&run);
+                }
                 Err(e)
             }
         }
@@ -165,9 +205,47 @@ impl Lab {
 
     pub fn save_state(&mut self) {
         self.state.services = self.cp.services().cloned().collect();
+        if let Some(agents) = &self.agents {
+            with_agents(&mut self.state.processes, agents.proc_refs());
+        }
+        let _one = STATE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(e) = self.state.save() {
             tracing::warn!("saving the run state: {e}");
         }
+    }
+
+    /// Restarts dead agents whose backoff has run out (supervised labs);
+    /// for callers between waits (`svclab up`, between checks).
+    pub async fn supervise(&mut self) {
+        let restarted = match self.agents.as_mut() {
+            Some(a) => a.supervise().await,
+            None => 0,
+        };
+        if restarted > 0 {
+            self.save_state();
+        }
+    }
+
+    /// Waits for the next agent message or restart, at most `for_at_most`,
+    /// and acts on it; `svclab up` loops on this.
+    pub async fn supervise_for(&mut self, for_at_most: Duration) {
+        let until = tokio::time::Instant::now() + for_at_most;
+        let before = self.agents.as_ref().map(|a| a.pids());
+        match self.agents.as_mut() {
+            Some(a) => a.tick(until).await,
+            None => tokio::time::sleep_until(until).await,
+        }
+        if self.agents.as_ref().map(|a| a.pids()) != before {
+            self.save_state();
+        }
+    }
+
+    /// Agent deaths and restarts so far.
+    pub fn agent_events(&self) -> Vec<crate::agent::supervisor::AgentEvent> {
+        self.agents
+            .as_ref()
+            .map(|a| a.events.clone())
+            .unwrap_or_default()
     }
 
     async fn start_workloads(&mut self) -> Result<()> {
@@ -195,9 +273,15 @@ impl Lab {
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .kill_on_drop(true);
-        // SAFETY: prctl is async-signal-safe; the server never outlives us.
+        // SAFETY: setpgid and prctl are async-signal-safe. A process group
+        // of its own: a terminal's Ctrl-C reaches the harness, which stops
+        // the checks first, not the pods' servers under a running check.
+        // The server never outlives us.
         unsafe {
             cmd.pre_exec(|| {
+                if libc::setpgid(0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -336,12 +420,37 @@ impl Lab {
                 )
             })
             .collect();
-        let agents = Agents::start(agents, &self.log_dir()).await?;
-        for (node, pid) in agents.pids() {
-            if let Some(pr) = ProcRef::of(pid, format!("agent {node}")) {
-                self.state.processes.push(pr);
-            }
-        }
+        let hook: Option<crate::agent::supervisor::StateHook> = opts.supervise_agents.then(|| {
+            let run = self.run.clone();
+            let hook: crate::agent::supervisor::StateHook = std::sync::Arc::new(move |change| {
+                use crate::agent::supervisor::StateChange;
+                let _one = STATE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+                match RunState::load(&run) {
+                    Ok(mut st) => {
+                        match change {
+                            StateChange::Exited { node, pid, status } => {
+                                for p in &mut st.processes {
+                                    if p.pid == pid && p.role == format!("agent {node}") {
+                                        p.role = format!(
+                                            "agent {node} (exited with {status}; restart pending)"
+                                        );
+                                    }
+                                }
+                            }
+                            StateChange::Table(procs) => with_agents(&mut st.processes, procs),
+                        }
+                        if let Err(e) = st.save() {
+                            eprintln!("svclab: recording the agents in the run state: {e}");
+                        }
+                    }
+                    Err(e) => eprintln!("svclab: reading the run state: {e}"),
+                }
+            });
+            hook
+        });
+        let agents =
+            Agents::start_with(agents, &self.log_dir(), opts.supervise_agents, hook).await?;
+        with_agents(&mut self.state.processes, agents.proc_refs());
         self.agents = Some(agents);
         self.save_state();
         Ok(())

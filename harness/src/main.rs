@@ -172,12 +172,17 @@ fn main() -> ExitCode {
     };
     guard::install(rt.handle());
     let result = rt.block_on(dispatch(cli.command));
-    match result {
+    let code = match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("svclab: {e:#}");
             ExitCode::FAILURE
         }
+    };
+    // A stopped command exits with 128 + the signal, whatever it got to.
+    match guard::exit_code() {
+        Some(stopped) => ExitCode::from(stopped),
+        None => code,
     }
 }
 
@@ -313,12 +318,15 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
 }
 
 async fn up_foreground(scn: Scenario, backend: Option<BackendKind>) -> Result<ExitCode> {
+    // A stop signal is left to this function: it removes the lab itself.
+    let _cooperation = guard::cooperate();
     let opts = lab::LabOptions {
         backend,
         agent_ports: true,
+        supervise_agents: true,
         ..Default::default()
     };
-    let lab = lab::Lab::up(scn, &opts).await?;
+    let mut lab = lab::Lab::up(scn, &opts).await?;
     if let Some(log) = std::env::var_os("SVCLAB_DAEMON_LOG") {
         let _ = std::fs::rename(log, state::run_dir(&lab.run).join("daemon.log"));
     }
@@ -328,9 +336,16 @@ async fn up_foreground(scn: Scenario, backend: Option<BackendKind>) -> Result<Ex
     if std::env::var_os("SVCLAB_TEST_PANIC_AFTER_UP").is_some() {
         panic!("SVCLAB_TEST_PANIC_AFTER_UP is set");
     }
-    // The guard's signal handler tears the lab down and exits.
-    std::future::pending::<()>().await;
-    unreachable!()
+    // Supervise the agents (a dead one is reported and restarted) until a
+    // stop signal; then remove the lab.
+    loop {
+        tokio::select! {
+            _ = guard::stopped() => break,
+            _ = lab.supervise_for(Duration::from_secs(1)) => {}
+        }
+    }
+    lab.down().await;
+    Ok(ExitCode::from(guard::exit_code().unwrap_or(1)))
 }
 
 fn print_lab(lab: &lab::Lab) {

@@ -198,7 +198,7 @@ impl Prober {
     /// Runs one probe from `netns`.
     pub async fn probe(&self, netns: &str, spec: ProbeSpec) -> anyhow::Result<ProbeResult> {
         let rt = self.vantage(netns)?;
-        Ok(rt.spawn(run_probe(spec)).await?)
+        cancellable(rt.spawn(run_probe(spec))).await
     }
 
     /// Runs `specs` from `netns`, at most `concurrency` at a time; results in
@@ -218,7 +218,7 @@ impl Prober {
                 .collect::<Vec<_>>()
                 .await
         });
-        Ok(batch.await?)
+        cancellable(batch).await
     }
 
     /// Drops the vantage threads.
@@ -226,6 +226,36 @@ impl Prober {
         self.runtimes.lock().expect("prober lock").clear();
     }
 }
+
+/// A probe batch is cancelled when a stop signal arrives, and when its
+/// caller is (a check cancelled by a stop signal drops it): its task is
+/// aborted, so its sockets close at once, and the caller gets
+/// [`Interrupted`] instead of results the teardown could have caused.
+pub async fn cancellable<T>(task: tokio::task::JoinHandle<T>) -> anyhow::Result<T> {
+    let mut task = AbortOnDrop(task);
+    if let Some(sig) = crate::guard::stop_signal() {
+        return Err(Interrupted(sig).into());
+    }
+    tokio::select! {
+        biased;
+        sig = crate::guard::stopped() => Err(Interrupted(sig).into()),
+        r = &mut task.0 => Ok(r?),
+    }
+}
+
+/// Aborts the task when dropped (a no-op once it has finished).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Work cut short by a stop signal.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted by {}", crate::guard::signal_name(*.0))]
+pub struct Interrupted(pub i32);
 
 /// One probe, on whatever namespace the current thread is in.
 pub async fn run_probe(spec: ProbeSpec) -> ProbeResult {

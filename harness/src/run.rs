@@ -62,17 +62,32 @@ fn progress(len: u64) -> ProgressBar {
 }
 
 /// Runs the scenario on every backend; returns the results and their folder.
+///
+/// A stop signal (SIGINT, SIGTERM, SIGHUP) ends the run early and in order:
+/// no further check starts, the running one is cancelled with its probes
+/// and gets no verdict, the lab is removed, and the results folder holds
+/// the verdicts of the checks that finished before the signal, marked
+/// interrupted (`RunResults::interrupted` and an `INTERRUPTED` file).
 pub async fn run(scn: &Scenario, opts: &RunOptions) -> anyhow::Result<(RunResults, PathBuf)> {
+    // The signal handler leaves the winding down to this function.
+    let _cooperation = crate::guard::cooperate();
     let started_at = jiff::Timestamp::now().to_string();
     let pb = progress((opts.backends.len() * checks::CHECKS.len()) as u64);
     let mut backends = Vec::new();
+    let mut not_run = Vec::new();
     for backend in &opts.backends {
+        if crate::guard::stopping() {
+            not_run.extend(checks::CHECKS.iter().map(|c| format!("{backend}/{c}")));
+            continue;
+        }
         if !pb.is_hidden() {
             pb.set_message(format!("{backend}: bringing the lab up"));
         } else {
             eprintln!("svclab: {backend}: bringing the lab up");
         }
-        backends.push(run_backend(scn, backend, opts, &pb).await);
+        let b = run_backend(scn, backend, opts, &pb).await;
+        not_run.extend(b.not_run.iter().map(|c| format!("{backend}/{c}")));
+        backends.push(b);
         if pb.is_hidden() {
             let b = backends.last().expect("just pushed");
             eprintln!(
@@ -95,6 +110,12 @@ pub async fn run(scn: &Scenario, opts: &RunOptions) -> anyhow::Result<(RunResult
         finished_at: jiff::Timestamp::now().to_string(),
         host: HostFacts::collect(),
         backends,
+        interrupted: crate::guard::stop_signal().map(|sig| results::Interruption {
+            signal: crate::guard::signal_name(sig),
+            exit_code: (128 + sig) as u8,
+            at: jiff::Timestamp::now().to_string(),
+            not_run,
+        }),
     };
     let dir = results::new_run_dir(&opts.results, &scn.name)?;
     results::write_all(&dir, &results)?;
@@ -115,6 +136,8 @@ async fn run_backend(
         metrics: Default::default(),
         metrics_cross_check: Vec::new(),
         lab_times: serde_json::Value::Null,
+        agent_events: Vec::new(),
+        not_run: Vec::new(),
     };
     if let Err(e) = backend.capability() {
         run.unavailable = Some(e.reason);
@@ -125,10 +148,17 @@ async fn run_backend(
         backend: Some(backend.clone()),
         faults: opts.faults.clone(),
         agent_ports: true,
+        supervise_agents: true,
+        announce: true,
         ..Default::default()
     };
     let mut lab = match Lab::up(scn.clone(), &lab_opts).await {
         Ok(lab) => lab,
+        // Interrupted while the lab came up: no check ran, none failed.
+        Err(_) if crate::guard::stopping() => {
+            run.not_run = checks::CHECKS.iter().map(|c| c.to_string()).collect();
+            return run;
+        }
         Err(e) => {
             run.checks.push(CheckResult {
                 name: "lab-up".into(),
@@ -145,17 +175,30 @@ async fn run_backend(
     };
     run.lab_times = serde_json::to_value(&lab.times).unwrap_or_default();
     run.checks = checks::run_all(&mut lab, backend, settings(scn, opts), pb).await;
-    crate::scrape::attach(&mut lab, &mut run).await;
+    run.not_run = checks::CHECKS[run.checks.len()..]
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+    if !crate::guard::stopping() {
+        crate::scrape::attach(&mut lab, &mut run).await;
+    } else if let Some(agents) = lab.agents.as_mut() {
+        agents.drain();
+        run.syncs = agents.reports.clone();
+    }
+    run.agent_events = lab.agent_events();
     lab.down().await;
     run
 }
 
 /// Prints the table and where the results are; the exit code says whether
-/// any check failed.
+/// any check failed, or 128 + the signal for an interrupted run.
 pub fn report(results: &RunResults, dir: &Path) -> std::process::ExitCode {
     println!("{}", results::terminal_table(results));
     println!("results: {}", dir.display());
     println!("  report: {}", dir.join("report.html").display());
+    if let Some(i) = &results.interrupted {
+        return std::process::ExitCode::from(i.exit_code);
+    }
     if results.failed() > 0 {
         std::process::ExitCode::FAILURE
     } else {

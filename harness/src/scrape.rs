@@ -88,6 +88,14 @@ pub fn cross_check(node: &str, reports: &[&SyncReport], m: &BTreeMap<String, f64
     problems
 }
 
+/// `node`'s reports from its running agent: a restarted agent counts from
+/// zero again, and its first sync is `seq` 1.
+pub fn current_incarnation<'a>(reports: &'a [SyncReport], node: &str) -> Vec<&'a SyncReport> {
+    let mine: Vec<&SyncReport> = reports.iter().filter(|r| r.node == node).collect();
+    let from = mine.iter().rposition(|r| r.seq == 1).unwrap_or(0);
+    mine[from..].to_vec()
+}
+
 /// Scrapes every agent and records metrics and the cross-check in `run`.
 pub async fn attach(lab: &mut Lab, run: &mut BackendRun) {
     let nodes = lab.topology.nodes.clone();
@@ -112,8 +120,7 @@ pub async fn attach(lab: &mut Lab, run: &mut BackendRun) {
     for (node, text) in texts {
         match samples(&text) {
             Ok(m) => {
-                let reports: Vec<&SyncReport> =
-                    run.syncs.iter().filter(|r| r.node == node).collect();
+                let reports = current_incarnation(&run.syncs, &node);
                 run.metrics_cross_check
                     .extend(cross_check(&node, &reports, &m));
                 run.metrics
@@ -173,6 +180,11 @@ mod tests {
             5.0
         );
         assert!(cross_check("node-0", &[&first, &r], &parsed).is_empty());
+        // A restarted agent's counters start again: only its own reports count.
+        let mut before = first.clone();
+        before.seq = 7;
+        let all = vec![before.clone(), first.clone(), r.clone()];
+        assert_eq!(current_incarnation(&all, "node-0").len(), 2);
         let problems = cross_check("node-0", &[&first], &parsed);
         assert!(
             problems

@@ -1,6 +1,7 @@
-//! kube-proxy's `/metrics` (port 10249) and `/healthz` (port 10256), served
-//! from the agent inside the node's namespace, with kube-proxy's metric
-//! names and histogram buckets so existing dashboards and habits apply.
+//! kube-proxy's `/metrics` (127.0.0.1:10249) and `/healthz` (0.0.0.0:10256),
+//! served from the agent inside the node's namespace at kube-proxy's default
+//! addresses, with kube-proxy's metric names and histogram buckets so
+//! existing dashboards and habits apply.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::mpsc::Sender;
@@ -11,6 +12,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use svclab_backends::BackendKind;
 use svclab_backends::protocol::{SyncMode, SyncReport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -37,6 +39,13 @@ pub struct AgentMetrics {
     service_changes: Counter,
     syncs: Counter,
     sync_errors: Counter,
+    sync_retries: Counter,
+    /// kube-proxy's iptables (and IPVS) mode: failed iptables-restore runs.
+    restore_failures: Option<Counter>,
+    /// kube-proxy's iptables mode: failed restores of a partial sync.
+    partial_restore_failures: Option<Counter>,
+    /// kube-proxy's nftables mode: failed `nft` transactions.
+    nftables_failures: Option<Counter>,
     rules: Gauge,
     pub last_updated: Option<f64>,
     pub healthy: bool,
@@ -44,6 +53,12 @@ pub struct AgentMetrics {
 
 impl AgentMetrics {
     pub fn new(node: &str) -> Self {
+        AgentMetrics::for_backend(node, &BackendKind::None)
+    }
+
+    /// The metrics of an agent running `backend`: the common ones, plus the
+    /// failure counters kube-proxy registers in the matching mode.
+    pub fn for_backend(node: &str, backend: &BackendKind) -> Self {
         let mut registry = Registry::with_labels(
             [(
                 std::borrow::Cow::Borrowed("node"),
@@ -62,6 +77,18 @@ impl AgentMetrics {
             service_changes: Counter::default(),
             syncs: Counter::default(),
             sync_errors: Counter::default(),
+            sync_retries: Counter::default(),
+            restore_failures: matches!(
+                backend,
+                BackendKind::Iptables | BackendKind::IptablesLegacy | BackendKind::Ipvs
+            )
+            .then(Counter::default),
+            partial_restore_failures: matches!(
+                backend,
+                BackendKind::Iptables | BackendKind::IptablesLegacy
+            )
+            .then(Counter::default),
+            nftables_failures: matches!(backend, BackendKind::Nftables).then(Counter::default),
             rules: Gauge::default(),
             last_updated: None,
             healthy: false,
@@ -109,6 +136,32 @@ impl AgentMetrics {
             m.sync_errors.clone(),
         );
         registry.register(
+            "svclab_agent_sync_retries",
+            "Failed syncs retried after a backoff (as kube-proxy retries)",
+            m.sync_retries.clone(),
+        );
+        if let Some(c) = &m.restore_failures {
+            registry.register(
+                "kubeproxy_sync_proxy_rules_iptables_restore_failures",
+                "Cumulative proxy iptables restore failures",
+                c.clone(),
+            );
+        }
+        if let Some(c) = &m.partial_restore_failures {
+            registry.register(
+                "kubeproxy_sync_proxy_rules_iptables_partial_restore_failures",
+                "Cumulative proxy iptables partial restore failures",
+                c.clone(),
+            );
+        }
+        if let Some(c) = &m.nftables_failures {
+            registry.register(
+                "kubeproxy_sync_proxy_rules_nftables_sync_failures",
+                "Cumulative proxy nftables sync failures",
+                c.clone(),
+            );
+        }
+        registry.register(
             "svclab_agent_rules",
             "Rules or objects the backend has programmed",
             m.rules.clone(),
@@ -120,8 +173,23 @@ impl AgentMetrics {
         self.syncs.inc();
         self.endpoint_changes.inc_by(r.endpoint_events);
         self.service_changes.inc_by(r.service_events);
-        if r.error.is_some() {
+        if let Some(error) = &r.error {
             self.sync_errors.inc();
+            // kube-proxy counts a failed restore (iptables, IPVS's iptables
+            // part) or a failed nft transaction, not every failed sync.
+            if error.contains("restore") {
+                if let Some(c) = &self.restore_failures {
+                    c.inc();
+                }
+                if r.mode == SyncMode::Partial
+                    && let Some(c) = &self.partial_restore_failures
+                {
+                    c.inc();
+                }
+            }
+            if let Some(c) = &self.nftables_failures {
+                c.inc();
+            }
             self.healthy = false;
             return;
         }
@@ -140,12 +208,23 @@ impl AgentMetrics {
         self.healthy = true;
     }
 
+    /// A failed sync is retried after a backoff.
+    pub fn record_retry(&mut self) {
+        self.sync_retries.inc();
+    }
+
     pub fn encode(&self) -> String {
         let mut s = String::new();
         encode(&mut s, &self.registry).expect("writing to a String cannot fail");
         s
     }
 }
+
+/// Where `/healthz` listens in the node's namespace (kube-proxy's default).
+pub const HEALTHZ_ADDRESS: Ipv4Addr = Ipv4Addr::UNSPECIFIED;
+/// Where `/metrics` listens in the node's namespace (kube-proxy's default:
+/// loopback only).
+pub const METRICS_ADDRESS: Ipv4Addr = Ipv4Addr::LOCALHOST;
 
 /// The agent's HTTP servers and signal handling, on their own small runtime.
 pub struct Servers {
@@ -171,16 +250,18 @@ pub(super) fn start_servers(
         .thread_name("agent-http")
         .enable_all()
         .build()?;
-    let bind = |port: u16| -> std::io::Result<Option<std::net::TcpListener>> {
+    let bind = |ip: Ipv4Addr, port: u16| -> std::io::Result<Option<std::net::TcpListener>> {
         if port == 0 {
             return Ok(None);
         }
-        let l = std::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))?;
+        let l = std::net::TcpListener::bind(SocketAddr::from((ip, port)))?;
         l.set_nonblocking(true)?;
         Ok(Some(l))
     };
-    let healthz = bind(args.healthz_port)?;
-    let metrics_l = bind(args.metrics_port)?;
+    // kube-proxy's defaults: --healthz-bind-address 0.0.0.0:10256 (a load
+    // balancer asks every node), --metrics-bind-address 127.0.0.1:10249.
+    let healthz = bind(HEALTHZ_ADDRESS, args.healthz_port)?;
+    let metrics_l = bind(METRICS_ADDRESS, args.metrics_port)?;
     rt.spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
         let (Ok(mut term), Ok(mut int)) = (
@@ -333,6 +414,56 @@ mod tests {
         ] {
             assert!(text.contains(needle), "{needle} missing in:\n{text}");
         }
+    }
+
+    #[test]
+    fn failed_restores_are_counted_as_kube_proxy_counts_them() {
+        let mut m = AgentMetrics::for_backend("node-0", &BackendKind::Iptables);
+        let failed = |mode, error: &str| SyncReport {
+            node: "node-0".into(),
+            backend: "iptables".into(),
+            seq: 1,
+            mode,
+            started_at: 1000.0,
+            wall_seconds: 0.004,
+            cpu: Default::default(),
+            rules: 0,
+            written: 0,
+            services: 0,
+            endpoints: 0,
+            service_ports_changed: 0,
+            service_events: 0,
+            endpoint_events: 0,
+            resource_version: 1,
+            programming_seconds: vec![],
+            error: Some(error.into()),
+        };
+        m.record(&failed(
+            SyncMode::Partial,
+            "`iptables-nft-restore --noflush` exited with exit status: 1",
+        ));
+        m.record(&failed(
+            SyncMode::Full,
+            "`iptables-nft-restore --noflush` exited with exit status: 1",
+        ));
+        m.record(&failed(SyncMode::Full, "conntrack: netlink error"));
+        m.record_retry();
+        m.record_retry();
+        let text = m.encode();
+        for needle in [
+            "kubeproxy_sync_proxy_rules_iptables_restore_failures_total{node=\"node-0\"} 2",
+            "kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total{node=\"node-0\"} 1",
+            "svclab_agent_sync_errors_total{node=\"node-0\"} 3",
+            "svclab_agent_sync_retries_total{node=\"node-0\"} 2",
+        ] {
+            assert!(text.contains(needle), "{needle} missing in:\n{text}");
+        }
+        assert!(!text.contains("nftables_sync_failures"), "{text}");
+        let nft = AgentMetrics::for_backend("node-0", &BackendKind::Nftables).encode();
+        assert!(
+            nft.contains("kubeproxy_sync_proxy_rules_nftables_sync_failures_total"),
+            "{nft}"
+        );
     }
 
     #[test]

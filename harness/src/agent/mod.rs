@@ -3,8 +3,10 @@
 //! kube-proxy's change tracking, coalesces bursts (a minimum sync period),
 //! calls its backend (a full sync first and after every resync period, a
 //! partial sync for changes) and writes one JSON line per sync on stdout.
-//! It also serves kube-proxy's `/healthz`, `/metrics` and health-check node
-//! ports in the node's namespace.
+//! It also serves kube-proxy's `/healthz` (0.0.0.0:10256), `/metrics`
+//! (127.0.0.1:10249) and health-check node ports in the node's namespace.
+//! A failed sync never ends it: it is retried with backoff ([`Retry`]) and
+//! counted in the metrics, as kube-proxy does.
 
 pub mod health;
 pub mod metrics;
@@ -54,10 +56,10 @@ pub struct AgentArgs {
     pub dump_dir: Option<PathBuf>,
     #[arg(long, default_value = "rr")]
     pub ipvs_scheduler: String,
-    /// kube-proxy's healthz port (0: off).
+    /// kube-proxy's healthz port, on 0.0.0.0 (0: off).
     #[arg(long, default_value_t = 10256)]
     pub healthz_port: u16,
-    /// kube-proxy's metrics port (0: off).
+    /// kube-proxy's metrics port, on 127.0.0.1 (0: off).
     #[arg(long, default_value_t = 10249)]
     pub metrics_port: u16,
 }
@@ -212,7 +214,10 @@ pub fn run(args: AgentArgs) -> i32 {
         })
         .expect("spawning a thread");
 
-    let shared = Arc::new(Mutex::new(metrics::AgentMetrics::new(&args.node)));
+    let shared = Arc::new(Mutex::new(metrics::AgentMetrics::for_backend(
+        &args.node,
+        &args.backend,
+    )));
     let health = health::HealthState::new();
     let servers = match metrics::start_servers(&args, shared.clone(), health.clone(), tx) {
         Ok(s) => s,
@@ -237,9 +242,12 @@ pub fn run(args: AgentArgs) -> i32 {
     let mut last_sync: Option<Instant> = None;
     let mut last_full = Instant::now();
     let mut stop_reason = "stdin closed";
+    let mut retry = Retry::new(sync_period);
     'main: loop {
         let wait = if !tracker.is_synced() {
             Duration::from_secs(3600)
+        } else if let Some(at) = retry.at {
+            at.saturating_duration_since(Instant::now())
         } else if tracker.has_pending() {
             last_sync.map_or(Duration::ZERO, |t| min_sync.saturating_sub(t.elapsed()))
         } else {
@@ -270,9 +278,16 @@ pub fn run(args: AgentArgs) -> i32 {
         if !tracker.is_synced() {
             continue;
         }
-        let full_due = seq == 0 || last_full.elapsed() >= sync_period;
-        let partial_due =
-            tracker.has_pending() && last_sync.is_none_or(|t| t.elapsed() >= min_sync);
+        // After a failed sync the next one waits for the retry's backoff
+        // and is a full one (the failed sync took the changes with it),
+        // as kube-proxy's needFullSync after a failure.
+        let (full_due, partial_due) = match retry.at {
+            Some(at) => (Instant::now() >= at, false),
+            None => (
+                seq == 0 || last_full.elapsed() >= sync_period,
+                tracker.has_pending() && last_sync.is_none_or(|t| t.elapsed() >= min_sync),
+            ),
+        };
         if !(full_due || partial_due) {
             continue;
         }
@@ -288,7 +303,22 @@ pub fn run(args: AgentArgs) -> i32 {
             last_full = Instant::now();
         }
         health.update(tracker.state(), &node, report.error.is_none());
-        shared.lock().expect("metrics lock").record(&report);
+        {
+            let mut m = shared.lock().expect("metrics lock");
+            m.record(&report);
+            if report.error.is_some() {
+                let wait = retry.failed();
+                m.record_retry();
+                eprintln!(
+                    "agent {}: retrying in {:.1} s ({} failed sync(s) in a row)",
+                    args.node,
+                    wait.as_secs_f64(),
+                    retry.failures
+                );
+            } else {
+                retry.succeeded();
+            }
+        }
         emit(&mut out, &AgentMessage::Sync(report));
     }
     eprintln!(
@@ -304,6 +334,49 @@ pub fn run(args: AgentArgs) -> i32 {
             }
             4
         }
+    }
+}
+
+/// When a failed sync is tried again: after 1 s, then twice as long after
+/// every further failure, at most the sync period; a success resets it.
+/// The agent never exits over a failed sync (kube-proxy neither): the rules
+/// it could not write stay due until a sync succeeds.
+#[derive(Debug)]
+pub struct Retry {
+    pub failures: u32,
+    pub at: Option<Instant>,
+    cap: Duration,
+}
+
+pub const RETRY_START: Duration = Duration::from_secs(1);
+
+impl Retry {
+    pub fn new(sync_period: Duration) -> Retry {
+        Retry {
+            failures: 0,
+            at: None,
+            cap: sync_period.max(RETRY_START),
+        }
+    }
+
+    /// The backoff after the `failures`-th failure in a row.
+    pub fn backoff(&self, failures: u32) -> Duration {
+        RETRY_START
+            .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+            .min(self.cap)
+    }
+
+    /// Records a failure; returns the wait before the retry.
+    pub fn failed(&mut self) -> Duration {
+        self.failures += 1;
+        let wait = self.backoff(self.failures);
+        self.at = Some(Instant::now() + wait);
+        wait
+    }
+
+    pub fn succeeded(&mut self) {
+        self.failures = 0;
+        self.at = None;
     }
 }
 
@@ -369,5 +442,25 @@ fn sync_once(
         resource_version: tracker.resource_version(),
         programming_seconds: triggers.iter().map(|t| (ended - t).max(0.0)).collect(),
         error,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_sync_is_retried_with_a_doubling_backoff() {
+        let mut r = Retry::new(Duration::from_secs(10));
+        let waits: Vec<u64> = (0..6).map(|_| r.failed().as_secs()).collect();
+        assert_eq!(waits, vec![1, 2, 4, 8, 10, 10], "capped at the sync period");
+        assert!(r.at.is_some());
+        r.succeeded();
+        assert_eq!((r.failures, r.at), (0, None));
+        assert_eq!(
+            r.failed(),
+            RETRY_START,
+            "a success starts the backoff afresh"
+        );
     }
 }

@@ -394,7 +394,10 @@ pub fn none_answered(results: &[ProbeResult]) -> bool {
     results.iter().all(|r| r.outcome != Outcome::Answered)
 }
 
-/// Runs every check against a lab whose agents run `backend`.
+/// Runs every check against a lab whose agents run `backend`, in order.
+/// Once a stop signal arrives no further check starts, the running one is
+/// cancelled (its probes with it) and gets no verdict: the result holds
+/// only the checks that finished before the signal.
 pub async fn run_all(
     lab: &mut Lab,
     backend: &BackendKind,
@@ -411,30 +414,56 @@ pub async fn run_all(
     };
     let mut out = Vec::new();
     for name in CHECKS {
+        if crate::guard::stopping() {
+            break;
+        }
         progress.set_message(format!("{backend}: {name}"));
         let start = Instant::now();
         let missing = needs(name).iter().find_map(|f| ctx.limits.get(f).cloned());
         ctx.trace_request = None;
         let mut result = match missing {
             Some(reason) => CheckResult::skip(name, format!("backend {backend}: {reason}")),
-            None => match run_one(&mut ctx, name).await {
-                Ok(r) => r,
-                Err(e) => CheckResult::error(name, &e),
-            },
+            None => {
+                let ran = tokio::select! {
+                    biased;
+                    _ = crate::guard::stopped() => None,
+                    r = run_one(&mut ctx, name) => Some(r),
+                };
+                match ran {
+                    // Cancelled: no verdict for a check that did not finish.
+                    None => break,
+                    Some(Ok(r)) => r,
+                    Some(Err(e)) => CheckResult::error(name, &e),
+                }
+            }
         };
+        // A stop signal while the check ran: what it saw may be the
+        // teardown, not the backend.
+        if crate::guard::stopping() {
+            break;
+        }
         if result.verdict == Verdict::Fail
             && let Some((v, t, address)) = ctx.trace_request.take()
         {
             progress.set_message(format!("{backend}: {name}: tracing a failing probe"));
-            result.trace = match crate::trace::for_failure(ctx.lab, &v, &t, address).await {
-                Some(Ok(trace)) => Some(crate::trace::text(&trace)),
-                Some(Err(e)) => Some(format!("the trace could not be taken: {e}")),
+            let traced = tokio::select! {
+                biased;
+                _ = crate::guard::stopped() => None,
+                t = crate::trace::for_failure(ctx.lab, &v, &t, address) => Some(t),
+            };
+            result.trace = match traced {
                 None => None,
+                Some(Some(Ok(trace))) => Some(crate::trace::text(&trace)),
+                Some(Some(Err(e))) => Some(format!("the trace could not be taken: {e}")),
+                Some(None) => None,
             };
         }
         result.seconds = start.elapsed().as_secs_f64();
         out.push(result);
         progress.inc(1);
+        // Between checks: a dead agent is restarted (with backoff) before
+        // the next check relies on it.
+        ctx.lab.supervise().await;
     }
     out
 }

@@ -54,6 +54,16 @@ pub fn render(r: &RunResults) -> String {
             ""
         }
     );
+    if let Some(i) = &r.interrupted {
+        let _ = write!(
+            s,
+            "<p class=\"FAIL\" id=\"interrupted\">{}</p>",
+            esc(&i.line())
+        );
+        if !i.not_run.is_empty() {
+            let _ = write!(s, "<p>Not run: {}</p>", esc(&i.not_run.join(", ")));
+        }
+    }
     let _ = write!(s, "<h2>Checks</h2><table><tr><th>check</th>");
     for b in &r.backends {
         let _ = write!(s, "<th>{}</th>", esc(&b.backend));
@@ -95,6 +105,21 @@ pub fn render(r: &RunResults) -> String {
             continue;
         }
         sync_table(&mut s, b);
+        if !b.agent_events.is_empty() {
+            s.push_str(
+                "<h3>Agent events</h3><table><tr><th>node</th><th>event</th><th>detail</th></tr>",
+            );
+            for e in &b.agent_events {
+                let _ = write!(
+                    s,
+                    "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    esc(&e.node),
+                    esc(&e.kind),
+                    esc(&e.detail)
+                );
+            }
+            s.push_str("</table>");
+        }
         for c in &b.checks {
             let open = if c.verdict == Verdict::Fail {
                 " open"

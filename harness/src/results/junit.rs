@@ -52,5 +52,17 @@ pub fn render(r: &RunResults) -> anyhow::Result<String> {
         }
         report.add_test_suite(suite);
     }
+    // An interrupted run is an error, never a pass: CI must not read the
+    // missing checks as fine.
+    if let Some(i) = &r.interrupted {
+        let mut suite = TestSuite::new("svclab.interrupted");
+        let mut status = TestCaseStatus::non_success(NonSuccessKind::Error);
+        status.set_message(i.line());
+        status.set_description(format!("checks not run: {}", i.not_run.join(", ")));
+        let mut case = TestCase::new("interrupted", status);
+        case.set_classname("svclab.interrupted");
+        suite.add_test_case(case);
+        report.add_test_suite(suite);
+    }
     Ok(report.to_string()?)
 }

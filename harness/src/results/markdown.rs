@@ -24,6 +24,12 @@ pub fn render(r: &RunResults) -> String {
         r.started_at,
         r.finished_at
     );
+    if let Some(i) = &r.interrupted {
+        let _ = writeln!(s, "> **{}**\n", i.line());
+        if !i.not_run.is_empty() {
+            let _ = writeln!(s, "Not run: {}.\n", i.not_run.join(", "));
+        }
+    }
     let _ = write!(s, "| check |");
     for b in &r.backends {
         let _ = write!(s, " {} |", b.backend);
@@ -88,6 +94,15 @@ pub fn render(r: &RunResults) -> String {
                     trace.trim_end()
                 );
             }
+        }
+    }
+    for b in &r.backends {
+        if b.agent_events.is_empty() {
+            continue;
+        }
+        let _ = writeln!(s, "\n## Agent events on {}\n", b.backend);
+        for e in &b.agent_events {
+            let _ = writeln!(s, "- {} {}: {}", e.node, e.kind, e.detail);
         }
     }
     let skipped: Vec<_> = r

@@ -124,6 +124,13 @@ pub struct BackendRun {
     /// Seconds to bring the lab up, by step.
     #[serde(default)]
     pub lab_times: serde_json::Value,
+    /// Agents that died and were restarted, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agent_events: Vec<crate::agent::supervisor::AgentEvent>,
+    /// Checks that were due and did not finish (an interrupted run): they
+    /// have no verdict.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_run: Vec<String>,
 }
 
 impl BackendRun {
@@ -143,7 +150,40 @@ pub struct RunResults {
     pub finished_at: String,
     pub host: HostFacts,
     pub backends: Vec<BackendRun>,
+    /// Set when a stop signal cut the run short: only the verdicts of the
+    /// checks that finished before it are here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interrupted: Option<Interruption>,
 }
+
+/// How a run was cut short.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Interruption {
+    /// `SIGINT`, `SIGTERM`, `SIGHUP`.
+    pub signal: String,
+    /// 128 + the signal: what `svclab` exits with.
+    pub exit_code: u8,
+    /// RFC 3339.
+    pub at: String,
+    /// `backend/check` for every check that was due and has no verdict
+    /// (backends not started included).
+    pub not_run: Vec<String>,
+}
+
+impl Interruption {
+    pub fn line(&self) -> String {
+        format!(
+            "INTERRUPTED by {} at {}: {} check(s) not run; the verdicts here are only those of the checks that finished before it",
+            self.signal,
+            self.at,
+            self.not_run.len()
+        )
+    }
+}
+
+/// The marker file an interrupted run's folder carries.
+pub const INTERRUPTED_MARKER: &str = "INTERRUPTED";
 
 impl RunResults {
     pub fn failed(&self) -> usize {
@@ -187,8 +227,12 @@ pub fn new_run_dir(base: &Path, scenario: &str) -> std::io::Result<PathBuf> {
     Ok(dir)
 }
 
-/// Writes every file of the results folder.
+/// Writes every file of the results folder (an interrupted run's first:
+/// its marker, so no reader ever sees its verdicts unmarked).
 pub fn write_all(dir: &Path, r: &RunResults) -> anyhow::Result<()> {
+    if let Some(i) = &r.interrupted {
+        std::fs::write(dir.join(INTERRUPTED_MARKER), format!("{}\n", i.line()))?;
+    }
     std::fs::write(dir.join("results.json"), serde_json::to_vec_pretty(r)?)?;
     std::fs::write(dir.join("junit.xml"), junit::render(r)?)?;
     std::fs::write(dir.join("summary.md"), markdown::render(r))?;
@@ -211,6 +255,10 @@ pub fn terminal_table(r: &RunResults) -> String {
             let v = r.verdict(b, n).map_or("-".to_string(), |v| v.to_string());
             s.push_str(&format!("  {:>w$}", v, w = b.backend.len().max(4)));
         }
+        s.push('\n');
+    }
+    if let Some(i) = &r.interrupted {
+        s.push_str(&i.line());
         s.push('\n');
     }
     for b in &r.backends {
@@ -287,8 +335,65 @@ mod tests {
                 metrics: Default::default(),
                 metrics_cross_check: Vec::new(),
                 lab_times: serde_json::Value::Null,
+                agent_events: Vec::new(),
+                not_run: Vec::new(),
             }],
+            interrupted: None,
         }
+    }
+
+    #[test]
+    fn an_interrupted_run_is_marked_in_every_format() {
+        let mut r = sample();
+        r.backends[0].not_run = vec!["service-update".into()];
+        r.backends[0].agent_events = vec![crate::agent::supervisor::AgentEvent {
+            at: 1.7e9,
+            node: "node-1".into(),
+            kind: "exited".into(),
+            detail: "pid 42 exited with signal: 9 (SIGKILL)".into(),
+        }];
+        r.interrupted = Some(Interruption {
+            signal: "SIGINT".into(),
+            exit_code: 130,
+            at: "2026-11-23T00:00:10Z".into(),
+            not_run: vec!["iptables/service-update".into()],
+        });
+        let dir = std::env::temp_dir().join(format!("svclab-interrupted-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        write_all(&dir, &r).unwrap();
+        let marker = std::fs::read_to_string(dir.join(INTERRUPTED_MARKER)).unwrap();
+        assert!(marker.contains("INTERRUPTED by SIGINT"), "{marker}");
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("results.json")).unwrap()).unwrap();
+        assert_eq!(json["interrupted"]["signal"], "SIGINT");
+        assert_eq!(json["interrupted"]["exitCode"], 130);
+        assert_eq!(json["backends"][0]["notRun"][0], "service-update");
+        assert_eq!(json["backends"][0]["agentEvents"][0]["kind"], "exited");
+        let md = std::fs::read_to_string(dir.join("summary.md")).unwrap();
+        assert!(md.contains("INTERRUPTED by SIGINT"), "{md}");
+        assert!(
+            md.contains("node-1"),
+            "agent events are in the summary: {md}"
+        );
+        let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+        assert!(html.contains("INTERRUPTED by SIGINT"), "report.html");
+        assert!(
+            html.contains("pid 42 exited"),
+            "agent events in report.html"
+        );
+        let xml = std::fs::read_to_string(dir.join("junit.xml")).unwrap();
+        assert!(xml.contains("interrupted"), "{xml}");
+        assert!(
+            xml.contains("<error"),
+            "an interrupted run is an error in CI: {xml}"
+        );
+        assert!(terminal_table(&r).contains("INTERRUPTED by SIGINT"));
+        // A complete run carries no mark.
+        let clean = sample();
+        let json = serde_json::to_value(&clean).unwrap();
+        assert!(json.get("interrupted").is_none());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

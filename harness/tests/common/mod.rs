@@ -51,8 +51,16 @@ pub fn root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The binary under test; `SVCLAB_BIN` overrides it (several worktrees
+/// sharing one target dir overwrite each other's `target/debug/svclab`).
+pub fn svclab_bin() -> PathBuf {
+    std::env::var_os("SVCLAB_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_svclab")))
+}
+
 pub fn svclab() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_svclab"));
+    let mut c = Command::new(svclab_bin());
     c.current_dir(root());
     c
 }
