@@ -177,7 +177,10 @@ impl Scenario {
                 .iter()
                 .rposition(|&b| b == b'\n')
                 .map_or(0, |i| i + 1);
-            let col = String::from_utf8_lossy(&bytes[line_start..at]).chars().count() + 1;
+            let col = String::from_utf8_lossy(&bytes[line_start..at])
+                .chars()
+                .count()
+                + 1;
             let line = bytes[..at].iter().filter(|&&b| b == b'\n').count() + 1;
             ScenarioErrors::one(
                 &file,
@@ -217,33 +220,36 @@ impl Scenario {
                 ),
             ));
         }
-        let docs = yaml::parse_documents(src).map_err(|e| {
-            ScenarioErrors::one(file, e.pos, "(syntax)", truncate(e.message, MAX_MESSAGE))
-        })?;
+        // Documents are typed as they are parsed, and only what error
+        // messages need (kind, name, namespace, places) is kept of each.
         let mut errs = Errs::new(file);
-        let docs = unpack_lists(docs, &mut errs);
+        let mut docs: Vec<Document> = Vec::new();
         let mut lab: Option<(LabDoc, usize)> = None;
         let mut saw_lab = false;
         let mut services: Vec<(Service, usize)> = Vec::new();
         let mut deployments: Vec<(Deployment, usize)> = Vec::new();
         let mut ignored: BTreeMap<String, (usize, Pos)> = BTreeMap::new();
-        for (i, doc) in docs.iter().enumerate() {
+        let mut take = |mut doc: Document, errs: &mut Errs| {
             if doc.value.is_null() {
-                continue;
+                return;
             }
+            let i = docs.len();
             let kind = doc.value.get("kind").and_then(Value::as_str).unwrap_or("");
             match kind {
                 "Lab" => {
                     saw_lab = true;
-                    if let Some(l) = errs.typed::<LabDoc>(doc, i, false) {
+                    if let Some(l) = errs.typed::<LabDoc>(&doc, i, false) {
                         if lab.is_some() {
-                            errs.at(doc, "kind", "a scenario has exactly one Lab document");
+                            errs.at(&doc, "kind", "a scenario has exactly one Lab document");
                         } else {
                             if l.api_version != LAB_API_VERSION {
                                 errs.at(
-                                    doc,
+                                    &doc,
                                     "apiVersion",
-                                    format!("must be {LAB_API_VERSION}, not {:?}", l.api_version),
+                                    format!(
+                                        "must be {LAB_API_VERSION}, not {}",
+                                        elide(&l.api_version)
+                                    ),
                                 );
                             }
                             lab = Some((l, i));
@@ -251,25 +257,39 @@ impl Scenario {
                     }
                 }
                 "Service" => {
-                    if let Some(s) = errs.typed::<Service>(doc, i, true) {
+                    if let Some(s) = errs.typed::<Service>(&doc, i, true) {
                         services.push((s, i));
                     }
                 }
                 "Deployment" => {
-                    if let Some(d) = errs.typed::<Deployment>(doc, i, true) {
+                    if let Some(d) = errs.typed::<Deployment>(&doc, i, true) {
                         deployments.push((d, i));
                     }
                 }
-                "" => errs.at(doc, "kind", "missing: every document needs a kind"),
+                "" => errs.at(&doc, "kind", "missing: every document needs a kind"),
                 other => {
                     if other == "Namespace" {
-                        validate::check_namespace_doc(doc, &mut errs);
+                        validate::check_namespace_doc(&doc, errs);
                     }
                     let e = ignored.entry(other.to_string()).or_insert((0, doc.start));
                     e.0 += 1;
                 }
             }
-        }
+            if kind != "Lab" {
+                doc.ident = Some(Box::new(ident(&doc.value)));
+                doc.value = Value::Null;
+            }
+            doc.positions.shrink_to_fit();
+            docs.push(doc);
+        };
+        yaml::for_each_document(src, |doc| {
+            for d in unpack_lists(vec![doc], &mut errs) {
+                take(d, &mut errs);
+            }
+        })
+        .map_err(|e| {
+            ScenarioErrors::one(file, e.pos, "(syntax)", truncate(e.message, MAX_MESSAGE))
+        })?;
         let Some((lab, lab_doc)) = lab else {
             if saw_lab {
                 return Err(errs.into_errors());
@@ -378,6 +398,18 @@ fn name_from_file(file: &str) -> String {
     }
 }
 
+/// Kind, namespace and name of a document.
+fn ident(value: &Value) -> (String, String, String) {
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or("").to_string();
+    let meta = value.get("metadata");
+    let ns = text(meta.and_then(|m| m.get("namespace")));
+    (
+        text(value.get("kind")),
+        if ns.is_empty() { "default".into() } else { ns },
+        text(meta.and_then(|m| m.get("name"))),
+    )
+}
+
 /// Unpacks `kind: List` documents (and typed lists such as `ServiceList`),
 /// as kubectl does: their items become documents, with their places.
 fn unpack_lists(docs: Vec<Document>, errs: &mut Errs) -> Vec<Document> {
@@ -420,6 +452,7 @@ fn unpack_lists(docs: Vec<Document>, errs: &mut Errs) -> Vec<Document> {
                     value,
                     positions: Default::default(),
                     start: doc.pos(&format!("items[{i}]")),
+                    ident: None,
                 }
             })
             .collect();
@@ -539,16 +572,15 @@ impl Errs {
 
 /// `Service default/web: spec.ports[0].port` style label for a field.
 fn document_label(doc: &Document, path: &str) -> String {
-    let kind = doc.value.get("kind").and_then(Value::as_str).unwrap_or("");
-    let meta = doc.value.get("metadata");
-    let name = meta
-        .and_then(|m| m.get("name"))
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    let ns = meta
-        .and_then(|m| m.get("namespace"))
-        .and_then(Value::as_str)
-        .unwrap_or("default");
+    let owned;
+    let (kind, ns, name) = match &doc.ident {
+        Some(id) => (&id.0, &id.1, &id.2),
+        None => {
+            owned = ident(&doc.value);
+            (&owned.0, &owned.1, &owned.2)
+        }
+    };
+    let (kind, ns, name) = (kind.as_str(), ns.as_str(), name.as_str());
     let field = if path.is_empty() { "(document)" } else { path };
     let field = truncate(field.to_string(), limits::MAX_QUOTED);
     match kind {

@@ -173,10 +173,12 @@ pub fn iana_svc_name(s: &str) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    type Rule = fn(&str) -> Result<(), String>;
+
     #[test]
     fn rules_table() {
         let long = "a".repeat(64);
-        let cases: &[(fn(&str) -> Result<(), String>, &str, bool)] = &[
+        let cases: &[(Rule, &str, bool)] = &[
             (dns1123_label, "web-0", true),
             (dns1123_label, "0web", true),
             (dns1123_label, "../../x", false),

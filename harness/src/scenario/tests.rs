@@ -216,17 +216,28 @@ fn names_are_checked_as_the_api_server_does() {
     for (what, text, line, needle) in cases {
         let err = first_error(&text);
         let shown = err.to_string();
-        assert!(shown.contains(needle), "{what}: {needle:?} not in:\n{shown}");
+        assert!(
+            shown.contains(needle),
+            "{what}: {needle:?} not in:\n{shown}"
+        );
         assert_eq!(err.0[0].pos.line, line, "{what}: wrong line in:\n{shown}");
     }
     // The longest valid Deployment name loads; its pods get DNS-label names.
     let name = format!("{}.b", "a".repeat(251));
     let s = Scenario::parse(
         "t.yaml",
-        &format!("{LAB}{}", DEPLOY.replace("{name: web}", &format!("{{name: {name}}}"))),
+        &format!(
+            "{LAB}{}",
+            DEPLOY.replace("{name: web}", &format!("{{name: {name}}}"))
+        ),
     )
     .unwrap();
-    let pods: BTreeSet<&str> = s.pods.iter().filter(|p| !p.client).map(|p| p.name.as_str()).collect();
+    let pods: BTreeSet<&str> = s
+        .pods
+        .iter()
+        .filter(|p| !p.client)
+        .map(|p| p.name.as_str())
+        .collect();
     assert_eq!(pods.len(), 3);
     for p in pods {
         assert!(names::dns1123_label(p).is_ok(), "{p}");
@@ -244,7 +255,8 @@ fn lab_with(extra: &str) -> String {
 #[test]
 fn limits_come_before_allocation() {
     // Nine levels of ten aliases each would be 10^9 values.
-    let mut bomb = String::from("apiVersion: svclab.dev/v1alpha1\nkind: Lab\nx0: &a0 [x,x,x,x,x,x,x,x,x,x]\n");
+    let mut bomb =
+        String::from("apiVersion: svclab.dev/v1alpha1\nkind: Lab\nx0: &a0 [x,x,x,x,x,x,x,x,x,x]\n");
     for i in 1..9 {
         let refs = vec![format!("*a{}", i - 1); 10].join(",");
         bomb.push_str(&format!("x{i}: &a{i} [{refs}]\n"));
@@ -255,12 +267,23 @@ fn limits_come_before_allocation() {
     assert!(err.to_string().contains("aliases expand too much"), "{err}");
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
 
-    let err = first_error("apiVersion: svclab.dev/v1alpha1\nkind: Lab\nspec:\n  nodes: 4294967295\n");
-    assert!(err.to_string().contains("t.yaml:4:10: Lab: spec.nodes: must be 1 to 250 nodes, not 4294967295"), "{err}");
+    let err =
+        first_error("apiVersion: svclab.dev/v1alpha1\nkind: Lab\nspec:\n  nodes: 4294967295\n");
+    assert!(
+        err.to_string()
+            .contains("t.yaml:4:10: Lab: spec.nodes: must be 1 to 250 nodes, not 4294967295"),
+        "{err}"
+    );
 
     let big = "apiVersion: svclab.dev/v1alpha1\nkind: Lab\nspec:\n  nodes: 2\n  podCIDR: 100.64.0.0/10\n  nodeCIDRMaskSize: 12\n  clientPods: false\n";
-    let limits = Limits { max_pods: 5000, max_pods_why: "a test's figure".into() };
-    let text = format!("{big}{}", DEPLOY.replace("replicas: 3", "replicas: 1000000"));
+    let limits = Limits {
+        max_pods: 5000,
+        max_pods_why: "a test's figure".into(),
+    };
+    let text = format!(
+        "{big}{}",
+        DEPLOY.replace("replicas: 3", "replicas: 1000000")
+    );
     let err = Scenario::parse_with_limits("t.yaml", &text, &limits).unwrap_err();
     assert!(
         err.to_string().contains("spec.replicas: the lab would run 1000000 pods by here; this machine holds at most 5000 (a test's figure)"),
@@ -268,13 +291,29 @@ fn limits_come_before_allocation() {
     );
     let text = format!("{big}{}", DEPLOY.replace("replicas: 3", "replicas: 3000"));
     let err = Scenario::parse_with_limits("t.yaml", &text, &limits).unwrap_err();
-    assert!(err.to_string().contains("node node-0 would run 1500 pods by here; at most 1023"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("node node-0 would run 1500 pods by here; at most 1023"),
+        "{err}"
+    );
 
     for (extra, needle) in [
-        ("  probes: {timeoutMs: 9223372036854775807}\n", "spec.probes.timeoutMs: 9223372036854776000 is out of range 1-60000"),
-        ("  probes: {concurrency: 0}\n", "spec.probes.concurrency: 0 is out of range"),
-        ("  agent: {minSyncPeriodMs: 5000, syncPeriodMs: 1000}\n", "must not be longer than syncPeriodMs"),
-        ("  churn: {durationSeconds: 3600, endpointFlapsPerSecond: 10000}\n", "plans 36000000 changes"),
+        (
+            "  probes: {timeoutMs: 9223372036854775807}\n",
+            "spec.probes.timeoutMs: 9223372036854775807 is out of range 1-60000",
+        ),
+        (
+            "  probes: {concurrency: 0}\n",
+            "spec.probes.concurrency: 0 is out of range",
+        ),
+        (
+            "  agent: {minSyncPeriodMs: 5000, syncPeriodMs: 1000}\n",
+            "must not be longer than syncPeriodMs",
+        ),
+        (
+            "  churn: {durationSeconds: 3600, endpointFlapsPerSecond: 10000}\n",
+            "plans 36000000 changes",
+        ),
     ] {
         let err = first_error(&lab_with(extra));
         assert!(err.to_string().contains(needle), "{needle:?} not in {err}");
@@ -286,8 +325,14 @@ fn limits_come_before_allocation() {
         text.push_str(&format!("---\napiVersion: v1\nkind: Service\nmetadata: {{name: s{i}}}\nspec:\n  ports: [{{port: 0}}]\n"));
     }
     let err = first_error(&text);
-    assert_eq!((err.0.len(), err.1), (limits::MAX_ERRORS, 100 - limits::MAX_ERRORS));
-    assert!(err.to_string().ends_with("... and 80 more error(s)"), "{err}");
+    assert_eq!(
+        (err.0.len(), err.1),
+        (limits::MAX_ERRORS, 100 - limits::MAX_ERRORS)
+    );
+    assert!(
+        err.to_string().ends_with("... and 80 more error(s)"),
+        "{err}"
+    );
 }
 
 /// Issue 14, finding 9: invalid UTF-8 has a place; long values and big
@@ -304,7 +349,11 @@ fn invalid_utf8_long_values_and_big_files() {
     let err = Scenario::load(&bad).unwrap_err();
     let e = &err.0[0];
     assert_eq!((e.pos.line, e.pos.col), (3, 20), "{err}");
-    assert!(e.message.contains(&format!("invalid UTF-8 at byte offset {offset}")), "{err}");
+    assert!(
+        e.message
+            .contains(&format!("invalid UTF-8 at byte offset {offset}")),
+        "{err}"
+    );
 
     let huge = dir.join("huge.yaml");
     let f = std::fs::File::create(&huge).unwrap();
@@ -399,11 +448,21 @@ spec:
     ] {
         assert!(notes.contains(needle), "{needle:?} not in:\n{notes}");
     }
-    let named = s.services.iter().find(|x| x.metadata.name.as_deref() == Some("named")).unwrap();
+    let named = s
+        .services
+        .iter()
+        .find(|x| x.metadata.name.as_deref() == Some("named"))
+        .unwrap();
     let ports = named.spec.as_ref().unwrap().ports.as_ref().unwrap();
     // The merge key: grpc takes http's protocol-less shape, its own keys win.
-    assert_eq!((ports[1].name.as_deref(), ports[1].port), (Some("grpc"), 81));
-    assert_eq!(named.spec.as_ref().unwrap().publish_not_ready_addresses, Some(false));
+    assert_eq!(
+        (ports[1].name.as_deref(), ports[1].port),
+        (Some("grpc"), 81)
+    );
+    assert_eq!(
+        named.spec.as_ref().unwrap().publish_not_ready_addresses,
+        Some(false)
+    );
 
     let cp = crate::controlplane::ControlPlane::new(&s).unwrap();
     for ext in ["ext", "ext-ports"] {
@@ -411,19 +470,41 @@ spec:
         assert_eq!(svc.spec.as_ref().unwrap().cluster_ip, None, "{ext}");
         assert!(cp.slices_of("default", ext).is_empty(), "{ext}");
     }
-    assert!(cp.service("default", "nomatch").unwrap().spec.as_ref().unwrap().cluster_ip.is_some());
+    assert!(
+        cp.service("default", "nomatch")
+            .unwrap()
+            .spec
+            .as_ref()
+            .unwrap()
+            .cluster_ip
+            .is_some()
+    );
     assert!(cp.slices_of("default", "nomatch").is_empty());
     let slices = cp.slices_of("default", "named");
-    assert_eq!(slices.iter().map(|x| x.endpoints.as_ref().unwrap().len()).sum::<usize>(), 3);
+    assert_eq!(
+        slices
+            .iter()
+            .map(|x| x.endpoints.as_ref().unwrap().len())
+            .sum::<usize>(),
+        3
+    );
     for slice in slices {
-        let names: Vec<_> = slice.ports.iter().flatten().map(|p| p.name.clone().unwrap()).collect();
+        let names: Vec<_> = slice
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| p.name.clone().unwrap())
+            .collect();
         assert_eq!(names, vec!["http".to_string()]);
     }
     // The checks probe no ExternalName Service; the endpoint-less ones are
     // targets without endpoints (a proxy rejects them).
     let targets = crate::checks::expect::targets(&cp);
     assert!(targets.iter().all(|t| !t.service.starts_with("ext")));
-    let grpc = targets.iter().find(|t| t.service == "named" && t.port_name == "grpc").unwrap();
+    let grpc = targets
+        .iter()
+        .find(|t| t.service == "named" && t.port_name == "grpc")
+        .unwrap();
     assert!(!grpc.has_any());
     let nomatch = targets.iter().find(|t| t.service == "nomatch").unwrap();
     assert!(!nomatch.has_any());
@@ -433,5 +514,9 @@ spec:
         "{LAB}---\napiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Service\n  metadata: {{name: bad}}\n  spec:\n    ports: [{{port: 70000}}]\n"
     ));
     assert_eq!(err.0[0].pos.line, 13, "{err}");
-    assert!(err.to_string().contains("Service default/bad: spec.ports[0].port: 70000 is out of range"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("Service default/bad: spec.ports[0].port: 70000 is out of range"),
+        "{err}"
+    );
 }

@@ -13,9 +13,7 @@ use svclab_backends::model::Protocol;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::Value;
 
-use super::limits::{
-    Limits, MAX_CHURN_EVENTS, MAX_PODS_PER_NODE, MAX_QUOTED, elide, truncate,
-};
+use super::limits::{Limits, MAX_CHURN_EVENTS, MAX_PODS_PER_NODE, MAX_QUOTED, elide, truncate};
 use super::names;
 use super::yaml::Document;
 use super::{CLIENT_NAMESPACE, Errs, LabSpec, Labels, NodePlan, Nodes, Pod, PodPort};
@@ -100,7 +98,11 @@ pub(crate) fn derive(
     let mut seen = BTreeSet::new();
     for (i, n) in names.iter().enumerate() {
         if let Err(e) = names::dns1123_label(n) {
-            errs.at(lab_doc, &format!("spec.nodes[{i}]"), format!("node name {e}"));
+            errs.at(
+                lab_doc,
+                &format!("spec.nodes[{i}]"),
+                format!("node name {e}"),
+            );
         }
         if !seen.insert(n) {
             errs.at(
@@ -247,28 +249,54 @@ fn parse_port_range(s: &str) -> Option<(u16, u16)> {
 fn check_settings(ctx: &Context<'_>, errs: &mut Errs) {
     let doc = &ctx.docs[ctx.lab_doc];
     let lab = ctx.lab;
-    let ranges: [(&str, f64, f64, f64); 7] = [
-        ("spec.probes.timeoutMs", lab.probes.timeout_ms as f64, 1.0, 60_000.0),
-        ("spec.probes.concurrency", lab.probes.concurrency as f64, 1.0, 1024.0),
-        ("spec.probes.perTarget", lab.probes.per_target as f64, 1.0, 10_000.0),
-        ("spec.balance.connections", lab.balance.connections as f64, 1.0, 1_000_000.0),
-        ("spec.balance.minPValue", lab.balance.min_p_value, 0.0, 1.0),
+    let int = |v: u64| (v as f64, v.to_string());
+    let ranges: [(&str, (f64, String), f64, f64); 7] = [
+        (
+            "spec.probes.timeoutMs",
+            int(lab.probes.timeout_ms),
+            1.0,
+            60_000.0,
+        ),
+        (
+            "spec.probes.concurrency",
+            int(lab.probes.concurrency as u64),
+            1.0,
+            1024.0,
+        ),
+        (
+            "spec.probes.perTarget",
+            int(lab.probes.per_target as u64),
+            1.0,
+            10_000.0,
+        ),
+        (
+            "spec.balance.connections",
+            int(lab.balance.connections as u64),
+            1.0,
+            1_000_000.0,
+        ),
+        (
+            "spec.balance.minPValue",
+            (lab.balance.min_p_value, lab.balance.min_p_value.to_string()),
+            0.0,
+            1.0,
+        ),
         (
             "spec.agent.minSyncPeriodMs",
-            lab.agent.min_sync_period_ms as f64,
+            int(lab.agent.min_sync_period_ms),
             0.0,
             600_000.0,
         ),
         (
             "spec.agent.syncPeriodMs",
-            lab.agent.sync_period_ms as f64,
+            int(lab.agent.sync_period_ms),
             1.0,
             86_400_000.0,
         ),
     ];
-    for (field, value, lo, hi) in ranges {
+    for (field, (value, shown), lo, hi) in ranges {
         if !(lo..=hi).contains(&value) {
-            errs.at(doc, field, format!("{value} is out of range {lo}-{hi}"));
+            errs.at(doc, field, format!("{shown} is out of range {lo}-{hi}"));
         }
     }
     if lab.agent.min_sync_period_ms > lab.agent.sync_period_ms {
@@ -465,12 +493,27 @@ fn derive_pods(ctx: &Context<'_>, nodes: &[NodePlan], errs: &mut Errs) -> Option
             errs,
             doc,
             "spec.template.metadata.labels",
-            spec.template.metadata.as_ref().and_then(|m| m.labels.as_ref()),
+            spec.template
+                .metadata
+                .as_ref()
+                .and_then(|m| m.labels.as_ref()),
         );
-        if spec.selector.match_labels.as_ref().is_none_or(BTreeMap::is_empty)
-            && spec.selector.match_expressions.as_ref().is_none_or(Vec::is_empty)
+        if spec
+            .selector
+            .match_labels
+            .as_ref()
+            .is_none_or(BTreeMap::is_empty)
+            && spec
+                .selector
+                .match_expressions
+                .as_ref()
+                .is_none_or(Vec::is_empty)
         {
-            errs.at(doc, "spec.selector", "required: a Deployment needs a selector");
+            errs.at(
+                doc,
+                "spec.selector",
+                "required: a Deployment needs a selector",
+            );
         }
         let labels: Labels = spec
             .template
@@ -699,7 +742,10 @@ fn check_services(
             continue;
         };
         let ty = spec.type_.as_deref().unwrap_or("ClusterIP");
-        if !matches!(ty, "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName") {
+        if !matches!(
+            ty,
+            "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName"
+        ) {
             errs.at(
                 doc,
                 "spec.type",
@@ -722,7 +768,11 @@ fn check_services(
             if spec.cluster_ip.as_deref().is_some_and(|ip| !ip.is_empty())
                 || spec.cluster_ips.as_ref().is_some_and(|ips| !ips.is_empty())
             {
-                errs.at(doc, "spec.clusterIP", "may not be set for ExternalName Services");
+                errs.at(
+                    doc,
+                    "spec.clusterIP",
+                    "may not be set for ExternalName Services",
+                );
             }
         }
         match spec.cluster_ip.as_deref() {
@@ -1021,10 +1071,11 @@ fn check_churn(ctx: &Context<'_>, errs: &mut Errs) {
         }
     }
     let d = churn.duration_seconds.clamp(0.0, 3600.0);
-    let mut events = d * (churn.endpoint_flaps_per_second
-        + churn.terminating_per_second
-        + churn.services_created_per_second
-        + churn.services_deleted_per_second);
+    let mut events = d
+        * (churn.endpoint_flaps_per_second
+            + churn.terminating_per_second
+            + churn.services_created_per_second
+            + churn.services_deleted_per_second);
     for s in &churn.scale {
         if s.every_seconds > 0.0 {
             events += d / s.every_seconds;

@@ -43,6 +43,8 @@ pub struct Document {
     pub positions: HashMap<String, Pos>,
     /// Position of the document's first node.
     pub start: Pos,
+    /// Kind, namespace and name, kept for messages once `value` is dropped.
+    pub ident: Option<Box<(String, String, String)>>,
 }
 
 impl Document {
@@ -100,6 +102,13 @@ struct AliasBudget {
 /// Parses every document in `src`.
 pub fn parse_documents(src: &str) -> Result<Vec<Document>, YamlError> {
     let mut docs = Vec::new();
+    for_each_document(src, |d| docs.push(d))?;
+    Ok(docs)
+}
+
+/// Parses the documents in `src` one by one, handing each to `take` as
+/// soon as it ends, so a caller need not hold them all.
+pub fn for_each_document(src: &str, mut take: impl FnMut(Document)) -> Result<(), YamlError> {
     let mut doc = Document::default();
     let mut stack: Vec<Frame> = Vec::new();
     let mut anchors: HashMap<usize, (Value, usize)> = HashMap::new();
@@ -126,7 +135,7 @@ pub fn parse_documents(src: &str) -> Result<Vec<Document>, YamlError> {
             Event::DocumentEnd => {
                 if let Some(v) = root.take() {
                     doc.value = v;
-                    docs.push(std::mem::take(&mut doc));
+                    take(std::mem::take(&mut doc));
                 }
             }
             Event::Scalar(text, style, anchor, _tag) => {
@@ -141,8 +150,7 @@ pub fn parse_documents(src: &str) -> Result<Vec<Document>, YamlError> {
                     && pending_key.is_none()
                 {
                     let merge = style == ScalarStyle::Plain && text.as_ref() == "<<";
-                    if (merge && merges.is_some()) || (!merge && map.contains_key(text.as_ref()))
-                    {
+                    if (merge && merges.is_some()) || (!merge && map.contains_key(text.as_ref())) {
                         return Err(YamlError {
                             pos,
                             message: format!("duplicate key {}", elide(text.as_ref())),
@@ -261,7 +269,7 @@ pub fn parse_documents(src: &str) -> Result<Vec<Document>, YamlError> {
             Event::StreamStart | Event::StreamEnd | Event::Nothing => {}
         }
     }
-    Ok(docs)
+    Ok(())
 }
 
 /// The path of the value about to be added to the innermost collection.
