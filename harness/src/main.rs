@@ -142,10 +142,12 @@ fn parse_backends(names: &[String]) -> Result<Vec<BackendKind>> {
 fn load_scenario(path: Option<&PathBuf>) -> Result<Scenario, ExitCode> {
     match path {
         None => Ok(Scenario::smoke()),
-        Some(p) => Scenario::load(p).map_err(|e| {
-            eprintln!("{e}");
-            ExitCode::from(2)
-        }),
+        Some(p) => Scenario::load(p)
+            .inspect(scenario::print_notes)
+            .map_err(|e| {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }),
     }
 }
 

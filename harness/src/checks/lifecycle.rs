@@ -31,7 +31,7 @@ pub fn selectorless_copy(ctx: &Ctx<'_>, name: &str) -> anyhow::Result<Service> {
         .lab
         .cp
         .services()
-        .find(|s| s.spec.as_ref().is_some_and(|sp| sp.selector.is_some()))
+        .find(|s| has_endpoints(ctx, s))
         .cloned()
         .ok_or_else(|| anyhow::anyhow!("the scenario has no Service with a selector to copy"))?;
     fresh(&mut svc, name);
@@ -39,6 +39,20 @@ pub fn selectorless_copy(ctx: &Ctx<'_>, name: &str) -> anyhow::Result<Service> {
         spec.selector = None;
     }
     Ok(svc)
+}
+
+/// A Service the checks can copy: it selects pods that are endpoints (not
+/// an ExternalName Service, nor one whose selector matches nothing).
+fn has_endpoints(ctx: &Ctx<'_>, s: &Service) -> bool {
+    s.spec.as_ref().is_some_and(|sp| sp.selector.is_some())
+        && !ctx
+            .lab
+            .cp
+            .slices_of(
+                s.metadata.namespace.as_deref().unwrap_or("default"),
+                s.metadata.name.as_deref().unwrap_or(""),
+            )
+            .is_empty()
 }
 
 /// Renames a Service and clears what the API server allocated.
@@ -249,7 +263,7 @@ pub async fn becomes_ready(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<Chec
         .lab
         .cp
         .services()
-        .filter(|s| s.spec.as_ref().is_some_and(|sp| sp.selector.is_some()))
+        .filter(|s| has_endpoints(ctx, s))
         .max_by_key(|s| {
             s.spec
                 .as_ref()

@@ -54,6 +54,10 @@ pub fn slices_for(svc: &Service, pods: &[Pod], node_names: &[String]) -> Vec<End
     let Some(spec) = &svc.spec else {
         return Vec::new();
     };
+    // The controller leaves ExternalName Services alone, selector or not.
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return Vec::new();
+    }
     let Some(selector) = &spec.selector else {
         // No selector: endpoints are managed by hand; none here.
         return Vec::new();

@@ -221,6 +221,10 @@ impl ControlPlane {
             source,
         };
         let spec = svc.spec.get_or_insert_with(Default::default);
+        if spec.type_.as_deref() == Some("ExternalName") {
+            // A DNS alias: the API server gives it no address or ports.
+            return Ok(());
+        }
         match spec.cluster_ip.as_deref() {
             Some("None") => {}
             Some(ip) if !ip.is_empty() => {

@@ -214,6 +214,13 @@ impl RunResults {
 
 /// `results/<UTC timestamp>-<scenario>`, created.
 pub fn new_run_dir(base: &Path, scenario: &str) -> std::io::Result<PathBuf> {
+    // The name is one path component, or the folder could land anywhere.
+    if scenario.is_empty() || scenario.len() > 200 || scenario.contains(['/', '\\', '\0']) {
+        return Err(std::io::Error::other(format!(
+            "scenario name {:?} cannot name a results folder",
+            scenario.chars().take(64).collect::<String>()
+        )));
+    }
     let stamp = jiff::Timestamp::now()
         .strftime("%Y%m%dT%H%M%SZ")
         .to_string();

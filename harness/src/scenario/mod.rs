@@ -4,11 +4,14 @@
 
 pub mod generate;
 mod lab;
+pub mod limits;
+pub mod names;
 mod validate;
 pub mod yaml;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::io::Read;
 use std::net::Ipv4Addr;
 use std::path::Path;
 
@@ -19,6 +22,7 @@ use serde_json::Value;
 use svclab_backends::model::Protocol;
 
 pub use lab::*;
+use limits::{Limits, MAX_ERRORS, MAX_FILE_BYTES, MAX_MESSAGE, elide, truncate};
 use yaml::{Document, Pos};
 
 /// The built-in default scenario (`scenarios/smoke.yaml`).
@@ -49,9 +53,24 @@ impl fmt::Display for ScenarioError {
     }
 }
 
-/// Every error found in a scenario (loading does not stop at the first).
+/// The errors found in a scenario (loading does not stop at the first):
+/// the first [`MAX_ERRORS`], and how many more there were.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ScenarioErrors(pub Vec<ScenarioError>);
+pub struct ScenarioErrors(pub Vec<ScenarioError>, pub usize);
+
+impl ScenarioErrors {
+    fn one(file: &str, pos: Pos, field: &str, message: String) -> ScenarioErrors {
+        ScenarioErrors(
+            vec![ScenarioError {
+                file: file.to_string(),
+                pos,
+                field: field.into(),
+                message,
+            }],
+            0,
+        )
+    }
+}
 
 impl fmt::Display for ScenarioErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -60,6 +79,9 @@ impl fmt::Display for ScenarioErrors {
                 writeln!(f)?;
             }
             write!(f, "{e}")?;
+        }
+        if self.1 > 0 {
+            write!(f, "\n... and {} more error(s)", self.1)?;
         }
         Ok(())
     }
@@ -117,19 +139,55 @@ pub struct Scenario {
     pub fabric_gateway: Ipv4Addr,
     pub external_ip: Option<Ipv4Addr>,
     pub node_port_range: (u16, u16),
+    /// What loading accepted but the lab does not use, or what the user
+    /// may not expect (documents of other kinds ignored, Services without
+    /// endpoints), each with its place.
+    pub notes: Vec<String>,
 }
 
 impl Scenario {
-    /// Loads and checks a scenario file.
+    /// Loads and checks a scenario file (at most [`MAX_FILE_BYTES`], UTF-8).
     pub fn load(path: &Path) -> Result<Scenario, ScenarioErrors> {
         let file = path.display().to_string();
-        let src = std::fs::read_to_string(path).map_err(|e| {
-            ScenarioErrors(vec![ScenarioError {
-                file: file.clone(),
-                pos: Pos { line: 0, col: 0 },
-                field: "(file)".into(),
-                message: format!("cannot read: {e}"),
-            }])
+        let whole = Pos { line: 0, col: 0 };
+        let cannot = |e: std::io::Error| {
+            ScenarioErrors::one(&file, whole, "(file)", format!("cannot read: {e}"))
+        };
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .map_err(cannot)?
+            .take(MAX_FILE_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(cannot)?;
+        if bytes.len() as u64 > MAX_FILE_BYTES {
+            return Err(ScenarioErrors::one(
+                &file,
+                whole,
+                "(file)",
+                format!(
+                    "is larger than {} MiB, the most a scenario may be",
+                    MAX_FILE_BYTES >> 20
+                ),
+            ));
+        }
+        let src = String::from_utf8(bytes).map_err(|e| {
+            let bytes = e.as_bytes();
+            let at = e.utf8_error().valid_up_to();
+            let line_start = bytes[..at]
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |i| i + 1);
+            let col = String::from_utf8_lossy(&bytes[line_start..at])
+                .chars()
+                .count()
+                + 1;
+            let line = bytes[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+            ScenarioErrors::one(
+                &file,
+                Pos { line, col },
+                "(file)",
+                format!("invalid UTF-8 at byte offset {at}: a scenario must be UTF-8 text"),
+            )
         })?;
         Scenario::parse(&file, &src)
     }
@@ -139,38 +197,59 @@ impl Scenario {
         Scenario::parse(SMOKE_NAME, SMOKE).expect("the built-in smoke scenario is valid")
     }
 
-    /// Parses and checks scenario text; `file` names it in errors.
+    /// Parses and checks scenario text; `file` names it in errors. Limits
+    /// that depend on the machine are this machine's.
     pub fn parse(file: &str, src: &str) -> Result<Scenario, ScenarioErrors> {
-        let docs = yaml::parse_documents(src).map_err(|e| {
-            ScenarioErrors(vec![ScenarioError {
-                file: file.to_string(),
-                pos: e.pos,
-                field: "(syntax)".into(),
-                message: e.message,
-            }])
-        })?;
+        Scenario::parse_with_limits(file, src, &Limits::for_this_machine())
+    }
+
+    /// [`Scenario::parse`] with the given machine limits.
+    pub fn parse_with_limits(
+        file: &str,
+        src: &str,
+        limits: &Limits,
+    ) -> Result<Scenario, ScenarioErrors> {
+        if src.len() as u64 > MAX_FILE_BYTES {
+            return Err(ScenarioErrors::one(
+                file,
+                Pos { line: 0, col: 0 },
+                "(file)",
+                format!(
+                    "is larger than {} MiB, the most a scenario may be",
+                    MAX_FILE_BYTES >> 20
+                ),
+            ));
+        }
+        // Documents are typed as they are parsed, and only what error
+        // messages need (kind, name, namespace, places) is kept of each.
         let mut errs = Errs::new(file);
+        let mut docs: Vec<Document> = Vec::new();
         let mut lab: Option<(LabDoc, usize)> = None;
         let mut saw_lab = false;
         let mut services: Vec<(Service, usize)> = Vec::new();
         let mut deployments: Vec<(Deployment, usize)> = Vec::new();
-        for (i, doc) in docs.iter().enumerate() {
+        let mut ignored: BTreeMap<String, (usize, Pos)> = BTreeMap::new();
+        let mut take = |mut doc: Document, errs: &mut Errs| {
             if doc.value.is_null() {
-                continue;
+                return;
             }
+            let i = docs.len();
             let kind = doc.value.get("kind").and_then(Value::as_str).unwrap_or("");
             match kind {
                 "Lab" => {
                     saw_lab = true;
-                    if let Some(l) = errs.typed::<LabDoc>(doc, i, false) {
+                    if let Some(l) = errs.typed::<LabDoc>(&doc, i, false) {
                         if lab.is_some() {
-                            errs.at(doc, "kind", "a scenario has exactly one Lab document");
+                            errs.at(&doc, "kind", "a scenario has exactly one Lab document");
                         } else {
                             if l.api_version != LAB_API_VERSION {
                                 errs.at(
-                                    doc,
+                                    &doc,
                                     "apiVersion",
-                                    format!("must be {LAB_API_VERSION}, not {:?}", l.api_version),
+                                    format!(
+                                        "must be {LAB_API_VERSION}, not {}",
+                                        elide(&l.api_version)
+                                    ),
                                 );
                             }
                             lab = Some((l, i));
@@ -178,23 +257,39 @@ impl Scenario {
                     }
                 }
                 "Service" => {
-                    if let Some(s) = errs.typed::<Service>(doc, i, true) {
+                    if let Some(s) = errs.typed::<Service>(&doc, i, true) {
                         services.push((s, i));
                     }
                 }
                 "Deployment" => {
-                    if let Some(d) = errs.typed::<Deployment>(doc, i, true) {
+                    if let Some(d) = errs.typed::<Deployment>(&doc, i, true) {
                         deployments.push((d, i));
                     }
                 }
-                "" => errs.at(doc, "kind", "missing: every document needs a kind"),
-                other => errs.at(
-                    doc,
-                    "kind",
-                    format!("unsupported kind {other:?}: expected Lab, Service or Deployment"),
-                ),
+                "" => errs.at(&doc, "kind", "missing: every document needs a kind"),
+                other => {
+                    if other == "Namespace" {
+                        validate::check_namespace_doc(&doc, errs);
+                    }
+                    let e = ignored.entry(other.to_string()).or_insert((0, doc.start));
+                    e.0 += 1;
+                }
             }
-        }
+            if kind != "Lab" {
+                doc.ident = Some(Box::new(ident(&doc.value)));
+                doc.value = Value::Null;
+            }
+            doc.positions.shrink_to_fit();
+            docs.push(doc);
+        };
+        yaml::for_each_document(src, |doc| {
+            for d in unpack_lists(vec![doc], &mut errs) {
+                take(d, &mut errs);
+            }
+        })
+        .map_err(|e| {
+            ScenarioErrors::one(file, e.pos, "(syntax)", truncate(e.message, MAX_MESSAGE))
+        })?;
         let Some((lab, lab_doc)) = lab else {
             if saw_lab {
                 return Err(errs.into_errors());
@@ -207,23 +302,36 @@ impl Scenario {
             return Err(errs.into_errors());
         };
         errs.check()?;
+        let mut notes = Vec::new();
+        for (kind, (n, pos)) in &ignored {
+            let what = if kind == "Namespace" {
+                "accepted: the lab's namespaces exist as soon as an object names them".to_string()
+            } else {
+                "ignored: the lab uses only Lab, Service and Deployment documents".to_string()
+            };
+            notes.push(format!(
+                "{file}:{}:{}: {n} {} document(s) {what}",
+                pos.line,
+                pos.col,
+                truncate(kind.clone(), 64)
+            ));
+        }
         let ctx = validate::Context {
             docs: &docs,
             lab: &lab.spec,
             lab_doc,
             services: &services,
             deployments: &deployments,
+            limits,
         };
-        let derived = validate::derive(&ctx, &mut errs);
+        validate::check_lab_name(&docs[lab_doc], &lab.metadata.name, &mut errs);
+        let derived = validate::derive(&ctx, &mut errs, &mut notes);
         errs.check()?;
         let derived = derived.expect("derive succeeds when it reports no error");
         Ok(Scenario {
             file: file.to_string(),
             name: if lab.metadata.name.is_empty() {
-                Path::new(file)
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| "scenario".into())
+                name_from_file(file)
             } else {
                 lab.metadata.name.clone()
             },
@@ -235,6 +343,7 @@ impl Scenario {
             fabric_gateway: derived.fabric_gateway,
             external_ip: derived.external_ip,
             node_port_range: derived.node_port_range,
+            notes,
         })
     }
 
@@ -252,10 +361,127 @@ impl Scenario {
     }
 }
 
-/// Collects errors with their places.
+/// Prints a scenario's notes to stderr, at most [`MAX_ERRORS`] of them.
+pub fn print_notes(scenario: &Scenario) {
+    for n in scenario.notes.iter().take(MAX_ERRORS) {
+        eprintln!("note: {n}");
+    }
+    if scenario.notes.len() > MAX_ERRORS {
+        eprintln!("note: ... and {} more", scenario.notes.len() - MAX_ERRORS);
+    }
+}
+
+/// The name a Lab without `metadata.name` gets: its file's stem, reduced
+/// to lowercase letters, digits, '-' and '.' (it names the results folder).
+fn name_from_file(file: &str) -> String {
+    let stem = Path::new(file)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name: String = stem
+        .chars()
+        .map(|c| c.to_ascii_lowercase())
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(63)
+        .collect();
+    let name = name.trim_matches('-');
+    if name.is_empty() {
+        "scenario".into()
+    } else {
+        name.to_string()
+    }
+}
+
+/// Kind, namespace and name of a document.
+fn ident(value: &Value) -> (String, String, String) {
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or("").to_string();
+    let meta = value.get("metadata");
+    let ns = text(meta.and_then(|m| m.get("namespace")));
+    (
+        text(value.get("kind")),
+        if ns.is_empty() { "default".into() } else { ns },
+        text(meta.and_then(|m| m.get("name"))),
+    )
+}
+
+/// Unpacks `kind: List` documents (and typed lists such as `ServiceList`),
+/// as kubectl does: their items become documents, with their places.
+fn unpack_lists(docs: Vec<Document>, errs: &mut Errs) -> Vec<Document> {
+    let mut out = Vec::with_capacity(docs.len());
+    let mut todo: Vec<Document> = docs.into_iter().rev().collect();
+    while let Some(mut doc) = todo.pop() {
+        let kind = doc
+            .value
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let Some(item_kind) = kind.strip_suffix("List") else {
+            out.push(doc);
+            continue;
+        };
+        let items = match doc.value.get_mut("items").map(Value::take) {
+            Some(Value::Array(items)) => items,
+            Some(Value::Null) | None => Vec::new(),
+            Some(_) => {
+                errs.at(&doc, "items", "a List's items must be a list");
+                continue;
+            }
+        };
+        let api_version = doc.value.get("apiVersion").cloned();
+        let mut subs: Vec<Document> = items
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut value)| {
+                // Items of typed lists may leave out their kind.
+                if !item_kind.is_empty()
+                    && let Some(m) = value.as_object_mut()
+                {
+                    m.entry("kind").or_insert_with(|| item_kind.into());
+                    if let Some(v) = &api_version {
+                        m.entry("apiVersion").or_insert_with(|| v.clone());
+                    }
+                }
+                Document {
+                    value,
+                    positions: Default::default(),
+                    start: doc.pos(&format!("items[{i}]")),
+                    ident: None,
+                }
+            })
+            .collect();
+        for (path, pos) in std::mem::take(&mut doc.positions) {
+            let Some(rest) = path.strip_prefix("items[") else {
+                continue;
+            };
+            let Some((index, rest)) = rest.split_once(']') else {
+                continue;
+            };
+            if let Some(sub) = index.parse::<usize>().ok().and_then(|i| subs.get_mut(i)) {
+                sub.positions
+                    .insert(rest.strip_prefix('.').unwrap_or(rest).to_string(), pos);
+            }
+        }
+        // Items are unpacked in their order, before the next document.
+        while let Some(sub) = subs.pop() {
+            todo.push(sub);
+        }
+    }
+    out
+}
+
+/// Collects errors with their places: the first [`MAX_ERRORS`], each cut
+/// to [`MAX_MESSAGE`], and a count of the rest.
 pub(crate) struct Errs {
     file: String,
     list: Vec<ScenarioError>,
+    count: usize,
 }
 
 impl Errs {
@@ -263,15 +489,25 @@ impl Errs {
         Errs {
             file: file.to_string(),
             list: Vec::new(),
+            count: 0,
         }
     }
 
+    /// Errors found so far, kept or not.
+    pub(crate) fn count(&self) -> usize {
+        self.count
+    }
+
     pub(crate) fn push(&mut self, pos: Pos, field: &str, message: impl Into<String>) {
+        self.count += 1;
+        if self.list.len() >= MAX_ERRORS {
+            return;
+        }
         self.list.push(ScenarioError {
-            file: self.file.clone(),
+            file: truncate(self.file.clone(), MAX_MESSAGE),
             pos,
-            field: field.to_string(),
-            message: message.into(),
+            field: truncate(field.to_string(), MAX_MESSAGE),
+            message: truncate(message.into(), MAX_MESSAGE),
         });
     }
 
@@ -282,15 +518,19 @@ impl Errs {
     }
 
     fn check(&self) -> Result<(), ScenarioErrors> {
-        if self.list.is_empty() {
+        if self.count == 0 {
             Ok(())
         } else {
-            Err(ScenarioErrors(self.list.clone()))
+            Err(ScenarioErrors(
+                self.list.clone(),
+                self.count - self.list.len(),
+            ))
         }
     }
 
     fn into_errors(self) -> ScenarioErrors {
-        ScenarioErrors(self.list)
+        let more = self.count - self.list.len();
+        ScenarioErrors(self.list, more)
     }
 
     /// Deserializes a document into `T`, reporting type errors at their
@@ -318,7 +558,7 @@ impl Errs {
                     unknown_fields(&doc.value, &back, "", &mut unknown);
                     for path in &unknown {
                         let name = path.rsplit(['.', ']']).next().unwrap_or(path);
-                        self.at(doc, path, format!("unknown field {name:?}"));
+                        self.at(doc, path, format!("unknown field {}", elide(name)));
                     }
                     if !unknown.is_empty() {
                         return None;
@@ -332,21 +572,25 @@ impl Errs {
 
 /// `Service default/web: spec.ports[0].port` style label for a field.
 fn document_label(doc: &Document, path: &str) -> String {
-    let kind = doc.value.get("kind").and_then(Value::as_str).unwrap_or("");
-    let meta = doc.value.get("metadata");
-    let name = meta
-        .and_then(|m| m.get("name"))
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    let ns = meta
-        .and_then(|m| m.get("namespace"))
-        .and_then(Value::as_str)
-        .unwrap_or("default");
+    let owned;
+    let (kind, ns, name) = match &doc.ident {
+        Some(id) => (&id.0, &id.1, &id.2),
+        None => {
+            owned = ident(&doc.value);
+            (&owned.0, &owned.1, &owned.2)
+        }
+    };
+    let (kind, ns, name) = (kind.as_str(), ns.as_str(), name.as_str());
     let field = if path.is_empty() { "(document)" } else { path };
+    let field = truncate(field.to_string(), limits::MAX_QUOTED);
     match kind {
-        "Service" | "Deployment" if !name.is_empty() => format!("{kind} {ns}/{name}: {field}"),
+        "Service" | "Deployment" if !name.is_empty() => format!(
+            "{kind} {}/{}: {field}",
+            truncate(ns.to_string(), limits::MAX_QUOTED),
+            truncate(name.to_string(), limits::MAX_QUOTED)
+        ),
         "Lab" => format!("Lab: {field}"),
-        _ => field.to_string(),
+        _ => field,
     }
 }
 

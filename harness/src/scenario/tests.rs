@@ -1,4 +1,5 @@
 use super::*;
+use std::collections::BTreeSet;
 
 const LAB: &str = "apiVersion: svclab.dev/v1alpha1\nkind: Lab\nspec:\n  nodes: 2\n";
 
@@ -80,12 +81,6 @@ fn bad_scenarios_name_file_line_and_field() {
             "overlaps spec.podCIDR",
         ),
         (
-            "selector matching nothing",
-            format!("{LAB}{DEPLOY}{}", svc("  selector: {app: nope}\n  ports: [{port: 80}]\n")),
-            24,
-            "spec.selector: app=nope matches no Deployment",
-        ),
-        (
             "port out of range",
             format!("{LAB}{DEPLOY}{}", svc("  selector: {app: web}\n  ports: [{port: 70000}]\n")),
             25,
@@ -99,15 +94,6 @@ fn bad_scenarios_name_file_line_and_field() {
             ),
             26,
             "spec.ports[0].nodePort: 80 is outside the node port range",
-        ),
-        (
-            "named targetPort nobody has",
-            format!(
-                "{LAB}{DEPLOY}{}",
-                svc("  selector: {app: web}\n  ports: [{port: 80, targetPort: grpc}]\n")
-            ),
-            25,
-            "no selected pod has a TCP containerPort named \"grpc\"",
         ),
         (
             "wrong type",
@@ -167,4 +153,370 @@ fn pinned_pods_and_scale_headroom() {
     assert_eq!(s.pods.len(), 5);
     assert!(s.pods.iter().all(|p| p.node == 2));
     assert_eq!(s.pods.iter().filter(|p| p.active).count(), 3);
+}
+
+fn first_error(text: &str) -> ScenarioErrors {
+    Scenario::parse("t.yaml", text).expect_err("expected an error")
+}
+
+/// Issue 14, finding 3: names reach paths and commands, so they are checked
+/// as the API server checks them, with their place.
+#[test]
+fn names_are_checked_as_the_api_server_does() {
+    let long = "a".repeat(300);
+    let cases: Vec<(&str, String, usize, &str)> = vec![
+        (
+            "Lab name with ../",
+            "apiVersion: svclab.dev/v1alpha1\nkind: Lab\nmetadata: {name: ../x}\nspec:\n  nodes: 2\n"
+                .into(),
+            3,
+            "Lab: metadata.name: \"../x\" is not a DNS-1123 subdomain",
+        ),
+        (
+            "namespace with ../",
+            format!(
+                "{LAB}{DEPLOY}---\napiVersion: v1\nkind: Service\nmetadata: {{name: s, namespace: ../../x}}\nspec:\n  ports: [{{port: 80}}]\n"
+            ),
+            22,
+            "metadata.namespace: \"../../x\" is not a DNS-1123 label",
+        ),
+        (
+            "300-character Deployment name",
+            format!("{LAB}{}", DEPLOY.replace("{name: web}", &format!("{{name: {long}}}"))),
+            8,
+            "must be no more than 253 characters (it has 300)",
+        ),
+        (
+            "shell in a Service name",
+            format!(
+                "{LAB}{DEPLOY}---\napiVersion: v1\nkind: Service\nmetadata: {{name: \"$(reboot)\"}}\nspec:\n  ports: [{{port: 80}}]\n"
+            ),
+            22,
+            "\"$(reboot)\" is not a DNS-1035 label",
+        ),
+        (
+            "selector key with a space",
+            format!("{LAB}{DEPLOY}{}", svc("  selector: {\"a b\": web}\n  ports: [{port: 80}]\n")),
+            24,
+            "spec.selector.a b: key \"a b\" is not a qualified name",
+        ),
+        (
+            "named targetPort that is no port name",
+            format!("{LAB}{DEPLOY}{}", svc("  selector: {app: web}\n  ports: [{port: 80, targetPort: Not_A_Name}]\n")),
+            25,
+            "is not an IANA service name",
+        ),
+        (
+            "Namespace document with a bad name",
+            format!("{LAB}---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: Prod}}\n"),
+            8,
+            "metadata.name: \"Prod\" is not a DNS-1123 label",
+        ),
+    ];
+    for (what, text, line, needle) in cases {
+        let err = first_error(&text);
+        let shown = err.to_string();
+        assert!(
+            shown.contains(needle),
+            "{what}: {needle:?} not in:\n{shown}"
+        );
+        assert_eq!(err.0[0].pos.line, line, "{what}: wrong line in:\n{shown}");
+    }
+    // The longest valid Deployment name loads; its pods get DNS-label names.
+    let name = format!("{}.b", "a".repeat(251));
+    let s = Scenario::parse(
+        "t.yaml",
+        &format!(
+            "{LAB}{}",
+            DEPLOY.replace("{name: web}", &format!("{{name: {name}}}"))
+        ),
+    )
+    .unwrap();
+    let pods: BTreeSet<&str> = s
+        .pods
+        .iter()
+        .filter(|p| !p.client)
+        .map(|p| p.name.as_str())
+        .collect();
+    assert_eq!(pods.len(), 3);
+    for p in pods {
+        assert!(names::dns1123_label(p).is_ok(), "{p}");
+    }
+    // A Lab without a name is named after its file, as one path component.
+    let s = Scenario::parse("../odd dir/My Lab.yaml", LAB).unwrap();
+    assert_eq!(s.name, "my-lab");
+}
+
+fn lab_with(extra: &str) -> String {
+    format!("{LAB}{extra}")
+}
+
+/// Issue 14, finding 5: limits are checked before anything is allocated.
+#[test]
+fn limits_come_before_allocation() {
+    // Nine levels of ten aliases each would be 10^9 values.
+    let mut bomb =
+        String::from("apiVersion: svclab.dev/v1alpha1\nkind: Lab\nx0: &a0 [x,x,x,x,x,x,x,x,x,x]\n");
+    for i in 1..9 {
+        let refs = vec![format!("*a{}", i - 1); 10].join(",");
+        bomb.push_str(&format!("x{i}: &a{i} [{refs}]\n"));
+    }
+    bomb.push_str("spec:\n  nodes: 2\n");
+    let started = std::time::Instant::now();
+    let err = first_error(&bomb);
+    assert!(err.to_string().contains("aliases expand too much"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+
+    let err =
+        first_error("apiVersion: svclab.dev/v1alpha1\nkind: Lab\nspec:\n  nodes: 4294967295\n");
+    assert!(
+        err.to_string()
+            .contains("t.yaml:4:10: Lab: spec.nodes: must be 1 to 250 nodes, not 4294967295"),
+        "{err}"
+    );
+
+    let big = "apiVersion: svclab.dev/v1alpha1\nkind: Lab\nspec:\n  nodes: 2\n  podCIDR: 100.64.0.0/10\n  nodeCIDRMaskSize: 12\n  clientPods: false\n";
+    let limits = Limits {
+        max_pods: 5000,
+        max_pods_why: "a test's figure".into(),
+    };
+    let text = format!(
+        "{big}{}",
+        DEPLOY.replace("replicas: 3", "replicas: 1000000")
+    );
+    let err = Scenario::parse_with_limits("t.yaml", &text, &limits).unwrap_err();
+    assert!(
+        err.to_string().contains("spec.replicas: the lab would run 1000000 pods by here; this machine holds at most 5000 (a test's figure)"),
+        "{err}"
+    );
+    let text = format!("{big}{}", DEPLOY.replace("replicas: 3", "replicas: 3000"));
+    let err = Scenario::parse_with_limits("t.yaml", &text, &limits).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("node node-0 would run 1500 pods by here; at most 1023"),
+        "{err}"
+    );
+
+    for (extra, needle) in [
+        (
+            "  probes: {timeoutMs: 9223372036854775807}\n",
+            "spec.probes.timeoutMs: 9223372036854775807 is out of range 1-60000",
+        ),
+        (
+            "  probes: {concurrency: 0}\n",
+            "spec.probes.concurrency: 0 is out of range",
+        ),
+        (
+            "  agent: {minSyncPeriodMs: 5000, syncPeriodMs: 1000}\n",
+            "must not be longer than syncPeriodMs",
+        ),
+        (
+            "  churn: {durationSeconds: 3600, endpointFlapsPerSecond: 10000}\n",
+            "plans 36000000 changes",
+        ),
+    ] {
+        let err = first_error(&lab_with(extra));
+        assert!(err.to_string().contains(needle), "{needle:?} not in {err}");
+    }
+
+    // Error output is bounded: the first errors, then a count.
+    let mut text = LAB.to_string();
+    for i in 0..100 {
+        text.push_str(&format!("---\napiVersion: v1\nkind: Service\nmetadata: {{name: s{i}}}\nspec:\n  ports: [{{port: 0}}]\n"));
+    }
+    let err = first_error(&text);
+    assert_eq!(
+        (err.0.len(), err.1),
+        (limits::MAX_ERRORS, 100 - limits::MAX_ERRORS)
+    );
+    assert!(
+        err.to_string().ends_with("... and 80 more error(s)"),
+        "{err}"
+    );
+}
+
+/// Issue 14, finding 9: invalid UTF-8 has a place; long values and big
+/// files give short messages.
+#[test]
+fn invalid_utf8_long_values_and_big_files() {
+    let dir = std::env::temp_dir().join(format!("svclab-scenario-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.yaml");
+    let mut bytes = b"apiVersion: svclab.dev/v1alpha1\nkind: Lab\nmetadata: {name: ab".to_vec();
+    let offset = bytes.len();
+    bytes.extend_from_slice(b"\xff}\nspec: {nodes: 2}\n");
+    std::fs::write(&bad, &bytes).unwrap();
+    let err = Scenario::load(&bad).unwrap_err();
+    let e = &err.0[0];
+    assert_eq!((e.pos.line, e.pos.col), (3, 20), "{err}");
+    assert!(
+        e.message
+            .contains(&format!("invalid UTF-8 at byte offset {offset}")),
+        "{err}"
+    );
+
+    let huge = dir.join("huge.yaml");
+    let f = std::fs::File::create(&huge).unwrap();
+    f.set_len(limits::MAX_FILE_BYTES + 1).unwrap();
+    let err = Scenario::load(&huge).unwrap_err();
+    assert!(err.to_string().contains("is larger than 32 MiB"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let name = "x".repeat(1 << 20);
+    let text = format!(
+        "{LAB}---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {name}}}\nspec:\n  ports: [{{port: 80}}]\n"
+    );
+    let shown = first_error(&text).to_string();
+    assert!(shown.len() < 2000, "{} bytes of errors", shown.len());
+    assert!(shown.contains(&format!("({} bytes)", 1 << 20)), "{shown}");
+}
+
+/// Issue 14, finding 10: what the API server accepts, the lab accepts.
+#[test]
+fn valid_kubernetes_input_is_accepted() {
+    let text = format!(
+        "apiVersion: svclab.dev/v1alpha1
+kind: Lab
+spec:
+  nodes: 2
+  external: yes
+  clientPods: on
+---
+apiVersion: v1
+kind: Namespace
+metadata: {{name: shop}}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: cfg}}
+data: {{a: b}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: lone}}
+spec: {{containers: [{{name: c, image: x}}]}}
+{DEPLOY}---
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Service
+  metadata: {{name: ext}}
+  spec: {{type: ExternalName, externalName: db.example.com}}
+- apiVersion: v1
+  kind: Secret
+  metadata: {{name: s}}
+---
+apiVersion: v1
+kind: ServiceList
+items:
+- metadata: {{name: ext-ports}}
+  spec:
+    type: ExternalName
+    externalName: db.example.com.
+    ports: [{{port: 5432}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: nomatch}}
+spec:
+  selector: {{app: nope}}
+  ports: [{{port: 80}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: named}}
+spec:
+  selector: &sel {{app: web}}
+  publishNotReadyAddresses: no
+  ports:
+  - &http {{name: http, port: 80, targetPort: http}}
+  - {{<<: *http, name: grpc, port: 81, targetPort: grpc}}
+"
+    );
+    let s = Scenario::parse("t.yaml", &text).unwrap_or_else(|e| panic!("{e}"));
+    assert!(s.lab.external && s.lab.client_pods);
+    let notes = s.notes.join("\n");
+    for needle in [
+        "1 ConfigMap document(s) ignored",
+        "1 Pod document(s) ignored",
+        "1 Secret document(s) ignored",
+        "1 Namespace document(s) accepted",
+        "Service default/ext is ExternalName",
+        "Service default/nomatch: selector app=nope matches no pod",
+        "Service default/named: 3 of 3 selected pod(s) have no TCP containerPort named \"grpc\"",
+    ] {
+        assert!(notes.contains(needle), "{needle:?} not in:\n{notes}");
+    }
+    let named = s
+        .services
+        .iter()
+        .find(|x| x.metadata.name.as_deref() == Some("named"))
+        .unwrap();
+    let ports = named.spec.as_ref().unwrap().ports.as_ref().unwrap();
+    // The merge key: grpc takes http's protocol-less shape, its own keys win.
+    assert_eq!(
+        (ports[1].name.as_deref(), ports[1].port),
+        (Some("grpc"), 81)
+    );
+    assert_eq!(
+        named.spec.as_ref().unwrap().publish_not_ready_addresses,
+        Some(false)
+    );
+
+    let cp = crate::controlplane::ControlPlane::new(&s).unwrap();
+    for ext in ["ext", "ext-ports"] {
+        let svc = cp.service("default", ext).unwrap();
+        assert_eq!(svc.spec.as_ref().unwrap().cluster_ip, None, "{ext}");
+        assert!(cp.slices_of("default", ext).is_empty(), "{ext}");
+    }
+    assert!(
+        cp.service("default", "nomatch")
+            .unwrap()
+            .spec
+            .as_ref()
+            .unwrap()
+            .cluster_ip
+            .is_some()
+    );
+    assert!(cp.slices_of("default", "nomatch").is_empty());
+    let slices = cp.slices_of("default", "named");
+    assert_eq!(
+        slices
+            .iter()
+            .map(|x| x.endpoints.as_ref().unwrap().len())
+            .sum::<usize>(),
+        3
+    );
+    for slice in slices {
+        let names: Vec<_> = slice
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| p.name.clone().unwrap())
+            .collect();
+        assert_eq!(names, vec!["http".to_string()]);
+    }
+    // The checks probe no ExternalName Service; the endpoint-less ones are
+    // targets without endpoints (a proxy rejects them).
+    let targets = crate::checks::expect::targets(&cp);
+    assert!(targets.iter().all(|t| !t.service.starts_with("ext")));
+    let grpc = targets
+        .iter()
+        .find(|t| t.service == "named" && t.port_name == "grpc")
+        .unwrap();
+    assert!(!grpc.has_any());
+    let nomatch = targets.iter().find(|t| t.service == "nomatch").unwrap();
+    assert!(!nomatch.has_any());
+
+    // An error inside a List names the item's own line.
+    let err = first_error(&format!(
+        "{LAB}---\napiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Service\n  metadata: {{name: bad}}\n  spec:\n    ports: [{{port: 70000}}]\n"
+    ));
+    assert_eq!(err.0[0].pos.line, 13, "{err}");
+    assert!(
+        err.to_string()
+            .contains("Service default/bad: spec.ports[0].port: 70000 is out of range"),
+        "{err}"
+    );
 }

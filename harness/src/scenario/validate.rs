@@ -10,8 +10,13 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use svclab_backends::model::Protocol;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde_json::Value;
+
+use super::limits::{Limits, MAX_CHURN_EVENTS, MAX_PODS_PER_NODE, MAX_QUOTED, elide, truncate};
+use super::names;
 use super::yaml::Document;
-use super::{CLIENT_NAMESPACE, Errs, LabSpec, Labels, NodePlan, Pod, PodPort};
+use super::{CLIENT_NAMESPACE, Errs, LabSpec, Labels, NodePlan, Nodes, Pod, PodPort};
 
 pub(crate) struct Context<'a> {
     pub docs: &'a [Document],
@@ -19,6 +24,7 @@ pub(crate) struct Context<'a> {
     pub lab_doc: usize,
     pub services: &'a [(Service, usize)],
     pub deployments: &'a [(Deployment, usize)],
+    pub limits: &'a Limits,
 }
 
 pub(crate) struct Derived {
@@ -31,37 +37,82 @@ pub(crate) struct Derived {
 
 const MAX_NODES: usize = 250;
 
+/// The Lab's name names the results folder: a DNS-1123 subdomain of at
+/// most 63 characters, so it can never leave that folder.
+pub(crate) fn check_lab_name(doc: &Document, name: &str, errs: &mut Errs) {
+    if name.is_empty() {
+        return;
+    }
+    if name.len() > 63 {
+        errs.at(
+            doc,
+            "metadata.name",
+            format!(
+                "{} must be no more than 63 characters (it has {}; it names the results folder)",
+                elide(name),
+                name.len()
+            ),
+        );
+    } else if let Err(e) = names::dns1123_subdomain(name) {
+        errs.at(doc, "metadata.name", e);
+    }
+}
+
+/// A Namespace document: its name must be a DNS-1123 label.
+pub(crate) fn check_namespace_doc(doc: &Document, errs: &mut Errs) {
+    match doc.value.pointer("/metadata/name") {
+        Some(Value::String(n)) => {
+            if let Err(e) = names::dns1123_label(n) {
+                errs.at(doc, "metadata.name", e);
+            }
+        }
+        _ => errs.at(doc, "metadata.name", "required: a Namespace needs a name"),
+    }
+}
+
 /// Checks the scenario and derives the plan; `None` when errors were found.
-pub(crate) fn derive(ctx: &Context<'_>, errs: &mut Errs) -> Option<Derived> {
+/// `notes` gets what is accepted but worth saying.
+pub(crate) fn derive(
+    ctx: &Context<'_>,
+    errs: &mut Errs,
+    notes: &mut Vec<String>,
+) -> Option<Derived> {
     let lab_doc = &ctx.docs[ctx.lab_doc];
     let lab = ctx.lab;
-    let start = errs.list.len();
+    let start = errs.count();
 
-    let names = lab.nodes.names();
-    if names.is_empty() || names.len() > MAX_NODES {
+    // The count is checked before any name is made.
+    let count = match &lab.nodes {
+        Nodes::Count(n) => *n as usize,
+        Nodes::Names(v) => v.len(),
+    };
+    if count == 0 || count > MAX_NODES {
         errs.at(
             lab_doc,
             "spec.nodes",
-            format!("must be 1 to {MAX_NODES} nodes, not {}", names.len()),
+            format!("must be 1 to {MAX_NODES} nodes, not {count}"),
         );
+        return None;
     }
+    let names = lab.nodes.names();
     let mut seen = BTreeSet::new();
     for (i, n) in names.iter().enumerate() {
-        if !is_dns_label(n) {
+        if let Err(e) = names::dns1123_label(n) {
             errs.at(
                 lab_doc,
                 &format!("spec.nodes[{i}]"),
-                format!("node name {n:?} is not a DNS label"),
+                format!("node name {e}"),
             );
         }
         if !seen.insert(n) {
             errs.at(
                 lab_doc,
                 &format!("spec.nodes[{i}]"),
-                format!("duplicate node name {n:?}"),
+                format!("duplicate node name {}", elide(n)),
             );
         }
     }
+    check_settings(ctx, errs);
 
     // Address ranges must not overlap, or routing inside the lab is ambiguous.
     let ranges = [
@@ -113,7 +164,7 @@ pub(crate) fn derive(ctx: &Context<'_>, errs: &mut Errs) -> Option<Derived> {
             "is too small: use /29 or larger",
         );
     }
-    if errs.list.len() > start {
+    if errs.count() > start {
         return None;
     }
 
@@ -167,12 +218,15 @@ pub(crate) fn derive(ctx: &Context<'_>, errs: &mut Errs) -> Option<Derived> {
     let fabric_gateway = hosts[0];
     let external_ip = lab.external.then(|| hosts[hosts.len() - 1]);
 
+    check_churn(ctx, errs);
+    if errs.count() > start {
+        return None;
+    }
     let mut pods = derive_pods(ctx, &nodes, errs)?;
-    check_services(ctx, &pods, node_port_range, errs);
+    check_services(ctx, &pods, node_port_range, errs, notes);
     check_pod_states(ctx, &pods, errs);
     apply_pod_states(ctx, &mut pods);
-    check_churn(ctx, errs);
-    if errs.list.len() > start {
+    if errs.count() > start {
         return None;
     }
     Some(Derived {
@@ -190,18 +244,153 @@ fn parse_port_range(s: &str) -> Option<(u16, u16)> {
     (a > 0 && a <= b).then_some((a, b))
 }
 
-/// RFC 1123 label, as Kubernetes checks names.
-pub(crate) fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
+/// Probe, balance and agent knobs within ranges that finish: a timeout of
+/// years would hang a run without a word.
+fn check_settings(ctx: &Context<'_>, errs: &mut Errs) {
+    let doc = &ctx.docs[ctx.lab_doc];
+    let lab = ctx.lab;
+    let int = |v: u64| (v as f64, v.to_string());
+    let ranges: [(&str, (f64, String), f64, f64); 7] = [
+        (
+            "spec.probes.timeoutMs",
+            int(lab.probes.timeout_ms),
+            1.0,
+            60_000.0,
+        ),
+        (
+            "spec.probes.concurrency",
+            int(lab.probes.concurrency as u64),
+            1.0,
+            1024.0,
+        ),
+        (
+            "spec.probes.perTarget",
+            int(lab.probes.per_target as u64),
+            1.0,
+            10_000.0,
+        ),
+        (
+            "spec.balance.connections",
+            int(lab.balance.connections as u64),
+            1.0,
+            1_000_000.0,
+        ),
+        (
+            "spec.balance.minPValue",
+            (lab.balance.min_p_value, lab.balance.min_p_value.to_string()),
+            0.0,
+            1.0,
+        ),
+        (
+            "spec.agent.minSyncPeriodMs",
+            int(lab.agent.min_sync_period_ms),
+            0.0,
+            600_000.0,
+        ),
+        (
+            "spec.agent.syncPeriodMs",
+            int(lab.agent.sync_period_ms),
+            1.0,
+            86_400_000.0,
+        ),
+    ];
+    for (field, (value, shown), lo, hi) in ranges {
+        if !(lo..=hi).contains(&value) {
+            errs.at(doc, field, format!("{shown} is out of range {lo}-{hi}"));
+        }
+    }
+    if lab.agent.min_sync_period_ms > lab.agent.sync_period_ms {
+        errs.at(
+            doc,
+            "spec.agent.minSyncPeriodMs",
+            "must not be longer than syncPeriodMs (as kube-proxy requires)",
+        );
+    }
 }
 
-fn ns_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+fn ns_of(meta: &ObjectMeta) -> String {
     meta.namespace.clone().unwrap_or_else(|| "default".into())
+}
+
+/// Checks an object's name (with `name_rule`), namespace, labels and
+/// annotation keys as the API server does. False when the name or the
+/// namespace is bad (the object cannot be identified).
+fn check_meta(
+    errs: &mut Errs,
+    doc: &Document,
+    meta: &ObjectMeta,
+    name_rule: fn(&str) -> Result<(), String>,
+) -> bool {
+    let mut ok = true;
+    match meta.name.as_deref() {
+        None | Some("") => {
+            errs.at(doc, "metadata.name", "required");
+            ok = false;
+        }
+        Some(n) => {
+            if let Err(e) = name_rule(n) {
+                errs.at(doc, "metadata.name", e);
+                ok = false;
+            }
+        }
+    }
+    if let Some(ns) = meta.namespace.as_deref()
+        && let Err(e) = names::dns1123_label(ns)
+    {
+        errs.at(doc, "metadata.namespace", e);
+        ok = false;
+    }
+    check_labels(errs, doc, "metadata.labels", meta.labels.as_ref());
+    let mut size = 0;
+    for (k, v) in meta.annotations.iter().flatten() {
+        if let Err(e) = names::qualified_name(k) {
+            errs.at(doc, &format!("metadata.annotations.{k}"), e);
+        }
+        size += k.len() + v.len();
+    }
+    if size > 256 * 1024 {
+        errs.at(
+            doc,
+            "metadata.annotations",
+            format!("{size} bytes in all; at most 262144 are allowed"),
+        );
+    }
+    ok
+}
+
+/// Label (or selector) keys and values.
+fn check_labels(
+    errs: &mut Errs,
+    doc: &Document,
+    path: &str,
+    labels: Option<&BTreeMap<String, String>>,
+) {
+    for (k, v) in labels.into_iter().flatten() {
+        let at = format!("{path}.{k}");
+        if let Err(e) = names::qualified_name(k) {
+            errs.at(doc, &at, format!("key {e}"));
+        }
+        if let Err(e) = names::label_value(v) {
+            errs.at(doc, &at, e);
+        }
+    }
+}
+
+/// The name of pod `ordinal` of Deployment `name`: `<name>-<ordinal>`, or,
+/// when that is longer than a DNS label (Deployment names may have 253
+/// characters), the name cut short plus a hash of it, as Kubernetes cuts
+/// generated pod names to fit.
+pub(crate) fn pod_name(name: &str, ordinal: u64) -> String {
+    let plain = format!("{name}-{ordinal}");
+    if plain.len() <= 63 {
+        return plain;
+    }
+    // FNV-1a: stable across builds, unlike the std hasher.
+    let hash = name.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    let cut = name[..40].trim_end_matches(['-', '.']);
+    format!("{cut}-{hash:08x}-{ordinal}")
 }
 
 fn parse_protocol(
@@ -226,7 +415,8 @@ fn parse_protocol(
 
 /// Pods from Deployments, spread over nodes, plus one client pod per node.
 fn derive_pods(ctx: &Context<'_>, nodes: &[NodePlan], errs: &mut Errs) -> Option<Vec<Pod>> {
-    let start = errs.list.len();
+    let start = errs.count();
+    plan_pod_counts(ctx, nodes, errs)?;
     let node_index: BTreeMap<&str, usize> =
         nodes.iter().map(|n| (n.name.as_str(), n.index)).collect();
     let mut next_ip: Vec<Ipv4Addr> = nodes
@@ -276,8 +466,7 @@ fn derive_pods(ctx: &Context<'_>, nodes: &[NodePlan], errs: &mut Errs) -> Option
         let doc = &ctx.docs[*di];
         let name = dep.metadata.name.clone().unwrap_or_default();
         let ns = ns_of(&dep.metadata);
-        if !is_dns_label(&name) {
-            errs.at(doc, "metadata.name", format!("{name:?} is not a DNS label"));
+        if !check_meta(errs, doc, &dep.metadata, names::dns1123_subdomain) {
             continue;
         }
         if !names.insert((ns.clone(), name.clone())) {
@@ -293,6 +482,38 @@ fn derive_pods(ctx: &Context<'_>, nodes: &[NodePlan], errs: &mut Errs) -> Option
         if replicas < 0 {
             errs.at(doc, "spec.replicas", format!("{replicas} is negative"));
             continue;
+        }
+        check_labels(
+            errs,
+            doc,
+            "spec.selector.matchLabels",
+            spec.selector.match_labels.as_ref(),
+        );
+        check_labels(
+            errs,
+            doc,
+            "spec.template.metadata.labels",
+            spec.template
+                .metadata
+                .as_ref()
+                .and_then(|m| m.labels.as_ref()),
+        );
+        if spec
+            .selector
+            .match_labels
+            .as_ref()
+            .is_none_or(BTreeMap::is_empty)
+            && spec
+                .selector
+                .match_expressions
+                .as_ref()
+                .is_none_or(Vec::is_empty)
+        {
+            errs.at(
+                doc,
+                "spec.selector",
+                "required: a Deployment needs a selector",
+            );
         }
         let labels: Labels = spec
             .template
@@ -321,6 +542,11 @@ fn derive_pods(ctx: &Context<'_>, nodes: &[NodePlan], errs: &mut Errs) -> Option
         {
             for (pi, p) in c.ports.iter().flatten().enumerate() {
                 let path = format!("spec.template.spec.containers[{ci}].ports[{pi}]");
+                if let Some(n) = p.name.as_deref()
+                    && let Err(e) = names::iana_svc_name(n)
+                {
+                    errs.at(doc, &format!("{path}.name"), e);
+                }
                 let Ok(port) = u16::try_from(p.container_port) else {
                     errs.at(
                         doc,
@@ -374,27 +600,19 @@ fn derive_pods(ctx: &Context<'_>, nodes: &[NodePlan], errs: &mut Errs) -> Option
                     errs.at(
                         doc,
                         "spec.template.spec.nodeName",
-                        format!("no node named {n:?} in the Lab"),
+                        format!("no node named {} in the Lab", elide(n)),
                     );
                     continue;
                 }
             },
             None => None,
         };
-        let scale_max = ctx
-            .lab
-            .churn
-            .iter()
-            .flat_map(|c| &c.scale)
-            .filter(|s| s.deployment == name && s.namespace == ns)
-            .map(|s| s.max as i32)
-            .max()
-            .unwrap_or(0);
-        for ordinal in 0..replicas.max(scale_max) {
+        let wanted = pods_wanted(ctx, dep);
+        for ordinal in 0..wanted {
             let node = pinned_index.unwrap_or(ordinal as usize % nodes.len());
             let ip = take_ip(node, errs, doc, "spec.replicas")?;
             pods.push(Pod {
-                name: format!("{name}-{ordinal}"),
+                name: pod_name(&name, ordinal),
                 namespace: ns.clone(),
                 labels: labels.clone(),
                 node,
@@ -402,29 +620,113 @@ fn derive_pods(ctx: &Context<'_>, nodes: &[NodePlan], errs: &mut Errs) -> Option
                 ports: ports.clone(),
                 ready: true,
                 terminating: false,
-                active: ordinal < replicas,
+                active: ordinal < replicas as u64,
                 deployment: Some(name.clone()),
                 client: false,
             });
         }
     }
-    (errs.list.len() == start).then_some(pods)
+    (errs.count() == start).then_some(pods)
+}
+
+/// Pods the lab makes for a Deployment: its replicas, or more when scale
+/// churn may grow it.
+fn pods_wanted(ctx: &Context<'_>, dep: &Deployment) -> u64 {
+    let name = dep.metadata.name.as_deref().unwrap_or("");
+    let ns = ns_of(&dep.metadata);
+    let scale_max = ctx
+        .lab
+        .churn
+        .iter()
+        .flat_map(|c| &c.scale)
+        .filter(|s| s.deployment == name && s.namespace == ns)
+        .map(|s| u64::from(s.max))
+        .max()
+        .unwrap_or(0);
+    (dep.spec.replicas.unwrap_or(1).max(0) as u64).max(scale_max)
+}
+
+/// Counts the pods per node before any is made: no node may hold more than
+/// its bridge takes, nor the lab more than this machine holds.
+fn plan_pod_counts(ctx: &Context<'_>, nodes: &[NodePlan], errs: &mut Errs) -> Option<()> {
+    let mut per_node = vec![u64::from(ctx.lab.client_pods); nodes.len()];
+    let limit = ctx.limits.max_pods as u64;
+    for (dep, di) in ctx.deployments {
+        let doc = &ctx.docs[*di];
+        let wanted = pods_wanted(ctx, dep);
+        let pinned = dep.spec.template.spec.as_ref().and_then(|s| {
+            s.node_name.clone().or_else(|| {
+                s.node_selector
+                    .as_ref()
+                    .and_then(|sel| sel.get("kubernetes.io/hostname").cloned())
+            })
+        });
+        match pinned.and_then(|p| nodes.iter().position(|n| n.name == p)) {
+            Some(i) => per_node[i] += wanted,
+            None => {
+                let n = nodes.len() as u64;
+                for (i, c) in per_node.iter_mut().enumerate() {
+                    *c += wanted / n + u64::from((i as u64) < wanted % n);
+                }
+            }
+        }
+        let total: u64 = per_node.iter().sum();
+        if total > limit {
+            errs.at(
+                doc,
+                "spec.replicas",
+                format!(
+                    "the lab would run {total} pods by here; this machine holds at most {limit} \
+                     ({})",
+                    ctx.limits.max_pods_why
+                ),
+            );
+            return None;
+        }
+        if let Some((i, c)) = per_node
+            .iter()
+            .enumerate()
+            .find(|(_, c)| **c > MAX_PODS_PER_NODE as u64)
+        {
+            errs.at(
+                doc,
+                "spec.replicas",
+                format!(
+                    "node {} would run {c} pods by here; at most {MAX_PODS_PER_NODE} fit on one \
+                     node (its cni0 bridge takes at most 1024 ports)",
+                    nodes[i].name
+                ),
+            );
+            return None;
+        }
+    }
+    Some(())
 }
 
 fn selector_matches(selector: &BTreeMap<String, String>, labels: &Labels) -> bool {
     !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
-fn check_services(ctx: &Context<'_>, pods: &[Pod], node_ports: (u16, u16), errs: &mut Errs) {
+fn check_services(
+    ctx: &Context<'_>,
+    pods: &[Pod],
+    node_ports: (u16, u16),
+    errs: &mut Errs,
+    notes: &mut Vec<String>,
+) {
     let mut names = BTreeSet::new();
     let mut cluster_ips = BTreeMap::new();
     let mut node_port_owner = BTreeMap::new();
+    let file = errs.file.clone();
+    let mut note = |doc: &Document, path: &str, what: String| {
+        let pos = doc.pos(path);
+        notes.push(format!("{file}:{}:{}: {what}", pos.line, pos.col));
+    };
     for (svc, si) in ctx.services {
         let doc = &ctx.docs[*si];
         let name = svc.metadata.name.clone().unwrap_or_default();
         let ns = ns_of(&svc.metadata);
-        if !is_dns_label(&name) {
-            errs.at(doc, "metadata.name", format!("{name:?} is not a DNS label"));
+        if !check_meta(errs, doc, &svc.metadata, names::dns1035_label) {
             continue;
         }
         if !names.insert((ns.clone(), name.clone())) {
@@ -440,14 +742,41 @@ fn check_services(ctx: &Context<'_>, pods: &[Pod], node_ports: (u16, u16), errs:
             continue;
         };
         let ty = spec.type_.as_deref().unwrap_or("ClusterIP");
-        if !matches!(ty, "ClusterIP" | "NodePort" | "LoadBalancer") {
+        if !matches!(
+            ty,
+            "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName"
+        ) {
             errs.at(
                 doc,
                 "spec.type",
-                format!("{ty:?} is not supported: use ClusterIP, NodePort or LoadBalancer"),
+                format!(
+                    "{} is not ClusterIP, NodePort, LoadBalancer or ExternalName",
+                    elide(ty)
+                ),
             );
         }
+        let external_name = ty == "ExternalName";
+        if external_name {
+            // A DNS alias: no address, no proxy rules, no endpoints.
+            let target = spec.external_name.as_deref().unwrap_or("");
+            let target = target.strip_suffix('.').unwrap_or(target);
+            if target.is_empty() {
+                errs.at(doc, "spec.externalName", "required for type ExternalName");
+            } else if let Err(e) = names::dns1123_subdomain(target) {
+                errs.at(doc, "spec.externalName", e);
+            }
+            if spec.cluster_ip.as_deref().is_some_and(|ip| !ip.is_empty())
+                || spec.cluster_ips.as_ref().is_some_and(|ips| !ips.is_empty())
+            {
+                errs.at(
+                    doc,
+                    "spec.clusterIP",
+                    "may not be set for ExternalName Services",
+                );
+            }
+        }
         match spec.cluster_ip.as_deref() {
+            _ if external_name => {}
             None | Some("") | Some("None") => {}
             Some(ip) => match ip.parse::<Ipv4Addr>() {
                 Ok(a) if !ctx.lab.service_cidr.contains(&a) => errs.at(
@@ -467,7 +796,7 @@ fn check_services(ctx: &Context<'_>, pods: &[Pod], node_ports: (u16, u16), errs:
                 Err(_) => errs.at(
                     doc,
                     "spec.clusterIP",
-                    format!("{ip:?} is not an IPv4 address"),
+                    format!("{} is not an IPv4 address", elide(ip)),
                 ),
             },
         }
@@ -527,6 +856,7 @@ fn check_services(ctx: &Context<'_>, pods: &[Pod], node_ports: (u16, u16), errs:
             );
         }
 
+        check_labels(errs, doc, "spec.selector", spec.selector.as_ref());
         let selector: BTreeMap<String, String> = spec
             .selector
             .clone()
@@ -535,39 +865,30 @@ fn check_services(ctx: &Context<'_>, pods: &[Pod], node_ports: (u16, u16), errs:
             .collect();
         let selected: Vec<&Pod> = pods
             .iter()
-            .filter(|p| p.namespace == ns && selector_matches(&selector, &p.labels))
+            .filter(|p| p.namespace == ns && !p.client && selector_matches(&selector, &p.labels))
             .collect();
-        if !selector.is_empty() {
-            let matches_template = ctx.deployments.iter().any(|(d, _)| {
-                ns_of(&d.metadata) == ns
-                    && selector_matches(
-                        &selector,
-                        &d.spec
-                            .template
-                            .metadata
-                            .as_ref()
-                            .and_then(|m| m.labels.clone())
-                            .unwrap_or_default()
-                            .into_iter()
-                            .collect(),
-                    )
-            });
-            if !matches_template {
-                let sel: Vec<String> = selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                errs.at(
-                    doc,
-                    "spec.selector",
-                    format!(
-                        "{} matches no Deployment's pods in namespace {ns} (a Service without a \
-                         selector has no endpoints, if that is what you want)",
-                        sel.join(",")
-                    ),
-                );
-            }
+        let label = format!("Service {}/{}", truncate(ns.clone(), MAX_QUOTED), name);
+        if external_name {
+            note(
+                doc,
+                "spec.type",
+                format!("{label} is ExternalName: a DNS alias, so no proxy rules and no endpoints"),
+            );
+        } else if !selector.is_empty() && selected.is_empty() {
+            let sel: Vec<String> = selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            note(
+                doc,
+                "spec.selector",
+                format!(
+                    "{label}: selector {} matches no pod in namespace {}: it has no endpoints",
+                    truncate(sel.join(","), MAX_QUOTED),
+                    truncate(ns.clone(), MAX_QUOTED)
+                ),
+            );
         }
 
         let ports = spec.ports.as_deref().unwrap_or(&[]);
-        if ports.is_empty() && spec.cluster_ip.as_deref() != Some("None") {
+        if ports.is_empty() && spec.cluster_ip.as_deref() != Some("None") && !external_name {
             errs.at(doc, "spec.ports", "a Service needs at least one port");
         }
         let mut port_names = BTreeSet::new();
@@ -581,14 +902,16 @@ fn check_services(ctx: &Context<'_>, pods: &[Pod], node_ports: (u16, u16), errs:
                     "required when a Service has several ports",
                 );
             }
-            if let Some(n) = p.name.as_deref()
-                && !port_names.insert(n.to_string())
-            {
-                errs.at(
-                    doc,
-                    &format!("{path}.name"),
-                    format!("duplicate port name {n:?}"),
-                );
+            if let Some(n) = p.name.as_deref().filter(|n| !n.is_empty()) {
+                if let Err(e) = names::dns1123_label(n) {
+                    errs.at(doc, &format!("{path}.name"), e);
+                } else if !port_names.insert(n.to_string()) {
+                    errs.at(
+                        doc,
+                        &format!("{path}.name"),
+                        format!("duplicate port name {n:?}"),
+                    );
+                }
             }
             if !(1..=65535).contains(&p.port) {
                 errs.at(
@@ -616,24 +939,36 @@ fn check_services(ctx: &Context<'_>, pods: &[Pod], node_ports: (u16, u16), errs:
                     format!("{t} is out of range 1-65535"),
                 ),
                 Some(IntOrString::String(n)) => {
-                    let found = selected.is_empty()
-                        || selected.iter().any(|pod| {
-                            pod.ports.iter().any(|pp| {
+                    if let Err(e) = names::iana_svc_name(n) {
+                        errs.at(doc, &format!("{path}.targetPort"), e);
+                        continue;
+                    }
+                    // As the EndpointSlice controller: pods without the
+                    // named port are endpoints without this port.
+                    let lacking = selected
+                        .iter()
+                        .filter(|pod| {
+                            !pod.ports.iter().any(|pp| {
                                 pp.name.as_deref() == Some(n.as_str()) && pp.protocol == protocol
                             })
-                        });
-                    if !found {
-                        errs.at(
+                        })
+                        .count();
+                    if lacking > 0 && !external_name {
+                        note(
                             doc,
                             &format!("{path}.targetPort"),
-                            format!("no selected pod has a {protocol} containerPort named {n:?}"),
+                            format!(
+                                "{label}: {lacking} of {} selected pod(s) have no {protocol} \
+                                 containerPort named {n:?}: their endpoints lack this port",
+                                selected.len()
+                            ),
                         );
                     }
                 }
                 _ => {}
             }
             if let Some(np) = p.node_port {
-                if ty == "ClusterIP" {
+                if matches!(ty, "ClusterIP" | "ExternalName") {
                     errs.at(
                         doc,
                         &format!("{path}.nodePort"),
@@ -664,17 +999,20 @@ fn check_services(ctx: &Context<'_>, pods: &[Pod], node_ports: (u16, u16), errs:
 
 fn check_pod_states(ctx: &Context<'_>, pods: &[Pod], errs: &mut Errs) {
     let doc = &ctx.docs[ctx.lab_doc];
+    let known: BTreeSet<(&str, &str)> = pods
+        .iter()
+        .filter(|p| !p.client)
+        .map(|p| (p.namespace.as_str(), p.name.as_str()))
+        .collect();
     for (i, st) in ctx.lab.pods.iter().enumerate() {
-        if !pods
-            .iter()
-            .any(|p| p.name == st.name && p.namespace == st.namespace && !p.client)
-        {
+        if !known.contains(&(st.namespace.as_str(), st.name.as_str())) {
             errs.at(
                 doc,
                 &format!("spec.pods[{i}].name"),
                 format!(
                     "no pod {}/{} (pods are named <deployment>-<ordinal>)",
-                    st.namespace, st.name
+                    truncate(st.namespace.clone(), MAX_QUOTED),
+                    truncate(st.name.clone(), MAX_QUOTED)
                 ),
             );
         }
@@ -683,13 +1021,21 @@ fn check_pod_states(ctx: &Context<'_>, pods: &[Pod], errs: &mut Errs) {
 
 /// `spec.pods`: pods that start not ready or terminating.
 fn apply_pod_states(ctx: &Context<'_>, pods: &mut [Pod]) {
-    for st in &ctx.lab.pods {
-        for p in pods
-            .iter_mut()
-            .filter(|p| p.name == st.name && p.namespace == st.namespace && !p.client)
-        {
-            p.ready = st.ready;
-            p.terminating = st.terminating;
+    let states: BTreeMap<(&str, &str), (bool, bool)> = ctx
+        .lab
+        .pods
+        .iter()
+        .map(|st| {
+            (
+                (st.namespace.as_str(), st.name.as_str()),
+                (st.ready, st.terminating),
+            )
+        })
+        .collect();
+    for p in pods.iter_mut().filter(|p| !p.client) {
+        if let Some((ready, terminating)) = states.get(&(p.namespace.as_str(), p.name.as_str())) {
+            p.ready = *ready;
+            p.terminating = *terminating;
         }
     }
 }
@@ -723,6 +1069,27 @@ fn check_churn(ctx: &Context<'_>, errs: &mut Errs) {
                 format!("{rate} is out of range 0-10000"),
             );
         }
+    }
+    let d = churn.duration_seconds.clamp(0.0, 3600.0);
+    let mut events = d
+        * (churn.endpoint_flaps_per_second
+            + churn.terminating_per_second
+            + churn.services_created_per_second
+            + churn.services_deleted_per_second);
+    for s in &churn.scale {
+        if s.every_seconds > 0.0 {
+            events += d / s.every_seconds;
+        }
+    }
+    if events > MAX_CHURN_EVENTS {
+        errs.at(
+            doc,
+            "spec.churn",
+            format!(
+                "plans {events:.0} changes; at most {MAX_CHURN_EVENTS} in one run (lower the \
+                 rates or durationSeconds)"
+            ),
+        );
     }
     for (i, s) in churn.scale.iter().enumerate() {
         let exists = ctx.deployments.iter().any(|(d, _)| {

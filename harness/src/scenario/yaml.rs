@@ -1,14 +1,22 @@
 //! YAML documents to JSON values, keeping where every value came from, so an
 //! error about any field can name its line and column.
 //!
-//! Scalars resolve with the YAML 1.2 core schema (what Kubernetes' own YAML
-//! readers accept for the fields svclab reads): null, booleans, integers,
-//! floats, and strings otherwise; quoted scalars are always strings.
+//! Scalars resolve as kubectl's reader does (the YAML 1.2 core schema plus
+//! the YAML 1.1 booleans `yes`/`no`/`on`/`off`/`y`/`n` that go-yaml v2
+//! still reads): null, booleans, integers, floats, and strings otherwise;
+//! quoted scalars are always strings. Merge keys (`<<`) merge mappings as
+//! go-yaml does: the mapping's own keys win, then earlier merged mappings.
+//! Aliases are bounded in count and in what they expand to, and nesting in
+//! depth, so a small file cannot grow into gigabytes.
 
 use std::collections::HashMap;
 
+use super::limits::{MAX_ALIAS_NODES, MAX_ALIASES, MAX_DEPTH};
+
 use saphyr_parser::{Event, Parser, ScalarStyle, Span};
 use serde_json::{Map, Number, Value};
+
+use super::limits::elide;
 
 /// A place in the source: 1-based line and column.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -35,6 +43,8 @@ pub struct Document {
     pub positions: HashMap<String, Pos>,
     /// Position of the document's first node.
     pub start: Pos,
+    /// Kind, namespace and name, kept for messages once `value` is dropped.
+    pub ident: Option<Box<(String, String, String)>>,
 }
 
 impl Document {
@@ -66,21 +76,43 @@ enum Frame {
         items: Vec<Value>,
         path: String,
         anchor: usize,
+        /// YAML nodes in this collection, itself included.
+        nodes: usize,
     },
     Map {
         map: Map<String, Value>,
         path: String,
         anchor: usize,
+        nodes: usize,
         pending_key: Option<String>,
+        /// The pending key is the merge key `<<`.
+        pending_merge: bool,
+        /// Values of the `<<` key, merged in when the mapping ends.
+        merges: Option<Value>,
     },
+}
+
+/// How much the aliases of one file have expanded so far.
+#[derive(Default)]
+struct AliasBudget {
+    uses: usize,
+    nodes: usize,
 }
 
 /// Parses every document in `src`.
 pub fn parse_documents(src: &str) -> Result<Vec<Document>, YamlError> {
     let mut docs = Vec::new();
+    for_each_document(src, |d| docs.push(d))?;
+    Ok(docs)
+}
+
+/// Parses the documents in `src` one by one, handing each to `take` as
+/// soon as it ends, so a caller need not hold them all.
+pub fn for_each_document(src: &str, mut take: impl FnMut(Document)) -> Result<(), YamlError> {
     let mut doc = Document::default();
     let mut stack: Vec<Frame> = Vec::new();
-    let mut anchors: HashMap<usize, Value> = HashMap::new();
+    let mut anchors: HashMap<usize, (Value, usize)> = HashMap::new();
+    let mut budget = AliasBudget::default();
     let mut root: Option<Value> = None;
 
     for item in Parser::new_from_str(src) {
@@ -103,38 +135,60 @@ pub fn parse_documents(src: &str) -> Result<Vec<Document>, YamlError> {
             Event::DocumentEnd => {
                 if let Some(v) = root.take() {
                     doc.value = v;
-                    docs.push(std::mem::take(&mut doc));
+                    take(std::mem::take(&mut doc));
                 }
             }
             Event::Scalar(text, style, anchor, _tag) => {
                 // A scalar in key position names the next value.
                 if let Some(Frame::Map {
-                    pending_key, map, ..
+                    pending_key,
+                    pending_merge,
+                    map,
+                    merges,
+                    ..
                 }) = stack.last_mut()
                     && pending_key.is_none()
                 {
-                    if map.contains_key(text.as_ref()) {
+                    let merge = style == ScalarStyle::Plain && text.as_ref() == "<<";
+                    if (merge && merges.is_some()) || (!merge && map.contains_key(text.as_ref())) {
                         return Err(YamlError {
                             pos,
-                            message: format!("duplicate key {:?}", text.as_ref()),
+                            message: format!("duplicate key {}", elide(text.as_ref())),
                         });
                     }
+                    *pending_merge = merge;
                     *pending_key = Some(text.into_owned());
                     continue;
                 }
                 let value = resolve_scalar(&text, style);
                 if anchor > 0 {
-                    anchors.insert(anchor, value.clone());
+                    anchors.insert(anchor, (value.clone(), 1));
                 }
                 let path = child_path(&stack);
                 doc.positions.insert(path, pos);
-                push_value(&mut stack, &mut root, value);
+                push_value(&mut stack, &mut root, value, 1, pos)?;
             }
             Event::Alias(id) => {
-                let value = anchors.get(&id).cloned().ok_or_else(|| YamlError {
-                    pos,
-                    message: "alias to an unknown anchor".into(),
-                })?;
+                let Some((anchored, nodes)) = anchors.get(&id) else {
+                    return Err(YamlError {
+                        pos,
+                        message: "alias to an unknown anchor".into(),
+                    });
+                };
+                budget.uses += 1;
+                budget.nodes = budget.nodes.saturating_add(*nodes);
+                if budget.uses > MAX_ALIASES || budget.nodes > MAX_ALIAS_NODES {
+                    return Err(YamlError {
+                        pos,
+                        message: format!(
+                            "aliases expand too much: at most {MAX_ALIASES} alias uses that \
+                             expand to at most {MAX_ALIAS_NODES} values in all (this one makes \
+                             {} uses and {} values)",
+                            budget.uses, budget.nodes
+                        ),
+                    });
+                }
+                let (value, nodes) = (anchored.clone(), *nodes);
                 if let Some(Frame::Map {
                     pending_key: None, ..
                 }) = stack.last()
@@ -146,9 +200,15 @@ pub fn parse_documents(src: &str) -> Result<Vec<Document>, YamlError> {
                 }
                 let path = child_path(&stack);
                 doc.positions.insert(path, pos);
-                push_value(&mut stack, &mut root, value);
+                push_value(&mut stack, &mut root, value, nodes, pos)?;
             }
             Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
+                if stack.len() >= MAX_DEPTH {
+                    return Err(YamlError {
+                        pos,
+                        message: format!("nested more than {MAX_DEPTH} levels deep"),
+                    });
+                }
                 if let Some(Frame::Map {
                     pending_key: None, ..
                 }) = stack.last()
@@ -165,31 +225,51 @@ pub fn parse_documents(src: &str) -> Result<Vec<Document>, YamlError> {
                         items: Vec::new(),
                         path,
                         anchor,
+                        nodes: 1,
                     }
                 } else {
                     Frame::Map {
                         map: Map::new(),
                         path,
                         anchor,
+                        nodes: 1,
                         pending_key: None,
+                        pending_merge: false,
+                        merges: None,
                     }
                 });
             }
             Event::SequenceEnd | Event::MappingEnd => {
-                let (value, anchor) = match stack.pop() {
-                    Some(Frame::Seq { items, anchor, .. }) => (Value::Array(items), anchor),
-                    Some(Frame::Map { map, anchor, .. }) => (Value::Object(map), anchor),
+                let (value, anchor, nodes) = match stack.pop() {
+                    Some(Frame::Seq {
+                        items,
+                        anchor,
+                        nodes,
+                        ..
+                    }) => (Value::Array(items), anchor, nodes),
+                    Some(Frame::Map {
+                        mut map,
+                        anchor,
+                        nodes,
+                        merges,
+                        ..
+                    }) => {
+                        if let Some(m) = merges {
+                            merge_into(&mut map, m);
+                        }
+                        (Value::Object(map), anchor, nodes)
+                    }
                     None => unreachable!("the parser balances collections"),
                 };
                 if anchor > 0 {
-                    anchors.insert(anchor, value.clone());
+                    anchors.insert(anchor, (value.clone(), nodes));
                 }
-                push_value(&mut stack, &mut root, value);
+                push_value(&mut stack, &mut root, value, nodes, pos)?;
             }
             Event::StreamStart | Event::StreamEnd | Event::Nothing => {}
         }
     }
-    Ok(docs)
+    Ok(())
 }
 
 /// The path of the value about to be added to the innermost collection.
@@ -210,15 +290,62 @@ fn child_path(stack: &[Frame]) -> String {
     }
 }
 
-fn push_value(stack: &mut [Frame], root: &mut Option<Value>, value: Value) {
+fn push_value(
+    stack: &mut [Frame],
+    root: &mut Option<Value>,
+    value: Value,
+    value_nodes: usize,
+    pos: Pos,
+) -> Result<(), YamlError> {
     match stack.last_mut() {
         None => *root = Some(value),
-        Some(Frame::Seq { items, .. }) => items.push(value),
+        Some(Frame::Seq { items, nodes, .. }) => {
+            *nodes = nodes.saturating_add(value_nodes);
+            items.push(value);
+        }
         Some(Frame::Map {
-            map, pending_key, ..
+            map,
+            pending_key,
+            pending_merge,
+            merges,
+            nodes,
+            ..
         }) => {
+            *nodes = nodes.saturating_add(value_nodes);
             let key = pending_key.take().expect("a value follows its key");
-            map.insert(key, value);
+            if std::mem::take(pending_merge) {
+                let ok = match &value {
+                    Value::Object(_) => true,
+                    Value::Array(items) => items.iter().all(Value::is_object),
+                    _ => false,
+                };
+                if !ok {
+                    return Err(YamlError {
+                        pos,
+                        message: "a merge key (<<) needs a mapping or a list of mappings".into(),
+                    });
+                }
+                *merges = Some(value);
+            } else {
+                map.insert(key, value);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Merges the value of `<<` into `map`: keys the mapping has win, then the
+/// earlier of several merged mappings.
+fn merge_into(map: &mut Map<String, Value>, merges: Value) {
+    let sources = match merges {
+        Value::Array(items) => items,
+        other => vec![other],
+    };
+    for source in sources {
+        if let Value::Object(m) = source {
+            for (k, v) in m {
+                map.entry(k).or_insert(v);
+            }
         }
     }
 }
@@ -229,8 +356,12 @@ fn resolve_scalar(text: &str, style: ScalarStyle) -> Value {
     }
     match text {
         "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
-        "true" | "True" | "TRUE" => return Value::Bool(true),
-        "false" | "False" | "FALSE" => return Value::Bool(false),
+        "true" | "True" | "TRUE" | "yes" | "Yes" | "YES" | "on" | "On" | "ON" | "y" | "Y" => {
+            return Value::Bool(true);
+        }
+        "false" | "False" | "FALSE" | "no" | "No" | "NO" | "off" | "Off" | "OFF" | "n" | "N" => {
+            return Value::Bool(false);
+        }
         _ => {}
     }
     if let Some(n) = parse_int(text) {
