@@ -192,7 +192,57 @@ pub async fn print() -> Vec<BackendKind> {
             Err(e) => println!("  ✘ {:<16} {}", b.to_string(), e.reason),
         }
     }
+    print_kube_proxy();
     runnable
+}
+
+/// The upstream kube-proxy section: each built version (path, and what
+/// `--version` says), then each supported version that is missing, with the
+/// command that builds it.
+pub fn kube_proxy_lines() -> Vec<String> {
+    use crate::kubeproxy;
+    let mut lines = vec![format!(
+        "upstream kube-proxy (cache {}):",
+        kubeproxy::cache_dir().display()
+    )];
+    for b in kubeproxy::built() {
+        let supported = kubeproxy::SUPPORTED_VERSIONS.contains(&b.version.as_str());
+        let (ok, detail) = match &b.reported {
+            Ok(v) if *v == b.version => (true, format!("{} ({v})", b.path.display())),
+            Ok(v) => (
+                false,
+                format!(
+                    "{} reports {v}: rebuild it (rm it, then {})",
+                    b.path.display(),
+                    kubeproxy::build_command(&b.version)
+                ),
+            ),
+            Err(e) => (false, e.clone()),
+        };
+        let note = if supported {
+            ""
+        } else {
+            " [no Go module in backends/kube-proxy]"
+        };
+        lines.push(format!(
+            "  {} {:<16} {detail}{note}",
+            if ok { "✔" } else { "✘" },
+            b.version
+        ));
+    }
+    for v in kubeproxy::missing() {
+        lines.push(format!(
+            "  ✘ {v:<16} missing: {} (or ci/setup --kube-proxy)",
+            kubeproxy::build_command(v)
+        ));
+    }
+    lines
+}
+
+fn print_kube_proxy() {
+    for l in kube_proxy_lines() {
+        println!("{l}");
+    }
 }
 
 /// The backends `demo` runs: every built-in one that can run here.
