@@ -456,15 +456,36 @@ fn binaries() -> Result<Vec<(String, PathBuf)>, String> {
     Ok(found)
 }
 
-/// Whether kube-proxy has programmed its (empty) ruleset in `ns`.
+/// Whether kube-proxy has programmed its (empty) ruleset in `ns`, for both
+/// IP families (it runs one proxier per family).
 fn programmed(ns: &str, mode: Mode) -> bool {
+    programmed_text(mode, &ruleset(ns, mode))
+}
+
+fn ruleset(ns: &str, mode: Mode) -> String {
     match mode {
-        Mode::Iptables => in_ns(ns, &["iptables-save", "-t", "nat"]).contains(":KUBE-SERVICES"),
+        Mode::Iptables => format!(
+            "{}\n{}",
+            strip_counters(&in_ns(ns, &["iptables-save"])),
+            strip_counters(&in_ns(ns, &["ip6tables-save"]))
+        ),
+        _ => in_ns(ns, &["nft", "-s", "list", "ruleset"]),
+    }
+}
+
+fn programmed_text(mode: Mode, ruleset: &str) -> bool {
+    match mode {
+        // One nat table per family, each with the services chain.
+        Mode::Iptables => ruleset.matches(":KUBE-SERVICES - ").count() >= 2,
         Mode::Nftables => {
-            in_ns(ns, &["nft", "list", "table", "ip", "kube-proxy"]).contains("chain services")
+            ruleset.contains("table ip kube-proxy {") && ruleset.contains("table ip6 kube-proxy {")
         }
         Mode::Ipvs => unreachable!("ipvs needs IP_VS: VM mode only"),
     }
+}
+
+fn syncs_done(log: &str) -> usize {
+    log.matches("\"SyncProxyRules complete\"").count()
 }
 
 /// One kube-proxy run; returns what it wrote inside the namespace.
@@ -507,10 +528,9 @@ async fn run_one(version: &str, binary: &Path, mode: Mode, case: usize) -> Strin
             exited = Some(status);
             break;
         }
-        if programmed(&ns.name, mode)
-            && std::fs::read_to_string(&kp.log)
-                .unwrap_or_default()
-                .contains("SyncProxyRules complete")
+        // One proxier per IP family, each logs its completed sync.
+        if syncs_done(&std::fs::read_to_string(&kp.log).unwrap_or_default()) >= 2
+            && programmed(&ns.name, mode)
         {
             break;
         }
@@ -518,14 +538,7 @@ async fn run_one(version: &str, binary: &Path, mode: Mode, case: usize) -> Strin
     }
     let synced_after = started.elapsed();
     let log = std::fs::read_to_string(&kp.log).unwrap_or_default();
-    let ruleset = match mode {
-        Mode::Iptables => format!(
-            "{}{}",
-            strip_counters(&in_ns(&ns.name, &["iptables-save"])),
-            strip_counters(&in_ns(&ns.name, &["ip6tables-save"]))
-        ),
-        _ => in_ns(&ns.name, &["nft", "-s", "list", "ruleset"]),
-    };
+    let ruleset = ruleset(&ns.name, mode);
     let sysctls_after = netns_sysctls(&ns.name);
     let status = kp
         .stop(Duration::from_secs(5))
@@ -545,7 +558,7 @@ async fn run_one(version: &str, binary: &Path, mode: Mode, case: usize) -> Strin
         "kube-proxy {version} ({mode}) exited early with {exited:?}; log:\n{log}"
     );
     assert!(
-        log.contains("SyncProxyRules complete") && programmed_text(mode, &ruleset),
+        syncs_done(&log) >= 2 && programmed_text(mode, &ruleset),
         "kube-proxy {version} ({mode}) did not finish a sync within {STARTUP_BUDGET:?}; log:\n{log}"
     );
     for bad in [
@@ -592,17 +605,10 @@ async fn run_one(version: &str, binary: &Path, mode: Mode, case: usize) -> Strin
         .count();
     let _ = std::fs::remove_dir_all(&dir);
     format!(
-        "kube-proxy {version} {mode}: first sync done after {:.1} s, exit {status}; in the namespace: sysctls [{}], {chains} chains; API calls {paths:?}",
+        "kube-proxy {version} {mode}: both families synced after {:.1} s, exit {status}; in the namespace: sysctls [{}], {chains} chains; API calls {paths:?}",
         synced_after.as_secs_f64(),
         wrote.join(", ")
     )
-}
-
-fn programmed_text(mode: Mode, ruleset: &str) -> bool {
-    match mode {
-        Mode::Iptables => ruleset.contains(":KUBE-SERVICES"),
-        _ => ruleset.contains("table ip kube-proxy"),
-    }
 }
 
 #[tokio::test]

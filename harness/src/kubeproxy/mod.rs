@@ -78,14 +78,19 @@ pub fn reported_version(path: &Path) -> Result<String, String> {
 
 /// Every version in the cache (supported or not), by version order.
 pub fn built() -> Vec<Built> {
-    let mut out: Vec<Built> = std::fs::read_dir(cache_dir())
+    built_in(&cache_dir())
+}
+
+/// Every version in `cache`, by version order.
+pub fn built_in(cache: &Path) -> Vec<Built> {
+    let mut out: Vec<Built> = std::fs::read_dir(cache)
         .into_iter()
         .flatten()
         .filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().into_string().ok())
         .filter(|v| parse_version(v).is_some())
         .map(|version| {
-            let path = binary(&version);
+            let path = cache.join(&version).join("kube-proxy");
             (version, path)
         })
         .filter(|(_, path)| is_executable(path))
@@ -101,10 +106,15 @@ pub fn built() -> Vec<Built> {
 
 /// Supported versions whose binary is not in the cache.
 pub fn missing() -> Vec<&'static str> {
+    missing_in(&cache_dir())
+}
+
+/// Supported versions whose binary is not in `cache`.
+pub fn missing_in(cache: &Path) -> Vec<&'static str> {
     SUPPORTED_VERSIONS
         .iter()
         .copied()
-        .filter(|v| !is_executable(&binary(v)))
+        .filter(|v| !is_executable(&cache.join(v).join("kube-proxy")))
         .collect()
 }
 
