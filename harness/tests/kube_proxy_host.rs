@@ -611,8 +611,8 @@ async fn run_one(version: &str, binary: &Path, mode: Mode, case: usize) -> Strin
     )
 }
 
-#[tokio::test]
-async fn kube_proxy_startup_leaves_the_host_unchanged() {
+#[test]
+fn kube_proxy_startup_leaves_the_host_unchanged() {
     require_root!();
     let binaries = match binaries() {
         Ok(b) => b,
@@ -636,12 +636,18 @@ async fn kube_proxy_startup_leaves_the_host_unchanged() {
             assert!(v.parse::<i64>().is_ok(), "{k} is unreadable: {v}");
         }
     }
+    // One thread: kube-proxy's parent-death signal follows the thread that
+    // started it.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let mut report = Vec::new();
     let mut case = 0;
     for (version, binary) in &binaries {
         for mode in [Mode::Iptables, Mode::Nftables] {
             case += 1;
-            report.push(run_one(version, binary, mode, case).await);
+            report.push(rt.block_on(run_one(version, binary, mode, case)));
             let after = host_snapshot();
             let d = diff(&before, &after);
             assert!(

@@ -168,9 +168,9 @@ impl NodeConfig {
 /// A duration as Go's `time.ParseDuration` reads it (`metav1.Duration`).
 pub fn go_duration(d: Duration) -> String {
     let us = d.as_micros();
-    if us > 0 && us % 1_000_000 == 0 {
+    if us > 0 && us.is_multiple_of(1_000_000) {
         format!("{}s", us / 1_000_000)
-    } else if us % 1000 == 0 {
+    } else if us.is_multiple_of(1000) {
         format!("{}ms", us / 1000)
     } else {
         format!("{us}us")
