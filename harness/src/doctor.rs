@@ -192,7 +192,54 @@ pub async fn print() -> Vec<BackendKind> {
             Err(e) => println!("  ✘ {:<16} {}", b.to_string(), e.reason),
         }
     }
+    print_kube_proxy();
     runnable
+}
+
+/// The upstream kube-proxy section: each built version (path, and what
+/// `--version` says), then each supported version that is missing, with the
+/// command that builds it.
+pub fn kube_proxy_lines(cache: &std::path::Path) -> Vec<String> {
+    use crate::kubeproxy;
+    let mut lines = vec![format!("upstream kube-proxy (cache {}):", cache.display())];
+    for b in kubeproxy::built_in(cache) {
+        let supported = kubeproxy::SUPPORTED_VERSIONS.contains(&b.version.as_str());
+        let (ok, detail) = match &b.reported {
+            Ok(v) if *v == b.version => (true, format!("{} ({v})", b.path.display())),
+            Ok(v) => (
+                false,
+                format!(
+                    "{} reports {v}: rebuild it (rm it, then {})",
+                    b.path.display(),
+                    kubeproxy::build_command(&b.version)
+                ),
+            ),
+            Err(e) => (false, e.clone()),
+        };
+        let note = if supported {
+            ""
+        } else {
+            " [no Go module in backends/kube-proxy]"
+        };
+        lines.push(format!(
+            "  {} {:<16} {detail}{note}",
+            if ok { "✔" } else { "✘" },
+            b.version
+        ));
+    }
+    for v in kubeproxy::missing_in(cache) {
+        lines.push(format!(
+            "  ✘ {v:<16} missing: {} (or ci/setup --kube-proxy)",
+            kubeproxy::build_command(v)
+        ));
+    }
+    lines
+}
+
+fn print_kube_proxy() {
+    for l in kube_proxy_lines(&crate::kubeproxy::cache_dir()) {
+        println!("{l}");
+    }
 }
 
 /// The backends `demo` runs: every built-in one that can run here.
@@ -201,4 +248,62 @@ pub fn runnable() -> Vec<BackendKind> {
         .into_iter()
         .filter(|b| b.capability().is_ok())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kube_proxy_section_lists_built_wrong_and_missing_versions() {
+        use std::os::unix::fs::PermissionsExt;
+        let cache = std::env::temp_dir().join(format!("svclab-doctor-kp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&cache);
+        let fake = |version: &str, says: &str| {
+            let dir = cache.join(version);
+            std::fs::create_dir_all(&dir).unwrap();
+            let bin = dir.join("kube-proxy");
+            std::fs::write(&bin, format!("#!/bin/sh\necho 'Kubernetes {says}'\n")).unwrap();
+            std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        };
+        fake("v1.34.4", "v1.34.4");
+        fake("v1.36.1", "v1.36.0");
+        std::fs::create_dir_all(cache.join("not-a-version")).unwrap();
+        let mut lines = kube_proxy_lines(&cache);
+        // Another test thread forking while the fake was open for writing
+        // makes exec fail with ETXTBSY for a moment.
+        for _ in 0..20 {
+            if !lines.iter().any(|l| l.contains("Text file busy")) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            lines = kube_proxy_lines(&cache);
+        }
+        let _ = std::fs::remove_dir_all(&cache);
+        assert_eq!(lines.len(), 4, "{lines:#?}");
+        assert!(
+            lines[0].starts_with("upstream kube-proxy (cache /"),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[1].starts_with("  ✔ v1.34.4")
+                && lines[1].ends_with("/v1.34.4/kube-proxy (v1.34.4)"),
+            "{}",
+            lines[1]
+        );
+        assert!(
+            lines[2].starts_with("  ✘ v1.36.1")
+                && lines[2].contains("reports v1.36.0")
+                && lines[2].ends_with("[no Go module in backends/kube-proxy]"),
+            "{}",
+            lines[2]
+        );
+        assert!(
+            lines[3].starts_with("  ✘ v1.37.2")
+                && lines[3].contains("missing: ci/kube-proxy v1.37.2"),
+            "{}",
+            lines[3]
+        );
+    }
 }

@@ -6,6 +6,7 @@
 //! - [`workload`]: the pods' echo and netexec servers;
 //! - [`controlplane`]: Services, EndpointSlices and watch events;
 //! - [`agent`]: the per-node agent process and its supervisor;
+//! - [`kubeproxy`]: upstream kube-proxy binaries, configuration and processes;
 //! - [`probe`], [`checks`]: probes from vantage points, and the checks;
 //! - [`lab`], [`run`], [`results`]: one run, end to end, and its reports;
 //! - [`bench`]: the benchmarks (`svclab bench`, `svclab compare`);
@@ -22,6 +23,7 @@ pub mod cleanup;
 pub mod controlplane;
 pub mod doctor;
 pub mod guard;
+pub mod kubeproxy;
 pub mod lab;
 pub mod netns;
 pub mod probe;
