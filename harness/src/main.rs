@@ -343,7 +343,7 @@ async fn up_foreground(scn: Scenario, backend: Option<BackendKind>) -> Result<Ex
     loop {
         tokio::select! {
             _ = guard::stopped() => break,
-            _ = lab.supervise_for(Duration::from_secs(1)) => {}
+            _ = lab.supervise_for(std::time::Duration::from_secs(1)) => {}
         }
     }
     lab.down().await;
