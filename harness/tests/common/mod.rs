@@ -7,12 +7,32 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Mutex, MutexGuard};
 
-/// One lab at a time within a test binary: probes time out at 1 s, and two
-/// labs competing for 2 cores would make the checks flaky, not wrong.
+/// One lab at a time on this machine: probes time out at 1 s, and two labs
+/// competing for 2 cores would make the checks flaky, not wrong. The mutex
+/// orders the tests of one binary; the `flock` orders test binaries and
+/// worktrees (several checkouts testing at once on one host).
 static LAB: Mutex<()> = Mutex::new(());
+const MACHINE_LOCK: &str = "/run/svclab-tests.lock";
 
-pub fn lab_lock() -> MutexGuard<'static, ()> {
-    LAB.lock().unwrap_or_else(|e| e.into_inner())
+pub struct LabLock {
+    _file: Option<nix::fcntl::Flock<std::fs::File>>,
+    _guard: MutexGuard<'static, ()>,
+}
+
+pub fn lab_lock() -> LabLock {
+    let guard = LAB.lock().unwrap_or_else(|e| e.into_inner());
+    // Without root (no /run access) the lab tests skip anyway.
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(MACHINE_LOCK)
+        .ok()
+        .and_then(|f| nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).ok());
+    LabLock {
+        _file: file,
+        _guard: guard,
+    }
 }
 
 /// Why lab tests cannot run here, if they cannot.
