@@ -70,12 +70,12 @@ fn max_rss_mib() -> f64 {
 /// Plays the schedule in real time, sending each step's events at once and
 /// waiting for the agents only at the end. Returns (steps, seconds).
 async fn play(lab: &mut Lab, churn: &Churn) -> anyhow::Result<(usize, f64)> {
-    let steps = schedule(churn, &lab.cp);
+    let steps = schedule(churn, &lab.cp());
     let start = Instant::now();
     for step in &steps {
         let due = start + Duration::from_secs_f64(step.at);
         tokio::time::sleep_until(due.into()).await;
-        let events = lab.cp.apply(&step.action)?;
+        let events = lab.cp().apply(&step.action)?;
         lab.send(events).await?;
     }
     lab.wait_synced().await?;
@@ -116,7 +116,7 @@ pub async fn run(
             return Err(e);
         }
     };
-    let rv = lab.cp.resource_version();
+    let rv = lab.proxy_rv();
     let events_sent = lab.events_sent;
     let mut nodes = BTreeMap::new();
     if let Some(agents) = lab.agents.as_mut() {

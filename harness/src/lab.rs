@@ -14,6 +14,7 @@ use tokio::process::{Child, Command};
 
 use crate::agent::AgentArgs;
 use crate::agent::supervisor::Agents;
+use crate::apiserver::{API_PORT, ApiServer, SharedControlPlane};
 use crate::controlplane::ControlPlane;
 use crate::probe::{Outcome, ProbeSpec, Prober};
 use crate::scenario::Scenario;
@@ -21,9 +22,21 @@ use crate::state::{ProcRef, RunState, run_dir};
 use crate::topology::{BuildTimes, RunId, Topology};
 use crate::workload::PodServers;
 
+/// How watch events reach the agents.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Feed {
+    /// The agents list and watch the lab's API, as kube-proxy does.
+    #[default]
+    Api,
+    /// The harness writes JSON lines to each agent's stdin (the first
+    /// round's path; benchmarks compare the two).
+    Pipe,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct LabOptions {
     pub backend: Option<BackendKind>,
+    pub feed: Feed,
     pub faults: Vec<Fault>,
     pub dump_dir: Option<PathBuf>,
     pub ipvs_scheduler: Option<String>,
@@ -73,7 +86,12 @@ pub struct Lab {
     pub run: RunId,
     pub scenario: Scenario,
     pub topology: Topology,
-    pub cp: ControlPlane,
+    cp: SharedControlPlane,
+    /// The API endpoint in every node (started with the topology).
+    pub api: Option<ApiServer>,
+    pub feed: Feed,
+    /// Per node, the kubeconfig that reaches the API from inside it.
+    pub kubeconfigs: Vec<PathBuf>,
     pub state: RunState,
     pub prober: Prober,
     pub agents: Option<Agents>,
@@ -131,7 +149,10 @@ impl Lab {
             run: run.clone(),
             scenario,
             topology,
-            cp,
+            cp: std::sync::Arc::new(std::sync::Mutex::new(cp)),
+            api: None,
+            feed: opts.feed,
+            kubeconfigs: Vec::new(),
             state,
             prober: Prober::new(),
             agents: None,
@@ -178,6 +199,16 @@ impl Lab {
         self.start_workloads().await?;
         self.times.workloads = t.elapsed();
 
+        let netns: Vec<String> = self
+            .topology
+            .nodes
+            .iter()
+            .map(|n| n.netns.clone())
+            .collect();
+        self.api = Some(ApiServer::start(self.cp.clone(), &netns, API_PORT).await?);
+        let names: Vec<String> = self.topology.nodes.iter().map(|n| n.name.clone()).collect();
+        self.kubeconfigs = crate::apiserver::write_kubeconfigs(&self.log_dir(), &names, API_PORT)?;
+
         if !opts.skip_fabric_check {
             let t = Instant::now();
             self.check_fabric().await?;
@@ -188,7 +219,11 @@ impl Lab {
             let t = Instant::now();
             self.start_agents(&backend, opts).await?;
             if !opts.defer_initial_sync {
-                let events = self.cp.initial_events();
+                // Fed through the API, the agents list it themselves.
+                let events = match self.feed {
+                    Feed::Pipe => self.cp().initial_events(),
+                    Feed::Api => Vec::new(),
+                };
                 self.times.control_plane = t.elapsed();
                 let t = Instant::now();
                 self.apply(events).await.context("initial sync")?;
@@ -203,8 +238,26 @@ impl Lab {
         run_dir(&self.run)
     }
 
+    /// The control plane (the API's store behind it). Do not hold it across
+    /// an await: the API server takes it for every request.
+    pub fn cp(&self) -> std::sync::MutexGuard<'_, ControlPlane> {
+        self.cp.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The newest resourceVersion a proxy's informers see: what "every
+    /// agent has synced" waits for.
+    pub fn proxy_rv(&self) -> u64 {
+        self.cp().store().proxy_rv()
+    }
+
+    /// The control plane, to share with what runs beside the lab.
+    pub fn shared_cp(&self) -> SharedControlPlane {
+        self.cp.clone()
+    }
+
     pub fn save_state(&mut self) {
-        self.state.services = self.cp.services().cloned().collect();
+        let services = self.cp().services().cloned().collect();
+        self.state.services = services;
         if let Some(agents) = &self.agents {
             with_agents(&mut self.state.processes, agents.proc_refs());
         }
@@ -398,7 +451,8 @@ impl Lab {
             .topology
             .nodes
             .iter()
-            .map(|n| {
+            .enumerate()
+            .map(|(i, n)| {
                 (
                     AgentArgs {
                         node: n.name.clone(),
@@ -415,6 +469,9 @@ impl Lab {
                         ipvs_scheduler: opts.ipvs_scheduler.clone().unwrap_or_else(|| "rr".into()),
                         healthz_port: if opts.agent_ports { 10256 } else { 0 },
                         metrics_port: if opts.agent_ports { 10249 } else { 0 },
+                        kubeconfig: (self.feed == Feed::Api)
+                            .then(|| self.kubeconfigs.get(i).cloned())
+                            .flatten(),
                     },
                     n.netns.clone(),
                 )
@@ -448,8 +505,11 @@ impl Lab {
             });
             hook
         });
-        let agents =
+        let mut agents =
             Agents::start_with(agents, &self.log_dir(), opts.supervise_agents, hook).await?;
+        if self.feed == Feed::Api {
+            agents.fed_by_api(self.cp().store().proxy_rv_handle());
+        }
         with_agents(&mut self.state.processes, agents.proc_refs());
         self.agents = Some(agents);
         self.save_state();
@@ -462,22 +522,34 @@ impl Lab {
         self.wait_synced().await
     }
 
-    /// Sends `events` to every agent without waiting for a sync.
+    /// Sends `events` (which the control plane produced, and its store
+    /// already serves) to every agent without waiting for a sync: through
+    /// the pipe, or, fed through the API, nothing to send (the agents'
+    /// watches have them).
     pub async fn send(&mut self, events: Vec<WatchEvent>) -> Result<()> {
         let Some(agents) = self.agents.as_mut() else {
             return Ok(());
         };
-        self.events_sent += events
-            .iter()
-            .filter(|e| !matches!(e, WatchEvent::Synced))
-            .count() as u64;
-        agents.send(&events).await
+        let proxied = |e: &&WatchEvent| match e.object() {
+            None => false,
+            Some(o) => match self.feed {
+                Feed::Pipe => true,
+                Feed::Api => {
+                    crate::controlplane::store::proxied_labels(o.metadata().labels.as_ref())
+                }
+            },
+        };
+        self.events_sent += events.iter().filter(proxied).count() as u64;
+        match self.feed {
+            Feed::Pipe => agents.send(&events).await,
+            Feed::Api => Ok(()),
+        }
     }
 
     /// Waits until every agent has applied everything the control plane
-    /// has produced so far.
+    /// has produced so far (that a proxy sees).
     pub async fn wait_synced(&mut self) -> Result<()> {
-        let rv = self.cp.resource_version();
+        let rv = self.proxy_rv();
         let timeout = self.sync_timeout;
         if let Some(agents) = self.agents.as_mut() {
             agents.wait_synced(rv, timeout).await?;

@@ -4,7 +4,8 @@
 //! - [`scenario`]: scenario files (a `Lab` document plus Kubernetes objects);
 //! - [`topology`]: the emulated cluster's namespaces, links and routes;
 //! - [`workload`]: the pods' echo and netexec servers;
-//! - [`controlplane`]: Services, EndpointSlices and watch events;
+//! - [`controlplane`]: Services, EndpointSlices and watch events, in one store;
+//! - [`apiserver`]: that store as a Kubernetes API endpoint in every node;
 //! - [`agent`]: the per-node agent process and its supervisor;
 //! - [`kubeproxy`]: upstream kube-proxy binaries, configuration and processes;
 //! - [`probe`], [`checks`]: probes from vantage points, and the checks;
@@ -15,6 +16,7 @@
 //! - [`cleanup`], [`guard`], [`state`]: leaving the host as it was found.
 
 pub mod agent;
+pub mod apiserver;
 pub mod bench;
 pub mod capture;
 pub mod checks;

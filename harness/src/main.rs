@@ -370,7 +370,7 @@ fn print_lab(lab: &lab::Lab) {
     if let (Some(ns), Some(ip)) = (&t.external, t.external_ip) {
         println!("  external        {ip}  netns {ns}");
     }
-    for svc in lab.cp.services() {
+    for svc in lab.cp().services() {
         let spec = svc.spec.clone().unwrap_or_default();
         let ports: Vec<String> = spec
             .ports
@@ -398,6 +398,14 @@ fn print_lab(lab: &lab::Lab) {
             .find(|p| !p.client)
             .map_or("".into(), |p| p.ip.to_string())
     );
+    if let (Some(n), Some(kc)) = (t.nodes.first(), lab.kubeconfigs.first()) {
+        println!("  kubeconfig: {} (one per node beside it)", kc.display());
+        println!(
+            "  kubectl: ip netns exec {} kubectl --kubeconfig {} get svc,endpointslices -A",
+            n.netns,
+            kc.display()
+        );
+    }
     println!("  stop: svclab down {}", lab.run);
 }
 

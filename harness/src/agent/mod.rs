@@ -1,5 +1,6 @@
 //! The per-node agent (`svclab agent`): one process per node, started inside
-//! the node's network namespace. It reads watch events on stdin, keeps
+//! the node's network namespace. It watches the lab's API (`--kubeconfig`,
+//! [`watch`]) or reads watch events on stdin, keeps
 //! kube-proxy's change tracking, coalesces bursts (a minimum sync period),
 //! calls its backend (a full sync first and after every resync period, a
 //! partial sync for changes) and writes one JSON line per sync on stdout.
@@ -11,6 +12,7 @@
 pub mod health;
 pub mod metrics;
 pub mod supervisor;
+pub mod watch;
 
 use std::io::{BufRead, Write};
 use std::net::Ipv4Addr;
@@ -62,6 +64,10 @@ pub struct AgentArgs {
     /// kube-proxy's metrics port, on 127.0.0.1 (0: off).
     #[arg(long, default_value_t = 10249)]
     pub metrics_port: u16,
+    /// Watch the lab's API through this kubeconfig (as kube-proxy does);
+    /// without it, watch events come as JSON lines on stdin.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
 }
 
 impl AgentArgs {
@@ -118,6 +124,10 @@ impl AgentArgs {
         if let Some(d) = &self.dump_dir {
             v.push("--dump-dir".into());
             v.push(d.display().to_string());
+        }
+        if let Some(k) = &self.kubeconfig {
+            v.push("--kubeconfig".into());
+            v.push(k.display().to_string());
         }
         v
     }
@@ -213,6 +223,13 @@ pub fn run(args: AgentArgs) -> i32 {
             let _ = stdin_tx.send(Input::Stop("stdin closed"));
         })
         .expect("spawning a thread");
+
+    if let Some(kubeconfig) = &args.kubeconfig
+        && let Err(e) = watch::spawn(kubeconfig, &args.node, tx.clone())
+    {
+        let _ = backend.cleanup();
+        return fatal(&mut out, format!("starting the informers: {e}"));
+    }
 
     let shared = Arc::new(Mutex::new(metrics::AgentMetrics::for_backend(
         &args.node,

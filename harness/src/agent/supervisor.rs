@@ -182,6 +182,9 @@ pub struct Agents {
     hook: Option<StateHook>,
     /// Set once the agents are being stopped on purpose.
     stopping: Arc<AtomicBool>,
+    /// Fed through the API: the newest resourceVersion the agents' informers
+    /// see (a restarted agent lists it itself, no replay).
+    api_rv: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 fn tail(path: &Path, lines: usize) -> String {
@@ -341,6 +344,7 @@ impl Agents {
             replay: supervised.then(Replay::default),
             hook,
             stopping,
+            api_rv: None,
         };
         for (i, (args, netns)) in agents.into_iter().enumerate() {
             let log = log_dir.join(format!("agent-{}.log", args.node));
@@ -379,6 +383,13 @@ impl Agents {
             });
         }
         Ok(all)
+    }
+
+    /// The agents watch the API themselves: nothing is written to them,
+    /// and a restarted one's first sync covers what the API had at its start.
+    pub fn fed_by_api(&mut self, proxy_rv: Arc<std::sync::atomic::AtomicU64>) {
+        self.replay = None;
+        self.api_rv = Some(proxy_rv);
     }
 
     /// The running agents' pids.
@@ -599,16 +610,24 @@ impl Agents {
             let h = &mut self.handles[i];
             match inc {
                 Ok(mut inc) => {
-                    let replay = self
-                        .replay
-                        .as_ref()
-                        .expect("supervised agents keep a replay");
-                    let lines = replay.lines();
-                    h.replayed_rv = replay.synced.then_some(replay.max_rv);
-                    if let Some(stdin) = inc.stdin.as_mut() {
-                        // A failed write shows up as the new agent's exit.
-                        let _ = stdin.write_all(lines.as_bytes()).await;
-                    }
+                    let given = match (&self.api_rv, &self.replay) {
+                        (Some(rv), _) => {
+                            h.replayed_rv = Some(rv.load(Ordering::SeqCst));
+                            "the API's list".to_string()
+                        }
+                        (None, Some(replay)) => {
+                            let lines = replay.lines();
+                            h.replayed_rv = replay.synced.then_some(replay.max_rv);
+                            if let Some(stdin) = inc.stdin.as_mut() {
+                                // A failed write shows up as the new agent's exit.
+                                let _ = stdin.write_all(lines.as_bytes()).await;
+                            }
+                            format!("{} object(s)", replay.objects.len())
+                        }
+                        (None, None) => {
+                            unreachable!("supervised agents keep a replay or watch the API")
+                        }
+                    };
                     h.generation = generation;
                     h.synced_rv = 0;
                     h.failures_in_a_row = 0;
@@ -617,12 +636,8 @@ impl Agents {
                     h.started = false;
                     h.fatal = None;
                     h.dead = None;
-                    let detail = format!(
-                        "restart {} as pid {}, given {} object(s)",
-                        h.restarts,
-                        inc.pid,
-                        replay.objects.len()
-                    );
+                    let detail =
+                        format!("restart {} as pid {}, given {given}", h.restarts, inc.pid);
                     eprintln!("svclab: agent {}: {detail}", h.node);
                     self.events.push(AgentEvent {
                         at: crate::state::now(),

@@ -192,7 +192,7 @@ async fn measure(lab: &Lab, settings: &ProbeSettings) -> Result<Vec<ProbeRun>> {
         .pod_netns(&pod.namespace, &pod.name)
         .context("client pod namespace")?
         .to_string();
-    let target = crate::checks::expect::targets(&lab.cp)
+    let target = crate::checks::expect::targets(&lab.cp())
         .into_iter()
         .next()
         .context("no Service")?;

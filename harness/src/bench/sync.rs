@@ -184,6 +184,9 @@ pub async fn run_case(
         dump_dir: Some(dump_root.to_path_buf()),
         sync_timeout: Some(budget),
         defer_initial_sync: true,
+        // The first sync is timed from the moment the list is sent, which
+        // the pipe lets the bench choose.
+        feed: crate::lab::Feed::Pipe,
         ..Default::default()
     };
     let t = Instant::now();
@@ -270,11 +273,11 @@ async fn drive(
 
 async fn first_sync(lab: &mut Lab, budget: Duration, detail: &mut SyncDetail) -> Result<(), End> {
     let from = report_count(lab);
-    let events = lab.cp.initial_events();
+    let events = lab.cp().initial_events();
     let cpu = procs::self_cpu();
     let t = Instant::now();
     lab.send(events).await.map_err(failed)?;
-    let rv = lab.cp.resource_version();
+    let rv = lab.proxy_rv();
     let left = budget.saturating_sub(t.elapsed());
     let waited = match lab.agents.as_mut() {
         Some(a) => a.wait_synced(rv, left).await,
@@ -312,7 +315,7 @@ async fn partial(
     changer: &mut Changer,
     client: &str,
 ) -> Result<PartialRecord> {
-    let change = changer.next(&mut lab.cp)?;
+    let change = changer.next(&mut lab.cp())?;
     let from = report_count(lab);
     let rt = lab.prober.vantage(client)?;
     let cpu = procs::self_cpu();
@@ -329,7 +332,7 @@ async fn partial(
         }))
     });
     lab.send(change.events).await?;
-    let rv = lab.cp.resource_version();
+    let rv = lab.proxy_rv();
     if let Some(a) = lab.agents.as_mut() {
         a.wait_synced(rv, PARTIAL_LIMIT)
             .await
@@ -368,7 +371,7 @@ async fn data_path(
     connects: usize,
     client: &str,
 ) -> Result<Datapath> {
-    let targets = crate::checks::expect::targets(&lab.cp);
+    let targets = crate::checks::expect::targets(&lab.cp());
     let target = datapath::deepest(targets.iter().filter(|t| !t.service.starts_with("bench-")))
         .context("no TCP Service with endpoints to connect to")?;
     let service = format!("{}/{}", target.namespace, target.service);

@@ -29,7 +29,7 @@ fn distinct(results: &[crate::probe::ProbeResult]) -> BTreeSet<String> {
 pub fn selectorless_copy(ctx: &Ctx<'_>, name: &str) -> anyhow::Result<Service> {
     let mut svc = ctx
         .lab
-        .cp
+        .cp()
         .services()
         .find(|s| has_endpoints(ctx, s))
         .cloned()
@@ -47,7 +47,7 @@ fn has_endpoints(ctx: &Ctx<'_>, s: &Service) -> bool {
     s.spec.as_ref().is_some_and(|sp| sp.selector.is_some())
         && !ctx
             .lab
-            .cp
+            .cp()
             .slices_of(
                 s.metadata.namespace.as_deref().unwrap_or("default"),
                 s.metadata.name.as_deref().unwrap_or(""),
@@ -112,7 +112,7 @@ pub async fn affinity(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<CheckResu
     // Affinity off: connections spread again.
     let original = ctx
         .lab
-        .cp
+        .cp()
         .service(&t.namespace, &t.service)
         .cloned()
         .ok_or_else(|| anyhow::anyhow!("Service {}/{} vanished", t.namespace, t.service))?;
@@ -121,7 +121,7 @@ pub async fn affinity(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<CheckResu
         spec.session_affinity = Some("None".into());
         spec.session_affinity_config = None;
     }
-    let events = ctx.lab.cp.update_service(off)?;
+    let events = ctx.lab.cp().update_service(off)?;
     ctx.change(events).await?;
     if let Some(v) = client_on(ctx, 0) {
         let spec = ctx.spec(t.vip_addr(), t.protocol);
@@ -135,7 +135,7 @@ pub async fn affinity(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<CheckResu
             probes: results.len(),
         });
     }
-    let events = ctx.lab.cp.update_service(original)?;
+    let events = ctx.lab.cp().update_service(original)?;
     ctx.change(events).await?;
     Ok(CheckResult::from_evidence(
         name,
@@ -163,9 +163,9 @@ pub async fn endpoint_removed(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<C
     };
     let gone = t.cluster()[0].clone();
     let (ns, pod) = pod_parts(&gone.pod);
-    let events = ctx.lab.cp.set_ready(ns, pod, false)?;
+    let events = ctx.lab.cp().set_ready(ns, pod, false)?;
     ctx.change(events).await?;
-    let after = super::expect::targets(&ctx.lab.cp)
+    let after = super::expect::targets(&ctx.lab.cp())
         .into_iter()
         .find(|x| x.label() == t.label())
         .ok_or_else(|| anyhow::anyhow!("{} vanished", t.label()))?;
@@ -185,7 +185,7 @@ pub async fn endpoint_removed(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<C
             probes: results.len(),
         });
     }
-    let events = ctx.lab.cp.set_ready(ns, pod, true)?;
+    let events = ctx.lab.cp().set_ready(ns, pod, true)?;
     ctx.change(events).await?;
     Ok(CheckResult::from_evidence(
         name,
@@ -224,7 +224,7 @@ pub async fn stale_udp(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<CheckRes
     };
     let (ns, pod) = pod_parts(&answer.pod);
     let (ns, pod) = (ns.to_string(), pod.to_string());
-    let events = ctx.lab.cp.set_ready(&ns, &pod, false)?;
+    let events = ctx.lab.cp().set_ready(&ns, &pod, false)?;
     ctx.change(events).await?;
     // One at a time: probes sharing a source port must not overlap.
     let mut after = Vec::new();
@@ -248,7 +248,7 @@ pub async fn stale_udp(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<CheckRes
         ok: all_reach(&after, &remaining),
         probes: 4,
     }];
-    let events = ctx.lab.cp.set_ready(&ns, &pod, true)?;
+    let events = ctx.lab.cp().set_ready(&ns, &pod, true)?;
     ctx.change(events).await?;
     Ok(CheckResult::from_evidence(name, evidence, ""))
 }
@@ -261,7 +261,7 @@ pub async fn becomes_ready(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<Chec
     // without it (0 endpoints), then given it (N endpoints).
     let template = ctx
         .lab
-        .cp
+        .cp()
         .services()
         .filter(|s| has_endpoints(ctx, s))
         .max_by_key(|s| {
@@ -280,21 +280,19 @@ pub async fn becomes_ready(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<Chec
     let mut svc = template.clone();
     fresh(&mut svc, "svclab-check-ready");
     svc.spec.as_mut().expect("copied spec").selector = None;
-    let events = ctx.lab.cp.add_service(svc)?;
+    let events = ctx.lab.cp().add_service(svc)?;
     ctx.change(events).await?;
-    let targets = super::expect::targets_of(
-        &ctx.lab.cp,
-        ctx.lab
-            .cp
+    let targets = {
+        let cp = ctx.lab.cp();
+        let svc = cp
             .service("default", "svclab-check-ready")
             .or_else(|| {
-                ctx.lab
-                    .cp
-                    .services()
+                cp.services()
                     .find(|s| s.metadata.name.as_deref() == Some("svclab-check-ready"))
             })
-            .expect("just added"),
-    );
+            .expect("just added");
+        super::expect::targets_of(&cp, svc)
+    };
     let ns = targets
         .first()
         .map(|t| t.namespace.clone())
@@ -308,20 +306,18 @@ pub async fn becomes_ready(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<Chec
     }
     let mut updated = ctx
         .lab
-        .cp
+        .cp()
         .service(&ns, "svclab-check-ready")
         .cloned()
         .ok_or_else(|| anyhow::anyhow!("svclab-check-ready vanished"))?;
     updated.spec.as_mut().expect("spec").selector = selector;
-    let events = ctx.lab.cp.update_service(updated)?;
+    let events = ctx.lab.cp().update_service(updated)?;
     ctx.change(events).await?;
-    let now = super::expect::targets_of(
-        &ctx.lab.cp,
-        ctx.lab
-            .cp
-            .service(&ns, "svclab-check-ready")
-            .expect("still there"),
-    );
+    let now = {
+        let cp = ctx.lab.cp();
+        let svc = cp.service(&ns, "svclab-check-ready").expect("still there");
+        super::expect::targets_of(&cp, svc)
+    };
     let mut evidence = Vec::new();
     for (i, t) in now.iter().enumerate() {
         let mut spec = ctx.spec(t.vip_addr(), t.protocol);
@@ -344,7 +340,7 @@ pub async fn becomes_ready(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<Chec
             probes: 2,
         });
     }
-    let events = ctx.lab.cp.delete_service(&ns, "svclab-check-ready")?;
+    let events = ctx.lab.cp().delete_service(&ns, "svclab-check-ready")?;
     ctx.change(events).await?;
     Ok(CheckResult::from_evidence(
         name,
@@ -382,10 +378,10 @@ pub async fn terminating_fallback(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Resu
     let mut events = Vec::new();
     for pod in &local {
         let (ns, p) = pod_parts(pod);
-        events.extend(ctx.lab.cp.set_terminating(ns, p, true)?);
+        events.extend(ctx.lab.cp().set_terminating(ns, p, true)?);
     }
     ctx.change(events).await?;
-    let after = super::expect::targets(&ctx.lab.cp)
+    let after = super::expect::targets(&ctx.lab.cp())
         .into_iter()
         .find(|x| x.label() == t.label())
         .ok_or_else(|| anyhow::anyhow!("{} vanished", t.label()))?;
@@ -415,7 +411,7 @@ pub async fn terminating_fallback(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Resu
     let mut events = Vec::new();
     for pod in &local {
         let (ns, p) = pod_parts(pod);
-        events.extend(ctx.lab.cp.set_terminating(ns, p, false)?);
+        events.extend(ctx.lab.cp().set_terminating(ns, p, false)?);
     }
     ctx.change(events).await?;
     Ok(CheckResult::from_evidence(name, evidence, ""))
@@ -433,7 +429,7 @@ pub async fn service_update(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<Che
     };
     let template = ctx
         .lab
-        .cp
+        .cp()
         .service(&base.namespace, &base.service)
         .cloned()
         .ok_or_else(|| anyhow::anyhow!("{} vanished", base.label()))?;
@@ -461,11 +457,11 @@ pub async fn service_update(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<Che
                       delete: bool|
            -> anyhow::Result<()> {
         let events = if delete {
-            ctx.lab.cp.delete_service(&ns, svc_name)?
-        } else if ctx.lab.cp.service(&ns, svc_name).is_some() {
-            ctx.lab.cp.update_service(svc.expect("a spec to apply"))?
+            ctx.lab.cp().delete_service(&ns, svc_name)?
+        } else if ctx.lab.cp().service(&ns, svc_name).is_some() {
+            ctx.lab.cp().update_service(svc.expect("a spec to apply"))?
         } else {
-            ctx.lab.cp.add_service(svc.expect("a spec to apply"))?
+            ctx.lab.cp().add_service(svc.expect("a spec to apply"))?
         };
         ctx.change(events).await?;
         let _ = what;
@@ -475,10 +471,9 @@ pub async fn service_update(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<Che
     // 1. Created.
     step(ctx, "create", Some(svc.clone()), false).await?;
     let current = |ctx: &Ctx<'_>| {
-        ctx.lab
-            .cp
-            .service(&ns, svc_name)
-            .map(|s| super::expect::targets_of(&ctx.lab.cp, s))
+        let cp = ctx.lab.cp();
+        cp.service(&ns, svc_name)
+            .map(|s| super::expect::targets_of(&cp, s))
             .unwrap_or_default()
     };
     let vip = current(ctx).first().map(|t| t.vip);
@@ -504,7 +499,12 @@ pub async fn service_update(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<Che
     }
 
     // 2. A port added.
-    let mut two = ctx.lab.cp.service(&ns, svc_name).cloned().expect("created");
+    let mut two = ctx
+        .lab
+        .cp()
+        .service(&ns, svc_name)
+        .cloned()
+        .expect("created");
     if let Some(ports) = two.spec.as_mut().and_then(|s| s.ports.as_mut()) {
         let mut extra = ports[0].clone();
         extra.name = Some("added".into());
@@ -529,7 +529,12 @@ pub async fn service_update(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<Che
     }
 
     // 3. The port removed again.
-    let mut one = ctx.lab.cp.service(&ns, svc_name).cloned().expect("exists");
+    let mut one = ctx
+        .lab
+        .cp()
+        .service(&ns, svc_name)
+        .cloned()
+        .expect("exists");
     if let Some(ports) = one.spec.as_mut().and_then(|s| s.ports.as_mut()) {
         ports.retain(|p| p.port != 8181);
         ports[0].name = None;

@@ -210,7 +210,7 @@ pub struct Ctx<'a> {
 
 impl<'a> Ctx<'a> {
     pub fn targets(&self) -> Vec<Target> {
-        expect::targets(&self.lab.cp)
+        expect::targets(&self.lab.cp())
     }
 
     /// The lab's client pods, one per node.

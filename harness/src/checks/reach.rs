@@ -216,9 +216,9 @@ pub async fn no_endpoints_reject(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Resul
     if targets.is_empty() {
         // No such Service in the scenario: make one for the check.
         let svc = super::lifecycle::selectorless_copy(ctx, "svclab-check-noep")?;
-        let events = ctx.lab.cp.add_service(svc.clone())?;
+        let events = ctx.lab.cp().add_service(svc.clone())?;
         ctx.change(events).await?;
-        targets = super::expect::targets_of(&ctx.lab.cp, &svc);
+        targets = super::expect::targets_of(&ctx.lab.cp(), &svc);
         temporary = Some(svc);
     }
     let mut evidence = Vec::new();
@@ -253,7 +253,7 @@ pub async fn no_endpoints_reject(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Resul
         }
     }
     if let Some(svc) = temporary {
-        let events = ctx.lab.cp.delete_service(
+        let events = ctx.lab.cp().delete_service(
             svc.metadata.namespace.as_deref().unwrap_or("default"),
             svc.metadata.name.as_deref().unwrap_or(""),
         )?;

@@ -5,6 +5,8 @@
 mod alloc;
 pub mod churn;
 pub mod endpoints;
+pub mod objects;
+pub mod store;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -18,6 +20,7 @@ pub use alloc::AllocError;
 use alloc::{IpAllocator, PortAllocator};
 
 use crate::scenario::{Pod, Scenario};
+use store::{EventType, Resource, Store};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlPlaneError {
@@ -55,9 +58,12 @@ pub struct ControlPlane {
     slices: BTreeMap<Key, Vec<EndpointSlice>>,
     pods: Vec<Pod>,
     node_names: Vec<String>,
+    deployments: Vec<k8s_openapi::api::apps::v1::Deployment>,
     ips: IpAllocator,
     node_ports: PortAllocator,
     resource_version: u64,
+    /// What the API endpoint serves: every change above is recorded here.
+    store: Store,
 }
 
 impl ControlPlane {
@@ -69,10 +75,13 @@ impl ControlPlane {
             slices: BTreeMap::new(),
             pods: scenario.pods.clone(),
             node_names: scenario.node_names(),
+            deployments: scenario.deployments.clone(),
             ips: IpAllocator::new(scenario.lab.service_cidr),
             node_ports: PortAllocator::new(scenario.node_port_range),
             resource_version: 0,
+            store: Store::new(),
         };
+        cp.seed_cluster(scenario);
         // Explicit addresses first, so automatic ones never take them.
         let (explicit, auto): (Vec<&Service>, Vec<&Service>) =
             scenario.services.iter().partition(|s| {
@@ -84,12 +93,109 @@ impl ControlPlane {
         for svc in explicit.into_iter().chain(auto) {
             cp.add_service(svc.clone())?;
         }
+        // The initial state is a list, not a history: watches start after it.
+        cp.store.seal();
         Ok(cp)
     }
 
-    fn bump(&mut self) -> String {
+    /// Nodes, Namespaces, the ServiceCIDR, Deployments and Pods, as a
+    /// cluster has them before any Service.
+    fn seed_cluster(&mut self, scenario: &Scenario) {
+        let mut rv = self.resource_version;
+        for n in objects::nodes(scenario, || {
+            rv += 1;
+            rv
+        }) {
+            self.store.seed(Resource::Nodes, &n.metadata, &n);
+        }
+        for n in objects::namespaces(scenario, || {
+            rv += 1;
+            rv
+        }) {
+            self.store.seed(Resource::Namespaces, &n.metadata, &n);
+        }
+        rv += 1;
+        let cidr = objects::service_cidr(scenario, rv);
+        self.store
+            .seed(Resource::ServiceCidrs, &cidr.metadata, &cidr);
+        self.resource_version = rv;
+        for i in 0..self.deployments.len() {
+            let d = self.deployment_object(i);
+            self.store.seed(Resource::Deployments, &d.metadata, &d);
+        }
+        for i in 0..self.pods.len() {
+            if self.pods[i].active {
+                let rv = self.bump_rv();
+                let p = objects::pod(&self.pods[i], &self.node_names, rv);
+                self.store.seed(Resource::Pods, &p.metadata, &p);
+            }
+        }
+    }
+
+    fn bump_rv(&mut self) -> u64 {
         self.resource_version += 1;
-        self.resource_version.to_string()
+        self.resource_version
+    }
+
+    fn deployment_object(&mut self, i: usize) -> k8s_openapi::api::apps::v1::Deployment {
+        let d = &self.deployments[i];
+        let (ns, name) = key_of(&d.metadata);
+        let replicas = self
+            .pods
+            .iter()
+            .filter(|p| p.namespace == ns && p.deployment.as_deref() == Some(&name) && p.active)
+            .count();
+        let rv = self.bump_rv();
+        objects::deployment(&self.deployments[i], replicas, rv)
+    }
+
+    /// The API's view of the cluster.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn store_mut(&mut self) -> &mut Store {
+        &mut self.store
+    }
+
+    /// Records `events` in the store (the API's watches), and returns them.
+    fn publish(&mut self, events: Vec<WatchEvent>) -> Vec<WatchEvent> {
+        for e in &events {
+            let (ty, object) = match e {
+                WatchEvent::Added { object } => (EventType::Added, object),
+                WatchEvent::Modified { object } => (EventType::Modified, object),
+                WatchEvent::Deleted { object } => (EventType::Deleted, object),
+                WatchEvent::Synced => continue,
+            };
+            match object {
+                ApiObject::Service(s) => {
+                    self.store.record(Resource::Services, ty, &s.metadata, &**s)
+                }
+                ApiObject::EndpointSlice(s) => {
+                    self.store
+                        .record(Resource::EndpointSlices, ty, &s.metadata, &**s)
+                }
+            }
+        }
+        events
+    }
+
+    /// Records pods `changed` (by index) as the API shows them now.
+    fn publish_pods(&mut self, changed: &[usize]) {
+        for &i in changed {
+            let rv = self.bump_rv();
+            let p = objects::pod(&self.pods[i], &self.node_names, rv);
+            let ty = if self.pods[i].active {
+                EventType::Modified
+            } else {
+                EventType::Deleted
+            };
+            self.store.record(Resource::Pods, ty, &p.metadata, &p);
+        }
+    }
+
+    fn bump(&mut self) -> String {
+        self.bump_rv().to_string()
     }
 
     pub fn resource_version(&self) -> u64 {
@@ -147,15 +253,19 @@ impl ControlPlane {
             return Err(ControlPlaneError::Exists(key_str(&key)));
         }
         svc.metadata.namespace = Some(key.0.clone());
+        Self::set_defaults(&mut svc);
         self.allocate(&key, &mut svc)?;
         svc.metadata.uid = Some(format!("svclab-{}-{}", key.0, key.1));
+        svc.metadata.creation_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
+        );
         svc.metadata.resource_version = Some(self.bump());
         self.services.insert(key.clone(), svc.clone());
         let mut events = vec![WatchEvent::Added {
             object: ApiObject::Service(Box::new(svc)),
         }];
         events.extend(self.reconcile_slices(&key));
-        Ok(events)
+        Ok(self.publish(events))
     }
 
     /// Replaces a Service's spec (ports, targetPorts, policies).
@@ -172,6 +282,7 @@ impl ControlPlane {
         let spec = svc.spec.get_or_insert_with(Default::default);
         spec.cluster_ip = old_spec.cluster_ip.clone();
         spec.cluster_ips = old_spec.cluster_ips.clone();
+        Self::set_defaults(&mut svc);
         self.release(&old);
         if let Err(e) = self.allocate(&key, &mut svc) {
             // Put the old allocations back; the update did not happen.
@@ -181,13 +292,14 @@ impl ControlPlane {
         }
         svc.metadata.namespace = Some(key.0.clone());
         svc.metadata.uid = old.metadata.uid.clone();
+        svc.metadata.creation_timestamp = old.metadata.creation_timestamp.clone();
         svc.metadata.resource_version = Some(self.bump());
         self.services.insert(key.clone(), svc.clone());
         let mut events = vec![WatchEvent::Modified {
             object: ApiObject::Service(Box::new(svc)),
         }];
         events.extend(self.reconcile_slices(&key));
-        Ok(events)
+        Ok(self.publish(events))
     }
 
     pub fn delete_service(
@@ -211,7 +323,36 @@ impl ControlPlane {
         events.push(WatchEvent::Deleted {
             object: ApiObject::Service(Box::new(svc)),
         });
-        Ok(events)
+        Ok(self.publish(events))
+    }
+
+    /// The defaults the API server writes into every Service it admits
+    /// (proxies rely on them: kube-proxy never sees an empty protocol).
+    fn set_defaults(svc: &mut Service) {
+        use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+        let spec = svc.spec.get_or_insert_with(Default::default);
+        let ty = spec.type_.get_or_insert_with(|| "ClusterIP".into()).clone();
+        if ty == "ExternalName" {
+            return;
+        }
+        spec.session_affinity.get_or_insert_with(|| "None".into());
+        spec.internal_traffic_policy
+            .get_or_insert_with(|| "Cluster".into());
+        if matches!(ty.as_str(), "NodePort" | "LoadBalancer") {
+            spec.external_traffic_policy
+                .get_or_insert_with(|| "Cluster".into());
+        }
+        if spec.cluster_ip.as_deref() != Some("None") {
+            spec.ip_families.get_or_insert_with(|| vec!["IPv4".into()]);
+            spec.ip_family_policy
+                .get_or_insert_with(|| "SingleStack".into());
+        }
+        for p in spec.ports.iter_mut().flatten() {
+            p.protocol.get_or_insert_with(|| "TCP".into());
+            if p.target_port.is_none() {
+                p.target_port = Some(IntOrString::Int(p.port));
+            }
+        }
     }
 
     fn allocate(&mut self, key: &Key, svc: &mut Service) -> Result<(), ControlPlaneError> {
@@ -305,6 +446,15 @@ impl ControlPlane {
                     kept.push(old);
                 }
                 old => {
+                    slice.metadata.creation_timestamp = Some(
+                        old.as_ref()
+                            .and_then(|o| o.metadata.creation_timestamp.clone())
+                            .unwrap_or_else(|| {
+                                k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                                    jiff::Timestamp::now(),
+                                )
+                            }),
+                    );
                     slice.metadata.annotations = Some(
                         [(TRIGGER_TIME_ANNOTATION.to_string(), now.clone())]
                             .into_iter()
@@ -368,8 +518,13 @@ impl ControlPlane {
         ready: bool,
     ) -> Result<Vec<WatchEvent>, ControlPlaneError> {
         let i = self.pod_index(namespace, name)?;
+        if self.pods[i].ready == ready {
+            return Ok(Vec::new());
+        }
         self.pods[i].ready = ready;
-        Ok(self.pods_changed(&[i]))
+        self.publish_pods(&[i]);
+        let events = self.pods_changed(&[i]);
+        Ok(self.publish(events))
     }
 
     /// A pod starts (or stops) terminating; it keeps serving meanwhile.
@@ -380,8 +535,13 @@ impl ControlPlane {
         terminating: bool,
     ) -> Result<Vec<WatchEvent>, ControlPlaneError> {
         let i = self.pod_index(namespace, name)?;
+        if self.pods[i].terminating == terminating {
+            return Ok(Vec::new());
+        }
         self.pods[i].terminating = terminating;
-        Ok(self.pods_changed(&[i]))
+        self.publish_pods(&[i]);
+        let events = self.pods_changed(&[i]);
+        Ok(self.publish(events))
     }
 
     /// Scales a Deployment within the pods the lab pre-created for it.
@@ -410,7 +570,33 @@ impl ControlPlane {
                 changed.push(i);
             }
         }
-        Ok(self.pods_changed(&changed))
+        if changed.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.publish_pods(&changed);
+        if let Some(d) = self
+            .deployments
+            .iter()
+            .position(|d| key_of(&d.metadata) == (namespace.to_string(), deployment.to_string()))
+        {
+            let obj = self.deployment_object(d);
+            self.store.record(
+                Resource::Deployments,
+                EventType::Modified,
+                &obj.metadata,
+                &obj,
+            );
+        }
+        let events = self.pods_changed(&changed);
+        Ok(self.publish(events))
+    }
+
+    /// Pods a Deployment has (pre-created by the lab; `scale` activates them).
+    pub fn deployment_capacity(&self, namespace: &str, deployment: &str) -> usize {
+        self.pods
+            .iter()
+            .filter(|p| p.namespace == namespace && p.deployment.as_deref() == Some(deployment))
+            .count()
     }
 }
 
