@@ -180,12 +180,47 @@ pub struct SyncReport {
     pub endpoint_events: u64,
     /// Highest `metadata.resourceVersion` this sync applied.
     pub resource_version: u64,
+    /// The same per watch stream: an agent fed through the API gets
+    /// Services and EndpointSlices on two streams, each in order but not
+    /// with each other, so "synced to N" holds per stream.
+    #[serde(default)]
+    pub versions: StreamVersions,
     /// Seconds from each endpoint change's `last-change-trigger-time` to the
     /// end of this sync (kube-proxy's network programming duration).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub programming_seconds: Vec<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// The highest resourceVersion seen on each watch stream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamVersions {
+    pub services: u64,
+    pub endpoint_slices: u64,
+}
+
+impl StreamVersions {
+    /// Whether everything up to `want` on each stream is in.
+    pub fn covers(&self, want: &StreamVersions) -> bool {
+        self.services >= want.services && self.endpoint_slices >= want.endpoint_slices
+    }
+
+    pub fn max(self, other: StreamVersions) -> StreamVersions {
+        StreamVersions {
+            services: self.services.max(other.services),
+            endpoint_slices: self.endpoint_slices.max(other.endpoint_slices),
+        }
+    }
+
+    /// Records `rv` on the stream of `kind` ("Service" or "EndpointSlice").
+    pub fn saw(&mut self, kind: &str, rv: u64) {
+        match kind {
+            "Service" => self.services = self.services.max(rv),
+            _ => self.endpoint_slices = self.endpoint_slices.max(rv),
+        }
+    }
 }
 
 /// Everything the agent writes on stdout.

@@ -34,6 +34,7 @@ pub struct ChangeTracker {
     service_events: u64,
     endpoint_events: u64,
     resource_version: u64,
+    versions: crate::protocol::StreamVersions,
     trigger_times: Vec<f64>,
     synced: bool,
 }
@@ -59,6 +60,7 @@ impl ChangeTracker {
             service_events: 0,
             endpoint_events: 0,
             resource_version: 0,
+            versions: Default::default(),
             trigger_times: Vec::new(),
             synced: false,
         }
@@ -76,6 +78,11 @@ impl ChangeTracker {
     /// Highest resourceVersion seen so far.
     pub fn resource_version(&self) -> u64 {
         self.resource_version
+    }
+
+    /// Highest resourceVersion seen per watch stream.
+    pub fn versions(&self) -> crate::protocol::StreamVersions {
+        self.versions
     }
 
     /// Whether anything is waiting for a sync.
@@ -101,6 +108,7 @@ impl ChangeTracker {
             .and_then(|v| v.parse::<u64>().ok())
         {
             self.resource_version = self.resource_version.max(rv);
+            self.versions.saw(object.kind(), rv);
         }
         match object {
             ApiObject::Service(svc) => {

@@ -117,6 +117,7 @@ pub async fn run(
         }
     };
     let rv = lab.proxy_rv();
+    let rv = rv.services.max(rv.endpoint_slices);
     let events_sent = lab.events_sent;
     let mut nodes = BTreeMap::new();
     if let Some(agents) = lab.agents.as_mut() {

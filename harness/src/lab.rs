@@ -107,6 +107,10 @@ pub struct Lab {
 
 const DEFAULT_SYNC_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Longer than any API request holds the control plane (a 50k-Service list
+/// takes it for milliseconds).
+const CP_LOCK_PATIENCE: Duration = Duration::from_secs(30);
+
 /// One writer of state.json at a time: the lab, and an agent's death or
 /// restart reported from the supervisor.
 static STATE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -239,15 +243,30 @@ impl Lab {
     }
 
     /// The control plane (the API's store behind it). Do not hold it across
-    /// an await: the API server takes it for every request.
+    /// an await, nor take it twice: the API server takes it for every
+    /// request. A guard still alive where it is taken again would hang the
+    /// run for ever; it panics instead (and the panic removes the lab).
     pub fn cp(&self) -> std::sync::MutexGuard<'_, ControlPlane> {
-        self.cp.lock().unwrap_or_else(|e| e.into_inner())
+        let since = Instant::now();
+        loop {
+            match self.cp.try_lock() {
+                Ok(g) => return g,
+                Err(std::sync::TryLockError::Poisoned(p)) => return p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    assert!(
+                        since.elapsed() < CP_LOCK_PATIENCE,
+                        "the control plane's lock was held for {CP_LOCK_PATIENCE:?}: a Lab::cp() guard is alive where it is taken again"
+                    );
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            }
+        }
     }
 
     /// The newest resourceVersion a proxy's informers see: what "every
     /// agent has synced" waits for.
-    pub fn proxy_rv(&self) -> u64 {
-        self.cp().store().proxy_rv()
+    pub fn proxy_rv(&self) -> svclab_backends::protocol::StreamVersions {
+        self.cp().store().proxy_versions()
     }
 
     /// The control plane, to share with what runs beside the lab.
@@ -508,7 +527,7 @@ impl Lab {
         let mut agents =
             Agents::start_with(agents, &self.log_dir(), opts.supervise_agents, hook).await?;
         if self.feed == Feed::Api {
-            agents.fed_by_api(self.cp().store().proxy_rv_handle());
+            agents.fed_by_api(self.cp().store().proxy_versions_handle());
         }
         with_agents(&mut self.state.processes, agents.proc_refs());
         self.agents = Some(agents);

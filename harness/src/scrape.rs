@@ -164,6 +164,7 @@ mod tests {
             service_events: 3,
             endpoint_events: 4,
             resource_version: 7,
+            versions: Default::default(),
             programming_seconds: vec![],
             error: None,
         };

@@ -398,6 +398,7 @@ mod tests {
             service_events: 1,
             endpoint_events: 2,
             resource_version: 9,
+            versions: Default::default(),
             programming_seconds: vec![0.3],
             error: None,
         };
@@ -435,6 +436,7 @@ mod tests {
             service_events: 0,
             endpoint_events: 0,
             resource_version: 1,
+            versions: Default::default(),
             programming_seconds: vec![],
             error: Some(error.into()),
         };

@@ -457,6 +457,7 @@ fn sync_once(
         service_events: changes.service_events,
         endpoint_events: changes.endpoint_events,
         resource_version: tracker.resource_version(),
+        versions: tracker.versions(),
         programming_seconds: triggers.iter().map(|t| (ended - t).max(0.0)).collect(),
         error,
     }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use svclab_backends::protocol::{AgentMessage, ApiObject, SyncReport, WatchEvent};
+use svclab_backends::protocol::{AgentMessage, ApiObject, StreamVersions, SyncReport, WatchEvent};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{ChildStdin, Command};
 use tokio::sync::{mpsc, oneshot};
@@ -44,9 +44,13 @@ pub const SUPERVISED_FAILURES_IN_A_ROW: u32 = 5;
 pub enum AgentError {
     #[error("agent {node}: {what}")]
     Failed { node: String, what: String },
-    #[error("agents did not apply resourceVersion {rv} within {timeout:?}: {detail}")]
+    #[error(
+        "agents did not apply resourceVersions (Services {}, EndpointSlices {}) within {timeout:?}: {detail}",
+        rv.services,
+        rv.endpoint_slices
+    )]
     Timeout {
-        rv: u64,
+        rv: StreamVersions,
         timeout: Duration,
         detail: String,
     },
@@ -111,10 +115,10 @@ struct Handle {
     dead: Option<Dead>,
     /// Highest resourceVersion reported synced (without error) by the
     /// running incarnation.
-    synced_rv: u64,
+    synced_rv: StreamVersions,
     /// A restarted incarnation was given the objects as of this
     /// resourceVersion: its first good sync covers it.
-    replayed_rv: Option<u64>,
+    replayed_rv: Option<StreamVersions>,
     started: bool,
     fatal: Option<String>,
     failures_in_a_row: u32,
@@ -184,7 +188,7 @@ pub struct Agents {
     stopping: Arc<AtomicBool>,
     /// Fed through the API: the newest resourceVersion the agents' informers
     /// see (a restarted agent lists it itself, no replay).
-    api_rv: Option<Arc<std::sync::atomic::AtomicU64>>,
+    api_rv: Option<Arc<crate::controlplane::store::ProxyVersions>>,
 }
 
 fn tail(path: &Path, lines: usize) -> String {
@@ -372,7 +376,7 @@ impl Agents {
                 generation: 0,
                 live: Some(inc),
                 dead: None,
-                synced_rv: 0,
+                synced_rv: StreamVersions::default(),
                 replayed_rv: None,
                 started: false,
                 fatal: None,
@@ -387,7 +391,7 @@ impl Agents {
 
     /// The agents watch the API themselves: nothing is written to them,
     /// and a restarted one's first sync covers what the API had at its start.
-    pub fn fed_by_api(&mut self, proxy_rv: Arc<std::sync::atomic::AtomicU64>) {
+    pub fn fed_by_api(&mut self, proxy_rv: Arc<crate::controlplane::store::ProxyVersions>) {
         self.replay = None;
         self.api_rv = Some(proxy_rv);
     }
@@ -490,8 +494,8 @@ impl Agents {
                 AgentMessage::Sync(r) => {
                     if current {
                         if r.error.is_none() {
-                            let covered = h.replayed_rv.take().unwrap_or(0);
-                            h.synced_rv = h.synced_rv.max(r.resource_version).max(covered);
+                            let covered = h.replayed_rv.take().unwrap_or_default();
+                            h.synced_rv = h.synced_rv.max(r.versions).max(covered);
                             h.failures_in_a_row = 0;
                         } else {
                             h.failures_in_a_row += 1;
@@ -535,7 +539,7 @@ impl Agents {
                     h.crash_streak = 0;
                 }
                 let wait = restart_backoff(h.crash_streak);
-                h.synced_rv = 0;
+                h.synced_rv = StreamVersions::default();
                 h.replayed_rv = None;
                 h.failures_in_a_row = 0;
                 let detail = if supervised && !crate::guard::stopping() {
@@ -612,12 +616,16 @@ impl Agents {
                 Ok(mut inc) => {
                     let given = match (&self.api_rv, &self.replay) {
                         (Some(rv), _) => {
-                            h.replayed_rv = Some(rv.load(Ordering::SeqCst));
+                            h.replayed_rv = Some(rv.load());
                             "the API's list".to_string()
                         }
                         (None, Some(replay)) => {
                             let lines = replay.lines();
-                            h.replayed_rv = replay.synced.then_some(replay.max_rv);
+                            // One ordered stream: everything up to its last version.
+                            h.replayed_rv = replay.synced.then_some(StreamVersions {
+                                services: replay.max_rv,
+                                endpoint_slices: replay.max_rv,
+                            });
                             if let Some(stdin) = inc.stdin.as_mut() {
                                 // A failed write shows up as the new agent's exit.
                                 let _ = stdin.write_all(lines.as_bytes()).await;
@@ -629,7 +637,7 @@ impl Agents {
                         }
                     };
                     h.generation = generation;
-                    h.synced_rv = 0;
+                    h.synced_rv = StreamVersions::default();
                     h.failures_in_a_row = 0;
                     h.restarts += 1;
                     h.crash_streak += 1;
@@ -694,7 +702,11 @@ impl Agents {
     /// run of them when supervised: the agent retries), an exited agent
     /// (unsupervised; a supervised one is restarted and waited for), or
     /// the timeout.
-    pub async fn wait_synced(&mut self, rv: u64, timeout: Duration) -> Result<(), AgentError> {
+    pub async fn wait_synced(
+        &mut self,
+        rv: StreamVersions,
+        timeout: Duration,
+    ) -> Result<(), AgentError> {
         let deadline = Instant::now() + timeout;
         loop {
             self.drain();
@@ -720,7 +732,7 @@ impl Agents {
                     });
                 }
             }
-            if self.handles.iter().all(|h| h.synced_rv >= rv) {
+            if self.handles.iter().all(|h| h.synced_rv.covers(&rv)) {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -728,7 +740,10 @@ impl Agents {
                     .handles
                     .iter()
                     .map(|h| {
-                        let mut s = format!("{} at {}", h.node, h.synced_rv);
+                        let mut s = format!(
+                            "{} at services {}, endpointslices {}",
+                            h.node, h.synced_rv.services, h.synced_rv.endpoint_slices
+                        );
                         if h.dead.is_some() {
                             s.push_str(" (down, restart pending)");
                         }

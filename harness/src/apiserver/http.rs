@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use super::patch::{self, PatchKind};
 use super::selector::{FieldSelector, LabelSelector};
-use super::{Shared, discovery};
+use super::{Shared, discovery, table};
 use crate::controlplane::ControlPlaneError;
 use crate::controlplane::store::{Change, EventType, Obj, Resource};
 
@@ -235,6 +235,11 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let method = req.method().clone();
     let get = method == Method::GET;
+    let as_table = req
+        .headers()
+        .get("accept")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(table::wanted);
     match segs.as_slice() {
         ["healthz" | "readyz" | "livez", ..] if get => {
             return Ok(Response::builder()
@@ -282,8 +287,8 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
         ));
     }
     match (&method, &t.name, t.sub.as_deref()) {
-        (&Method::GET, None, _) if query.flag("watch") => watch(&shared, &t, &query),
-        (&Method::GET, None, _) => list(&shared, &t, &query),
+        (&Method::GET, None, _) if query.flag("watch") => watch(&shared, &t, &query, as_table),
+        (&Method::GET, None, _) => list(&shared, &t, &query, as_table),
         (&Method::GET, Some(name), None) => get_one(&shared, &t, name),
         (&Method::GET, Some(name), Some("scale")) if t.resource == Resource::Deployments => {
             scale_get(&shared, &t, name)
@@ -365,6 +370,8 @@ fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, crate::controlplane::Contr
 }
 
 struct Filter {
+    /// Objects go out as one-row Tables (kubectl get -w).
+    table: bool,
     resource: Resource,
     namespace: Option<String>,
     labels: LabelSelector,
@@ -372,13 +379,14 @@ struct Filter {
 }
 
 impl Filter {
-    fn new(t: &Target, q: &Query) -> Result<Filter, ApiError> {
+    fn new(t: &Target, q: &Query, table: bool) -> Result<Filter, ApiError> {
         let mut fields = FieldSelector::parse(q.get("fieldSelector").unwrap_or_default())
             .map_err(ApiError::bad_request)?;
         if let Some(name) = &t.name {
             fields = FieldSelector::parse(&format!("metadata.name={name}")).expect("valid");
         }
         Ok(Filter {
+            table,
             resource: t.resource,
             namespace: t.namespace.clone(),
             labels: LabelSelector::parse(q.get("labelSelector").unwrap_or_default())
@@ -386,6 +394,15 @@ impl Filter {
             fields,
         })
     }
+    /// The object as this watch sends it.
+    fn body(&self, o: &Obj) -> Bytes {
+        if self.table {
+            Bytes::from(table::table(self.resource, o.rv, std::iter::once(&o.json[..])).to_string())
+        } else {
+            o.json.clone()
+        }
+    }
+
     fn matches(&self, o: &Obj) -> bool {
         self.namespace.as_deref().is_none_or(|ns| o.namespace == ns)
             && self.fields.matches(&o.namespace, &o.name)
@@ -393,7 +410,12 @@ impl Filter {
     }
 }
 
-fn list(shared: &Shared, t: &Target, q: &Query) -> Result<Response<Body>, ApiError> {
+fn list(
+    shared: &Shared,
+    t: &Target,
+    q: &Query,
+    as_table: bool,
+) -> Result<Response<Body>, ApiError> {
     if t.resource.create_only() {
         return Ok(ok_json(
             StatusCode::OK,
@@ -401,7 +423,7 @@ fn list(shared: &Shared, t: &Target, q: &Query) -> Result<Response<Body>, ApiErr
                     "metadata": {"resourceVersion": lock(shared).store().current().to_string()}, "items": []}),
         ));
     }
-    let f = Filter::new(t, q)?;
+    let f = Filter::new(t, q, as_table)?;
     let (rv, items) = {
         let cp = lock(shared);
         let st = cp.store();
@@ -422,6 +444,10 @@ fn list(shared: &Shared, t: &Target, q: &Query) -> Result<Response<Body>, ApiErr
             .collect();
         (st.current(), items)
     };
+    if as_table {
+        let t = table::table(t.resource, rv, items.iter().map(|o| &o.json[..]));
+        return Ok(ok_json(StatusCode::OK, &t));
+    }
     let mut out = Vec::with_capacity(128 + items.iter().map(|o| o.json.len() + 1).sum::<usize>());
     out.extend_from_slice(
         format!(
@@ -490,14 +516,19 @@ fn render(f: &Filter, c: &Change) -> Option<Bytes> {
             (false, false) => None,
         },
     }?;
-    Some(event_line(ty, &c.obj.json))
+    Some(event_line(ty, &f.body(&c.obj)))
 }
 
-fn watch(shared: &Arc<Shared>, t: &Target, q: &Query) -> Result<Response<Body>, ApiError> {
+fn watch(
+    shared: &Arc<Shared>,
+    t: &Target,
+    q: &Query,
+    as_table: bool,
+) -> Result<Response<Body>, ApiError> {
     if t.resource.create_only() {
         return Err(ApiError::method(&Method::GET, "watch events"));
     }
-    let f = Filter::new(t, q)?;
+    let f = Filter::new(t, q, as_table)?;
     let bookmarks = q.flag("allowWatchBookmarks");
     let initial_events = q.flag("sendInitialEvents");
     if initial_events && (!bookmarks || q.get("resourceVersionMatch") != Some("NotOlderThan")) {
@@ -523,7 +554,7 @@ fn watch(shared: &Arc<Shared>, t: &Target, q: &Query) -> Result<Response<Body>, 
                 .list(t.resource, t.namespace.as_deref())
                 .into_iter()
                 .filter(|o| f.matches(o))
-                .map(|o| event_line("ADDED", &o.json))
+                .map(|o| event_line("ADDED", &f.body(&o)))
                 .collect();
             (current, objs, notify)
         } else if rv_param.is_empty() {

@@ -22,6 +22,7 @@ pub mod discovery;
 pub mod http;
 pub mod patch;
 pub mod selector;
+pub mod table;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicUsize;

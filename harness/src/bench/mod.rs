@@ -6,11 +6,14 @@
 //!   partial syncs, network programming latency, data-path latency, the
 //!   bare-tool floor, the harness's own overhead);
 //! - [`probes`]: the probe engine's throughput through DNAT;
+//! - [`api`]: the lab's API endpoint: the initial list to an agent, one
+//!   change fanned out to many agents, the API path against the pipe;
 //! - [`compare`]: two runs' figures side by side, for CI gates.
 //!
 //! Every bench writes `results/<UTC>-bench-<kind>/` with `bench.json`
 //! ([`schema`]), `bench.csv` and `report.html` ([`report`]).
 
+pub mod api;
 pub mod changes;
 pub mod compare;
 pub mod datapath;
@@ -94,6 +97,28 @@ pub enum BenchKind {
         /// Sequential TCP connects for the data-path latency.
         #[arg(long, default_value_t = 2000)]
         connects: usize,
+        #[arg(long, default_value = "results")]
+        results: PathBuf,
+    },
+    /// The lab's API endpoint: the initial list of N Services to one agent
+    /// (time, the harness's and the agent's RSS), one EndpointSlice change
+    /// fanned out to every agent of an M-node lab (p50/p99 delivery), and
+    /// network programming latency fed through the API against the pipe.
+    Api {
+        #[arg(long, default_value_t = 50_000)]
+        services: usize,
+        /// Endpoints per generated Service.
+        #[arg(long, default_value_t = 10)]
+        endpoints: usize,
+        /// Nodes (agents) the fan-out reaches.
+        #[arg(long, default_value_t = 100)]
+        nodes: usize,
+        /// Readiness flips per fan-out and feed case.
+        #[arg(long, default_value_t = 40)]
+        changes: usize,
+        /// The backend of the API-against-pipe comparison.
+        #[arg(long, default_value = "iptables")]
+        backend: BackendKind,
         #[arg(long, default_value = "results")]
         results: PathBuf,
     },
@@ -190,6 +215,46 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
                 sync_period_ms: 0,
             };
             run_sync(settings, &backend, &results).await
+        }
+        BenchKind::Api {
+            services,
+            endpoints,
+            nodes,
+            changes,
+            backend,
+            results,
+        } => {
+            let settings = api::ApiSettings {
+                services,
+                endpoints,
+                nodes,
+                changes,
+                backend: backend.to_string(),
+            };
+            let (dir, name) = new_dir(&results, "api")?;
+            let mut r = BenchResults::new("api", &name, serde_json::to_value(&settings)?);
+            let outcome = api::run(&settings, &mut r).await;
+            finish(&mut r, &dir)?;
+            outcome?;
+            for c in &r.cases {
+                println!(
+                    "bench api: {} at {}: {}{}",
+                    c.backend,
+                    c.size,
+                    c.status,
+                    c.reason
+                        .as_deref()
+                        .map_or(String::new(), |r| format!(": {r}"))
+                );
+            }
+            for f in &r.figures {
+                println!(
+                    "  {:<14} {:>6} {:<34} {:<5} {:>12.6} {}",
+                    f.backend, f.size, f.metric, f.stat, f.value, f.unit
+                );
+            }
+            println!("results: {}", dir.display());
+            Ok(ExitCode::SUCCESS)
         }
         BenchKind::Probes {
             backend,

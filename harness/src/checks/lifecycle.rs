@@ -27,11 +27,10 @@ fn distinct(results: &[crate::probe::ProbeResult]) -> BTreeSet<String> {
 /// A copy of a scenario Service with endpoints, renamed, without selector
 /// (so without endpoints), with nothing allocated yet.
 pub fn selectorless_copy(ctx: &Ctx<'_>, name: &str) -> anyhow::Result<Service> {
-    let mut svc = ctx
-        .lab
-        .cp()
+    let cp = ctx.lab.cp();
+    let mut svc = cp
         .services()
-        .find(|s| has_endpoints(ctx, s))
+        .find(|s| has_endpoints(&cp, s))
         .cloned()
         .ok_or_else(|| anyhow::anyhow!("the scenario has no Service with a selector to copy"))?;
     fresh(&mut svc, name);
@@ -43,11 +42,9 @@ pub fn selectorless_copy(ctx: &Ctx<'_>, name: &str) -> anyhow::Result<Service> {
 
 /// A Service the checks can copy: it selects pods that are endpoints (not
 /// an ExternalName Service, nor one whose selector matches nothing).
-fn has_endpoints(ctx: &Ctx<'_>, s: &Service) -> bool {
+fn has_endpoints(cp: &crate::controlplane::ControlPlane, s: &Service) -> bool {
     s.spec.as_ref().is_some_and(|sp| sp.selector.is_some())
-        && !ctx
-            .lab
-            .cp()
+        && !cp
             .slices_of(
                 s.metadata.namespace.as_deref().unwrap_or("default"),
                 s.metadata.name.as_deref().unwrap_or(""),
@@ -259,23 +256,23 @@ pub async fn becomes_ready(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<Chec
     };
     // A Service with the selector of one that has endpoints, created
     // without it (0 endpoints), then given it (N endpoints).
-    let template = ctx
-        .lab
-        .cp()
-        .services()
-        .filter(|s| has_endpoints(ctx, s))
-        .max_by_key(|s| {
-            s.spec
-                .as_ref()
-                .and_then(|sp| sp.ports.as_ref())
-                .map_or(0, |p| {
-                    p.iter()
-                        .filter(|p| p.protocol.as_deref() == Some("UDP"))
-                        .count()
-                })
-        })
-        .cloned()
-        .ok_or_else(|| anyhow::anyhow!("the scenario has no Service with a selector"))?;
+    let template = {
+        let cp = ctx.lab.cp();
+        cp.services()
+            .filter(|s| has_endpoints(&cp, s))
+            .max_by_key(|s| {
+                s.spec
+                    .as_ref()
+                    .and_then(|sp| sp.ports.as_ref())
+                    .map_or(0, |p| {
+                        p.iter()
+                            .filter(|p| p.protocol.as_deref() == Some("UDP"))
+                            .count()
+                    })
+            })
+            .cloned()
+    }
+    .ok_or_else(|| anyhow::anyhow!("the scenario has no Service with a selector"))?;
     let selector = template.spec.as_ref().and_then(|s| s.selector.clone());
     let mut svc = template.clone();
     fresh(&mut svc, "svclab-check-ready");

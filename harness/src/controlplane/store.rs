@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use svclab_backends::protocol::StreamVersions;
 
 /// kube-proxy ignores Services (and their slices) with these labels; its
 /// informers select `!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless`.
@@ -205,16 +206,41 @@ pub struct Gone {
 
 type Key = (String, String);
 
+/// The newest resourceVersion on each of kube-proxy's watch streams
+/// (Services, EndpointSlices, with its label selector): what an agent fed
+/// through the API has synced once it reports as much per stream.
+#[derive(Debug, Default)]
+pub struct ProxyVersions {
+    services: AtomicU64,
+    endpoint_slices: AtomicU64,
+}
+
+impl ProxyVersions {
+    pub fn load(&self) -> StreamVersions {
+        StreamVersions {
+            services: self.services.load(Ordering::SeqCst),
+            endpoint_slices: self.endpoint_slices.load(Ordering::SeqCst),
+        }
+    }
+
+    fn saw(&self, resource: Resource, rv: u64) {
+        match resource {
+            Resource::Services => self.services.fetch_max(rv, Ordering::SeqCst),
+            Resource::EndpointSlices => self.endpoint_slices.fetch_max(rv, Ordering::SeqCst),
+            _ => 0,
+        };
+    }
+}
+
 pub struct Store {
     objects: BTreeMap<Resource, BTreeMap<Key, Arc<Obj>>>,
     log: VecDeque<Arc<Change>>,
     /// Every change after this resourceVersion is in the log.
     oldest: u64,
     current: u64,
-    /// The newest resourceVersion kube-proxy's informers see (Services and
-    /// EndpointSlices without the proxy-name or headless labels): what an
-    /// agent fed through the API reports having synced.
-    proxy_rv: Arc<AtomicU64>,
+    /// What kube-proxy's informers see last (Services and EndpointSlices
+    /// without the proxy-name or headless labels).
+    proxy: Arc<ProxyVersions>,
     notify: tokio::sync::watch::Sender<u64>,
     events_created: u64,
 }
@@ -232,7 +258,7 @@ impl Store {
             log: VecDeque::new(),
             oldest: 0,
             current: 0,
-            proxy_rv: Arc::new(AtomicU64::new(0)),
+            proxy: Arc::new(ProxyVersions::default()),
             notify: tokio::sync::watch::channel(0).0,
             events_created: 0,
         }
@@ -272,11 +298,9 @@ impl Store {
             (t, _) => t,
         };
         self.bump_to(o.rv, resource, &o);
-        if prev.as_ref().is_some_and(|p| p.proxied())
-            && matches!(resource, Resource::Services | Resource::EndpointSlices)
-        {
+        if prev.as_ref().is_some_and(|p| p.proxied()) {
             // An object leaving kube-proxy's selection is a DELETED for its informers.
-            self.proxy_rv.fetch_max(o.rv, Ordering::SeqCst);
+            self.proxy.saw(resource, o.rv);
         }
         self.log.push_back(Arc::new(Change {
             resource,
@@ -294,8 +318,8 @@ impl Store {
 
     fn bump_to(&mut self, rv: u64, resource: Resource, o: &Obj) {
         self.current = self.current.max(rv);
-        if matches!(resource, Resource::Services | Resource::EndpointSlices) && o.proxied() {
-            self.proxy_rv.fetch_max(rv, Ordering::SeqCst);
+        if o.proxied() {
+            self.proxy.saw(resource, rv);
         }
     }
 
@@ -314,14 +338,14 @@ impl Store {
         self.oldest
     }
 
-    pub fn proxy_rv(&self) -> u64 {
-        self.proxy_rv.load(Ordering::SeqCst)
+    pub fn proxy_versions(&self) -> StreamVersions {
+        self.proxy.load()
     }
 
     /// Shared with the agents' supervisor (what a restarted agent's first
     /// list covers).
-    pub fn proxy_rv_handle(&self) -> Arc<AtomicU64> {
-        self.proxy_rv.clone()
+    pub fn proxy_versions_handle(&self) -> Arc<ProxyVersions> {
+        self.proxy.clone()
     }
 
     /// Wakes with the newest resourceVersion after every change.
@@ -449,7 +473,7 @@ mod tests {
         );
         assert_eq!(st.list(Resource::Services, Some("default")).len(), 1);
         assert!(st.get(Resource::Services, "default", "b").is_none());
-        assert_eq!(st.proxy_rv(), 4);
+        assert_eq!(st.proxy_versions().services, 4);
     }
 
     #[test]
@@ -461,14 +485,14 @@ mod tests {
             &svc("other", 2, &[(SERVICE_PROXY_NAME_LABEL, "x")]),
             EventType::Added,
         );
-        assert_eq!(st.proxy_rv(), 1);
+        assert_eq!(st.proxy_versions().services, 1);
         // Gaining the label takes it out of kube-proxy's view: a change it sees.
         put(
             &mut st,
             &svc("a", 3, &[(HEADLESS_LABEL, "")]),
             EventType::Modified,
         );
-        assert_eq!(st.proxy_rv(), 3);
+        assert_eq!(st.proxy_versions().services, 3);
         assert_eq!(st.current(), 3);
     }
 }
