@@ -223,11 +223,9 @@ impl Lab {
             let t = Instant::now();
             self.start_agents(&backend, opts).await?;
             if !opts.defer_initial_sync {
-                // Fed through the API, the agents list it themselves.
-                let events = match self.feed {
-                    Feed::Pipe => self.cp().initial_events(),
-                    Feed::Api => Vec::new(),
-                };
+                // Fed through the API, the agents list it themselves; `send`
+                // counts it either way.
+                let events = self.cp().initial_events();
                 self.times.control_plane = t.elapsed();
                 let t = Instant::now();
                 self.apply(events).await.context("initial sync")?;
