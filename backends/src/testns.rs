@@ -18,7 +18,7 @@ pub fn in_new_netns<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|s| {
         s.spawn(|| {
             unshare(CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
-            crate::cmd::run("ip", &["link", "set", "lo", "up"], None).expect("lo up");
+            crate::kernel::cmd::run("ip", &["link", "set", "lo", "up"], None).expect("lo up");
             f()
         })
         .join()

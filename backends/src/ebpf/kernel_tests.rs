@@ -10,7 +10,7 @@ use super::backend::EbpfBackend;
 use super::testnet::{TCP_PORT, Topology, exchange, service};
 use crate::model::{ChangeSet, Endpoint, Protocol, ProxyState};
 use crate::protocol::SyncMode;
-use crate::{Backend, BackendOptions, SyncRequest, cmd};
+use crate::{Backend, BackendOptions, SyncRequest, kernel::cmd};
 
 const LO_ACCEPT_LOCAL: &str = "/proc/sys/net/ipv4/conf/lo/accept_local";
 
@@ -78,7 +78,7 @@ fn full_sync(b: &mut EbpfBackend, state: &ProxyState) {
 }
 
 fn skip() -> bool {
-    if let Err(e) = super::capability() {
+    if let Err(e) = super::capability::capability() {
         eprintln!("SKIP: {e}");
         return true;
     }

@@ -60,7 +60,7 @@ fn partial(b: &mut EbpfBackend, old: &ProxyState, new: &ProxyState) -> SyncOutco
 
 /// Builds the topology, sets the backend up with `state`, runs `f`.
 fn with_lab(pods: u8, state: &ProxyState, f: impl FnOnce(&Topology, &mut EbpfBackend) + Send) {
-    if let Err(e) = super::capability() {
+    if let Err(e) = super::capability::capability() {
         eprintln!("SKIP: {e}");
         return;
     }
@@ -312,7 +312,7 @@ fn nodeports_masquerade_for_cluster_and_keep_the_client_for_local() {
     with_lab(2, &state, |t, _| {
         t.remote.run(|| {
             let via = ["route", "add", "203.0.113.10/32", "via", "192.168.0.1"];
-            crate::cmd::run("ip", &via, None).unwrap();
+            crate::kernel::cmd::run("ip", &via, None).unwrap();
         });
         let ext = Some(SocketAddrV4::new(EXTERNAL, 0));
         for (protocol, port) in [(Protocol::Tcp, 30080), (Protocol::Udp, 30053)] {

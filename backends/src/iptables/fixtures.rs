@@ -3,19 +3,18 @@
 use std::net::Ipv4Addr;
 
 use crate::model::{Endpoint, NodeContext, Protocol, ProxyState, ServicePort, ServicePortName};
+use crate::testkit;
 
 /// A node whose cluster CIDR is kube-proxy's test cluster CIDR
 /// (10.0.0.0/8), so rules compare with its goldens.
 pub fn node() -> NodeContext {
     NodeContext {
         node_name: "node-a".into(),
-        node_ip: Ipv4Addr::new(192, 168, 0, 2),
         pod_cidr: "10.180.0.0/24".parse().unwrap(),
         cluster_cidr: "10.0.0.0/8".parse().unwrap(),
         service_cidr: "172.30.0.0/16".parse().unwrap(),
         run_prefix: "svl".into(),
-        bridge: "cni0".into(),
-        uplink: "eth0".into(),
+        ..testkit::node()
     }
 }
 

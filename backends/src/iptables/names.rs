@@ -156,6 +156,23 @@ impl Hasher {
     }
 }
 
+/// kube-proxy's chains in the nat table that belong to no service port.
+pub const NAT_TOP: [&str; 4] = [
+    "KUBE-SERVICES",
+    "KUBE-NODEPORTS",
+    "KUBE-POSTROUTING",
+    "KUBE-MARK-MASQ",
+];
+
+/// kube-proxy's chains in the filter table, in its order.
+pub const FILTER_TOP: [&str; 5] = [
+    "KUBE-SERVICES",
+    "KUBE-EXTERNAL-SERVICES",
+    "KUBE-FORWARD",
+    "KUBE-NODEPORTS",
+    "KUBE-PROXY-FIREWALL",
+];
+
 #[cfg(test)]
 mod tests {
     use std::net::Ipv4Addr;

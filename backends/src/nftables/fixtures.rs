@@ -7,17 +7,16 @@ use std::net::Ipv4Addr;
 use crate::model::{
     ChangeSet, Endpoint, NodeContext, Protocol, ProxyState, ServicePort, ServicePortName,
 };
+use crate::testkit;
 
 pub fn node() -> NodeContext {
     NodeContext {
         node_name: "test-node".into(),
-        node_ip: Ipv4Addr::new(192, 168, 0, 2),
         pod_cidr: "10.0.0.0/24".parse().unwrap(),
         cluster_cidr: "10.0.0.0/8".parse().unwrap(),
         service_cidr: "172.30.0.0/16".parse().unwrap(),
         run_prefix: "svclab-test".into(),
-        bridge: "cni0".into(),
-        uplink: "eth0".into(),
+        ..testkit::node()
     }
 }
 

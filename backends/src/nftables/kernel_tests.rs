@@ -12,7 +12,7 @@ use crate::nftables::fixtures::{changes, ep, insert, mixed, node, tcp};
 use crate::nftables::{NftablesBackend, capability};
 use crate::protocol::SyncMode;
 use crate::testns::in_new_netns;
-use crate::{Backend, BackendOptions, Fault, SyncRequest, cmd, require_netns};
+use crate::{Backend, BackendOptions, Fault, SyncRequest, kernel::cmd, require_netns};
 
 fn nft_json(args: &[&str]) -> Value {
     let mut full = vec!["-j"];

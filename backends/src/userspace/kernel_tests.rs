@@ -15,19 +15,15 @@ use crate::model::{
     ChangeSet, Endpoint, NodeContext, Protocol, ProxyState, ServicePort, ServicePortName,
 };
 use crate::protocol::SyncMode;
+use crate::testkit;
 use crate::testns::in_new_netns;
-use crate::{Backend, BackendOptions, Fault, SyncRequest, cmd, require_netns};
+use crate::{Backend, BackendOptions, Fault, SyncRequest, kernel::cmd, require_netns};
 
 fn node() -> NodeContext {
     NodeContext {
-        node_name: "n0".into(),
-        node_ip: Ipv4Addr::new(192, 168, 0, 2),
-        pod_cidr: "10.244.0.0/24".parse().unwrap(),
-        cluster_cidr: "10.244.0.0/16".parse().unwrap(),
         service_cidr: "172.30.0.0/16".parse().unwrap(),
-        run_prefix: "t".into(),
-        bridge: "cni0".into(),
         uplink: "v0".into(),
+        ..testkit::node()
     }
 }
 

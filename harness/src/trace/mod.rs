@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
+use svclab_backends::{BackendSpec, Evidence};
 
 use crate::probe::{ProbeResult, ProbeSpec, Prober};
 use crate::state::{ProcRef, RunState};
@@ -200,41 +201,35 @@ fn limits(backend: Option<&str>) -> Vec<String> {
             .to_string(),
     ];
     match backend {
-        Some("iptables-legacy") => out.push(
-            "iptables-legacy rules live in x_tables, which nf_tables tracing cannot see; their \
-             TRACE target logs to the kernel log only for the host's namespace unless the \
-             host-wide sysctl net.netfilter.nf_log_all_netns is set, which svclab never changes. \
-             The rules shown are those whose packet counters rose while the probe ran \
-             (iptables-legacy-save -c before and after): every packet of the connection counts, \
-             and in a busy lab other traffic would too"
-                .into(),
-        ),
-        Some("ipvs") => out.push(
-            "IPVS balances in the input and output hooks without nf_tables rules: the trace \
-             shows its iptables rules; the real server it picked is in the IPVS connection entry"
-                .into(),
-        ),
-        Some("ebpf") => out.push(
-            "the eBPF programs rewrite packets at tc, before netfilter: the trace shows the \
-             packet already DNATed; the decision is in the BPF map entries (service, flow, \
-             counters)"
-                .into(),
-        ),
-        Some("userspace") => out.push(
-            "the userspace proxy accepts the connection in the agent and opens its own to the \
-             endpoint: the trace shows the redirect to the proxy, not the second connection"
-                .into(),
-        ),
-        Some("none") | None => {
-            out.push("no backend programs rules: nothing rewrites the packet".into())
-        }
         Some(b) if b.starts_with("exec:") => out.push(format!(
             "{b} is an external program: the trace shows whatever nf_tables rules it wrote; \
              other dataplanes are not visible"
         )),
-        Some(_) => {}
+        Some(_) => out.extend(
+            spec_of(backend)
+                .and_then(|s| s.trace.notes)
+                .map(str::to_string),
+        ),
+        None => out.push(NO_RULES.into()),
     }
     out
+}
+
+/// Said when the lab runs no backend at all (as the `none` backend says).
+const NO_RULES: &str = "no backend programs rules: nothing rewrites the packet";
+
+/// The registry's spec of a backend named in the run's state.
+fn spec_of(backend: Option<&str>) -> Option<&'static BackendSpec> {
+    backend.and_then(svclab_backends::registry::spec)
+}
+
+/// Where `backend`'s decisions show besides nf_tables trace events; an
+/// external program's rules are nf_tables rules as far as the trace knows.
+fn evidence(backend: Option<&str>) -> Evidence {
+    match backend {
+        None => Evidence::Nothing,
+        Some(b) => spec_of(Some(b)).map_or(Evidence::NfTables, |s| s.trace.evidence),
+    }
 }
 
 /// The nodes to trace in, the client's node first.
@@ -286,8 +281,8 @@ fn arm(
         let bases = nftrace::base_chains(&node.netns)?;
         let table = MarkTable::create(&node.netns, lab.run.as_str(), &sel)?;
         let monitor = Monitor::start(&node.netns)?;
-        let legacy = match lab.backend.as_deref() {
-            Some("iptables-legacy") => Some(legacy::snapshot(&node.netns)?),
+        let legacy = match evidence(lab.backend.as_deref()) {
+            Evidence::RuleCounters => Some(legacy::snapshot(&node.netns)?),
             _ => None,
         };
         armed.push(Armed {
@@ -350,8 +345,8 @@ fn collect(
             notes.push(e.to_string());
             Vec::new()
         });
-        let ipvs = match lab.backend.as_deref() {
-            Some("ipvs") => match ipvs::connections(&node.netns, src) {
+        let ipvs = match evidence(lab.backend.as_deref()) {
+            Evidence::IpvsConnections => match ipvs::connections(&node.netns, src) {
                 Ok(c) => Some(c),
                 Err(e) => {
                     notes.push(e);
@@ -360,8 +355,8 @@ fn collect(
             },
             _ => None,
         };
-        let bpf = match (lab.backend.as_deref(), agent_pid(lab, &node.name)) {
-            (Some("ebpf"), Some(pid)) => {
+        let bpf = match (evidence(lab.backend.as_deref()), agent_pid(lab, &node.name)) {
+            (Evidence::BpfMaps, Some(pid)) => {
                 match bpf::view(pid, to.protocol, client, to.address, to.node_port) {
                     Ok(v) => Some(v),
                     Err(e) => {
@@ -370,7 +365,7 @@ fn collect(
                     }
                 }
             }
-            (Some("ebpf"), None) => {
+            (Evidence::BpfMaps, None) => {
                 notes.push(format!("no live agent process for node {}", node.name));
                 None
             }
@@ -535,7 +530,7 @@ pub async fn for_failure(
         topology: lab.topology.clone(),
         processes: lab.state.processes.clone(),
     };
-    if matches!(view.backend.as_deref(), Some("none") | None) {
+    if evidence(view.backend.as_deref()) == Evidence::Nothing {
         return None;
     }
     let from = From {
