@@ -188,16 +188,7 @@ impl Links {
         device: &str,
         ips: &[Ipv4Addr],
     ) -> Result<(), LinkError> {
-        let msgs = ips
-            .iter()
-            .map(|ip| {
-                (
-                    RouteNetlinkMessage::NewAddress(host_address(index, *ip)),
-                    NLM_F_CREATE,
-                )
-            })
-            .collect();
-        self.check_batch(msgs, ips, &[libc::EEXIST], |ip| {
+        self.change_addresses(index, ips, true, |ip| {
             format!("adding address {ip}/32 to {device}")
         })
     }
@@ -210,32 +201,46 @@ impl Links {
         device: &str,
         ips: &[Ipv4Addr],
     ) -> Result<(), LinkError> {
-        let msgs = ips
-            .iter()
-            .map(|ip| (RouteNetlinkMessage::DelAddress(host_address(index, *ip)), 0))
-            .collect();
-        self.check_batch(msgs, ips, &[libc::EADDRNOTAVAIL], |ip| {
+        self.change_addresses(index, ips, false, |ip| {
             format!("removing address {ip}/32 from {device}")
         })
     }
 
-    fn check_batch(
+    /// Adds or removes the /32s in one batch; the address already being
+    /// there (or gone) is not an error.
+    fn change_addresses(
         &mut self,
-        msgs: Vec<(RouteNetlinkMessage, u16)>,
+        index: u32,
         ips: &[Ipv4Addr],
-        tolerated: &[i32],
+        add: bool,
         what: impl Fn(&Ipv4Addr) -> String,
     ) -> Result<(), LinkError> {
-        if msgs.is_empty() {
+        if ips.is_empty() {
             return Ok(());
         }
+        let msgs = ips
+            .iter()
+            .map(|ip| {
+                let msg = host_address(index, *ip);
+                if add {
+                    (RouteNetlinkMessage::NewAddress(msg), NLM_F_CREATE)
+                } else {
+                    (RouteNetlinkMessage::DelAddress(msg), 0)
+                }
+            })
+            .collect();
+        let tolerated = if add {
+            libc::EEXIST
+        } else {
+            libc::EADDRNOTAVAIL
+        };
         let results = self
             .transport
             .batch(msgs)
             .map_err(err("sending address changes"))?;
         for (ip, r) in ips.iter().zip(results) {
             if let Err(e) = r
-                && !e.raw_os_error().is_some_and(|c| tolerated.contains(&c))
+                && e.raw_os_error() != Some(tolerated)
             {
                 return Err(err(what(ip))(e));
             }
