@@ -7,6 +7,8 @@ use crate::kernel::iptables::{Flavor, Jump, jumps};
 
 const EXTERNAL: &str = "kubernetes externally-visible service portals";
 const PORTALS: &str = "kubernetes service portals";
+const POSTROUTING: &str = "kubernetes postrouting rules";
+const FORWARDING: &str = "kubernetes forwarding rules";
 const FIREWALL: &str = "kubernetes load balancer firewall";
 
 /// kube-proxy's jumps, in its order. Each is inserted at the top, so the
@@ -22,23 +24,13 @@ pub const JUMPS: [Jump; 12] = [
     ),
     Jump::new("filter", "FORWARD", "KUBE-SERVICES", PORTALS).new_only(),
     Jump::new("filter", "OUTPUT", "KUBE-SERVICES", PORTALS).new_only(),
-    Jump::new(
-        "filter",
-        "FORWARD",
-        "KUBE-FORWARD",
-        "kubernetes forwarding rules",
-    ),
+    Jump::new("filter", "FORWARD", "KUBE-FORWARD", FORWARDING),
     Jump::new("filter", "INPUT", "KUBE-PROXY-FIREWALL", FIREWALL).new_only(),
     Jump::new("filter", "OUTPUT", "KUBE-PROXY-FIREWALL", FIREWALL).new_only(),
     Jump::new("filter", "FORWARD", "KUBE-PROXY-FIREWALL", FIREWALL).new_only(),
     Jump::new("nat", "OUTPUT", "KUBE-SERVICES", PORTALS),
     Jump::new("nat", "PREROUTING", "KUBE-SERVICES", PORTALS),
-    Jump::new(
-        "nat",
-        "POSTROUTING",
-        "KUBE-POSTROUTING",
-        "kubernetes postrouting rules",
-    ),
+    Jump::new("nat", "POSTROUTING", "KUBE-POSTROUTING", POSTROUTING),
 ];
 
 /// Creates the target chains and inserts the jumps that are missing;

@@ -33,7 +33,7 @@ mod restore_model;
 pub use render::{Config, Rendered, Scope, render, render_full};
 
 use crate::kernel::iptables::Flavor;
-use crate::{BackendSpec, Evidence, FloorTool, Trace};
+use crate::{BackendError, BackendSpec, Evidence, FloorTool, Trace};
 
 /// kube-proxy's iptables mode through iptables-nft. It implements every
 /// behaviour the checks cover.
@@ -46,12 +46,7 @@ pub const SPEC: BackendSpec = BackendSpec {
         notes: None,
         evidence: Evidence::NfTables,
     },
-    floor: Some(FloorTool {
-        program: Flavor::Nft.restore(),
-        args: Flavor::Nft.restore_args(),
-        ext: backend::DUMP_EXT,
-        prepare: || hooks::ensure(Flavor::Nft),
-    }),
+    floor: Some(floor(Flavor::Nft, || hooks::ensure(Flavor::Nft))),
 };
 
 /// kube-proxy's iptables mode through iptables-legacy.
@@ -71,10 +66,15 @@ pub const LEGACY_SPEC: BackendSpec = BackendSpec {
         ),
         evidence: Evidence::RuleCounters,
     },
-    floor: Some(FloorTool {
-        program: Flavor::Legacy.restore(),
-        args: Flavor::Legacy.restore_args(),
-        ext: backend::DUMP_EXT,
-        prepare: || hooks::ensure(Flavor::Legacy),
-    }),
+    floor: Some(floor(Flavor::Legacy, || hooks::ensure(Flavor::Legacy))),
 };
+
+/// The flavor's restore, on the dumps, after `prepare` made the hooks.
+const fn floor(flavor: Flavor, prepare: fn() -> Result<(), BackendError>) -> FloorTool {
+    FloorTool {
+        program: flavor.restore(),
+        args: flavor.restore_args(),
+        ext: backend::DUMP_EXT,
+        prepare,
+    }
+}

@@ -34,6 +34,8 @@ pub const FILTER_CHAINS: [&str; 6] = [
 ];
 
 const PORTALS: &str = "kubernetes service portals";
+const POSTROUTING: &str = "kubernetes postrouting rules";
+const FORWARDING: &str = "kubernetes forwarding rules";
 const FIREWALL: &str = "kube-proxy firewall rules";
 const ACCESS: &str = "kubernetes ipvs access filter";
 
@@ -41,18 +43,8 @@ const ACCESS: &str = "kubernetes ipvs access filter";
 pub const JUMPS: [Jump; 9] = [
     Jump::new("nat", "OUTPUT", "KUBE-SERVICES", PORTALS),
     Jump::new("nat", "PREROUTING", "KUBE-SERVICES", PORTALS),
-    Jump::new(
-        "nat",
-        "POSTROUTING",
-        "KUBE-POSTROUTING",
-        "kubernetes postrouting rules",
-    ),
-    Jump::new(
-        "filter",
-        "FORWARD",
-        "KUBE-FORWARD",
-        "kubernetes forwarding rules",
-    ),
+    Jump::new("nat", "POSTROUTING", "KUBE-POSTROUTING", POSTROUTING),
+    Jump::new("filter", "FORWARD", "KUBE-FORWARD", FORWARDING),
     Jump::new(
         "filter",
         "INPUT",
