@@ -6,7 +6,8 @@ use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::model::NodeContext;
+use crate::kernel::cmd;
+use crate::model::{Endpoint, NodeContext, Protocol, ServicePort, ServicePortName};
 
 /// The echo servers' TCP port.
 pub const TCP_PORT: u16 = 8080;
@@ -28,21 +29,98 @@ pub fn node() -> NodeContext {
     }
 }
 
+/// A ClusterIP service port `name` on `vip:port`: no NodePort, affinity,
+/// external IPs or Local traffic policies; tests set those themselves.
+pub fn service_port(name: ServicePortName, vip: Ipv4Addr, port: u16) -> ServicePort {
+    ServicePort {
+        protocol: name.protocol,
+        name,
+        cluster_ip: vip,
+        port,
+        node_port: None,
+        session_affinity_seconds: None,
+        external_policy_local: false,
+        internal_policy_local: false,
+        health_check_node_port: None,
+        external_ips: vec![],
+    }
+}
+
+/// A ready, serving endpoint on node `node`, which is the test's own node
+/// when `local`.
+pub fn endpoint(ip: Ipv4Addr, port: u16, node: Option<&str>, local: bool) -> Endpoint {
+    Endpoint {
+        ip,
+        port,
+        ready: true,
+        serving: true,
+        terminating: false,
+        node_name: node.map(str::to_string),
+        is_local: local,
+    }
+}
+
+/// A ClusterIP service port in kube-proxy's test conventions (addresses as
+/// octets).
+pub fn port(
+    ns: &str,
+    name: &str,
+    port_name: &str,
+    proto: Protocol,
+    vip: [u8; 4],
+    port: u16,
+) -> ServicePort {
+    service_port(
+        ServicePortName::new(ns, name, port_name, proto),
+        Ipv4Addr::from(vip),
+        port,
+    )
+}
+
+/// Plumbs the calling thread's namespace as a node: node IP 192.168.0.2
+/// on veth `v0`, the service CIDR 172.30.0.0/16 routed over it (as the
+/// lab's default route does, so the OUTPUT hook sees ClusterIP packets and
+/// rejects come back as ICMP errors), and `endpoints` as /32s on `lo`.
+pub fn plumb_node(endpoints: &[Ipv4Addr]) {
+    for args in [
+        &["link", "add", "v0", "type", "veth", "peer", "name", "v1"][..],
+        &["addr", "add", "192.168.0.2/24", "dev", "v0"],
+        &["link", "set", "v0", "up"],
+        &["link", "set", "v1", "up"],
+        &[
+            "route",
+            "add",
+            "172.30.0.0/16",
+            "via",
+            "192.168.0.1",
+            "dev",
+            "v0",
+            "onlink",
+        ],
+    ] {
+        cmd::run("ip", args, None).expect("plumbing the test namespace");
+    }
+    for ep in endpoints {
+        let addr = format!("{ep}/32");
+        cmd::run("ip", &["addr", "add", &addr, "dev", "lo"], None).expect("endpoint address");
+    }
+}
+
 type Job = Box<dyn FnOnce() + Send>;
 
-/// A network namespace on a thread of its own whose TCP ([`TCP_PORT`]) and
-/// UDP ([`UDP_PORT`]) servers on `ip` answer `<ip> <peer address>`, until
-/// it is dropped (or after five minutes).
-pub struct Host {
-    pub ip: Ipv4Addr,
+/// A network namespace on a thread of its own that runs jobs, and serves
+/// while it waits for them if it was asked to, until it is dropped (or
+/// after five minutes).
+pub struct Netns {
     jobs: mpsc::Sender<Job>,
 }
 
-impl Host {
-    /// A new namespace whose servers bind `ip`; returns it and the path of
-    /// its namespace (for `ip link ... netns`). The first [`Host::run`]
-    /// job runs before the servers start: it sets the namespace up.
-    pub fn spawn(ip: Ipv4Addr) -> (Host, String) {
+impl Netns {
+    /// A new namespace whose echo servers (if any) bind `serve_on`;
+    /// returns it and the path of its namespace (for `ip link ... netns`).
+    /// The first [`Netns::run`] job runs before the servers start: it sets
+    /// the namespace up.
+    pub fn spawn(serve_on: Option<Ipv4Addr>) -> (Netns, String) {
         let (path_tx, path_rx) = mpsc::channel::<String>();
         let (jobs, job_rx) = mpsc::channel::<Job>();
         std::thread::spawn(move || {
@@ -52,10 +130,10 @@ impl Host {
             let _ = path_tx.send(format!("/proc/{}/task/{tid}/ns/net", std::process::id()));
             let Ok(setup) = job_rx.recv() else { return };
             setup();
-            serve(ip, &job_rx);
+            serve(serve_on, &job_rx);
         });
         (
-            Host { ip, jobs },
+            Netns { jobs },
             path_rx.recv().expect("namespace thread started"),
         )
     }
@@ -74,13 +152,36 @@ impl Host {
     }
 }
 
-/// The servers, until the host's handle is dropped; jobs run on threads
-/// spawned here, which inherit the namespace.
-fn serve(on: Ipv4Addr, jobs: &mpsc::Receiver<Job>) {
-    let tcp = TcpListener::bind((on, TCP_PORT)).unwrap();
-    tcp.set_nonblocking(true).unwrap();
-    let udp = UdpSocket::bind((on, UDP_PORT)).unwrap();
-    udp.set_nonblocking(true).unwrap();
+/// A [`Netns`] whose TCP ([`TCP_PORT`]) and UDP ([`UDP_PORT`]) servers on
+/// `ip` answer `<ip> <peer address>`.
+pub struct Host {
+    pub ip: Ipv4Addr,
+    ns: Netns,
+}
+
+impl Host {
+    /// See [`Netns::spawn`].
+    pub fn spawn(ip: Ipv4Addr) -> (Host, String) {
+        let (ns, path) = Netns::spawn(Some(ip));
+        (Host { ip, ns }, path)
+    }
+
+    /// See [`Netns::run`].
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        self.ns.run(f)
+    }
+}
+
+/// Runs jobs (on threads spawned here, which inherit the namespace) and
+/// serves on `on`, if given, until the handle is dropped.
+fn serve(on: Option<Ipv4Addr>, jobs: &mpsc::Receiver<Job>) {
+    let sockets = on.map(|on| {
+        let tcp = TcpListener::bind((on, TCP_PORT)).unwrap();
+        tcp.set_nonblocking(true).unwrap();
+        let udp = UdpSocket::bind((on, UDP_PORT)).unwrap();
+        udp.set_nonblocking(true).unwrap();
+        (on, tcp, udp)
+    });
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut buf = [0u8; 64];
     while Instant::now() < deadline {
@@ -93,13 +194,15 @@ fn serve(on: Ipv4Addr, jobs: &mpsc::Receiver<Job>) {
             Err(mpsc::TryRecvError::Disconnected) => return,
             Err(mpsc::TryRecvError::Empty) => {}
         }
-        if let Ok((mut conn, peer)) = tcp.accept() {
-            let _ = conn.write_all(format!("{on} {}", peer.ip()).as_bytes());
-            idle = false;
-        }
-        if let Ok((_, peer)) = udp.recv_from(&mut buf) {
-            let _ = udp.send_to(format!("{on} {}", peer.ip()).as_bytes(), peer);
-            idle = false;
+        if let Some((on, tcp, udp)) = &sockets {
+            if let Ok((mut conn, peer)) = tcp.accept() {
+                let _ = conn.write_all(format!("{on} {}", peer.ip()).as_bytes());
+                idle = false;
+            }
+            if let Ok((_, peer)) = udp.recv_from(&mut buf) {
+                let _ = udp.send_to(format!("{on} {}", peer.ip()).as_bytes(), peer);
+                idle = false;
+            }
         }
         if idle {
             std::thread::sleep(Duration::from_millis(2));

@@ -107,18 +107,7 @@ impl Topology {
 }
 
 pub fn service(name: &str, vip: Ipv4Addr, port: u16, protocol: Protocol) -> ServicePort {
-    ServicePort {
-        name: ServicePortName::new("ns", name, "", protocol),
-        cluster_ip: vip,
-        port,
-        protocol,
-        node_port: None,
-        session_affinity_seconds: None,
-        external_policy_local: false,
-        internal_policy_local: false,
-        health_check_node_port: None,
-        external_ips: vec![],
-    }
+    testkit::service_port(ServicePortName::new("ns", name, "", protocol), vip, port)
 }
 
 /// Who answered and which source it saw.

@@ -14,6 +14,7 @@ use super::testnet::{
 };
 use crate::model::{ChangeSet, Endpoint, Protocol, ProxyState, ServicePort};
 use crate::protocol::SyncMode;
+use crate::testkit;
 use crate::{Backend, BackendOptions, SyncOutcome, SyncRequest};
 
 fn insert(state: &mut ProxyState, svc: ServicePort, eps: Vec<Endpoint>) {
@@ -167,15 +168,7 @@ fn pods_and_the_node_reach_local_and_remote_endpoints() {
 }
 
 fn local_ep(ip: Ipv4Addr, port: u16) -> Endpoint {
-    Endpoint {
-        ip,
-        port,
-        ready: true,
-        serving: true,
-        terminating: false,
-        node_name: Some("n0".into()),
-        is_local: true,
-    }
+    testkit::endpoint(ip, port, Some("n0"), true)
 }
 
 #[test]

@@ -179,17 +179,10 @@ mod tests {
 
     use super::*;
     use crate::model::Protocol;
+    use crate::testkit;
 
     fn ep(ip: [u8; 4], port: u16) -> Endpoint {
-        Endpoint {
-            ip: Ipv4Addr::from(ip),
-            port,
-            ready: true,
-            serving: true,
-            terminating: false,
-            node_name: None,
-            is_local: false,
-        }
+        testkit::endpoint(Ipv4Addr::from(ip), port, None, false)
     }
 
     /// Pairs from kube-proxy's TestOverallIPTablesRules

@@ -16,7 +16,7 @@ use crate::kernel::iptables::{self, Flavor};
 use crate::kernel::links::Links;
 use crate::model::{ChangeSet, Endpoint, Protocol, ProxyState, ServicePort, ServicePortName};
 use crate::protocol::SyncMode;
-use crate::testkit::node;
+use crate::testkit::{self, node};
 use crate::testns;
 use crate::{Backend, BackendOptions, SyncOutcome, SyncRequest, kernel::cmd};
 
@@ -47,18 +47,11 @@ pub(super) fn with_ipvs<T: Send>(f: impl FnOnce() -> T + Send) -> Option<T> {
 }
 
 pub(super) fn service(name: &str, vip: [u8; 4], port: u16, protocol: Protocol) -> ServicePort {
-    ServicePort {
-        name: ServicePortName::new("ns", name, "", protocol),
-        cluster_ip: Ipv4Addr::from(vip),
+    testkit::service_port(
+        ServicePortName::new("ns", name, "", protocol),
+        Ipv4Addr::from(vip),
         port,
-        protocol,
-        node_port: None,
-        session_affinity_seconds: None,
-        external_policy_local: false,
-        internal_policy_local: false,
-        health_check_node_port: None,
-        external_ips: vec![],
-    }
+    )
 }
 
 /// Endpoint 10.244.<node>.<last>:<port>, ready unless `terminating`.

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use super::kernel_tests::{changes_between, full, insert, service, setup_backend, sync, with_ipvs};
 use crate::model::{Endpoint, Protocol, ProxyState};
 use crate::protocol::SyncMode;
+use crate::testkit;
 use crate::testkit::Host;
 use crate::{Backend, BackendOptions, kernel::cmd};
 
@@ -61,15 +62,7 @@ impl Pod {
     }
 
     fn endpoint(&self, port: u16) -> Endpoint {
-        Endpoint {
-            ip: self.ip,
-            port,
-            ready: true,
-            serving: true,
-            terminating: false,
-            node_name: Some("n0".into()),
-            is_local: true,
-        }
+        testkit::endpoint(self.ip, port, Some("n0"), true)
     }
 }
 

@@ -4,9 +4,7 @@
 
 use std::net::Ipv4Addr;
 
-use crate::model::{
-    ChangeSet, Endpoint, NodeContext, Protocol, ProxyState, ServicePort, ServicePortName,
-};
+use crate::model::{ChangeSet, Endpoint, NodeContext, Protocol, ProxyState, ServicePort};
 use crate::testkit;
 
 pub fn node() -> NodeContext {
@@ -20,27 +18,7 @@ pub fn node() -> NodeContext {
     }
 }
 
-pub fn port(
-    ns: &str,
-    name: &str,
-    port_name: &str,
-    proto: Protocol,
-    vip: [u8; 4],
-    port: u16,
-) -> ServicePort {
-    ServicePort {
-        name: ServicePortName::new(ns, name, port_name, proto),
-        cluster_ip: Ipv4Addr::from(vip),
-        port,
-        protocol: proto,
-        node_port: None,
-        session_affinity_seconds: None,
-        external_policy_local: false,
-        internal_policy_local: false,
-        health_check_node_port: None,
-        external_ips: vec![],
-    }
-}
+pub use crate::testkit::port;
 
 pub fn tcp(ns: &str, name: &str, vip: [u8; 4]) -> ServicePort {
     port(ns, name, "p80", Protocol::Tcp, vip, 80)
@@ -48,15 +26,12 @@ pub fn tcp(ns: &str, name: &str, vip: [u8; 4]) -> ServicePort {
 
 /// A ready endpoint; `local` says whether it is on the test node.
 pub fn ep(ip: [u8; 4], port: u16, local: bool) -> Endpoint {
-    Endpoint {
-        ip: Ipv4Addr::from(ip),
+    testkit::endpoint(
+        Ipv4Addr::from(ip),
         port,
-        ready: true,
-        serving: true,
-        terminating: false,
-        node_name: Some(if local { "test-node" } else { "node2" }.into()),
-        is_local: local,
-    }
+        Some(if local { "test-node" } else { "node2" }),
+        local,
+    )
 }
 
 pub fn insert(state: &mut ProxyState, svc: ServicePort, mut eps: Vec<Endpoint>) {

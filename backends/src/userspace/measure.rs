@@ -23,7 +23,7 @@ use crate::model::{
 use crate::protocol::SyncMode;
 use crate::testkit;
 use crate::testns::in_new_netns;
-use crate::{Backend, BackendOptions, SyncRequest, kernel::cmd, require_netns};
+use crate::{Backend, BackendOptions, SyncRequest, require_netns};
 
 const ENDPOINTS_PER_SERVICE: u32 = 10;
 const PARTIALS: usize = 10;
@@ -207,25 +207,7 @@ fn relay_cost() {
     const CONNECTIONS: usize = 2000;
     const BULK: usize = 256 << 20;
     in_new_netns(|| {
-        for args in [
-            vec!["link", "add", "v0", "type", "veth", "peer", "name", "v1"],
-            vec!["addr", "add", "192.168.0.2/24", "dev", "v0"],
-            vec!["link", "set", "v0", "up"],
-            vec!["link", "set", "v1", "up"],
-            vec![
-                "route",
-                "add",
-                "172.30.0.0/16",
-                "via",
-                "192.168.0.1",
-                "dev",
-                "v0",
-                "onlink",
-            ],
-            vec!["addr", "add", "10.0.0.5/32", "dev", "lo"],
-        ] {
-            cmd::run("ip", &args, None).expect("plumbing");
-        }
+        testkit::plumb_node(&[Ipv4Addr::new(10, 0, 0, 5)]);
         let listener = TcpListener::bind("10.0.0.5:8080").unwrap();
         std::thread::spawn(move || {
             let deadline = Instant::now() + Duration::from_secs(120);
