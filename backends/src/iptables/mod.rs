@@ -14,7 +14,7 @@ pub mod book;
 pub mod cleanup;
 pub mod hooks;
 pub mod names;
-pub mod probe;
+mod probe;
 pub mod render;
 
 #[cfg(test)]

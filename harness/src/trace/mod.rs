@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
-use svclab_backends::{BackendSpec, Evidence};
+use svclab_backends::{BackendKind, BackendSpec, Evidence};
 
 use crate::probe::{ProbeResult, ProbeSpec, Prober};
 use crate::state::{ProcRef, RunState};
@@ -205,31 +205,28 @@ fn limits(backend: Option<&str>) -> Vec<String> {
             "{b} is an external program: the trace shows whatever nf_tables rules it wrote; \
              other dataplanes are not visible"
         )),
-        Some(_) => out.extend(
+        _ => out.extend(
             spec_of(backend)
                 .and_then(|s| s.trace.notes)
                 .map(str::to_string),
         ),
-        None => out.push(NO_RULES.into()),
     }
     out
 }
 
-/// Said when the lab runs no backend at all (as the `none` backend says).
-const NO_RULES: &str = "no backend programs rules: nothing rewrites the packet";
-
-/// The registry's spec of a backend named in the run's state.
+/// The registry's spec of the backend named in the run's state; no
+/// backend at all is the `none` baseline.
 fn spec_of(backend: Option<&str>) -> Option<&'static BackendSpec> {
-    backend.and_then(svclab_backends::registry::spec)
+    match backend {
+        Some(b) => svclab_backends::registry::spec(b),
+        None => BackendKind::None.spec(),
+    }
 }
 
 /// Where `backend`'s decisions show besides nf_tables trace events; an
 /// external program's rules are nf_tables rules as far as the trace knows.
 fn evidence(backend: Option<&str>) -> Evidence {
-    match backend {
-        None => Evidence::Nothing,
-        Some(b) => spec_of(Some(b)).map_or(Evidence::NfTables, |s| s.trace.evidence),
-    }
+    spec_of(backend).map_or(Evidence::NfTables, |s| s.trace.evidence)
 }
 
 /// The nodes to trace in, the client's node first.
@@ -563,4 +560,29 @@ pub async fn for_failure(
         .filter_map(|e| view.node_index(&e.node))
         .collect();
     Some(trace(&view, &lab.prober, &from, &to, Some(&endpoint_nodes)).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_and_evidence_come_from_the_backend_spec() {
+        let says = |b: Option<&str>, what: &str| limits(b).iter().any(|l| l.contains(what));
+        assert!(says(Some("iptables-legacy"), "x_tables"));
+        assert!(says(Some("ipvs"), "IPVS connection entry"));
+        assert!(says(Some("ebpf"), "BPF map entries"));
+        assert!(says(Some("userspace"), "redirect to the proxy"));
+        assert!(says(Some("none"), "nothing rewrites the packet"));
+        assert!(says(None, "nothing rewrites the packet"));
+        assert!(says(Some("exec:/bin/proxy"), "external program"));
+        assert_eq!(limits(Some("iptables")).len(), 1);
+        assert_eq!(evidence(Some("iptables-legacy")), Evidence::RuleCounters);
+        assert_eq!(evidence(Some("ipvs")), Evidence::IpvsConnections);
+        assert_eq!(evidence(Some("ebpf")), Evidence::BpfMaps);
+        assert_eq!(evidence(Some("nftables")), Evidence::NfTables);
+        assert_eq!(evidence(Some("exec:/bin/proxy")), Evidence::NfTables);
+        assert_eq!(evidence(None), Evidence::Nothing);
+        assert_eq!(evidence(Some("none")), Evidence::Nothing);
+    }
 }
