@@ -25,8 +25,6 @@ pub mod protocol;
 pub mod registry;
 #[cfg(test)]
 pub mod testkit;
-#[cfg(test)]
-pub mod testns;
 pub mod tracker;
 pub mod userspace;
 

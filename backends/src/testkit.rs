@@ -1,5 +1,7 @@
-//! What the backends' tests share: one node to sync for, and namespaces
-//! with echo servers to send traffic to.
+//! What the backends' tests share: a brand-new network namespace per test
+//! (so tests that program the kernel never touch the host's own namespace
+//! and can run in parallel), one node to sync for, service ports and
+//! endpoints, and namespaces with echo servers to send traffic to.
 
 use std::io::Write;
 use std::net::{Ipv4Addr, TcpListener, UdpSocket};
@@ -13,6 +15,41 @@ use crate::model::{Endpoint, NodeContext, Protocol, ServicePort, ServicePortName
 pub const TCP_PORT: u16 = 8080;
 /// The echo servers' UDP port.
 pub const UDP_PORT: u16 = 5353;
+
+/// Why kernel tests cannot run here, if they cannot.
+pub fn unavailable() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("needs root (CAP_NET_ADMIN) to create a network namespace".into());
+    }
+    None
+}
+
+/// Runs `f` on a fresh thread inside a new, empty network namespace with
+/// `lo` up. Tools spawned from `f` inherit that namespace.
+pub fn in_new_netns<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                .expect("unshare(CLONE_NEWNET)");
+            cmd::run("ip", &["link", "set", "lo", "up"], None).expect("lo up");
+            f()
+        })
+        .join()
+        .expect("test thread panicked")
+    })
+}
+
+/// Skips the calling test (returns early) with a reason when kernel tests
+/// cannot run on this machine.
+#[macro_export]
+macro_rules! require_netns {
+    () => {
+        if let Some(reason) = $crate::testkit::unavailable() {
+            eprintln!("SKIP: {reason}");
+            return;
+        }
+    };
+}
 
 /// The node every backend test syncs for; a test that needs other
 /// addresses overrides them (`NodeContext { pod_cidr, ..node() }`).

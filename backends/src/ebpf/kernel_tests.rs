@@ -91,7 +91,7 @@ fn cleanup_detaches_everything_and_restores_lo() {
     if skip() {
         return;
     }
-    crate::testns::in_new_netns(|| {
+    crate::testkit::in_new_netns(|| {
         let _topo = Topology::build(1);
         let qdiscs_before = qdiscs();
         assert_eq!(accept_local(), "0");
@@ -126,7 +126,7 @@ fn a_full_sync_attaches_to_new_pods() {
     if skip() {
         return;
     }
-    crate::testns::in_new_netns(|| {
+    crate::testkit::in_new_netns(|| {
         let mut topo = Topology::build(1);
         let server = topo.pods[0].ip;
         let mut state = ProxyState::default();

@@ -113,7 +113,7 @@ fn sync_cost() {
     for services in env_list("SVCLAB_MEASURE_SERVICES", "1000,10000") {
         let mut state = synthetic(services);
         let node = node();
-        crate::testns::in_new_netns(|| {
+        crate::testkit::in_new_netns(|| {
             links();
             let mut b = EbpfBackend::new(&BackendOptions::default());
             let t = Instant::now();

@@ -65,7 +65,7 @@ fn with_lab(pods: u8, state: &ProxyState, f: impl FnOnce(&Topology, &mut EbpfBac
         eprintln!("SKIP: {e}");
         return;
     }
-    crate::testns::in_new_netns(|| {
+    crate::testkit::in_new_netns(|| {
         let topo = Topology::build(pods);
         let mut b = EbpfBackend::new(&BackendOptions::default());
         b.setup(&Topology::node()).unwrap();

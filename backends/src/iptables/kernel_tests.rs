@@ -12,7 +12,7 @@ use super::names::{ServiceChains, endpoint_chain};
 use crate::kernel::iptables::{self, Flavor};
 use crate::model::{ChangeSet, Endpoint, ProxyState, ServicePortName};
 use crate::protocol::SyncMode;
-use crate::testns::in_new_netns;
+use crate::testkit::in_new_netns;
 use crate::{Backend, BackendOptions, SyncOutcome, SyncRequest, require_netns};
 
 /// Runs `check` for each flavor the host supports, each in its own fresh

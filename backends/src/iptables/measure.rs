@@ -28,7 +28,7 @@ use super::render::{Config, Scope, render};
 use crate::kernel::iptables::Flavor;
 use crate::model::{ChangeSet, NodeContext, ProxyState};
 use crate::protocol::SyncMode;
-use crate::testns::in_new_netns;
+use crate::testkit::in_new_netns;
 use crate::{Backend, BackendOptions, SyncRequest, require_netns};
 
 const ENDPOINTS_PER_SERVICE: usize = 10;

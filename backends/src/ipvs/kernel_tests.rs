@@ -17,7 +17,6 @@ use crate::kernel::links::Links;
 use crate::model::{ChangeSet, Endpoint, Protocol, ProxyState, ServicePort, ServicePortName};
 use crate::protocol::SyncMode;
 use crate::testkit::{self, node};
-use crate::testns;
 use crate::{Backend, BackendOptions, SyncOutcome, SyncRequest, kernel::cmd};
 
 /// Why IPVS kernel tests cannot run in the current (private) namespace.
@@ -33,11 +32,11 @@ fn ipvs_missing() -> Option<String> {
 
 /// Runs `f` in a fresh namespace if the kernel has IPVS; else prints SKIP.
 pub(super) fn with_ipvs<T: Send>(f: impl FnOnce() -> T + Send) -> Option<T> {
-    if let Some(reason) = testns::unavailable() {
+    if let Some(reason) = testkit::unavailable() {
         eprintln!("SKIP: {reason}");
         return None;
     }
-    testns::in_new_netns(|| {
+    testkit::in_new_netns(|| {
         if let Some(reason) = ipvs_missing() {
             eprintln!("SKIP: {reason}");
             return None;
@@ -444,7 +443,7 @@ fn kernel_dumps_replay_with_the_standard_tools() {
         ])
     );
     let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
-    let replayed = testns::in_new_netns(|| {
+    let replayed = testkit::in_new_netns(|| {
         cmd::run("ipvsadm-restore", &[], Some(&read("1-full.ipvsadm"))).unwrap();
         cmd::run("ipset", &["restore"], Some(&read("1-full.ipset"))).unwrap();
         iptables::restore(FLAVOR, &String::from_utf8(read("1-full.iptables")).unwrap()).unwrap();
@@ -559,7 +558,7 @@ fn kernel_scheduler_is_checked_at_setup() {
 /// needs netfilter only, so it runs on the host kernel too.
 #[test]
 fn ruleset_applies_and_cleans_up() {
-    if let Some(reason) = testns::unavailable() {
+    if let Some(reason) = testkit::unavailable() {
         eprintln!("SKIP: {reason}");
         return;
     }
@@ -569,7 +568,7 @@ fn ruleset_applies_and_cleans_up() {
 }
 
 fn ruleset_applies_and_cleans_up_with(flavor: Flavor) {
-    let (applied, after) = testns::in_new_netns(|| {
+    let (applied, after) = testkit::in_new_netns(|| {
         cmd::run(
             "ipset",
             &["restore", "-exist"],
@@ -619,11 +618,11 @@ fn ruleset_applies_and_cleans_up_with(flavor: Flavor) {
 /// and leaves no scratch set behind; needs netfilter only.
 #[test]
 fn ipset_full_replace_swaps_under_live_rules() {
-    if let Some(reason) = testns::unavailable() {
+    if let Some(reason) = testkit::unavailable() {
         eprintln!("SKIP: {reason}");
         return;
     }
-    let (first, second, sets) = testns::in_new_netns(|| {
+    let (first, second, sets) = testkit::in_new_netns(|| {
         let restore = |input: String| {
             cmd::run("ipset", &["restore", "-exist"], Some(input.as_bytes())).unwrap();
         };
@@ -690,11 +689,11 @@ fn snapshot_rules(flavor: Flavor) -> Vec<String> {
 
 #[test]
 fn capability_names_what_is_missing() {
-    if let Some(reason) = testns::unavailable() {
+    if let Some(reason) = testkit::unavailable() {
         eprintln!("SKIP: {reason}");
         return;
     }
-    let kernel_has_ipvs = testns::in_new_netns(|| ipvs_missing().is_none());
+    let kernel_has_ipvs = testkit::in_new_netns(|| ipvs_missing().is_none());
     match (capability(FLAVOR), kernel_has_ipvs) {
         (Ok(()), true) => {}
         (Err(u), false) => {

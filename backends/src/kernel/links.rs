@@ -270,7 +270,7 @@ mod tests {
     #[test]
     fn lists_lo_with_its_address_in_a_private_netns() {
         crate::require_netns!();
-        crate::testns::in_new_netns(|| {
+        crate::testkit::in_new_netns(|| {
             let mut links = Links::open().unwrap();
             let all = links.all().unwrap();
             let lo = all.iter().find(|l| l.name == "lo").expect("lo is listed");
@@ -286,7 +286,7 @@ mod tests {
     #[test]
     fn deletes_a_clsact_qdisc_and_tolerates_none() {
         crate::require_netns!();
-        crate::testns::in_new_netns(|| {
+        crate::testkit::in_new_netns(|| {
             let show = || {
                 crate::kernel::cmd::run("tc", &["qdisc", "show", "dev", "lo"], None)
                     .unwrap()

@@ -11,8 +11,8 @@ use crate::model::{ProxyState, ServicePortName};
 use crate::nftables::fixtures::{changes, ep, insert, mixed, node, tcp};
 use crate::nftables::{NftablesBackend, capability};
 use crate::protocol::SyncMode;
+use crate::testkit::in_new_netns;
 use crate::testkit::plumb_node;
-use crate::testns::in_new_netns;
 use crate::{Backend, BackendOptions, Fault, SyncRequest, kernel::cmd, require_netns};
 
 fn nft_json(args: &[&str]) -> Value {

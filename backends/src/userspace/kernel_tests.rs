@@ -14,8 +14,8 @@ use crate::model::{
     ChangeSet, Endpoint, NodeContext, Protocol, ProxyState, ServicePort, ServicePortName,
 };
 use crate::protocol::SyncMode;
+use crate::testkit::in_new_netns;
 use crate::testkit::{self, Netns};
-use crate::testns::in_new_netns;
 use crate::{Backend, BackendOptions, Fault, SyncRequest, kernel::cmd, require_netns};
 
 fn node() -> NodeContext {

@@ -22,7 +22,7 @@ use crate::model::{
 };
 use crate::protocol::SyncMode;
 use crate::testkit;
-use crate::testns::in_new_netns;
+use crate::testkit::in_new_netns;
 use crate::{Backend, BackendOptions, SyncRequest, require_netns};
 
 const ENDPOINTS_PER_SERVICE: u32 = 10;
