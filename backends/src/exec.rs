@@ -11,9 +11,7 @@ use std::time::Duration;
 
 use crate::model::NodeContext;
 use crate::protocol::{ProgramInput, ProgramReply, WatchEvent};
-use crate::{
-    Backend, BackendError, BackendKind, BackendStats, SyncOutcome, SyncRequest, Unavailable,
-};
+use crate::{Backend, BackendError, BackendStats, SyncOutcome, SyncRequest, Unavailable};
 
 /// How long a program may take to answer one SYNC.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(600);
@@ -80,10 +78,6 @@ impl ExecBackend {
 }
 
 impl Backend for ExecBackend {
-    fn kind(&self) -> BackendKind {
-        BackendKind::Exec(self.program.clone())
-    }
-
     fn setup(&mut self, node: &NodeContext) -> Result<(), BackendError> {
         capability(&self.program)?;
         let mut child = Command::new(&self.program)

@@ -2,7 +2,27 @@
 //! measurement is compared with, and a test double for the agent.
 
 use crate::model::NodeContext;
-use crate::{Backend, BackendError, BackendKind, BackendStats, SyncOutcome, SyncRequest};
+use crate::{
+    Backend, BackendError, BackendSpec, BackendStats, Evidence, Feature, SyncOutcome, SyncRequest,
+    Trace,
+};
+
+pub const SPEC: BackendSpec = BackendSpec {
+    name: "none",
+    capability: || Ok(()),
+    limitations: |_| {
+        vec![(
+            Feature::Dnat,
+            "the none backend programs no rules (it is the baseline)".to_string(),
+        )]
+    },
+    create: |_| Box::new(NoneBackend::default()),
+    trace: Trace {
+        notes: Some("no backend programs rules: nothing rewrites the packet"),
+        evidence: Evidence::Nothing,
+    },
+    floor: None,
+};
 
 #[derive(Debug, Default)]
 pub struct NoneBackend {
@@ -10,10 +30,6 @@ pub struct NoneBackend {
 }
 
 impl Backend for NoneBackend {
-    fn kind(&self) -> BackendKind {
-        BackendKind::None
-    }
-
     fn setup(&mut self, _node: &NodeContext) -> Result<(), BackendError> {
         Ok(())
     }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use svclab_backends::{BackendKind, Fault};
+use svclab_backends::{BackendKind, BackendOptions, Fault};
 
 use crate::checks::{self, CheckResult, Settings, Verdict};
 use crate::lab::{Lab, LabOptions};
@@ -174,7 +174,12 @@ async fn run_backend(
         }
     };
     run.lab_times = serde_json::to_value(&lab.times).unwrap_or_default();
-    run.checks = checks::run_all(&mut lab, backend, settings(scn, opts), pb).await;
+    // What the agents were started with (the lab's default scheduler).
+    let backend_opts = BackendOptions {
+        faults: opts.faults.clone(),
+        ..Default::default()
+    };
+    run.checks = checks::run_all(&mut lab, backend, &backend_opts, settings(scn, opts), pb).await;
     run.not_run = checks::CHECKS[run.checks.len()..]
         .iter()
         .map(|c| c.to_string())

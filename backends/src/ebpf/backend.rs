@@ -7,17 +7,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::json;
 
 use super::abi;
-use super::links::{self, Link};
 use super::loader::{Hook, NodeConfig, Programs};
 use super::maps::KernelMaps;
 use super::plan::ServicePlan;
 use super::sync::{Applied, Book, Maps};
+use crate::kernel::links::{Link, Links};
 use crate::model::{NodeContext, ServicePortName};
 use crate::protocol::SyncMode;
-use crate::{
-    Backend, BackendError, BackendKind, BackendOptions, BackendStats, Fault, SyncOutcome,
-    SyncRequest,
-};
+use crate::{Backend, BackendError, BackendOptions, BackendStats, Fault, SyncOutcome, SyncRequest};
 
 /// The sysctl that lets lo deliver replies from the node's own address to
 /// itself (connections from the node to its own NodePorts).
@@ -86,7 +83,7 @@ fn pod_ports(all: &[Link], bridge: &str) -> Result<Vec<String>, BackendError> {
 impl Node {
     /// Attaches to new pod veths and forgets vanished ones.
     fn scan_pods(&mut self) -> Result<(), BackendError> {
-        let all = links::all().map_err(other)?;
+        let all = Links::open().and_then(|mut l| l.all()).map_err(other)?;
         let ports = pod_ports(&all, &self.bridge)?;
         for gone in self.programs.attached(Hook::FromPod) {
             if !ports.contains(&gone) {
@@ -103,19 +100,17 @@ impl Node {
 }
 
 impl Backend for EbpfBackend {
-    fn kind(&self) -> BackendKind {
-        BackendKind::Ebpf
-    }
-
     fn setup(&mut self, node: &NodeContext) -> Result<(), BackendError> {
-        let all = links::all().map_err(other)?;
+        let mut links = Links::open().map_err(other)?;
+        let all = links.all().map_err(other)?;
         let bridge = all.iter().find(|l| l.name == node.bridge).ok_or_else(|| {
             other(format!(
                 "the pod bridge {} does not exist in this namespace",
                 node.bridge
             ))
         })?;
-        let gateway_ip = *links::ipv4_addresses(bridge.index)
+        let gateway_ip = *links
+            .addresses(bridge.index)
             .map_err(other)?
             .first()
             .ok_or_else(|| {

@@ -6,27 +6,14 @@
 
 use std::net::Ipv4Addr;
 
-use nix::sched::{CloneFlags, unshare};
-
 use super::loader::{Hook, LoadError, NodeConfig, Programs};
 use super::object;
 use crate::Unavailable;
+use crate::kernel::probe::in_throwaway_netns;
 
 pub fn capability() -> Result<(), Unavailable> {
     object::bytes()?;
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            unshare(CloneFlags::CLONE_NEWNET).map_err(|e| {
-                Unavailable::new(format!(
-                    "cannot create a private network namespace to probe BPF ({e}): the ebpf \
-                     backend needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN and CAP_BPF)"
-                ))
-            })?;
-            probe().map_err(explain)
-        })
-        .join()
-        .unwrap_or_else(|_| Err(Unavailable::new("the BPF probe thread panicked")))
-    })
+    in_throwaway_netns(|| probe().map_err(explain))?
 }
 
 fn probe() -> Result<(), LoadError> {

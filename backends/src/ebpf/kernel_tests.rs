@@ -10,7 +10,7 @@ use super::backend::EbpfBackend;
 use super::testnet::{TCP_PORT, Topology, exchange, service};
 use crate::model::{ChangeSet, Endpoint, Protocol, ProxyState};
 use crate::protocol::SyncMode;
-use crate::{Backend, BackendOptions, SyncRequest, cmd};
+use crate::{Backend, BackendOptions, SyncRequest, kernel::cmd};
 
 const LO_ACCEPT_LOCAL: &str = "/proc/sys/net/ipv4/conf/lo/accept_local";
 
@@ -78,7 +78,7 @@ fn full_sync(b: &mut EbpfBackend, state: &ProxyState) {
 }
 
 fn skip() -> bool {
-    if let Err(e) = super::capability() {
+    if let Err(e) = super::capability::capability() {
         eprintln!("SKIP: {e}");
         return true;
     }
@@ -91,7 +91,7 @@ fn cleanup_detaches_everything_and_restores_lo() {
     if skip() {
         return;
     }
-    crate::testns::in_new_netns(|| {
+    crate::testkit::in_new_netns(|| {
         let _topo = Topology::build(1);
         let qdiscs_before = qdiscs();
         assert_eq!(accept_local(), "0");
@@ -126,7 +126,7 @@ fn a_full_sync_attaches_to_new_pods() {
     if skip() {
         return;
     }
-    crate::testns::in_new_netns(|| {
+    crate::testkit::in_new_netns(|| {
         let mut topo = Topology::build(1);
         let server = topo.pods[0].ip;
         let mut state = ProxyState::default();

@@ -13,9 +13,9 @@ use aya::{Ebpf, EbpfLoader};
 use ipnet::Ipv4Net;
 
 use super::abi::be_addr;
-use super::links::{self, LinkError};
 use super::object;
 use crate::Unavailable;
+use crate::kernel::links::{LinkError, Links};
 
 /// Where a program runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -208,9 +208,13 @@ impl Programs {
             clsact_added,
         } = self;
         drop(ebpf);
+        if clsact_added.is_empty() {
+            return Ok(());
+        }
+        let mut links = Links::open()?;
         clsact_added
             .iter()
-            .try_for_each(|iface| links::delete_clsact(iface))
+            .try_for_each(|iface| links.delete_clsact(iface))
     }
 
     /// Interfaces `hook` is attached to.

@@ -19,7 +19,8 @@ use super::backend::EbpfBackend;
 use super::testnet::service;
 use crate::model::{ChangeSet, Endpoint, NodeContext, Protocol, ProxyState};
 use crate::protocol::SyncMode;
-use crate::{Backend, BackendOptions, SyncRequest, cmd};
+use crate::testkit;
+use crate::{Backend, BackendOptions, SyncRequest, kernel::cmd};
 
 const ENDPOINTS_PER_SERVICE: usize = 10;
 
@@ -64,14 +65,9 @@ fn synthetic(services: usize) -> ProxyState {
 
 fn node() -> NodeContext {
     NodeContext {
-        node_name: "n0".into(),
         node_ip: Ipv4Addr::new(192, 168, 0, 1),
-        pod_cidr: "10.244.0.0/24".parse().unwrap(),
-        cluster_cidr: "10.244.0.0/16".parse().unwrap(),
-        service_cidr: "10.96.0.0/12".parse().unwrap(),
         run_prefix: "svclab-m".into(),
-        bridge: "cni0".into(),
-        uplink: "eth0".into(),
+        ..testkit::node()
     }
 }
 
@@ -109,7 +105,7 @@ fn ms(d: Duration) -> f64 {
 #[ignore = "a measurement: run by hand in a release build"]
 fn sync_cost() {
     crate::require_netns!();
-    if let Err(e) = super::capability() {
+    if let Err(e) = super::capability::capability() {
         eprintln!("SKIP: {e}");
         return;
     }
@@ -117,7 +113,7 @@ fn sync_cost() {
     for services in env_list("SVCLAB_MEASURE_SERVICES", "1000,10000") {
         let mut state = synthetic(services);
         let node = node();
-        crate::testns::in_new_netns(|| {
+        crate::testkit::in_new_netns(|| {
             links();
             let mut b = EbpfBackend::new(&BackendOptions::default());
             let t = Instant::now();

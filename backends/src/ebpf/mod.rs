@@ -9,7 +9,8 @@
 //! - [`sync`]: map updates per port, generation flips, the book of what
 //!   is programmed; [`maps`]: the kernel's maps behind it.
 //! - [`flows`]: stale UDP flows of removed endpoints.
-//! - [`loader`] and [`links`]: loading, attaching, finding the links.
+//! - [`loader`]: loading and attaching (links come from
+//!   [`crate::kernel::links`]).
 //! - `capability`: the probe; [`backend`]: the [`Backend`].
 //!
 //! Outside the checked behaviours, the programs leave alone (pass
@@ -27,7 +28,6 @@ mod capability;
 pub mod flows;
 #[cfg(test)]
 mod kernel_tests;
-pub mod links;
 pub mod loader;
 pub mod maps;
 #[cfg(test)]
@@ -40,18 +40,23 @@ mod testnet;
 #[cfg(test)]
 mod traffic_tests;
 
-use crate::{Backend, BackendOptions, Feature, Unavailable};
+use crate::{BackendSpec, Evidence, Trace};
 
-/// Whether the programs were built and this kernel loads and attaches them.
-pub fn capability() -> Result<(), Unavailable> {
-    capability::capability()
-}
-
-/// The ebpf backend implements every behaviour the checks cover.
-pub fn limitations() -> Vec<(Feature, String)> {
-    Vec::new()
-}
-
-pub fn new(options: &BackendOptions) -> Box<dyn Backend> {
-    Box::new(backend::EbpfBackend::new(options))
-}
+/// BPF programs with maps the agent updates. It implements every
+/// behaviour the checks cover; its capability is whether the programs were
+/// built and this kernel loads and attaches them.
+pub const SPEC: BackendSpec = BackendSpec {
+    name: "ebpf",
+    capability: capability::capability,
+    limitations: |_| Vec::new(),
+    create: |options| Box::new(backend::EbpfBackend::new(options)),
+    trace: Trace {
+        notes: Some(
+            "the eBPF programs rewrite packets at tc, before netfilter: the trace shows the \
+             packet already DNATed; the decision is in the BPF map entries (service, flow, \
+             counters)",
+        ),
+        evidence: Evidence::BpfMaps,
+    },
+    floor: None,
+};

@@ -6,99 +6,24 @@
 //! (192.168.0.100). Pods and the remote pod run TCP 8080 and UDP 5353
 //! servers that answer `<their address> <the source they saw>`.
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::io::{ErrorKind, Read};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
+use std::time::Duration;
 
 use socket2::{Domain, Socket, Type};
 
-use crate::cmd;
+use crate::kernel::cmd;
 use crate::model::{NodeContext, Protocol, ServicePort, ServicePortName};
+use crate::testkit;
+pub use crate::testkit::{Host, TCP_PORT, UDP_PORT};
 
 pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 1);
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);
 pub const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 5);
 pub const EXTERNAL: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 100);
-pub const TCP_PORT: u16 = 8080;
-pub const UDP_PORT: u16 = 5353;
-
-type Job = Box<dyn FnOnce() + Send>;
-
-/// A namespace on a thread of its own, serving until dropped.
-pub struct Host {
-    pub ip: Ipv4Addr,
-    jobs: mpsc::Sender<Job>,
-}
-
-impl Host {
-    /// A new namespace whose servers bind `serve_on`; returns it and the
-    /// path of its namespace (for `ip link ... netns`).
-    fn spawn(serve_on: Ipv4Addr) -> (Host, String) {
-        let (path_tx, path_rx) = mpsc::channel::<String>();
-        let (jobs, job_rx) = mpsc::channel::<Job>();
-        std::thread::spawn(move || {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
-            let tid = nix::unistd::gettid();
-            let _ = path_tx.send(format!("/proc/{}/task/{tid}/ns/net", std::process::id()));
-            // The first job sets the namespace up; then it serves.
-            let Ok(setup) = job_rx.recv() else { return };
-            setup();
-            serve(serve_on, &job_rx);
-        });
-        (
-            Host { ip: serve_on, jobs },
-            path_rx.recv().expect("namespace thread started"),
-        )
-    }
-
-    /// Runs `f` in this namespace (on a thread of its own) and returns its
-    /// result.
-    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let (tx, rx) = mpsc::channel();
-        self.jobs
-            .send(Box::new(move || {
-                let _ = tx.send(f());
-            }))
-            .expect("namespace thread alive");
-        rx.recv_timeout(Duration::from_secs(60))
-            .expect("job finished in time")
-    }
-}
 
 fn ip(args: &[&str]) {
     cmd::run("ip", args, None).unwrap();
-}
-
-fn serve(on: Ipv4Addr, jobs: &mpsc::Receiver<Job>) {
-    let tcp = TcpListener::bind((on, TCP_PORT)).unwrap();
-    tcp.set_nonblocking(true).unwrap();
-    let udp = UdpSocket::bind((on, UDP_PORT)).unwrap();
-    udp.set_nonblocking(true).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let mut buf = [0u8; 64];
-    while Instant::now() < deadline {
-        let mut idle = true;
-        match jobs.try_recv() {
-            Ok(job) => {
-                std::thread::spawn(job);
-                idle = false;
-            }
-            Err(mpsc::TryRecvError::Disconnected) => return,
-            Err(mpsc::TryRecvError::Empty) => {}
-        }
-        if let Ok((mut conn, peer)) = tcp.accept() {
-            let _ = conn.write_all(format!("{on} {}", peer.ip()).as_bytes());
-            idle = false;
-        }
-        if let Ok((_, peer)) = udp.recv_from(&mut buf) {
-            let _ = udp.send_to(format!("{on} {}", peer.ip()).as_bytes(), peer);
-            idle = false;
-        }
-        if idle {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
 }
 
 /// The node's side of the topology; build it from inside the node's
@@ -173,31 +98,16 @@ impl Topology {
 
     pub fn node() -> NodeContext {
         NodeContext {
-            node_name: "n0".into(),
             node_ip: NODE_IP,
-            pod_cidr: "10.244.0.0/24".parse().unwrap(),
-            cluster_cidr: "10.244.0.0/16".parse().unwrap(),
             service_cidr: "10.96.0.0/16".parse().unwrap(),
             run_prefix: "svclab-t".into(),
-            bridge: "cni0".into(),
-            uplink: "eth0".into(),
+            ..testkit::node()
         }
     }
 }
 
 pub fn service(name: &str, vip: Ipv4Addr, port: u16, protocol: Protocol) -> ServicePort {
-    ServicePort {
-        name: ServicePortName::new("ns", name, "", protocol),
-        cluster_ip: vip,
-        port,
-        protocol,
-        node_port: None,
-        session_affinity_seconds: None,
-        external_policy_local: false,
-        internal_policy_local: false,
-        health_check_node_port: None,
-        external_ips: vec![],
-    }
+    testkit::service_port(ServicePortName::new("ns", name, "", protocol), vip, port)
 }
 
 /// Who answered and which source it saw.

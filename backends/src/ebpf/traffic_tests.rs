@@ -14,6 +14,7 @@ use super::testnet::{
 };
 use crate::model::{ChangeSet, Endpoint, Protocol, ProxyState, ServicePort};
 use crate::protocol::SyncMode;
+use crate::testkit;
 use crate::{Backend, BackendOptions, SyncOutcome, SyncRequest};
 
 fn insert(state: &mut ProxyState, svc: ServicePort, eps: Vec<Endpoint>) {
@@ -60,11 +61,11 @@ fn partial(b: &mut EbpfBackend, old: &ProxyState, new: &ProxyState) -> SyncOutco
 
 /// Builds the topology, sets the backend up with `state`, runs `f`.
 fn with_lab(pods: u8, state: &ProxyState, f: impl FnOnce(&Topology, &mut EbpfBackend) + Send) {
-    if let Err(e) = super::capability() {
+    if let Err(e) = super::capability::capability() {
         eprintln!("SKIP: {e}");
         return;
     }
-    crate::testns::in_new_netns(|| {
+    crate::testkit::in_new_netns(|| {
         let topo = Topology::build(pods);
         let mut b = EbpfBackend::new(&BackendOptions::default());
         b.setup(&Topology::node()).unwrap();
@@ -167,15 +168,7 @@ fn pods_and_the_node_reach_local_and_remote_endpoints() {
 }
 
 fn local_ep(ip: Ipv4Addr, port: u16) -> Endpoint {
-    Endpoint {
-        ip,
-        port,
-        ready: true,
-        serving: true,
-        terminating: false,
-        node_name: Some("n0".into()),
-        is_local: true,
-    }
+    testkit::endpoint(ip, port, Some("n0"), true)
 }
 
 #[test]
@@ -312,7 +305,7 @@ fn nodeports_masquerade_for_cluster_and_keep_the_client_for_local() {
     with_lab(2, &state, |t, _| {
         t.remote.run(|| {
             let via = ["route", "add", "203.0.113.10/32", "via", "192.168.0.1"];
-            crate::cmd::run("ip", &via, None).unwrap();
+            crate::kernel::cmd::run("ip", &via, None).unwrap();
         });
         let ext = Some(SocketAddrV4::new(EXTERNAL, 0));
         for (protocol, port) in [(Protocol::Tcp, 30080), (Protocol::Udp, 30053)] {

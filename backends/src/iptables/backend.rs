@@ -1,20 +1,22 @@
 //! The iptables backend: renders, restores with `--noflush`, keeps the
 //! book of what it programmed, and clears stale UDP conntrack entries.
 
-use std::path::Path;
-
 use super::book::Book;
 use super::names::Chain;
 use super::render::{self, Config, NFT_CHAINS_PER_TRANSACTION, Scope};
-use super::saved::SavedTable;
-use super::tool::{self, Flavor};
 use super::{cleanup, hooks};
+use crate::kernel::dump;
+use crate::kernel::iptables::saved::SavedTable;
+use crate::kernel::iptables::{self, Flavor};
 use crate::model::NodeContext;
 use crate::protocol::SyncMode;
 use crate::{
-    Backend, BackendError, BackendKind, BackendOptions, BackendStats, SyncOutcome, SyncRequest,
-    conntrack,
+    Backend, BackendError, BackendOptions, BackendStats, SyncOutcome, SyncRequest,
+    kernel::conntrack,
 };
+
+/// The extension of this backend's per-sync dumps.
+pub const DUMP_EXT: &str = "iptables";
 
 const TCP_LIBERAL_SYSCTL: &str = "/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal";
 
@@ -50,35 +52,16 @@ impl IptablesBackend {
             deleted_chains: 0,
         }
     }
-
-    fn dump(&self, dir: &Path, seq: u64, full: bool, text: &str) -> Result<(), BackendError> {
-        let mode = if full {
-            SyncMode::Full
-        } else {
-            SyncMode::Partial
-        };
-        let path = dir.join(format!("{seq}-{mode}.iptables"));
-        std::fs::create_dir_all(dir)
-            .and_then(|()| std::fs::write(&path, text))
-            .map_err(|e| BackendError::io(format!("writing {}", path.display()), e))
-    }
 }
 
 impl Backend for IptablesBackend {
-    fn kind(&self) -> BackendKind {
-        match self.flavor {
-            Flavor::Nft => BackendKind::Iptables,
-            Flavor::Legacy => BackendKind::IptablesLegacy,
-        }
-    }
-
     fn setup(&mut self, _node: &NodeContext) -> Result<(), BackendError> {
         hooks::ensure(self.flavor)?;
         self.config.conntrack_tcp_liberal =
             std::fs::read_to_string(TCP_LIBERAL_SYSCTL).is_ok_and(|v| v.trim() != "0");
         // Service chains of an earlier run: the first full sync deletes
         // the ones it does not reuse.
-        let saved = tool::save(self.flavor, "nat")?;
+        let saved = iptables::save(self.flavor, "nat")?;
         let orphans: Vec<Chain> = SavedTable::parse(&saved)
             .chains
             .into_iter()
@@ -95,7 +78,13 @@ impl Backend for IptablesBackend {
         };
         let rendered = render::render(&self.config, req.state, req.node, scope, &self.book);
         if let Some(dir) = &self.options.dump_dir
-            && let Err(e) = self.dump(dir, req.seq, rendered.full, &rendered.text)
+            && let Err(e) = dump::write(
+                dir,
+                req.seq,
+                dump::mode(rendered.full),
+                DUMP_EXT,
+                &rendered.text,
+            )
         {
             // This sync's changes are not applied; the next sync covers them.
             self.need_full = true;
@@ -103,7 +92,7 @@ impl Backend for IptablesBackend {
         }
         // Nothing differs from what is programmed: no restore at all.
         if !rendered.text.is_empty()
-            && let Err(e) = tool::restore(self.flavor, &rendered.text)
+            && let Err(e) = iptables::restore(self.flavor, &rendered.text)
         {
             self.need_full = true;
             return Err(e);

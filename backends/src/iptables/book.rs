@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde_json::json;
 
-use super::names::{Chain, ChainKind, ServiceChains};
+use super::names::{Chain, ChainKind, FILTER_TOP, NAT_TOP, ServiceChains};
 use crate::model::ServicePortName;
 
 /// What one service port contributes to the ruleset.
@@ -145,7 +145,7 @@ impl Book {
             nat_rules += e.chain_rules + e.nat_top_rules;
             filter_rules += e.filter_rules;
         }
-        let nat_chains: u64 = per_kind.values().sum::<u64>() + super::render::NAT_TOP.len() as u64;
+        let nat_chains: u64 = per_kind.values().sum::<u64>() + NAT_TOP.len() as u64;
         let mut kinds = serde_json::Map::new();
         for kind in ChainKind::ALL {
             let key = kind.prefix().trim_end_matches('-');
@@ -157,13 +157,13 @@ impl Book {
             "nat": {
                 "rules": nat_rules,
                 "chains": nat_chains,
-                "topLevelChains": super::render::NAT_TOP.len(),
+                "topLevelChains": NAT_TOP.len(),
                 "chainsByKind": kinds,
             },
             "filter": {
                 "rules": filter_rules,
-                "chains": super::render::FILTER_TOP.len(),
-                "topLevelChains": super::render::FILTER_TOP.len(),
+                "chains": FILTER_TOP.len(),
+                "topLevelChains": FILTER_TOP.len(),
             },
         })
     }

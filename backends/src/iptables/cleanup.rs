@@ -4,11 +4,11 @@
 //! chains. It works from iptables-save, so it also removes what an earlier
 //! crashed run left behind.
 
-use super::names::Chain;
-use super::render::{FILTER_TOP, NAT_TOP, NFT_CHAINS_PER_TRANSACTION};
-use super::saved::SavedTable;
-use super::tool::{self, Flavor};
+use super::names::{Chain, FILTER_TOP, NAT_TOP};
+use super::render::NFT_CHAINS_PER_TRANSACTION;
 use crate::BackendError;
+use crate::kernel::iptables::saved::SavedTable;
+use crate::kernel::iptables::{self, Flavor};
 
 /// Removes the backend's chains and the jumps into them from both tables;
 /// keeps going after an error and returns all of them.
@@ -25,7 +25,7 @@ pub fn remove_all(flavor: Flavor) -> Result<(), Vec<BackendError>> {
 }
 
 fn remove_table(flavor: Flavor, table: &str, top: &[&str]) -> Result<(), BackendError> {
-    let saved = tool::save(flavor, table)?;
+    let saved = iptables::save(flavor, table)?;
     // The same reason as for syncs: iptables-nft 1.8.9 is quadratic in the
     // chains one transaction names.
     let limit = match flavor {
@@ -33,7 +33,7 @@ fn remove_table(flavor: Flavor, table: &str, top: &[&str]) -> Result<(), Backend
         Flavor::Legacy => None,
     };
     match removal_input(table, &SavedTable::parse(&saved), top, limit) {
-        Some(input) => tool::restore(flavor, &input),
+        Some(input) => iptables::restore(flavor, &input),
         None => Ok(()),
     }
 }

@@ -2,44 +2,23 @@
 
 use std::net::Ipv4Addr;
 
-use crate::model::{Endpoint, NodeContext, Protocol, ProxyState, ServicePort, ServicePortName};
+use crate::model::{Endpoint, NodeContext, Protocol, ProxyState, ServicePort};
+use crate::testkit;
 
 /// A node whose cluster CIDR is kube-proxy's test cluster CIDR
 /// (10.0.0.0/8), so rules compare with its goldens.
 pub fn node() -> NodeContext {
     NodeContext {
         node_name: "node-a".into(),
-        node_ip: Ipv4Addr::new(192, 168, 0, 2),
         pod_cidr: "10.180.0.0/24".parse().unwrap(),
         cluster_cidr: "10.0.0.0/8".parse().unwrap(),
         service_cidr: "172.30.0.0/16".parse().unwrap(),
         run_prefix: "svl".into(),
-        bridge: "cni0".into(),
-        uplink: "eth0".into(),
+        ..testkit::node()
     }
 }
 
-pub fn port(
-    ns: &str,
-    name: &str,
-    port_name: &str,
-    proto: Protocol,
-    ip: [u8; 4],
-    port: u16,
-) -> ServicePort {
-    ServicePort {
-        name: ServicePortName::new(ns, name, port_name, proto),
-        cluster_ip: Ipv4Addr::from(ip),
-        port,
-        protocol: proto,
-        node_port: None,
-        session_affinity_seconds: None,
-        external_policy_local: false,
-        internal_policy_local: false,
-        health_check_node_port: None,
-        external_ips: vec![],
-    }
-}
+pub use crate::testkit::port;
 
 /// A TCP port named `p80` on port 80, as most of kube-proxy's tests use.
 pub fn p80(ns: &str, name: &str, ip: [u8; 4]) -> ServicePort {
@@ -48,15 +27,12 @@ pub fn p80(ns: &str, name: &str, ip: [u8; 4]) -> ServicePort {
 
 /// A ready endpoint; `local` means on this test's node.
 pub fn ep(ip: [u8; 4], port: u16, local: bool) -> Endpoint {
-    Endpoint {
-        ip: Ipv4Addr::from(ip),
+    testkit::endpoint(
+        Ipv4Addr::from(ip),
         port,
-        ready: true,
-        serving: true,
-        terminating: false,
-        node_name: Some(if local { "node-a" } else { "node-b" }.into()),
-        is_local: local,
-    }
+        Some(if local { "node-a" } else { "node-b" }),
+        local,
+    )
 }
 
 pub fn state(ports: Vec<(ServicePort, Vec<Endpoint>)>) -> ProxyState {

@@ -9,17 +9,17 @@ use super::backend::IptablesBackend;
 use super::fixtures::{ep, mixed, node, p80};
 use super::hooks::{self, JUMPS};
 use super::names::{ServiceChains, endpoint_chain};
-use super::tool::{self, Flavor};
+use crate::kernel::iptables::{self, Flavor};
 use crate::model::{ChangeSet, Endpoint, ProxyState, ServicePortName};
 use crate::protocol::SyncMode;
-use crate::testns::in_new_netns;
+use crate::testkit::in_new_netns;
 use crate::{Backend, BackendOptions, SyncOutcome, SyncRequest, require_netns};
 
 /// Runs `check` for each flavor the host supports, each in its own fresh
 /// namespace; a flavor the kernel lacks is skipped with its reason.
 fn for_each_flavor(check: fn(Flavor)) {
     for flavor in [Flavor::Nft, Flavor::Legacy] {
-        if let Err(why) = super::capability(flavor) {
+        if let Err(why) = super::probe::capability(flavor) {
             eprintln!("SKIP {flavor:?}: {why}");
             continue;
         }
@@ -32,7 +32,7 @@ fn for_each_flavor(check: fn(Flavor)) {
 fn saved(flavor: Flavor) -> String {
     let mut out = String::new();
     for table in ["filter", "nat"] {
-        for line in tool::save(flavor, table).unwrap().lines() {
+        for line in iptables::save(flavor, table).unwrap().lines() {
             if line.starts_with('#') {
                 continue;
             }
@@ -90,7 +90,7 @@ fn one_transaction(flavor: Flavor, state: &ProxyState) -> String {
     in_new_netns(|| {
         hooks::ensure(flavor).unwrap();
         let text = super::render::render_full(state, &node(), &BackendOptions::default());
-        tool::restore(flavor, &text).unwrap();
+        iptables::restore(flavor, &text).unwrap();
         saved(flavor)
     })
 }

@@ -25,10 +25,10 @@ use super::book::Book;
 use super::fixtures::{ep, node, synthetic};
 use super::hooks;
 use super::render::{Config, Scope, render};
-use super::tool::Flavor;
+use crate::kernel::iptables::Flavor;
 use crate::model::{ChangeSet, NodeContext, ProxyState};
 use crate::protocol::SyncMode;
-use crate::testns::in_new_netns;
+use crate::testkit::in_new_netns;
 use crate::{Backend, BackendOptions, SyncRequest, require_netns};
 
 const ENDPOINTS_PER_SERVICE: usize = 10;
@@ -271,7 +271,7 @@ fn measure_sync_costs() {
         if !flavors.contains(&format!("{flavor:?}").to_lowercase()) {
             continue;
         }
-        if let Err(why) = super::capability(flavor) {
+        if let Err(why) = super::probe::capability(flavor) {
             println!("| {flavor:?} | skipped: {why} |");
             continue;
         }

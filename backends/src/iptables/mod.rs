@@ -16,8 +16,6 @@ pub mod hooks;
 pub mod names;
 mod probe;
 pub mod render;
-pub mod saved;
-pub mod tool;
 
 #[cfg(test)]
 mod fixtures;
@@ -33,20 +31,50 @@ mod render_tests;
 mod restore_model;
 
 pub use render::{Config, Rendered, Scope, render, render_full};
-pub use tool::Flavor;
 
-use crate::{Backend, BackendOptions, Feature, Unavailable};
+use crate::kernel::iptables::Flavor;
+use crate::{BackendError, BackendSpec, Evidence, FloorTool, Trace};
 
-/// Whether `flavor`'s tools are installed and the kernel takes its rules.
-pub fn capability(flavor: Flavor) -> Result<(), Unavailable> {
-    probe::capability(flavor)
-}
+/// kube-proxy's iptables mode through iptables-nft. It implements every
+/// behaviour the checks cover.
+pub const SPEC: BackendSpec = BackendSpec {
+    name: "iptables",
+    capability: || probe::capability(Flavor::Nft),
+    limitations: |_| Vec::new(),
+    create: |options| Box::new(backend::IptablesBackend::new(Flavor::Nft, options)),
+    trace: Trace {
+        notes: None,
+        evidence: Evidence::NfTables,
+    },
+    floor: Some(floor(Flavor::Nft, || hooks::ensure(Flavor::Nft))),
+};
 
-/// iptables implements every behaviour the checks cover.
-pub fn limitations() -> Vec<(Feature, String)> {
-    Vec::new()
-}
+/// kube-proxy's iptables mode through iptables-legacy.
+pub const LEGACY_SPEC: BackendSpec = BackendSpec {
+    name: "iptables-legacy",
+    capability: || probe::capability(Flavor::Legacy),
+    limitations: |_| Vec::new(),
+    create: |options| Box::new(backend::IptablesBackend::new(Flavor::Legacy, options)),
+    trace: Trace {
+        notes: Some(
+            "iptables-legacy rules live in x_tables, which nf_tables tracing cannot see; their \
+             TRACE target logs to the kernel log only for the host's namespace unless the \
+             host-wide sysctl net.netfilter.nf_log_all_netns is set, which svclab never changes. \
+             The rules shown are those whose packet counters rose while the probe ran \
+             (iptables-legacy-save -c before and after): every packet of the connection counts, \
+             and in a busy lab other traffic would too",
+        ),
+        evidence: Evidence::RuleCounters,
+    },
+    floor: Some(floor(Flavor::Legacy, || hooks::ensure(Flavor::Legacy))),
+};
 
-pub fn new(flavor: Flavor, options: &BackendOptions) -> Box<dyn Backend> {
-    Box::new(backend::IptablesBackend::new(flavor, options))
+/// The flavor's restore, on the dumps, after `prepare` made the hooks.
+const fn floor(flavor: Flavor, prepare: fn() -> Result<(), BackendError>) -> FloorTool {
+    FloorTool {
+        program: flavor.restore(),
+        args: flavor.restore_args(),
+        ext: backend::DUMP_EXT,
+        prepare,
+    }
 }

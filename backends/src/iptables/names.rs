@@ -156,23 +156,33 @@ impl Hasher {
     }
 }
 
+/// kube-proxy's chains in the nat table that belong to no service port.
+pub const NAT_TOP: [&str; 4] = [
+    "KUBE-SERVICES",
+    "KUBE-NODEPORTS",
+    "KUBE-POSTROUTING",
+    "KUBE-MARK-MASQ",
+];
+
+/// kube-proxy's chains in the filter table, in its order.
+pub const FILTER_TOP: [&str; 5] = [
+    "KUBE-SERVICES",
+    "KUBE-EXTERNAL-SERVICES",
+    "KUBE-FORWARD",
+    "KUBE-NODEPORTS",
+    "KUBE-PROXY-FIREWALL",
+];
+
 #[cfg(test)]
 mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
     use crate::model::Protocol;
+    use crate::testkit;
 
     fn ep(ip: [u8; 4], port: u16) -> Endpoint {
-        Endpoint {
-            ip: Ipv4Addr::from(ip),
-            port,
-            ready: true,
-            serving: true,
-            terminating: false,
-            node_name: None,
-            is_local: false,
-        }
+        testkit::endpoint(Ipv4Addr::from(ip), port, None, false)
     }
 
     /// Pairs from kube-proxy's TestOverallIPTablesRules

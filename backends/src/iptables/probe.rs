@@ -3,10 +3,10 @@
 //! The kernel is asked inside a throwaway private network namespace, so
 //! probing never touches the host's own rules.
 
-use nix::sched::{CloneFlags, unshare};
-
-use super::tool::{self, Flavor};
-use crate::{Unavailable, cmd};
+use crate::Unavailable;
+use crate::kernel::cmd;
+use crate::kernel::iptables::{self, Flavor};
+use crate::kernel::probe::in_throwaway_netns;
 
 /// One rule per match and target the ruleset uses.
 const EXTENSIONS: &str = "*filter\n\
@@ -38,7 +38,7 @@ pub fn capability(flavor: Flavor) -> Result<(), Unavailable> {
 
 fn probe_kernel(flavor: Flavor) -> Result<(), Unavailable> {
     let list = format!("{} -w -t nat -L -n", flavor.iptables());
-    if let Err(e) = tool::iptables(flavor, "nat", &["-L", "-n"]) {
+    if let Err(e) = iptables::run(flavor, "nat", &["-L", "-n"]) {
         let needs = match flavor {
             Flavor::Nft => "nf_tables with nft_compat (CONFIG_NF_TABLES, CONFIG_NFT_COMPAT)",
             Flavor::Legacy => {
@@ -49,28 +49,11 @@ fn probe_kernel(flavor: Flavor) -> Result<(), Unavailable> {
             "the kernel refused `{list}` in a private network namespace, so it lacks {needs}: {e}"
         )));
     }
-    tool::restore(flavor, EXTENSIONS).map_err(|e| {
+    iptables::restore(flavor, EXTENSIONS).map_err(|e| {
         Unavailable::new(format!(
             "the kernel lacks an iptables extension kube-proxy's rules use (conntrack, comment, \
              mark, addrtype, statistic, recent, REJECT, DNAT, MARK, MASQUERADE --random-fully): \
              {e}"
         ))
-    })
-}
-
-/// Runs `f` on a thread inside a new network namespace that dies with it.
-fn in_throwaway_netns<T: Send>(f: impl FnOnce() -> T + Send) -> Result<T, Unavailable> {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            unshare(CloneFlags::CLONE_NEWNET).map_err(|errno| {
-                Unavailable::new(format!(
-                    "cannot create a private network namespace to probe the kernel ({errno}): \
-                     run as root (CAP_SYS_ADMIN and CAP_NET_ADMIN)"
-                ))
-            })?;
-            Ok(f())
-        })
-        .join()
-        .unwrap_or_else(|_| Err(Unavailable::new("the kernel probe thread panicked")))
     })
 }

@@ -22,28 +22,11 @@ use std::hash::{DefaultHasher, Hasher};
 use std::sync::OnceLock;
 
 use super::book::{Book, FixedRules, ServiceEntry, Update};
-use super::names::{Chain, ServiceChains, endpoint_chain};
+use super::names::{Chain, FILTER_TOP, ServiceChains, endpoint_chain};
 use crate::model::{
     Endpoint, NodeContext, ProxyState, ServicePort, ServicePortName, categorize_endpoints,
 };
 use crate::{BackendOptions, Fault};
-
-/// kube-proxy's chains in the nat table that belong to no service port.
-pub const NAT_TOP: [&str; 4] = [
-    "KUBE-SERVICES",
-    "KUBE-NODEPORTS",
-    "KUBE-POSTROUTING",
-    "KUBE-MARK-MASQ",
-];
-
-/// kube-proxy's chains in the filter table, in its order.
-pub const FILTER_TOP: [&str; 5] = [
-    "KUBE-SERVICES",
-    "KUBE-EXTERNAL-SERVICES",
-    "KUBE-FORWARD",
-    "KUBE-NODEPORTS",
-    "KUBE-PROXY-FIREWALL",
-];
 
 /// kube-proxy's default masquerade bit 14.
 const MASQ_MARK: &str = "0x4000";

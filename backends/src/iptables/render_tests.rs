@@ -208,7 +208,7 @@ fn nft_transactions_keep_each_service_port_whole() {
                 && !l.starts_with("-A KUBE-NODEPORTS ")
         };
         for line in sec.lines().filter(in_service_chains) {
-            let target = super::saved::target(line).unwrap_or("");
+            let target = crate::kernel::iptables::saved::target(line).unwrap_or("");
             if target.starts_with("KUBE-S") && target != "KUBE-SERVICES" {
                 assert!(
                     sec.contains(&format!(":{target} - [0:0]")),

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use super::saved::target;
+use crate::kernel::iptables::saved::target;
 
 const BUILTIN_CHAINS: [&str; 5] = ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"];
 

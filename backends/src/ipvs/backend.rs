@@ -4,17 +4,20 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::Path;
 
+use super::DUMMY_DEVICE;
 use super::capability::probe_scheduler;
 use super::ledger::Ledger;
-use super::link::{DUMMY_DEVICE, Links};
 use super::netlink::{IpvsClient, Op};
 use super::plan::{PlanContext, PlannedServer, plan_port, server_ops, servers_of};
-use super::{DEFAULT_SCHEDULER, IPTABLES_RESTORE, IPTABLES_SAVE, ipsets, rules};
+use super::{ipsets, rules};
+use crate::kernel::dump;
+use crate::kernel::iptables::{self, Flavor};
+use crate::kernel::links::Links;
 use crate::model::{NodeContext, ProxyState};
 use crate::protocol::SyncMode;
 use crate::{
-    Backend, BackendError, BackendKind, BackendOptions, BackendStats, Fault, Feature, SyncOutcome,
-    SyncRequest, cmd, conntrack,
+    Backend, BackendError, BackendOptions, BackendStats, Fault, SyncOutcome, SyncRequest,
+    kernel::cmd, kernel::conntrack,
 };
 
 /// The sysctls kube-proxy's IPVS mode sets (all per network namespace):
@@ -37,6 +40,8 @@ struct Kernel {
 }
 
 pub struct IpvsBackend {
+    /// The iptables that holds the small fixed ruleset.
+    flavor: Flavor,
     options: BackendOptions,
     scheduler: String,
     kernel: Option<Kernel>,
@@ -72,15 +77,11 @@ impl Written {
 }
 
 impl IpvsBackend {
-    pub fn new(options: &BackendOptions) -> Self {
-        let scheduler = if options.ipvs_scheduler.is_empty() {
-            DEFAULT_SCHEDULER.to_string()
-        } else {
-            options.ipvs_scheduler.clone()
-        };
+    pub fn new(flavor: Flavor, options: &BackendOptions) -> Self {
         IpvsBackend {
+            flavor,
+            scheduler: super::scheduler(options),
             options: options.clone(),
-            scheduler,
             kernel: None,
             ledger: Ledger::default(),
             rules: None,
@@ -104,6 +105,7 @@ impl IpvsBackend {
 
     fn full_sync(&mut self, state: &ProxyState) -> Result<Written, BackendError> {
         let scheduler = self.scheduler.clone();
+        let flavor = self.flavor;
         let k = self.kernel()?;
         let ctx = PlanContext {
             node_ip: k.node.node_ip,
@@ -115,7 +117,7 @@ impl IpvsBackend {
             .map(|(name, svc)| (name.clone(), plan_port(svc, state.endpoints_of(name), &ctx)))
             .collect();
         k.dummy = k.links.ensure_dummy(DUMMY_DEVICE)?;
-        ensure_jumps()?;
+        ensure_jumps(flavor)?;
 
         let desired = servers_of(plans.values());
         let mut current = BTreeMap::new();
@@ -146,7 +148,7 @@ impl IpvsBackend {
         }
         let ipset = ipsets::replace_input(&wanted);
 
-        let bound = k.links.addresses(k.dummy)?;
+        let bound: BTreeSet<_> = k.links.addresses(k.dummy)?.into_iter().collect();
         let want_bound: BTreeSet<_> = plans.values().flat_map(|p| p.addresses.clone()).collect();
         let bind: Vec<_> = want_bound.difference(&bound).copied().collect();
         let unbind: Vec<_> = bound.difference(&want_bound).copied().collect();
@@ -223,7 +225,7 @@ impl IpvsBackend {
         k.ipvs.apply(&written.ipvs)?;
         k.links.add_addresses(k.dummy, DUMMY_DEVICE, bind)?;
         if full || self.rules.as_deref() != Some(ruleset.as_str()) {
-            cmd::run(IPTABLES_RESTORE, &["--noflush"], Some(ruleset.as_bytes()))?;
+            iptables::restore(self.flavor, &ruleset)?;
             self.rules = Some(ruleset.clone());
             written.iptables = Some(ruleset);
         }
@@ -238,26 +240,20 @@ impl IpvsBackend {
         req: &SyncRequest<'_>,
         written: &Written,
     ) -> Result<(), BackendError> {
-        let stem = format!("{}-{}", req.seq, req.mode);
-        let mut files: Vec<(String, String)> = Vec::new();
+        let write = |ext: &str, text: &str| dump::write(dir, req.seq, req.mode, ext, text);
         if !written.ipvs.is_empty() {
             let lines: String = written
                 .ipvs
                 .iter()
                 .map(|op| op.ipvsadm_line() + "\n")
                 .collect();
-            files.push((format!("{stem}.ipvsadm"), lines));
+            write("ipvsadm", &lines)?;
         }
         if !written.ipset.is_empty() {
-            files.push((format!("{stem}.ipset"), written.ipset.clone()));
+            write("ipset", &written.ipset)?;
         }
         if let Some(t) = &written.iptables {
-            files.push((format!("{stem}.iptables"), t.clone()));
-        }
-        for (name, text) in files {
-            let path = dir.join(&name);
-            std::fs::write(&path, text)
-                .map_err(|e| BackendError::io(format!("writing {}", path.display()), e))?;
+            write("iptables", t)?;
         }
         Ok(())
     }
@@ -270,34 +266,15 @@ impl IpvsBackend {
 
 /// Prepends kube-proxy's jumps from the built-in chains (creating our
 /// chains first) where they are missing.
-pub(super) fn ensure_jumps() -> Result<(), BackendError> {
-    let nat = cmd::run(IPTABLES_SAVE, &["-t", "nat"], None)?;
-    let filter = cmd::run(IPTABLES_SAVE, &["-t", "filter"], None)?;
-    if let Some(input) = rules::jumps_input(&(nat.stdout + &filter.stdout)) {
-        cmd::run(IPTABLES_RESTORE, &["--noflush"], Some(input.as_bytes()))?;
+pub(super) fn ensure_jumps(flavor: Flavor) -> Result<(), BackendError> {
+    let saved = iptables::save(flavor, "nat")? + &iptables::save(flavor, "filter")?;
+    if let Some(input) = rules::jumps_input(&saved) {
+        iptables::restore(flavor, &input)?;
     }
     Ok(())
 }
 
 impl Backend for IpvsBackend {
-    fn kind(&self) -> BackendKind {
-        BackendKind::Ipvs
-    }
-
-    fn limitations(&self) -> Vec<(Feature, String)> {
-        let mut out = super::limitations();
-        if !matches!(self.scheduler.as_str(), "rr" | "wrr") {
-            out.push((
-                Feature::UniformBalance,
-                format!(
-                    "IPVS scheduler {:?} does not spread connections evenly (only rr and wrr with equal weights do)",
-                    self.scheduler
-                ),
-            ));
-        }
-        out
-    }
-
     fn setup(&mut self, node: &NodeContext) -> Result<(), BackendError> {
         let mut ipvs = IpvsClient::open()?;
         probe_scheduler(&mut ipvs, &self.scheduler).map_err(BackendError::Other)?;
@@ -312,7 +289,7 @@ impl Backend for IpvsBackend {
             &["restore", "-exist"],
             Some(ipsets::create_input().as_bytes()),
         )?;
-        ensure_jumps()?;
+        ensure_jumps(self.flavor)?;
         self.kernel = Some(Kernel {
             ipvs,
             links,
@@ -403,14 +380,12 @@ impl Backend for IpvsBackend {
                 Err(e) => errors.push(e.into()),
             },
         }
-        let saved = cmd::run(IPTABLES_SAVE, &["-t", "nat"], None).and_then(|nat| {
-            cmd::run(IPTABLES_SAVE, &["-t", "filter"], None).map(|f| nat.stdout + &f.stdout)
-        });
+        let saved = iptables::save(self.flavor, "nat")
+            .and_then(|nat| iptables::save(self.flavor, "filter").map(|f| nat + &f));
         match saved {
             Ok(saved) => {
                 if let Some(input) = rules::cleanup_input(&saved)
-                    && let Err(e) =
-                        cmd::run(IPTABLES_RESTORE, &["--noflush"], Some(input.as_bytes()))
+                    && let Err(e) = iptables::restore(self.flavor, &input)
                 {
                     errors.push(e);
                 }

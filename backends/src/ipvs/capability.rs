@@ -4,30 +4,30 @@
 
 use std::net::Ipv4Addr;
 
-use super::link::Links;
+use super::DEFAULT_SCHEDULER;
 use super::netlink::{self, IpvsClient, IpvsError, Op};
-use super::{DEFAULT_SCHEDULER, IPTABLES_RESTORE, IPTABLES_SAVE};
+use crate::Unavailable;
+use crate::kernel::cmd;
+use crate::kernel::iptables::Flavor;
+use crate::kernel::links::Links;
+use crate::kernel::probe::in_throwaway_netns;
 use crate::model::Protocol;
-use crate::{Unavailable, cmd};
 
-pub fn capability() -> Result<(), Unavailable> {
+pub fn capability(flavor: Flavor) -> Result<(), Unavailable> {
     if !nix::unistd::geteuid().is_root() {
         return Err(Unavailable::new(
             "the ipvs backend needs root (CAP_NET_ADMIN) to program IPVS, links and iptables",
         ));
     }
-    for tool in ["ipset", IPTABLES_RESTORE, IPTABLES_SAVE, "conntrack"] {
+    for tool in ["ipset", flavor.restore(), flavor.save(), "conntrack"] {
         if !cmd::have(tool) {
             return Err(Unavailable::new(format!(
-                "{tool} is not installed (the ipvs backend needs ipset, iptables-nft and conntrack; ci/setup installs them)"
+                "{tool} is not installed (the ipvs backend needs ipset, {} and conntrack; ci/setup installs them)",
+                flavor.iptables()
             )));
         }
     }
-    let missing = std::thread::scope(|s| {
-        s.spawn(probe_in_throwaway_netns)
-            .join()
-            .unwrap_or_else(|_| vec!["the kernel probe thread panicked".to_string()])
-    });
+    let missing = in_throwaway_netns(probe_kernel)?;
     if missing.is_empty() {
         Ok(())
     } else {
@@ -38,16 +38,9 @@ pub fn capability() -> Result<(), Unavailable> {
     }
 }
 
-/// Tries everything the backend needs from the kernel inside a private
-/// network namespace that dies with this thread, so the host's own
-/// namespace is never touched. Returns what is missing.
-fn probe_in_throwaway_netns() -> Vec<String> {
-    use nix::sched::{CloneFlags, unshare};
-    if let Err(e) = unshare(CloneFlags::CLONE_NEWNET) {
-        return vec![format!(
-            "cannot create a network namespace to probe in ({e})"
-        )];
-    }
+/// Tries everything the backend needs from the kernel (in a throwaway
+/// namespace). Returns what is missing.
+fn probe_kernel() -> Vec<String> {
     let mut missing = Vec::new();
     match IpvsClient::open() {
         Err(IpvsError::FamilyMissing) => {

@@ -7,30 +7,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
+use super::DUMMY_DEVICE;
 use super::backend::ensure_jumps;
 use super::ipsets::{self, IpSet};
-use super::link::{DUMMY_DEVICE, Links};
 use super::netlink::{IpvsClient, IpvsError};
-use super::{IPTABLES_RESTORE, IPTABLES_SAVE, IpvsBackend, capability, rules};
-use crate::model::{
-    ChangeSet, Endpoint, NodeContext, Protocol, ProxyState, ServicePort, ServicePortName,
-};
+use super::{FLAVOR, IpvsBackend, SPEC, capability, rules};
+use crate::kernel::iptables::{self, Flavor};
+use crate::kernel::links::Links;
+use crate::model::{ChangeSet, Endpoint, Protocol, ProxyState, ServicePort, ServicePortName};
 use crate::protocol::SyncMode;
-use crate::testns;
-use crate::{Backend, BackendOptions, SyncOutcome, SyncRequest, cmd};
-
-pub(super) fn node() -> NodeContext {
-    NodeContext {
-        node_name: "n0".into(),
-        node_ip: Ipv4Addr::new(192, 168, 0, 2),
-        pod_cidr: "10.244.0.0/24".parse().unwrap(),
-        cluster_cidr: "10.244.0.0/16".parse().unwrap(),
-        service_cidr: "10.96.0.0/12".parse().unwrap(),
-        run_prefix: "t".into(),
-        bridge: "cni0".into(),
-        uplink: "eth0".into(),
-    }
-}
+use crate::testkit::{self, node};
+use crate::{Backend, BackendOptions, SyncOutcome, SyncRequest, kernel::cmd};
 
 /// Why IPVS kernel tests cannot run in the current (private) namespace.
 fn ipvs_missing() -> Option<String> {
@@ -45,11 +32,11 @@ fn ipvs_missing() -> Option<String> {
 
 /// Runs `f` in a fresh namespace if the kernel has IPVS; else prints SKIP.
 pub(super) fn with_ipvs<T: Send>(f: impl FnOnce() -> T + Send) -> Option<T> {
-    if let Some(reason) = testns::unavailable() {
+    if let Some(reason) = testkit::unavailable() {
         eprintln!("SKIP: {reason}");
         return None;
     }
-    testns::in_new_netns(|| {
+    testkit::in_new_netns(|| {
         if let Some(reason) = ipvs_missing() {
             eprintln!("SKIP: {reason}");
             return None;
@@ -59,18 +46,11 @@ pub(super) fn with_ipvs<T: Send>(f: impl FnOnce() -> T + Send) -> Option<T> {
 }
 
 pub(super) fn service(name: &str, vip: [u8; 4], port: u16, protocol: Protocol) -> ServicePort {
-    ServicePort {
-        name: ServicePortName::new("ns", name, "", protocol),
-        cluster_ip: Ipv4Addr::from(vip),
+    testkit::service_port(
+        ServicePortName::new("ns", name, "", protocol),
+        Ipv4Addr::from(vip),
         port,
-        protocol,
-        node_port: None,
-        session_affinity_seconds: None,
-        external_policy_local: false,
-        internal_policy_local: false,
-        health_check_node_port: None,
-        external_ips: vec![],
-    }
+    )
 }
 
 /// Endpoint 10.244.<node>.<last>:<port>, ready unless `terminating`.
@@ -213,16 +193,15 @@ fn snapshot() -> Snapshot {
     }
     let mut links = Links::open().unwrap();
     let addresses = match links.index_of(DUMMY_DEVICE).unwrap() {
-        Some(i) => links.addresses(i).unwrap(),
+        Some(i) => links.addresses(i).unwrap().into_iter().collect(),
         None => BTreeSet::new(),
     };
     let saved = cmd::run("ipset", &["save"], None).unwrap().stdout;
     let mut rules: Vec<String> = ["nat", "filter"]
         .iter()
         .flat_map(|t| {
-            cmd::run(IPTABLES_SAVE, &["-t", t], None)
+            iptables::save(FLAVOR, t)
                 .unwrap()
-                .stdout
                 .lines()
                 .filter(|l| l.contains("KUBE-"))
                 .map(str::to_string)
@@ -239,7 +218,7 @@ fn snapshot() -> Snapshot {
 }
 
 pub(super) fn setup_backend(options: &BackendOptions) -> IpvsBackend {
-    let mut b = IpvsBackend::new(options);
+    let mut b = IpvsBackend::new(FLAVOR, options);
     b.setup(&node()).expect("setup");
     b
 }
@@ -464,15 +443,10 @@ fn kernel_dumps_replay_with_the_standard_tools() {
         ])
     );
     let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
-    let replayed = testns::in_new_netns(|| {
+    let replayed = testkit::in_new_netns(|| {
         cmd::run("ipvsadm-restore", &[], Some(&read("1-full.ipvsadm"))).unwrap();
         cmd::run("ipset", &["restore"], Some(&read("1-full.ipset"))).unwrap();
-        cmd::run(
-            IPTABLES_RESTORE,
-            &["--noflush"],
-            Some(&read("1-full.iptables")),
-        )
-        .unwrap();
+        iptables::restore(FLAVOR, &String::from_utf8(read("1-full.iptables")).unwrap()).unwrap();
         (saved(&["ipvsadm", "-Sn"]), saved(&["ipset", "save"]))
     });
     std::fs::remove_dir_all(&dir).unwrap();
@@ -560,7 +534,7 @@ fn kernel_scheduler_is_checked_at_setup() {
             ipvs_scheduler: "nosuch".into(),
             ..BackendOptions::default()
         };
-        let mut b = IpvsBackend::new(&options);
+        let mut b = IpvsBackend::new(FLAVOR, &options);
         let err = b.setup(&node()).expect_err("no such scheduler").to_string();
         b.cleanup().expect("cleanup");
         err
@@ -568,39 +542,41 @@ fn kernel_scheduler_is_checked_at_setup() {
         return;
     };
     assert!(err.contains("scheduler \"nosuch\""), "{err}");
-    let sh = IpvsBackend::new(&BackendOptions {
+    let sh = BackendOptions {
         ipvs_scheduler: "sh".into(),
         ..BackendOptions::default()
-    });
+    };
     assert!(
-        sh.limitations()
+        (SPEC.limitations)(&sh)
             .iter()
             .any(|(f, why)| *f == crate::Feature::UniformBalance && why.contains("\"sh\""))
     );
-    assert!(
-        IpvsBackend::new(&BackendOptions::default())
-            .limitations()
-            .is_empty()
-    );
+    assert!((SPEC.limitations)(&BackendOptions::default()).is_empty());
 }
 
 /// The fixed ruleset and the sets apply with the real tools and clean up;
 /// needs netfilter only, so it runs on the host kernel too.
 #[test]
 fn ruleset_applies_and_cleans_up() {
-    if let Some(reason) = testns::unavailable() {
+    if let Some(reason) = testkit::unavailable() {
         eprintln!("SKIP: {reason}");
         return;
     }
-    let (applied, after) = testns::in_new_netns(|| {
+    for flavor in [Flavor::Nft, Flavor::Legacy] {
+        ruleset_applies_and_cleans_up_with(flavor);
+    }
+}
+
+fn ruleset_applies_and_cleans_up_with(flavor: Flavor) {
+    let (applied, after) = testkit::in_new_netns(|| {
         cmd::run(
             "ipset",
             &["restore", "-exist"],
             Some(ipsets::create_input().as_bytes()),
         )
         .unwrap();
-        ensure_jumps().unwrap();
-        ensure_jumps().unwrap();
+        ensure_jumps(flavor).unwrap();
+        ensure_jumps(flavor).unwrap();
         let non_empty: BTreeSet<IpSet> = IpSet::ALL
             .into_iter()
             .filter(|s| !matches!(s, IpSet::ExternalIp | IpSet::ExternalIpLocal))
@@ -610,19 +586,19 @@ fn ruleset_applies_and_cleans_up() {
             non_empty: &non_empty,
             masquerade: true,
         });
-        cmd::run(IPTABLES_RESTORE, &["--noflush"], Some(text.as_bytes())).unwrap();
+        iptables::restore(flavor, &text).unwrap();
         // Applying twice replaces, never duplicates.
-        cmd::run(IPTABLES_RESTORE, &["--noflush"], Some(text.as_bytes())).unwrap();
-        let applied = snapshot_rules();
-        let mut b = IpvsBackend::new(&BackendOptions::default());
+        iptables::restore(flavor, &text).unwrap();
+        let applied = snapshot_rules(flavor);
+        let mut b = IpvsBackend::new(flavor, &BackendOptions::default());
         b.cleanup().expect("cleanup");
-        (applied, snapshot_rules())
+        (applied, snapshot_rules(flavor))
     });
     let jumps = applied
         .iter()
         .filter(|l| l.contains("-j KUBE-SERVICES"))
         .count();
-    assert_eq!(jumps, 2, "{applied:#?}");
+    assert_eq!(jumps, 2, "{flavor:?}: {applied:#?}");
     assert_eq!(
         applied.iter().filter(|l| l.starts_with("-A KUBE-")).count(),
         rules::rule_count(&rules::render(&rules::RuleInput {
@@ -632,32 +608,33 @@ fn ruleset_applies_and_cleans_up() {
                 .filter(|s| !matches!(s, IpSet::ExternalIp | IpSet::ExternalIpLocal))
                 .collect(),
             masquerade: true,
-        }))
+        })),
+        "{flavor:?}"
     );
-    assert!(after.is_empty(), "{after:#?}");
+    assert!(after.is_empty(), "{flavor:?}: {after:#?}");
 }
 
 /// A full sync's swap replaces set contents under rules that use the sets,
 /// and leaves no scratch set behind; needs netfilter only.
 #[test]
 fn ipset_full_replace_swaps_under_live_rules() {
-    if let Some(reason) = testns::unavailable() {
+    if let Some(reason) = testkit::unavailable() {
         eprintln!("SKIP: {reason}");
         return;
     }
-    let (first, second, sets) = testns::in_new_netns(|| {
+    let (first, second, sets) = testkit::in_new_netns(|| {
         let restore = |input: String| {
             cmd::run("ipset", &["restore", "-exist"], Some(input.as_bytes())).unwrap();
         };
         restore(ipsets::create_input());
-        ensure_jumps().unwrap();
+        ensure_jumps(FLAVOR).unwrap();
         let non_empty = BTreeSet::from([IpSet::ClusterIp]);
         let text = rules::render(&rules::RuleInput {
             cluster_cidr: node().cluster_cidr,
             non_empty: &non_empty,
             masquerade: true,
         });
-        cmd::run(IPTABLES_RESTORE, &["--noflush"], Some(text.as_bytes())).unwrap();
+        iptables::restore(FLAVOR, &text).unwrap();
         let entries = |vips: &[u8]| {
             let mut e = ipsets::Entries::new();
             for v in vips {
@@ -674,7 +651,7 @@ fn ipset_full_replace_swaps_under_live_rules() {
         restore(ipsets::replace_input(&entries(&[2, 3])));
         let second = saved();
         let sets = cmd::run("ipset", &["list", "-n"], None).unwrap().stdout;
-        let mut b = IpvsBackend::new(&BackendOptions::default());
+        let mut b = IpvsBackend::new(FLAVOR, &BackendOptions::default());
         b.cleanup().expect("cleanup");
         (first, second, sets)
     });
@@ -696,13 +673,12 @@ fn ipset_full_replace_swaps_under_live_rules() {
     assert_eq!(sets.lines().count(), IpSet::ALL.len(), "{sets}");
 }
 
-fn snapshot_rules() -> Vec<String> {
+fn snapshot_rules(flavor: Flavor) -> Vec<String> {
     ["nat", "filter"]
         .iter()
         .flat_map(|t| {
-            cmd::run(IPTABLES_SAVE, &["-t", t], None)
+            iptables::save(flavor, t)
                 .unwrap()
-                .stdout
                 .lines()
                 .filter(|l| l.contains("KUBE-"))
                 .map(str::to_string)
@@ -713,12 +689,12 @@ fn snapshot_rules() -> Vec<String> {
 
 #[test]
 fn capability_names_what_is_missing() {
-    if let Some(reason) = testns::unavailable() {
+    if let Some(reason) = testkit::unavailable() {
         eprintln!("SKIP: {reason}");
         return;
     }
-    let kernel_has_ipvs = testns::in_new_netns(|| ipvs_missing().is_none());
-    match (capability(), kernel_has_ipvs) {
+    let kernel_has_ipvs = testkit::in_new_netns(|| ipvs_missing().is_none());
+    match (capability(FLAVOR), kernel_has_ipvs) {
         (Ok(()), true) => {}
         (Err(u), false) => {
             assert!(u.reason.contains("kernel lacks IP_VS"), "{}", u.reason);

@@ -145,32 +145,18 @@ mod tests {
     use super::*;
     use crate::ipvs::plan::{PlanContext, plan_port};
     use crate::model::{Endpoint, Protocol, ServicePort};
+    use crate::testkit;
 
     fn port(name: &str, vip: [u8; 4], port: u16) -> ServicePort {
-        ServicePort {
-            name: ServicePortName::new("ns", "web", name, Protocol::Tcp),
-            cluster_ip: Ipv4Addr::from(vip),
+        testkit::service_port(
+            ServicePortName::new("ns", "web", name, Protocol::Tcp),
+            Ipv4Addr::from(vip),
             port,
-            protocol: Protocol::Tcp,
-            node_port: None,
-            session_affinity_seconds: None,
-            external_policy_local: false,
-            internal_policy_local: false,
-            health_check_node_port: None,
-            external_ips: vec![],
-        }
+        )
     }
 
     fn local_ep() -> Endpoint {
-        Endpoint {
-            ip: Ipv4Addr::new(10, 244, 0, 5),
-            port: 8080,
-            ready: true,
-            serving: true,
-            terminating: false,
-            node_name: Some("n0".into()),
-            is_local: true,
-        }
+        testkit::endpoint(Ipv4Addr::new(10, 244, 0, 5), 8080, Some("n0"), true)
     }
 
     fn plan(svc: &ServicePort) -> PortPlan {

@@ -13,11 +13,9 @@ mod backend;
 mod capability;
 mod ipsets;
 mod ledger;
-mod link;
 mod netlink;
 mod plan;
 mod rules;
-mod transport;
 
 #[cfg(test)]
 mod kernel_tests;
@@ -27,24 +25,61 @@ mod traffic_tests;
 pub use backend::IpvsBackend;
 pub use capability::capability;
 
-use link::LinkError;
+use crate::kernel::links::LinkError;
 use netlink::IpvsError;
 
-use crate::{Backend, BackendError, BackendOptions, Feature};
+use crate::kernel::iptables::Flavor;
+use crate::{BackendError, BackendOptions, BackendSpec, Evidence, Feature, Trace};
 
 const DEFAULT_SCHEDULER: &str = "rr";
-const IPTABLES_RESTORE: &str = "iptables-nft-restore";
-const IPTABLES_SAVE: &str = "iptables-nft-save";
 
-/// Behaviours not implemented: none. Every check's behaviour is covered
-/// (see the kernel and traffic tests); a scheduler other than rr or wrr
-/// adds its own limitation on the backend ([`IpvsBackend`]).
-pub fn limitations() -> Vec<(Feature, String)> {
-    Vec::new()
+/// kube-proxy's name for the device that holds Service addresses. IPVS
+/// only sees packets the kernel delivers locally, so every VIP must be a
+/// local address; a dummy device holds them without ever sending anything
+/// (kube-proxy leaves it down, and so do we: local routes for its
+/// addresses exist either way).
+const DUMMY_DEVICE: &str = "kube-ipvs0";
+
+/// The iptables flavor of the fixed ruleset; the backend takes either.
+const FLAVOR: Flavor = Flavor::Nft;
+
+pub const SPEC: BackendSpec = BackendSpec {
+    name: "ipvs",
+    capability: || capability(FLAVOR),
+    limitations,
+    create: |options| Box::new(IpvsBackend::new(FLAVOR, options)),
+    trace: Trace {
+        notes: Some(
+            "IPVS balances in the input and output hooks without nf_tables rules: the trace \
+             shows its iptables rules; the real server it picked is in the IPVS connection entry",
+        ),
+        evidence: Evidence::IpvsConnections,
+    },
+    floor: None,
+};
+
+/// The scheduler `options` ask for (`rr` when empty).
+fn scheduler(options: &BackendOptions) -> String {
+    if options.ipvs_scheduler.is_empty() {
+        DEFAULT_SCHEDULER.to_string()
+    } else {
+        options.ipvs_scheduler.clone()
+    }
 }
 
-pub fn new(options: &BackendOptions) -> Box<dyn Backend> {
-    Box::new(IpvsBackend::new(options))
+/// Every check's behaviour is covered (see the kernel and traffic tests);
+/// only a scheduler other than rr or wrr does not spread evenly.
+fn limitations(options: &BackendOptions) -> Vec<(Feature, String)> {
+    let scheduler = scheduler(options);
+    if matches!(scheduler.as_str(), "rr" | "wrr") {
+        return Vec::new();
+    }
+    vec![(
+        Feature::UniformBalance,
+        format!(
+            "IPVS scheduler {scheduler:?} does not spread connections evenly (only rr and wrr with equal weights do)"
+        ),
+    )]
 }
 
 impl From<IpvsError> for BackendError {

@@ -18,7 +18,7 @@ use netlink_packet_generic::ctrl::{GenlCtrl, GenlCtrlCmd};
 use netlink_packet_generic::{GenlFamily, GenlHeader, GenlMessage};
 use netlink_sys::protocols::NETLINK_GENERIC;
 
-use super::transport::Transport;
+use crate::kernel::netlink::Transport;
 use crate::model::Protocol;
 
 pub const FAMILY_NAME: &str = "IPVS";

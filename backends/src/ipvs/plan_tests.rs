@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::model::{Protocol, ServicePortName};
+use crate::testkit;
 
 const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 2);
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -16,18 +17,7 @@ fn ctx(scheduler: &str) -> PlanContext<'_> {
 }
 
 fn svc(protocol: Protocol) -> ServicePort {
-    ServicePort {
-        name: ServicePortName::new("ns", "web", "http", protocol),
-        cluster_ip: VIP,
-        port: 80,
-        protocol,
-        node_port: None,
-        session_affinity_seconds: None,
-        external_policy_local: false,
-        internal_policy_local: false,
-        health_check_node_port: None,
-        external_ips: vec![],
-    }
+    testkit::service_port(ServicePortName::new("ns", "web", "http", protocol), VIP, 80)
 }
 
 /// Endpoint 10.244.<node>.<last>:8080; `state` is r(eady), t(erminating

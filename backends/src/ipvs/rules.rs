@@ -11,6 +11,7 @@ use std::fmt::Write;
 use ipnet::Ipv4Net;
 
 use super::ipsets::IpSet;
+use crate::kernel::iptables::Jump;
 
 /// kube-proxy's default `--iptables-masquerade-bit` 14.
 const MASQ_MARK: &str = "0x4000";
@@ -32,82 +33,28 @@ pub const FILTER_CHAINS: [&str; 6] = [
     "KUBE-IPVS-OUT-FILTER",
 ];
 
-/// A jump from a built-in chain into one of ours.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Jump {
-    pub table: &'static str,
-    pub from: &'static str,
-    pub to: &'static str,
-    pub comment: &'static str,
-}
-
-impl Jump {
-    /// The rule as `iptables-save` prints it, without `-A CHAIN`.
-    fn spec(&self) -> String {
-        format!("-m comment --comment \"{}\" -j {}", self.comment, self.to)
-    }
-
-    fn saved_line(&self) -> String {
-        format!("-A {} {}", self.from, self.spec())
-    }
-}
+const PORTALS: &str = "kubernetes service portals";
+const POSTROUTING: &str = "kubernetes postrouting rules";
+const FORWARDING: &str = "kubernetes forwarding rules";
+const FIREWALL: &str = "kube-proxy firewall rules";
+const ACCESS: &str = "kubernetes ipvs access filter";
 
 /// kube-proxy's jumps, each prepended to its built-in chain if missing.
 pub const JUMPS: [Jump; 9] = [
-    Jump {
-        table: "nat",
-        from: "OUTPUT",
-        to: "KUBE-SERVICES",
-        comment: "kubernetes service portals",
-    },
-    Jump {
-        table: "nat",
-        from: "PREROUTING",
-        to: "KUBE-SERVICES",
-        comment: "kubernetes service portals",
-    },
-    Jump {
-        table: "nat",
-        from: "POSTROUTING",
-        to: "KUBE-POSTROUTING",
-        comment: "kubernetes postrouting rules",
-    },
-    Jump {
-        table: "filter",
-        from: "FORWARD",
-        to: "KUBE-FORWARD",
-        comment: "kubernetes forwarding rules",
-    },
-    Jump {
-        table: "filter",
-        from: "INPUT",
-        to: "KUBE-NODE-PORT",
-        comment: "kubernetes health check rules",
-    },
-    Jump {
-        table: "filter",
-        from: "INPUT",
-        to: "KUBE-PROXY-FIREWALL",
-        comment: "kube-proxy firewall rules",
-    },
-    Jump {
-        table: "filter",
-        from: "FORWARD",
-        to: "KUBE-PROXY-FIREWALL",
-        comment: "kube-proxy firewall rules",
-    },
-    Jump {
-        table: "filter",
-        from: "INPUT",
-        to: "KUBE-IPVS-FILTER",
-        comment: "kubernetes ipvs access filter",
-    },
-    Jump {
-        table: "filter",
-        from: "OUTPUT",
-        to: "KUBE-IPVS-OUT-FILTER",
-        comment: "kubernetes ipvs access filter",
-    },
+    Jump::new("nat", "OUTPUT", "KUBE-SERVICES", PORTALS),
+    Jump::new("nat", "PREROUTING", "KUBE-SERVICES", PORTALS),
+    Jump::new("nat", "POSTROUTING", "KUBE-POSTROUTING", POSTROUTING),
+    Jump::new("filter", "FORWARD", "KUBE-FORWARD", FORWARDING),
+    Jump::new(
+        "filter",
+        "INPUT",
+        "KUBE-NODE-PORT",
+        "kubernetes health check rules",
+    ),
+    Jump::new("filter", "INPUT", "KUBE-PROXY-FIREWALL", FIREWALL),
+    Jump::new("filter", "FORWARD", "KUBE-PROXY-FIREWALL", FIREWALL),
+    Jump::new("filter", "INPUT", "KUBE-IPVS-FILTER", ACCESS),
+    Jump::new("filter", "OUTPUT", "KUBE-IPVS-OUT-FILTER", ACCESS),
 ];
 
 /// What the ruleset depends on.
@@ -417,7 +364,7 @@ pub fn jumps_input(saved: &str) -> Option<String> {
             }
         }
         for j in missing.iter().filter(|j| j.table == table) {
-            let _ = writeln!(out, "-I {} 1 {}", j.from, j.spec());
+            let _ = writeln!(out, "-I {} 1 {}", j.from, j.saved_spec());
         }
         out.push_str("COMMIT\n");
     }
@@ -462,7 +409,7 @@ pub fn cleanup_input(saved: &str) -> Option<String> {
             let _ = writeln!(out, ":{c} - [0:0]");
         }
         for j in jumps {
-            let _ = writeln!(out, "-D {} {}", j.from, j.spec());
+            let _ = writeln!(out, "-D {} {}", j.from, j.saved_spec());
         }
         for c in &present {
             let _ = writeln!(out, "-X {c}");

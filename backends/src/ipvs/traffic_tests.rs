@@ -4,44 +4,31 @@
 //! IPVS (under `svclab vm`); prints `SKIP: <reason>` elsewhere.
 
 use std::collections::BTreeMap;
-use std::io::{ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::io::{ErrorKind, Read};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use super::kernel_tests::{changes_between, full, insert, service, setup_backend, sync, with_ipvs};
 use crate::model::{Endpoint, Protocol, ProxyState};
 use crate::protocol::SyncMode;
-use crate::{Backend, BackendOptions, cmd};
+use crate::testkit;
+use crate::testkit::Host;
+use crate::{Backend, BackendOptions, kernel::cmd};
 
-type Job = Box<dyn FnOnce() + Send>;
-
-/// A pod: its own namespace with `eth0` at 10.244.<n>.5/24, joined to the
-/// node namespace's `veth-pod<n>` at 10.244.<n>.1/24, and servers on TCP
-/// 8080 and UDP 5353 that answer `<pod address> <peer address>`. Dropping
-/// it stops the servers (they stop by themselves after 60 s).
+/// A pod: a [`Host`] with `eth0` at 10.244.<n>.5/24, joined to the node
+/// namespace's `veth-pod<n>` at 10.244.<n>.1/24. Dropping it stops its
+/// servers.
 struct Pod {
     ip: Ipv4Addr,
-    jobs: mpsc::Sender<Job>,
+    host: Host,
 }
 
 impl Pod {
     /// Must be called from the node namespace.
     fn start(n: u8) -> Pod {
         let ip = Ipv4Addr::new(10, 244, n, 5);
-        let (to_node, from_pod) = mpsc::channel::<String>();
-        let (jobs, job_rx) = mpsc::channel::<Job>();
-        std::thread::spawn(move || {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
-            let tid = nix::unistd::gettid();
-            // Not `self`: that would be the `ip` process opening the path.
-            let path = format!("/proc/{}/task/{tid}/ns/net", std::process::id());
-            to_node.send(path).unwrap();
-            let Ok(job) = job_rx.recv() else { return };
-            job();
-            serve(ip, &job_rx);
-        });
-        let path = from_pod.recv().unwrap();
+        let (host, path) = Host::spawn(ip);
         let veth = format!("veth-pod{n}");
         let node_side = format!("10.244.{n}.1/24");
         for args in [
@@ -53,11 +40,10 @@ impl Pod {
         ] {
             cmd::run("ip", args, None).unwrap();
         }
-        let pod = Pod { ip, jobs };
         let pod_side = format!("{ip}/24");
         let gateway = format!("10.244.{n}.1");
         // The first job runs on the pod's own thread, before it serves.
-        pod.run(move || {
+        host.run(move || {
             for args in [
                 &["link", "set", "lo", "up"][..],
                 &["addr", "add", &pod_side, "dev", "eth0"],
@@ -67,65 +53,16 @@ impl Pod {
                 cmd::run("ip", args, None).unwrap();
             }
         });
-        pod
+        Pod { ip, host }
     }
 
-    /// Runs `f` inside the pod's namespace (on a thread of its own, so the
-    /// pod keeps serving) and returns its result.
+    /// Runs `f` inside the pod's namespace and returns its result.
     fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let (tx, rx) = mpsc::channel();
-        self.jobs
-            .send(Box::new(move || {
-                let _ = tx.send(f());
-            }))
-            .unwrap();
-        rx.recv_timeout(Duration::from_secs(30))
-            .expect("pod job finished")
+        self.host.run(f)
     }
 
     fn endpoint(&self, port: u16) -> Endpoint {
-        Endpoint {
-            ip: self.ip,
-            port,
-            ready: true,
-            serving: true,
-            terminating: false,
-            node_name: Some("n0".into()),
-            is_local: true,
-        }
-    }
-}
-
-/// The pod's servers, until its handle is dropped; jobs run on threads
-/// spawned here, which inherit the pod's namespace.
-fn serve(ip: Ipv4Addr, jobs: &mpsc::Receiver<Job>) {
-    let listener = TcpListener::bind("0.0.0.0:8080").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let udp = UdpSocket::bind("0.0.0.0:5353").unwrap();
-    udp.set_nonblocking(true).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut buf = [0u8; 64];
-    while Instant::now() < deadline {
-        let mut idle = true;
-        match jobs.try_recv() {
-            Ok(job) => {
-                std::thread::spawn(job);
-                idle = false;
-            }
-            Err(mpsc::TryRecvError::Disconnected) => return,
-            Err(mpsc::TryRecvError::Empty) => {}
-        }
-        if let Ok((mut conn, peer)) = listener.accept() {
-            let _ = conn.write_all(format!("{ip} {}", peer.ip()).as_bytes());
-            idle = false;
-        }
-        if let Ok((_, peer)) = udp.recv_from(&mut buf) {
-            let _ = udp.send_to(format!("{ip} {}", peer.ip()).as_bytes(), peer);
-            idle = false;
-        }
-        if idle {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        testkit::endpoint(self.ip, port, Some("n0"), true)
     }
 }
 

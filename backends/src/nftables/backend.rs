@@ -2,8 +2,7 @@
 //! keeps the bookkeeping in step with the kernel, and clears stale UDP
 //! conntrack entries after every successful sync.
 
-use std::path::Path;
-
+use crate::kernel::dump;
 use crate::model::NodeContext;
 use crate::nftables::existing::Existing;
 use crate::nftables::names::TABLE;
@@ -12,8 +11,8 @@ use crate::nftables::skeleton::write_skeleton;
 use crate::nftables::tx::Tx;
 use crate::protocol::SyncMode;
 use crate::{
-    Backend, BackendError, BackendKind, BackendOptions, BackendStats, SyncOutcome, SyncRequest,
-    cmd, conntrack,
+    Backend, BackendError, BackendOptions, BackendStats, SyncOutcome, SyncRequest, kernel::cmd,
+    kernel::conntrack,
 };
 
 pub struct NftablesBackend {
@@ -47,21 +46,15 @@ impl NftablesBackend {
 
     fn run(&self, text: &str, seq: u64, mode: &str) -> Result<(), BackendError> {
         if let Some(dir) = &self.options.dump_dir {
-            dump(dir, seq, mode, text)?;
+            dump::write(dir, seq, mode, DUMP_EXT, text)?;
         }
         cmd::run("nft", &["-f", "-"], Some(text.as_bytes()))?;
         Ok(())
     }
 }
 
-/// Writes a transaction's exact input as `<dir>/<seq>-<mode>.nft`.
-fn dump(dir: &Path, seq: u64, mode: &str, text: &str) -> Result<(), BackendError> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| BackendError::io(format!("creating dump directory {}", dir.display()), e))?;
-    let path = dir.join(format!("{seq}-{mode}.nft"));
-    std::fs::write(&path, text)
-        .map_err(|e| BackendError::io(format!("writing nft input {}", path.display()), e))
-}
+/// The extension of this backend's per-sync dumps (`nft -f` input).
+pub const DUMP_EXT: &str = "nft";
 
 /// The setup transaction: a fresh table holding only the fixed objects.
 /// A table left by an earlier run in this namespace is dropped first
@@ -75,10 +68,6 @@ pub fn setup_text(node: &NodeContext, options: &BackendOptions) -> String {
 }
 
 impl Backend for NftablesBackend {
-    fn kind(&self) -> BackendKind {
-        BackendKind::Nftables
-    }
-
     fn setup(&mut self, node: &NodeContext) -> Result<(), BackendError> {
         self.run(&setup_text(node, &self.options), 0, "setup")?;
         self.programmed = Programmed::default();

@@ -3,9 +3,9 @@
 //! `numgen`, NAT, `fib`, `reject` and timeout sets. The probe programs a
 //! small table in a throwaway network namespace, never the caller's.
 
-use nix::sched::{CloneFlags, unshare};
-
-use crate::{Unavailable, cmd};
+use crate::Unavailable;
+use crate::kernel::cmd;
+use crate::kernel::probe::in_throwaway_netns;
 
 /// One of each construct the backend relies on.
 const PROBE: &str = "\
@@ -47,23 +47,13 @@ pub fn capability() -> Result<(), Unavailable> {
             )));
         }
     }
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            unshare(CloneFlags::CLONE_NEWNET).map_err(|e| {
-                Unavailable::new(format!(
-                    "cannot create a private network namespace to probe nftables ({e}): \
-                     the nftables backend needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN)"
-                ))
-            })?;
-            cmd::run("nft", &["-f", "-"], Some(PROBE.as_bytes())).map_err(|e| {
-                Unavailable::new(format!(
-                    "the kernel rejects kube-proxy's nftables constructs (verdict maps, \
-                     numgen, NAT, fib, reject, timeout sets): {e}"
-                ))
-            })?;
-            Ok(())
+    in_throwaway_netns(|| {
+        cmd::run("nft", &["-f", "-"], Some(PROBE.as_bytes())).map_err(|e| {
+            Unavailable::new(format!(
+                "the kernel rejects kube-proxy's nftables constructs (verdict maps, \
+                 numgen, NAT, fib, reject, timeout sets): {e}"
+            ))
         })
-        .join()
-        .unwrap_or_else(|_| Err(Unavailable::new("the nftables probe thread panicked")))
-    })
+    })?
+    .map(drop)
 }

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use serde_json::Value;
 
 use crate::nftables::names::TABLE;
-use crate::{BackendError, cmd};
+use crate::{BackendError, kernel::cmd};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Existing {

@@ -4,44 +4,21 @@
 
 use std::net::Ipv4Addr;
 
-use crate::model::{
-    ChangeSet, Endpoint, NodeContext, Protocol, ProxyState, ServicePort, ServicePortName,
-};
+use crate::model::{ChangeSet, Endpoint, NodeContext, Protocol, ProxyState, ServicePort};
+use crate::testkit;
 
 pub fn node() -> NodeContext {
     NodeContext {
         node_name: "test-node".into(),
-        node_ip: Ipv4Addr::new(192, 168, 0, 2),
         pod_cidr: "10.0.0.0/24".parse().unwrap(),
         cluster_cidr: "10.0.0.0/8".parse().unwrap(),
         service_cidr: "172.30.0.0/16".parse().unwrap(),
         run_prefix: "svclab-test".into(),
-        bridge: "cni0".into(),
-        uplink: "eth0".into(),
+        ..testkit::node()
     }
 }
 
-pub fn port(
-    ns: &str,
-    name: &str,
-    port_name: &str,
-    proto: Protocol,
-    vip: [u8; 4],
-    port: u16,
-) -> ServicePort {
-    ServicePort {
-        name: ServicePortName::new(ns, name, port_name, proto),
-        cluster_ip: Ipv4Addr::from(vip),
-        port,
-        protocol: proto,
-        node_port: None,
-        session_affinity_seconds: None,
-        external_policy_local: false,
-        internal_policy_local: false,
-        health_check_node_port: None,
-        external_ips: vec![],
-    }
-}
+pub use crate::testkit::port;
 
 pub fn tcp(ns: &str, name: &str, vip: [u8; 4]) -> ServicePort {
     port(ns, name, "p80", Protocol::Tcp, vip, 80)
@@ -49,15 +26,12 @@ pub fn tcp(ns: &str, name: &str, vip: [u8; 4]) -> ServicePort {
 
 /// A ready endpoint; `local` says whether it is on the test node.
 pub fn ep(ip: [u8; 4], port: u16, local: bool) -> Endpoint {
-    Endpoint {
-        ip: Ipv4Addr::from(ip),
+    testkit::endpoint(
+        Ipv4Addr::from(ip),
         port,
-        ready: true,
-        serving: true,
-        terminating: false,
-        node_name: Some(if local { "test-node" } else { "node2" }.into()),
-        is_local: local,
-    }
+        Some(if local { "test-node" } else { "node2" }),
+        local,
+    )
 }
 
 pub fn insert(state: &mut ProxyState, svc: ServicePort, mut eps: Vec<Endpoint>) {

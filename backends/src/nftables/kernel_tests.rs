@@ -11,8 +11,9 @@ use crate::model::{ProxyState, ServicePortName};
 use crate::nftables::fixtures::{changes, ep, insert, mixed, node, tcp};
 use crate::nftables::{NftablesBackend, capability};
 use crate::protocol::SyncMode;
-use crate::testns::in_new_netns;
-use crate::{Backend, BackendOptions, Fault, SyncRequest, cmd, require_netns};
+use crate::testkit::in_new_netns;
+use crate::testkit::plumb_node;
+use crate::{Backend, BackendOptions, Fault, SyncRequest, kernel::cmd, require_netns};
 
 fn nft_json(args: &[&str]) -> Value {
     let mut full = vec!["-j"];
@@ -296,33 +297,6 @@ add set ip kube-proxy affinity-AAAAAAAA-old/svc/tcp/p__10.9.9.9/80 { type ipv4_a
     });
 }
 
-/// Gives the namespace a node IP on a real link and routes the service
-/// CIDR over it (as the lab's default route does), so locally generated
-/// packets to a ClusterIP reach the nat OUTPUT hook and rejects come back
-/// as ICMP errors. The endpoint address lives on `lo`.
-fn plumb_node(endpoint: Ipv4Addr) {
-    for args in [
-        vec!["link", "add", "v0", "type", "veth", "peer", "name", "v1"],
-        vec!["addr", "add", "192.168.0.2/24", "dev", "v0"],
-        vec!["link", "set", "v0", "up"],
-        vec!["link", "set", "v1", "up"],
-        vec![
-            "route",
-            "add",
-            "172.30.0.0/16",
-            "via",
-            "192.168.0.1",
-            "dev",
-            "v0",
-            "onlink",
-        ],
-    ] {
-        cmd::run("ip", &args, None).expect("plumbing the test namespace");
-    }
-    let ep = format!("{endpoint}/32");
-    cmd::run("ip", &["addr", "add", &ep, "dev", "lo"], None).expect("endpoint address");
-}
-
 /// Serves one connection at a time, answering "hello"; bounded.
 fn serve(listener: TcpListener) {
     std::thread::spawn(move || {
@@ -354,7 +328,7 @@ fn traffic_state() -> ProxyState {
 fn node_traffic_is_dnated_and_refused_without_endpoints() {
     require_netns!();
     in_new_netns(|| {
-        plumb_node(Ipv4Addr::new(10, 0, 0, 5));
+        plumb_node(&[Ipv4Addr::new(10, 0, 0, 5)]);
         serve(TcpListener::bind("10.0.0.5:8080").expect("listen on the endpoint"));
         let mut b = NftablesBackend::new(&BackendOptions::default());
         b.setup(&node()).expect("setup");
@@ -383,7 +357,7 @@ fn node_traffic_is_dnated_and_refused_without_endpoints() {
 fn no_reject_fault_makes_clients_time_out() {
     require_netns!();
     in_new_netns(|| {
-        plumb_node(Ipv4Addr::new(10, 0, 0, 5));
+        plumb_node(&[Ipv4Addr::new(10, 0, 0, 5)]);
         let mut b = NftablesBackend::new(&BackendOptions {
             faults: vec![Fault::NoReject],
             ..BackendOptions::default()

@@ -19,8 +19,8 @@ use crate::model::ProxyState;
 use crate::nftables::fixtures::{changes, ep, node, synthetic};
 use crate::nftables::{Existing, NftablesBackend, Programmed};
 use crate::protocol::SyncMode;
-use crate::testns::in_new_netns;
-use crate::{Backend, BackendOptions, SyncRequest, cmd, require_netns};
+use crate::testkit::in_new_netns;
+use crate::{Backend, BackendOptions, SyncRequest, kernel::cmd, require_netns};
 
 const ENDPOINTS: usize = 10;
 

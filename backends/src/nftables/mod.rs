@@ -38,16 +38,25 @@ pub use existing::Existing;
 pub use programmed::{Counts, Plan, Programmed};
 
 use crate::model::{ChangeSet, NodeContext, ProxyState};
-use crate::{Backend, BackendOptions, Feature};
+use crate::{BackendOptions, BackendSpec, Evidence, FloorTool, Trace};
 
-/// Behaviours not implemented: none.
-pub fn limitations() -> Vec<(Feature, String)> {
-    Vec::new()
-}
-
-pub fn new(options: &BackendOptions) -> Box<dyn Backend> {
-    Box::new(NftablesBackend::new(options))
-}
+/// kube-proxy's nftables mode. Behaviours not implemented: none.
+pub const SPEC: BackendSpec = BackendSpec {
+    name: "nftables",
+    capability,
+    limitations: |_| Vec::new(),
+    create: |options| Box::new(NftablesBackend::new(options)),
+    trace: Trace {
+        notes: None,
+        evidence: Evidence::NfTables,
+    },
+    floor: Some(FloorTool {
+        program: "nft",
+        args: &["-f", "-"],
+        ext: backend::DUMP_EXT,
+        prepare: || Ok(()),
+    }),
+};
 
 /// The transaction a full sync of `state` writes into an empty table.
 pub fn render_full(state: &ProxyState, node: &NodeContext, options: &BackendOptions) -> String {

@@ -109,18 +109,11 @@ fn hash_and_truncate(name: &str) -> String {
 mod tests {
     use super::*;
     use crate::model::Protocol;
+    use crate::testkit;
     use std::net::Ipv4Addr;
 
     fn ep(ip: [u8; 4], port: u16) -> Endpoint {
-        Endpoint {
-            ip: Ipv4Addr::from(ip),
-            port,
-            ready: true,
-            serving: true,
-            terminating: false,
-            node_name: None,
-            is_local: false,
-        }
+        testkit::endpoint(Ipv4Addr::from(ip), port, None, false)
     }
 
     /// The expected names are the ones in kube-proxy's own golden rulesets.

@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,16 +18,13 @@ use super::ports::{DEFAULT_RANGE, PortAllocator};
 use super::rules::{self, ProxyPorts, Rule};
 use super::service::ServiceProxy;
 use super::{tcp, udp};
-use crate::conntrack::{self, Flush};
-use crate::iptables::tool;
+use crate::kernel::conntrack::{self, Flush};
+use crate::kernel::{dump, iptables};
 use crate::model::{
     Endpoint, NodeContext, Protocol, ProxyState, ServicePort, ServicePortName, categorize_endpoints,
 };
 use crate::protocol::SyncMode;
-use crate::{
-    Backend, BackendError, BackendKind, BackendOptions, BackendStats, Fault, SyncOutcome,
-    SyncRequest,
-};
+use crate::{Backend, BackendError, BackendOptions, BackendStats, Fault, SyncOutcome, SyncRequest};
 
 /// Runtime worker threads: relaying is cheap, and the lab's machines share
 /// few cores between many agents.
@@ -235,18 +231,6 @@ impl UserspaceBackend {
             udp_fronts: udp_fronts(svc, node),
         }
     }
-
-    fn dump(&self, dir: &Path, seq: u64, full: bool, text: &str) -> Result<(), BackendError> {
-        let mode = if full {
-            SyncMode::Full
-        } else {
-            SyncMode::Partial
-        };
-        let path = dir.join(format!("{seq}-{mode}.iptables"));
-        std::fs::create_dir_all(dir)
-            .and_then(|()| std::fs::write(&path, text))
-            .map_err(|e| BackendError::io(format!("writing {}", path.display()), e))
-    }
 }
 
 fn not_set_up() -> BackendError {
@@ -324,10 +308,6 @@ fn raise_file_limit() {
 }
 
 impl Backend for UserspaceBackend {
-    fn kind(&self) -> BackendKind {
-        BackendKind::Userspace
-    }
-
     fn setup(&mut self, _node: &NodeContext) -> Result<(), BackendError> {
         raise_file_limit();
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -422,9 +402,9 @@ impl Backend for UserspaceBackend {
         });
         if let Some(input) = &input {
             if let Some(dir) = &self.options.dump_dir {
-                self.dump(dir, req.seq, full, input)?;
+                dump::write(dir, req.seq, dump::mode(full), "iptables", input)?;
             }
-            if let Err(e) = tool::restore(FLAVOR, input) {
+            if let Err(e) = iptables::restore(FLAVOR, input) {
                 self.need_full = true;
                 return Err(e);
             }

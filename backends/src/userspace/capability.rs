@@ -3,11 +3,11 @@
 //! (REDIRECT, DNAT, REJECT, comment and conntrack matches). The kernel is
 //! asked inside a throwaway network namespace, never the host's own.
 
-use nix::sched::{CloneFlags, unshare};
-
 use super::hooks::FLAVOR;
-use crate::iptables::tool;
-use crate::{Unavailable, cmd};
+use crate::Unavailable;
+use crate::kernel::cmd;
+use crate::kernel::iptables;
+use crate::kernel::probe::in_throwaway_netns;
 
 const PROBE_RULES: &str = "*nat\n\
 :KUBE-PROBE - [0:0]\n\
@@ -33,23 +33,13 @@ pub fn capability() -> Result<(), Unavailable> {
             )));
         }
     }
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            unshare(CloneFlags::CLONE_NEWNET).map_err(|errno| {
-                Unavailable::new(format!(
-                    "cannot create a private network namespace to probe the kernel ({errno}): \
-                     run as root (CAP_SYS_ADMIN and CAP_NET_ADMIN)"
-                ))
-            })?;
-            tool::restore(FLAVOR, PROBE_RULES).map_err(|e| {
-                Unavailable::new(format!(
-                    "the kernel refused the userspace backend's iptables rules (nf_tables with \
-                     nft_compat and the REDIRECT, DNAT, REJECT, comment and conntrack \
-                     extensions): {e}"
-                ))
-            })
+    in_throwaway_netns(|| {
+        iptables::restore(FLAVOR, PROBE_RULES).map_err(|e| {
+            Unavailable::new(format!(
+                "the kernel refused the userspace backend's iptables rules (nf_tables with \
+                 nft_compat and the REDIRECT, DNAT, REJECT, comment and conntrack \
+                 extensions): {e}"
+            ))
         })
-        .join()
-        .unwrap_or_else(|_| Err(Unavailable::new("the capability probe thread panicked")))
-    })
+    })?
 }

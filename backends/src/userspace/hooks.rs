@@ -1,149 +1,43 @@
-//! The jumps from the built-in chains into ours, and removing everything
-//! again. The built-in chains are shared with other software, so jumps are
-//! checked and inserted one by one, never written by a restore that would
-//! own the whole chain.
+//! The jumps from the built-in chains into ours (ensured one by one through
+//! [`crate::kernel::iptables::jumps`]), and removing everything again.
 
 use super::rules::{
     CONTAINER_NODEPORTS, CONTAINER_PORTALS, HOST_NODEPORTS, HOST_PORTALS, REJECT_NODEPORTS,
     REJECT_PORTALS, Table,
 };
 use crate::BackendError;
-use crate::iptables::Flavor;
-use crate::iptables::saved::SavedTable;
-use crate::iptables::tool;
+use crate::kernel::iptables::saved::SavedTable;
+use crate::kernel::iptables::{self, Flavor, Jump, jumps};
 
 /// The iptables flavor: userspace mode's rules are few and simple, and
 /// iptables-nft applies a `--noflush` diff without rewriting the table.
 pub const FLAVOR: Flavor = Flavor::Nft;
-
-/// One jump from a built-in chain.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Jump {
-    pub table: Table,
-    pub from: &'static str,
-    pub to: &'static str,
-    pub comment: &'static str,
-    /// Portals first (kube-proxy inserted them at the top), NodePorts last:
-    /// a NodePort rule matches any port on the node IP, so it must not
-    /// shadow a portal.
-    pub first: bool,
-    pub new_only: bool,
-}
 
 const PORTALS: &str = "handle ClusterIPs; NOTE: this must be before the NodePort rules";
 const NODEPORTS: &str = "handle service NodePorts; NOTE: this must be the last rule in the chain";
 const REJECTS: &str = "reject service portals without endpoints";
 const REJECT_NP: &str = "reject node ports without endpoints";
 
-const fn jump(
-    table: Table,
-    from: &'static str,
-    to: &'static str,
-    comment: &'static str,
-    first: bool,
-    new_only: bool,
-) -> Jump {
-    Jump {
-        table,
-        from,
-        to,
-        comment,
-        first,
-        new_only,
-    }
-}
+const NAT: &str = Table::Nat.name();
+const FILTER: &str = Table::Filter.name();
 
+/// Portals first (kube-proxy inserted them at the top), NodePorts appended
+/// last: a NodePort rule matches any port on the node IP, so it must not
+/// shadow a portal.
 pub const JUMPS: [Jump; 7] = [
-    jump(
-        Table::Nat,
-        "PREROUTING",
-        CONTAINER_PORTALS,
-        PORTALS,
-        true,
-        false,
-    ),
-    jump(Table::Nat, "OUTPUT", HOST_PORTALS, PORTALS, true, false),
-    jump(
-        Table::Nat,
-        "PREROUTING",
-        CONTAINER_NODEPORTS,
-        NODEPORTS,
-        false,
-        false,
-    ),
-    jump(
-        Table::Nat,
-        "OUTPUT",
-        HOST_NODEPORTS,
-        NODEPORTS,
-        false,
-        false,
-    ),
-    jump(
-        Table::Filter,
-        "FORWARD",
-        REJECT_PORTALS,
-        REJECTS,
-        true,
-        true,
-    ),
-    jump(Table::Filter, "OUTPUT", REJECT_PORTALS, REJECTS, true, true),
-    jump(
-        Table::Filter,
-        "INPUT",
-        REJECT_NODEPORTS,
-        REJECT_NP,
-        true,
-        true,
-    ),
+    Jump::new(NAT, "PREROUTING", CONTAINER_PORTALS, PORTALS),
+    Jump::new(NAT, "OUTPUT", HOST_PORTALS, PORTALS),
+    Jump::new(NAT, "PREROUTING", CONTAINER_NODEPORTS, NODEPORTS).appended(),
+    Jump::new(NAT, "OUTPUT", HOST_NODEPORTS, NODEPORTS).appended(),
+    Jump::new(FILTER, "FORWARD", REJECT_PORTALS, REJECTS).new_only(),
+    Jump::new(FILTER, "OUTPUT", REJECT_PORTALS, REJECTS).new_only(),
+    Jump::new(FILTER, "INPUT", REJECT_NODEPORTS, REJECT_NP).new_only(),
 ];
-
-impl Jump {
-    fn spec(&self) -> Vec<&'static str> {
-        let mut a = Vec::with_capacity(10);
-        if self.new_only {
-            a.extend(["-m", "conntrack", "--ctstate", "NEW"]);
-        }
-        a.extend(["-m", "comment", "--comment", self.comment, "-j", self.to]);
-        a
-    }
-}
 
 /// Creates our chains and the jumps that are missing; running it again
 /// changes nothing.
 pub fn ensure() -> Result<(), BackendError> {
-    for j in JUMPS {
-        ensure_chain(j.table, j.to)?;
-        if !has_jump(&j)? {
-            let mut args = if j.first {
-                vec!["-I", j.from, "1"]
-            } else {
-                vec!["-A", j.from]
-            };
-            args.extend(j.spec());
-            tool::iptables(FLAVOR, j.table.name(), &args)?;
-        }
-    }
-    Ok(())
-}
-
-fn ensure_chain(table: Table, chain: &str) -> Result<(), BackendError> {
-    match tool::iptables(FLAVOR, table.name(), &["-N", chain]) {
-        Err(BackendError::Command { stderr, .. }) if stderr.contains("already exists") => Ok(()),
-        other => other,
-    }
-}
-
-fn has_jump(j: &Jump) -> Result<bool, BackendError> {
-    let mut args = vec!["-C", j.from];
-    args.extend(j.spec());
-    match tool::iptables(FLAVOR, j.table.name(), &args) {
-        Ok(()) => Ok(true),
-        Err(BackendError::Command { stderr, .. }) if stderr.contains("matching rule exist") => {
-            Ok(false)
-        }
-        Err(e) => Err(e),
-    }
+    jumps::ensure(FLAVOR, &JUMPS)
 }
 
 /// Removes our chains and every rule elsewhere that jumps into them (ours,
@@ -162,9 +56,9 @@ pub fn remove_all() -> Result<(), Vec<BackendError>> {
 }
 
 fn remove_table(table: Table) -> Result<(), BackendError> {
-    let saved = tool::save(FLAVOR, table.name())?;
+    let saved = iptables::save(FLAVOR, table.name())?;
     match removal_input(table, &SavedTable::parse(&saved)) {
-        Some(input) => tool::restore(FLAVOR, &input),
+        Some(input) => iptables::restore(FLAVOR, &input),
         None => Ok(()),
     }
 }

@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use super::backend::UserspaceBackend;
@@ -15,48 +14,29 @@ use crate::model::{
     ChangeSet, Endpoint, NodeContext, Protocol, ProxyState, ServicePort, ServicePortName,
 };
 use crate::protocol::SyncMode;
-use crate::testns::in_new_netns;
-use crate::{Backend, BackendOptions, Fault, SyncRequest, cmd, require_netns};
+use crate::testkit::in_new_netns;
+use crate::testkit::{self, Netns};
+use crate::{Backend, BackendOptions, Fault, SyncRequest, kernel::cmd, require_netns};
 
 fn node() -> NodeContext {
     NodeContext {
-        node_name: "n0".into(),
-        node_ip: Ipv4Addr::new(192, 168, 0, 2),
-        pod_cidr: "10.244.0.0/24".parse().unwrap(),
-        cluster_cidr: "10.244.0.0/16".parse().unwrap(),
         service_cidr: "172.30.0.0/16".parse().unwrap(),
-        run_prefix: "t".into(),
-        bridge: "cni0".into(),
         uplink: "v0".into(),
+        ..testkit::node()
     }
 }
 
 fn service(name: &str, vip: [u8; 4], port: u16, protocol: Protocol) -> ServicePort {
-    ServicePort {
-        name: ServicePortName::new("ns", name, "", protocol),
-        cluster_ip: Ipv4Addr::from(vip),
+    testkit::service_port(
+        ServicePortName::new("ns", name, "", protocol),
+        Ipv4Addr::from(vip),
         port,
-        protocol,
-        node_port: None,
-        session_affinity_seconds: None,
-        external_policy_local: false,
-        internal_policy_local: false,
-        health_check_node_port: None,
-        external_ips: vec![],
-    }
+    )
 }
 
 /// A ready endpoint 10.0.0.<last>:<port> on this node.
 fn ep(last: u8, port: u16) -> Endpoint {
-    Endpoint {
-        ip: Ipv4Addr::new(10, 0, 0, last),
-        port,
-        ready: true,
-        serving: true,
-        terminating: false,
-        node_name: Some("n0".into()),
-        is_local: true,
-    }
+    testkit::endpoint(Ipv4Addr::new(10, 0, 0, last), port, Some("n0"), true)
 }
 
 fn insert(state: &mut ProxyState, svc: ServicePort, mut eps: Vec<Endpoint>) {
@@ -90,32 +70,13 @@ fn sync(b: &mut UserspaceBackend, seq: u64, mode: SyncMode, old: &ProxyState, ne
     .unwrap_or_else(|e| panic!("sync {seq} ({mode}): {e}"));
 }
 
-/// Node IP 192.168.0.2 on a veth, the service CIDR routed over it (as the
-/// lab's default route does, so the OUTPUT hook sees ClusterIP packets),
-/// and the endpoint addresses 10.0.0.<last> on `lo`.
+/// The node namespace with the endpoint addresses 10.0.0.<last> on `lo`.
 fn plumb(endpoints: &[u8]) {
-    for args in [
-        vec!["link", "add", "v0", "type", "veth", "peer", "name", "v1"],
-        vec!["addr", "add", "192.168.0.2/24", "dev", "v0"],
-        vec!["link", "set", "v0", "up"],
-        vec!["link", "set", "v1", "up"],
-        vec![
-            "route",
-            "add",
-            "172.30.0.0/16",
-            "via",
-            "192.168.0.1",
-            "dev",
-            "v0",
-            "onlink",
-        ],
-    ] {
-        cmd::run("ip", &args, None).expect("plumbing the test namespace");
-    }
-    for last in endpoints {
-        let addr = format!("10.0.0.{last}/32");
-        cmd::run("ip", &["addr", "add", &addr, "dev", "lo"], None).expect("endpoint address");
-    }
+    let eps: Vec<Ipv4Addr> = endpoints
+        .iter()
+        .map(|l| Ipv4Addr::new(10, 0, 0, *l))
+        .collect();
+    testkit::plumb_node(&eps);
 }
 
 /// TCP and UDP servers on 10.0.0.<last>:<port> answering "<last> <peer ip>",
@@ -493,30 +454,18 @@ fn no_reject_fault_leaves_clients_hanging() {
     });
 }
 
-type Job = Box<dyn FnOnce() + Send>;
-
 /// A pod: a namespace of its own joined to the test's (node) namespace by
 /// a veth, `eth0` 10.244.0.5/24 with the node side `vpod` 10.244.0.1/24 as
 /// its gateway. Its packets reach the node through PREROUTING, like a real
 /// pod's through `cni0`.
 struct Pod {
-    jobs: mpsc::Sender<Job>,
+    ns: Netns,
 }
 
 impl Pod {
     /// Must be called from the node namespace.
     fn start() -> Pod {
-        let (path_tx, path_rx) = mpsc::channel::<String>();
-        let (jobs, job_rx) = mpsc::channel::<Job>();
-        std::thread::spawn(move || {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
-            let tid = nix::unistd::gettid();
-            let _ = path_tx.send(format!("/proc/{}/task/{tid}/ns/net", std::process::id()));
-            while let Ok(job) = job_rx.recv_timeout(Duration::from_secs(60)) {
-                job();
-            }
-        });
-        let path = path_rx.recv().unwrap();
+        let (ns, path) = Netns::spawn(None);
         for args in [
             &[
                 "link", "add", "vpod", "type", "veth", "peer", "name", "eth0", "netns", &path,
@@ -534,7 +483,7 @@ impl Pod {
             None,
         )
         .expect("forwarding on in the test namespace");
-        let pod = Pod { jobs };
+        let pod = Pod { ns };
         pod.run(|| {
             for args in [
                 &["link", "set", "lo", "up"][..],
@@ -548,16 +497,9 @@ impl Pod {
         pod
     }
 
-    /// Runs `f` on the pod's thread, inside its namespace.
+    /// Runs `f` inside the pod's namespace.
     fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let (tx, rx) = mpsc::channel();
-        self.jobs
-            .send(Box::new(move || {
-                let _ = tx.send(f());
-            }))
-            .unwrap();
-        rx.recv_timeout(Duration::from_secs(30))
-            .expect("pod job done")
+        self.ns.run(f)
     }
 }
 

@@ -21,22 +21,21 @@ use crate::model::{
     ChangeSet, Endpoint, NodeContext, Protocol, ProxyState, ServicePort, ServicePortName,
 };
 use crate::protocol::SyncMode;
-use crate::testns::in_new_netns;
-use crate::{Backend, BackendOptions, SyncRequest, cmd, require_netns};
+use crate::testkit;
+use crate::testkit::in_new_netns;
+use crate::{Backend, BackendOptions, SyncRequest, require_netns};
 
 const ENDPOINTS_PER_SERVICE: u32 = 10;
 const PARTIALS: usize = 10;
 
 fn node() -> NodeContext {
     NodeContext {
-        node_name: "n0".into(),
-        node_ip: Ipv4Addr::new(192, 168, 0, 2),
         pod_cidr: "10.0.0.0/24".parse().unwrap(),
         cluster_cidr: "10.0.0.0/8".parse().unwrap(),
         service_cidr: "172.30.0.0/16".parse().unwrap(),
         run_prefix: "m".into(),
-        bridge: "cni0".into(),
         uplink: "v0".into(),
+        ..testkit::node()
     }
 }
 
@@ -208,25 +207,7 @@ fn relay_cost() {
     const CONNECTIONS: usize = 2000;
     const BULK: usize = 256 << 20;
     in_new_netns(|| {
-        for args in [
-            vec!["link", "add", "v0", "type", "veth", "peer", "name", "v1"],
-            vec!["addr", "add", "192.168.0.2/24", "dev", "v0"],
-            vec!["link", "set", "v0", "up"],
-            vec!["link", "set", "v1", "up"],
-            vec![
-                "route",
-                "add",
-                "172.30.0.0/16",
-                "via",
-                "192.168.0.1",
-                "dev",
-                "v0",
-                "onlink",
-            ],
-            vec!["addr", "add", "10.0.0.5/32", "dev", "lo"],
-        ] {
-            cmd::run("ip", &args, None).expect("plumbing");
-        }
+        testkit::plumb_node(&[Ipv4Addr::new(10, 0, 0, 5)]);
         let listener = TcpListener::bind("10.0.0.5:8080").unwrap();
         std::thread::spawn(move || {
             let deadline = Instant::now() + Duration::from_secs(120);

@@ -8,7 +8,7 @@
 //! - [`balancer`]: round-robin and session affinity.
 //! - [`policy`]: traffic policies (which endpoints a connection may use).
 //! - [`service`]: one proxied service port's shared state and counters.
-//! - [`tcp`] and [`udp`]: the relays.
+//! - [`tcp`] and [`udp`]: the relays; [`sessions`]: the UDP relay's sessions.
 //! - [`ports`]: proxy port allocation.
 //! - [`rules`] and [`hooks`]: the iptables side.
 //! - [`backend`]: the [`Backend`] that ties them together.
@@ -24,6 +24,7 @@ pub mod policy;
 pub mod ports;
 pub mod rules;
 pub mod service;
+pub mod sessions;
 pub mod tcp;
 pub mod udp;
 
@@ -32,25 +33,31 @@ mod kernel_tests;
 #[cfg(test)]
 mod measure;
 
-use crate::{Backend, BackendOptions, Feature, Unavailable};
+use crate::{BackendSpec, Evidence, Feature, Trace};
 
-/// Whether the iptables-nft and conntrack tools are installed and the
-/// kernel takes the rules.
-pub fn capability() -> Result<(), Unavailable> {
-    capability::capability()
-}
+/// kube-proxy's userspace mode: a proxy in the agent.
+pub const SPEC: BackendSpec = BackendSpec {
+    name: "userspace",
+    capability: capability::capability,
+    limitations: |_| limitations(),
+    create: |options| Box::new(backend::UserspaceBackend::new(options)),
+    trace: Trace {
+        notes: Some(
+            "the userspace proxy accepts the connection in the agent and opens its own to the \
+             endpoint: the trace shows the redirect to the proxy, not the second connection",
+        ),
+        evidence: Evidence::NfTables,
+    },
+    floor: None,
+};
 
 /// A proxy terminates the client's connection and opens its own to the
 /// endpoint, so the endpoint sees the node, never the client.
-pub fn limitations() -> Vec<(Feature, String)> {
+fn limitations() -> Vec<(Feature, String)> {
     vec![(
         Feature::SourcePreservation,
         "userspace mode proxies connections: the server sees the node, as kube-proxy's \
          userspace mode did"
             .to_string(),
     )]
-}
-
-pub fn new(options: &BackendOptions) -> Box<dyn Backend> {
-    Box::new(backend::UserspaceBackend::new(options))
 }

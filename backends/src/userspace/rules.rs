@@ -53,7 +53,7 @@ pub enum Table {
 impl Table {
     pub const ALL: [Table; 2] = [Table::Nat, Table::Filter];
 
-    pub fn name(self) -> &'static str {
+    pub const fn name(self) -> &'static str {
         match self {
             Table::Nat => "nat",
             Table::Filter => "filter",
@@ -239,19 +239,7 @@ pub fn partial_input(removed: &[Rule], added: &[Rule]) -> Option<String> {
 mod tests {
     use super::*;
     use crate::model::{Protocol, ServicePortName};
-
-    fn node() -> NodeContext {
-        NodeContext {
-            node_name: "n0".into(),
-            node_ip: Ipv4Addr::new(192, 168, 0, 2),
-            pod_cidr: "10.244.0.0/24".parse().unwrap(),
-            cluster_cidr: "10.244.0.0/16".parse().unwrap(),
-            service_cidr: "10.96.0.0/12".parse().unwrap(),
-            run_prefix: "t".into(),
-            bridge: "cni0".into(),
-            uplink: "eth0".into(),
-        }
-    }
+    use crate::testkit::node;
 
     fn svc(protocol: Protocol) -> ServicePort {
         ServicePort {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::balancer::Balancer;
 use super::policy::{self, Front, Policy, Pool};
-use super::udp::Sessions;
+use super::sessions::Sessions;
 use crate::model::{Endpoint, NodeContext, ServicePort, ServicePortName};
 
 pub struct ServiceProxy {

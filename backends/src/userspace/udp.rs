@@ -5,17 +5,16 @@
 //! its endpoint refuses (ICMP port unreachable), or when the endpoint
 //! leaves the service.
 
-use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use tokio::net::UdpSocket;
-use tokio::task::AbortHandle;
 
 use super::policy::{Front, Pool};
 use super::service::{Counters, ServiceProxy};
+use super::sessions::{Activity, Key, Session};
 
 /// How long a session lives without a datagram either way: the kernel's
 /// own UDP conntrack timeout (`nf_conntrack_udp_timeout`), so a client sees
@@ -24,85 +23,6 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The largest UDP payload over IPv4.
 const MAX_DATAGRAM: usize = 65_507;
-
-type Key = (Front, SocketAddrV4);
-
-/// The live sessions of one service port.
-#[derive(Debug, Default)]
-pub struct Sessions {
-    map: Mutex<HashMap<Key, Session>>,
-    next_id: AtomicU64,
-}
-
-#[derive(Debug)]
-struct Session {
-    id: u64,
-    pool: Pool,
-    endpoint: SocketAddrV4,
-    upstream: Arc<UdpSocket>,
-    activity: Arc<Activity>,
-    task: AbortHandle,
-}
-
-impl Sessions {
-    /// Ends every session whose endpoint `keep` rejects; returns how many.
-    pub fn retain(&self, keep: impl Fn(Pool, SocketAddrV4) -> bool) -> usize {
-        let mut map = self.map.lock().expect("sessions lock");
-        let before = map.len();
-        map.retain(|_, s| {
-            let kept = keep(s.pool, s.endpoint);
-            if !kept {
-                s.task.abort();
-            }
-            kept
-        });
-        before - map.len()
-    }
-
-    /// Ends every session.
-    pub fn clear(&self) {
-        self.retain(|_, _| false);
-    }
-
-    /// Sessions alive now.
-    pub fn live(&self) -> usize {
-        self.map.lock().expect("sessions lock").len()
-    }
-
-    fn remove(&self, key: Key, id: u64) {
-        let mut map = self.map.lock().expect("sessions lock");
-        if map.get(&key).is_some_and(|s| s.id == id) {
-            map.remove(&key);
-        }
-    }
-}
-
-/// When a session last carried a datagram.
-#[derive(Debug)]
-struct Activity {
-    start: Instant,
-    last_ms: AtomicU64,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Activity {
-            start: Instant::now(),
-            last_ms: AtomicU64::new(0),
-        }
-    }
-
-    fn touch(&self) {
-        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(ms, Ordering::Relaxed);
-    }
-
-    fn idle(&self) -> Duration {
-        self.start
-            .elapsed()
-            .saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
-    }
-}
 
 /// Serves one front until the task is aborted.
 pub async fn serve(listener: Arc<UdpSocket>, svc: Arc<ServiceProxy>, front: Front, idle: Duration) {

@@ -79,16 +79,16 @@ impl AgentMetrics {
             sync_errors: Counter::default(),
             sync_retries: Counter::default(),
             restore_failures: matches!(
-                backend,
+                *backend,
                 BackendKind::Iptables | BackendKind::IptablesLegacy | BackendKind::Ipvs
             )
             .then(Counter::default),
             partial_restore_failures: matches!(
-                backend,
+                *backend,
                 BackendKind::Iptables | BackendKind::IptablesLegacy
             )
             .then(Counter::default),
-            nftables_failures: matches!(backend, BackendKind::Nftables).then(Counter::default),
+            nftables_failures: matches!(*backend, BackendKind::Nftables).then(Counter::default),
             rules: Gauge::default(),
             last_updated: None,
             healthy: false,

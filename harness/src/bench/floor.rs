@@ -12,9 +12,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use svclab_backends::BackendKind;
-use svclab_backends::iptables::{Flavor, hooks};
 use svclab_backends::protocol::SyncMode;
+use svclab_backends::{BackendKind, FloorTool};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FloorError {
@@ -63,23 +62,8 @@ pub struct Dump {
 }
 
 /// The tool that replays `kind`'s dumps, if the backend dumps any.
-pub fn tool_of(
-    kind: &BackendKind,
-) -> Option<(&'static str, &'static [&'static str], &'static str)> {
-    match kind {
-        BackendKind::Iptables => Some((
-            Flavor::Nft.restore(),
-            Flavor::Nft.restore_args(),
-            "iptables",
-        )),
-        BackendKind::IptablesLegacy => Some((
-            Flavor::Legacy.restore(),
-            Flavor::Legacy.restore_args(),
-            "iptables",
-        )),
-        BackendKind::Nftables => Some(("nft", &["-f", "-"], "nft")),
-        _ => None,
-    }
+pub fn tool_of(kind: &BackendKind) -> Option<FloorTool> {
+    kind.spec().and_then(|s| s.floor)
 }
 
 /// The dumps in `dir` with extension `ext`, in sync order; empty inputs
@@ -237,21 +221,15 @@ pub fn replay(
     dir: &Path,
     budget: Duration,
 ) -> Result<Vec<ToolRun>, FloorError> {
-    let Some((program, args, ext)) = tool_of(kind) else {
+    let Some(tool) = tool_of(kind) else {
         return Ok(Vec::new());
     };
-    let files = dumps(dir, ext);
-    let kind = kind.clone();
+    let files = dumps(dir, tool.ext);
     in_private_netns(move || {
-        match kind {
-            BackendKind::Iptables => hooks::ensure(Flavor::Nft),
-            BackendKind::IptablesLegacy => hooks::ensure(Flavor::Legacy),
-            _ => Ok(()),
-        }
-        .map_err(|e| FloorError::Setup(e.to_string()))?;
+        (tool.prepare)().map_err(|e| FloorError::Setup(e.to_string()))?;
         let mut runs = Vec::new();
         for d in &files {
-            let (wall, cpu, rss) = timed(program, args, &d.path, budget)?;
+            let (wall, cpu, rss) = timed(tool.program, tool.args, &d.path, budget)?;
             let mode = match d.mode.as_str() {
                 "full" => SyncMode::Full,
                 "partial" => SyncMode::Partial,

@@ -14,7 +14,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use svclab_backends::{BackendKind, Feature};
+use svclab_backends::{BackendKind, BackendOptions, Feature};
 
 use crate::lab::Lab;
 use crate::probe::{Outcome, ProbeResult, ProbeSpec};
@@ -401,10 +401,11 @@ pub fn none_answered(results: &[ProbeResult]) -> bool {
 pub async fn run_all(
     lab: &mut Lab,
     backend: &BackendKind,
+    options: &BackendOptions,
     settings: Settings,
     progress: &indicatif::ProgressBar,
 ) -> Vec<CheckResult> {
-    let limits: BTreeMap<Feature, String> = backend.limitations().into_iter().collect();
+    let limits: BTreeMap<Feature, String> = backend.limitations(options).into_iter().collect();
     let mut ctx = Ctx {
         lab,
         limits,

@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
+use svclab_backends::{BackendKind, BackendSpec, Evidence};
 
 use crate::probe::{ProbeResult, ProbeSpec, Prober};
 use crate::state::{ProcRef, RunState};
@@ -200,41 +201,32 @@ fn limits(backend: Option<&str>) -> Vec<String> {
             .to_string(),
     ];
     match backend {
-        Some("iptables-legacy") => out.push(
-            "iptables-legacy rules live in x_tables, which nf_tables tracing cannot see; their \
-             TRACE target logs to the kernel log only for the host's namespace unless the \
-             host-wide sysctl net.netfilter.nf_log_all_netns is set, which svclab never changes. \
-             The rules shown are those whose packet counters rose while the probe ran \
-             (iptables-legacy-save -c before and after): every packet of the connection counts, \
-             and in a busy lab other traffic would too"
-                .into(),
-        ),
-        Some("ipvs") => out.push(
-            "IPVS balances in the input and output hooks without nf_tables rules: the trace \
-             shows its iptables rules; the real server it picked is in the IPVS connection entry"
-                .into(),
-        ),
-        Some("ebpf") => out.push(
-            "the eBPF programs rewrite packets at tc, before netfilter: the trace shows the \
-             packet already DNATed; the decision is in the BPF map entries (service, flow, \
-             counters)"
-                .into(),
-        ),
-        Some("userspace") => out.push(
-            "the userspace proxy accepts the connection in the agent and opens its own to the \
-             endpoint: the trace shows the redirect to the proxy, not the second connection"
-                .into(),
-        ),
-        Some("none") | None => {
-            out.push("no backend programs rules: nothing rewrites the packet".into())
-        }
         Some(b) if b.starts_with("exec:") => out.push(format!(
             "{b} is an external program: the trace shows whatever nf_tables rules it wrote; \
              other dataplanes are not visible"
         )),
-        Some(_) => {}
+        _ => out.extend(
+            spec_of(backend)
+                .and_then(|s| s.trace.notes)
+                .map(str::to_string),
+        ),
     }
     out
+}
+
+/// The registry's spec of the backend named in the run's state; no
+/// backend at all is the `none` baseline.
+fn spec_of(backend: Option<&str>) -> Option<&'static BackendSpec> {
+    match backend {
+        Some(b) => svclab_backends::registry::spec(b),
+        None => BackendKind::None.spec(),
+    }
+}
+
+/// Where `backend`'s decisions show besides nf_tables trace events; an
+/// external program's rules are nf_tables rules as far as the trace knows.
+fn evidence(backend: Option<&str>) -> Evidence {
+    spec_of(backend).map_or(Evidence::NfTables, |s| s.trace.evidence)
 }
 
 /// The nodes to trace in, the client's node first.
@@ -286,8 +278,8 @@ fn arm(
         let bases = nftrace::base_chains(&node.netns)?;
         let table = MarkTable::create(&node.netns, lab.run.as_str(), &sel)?;
         let monitor = Monitor::start(&node.netns)?;
-        let legacy = match lab.backend.as_deref() {
-            Some("iptables-legacy") => Some(legacy::snapshot(&node.netns)?),
+        let legacy = match evidence(lab.backend.as_deref()) {
+            Evidence::RuleCounters => Some(legacy::snapshot(&node.netns)?),
             _ => None,
         };
         armed.push(Armed {
@@ -350,8 +342,8 @@ fn collect(
             notes.push(e.to_string());
             Vec::new()
         });
-        let ipvs = match lab.backend.as_deref() {
-            Some("ipvs") => match ipvs::connections(&node.netns, src) {
+        let ipvs = match evidence(lab.backend.as_deref()) {
+            Evidence::IpvsConnections => match ipvs::connections(&node.netns, src) {
                 Ok(c) => Some(c),
                 Err(e) => {
                     notes.push(e);
@@ -360,8 +352,8 @@ fn collect(
             },
             _ => None,
         };
-        let bpf = match (lab.backend.as_deref(), agent_pid(lab, &node.name)) {
-            (Some("ebpf"), Some(pid)) => {
+        let bpf = match (evidence(lab.backend.as_deref()), agent_pid(lab, &node.name)) {
+            (Evidence::BpfMaps, Some(pid)) => {
                 match bpf::view(pid, to.protocol, client, to.address, to.node_port) {
                     Ok(v) => Some(v),
                     Err(e) => {
@@ -370,7 +362,7 @@ fn collect(
                     }
                 }
             }
-            (Some("ebpf"), None) => {
+            (Evidence::BpfMaps, None) => {
                 notes.push(format!("no live agent process for node {}", node.name));
                 None
             }
@@ -535,7 +527,7 @@ pub async fn for_failure(
         topology: lab.topology.clone(),
         processes: lab.state.processes.clone(),
     };
-    if matches!(view.backend.as_deref(), Some("none") | None) {
+    if evidence(view.backend.as_deref()) == Evidence::Nothing {
         return None;
     }
     let from = From {
@@ -568,4 +560,29 @@ pub async fn for_failure(
         .filter_map(|e| view.node_index(&e.node))
         .collect();
     Some(trace(&view, &lab.prober, &from, &to, Some(&endpoint_nodes)).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_and_evidence_come_from_the_backend_spec() {
+        let says = |b: Option<&str>, what: &str| limits(b).iter().any(|l| l.contains(what));
+        assert!(says(Some("iptables-legacy"), "x_tables"));
+        assert!(says(Some("ipvs"), "IPVS connection entry"));
+        assert!(says(Some("ebpf"), "BPF map entries"));
+        assert!(says(Some("userspace"), "redirect to the proxy"));
+        assert!(says(Some("none"), "nothing rewrites the packet"));
+        assert!(says(None, "nothing rewrites the packet"));
+        assert!(says(Some("exec:/bin/proxy"), "external program"));
+        assert_eq!(limits(Some("iptables")).len(), 1);
+        assert_eq!(evidence(Some("iptables-legacy")), Evidence::RuleCounters);
+        assert_eq!(evidence(Some("ipvs")), Evidence::IpvsConnections);
+        assert_eq!(evidence(Some("ebpf")), Evidence::BpfMaps);
+        assert_eq!(evidence(Some("nftables")), Evidence::NfTables);
+        assert_eq!(evidence(Some("exec:/bin/proxy")), Evidence::NfTables);
+        assert_eq!(evidence(None), Evidence::Nothing);
+        assert_eq!(evidence(Some("none")), Evidence::Nothing);
+    }
 }

@@ -56,28 +56,7 @@ impl Transport {
     where
         I: NetlinkSerializable + NetlinkDeserializable + Debug,
     {
-        let seq = self.next_seq();
-        let bytes = serialize(msg, NLM_F_REQUEST | NLM_F_ACK | flags, seq);
-        self.socket.send(&bytes, 0)?;
-        let mut replies = Vec::new();
-        loop {
-            for (reply_seq, payload) in self.receive::<I>()? {
-                if reply_seq != seq {
-                    continue;
-                }
-                match payload {
-                    NetlinkPayload::InnerMessage(m) => replies.push(m),
-                    NetlinkPayload::Error(e) => {
-                        return match e.code {
-                            None => Ok(replies),
-                            Some(_) => Err(e.to_io()),
-                        };
-                    }
-                    NetlinkPayload::Done(_) => return Ok(replies),
-                    _ => {}
-                }
-            }
-        }
+        self.exchange(msg, NLM_F_REQUEST | NLM_F_ACK | flags)
     }
 
     /// Sends a dump request and collects every reply up to `NLMSG_DONE`.
@@ -85,8 +64,17 @@ impl Transport {
     where
         I: NetlinkSerializable + NetlinkDeserializable + Debug,
     {
+        self.exchange(msg, NLM_F_REQUEST | NLM_F_DUMP)
+    }
+
+    /// Sends `msg` and collects its replies up to `NLMSG_DONE`, an error,
+    /// or (with `NLM_F_ACK`) the ack.
+    fn exchange<I>(&mut self, msg: I, flags: u16) -> io::Result<Vec<I>>
+    where
+        I: NetlinkSerializable + NetlinkDeserializable + Debug,
+    {
         let seq = self.next_seq();
-        let bytes = serialize(msg, NLM_F_REQUEST | NLM_F_DUMP, seq);
+        let bytes = serialize(msg, flags, seq);
         self.socket.send(&bytes, 0)?;
         let mut replies = Vec::new();
         loop {
@@ -98,6 +86,7 @@ impl Transport {
                     NetlinkPayload::InnerMessage(m) => replies.push(m),
                     NetlinkPayload::Done(_) => return Ok(replies),
                     NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io()),
+                    NetlinkPayload::Error(_) if flags & NLM_F_ACK != 0 => return Ok(replies),
                     _ => {}
                 }
             }

@@ -1,7 +1,18 @@
 //! The iptables binaries of each flavor, and running them with errors that
-//! name the command and, for a rejected restore, the rejected line.
+//! name the command and, for a rejected restore, the rejected line. Every
+//! backend that writes iptables rules (iptables, userspace, ipvs) goes
+//! through here, with either flavor.
+//!
+//! - [`saved`]: reading `iptables-save` output.
+//! - [`jumps`]: the jumps from built-in chains into a backend's chains.
 
-use crate::{BackendError, cmd};
+pub mod jumps;
+pub mod saved;
+
+pub use jumps::Jump;
+
+use crate::BackendError;
+use crate::kernel::cmd;
 
 /// Which iptables binary family programs the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -13,21 +24,21 @@ pub enum Flavor {
 }
 
 impl Flavor {
-    pub fn iptables(self) -> &'static str {
+    pub const fn iptables(self) -> &'static str {
         match self {
             Flavor::Nft => "iptables-nft",
             Flavor::Legacy => "iptables-legacy",
         }
     }
 
-    pub fn restore(self) -> &'static str {
+    pub const fn restore(self) -> &'static str {
         match self {
             Flavor::Nft => "iptables-nft-restore",
             Flavor::Legacy => "iptables-legacy-restore",
         }
     }
 
-    pub fn save(self) -> &'static str {
+    pub const fn save(self) -> &'static str {
         match self {
             Flavor::Nft => "iptables-nft-save",
             Flavor::Legacy => "iptables-legacy-save",
@@ -37,7 +48,7 @@ impl Flavor {
     /// Arguments of every restore: never flush tables (other software owns
     /// the other chains), and for legacy wait for the xtables lock, as
     /// kube-proxy does (iptables-nft takes no lock).
-    pub fn restore_args(self) -> &'static [&'static str] {
+    pub const fn restore_args(self) -> &'static [&'static str] {
         match self {
             Flavor::Nft => &["--noflush"],
             Flavor::Legacy => &["-w", "5", "--noflush"],
@@ -62,7 +73,7 @@ pub fn save(flavor: Flavor, table: &str) -> Result<String, BackendError> {
 }
 
 /// `iptables -w -t table args..`.
-pub fn iptables(flavor: Flavor, table: &str, args: &[&str]) -> Result<(), BackendError> {
+pub fn run(flavor: Flavor, table: &str, args: &[&str]) -> Result<(), BackendError> {
     let mut all = vec!["-w", "-t", table];
     all.extend_from_slice(args);
     cmd::run(flavor.iptables(), &all, None).map(drop)

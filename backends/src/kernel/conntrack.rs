@@ -5,7 +5,7 @@
 use std::net::Ipv4Addr;
 
 use crate::BackendError;
-use crate::cmd;
+use crate::kernel::cmd;
 use crate::model::{ChangeSet, Protocol, ProxyState};
 
 /// One conntrack deletion, named for the report.

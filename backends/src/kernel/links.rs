@@ -1,23 +1,19 @@
-//! The `kube-ipvs0` dummy device and the /32 addresses on it, over
-//! rtnetlink. IPVS only sees packets the kernel delivers locally, so every
-//! VIP must be a local address; a dummy device holds them without ever
-//! sending anything (kube-proxy leaves it down, and so do we: local routes
-//! for its addresses exist either way).
+//! The links of the calling thread's namespace over rtnetlink, as the
+//! backends need them: listing links and their IPv4 addresses, dummy
+//! devices (ipvs's `kube-ipvs0`), /32 addresses on them, and removing the
+//! clsact qdiscs the ebpf backend added (kernels before tcx).
 
-use std::collections::BTreeSet;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
+use netlink_packet_route::tc::{TcHandle, TcMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::protocols::NETLINK_ROUTE;
 
-use super::transport::Transport;
-
-/// kube-proxy's name for the device that holds Service addresses.
-pub const DUMMY_DEVICE: &str = "kube-ipvs0";
+use super::netlink::Transport;
 
 #[derive(Debug, thiserror::Error)]
 #[error("rtnetlink: {what}: {source}")]
@@ -30,6 +26,31 @@ pub struct LinkError {
 fn err(what: impl Into<String>) -> impl FnOnce(io::Error) -> LinkError {
     let what = what.into();
     move |source| LinkError { what, source }
+}
+
+/// One network interface of the current namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    /// The bridge (or other master) it is enslaved to.
+    pub master: Option<u32>,
+}
+
+fn link_of(l: LinkMessage) -> Link {
+    let mut link = Link {
+        index: l.header.index,
+        name: String::new(),
+        master: None,
+    };
+    for a in l.attributes {
+        match a {
+            LinkAttribute::IfName(n) => link.name = n,
+            LinkAttribute::Controller(m) => link.master = Some(m),
+            _ => {}
+        }
+    }
+    link
 }
 
 /// An rtnetlink socket in the namespace it was opened in.
@@ -91,8 +112,54 @@ impl Links {
             .map_err(err(format!("deleting link {name}")))
     }
 
-    /// The IPv4 addresses on link `index`.
-    pub fn addresses(&mut self, index: u32) -> Result<BTreeSet<Ipv4Addr>, LinkError> {
+    /// Every link of the namespace.
+    pub fn all(&mut self) -> Result<Vec<Link>, LinkError> {
+        let replies = self
+            .transport
+            .dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))
+            .map_err(err("listing links"))?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(link_of(l)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Deletes the clsact qdisc of link `name` (`tc qdisc del dev NAME
+    /// clsact`), with the filters on it. A link that is gone, or has no
+    /// clsact qdisc, is not an error.
+    pub fn delete_clsact(&mut self, name: &str) -> Result<(), LinkError> {
+        let Some(index) = self.index_of(name)? else {
+            return Ok(());
+        };
+        let mut msg = TcMessage::with_index(index as i32);
+        msg.header.parent = TcHandle::CLSACT;
+        msg.header.handle = TcHandle {
+            major: TcHandle::CLSACT.major,
+            minor: 0,
+        };
+        match self
+            .transport
+            .request(RouteNetlinkMessage::DelQueueDiscipline(msg), 0)
+        {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENODEV | libc::ENOENT | libc::EINVAL)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(err(format!("deleting the clsact qdisc of {name}"))(e)),
+        }
+    }
+
+    /// The IPv4 addresses on link `index`, in the kernel's order (primary
+    /// first).
+    pub fn addresses(&mut self, index: u32) -> Result<Vec<Ipv4Addr>, LinkError> {
         let mut msg = AddressMessage::default();
         msg.header.family = AddressFamily::Inet;
         let replies = self
@@ -121,16 +188,7 @@ impl Links {
         device: &str,
         ips: &[Ipv4Addr],
     ) -> Result<(), LinkError> {
-        let msgs = ips
-            .iter()
-            .map(|ip| {
-                (
-                    RouteNetlinkMessage::NewAddress(host_address(index, *ip)),
-                    NLM_F_CREATE,
-                )
-            })
-            .collect();
-        self.check_batch(msgs, ips, &[libc::EEXIST], |ip| {
+        self.change_addresses(index, ips, true, |ip| {
             format!("adding address {ip}/32 to {device}")
         })
     }
@@ -143,32 +201,46 @@ impl Links {
         device: &str,
         ips: &[Ipv4Addr],
     ) -> Result<(), LinkError> {
-        let msgs = ips
-            .iter()
-            .map(|ip| (RouteNetlinkMessage::DelAddress(host_address(index, *ip)), 0))
-            .collect();
-        self.check_batch(msgs, ips, &[libc::EADDRNOTAVAIL], |ip| {
+        self.change_addresses(index, ips, false, |ip| {
             format!("removing address {ip}/32 from {device}")
         })
     }
 
-    fn check_batch(
+    /// Adds or removes the /32s in one batch; the address already being
+    /// there (or gone) is not an error.
+    fn change_addresses(
         &mut self,
-        msgs: Vec<(RouteNetlinkMessage, u16)>,
+        index: u32,
         ips: &[Ipv4Addr],
-        tolerated: &[i32],
+        add: bool,
         what: impl Fn(&Ipv4Addr) -> String,
     ) -> Result<(), LinkError> {
-        if msgs.is_empty() {
+        if ips.is_empty() {
             return Ok(());
         }
+        let msgs = ips
+            .iter()
+            .map(|ip| {
+                let msg = host_address(index, *ip);
+                if add {
+                    (RouteNetlinkMessage::NewAddress(msg), NLM_F_CREATE)
+                } else {
+                    (RouteNetlinkMessage::DelAddress(msg), 0)
+                }
+            })
+            .collect();
+        let tolerated = if add {
+            libc::EEXIST
+        } else {
+            libc::EADDRNOTAVAIL
+        };
         let results = self
             .transport
             .batch(msgs)
             .map_err(err("sending address changes"))?;
         for (ip, r) in ips.iter().zip(results) {
             if let Err(e) = r
-                && !e.raw_os_error().is_some_and(|c| tolerated.contains(&c))
+                && e.raw_os_error() != Some(tolerated)
             {
                 return Err(err(what(ip))(e));
             }
@@ -194,6 +266,41 @@ mod tests {
     use netlink_packet_core::Emitable;
 
     use super::*;
+
+    #[test]
+    fn lists_lo_with_its_address_in_a_private_netns() {
+        crate::require_netns!();
+        crate::testkit::in_new_netns(|| {
+            let mut links = Links::open().unwrap();
+            let all = links.all().unwrap();
+            let lo = all.iter().find(|l| l.name == "lo").expect("lo is listed");
+            assert_eq!(lo.index, 1);
+            assert_eq!(lo.master, None);
+            assert_eq!(
+                links.addresses(lo.index).unwrap(),
+                vec![Ipv4Addr::LOCALHOST]
+            );
+        });
+    }
+
+    #[test]
+    fn deletes_a_clsact_qdisc_and_tolerates_none() {
+        crate::require_netns!();
+        crate::testkit::in_new_netns(|| {
+            let show = || {
+                crate::kernel::cmd::run("tc", &["qdisc", "show", "dev", "lo"], None)
+                    .unwrap()
+                    .stdout
+            };
+            crate::kernel::cmd::run("tc", &["qdisc", "add", "dev", "lo", "clsact"], None).unwrap();
+            assert!(show().contains("clsact"));
+            let mut links = Links::open().unwrap();
+            links.delete_clsact("lo").unwrap();
+            assert!(!show().contains("clsact"), "{}", show());
+            links.delete_clsact("lo").unwrap();
+            links.delete_clsact("no-such-link").unwrap();
+        });
+    }
 
     /// The bytes `ip addr add 10.96.0.10/32 dev 7` sends after the netlink
     /// header: ifaddrmsg {AF_INET, /32, flags 0, scope 0, index 7}, then

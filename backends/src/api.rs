@@ -1,0 +1,240 @@
+//! The backend API: the [`Backend`] trait every dataplane implements, its
+//! errors, the behaviours it may lack ([`Feature`]), the defects it can be
+//! asked to inject ([`Fault`]), its options, and one sync's request and
+//! outcome.
+
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{ChangeSet, NodeContext, ProxyState};
+use crate::protocol::{SyncMode, WatchEvent};
+
+/// Why a backend failed; every variant names the object or command.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Command {
+        command: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Unavailable(#[from] Unavailable),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl BackendError {
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        BackendError::Io {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
+/// The reason a backend cannot run on this host, phrased for a person:
+/// what is missing and what to do about it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[error("{reason}")]
+pub struct Unavailable {
+    pub reason: String,
+}
+
+impl Unavailable {
+    pub fn new(reason: impl Into<String>) -> Self {
+        Unavailable {
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Service behaviours a backend may not implement; the checks skip them
+/// with the backend's reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Feature {
+    /// Any DNAT at all (the `none` backend has none).
+    Dnat,
+    /// The server sees the client pod's own IP.
+    SourcePreservation,
+    /// Services without endpoints are refused at once.
+    RejectNoEndpoints,
+    NodePort,
+    SessionAffinity,
+    /// externalTrafficPolicy / internalTrafficPolicy Local.
+    TrafficPolicyLocal,
+    /// Traffic from the node's own namespace (the OUTPUT path).
+    NodeOrigin,
+    /// Stale UDP conntrack entries are cleared.
+    ConntrackCleanup,
+    /// Endpoint choice is uniformly random (round-robin is uniform too).
+    UniformBalance,
+}
+
+/// Result of a sync.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncOutcome {
+    /// Rules or objects programmed after the sync (the backend's unit).
+    pub rules: u64,
+    /// Rules, lines or objects written by this sync.
+    pub written: u64,
+}
+
+/// Counters for the report.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendStats {
+    pub rules: u64,
+    /// Backend-specific detail (per-service packet counters, chain counts).
+    #[serde(default)]
+    pub detail: serde_json::Value,
+}
+
+/// What one sync is asked to do.
+#[derive(Clone, Copy, Debug)]
+pub struct SyncRequest<'a> {
+    pub mode: SyncMode,
+    pub seq: u64,
+    pub state: &'a ProxyState,
+    pub changes: &'a ChangeSet,
+    pub node: &'a NodeContext,
+}
+
+/// One dataplane. Created by [`crate::create`], set up once inside the node's
+/// namespace, synced many times, cleaned up once.
+pub trait Backend: Send {
+    /// Creates the fixed objects (tables, base chains, devices, programs).
+    fn setup(&mut self, node: &NodeContext) -> Result<(), BackendError>;
+
+    /// Sees each watch event as it arrives; only backends that forward the
+    /// raw stream (`exec:`) need this.
+    fn observe(&mut self, _event: &WatchEvent) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    /// Brings the dataplane to `req.state`. A partial sync may touch only
+    /// `req.changes.changed`.
+    fn sync(&mut self, req: &SyncRequest<'_>) -> Result<SyncOutcome, BackendError>;
+
+    fn stats(&mut self) -> Result<BackendStats, BackendError>;
+
+    /// Removes everything `setup` and `sync` created. Keeps going after an
+    /// error and returns all of them.
+    fn cleanup(&mut self) -> Result<(), Vec<BackendError>>;
+}
+
+/// Knobs some backends read.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendOptions {
+    /// IPVS scheduler (`rr` when empty).
+    #[serde(default)]
+    pub ipvs_scheduler: String,
+    /// Deliberate defects, for the lab's own negative tests.
+    #[serde(default)]
+    pub faults: Vec<Fault>,
+    /// When set, backends that feed a tool (iptables-restore, nft -f) write
+    /// each sync's exact input here as `<seq>-<mode>.<ext>`, so a benchmark
+    /// can time the bare tool on the same input (the floor).
+    #[serde(default)]
+    pub dump_dir: Option<std::path::PathBuf>,
+}
+
+impl BackendOptions {
+    pub fn has_fault(&self, f: Fault) -> bool {
+        self.faults.contains(&f)
+    }
+}
+
+/// A deliberate defect a backend can be asked to inject, so that the lab
+/// can prove its checks catch it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fault {
+    /// Never masquerade (breaks hairpin and NodePort SNAT).
+    MissingMasquerade,
+    /// Use 1/n at every step of the probability chain (skews balance).
+    WrongProbability,
+    /// No REJECT for Services without endpoints (clients time out).
+    NoReject,
+}
+
+impl FromStr for Fault {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "missing-masquerade" => Ok(Fault::MissingMasquerade),
+            "wrong-probability" => Ok(Fault::WrongProbability),
+            "no-reject" => Ok(Fault::NoReject),
+            _ => Err(format!(
+                "unknown fault {s:?}: expected missing-masquerade, wrong-probability or no-reject"
+            )),
+        }
+    }
+}
+
+/// Everything the lab needs to know about one built-in backend, exported by
+/// its module as one value and listed once in [`crate::registry`].
+#[derive(Clone, Copy, Debug)]
+pub struct BackendSpec {
+    /// The name on the command line, in scenarios and in reports.
+    pub name: &'static str,
+    /// Whether this backend can run in this kernel and with these tools.
+    /// It probes (in a throwaway namespace); ask the registry, which probes
+    /// each backend once per process.
+    pub capability: fn() -> Result<(), Unavailable>,
+    /// Behaviours the backend does not implement with these options, and
+    /// why; the checks skip them with that reason.
+    pub limitations: fn(&BackendOptions) -> Vec<(Feature, String)>,
+    /// Makes the backend; it is not set up yet.
+    pub create: fn(&BackendOptions) -> Box<dyn Backend>,
+    /// What a packet trace can and cannot show on this backend.
+    pub trace: Trace,
+    /// The tool that replays the backend's per-sync dumps, if it dumps.
+    pub floor: Option<FloorTool>,
+}
+
+/// How `svclab trace` sees a backend's decisions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Trace {
+    /// The backend's limits of tracing, said before anything runs.
+    pub notes: Option<&'static str>,
+    /// Where the evidence beyond nf_tables tracing comes from.
+    pub evidence: Evidence,
+}
+
+/// Where a backend's decision shows besides nf_tables trace events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Evidence {
+    /// Its rules are nf_tables objects: the trace shows them.
+    NfTables,
+    /// x_tables rules: the counters that rose while the probe ran.
+    RuleCounters,
+    /// The IPVS connection entry names the real server.
+    IpvsConnections,
+    /// The BPF maps' entries (service, flow, counters).
+    BpfMaps,
+    /// Nothing rewrites packets: there is nothing to trace.
+    Nothing,
+}
+
+/// The bare tool a backend feeds, for timing it on a sync's exact input
+/// (the floor of that sync's cost).
+#[derive(Clone, Copy, Debug)]
+pub struct FloorTool {
+    pub program: &'static str,
+    pub args: &'static [&'static str],
+    /// Extension of the dump files it takes (`<seq>-<mode>.<ext>`).
+    pub ext: &'static str,
+    /// Makes what the dumps assume exists, in an empty namespace.
+    pub prepare: fn() -> Result<(), BackendError>,
+}
