@@ -113,7 +113,9 @@ pub async fn run(s: &ApiSettings, r: &mut BenchResults) -> Result<()> {
     }
     stop_check()?;
     let nodes = s.nodes as u64;
-    match programming(BackendKind::None, Feed::Api, s.nodes, s.changes).await {
+    // No coalescing: one flip touches several slices, and a minimum sync
+    // period would hold the later ones back (that is sync policy, not delivery).
+    match programming(BackendKind::None, Feed::Api, s.nodes, s.changes, Some(0)).await {
         Ok(rec) => {
             ok(r, "fanout", nodes);
             if let Some(sum) = rec.summary() {
@@ -135,7 +137,7 @@ pub async fn run(s: &ApiSettings, r: &mut BenchResults) -> Result<()> {
             "{backend}/{}",
             if feed == Feed::Api { "api" } else { "pipe" }
         );
-        match programming(backend.clone(), feed, 2, s.changes).await {
+        match programming(backend.clone(), feed, 2, s.changes, None).await {
             Ok(rec) => {
                 ok(r, &label, 2);
                 if let Some(sum) = rec.summary() {
@@ -195,8 +197,12 @@ async fn programming(
     feed: Feed,
     nodes: usize,
     changes: usize,
+    min_sync_period_ms: Option<u64>,
 ) -> Result<Recorder> {
-    let scn = scenario(10, 4, nodes)?;
+    let mut scn = scenario(10, 4, nodes)?;
+    if let Some(ms) = min_sync_period_ms {
+        scn.lab.agent.min_sync_period_ms = ms;
+    }
     let mut lab = Lab::up(scn, &opts(backend, feed))
         .await
         .context("bringing the lab up")?;
