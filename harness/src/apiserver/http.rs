@@ -258,8 +258,7 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
         ["openapi", "v3"] if get => return Ok(ok_json(StatusCode::OK, &discovery::openapi_root())),
         // The lab's own fault: every open watch ends now (clients resume).
         ["debug", "svclab", "drop-watches"] if method == Method::POST => {
-            let open = shared.watches.load(std::sync::atomic::Ordering::SeqCst);
-            shared.drops.send_modify(|n| *n += 1);
+            let open = shared.drop_watches();
             return Ok(ok_json(StatusCode::OK, &json!({"dropped": open})));
         }
         ["openapi", "v3", rest @ ..] if get => {
@@ -853,7 +852,6 @@ fn create_service(shared: &Shared, t: &Target, body: &[u8]) -> Result<Response<B
         let mut cp = lock(shared);
         cp.add_service(svc).map_err(|e| cp_error(t, &name, e))?;
     }
-    shared.changed();
     Ok(stored(shared, t, &name, StatusCode::CREATED))
 }
 
@@ -899,7 +897,6 @@ fn replace(
         }
         cp.update_service(svc).map_err(|e| cp_error(t, name, e))?;
     }
-    shared.changed();
     Ok(stored(shared, t, name, StatusCode::OK))
 }
 
@@ -957,7 +954,6 @@ fn delete_service(shared: &Shared, t: &Target, name: &str) -> Result<Response<Bo
             .map_err(|e| cp_error(t, name, e))?;
         before
     };
-    shared.changed();
     let gone = last.ok_or_else(|| ApiError::not_found(t.resource, name))?;
     Ok(full(StatusCode::OK, gone.json.clone()))
 }
@@ -1022,7 +1018,6 @@ fn scale_set(
         cp.scale(&ns, name, replicas as usize)
             .map_err(|e| cp_error(t, name, e))?;
     }
-    shared.changed();
     scale_get(shared, t, name)
 }
 

@@ -55,12 +55,6 @@ pub struct Shared {
     bookmark_every: Duration,
 }
 
-impl Shared {
-    /// After a write through the API: nothing to do beyond the store's
-    /// own notification; kept as the one place writes pass.
-    fn changed(&self) {}
-}
-
 /// The running endpoint; dropping it stops every listener and watch.
 pub struct ApiServer {
     shared: Arc<Shared>,
@@ -110,21 +104,16 @@ impl ApiServer {
         }
         Ok(ApiServer { shared, tasks })
     }
+}
 
-    /// Ends every open watch at once, as an API server restart or a
-    /// load balancer's idle timeout would; clients must resume.
-    pub fn drop_watches(&self) {
-        self.shared.drops.send_modify(|n| *n += 1);
-    }
-
-    pub fn open_watches(&self) -> usize {
-        self.shared
-            .watches
-            .load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    pub fn control_plane(&self) -> &SharedControlPlane {
-        &self.shared.cp
+impl Shared {
+    /// Ends every open watch at once, as an API server restart or a load
+    /// balancer's idle timeout would; clients must resume. Returns how
+    /// many were open.
+    fn drop_watches(&self) -> usize {
+        let open = self.watches.load(std::sync::atomic::Ordering::SeqCst);
+        self.drops.send_modify(|n| *n += 1);
+        open
     }
 }
 
