@@ -12,6 +12,7 @@ pub mod ebpf;
 pub mod exec;
 pub mod iptables;
 pub mod ipvs;
+pub mod kubeproxy;
 pub mod model;
 pub mod nftables;
 pub mod none;
@@ -96,6 +97,9 @@ pub enum Feature {
     ConntrackCleanup,
     /// Endpoint choice is uniformly random (round-robin is uniform too).
     UniformBalance,
+    /// A health check node port for a NodePort (not LoadBalancer) Service
+    /// with externalTrafficPolicy Local.
+    NodePortHealthCheck,
 }
 
 /// Result of a sync.
@@ -228,6 +232,12 @@ pub enum BackendKind {
     Ebpf,
     /// An external program speaking the agent protocol.
     Exec(String),
+    /// Upstream kube-proxy, run by the agent (`kube-proxy:<mode>[@<version>]`;
+    /// no version means [`kubeproxy::DEFAULT_VERSION`]).
+    KubeProxy {
+        mode: kubeproxy::Mode,
+        version: Option<String>,
+    },
 }
 
 impl BackendKind {
@@ -253,6 +263,9 @@ impl BackendKind {
             BackendKind::Userspace => userspace::capability(),
             BackendKind::Ebpf => ebpf::capability(),
             BackendKind::Exec(program) => exec::capability(program),
+            BackendKind::KubeProxy { mode, .. } => {
+                kubeproxy::capability(*mode, self.kube_proxy_version().unwrap_or_default())
+            }
         }
     }
 
@@ -269,6 +282,17 @@ impl BackendKind {
             BackendKind::Userspace => userspace::limitations(),
             BackendKind::Ebpf => ebpf::limitations(),
             BackendKind::Exec(_) => Vec::new(),
+            BackendKind::KubeProxy { mode, .. } => kubeproxy::limitations(*mode),
+        }
+    }
+
+    /// For `kube-proxy:`, the version it runs.
+    pub fn kube_proxy_version(&self) -> Option<&str> {
+        match self {
+            BackendKind::KubeProxy { version, .. } => {
+                Some(version.as_deref().unwrap_or(kubeproxy::DEFAULT_VERSION))
+            }
+            _ => None,
         }
     }
 }
@@ -284,6 +308,10 @@ impl fmt::Display for BackendKind {
             BackendKind::Userspace => f.write_str("userspace"),
             BackendKind::Ebpf => f.write_str("ebpf"),
             BackendKind::Exec(p) => write!(f, "exec:{p}"),
+            BackendKind::KubeProxy { mode, version } => match version {
+                Some(v) => write!(f, "kube-proxy:{mode}@{v}"),
+                None => write!(f, "kube-proxy:{mode}"),
+            },
         }
     }
 }
@@ -297,6 +325,30 @@ impl FromStr for BackendKind {
             }
             return Ok(BackendKind::Exec(p.to_string()));
         }
+        if let Some(rest) = s.strip_prefix("kube-proxy:") {
+            let (mode, version) = match rest.split_once('@') {
+                Some((m, v)) => (m, Some(v)),
+                None => (rest, None),
+            };
+            let mode: kubeproxy::Mode = mode.parse()?;
+            if let Some(v) = version {
+                let ok = v.strip_prefix('v').is_some_and(|n| {
+                    let p: Vec<&str> = n.split('.').collect();
+                    p.len() == 3
+                        && p.iter()
+                            .all(|x| !x.is_empty() && x.bytes().all(|b| b.is_ascii_digit()))
+                });
+                if !ok {
+                    return Err(format!(
+                        "kube-proxy version {v:?} is not a vMAJOR.MINOR.PATCH release"
+                    ));
+                }
+            }
+            return Ok(BackendKind::KubeProxy {
+                mode,
+                version: version.map(String::from),
+            });
+        }
         BackendKind::BUILTIN
             .iter()
             .find(|k| k.to_string() == s)
@@ -304,7 +356,8 @@ impl FromStr for BackendKind {
             .ok_or_else(|| {
                 format!(
                     "unknown backend {s:?}: expected one of none, iptables, iptables-legacy, \
-                     nftables, ipvs, userspace, ebpf or exec:PROGRAM"
+                     nftables, ipvs, userspace, ebpf, exec:PROGRAM or \
+                     kube-proxy:MODE[@VERSION]"
                 )
             })
     }
@@ -334,6 +387,9 @@ pub fn create(kind: &BackendKind, options: &BackendOptions) -> Box<dyn Backend> 
         BackendKind::Userspace => userspace::new(options),
         BackendKind::Ebpf => ebpf::new(options),
         BackendKind::Exec(program) => Box::new(exec::ExecBackend::new(program)),
+        // The agent runs kube-proxy itself and never asks for this; it
+        // programs nothing.
+        BackendKind::KubeProxy { .. } => Box::new(none::NoneBackend::default()),
     }
 }
 
@@ -353,5 +409,31 @@ mod tests {
         let err = "ipchains".parse::<BackendKind>().unwrap_err();
         assert!(err.contains("ipchains"));
         assert!("exec:".parse::<BackendKind>().is_err());
+        for name in [
+            "kube-proxy:nftables",
+            "kube-proxy:iptables@v1.34.4",
+            "kube-proxy:ipvs",
+        ] {
+            assert_eq!(name.parse::<BackendKind>().unwrap().to_string(), name);
+        }
+        assert_eq!(
+            "kube-proxy:nftables@v1.34.4"
+                .parse::<BackendKind>()
+                .unwrap(),
+            BackendKind::KubeProxy {
+                mode: kubeproxy::Mode::Nftables,
+                version: Some("v1.34.4".into())
+            }
+        );
+        assert_eq!(
+            "kube-proxy:iptables"
+                .parse::<BackendKind>()
+                .unwrap()
+                .kube_proxy_version(),
+            Some(kubeproxy::DEFAULT_VERSION)
+        );
+        assert!("kube-proxy:userspace".parse::<BackendKind>().is_err());
+        assert!("kube-proxy:nftables@1.34".parse::<BackendKind>().is_err());
+        assert!("kube-proxy:".parse::<BackendKind>().is_err());
     }
 }
