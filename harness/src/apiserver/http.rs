@@ -405,7 +405,7 @@ impl Filter {
 
     fn matches(&self, o: &Obj) -> bool {
         self.namespace.as_deref().is_none_or(|ns| o.namespace == ns)
-            && self.fields.matches(&o.namespace, &o.name)
+            && self.fields.matches(&o.namespace, &o.name, &o.cluster_ip)
             && self.labels.matches(&o.labels)
     }
 }

@@ -121,7 +121,9 @@ fn parse_term(term: &str) -> Result<Req, String> {
     }
 }
 
-/// A parsed `fieldSelector`: only the fields every resource has.
+/// A parsed `fieldSelector`: the fields every resource has, and
+/// `spec.clusterIP` (kube-proxy's Service informer asks for
+/// `spec.clusterIP!=None`, to leave headless Services out).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FieldSelector(Vec<(Field, bool, String)>);
 
@@ -129,6 +131,7 @@ pub struct FieldSelector(Vec<(Field, bool, String)>);
 enum Field {
     Name,
     Namespace,
+    ClusterIp,
 }
 
 impl FieldSelector {
@@ -145,9 +148,11 @@ impl FieldSelector {
             let field = match field.trim() {
                 "metadata.name" => Field::Name,
                 "metadata.namespace" => Field::Namespace,
+                "spec.clusterIP" => Field::ClusterIp,
                 other => {
                     return Err(format!(
-                        "field label not supported: {other} (the lab supports metadata.name and metadata.namespace)"
+                        "field label not supported: {other} (the lab supports metadata.name, \
+                         metadata.namespace and, for Services, spec.clusterIP)"
                     ));
                 }
             };
@@ -156,11 +161,13 @@ impl FieldSelector {
         Ok(FieldSelector(out))
     }
 
-    pub fn matches(&self, namespace: &str, name: &str) -> bool {
+    /// `cluster_ip` is a Service's `spec.clusterIP` ("" for other objects).
+    pub fn matches(&self, namespace: &str, name: &str, cluster_ip: &str) -> bool {
         self.0.iter().all(|(f, equal, v)| {
             let have = match f {
                 Field::Name => name,
                 Field::Namespace => namespace,
+                Field::ClusterIp => cluster_ip,
             };
             (have == v) == *equal
         })
@@ -224,13 +231,17 @@ mod tests {
     }
 
     #[test]
-    fn field_selectors_on_name_and_namespace_only() {
+    fn field_selectors_on_name_namespace_and_cluster_ip() {
         let f = FieldSelector::parse("metadata.name=node-0").unwrap();
-        assert!(f.matches("", "node-0"));
-        assert!(!f.matches("", "node-1"));
+        assert!(f.matches("", "node-0", ""));
+        assert!(!f.matches("", "node-1", ""));
         let f = FieldSelector::parse("metadata.namespace==default,metadata.name!=x").unwrap();
-        assert!(f.matches("default", "web"));
-        assert!(!f.matches("default", "x"));
+        assert!(f.matches("default", "web", ""));
+        assert!(!f.matches("default", "x", ""));
+        // kube-proxy's Service informer.
+        let f = FieldSelector::parse("spec.clusterIP!=None").unwrap();
+        assert!(f.matches("default", "web", "10.96.0.10"));
+        assert!(!f.matches("default", "headless", "None"));
         let err = FieldSelector::parse("spec.nodeName=a").unwrap_err();
         assert!(
             err.contains("field label not supported: spec.nodeName"),

@@ -336,6 +336,16 @@ impl ControlPlane {
             return;
         }
         spec.session_affinity.get_or_insert_with(|| "None".into());
+        // ClientIP affinity gets its timeout (3 h), as the API server's
+        // SetDefaults_Service gives it: kube-proxy dereferences it unchecked
+        // (pkg/proxy/serviceport.go newBaseServiceInfo) and panics without.
+        if spec.session_affinity.as_deref() == Some("ClientIP") {
+            let cfg = spec
+                .session_affinity_config
+                .get_or_insert_with(Default::default);
+            let client_ip = cfg.client_ip.get_or_insert_with(Default::default);
+            client_ip.timeout_seconds.get_or_insert(10800);
+        }
         spec.internal_traffic_policy
             .get_or_insert_with(|| "Cluster".into());
         if matches!(ty.as_str(), "NodePort" | "LoadBalancer") {

@@ -146,13 +146,17 @@ pub struct Obj {
     pub namespace: String,
     pub name: String,
     pub labels: BTreeMap<String, String>,
+    /// A Service's `spec.clusterIP` ("None" when headless; "" otherwise).
+    pub cluster_ip: String,
     pub json: Bytes,
 }
 
 impl Obj {
-    /// Whether kube-proxy's informers would receive this object.
+    /// Whether kube-proxy's informers would receive this object: its
+    /// label selector, and for Services its field selector
+    /// `spec.clusterIP!=None`.
     pub fn proxied(&self) -> bool {
-        proxied_labels(Some(&self.labels))
+        proxied_labels(Some(&self.labels)) && self.cluster_ip != "None"
     }
 }
 
@@ -400,7 +404,26 @@ impl Store {
 
 fn encode<T: serde::Serialize>(resource: Resource, meta: &ObjectMeta, obj: &T) -> Obj {
     let json = serde_json::to_vec(obj).expect("Kubernetes objects serialize");
+    #[derive(serde::Deserialize)]
+    struct Spec {
+        #[serde(rename = "clusterIP", default)]
+        cluster_ip: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct WithSpec {
+        spec: Option<Spec>,
+    }
+    let cluster_ip = if resource == Resource::Services {
+        serde_json::from_slice::<WithSpec>(&json)
+            .ok()
+            .and_then(|o| o.spec)
+            .map(|s| s.cluster_ip)
+            .unwrap_or_default()
+    } else {
+        String::new()
+    };
     Obj {
+        cluster_ip,
         rv: meta
             .resource_version
             .as_deref()
