@@ -233,7 +233,7 @@ pub enum AgentMessage {
         backend: String,
         pid: u32,
     },
-    Sync(SyncReport),
+    Sync(Box<SyncReport>),
     /// The agent cannot go on; it exits after this line.
     Fatal {
         node: String,

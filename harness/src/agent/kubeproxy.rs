@@ -550,7 +550,7 @@ pub fn run(args: AgentArgs, mode: Mode, version: &str) -> i32 {
             cpu0 = (user, sys);
             self0 = (su, ss);
             reported = now.clone();
-            emit(&mut out, &AgentMessage::Sync(report));
+            emit(&mut out, &AgentMessage::Sync(Box::new(report)));
         }
         prev = now;
     }

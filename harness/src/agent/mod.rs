@@ -347,7 +347,7 @@ pub fn run(args: AgentArgs) -> i32 {
                 retry.succeeded();
             }
         }
-        emit(&mut out, &AgentMessage::Sync(report));
+        emit(&mut out, &AgentMessage::Sync(Box::new(report)));
     }
     eprintln!(
         "agent {}: stopping ({stop_reason}); cleaning up backend {}",

@@ -523,7 +523,7 @@ impl Agents {
                             h.last_failure = Some(what);
                         }
                     }
-                    self.reports.push(r);
+                    self.reports.push(*r);
                 }
                 _ if !current => {}
                 AgentMessage::Started { .. } => h.started = true,
