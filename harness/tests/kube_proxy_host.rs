@@ -542,7 +542,11 @@ fn a_lab_with_kube_proxy_leaves_the_host_unchanged() {
     // kube-proxy runs in every node and has programmed its table there.
     let nodes: Vec<String> = common::run_namespaces(&run)
         .into_iter()
-        .filter(|n| n.contains("-node-"))
+        .filter(|n| {
+            n.rsplit_once("-node-")
+                .is_some_and(|(head, i)| !head.contains('.') && i.parse::<u32>().is_ok())
+                && n.starts_with(&format!("svclab-{run}-node-"))
+        })
         .collect();
     assert!(!nodes.is_empty(), "no node namespaces for run {run}");
     for n in &nodes {
