@@ -77,6 +77,9 @@ pub enum Feature {
     ConntrackCleanup,
     /// Endpoint choice is uniformly random (round-robin is uniform too).
     UniformBalance,
+    /// A health check node port for a NodePort (not LoadBalancer) Service
+    /// with externalTrafficPolicy Local.
+    NodePortHealthCheck,
 }
 
 /// Result of a sync.

@@ -18,6 +18,7 @@ pub mod exec;
 pub mod iptables;
 pub mod ipvs;
 pub mod kernel;
+pub mod kubeproxy;
 pub mod model;
 pub mod nftables;
 pub mod none;

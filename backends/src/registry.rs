@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     Backend, BackendOptions, BackendSpec, Feature, Unavailable, ebpf, exec, iptables, ipvs,
-    nftables, none, userspace,
+    kubeproxy, nftables, none, userspace,
 };
 
 /// The built-in backends, in the order reports list them.
@@ -42,6 +42,12 @@ pub enum BackendKind {
     Builtin(&'static str),
     /// An external program speaking the agent protocol.
     Exec(String),
+    /// Upstream kube-proxy, run by the agent (`kube-proxy:<mode>[@<version>]`;
+    /// no version means [`kubeproxy::DEFAULT_VERSION`]).
+    KubeProxy {
+        mode: kubeproxy::Mode,
+        version: Option<String>,
+    },
 }
 
 /// Names the harness refers to directly.
@@ -76,7 +82,17 @@ impl BackendKind {
     pub fn spec(&self) -> Option<&'static BackendSpec> {
         match self {
             BackendKind::Builtin(name) => spec(name),
-            BackendKind::Exec(_) => None,
+            BackendKind::Exec(_) | BackendKind::KubeProxy { .. } => None,
+        }
+    }
+
+    /// For `kube-proxy:`, the version it runs.
+    pub fn kube_proxy_version(&self) -> Option<&str> {
+        match self {
+            BackendKind::KubeProxy { version, .. } => {
+                Some(version.as_deref().unwrap_or(kubeproxy::DEFAULT_VERSION))
+            }
+            _ => None,
         }
     }
 
@@ -87,6 +103,7 @@ impl BackendKind {
                 .position(|s| s.name == *name)
                 .unwrap_or(REGISTRY.len()),
             BackendKind::Exec(_) => REGISTRY.len(),
+            BackendKind::KubeProxy { .. } => REGISTRY.len() + 1,
         }
     }
 
@@ -104,11 +121,17 @@ impl BackendKind {
                 ))),
             },
             BackendKind::Exec(program) => exec::capability(program),
+            BackendKind::KubeProxy { mode, .. } => {
+                kubeproxy::capability(*mode, self.kube_proxy_version().unwrap_or_default())
+            }
         }
     }
 
     /// Behaviours this backend does not implement with `options`, and why.
     pub fn limitations(&self, options: &BackendOptions) -> Vec<(Feature, String)> {
+        if let BackendKind::KubeProxy { mode, .. } = self {
+            return kubeproxy::limitations(*mode);
+        }
         self.spec()
             .map(|s| (s.limitations)(options))
             .unwrap_or_default()
@@ -132,6 +155,10 @@ impl fmt::Display for BackendKind {
         match self {
             BackendKind::Builtin(name) => f.write_str(name),
             BackendKind::Exec(p) => write!(f, "exec:{p}"),
+            BackendKind::KubeProxy { mode, version } => match version {
+                Some(v) => write!(f, "kube-proxy:{mode}@{v}"),
+                None => write!(f, "kube-proxy:{mode}"),
+            },
         }
     }
 }
@@ -145,12 +172,36 @@ impl FromStr for BackendKind {
             }
             return Ok(BackendKind::Exec(p.to_string()));
         }
+        if let Some(rest) = s.strip_prefix("kube-proxy:") {
+            let (mode, version) = match rest.split_once('@') {
+                Some((m, v)) => (m, Some(v)),
+                None => (rest, None),
+            };
+            let mode: kubeproxy::Mode = mode.parse()?;
+            if let Some(v) = version {
+                let ok = v.strip_prefix('v').is_some_and(|n| {
+                    let p: Vec<&str> = n.split('.').collect();
+                    p.len() == 3
+                        && p.iter()
+                            .all(|x| !x.is_empty() && x.bytes().all(|b| b.is_ascii_digit()))
+                });
+                if !ok {
+                    return Err(format!(
+                        "kube-proxy version {v:?} is not a vMAJOR.MINOR.PATCH release"
+                    ));
+                }
+            }
+            return Ok(BackendKind::KubeProxy {
+                mode,
+                version: version.map(String::from),
+            });
+        }
         spec(s)
             .map(|spec| BackendKind::Builtin(spec.name))
             .ok_or_else(|| {
                 let names: Vec<&str> = REGISTRY.iter().map(|s| s.name).collect();
                 format!(
-                    "unknown backend {s:?}: expected one of {} or exec:PROGRAM",
+                    "unknown backend {s:?}: expected one of {}, exec:PROGRAM or kube-proxy:MODE[@VERSION]",
                     names.join(", ")
                 )
             })
@@ -174,6 +225,9 @@ impl TryFrom<String> for BackendKind {
 pub fn create(kind: &BackendKind, options: &BackendOptions) -> Box<dyn Backend> {
     match kind {
         BackendKind::Exec(program) => Box::new(exec::ExecBackend::new(program)),
+        // The agent runs kube-proxy itself and never asks for this; it
+        // programs nothing.
+        BackendKind::KubeProxy { .. } => (none::SPEC.create)(options),
         BackendKind::Builtin(name) => match spec(name) {
             Some(spec) => (spec.create)(options),
             None => panic!("{name:?} is not in the backend registry"),

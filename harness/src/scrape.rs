@@ -88,6 +88,41 @@ pub fn cross_check(node: &str, reports: &[&SyncReport], m: &BTreeMap<String, f64
     problems
 }
 
+/// For `kube-proxy:` backends, whose reports the agent derives from these
+/// very metrics (it serves none of its own): kube-proxy's counts can only
+/// have grown since the agent's last report.
+pub fn cross_check_kube_proxy(
+    node: &str,
+    reports: &[&SyncReport],
+    m: &BTreeMap<String, f64>,
+) -> Vec<String> {
+    let expect = [
+        (
+            "kubeproxy_sync_proxy_rules_duration_seconds_count",
+            reports.iter().map(|r| r.seq).max().unwrap_or(0) as f64,
+        ),
+        (
+            "kubeproxy_sync_proxy_rules_service_changes_total",
+            reports.iter().map(|r| r.service_events as f64).sum(),
+        ),
+        (
+            "kubeproxy_sync_proxy_rules_endpoint_changes_total",
+            reports.iter().map(|r| r.endpoint_events as f64).sum(),
+        ),
+    ];
+    let mut problems = Vec::new();
+    for (name, at_least) in expect {
+        match m.get(name) {
+            Some(got) if *got + 1e-9 >= at_least => {}
+            Some(got) => problems.push(format!(
+                "{node}: kube-proxy's {name} is {got}, below the {at_least} the agent reported"
+            )),
+            None => problems.push(format!("{node}: {name} missing from kube-proxy's /metrics")),
+        }
+    }
+    problems
+}
+
 /// `node`'s reports from its running agent: a restarted agent counts from
 /// zero again, and its first sync is `seq` 1.
 pub fn current_incarnation<'a>(reports: &'a [SyncReport], node: &str) -> Vec<&'a SyncReport> {
@@ -121,8 +156,12 @@ pub async fn attach(lab: &mut Lab, run: &mut BackendRun) {
         match samples(&text) {
             Ok(m) => {
                 let reports = current_incarnation(&run.syncs, &node);
-                run.metrics_cross_check
-                    .extend(cross_check(&node, &reports, &m));
+                let problems = if run.backend.starts_with("kube-proxy:") {
+                    cross_check_kube_proxy(&node, &reports, &m)
+                } else {
+                    cross_check(&node, &reports, &m)
+                };
+                run.metrics_cross_check.extend(problems);
                 run.metrics
                     .insert(node, serde_json::to_value(&m).unwrap_or_default());
             }

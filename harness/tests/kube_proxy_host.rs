@@ -13,11 +13,12 @@
 
 mod common;
 
+use common::host::{changed_since, diff, host_snapshot, strip_counters};
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -30,28 +31,6 @@ const NODE: &str = "node-0";
 const NODE_IP: &str = "172.18.0.2";
 /// How long kube-proxy gets to reach its first completed sync.
 const STARTUP_BUDGET: Duration = Duration::from_secs(30);
-
-/// Host-global sysctls (and the conntrack hash size) kube-proxy can write,
-/// or a lab might; read from the test's own (the host's) namespace.
-const HOST_SYSCTLS: &[&str] = &[
-    "/proc/sys/net/netfilter/nf_conntrack_max",
-    "/sys/module/nf_conntrack/parameters/hashsize",
-    "/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_established",
-    "/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_close_wait",
-    "/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal",
-    "/proc/sys/net/netfilter/nf_conntrack_udp_timeout",
-    "/proc/sys/net/netfilter/nf_conntrack_udp_timeout_stream",
-    "/proc/sys/net/ipv4/conf/all/route_localnet",
-    "/proc/sys/net/ipv4/conf/all/arp_ignore",
-    "/proc/sys/net/ipv4/conf/all/arp_announce",
-    "/proc/sys/net/bridge/bridge-nf-call-iptables",
-    "/proc/sys/net/bridge/bridge-nf-call-ip6tables",
-    "/proc/sys/net/ipv4/ip_forward",
-    "/proc/sys/net/ipv6/conf/all/forwarding",
-    "/proc/sys/vm/overcommit_memory",
-    "/proc/sys/kernel/panic",
-    "/proc/sys/kernel/panic_on_oops",
-];
 
 /// The namespace's own copies of the per-namespace sysctls kube-proxy may
 /// write, to report what it changed there.
@@ -67,148 +46,6 @@ const NETNS_SYSCTLS: &[&str] = &[
     "/proc/sys/net/ipv4/conf/all/arp_ignore",
     "/proc/sys/net/ipv4/conf/all/arp_announce",
 ];
-
-/// Files kube-proxy or the tools it runs could leave on the host.
-const HOST_FILES: &[&str] = &[
-    "/run/xtables.lock",
-    "/run/kube-proxy",
-    "/var/run/kube-proxy",
-    "/var/lib/kube-proxy",
-    "/var/lib/kubelet",
-    "/var/log/kube-proxy.log",
-    "/etc/kubernetes",
-];
-
-fn cmd_text(cmd: &[&str]) -> String {
-    match Command::new(cmd[0]).args(&cmd[1..]).output() {
-        Ok(o) => format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            if o.status.success() {
-                String::new()
-            } else {
-                format!(
-                    "(exit {}: {})",
-                    o.status,
-                    String::from_utf8_lossy(&o.stderr).trim()
-                )
-            }
-        ),
-        Err(e) => format!("({} unavailable: {e})", cmd[0]),
-    }
-}
-
-/// `iptables-save` without comments and chain counters.
-fn strip_counters(t: &str) -> String {
-    t.lines()
-        .filter(|l| !l.starts_with('#'))
-        .map(|l| match (l.find('['), l.rfind(']')) {
-            (Some(a), Some(b)) if l.starts_with(':') && b > a => {
-                format!("{}{}", &l[..a], &l[b + 1..])
-            }
-            _ => l.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// Everything about the host that kube-proxy could change, by section.
-fn host_snapshot() -> BTreeMap<String, String> {
-    let mut s = BTreeMap::new();
-    for (what, cmd) in [
-        ("links", &["ip", "-d", "-j", "link", "show"][..]),
-        ("addresses", &["ip", "-j", "addr", "show"][..]),
-        ("routes", &["ip", "-j", "route", "show", "table", "all"][..]),
-        (
-            "routes6",
-            &["ip", "-6", "-j", "route", "show", "table", "all"][..],
-        ),
-        ("rules", &["ip", "-j", "rule", "show"][..]),
-        ("iptables-save", &["iptables-save"][..]),
-        ("ip6tables-save", &["ip6tables-save"][..]),
-        ("iptables-legacy-save", &["iptables-legacy-save"][..]),
-        ("ip6tables-legacy-save", &["ip6tables-legacy-save"][..]),
-        ("nft", &["nft", "-s", "list", "ruleset"][..]),
-    ] {
-        s.insert(what.to_string(), strip_counters(&cmd_text(cmd)));
-    }
-    for path in HOST_SYSCTLS {
-        let v = std::fs::read_to_string(path)
-            .map(|v| v.trim().to_string())
-            .unwrap_or_else(|e| format!("({e})"));
-        s.insert(path.to_string(), v);
-    }
-    for path in HOST_FILES {
-        s.insert(path.to_string(), file_state(Path::new(path)));
-    }
-    s
-}
-
-fn file_state(p: &Path) -> String {
-    use std::os::unix::fs::MetadataExt;
-    match std::fs::symlink_metadata(p) {
-        Ok(m) => format!(
-            "exists mode {:o} size {} mtime {}.{:09} uid {}",
-            m.mode(),
-            m.size(),
-            m.mtime(),
-            m.mtime_nsec(),
-            m.uid()
-        ),
-        Err(e) => format!("({})", e.kind()),
-    }
-}
-
-/// Paths under `roots` (to `depth` levels) changed or created since `since`,
-/// outside what other labs and the system change anyway. For the report.
-fn changed_since(since: SystemTime, roots: &[(&str, usize)]) -> Vec<String> {
-    fn walk(p: &Path, depth: usize, since: SystemTime, out: &mut Vec<String>) {
-        let Ok(rd) = std::fs::read_dir(p) else {
-            return;
-        };
-        for e in rd.flatten() {
-            let path = e.path();
-            let s = path.to_string_lossy();
-            if [
-                "/run/netns",
-                "/run/svclab",
-                "/run/user",
-                "/run/systemd",
-                "/run/log",
-            ]
-            .iter()
-            .any(|x| s.starts_with(x))
-            {
-                continue;
-            }
-            if let Ok(m) = e.metadata()
-                && m.modified().is_ok_and(|t| t >= since)
-            {
-                out.push(s.into_owned());
-            }
-            if depth > 1 && e.file_type().is_ok_and(|t| t.is_dir()) {
-                walk(&path, depth - 1, since, out);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    for (root, depth) in roots {
-        walk(Path::new(root), *depth, since, &mut out);
-    }
-    out.sort();
-    out
-}
-
-fn diff(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>) -> String {
-    let mut out = String::new();
-    for (k, b) in before {
-        let a = after.get(k).map(String::as_str).unwrap_or("(gone)");
-        if a != b {
-            out.push_str(&format!("== {k}\n--- before\n{b}\n--- after\n{a}\n"));
-        }
-    }
-    out
-}
 
 // ---- a stub API server: one Node, no Services, no EndpointSlices ----------
 
@@ -671,5 +508,73 @@ fn kube_proxy_startup_leaves_the_host_unchanged() {
         common::lab_namespaces()
             .iter()
             .all(|n| !n.starts_with(&format!("svclab-kpt{}-", std::process::id())))
+    );
+}
+
+/// A whole lab with kube-proxy in every node: `svclab up` with
+/// `--backend kube-proxy:nftables`, then `svclab down`. The host's links,
+/// addresses, routes, iptables (nft and legacy), nft ruleset, sysctls and
+/// kube-proxy's usual files are the same while the lab runs and after it.
+#[test]
+fn a_lab_with_kube_proxy_leaves_the_host_unchanged() {
+    require_root!();
+    if let Err(why) = binaries() {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    let version = kubeproxy::DEFAULT_VERSION;
+    if !kubeproxy::binary(version).is_file() {
+        eprintln!("SKIP: kube-proxy {version} is not built");
+        return;
+    }
+    let _lab = common::lab_lock();
+    let start = SystemTime::now();
+    let before = host_snapshot();
+    let up = common::run(&[
+        "up",
+        "scenarios/smoke.yaml",
+        "--backend",
+        "kube-proxy:nftables",
+    ]);
+    assert!(up.status.success(), "{}", common::text(&up));
+    let run = common::run_id(&String::from_utf8_lossy(&up.stdout));
+    let guard = common::LabGuard(run.clone());
+    // kube-proxy runs in every node and has programmed its table there.
+    let nodes: Vec<String> = common::run_namespaces(&run)
+        .into_iter()
+        .filter(|n| {
+            n.rsplit_once("-node-")
+                .is_some_and(|(head, i)| !head.contains('.') && i.parse::<u32>().is_ok())
+                && n.starts_with(&format!("svclab-{run}-node-"))
+        })
+        .collect();
+    assert!(!nodes.is_empty(), "no node namespaces for run {run}");
+    for n in &nodes {
+        let ruleset = in_ns(n, &["nft", "list", "table", "ip", "kube-proxy"]);
+        assert!(
+            ruleset.contains("chain services"),
+            "{n}: no kube-proxy table:\n{ruleset}"
+        );
+    }
+    let during = host_snapshot();
+    let down = common::run(&["down", &run]);
+    assert!(down.status.success(), "{}", common::text(&down));
+    drop(guard);
+    let after = host_snapshot();
+    assert!(
+        common::run_namespaces(&run).is_empty(),
+        "namespaces left: {:?}",
+        common::run_namespaces(&run)
+    );
+    let changed = changed_since(start, &[("/run", 2), ("/var/lib", 1), ("/etc", 1)]);
+    let d1 = diff(&before, &during);
+    assert!(
+        d1.is_empty(),
+        "the host changed while the lab ran:\n{d1}\nfiles changed: {changed:?}"
+    );
+    let d2 = diff(&before, &after);
+    assert!(
+        d2.is_empty(),
+        "the host changed after the lab:\n{d2}\nfiles changed: {changed:?}"
     );
 }

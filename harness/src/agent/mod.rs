@@ -10,6 +10,7 @@
 //! counted in the metrics, as kube-proxy does.
 
 pub mod health;
+pub mod kubeproxy;
 pub mod metrics;
 pub mod supervisor;
 pub mod watch;
@@ -184,6 +185,16 @@ pub fn run(args: AgentArgs) -> i32 {
             &mut out,
             format!("backend {} cannot run here: {e}", args.backend),
         );
+    }
+    if let BackendKind::KubeProxy { mode, .. } = &args.backend {
+        let version = args
+            .backend
+            .kube_proxy_version()
+            .unwrap_or_default()
+            .to_string();
+        let mode = *mode;
+        drop(out);
+        return kubeproxy::run(args, mode, &version);
     }
     let options = BackendOptions {
         ipvs_scheduler: args.ipvs_scheduler.clone(),

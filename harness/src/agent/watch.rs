@@ -25,6 +25,9 @@ use super::Input;
 pub const PROXY_SELECTOR: &str =
     "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
 
+/// kube-proxy's Service field selector (cmd/kube-proxy, pkg/proxy/config).
+pub const SERVICE_FIELDS: &str = "spec.clusterIP!=None";
+
 enum Item {
     Object(ApiObject),
     Node(Box<Node>),
@@ -163,14 +166,18 @@ fn item<K>(e: Event<K>, f: impl Fn(K) -> Item) -> Event<Item> {
 async fn run(path: &Path, node: &str, tx: &Sender<Input>) -> anyhow::Result<()> {
     let client = client(path).await?;
     let cfg = watcher::Config::default().labels(PROXY_SELECTOR);
-    let services = watcher::watcher(Api::<Service>::all(client.clone()), cfg.clone())
-        .default_backoff()
-        .map(|r| {
-            (
-                0usize,
-                r.map(|e| item(e, |s| Item::Object(ApiObject::Service(Box::new(s))))),
-            )
-        });
+    // kube-proxy's Service informer also leaves headless Services out by field.
+    let services = watcher::watcher(
+        Api::<Service>::all(client.clone()),
+        cfg.clone().fields(SERVICE_FIELDS),
+    )
+    .default_backoff()
+    .map(|r| {
+        (
+            0usize,
+            r.map(|e| item(e, |s| Item::Object(ApiObject::Service(Box::new(s))))),
+        )
+    });
     let slices = watcher::watcher(Api::<EndpointSlice>::all(client.clone()), cfg)
         .default_backoff()
         .map(|r| {

@@ -53,7 +53,7 @@ fn needs(check: &str) -> &'static [Feature] {
         "no-endpoints-reject" => &[Dnat, RejectNoEndpoints],
         "nodeport" | "nodeport-masquerade" => &[Dnat, NodePort],
         "etp-local-preserves-source" => &[Dnat, NodePort, TrafficPolicyLocal, SourcePreservation],
-        "etp-local-healthcheck" => &[NodePort, TrafficPolicyLocal],
+        "etp-local-healthcheck" => &[NodePort, TrafficPolicyLocal, NodePortHealthCheck],
         "itp-local" => &[Dnat, TrafficPolicyLocal],
         "session-affinity-clientip" => &[Dnat, SessionAffinity],
         "balance-uniform" => &[Dnat, UniformBalance],

@@ -37,41 +37,7 @@ pub const METRICS_BIND_ADDRESS: &str = "127.0.0.1:10249";
 /// kube-proxy's health check (`/healthz`, `/livez`), inside the node namespace.
 pub const HEALTHZ_BIND_ADDRESS: &str = "0.0.0.0:10256";
 
-/// kube-proxy's `mode`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Mode {
-    Iptables,
-    Nftables,
-    Ipvs,
-}
-
-impl Mode {
-    pub const ALL: [Mode; 3] = [Mode::Iptables, Mode::Nftables, Mode::Ipvs];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Iptables => "iptables",
-            Mode::Nftables => "nftables",
-            Mode::Ipvs => "ipvs",
-        }
-    }
-}
-
-impl std::fmt::Display for Mode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for Mode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Mode::ALL
-            .into_iter()
-            .find(|m| m.as_str() == s)
-            .ok_or_else(|| format!("unknown kube-proxy mode '{s}' (iptables, nftables or ipvs)"))
-    }
-}
+pub use svclab_backends::kubeproxy::Mode;
 
 /// What one node's kube-proxy is told.
 #[derive(Clone, Debug, PartialEq)]

@@ -23,25 +23,11 @@ use crate::netns::NetNs;
 /// The versions with a Go module in `backends/kube-proxy/` (a unit test keeps
 /// this list and the folders in step), oldest first.
 pub const SUPPORTED_VERSIONS: &[&str] = &["v1.34.4", "v1.37.2"];
-/// The version a bare `kube-proxy:<mode>` means.
-pub const DEFAULT_VERSION: &str = "v1.37.2";
-pub const CACHE_ENV: &str = "SVCLAB_KUBE_PROXY_CACHE";
-pub const DEFAULT_CACHE: &str = "/var/cache/svclab/kube-proxy";
+pub use svclab_backends::kubeproxy::{
+    CACHE_ENV, DEFAULT_CACHE, DEFAULT_VERSION, binary, cache_dir,
+};
 /// The PATH kube-proxy runs with (it execs iptables, ip6tables, nft).
-const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// The folder that holds one subfolder per built version.
-pub fn cache_dir() -> PathBuf {
-    std::env::var_os(CACHE_ENV)
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_CACHE))
-}
-
-/// Where `version`'s binary is (or would be) built.
-pub fn binary(version: &str) -> PathBuf {
-    cache_dir().join(version).join("kube-proxy")
-}
+pub const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// The command that builds `version`.
 pub fn build_command(version: &str) -> String {
