@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 struct Api {
     run: String,
     node_ns: Vec<String>,
+    /// kubectl's discovery cache: private to the test, not the host's ~/.kube.
+    cache: tempfile::TempDir,
 }
 
 impl Api {
@@ -111,6 +113,7 @@ fn up(backend: &str) -> (Api, common::LabGuard) {
     let api = Api {
         node_ns: (0..2).map(|i| format!("svclab-{run}-node-{i}")).collect(),
         run: run.clone(),
+        cache: tempfile::tempdir().expect("a temporary folder"),
     };
     (api, common::LabGuard(run))
 }
