@@ -23,10 +23,12 @@ impl Api {
 
     fn kubectl_on(&self, node: usize, args: &[&str]) -> Output {
         let kc = self.kubeconfig(node);
+        let cache = format!("--cache-dir={}", self.cache.path().display());
         let mut full = vec![
             "kubectl",
             "--kubeconfig",
             kc.as_str(),
+            cache.as_str(),
             "--request-timeout=20s",
         ];
         full.extend_from_slice(args);
@@ -190,6 +192,7 @@ fn kubectl_lists_watches_applies_scales_and_deletes_and_agents_follow() {
             "--kubeconfig",
             &kc,
         ])
+        .arg(format!("--cache-dir={}", api.cache.path().display()))
         .args(["get", "svc", "-w", "-o", "name", "--request-timeout=30s"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
