@@ -267,11 +267,6 @@ impl Lab {
         self.cp().store().proxy_versions()
     }
 
-    /// The control plane, to share with what runs beside the lab.
-    pub fn shared_cp(&self) -> SharedControlPlane {
-        self.cp.clone()
-    }
-
     pub fn save_state(&mut self) {
         let services = self.cp().services().cloned().collect();
         self.state.services = services;

@@ -396,10 +396,6 @@ impl Store {
         self.events_created += 1;
         self.events_created
     }
-
-    pub fn events_created(&self) -> u64 {
-        self.events_created
-    }
 }
 
 fn encode<T: serde::Serialize>(resource: Resource, meta: &ObjectMeta, obj: &T) -> Obj {
