@@ -88,14 +88,9 @@ pub fn capability(mode: Mode, version: &str) -> Result<(), Unavailable> {
 
 /// What upstream kube-proxy does not do that a check expects, with the
 /// upstream reference (the same in every mode and both supported versions).
+/// Nothing today: the one difference the lab once declared (a health check
+/// node port on a NodePort Service) was the lab's, which now allocates one
+/// only where the API server does (LoadBalancer, externalTrafficPolicy Local).
 pub fn limitations(_mode: Mode) -> Vec<(Feature, String)> {
-    vec![(
-        Feature::NodePortHealthCheck,
-        "upstream kube-proxy serves a health check node port only for type LoadBalancer \
-         Services with externalTrafficPolicy Local (pkg/api/v1/service NeedsHealthCheck, \
-         used by pkg/proxy/serviceport.go newBaseServiceInfo), and the API server sets \
-         spec.healthCheckNodePort only for those; the lab's NodePort Service carries one \
-         that a real API server would not have allocated"
-            .to_string(),
-    )]
+    Vec::new()
 }

@@ -17,7 +17,16 @@
 //!   `..._endpoint_changes_pending` are 0), and
 //! - the last sync request (`..._last_queued_timestamp_seconds`) is no later
 //!   than the start of its last completed sync (`..._last_timestamp_seconds`
-//!   minus that sync's duration, from the duration histogram's sum).
+//!   minus the duration of the syncs since the previous poll, from the
+//!   duration histogram's sum; that errs early, as kube-proxy stamps the
+//!   timestamp before its sync's cleanup ends, so it never proves too soon),
+//!   or else no later than that sync's end, with the sync count and the last
+//!   request unchanged for `minSyncPeriod` + 1 s + twice the longest sync
+//!   seen. The second form is the common one: an event after a quiet spell
+//!   makes kube-proxy queue and start a sync within microseconds. It is
+//!   sound because kube-proxy's runner buffers a request that arrives during
+//!   a sync and runs again `minSyncPeriod` after that sync ends, so a request
+//!   the last sync missed shows as another completed sync by then.
 //!
 //! A change kube-proxy ignores (one that leaves its service or endpoint maps
 //! unchanged, so nothing is queued) is proven the same way: counted, nothing
@@ -187,31 +196,65 @@ impl Seen {
 }
 
 /// Decides, poll by poll, which versions kube-proxy has provably programmed.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Prover {
     pub proven: StreamVersions,
     /// What the previous poll found covered, waiting for a second poll.
     candidate: Option<StreamVersions>,
-    /// The last completed sync's duration (an upper bound when several
-    /// completed between two polls).
+    /// The duration of the syncs that completed between the two polls that
+    /// saw the last one (an upper bound of the last one's), and the longest
+    /// such figure so far.
     last_duration: f64,
+    longest: f64,
+    /// `minSyncPeriod` + 1 s: with twice the longest sync, how long the sync
+    /// count and the last request must stay put to prove that the last
+    /// sync saw that request.
+    settle: Duration,
+    /// Since when (sync count, last request) have been what they are.
+    still: Option<((f64, f64), Instant)>,
     /// Since when kube-proxy has been idle with fewer changes counted.
     short_since: Option<Instant>,
 }
 
 impl Prover {
+    pub fn new(min_sync_period: Duration) -> Prover {
+        Prover {
+            proven: StreamVersions::default(),
+            candidate: None,
+            last_duration: 0.0,
+            longest: 0.0,
+            settle: min_sync_period + Duration::from_secs(1),
+            still: None,
+            short_since: None,
+        }
+    }
+
     /// Takes one poll (`prev` -> `now`) with what the agent has `seen` by
     /// then; returns true when `proven` moved on.
     pub fn poll(&mut self, prev: &Snapshot, now: &Snapshot, seen: &Seen, at: Instant) -> bool {
         let done = now.syncs - prev.syncs;
         if done > 0.0 {
             self.last_duration = (now.syncs_sum - prev.syncs_sum).max(0.0);
+            if prev.syncs > 0.0 {
+                self.longest = self.longest.max(self.last_duration);
+            }
         }
+        let key = (now.syncs, now.last_queued);
+        let since = match self.still {
+            Some((k, t)) if k == key => t,
+            _ => {
+                self.still = Some((key, at));
+                at
+            }
+        };
         let started = now.last_sync - self.last_duration;
+        let settle = self.settle + Duration::from_secs_f64(2.0 * self.longest);
+        let requested_before_start = now.last_queued <= started
+            || (now.last_queued <= now.last_sync && at.duration_since(since) >= settle);
         let idle = now.syncs >= 1.0
             && now.service_pending == 0.0
             && now.endpoint_pending == 0.0
-            && now.last_queued <= started;
+            && requested_before_start;
         let per_change = if now.dual_stack { 2.0 } else { 1.0 };
         let counted = now.service_changes >= per_change * seen.services as f64
             && now.endpoint_changes >= seen.endpoint_slices as f64;
@@ -467,7 +510,7 @@ pub fn run(args: AgentArgs, mode: Mode, version: &str) -> i32 {
         .expect("a socket address");
     let mut tracker = ChangeTracker::new(&args.node);
     let mut seen = Seen::default();
-    let mut prover = Prover::default();
+    let mut prover = Prover::new(Duration::from_millis(args.min_sync_period_ms));
     let mut prev = Snapshot::default();
     let mut reported = Snapshot::default();
     let mut cpu0 = (0.0, 0.0);
@@ -686,7 +729,7 @@ kubeproxy_sync_proxy_rules_service_changes_total 7
     #[test]
     fn versions_are_proven_after_a_sync_that_started_after_the_last_queue() {
         let t = Instant::now();
-        let mut p = Prover::default();
+        let mut p = Prover::new(Duration::from_millis(500));
         let a = snap(1.0, 0.1, 100.0, 99.0, 2.0, 2.0);
         let w = seen(10, 11, 2, 2);
         assert!(!p.poll(&Snapshot::default(), &a, &w, t), "two polls needed");
@@ -708,7 +751,7 @@ kubeproxy_sync_proxy_rules_service_changes_total 7
     #[test]
     fn an_ignored_change_is_proven_without_a_sync() {
         let t = Instant::now();
-        let mut p = Prover::default();
+        let mut p = Prover::new(Duration::from_millis(500));
         let a = snap(1.0, 0.1, 100.0, 99.0, 2.0, 2.0);
         p.poll(&Snapshot::default(), &a, &seen(10, 11, 2, 2), t);
         p.poll(&a, &a, &seen(10, 11, 2, 2), t);
@@ -723,7 +766,7 @@ kubeproxy_sync_proxy_rules_service_changes_total 7
     #[test]
     fn uncounted_changes_wait_for_the_bound() {
         let t = Instant::now();
-        let mut p = Prover::default();
+        let mut p = Prover::new(Duration::from_millis(500));
         let a = snap(1.0, 0.1, 100.0, 99.0, 2.0, 2.0);
         let w = seen(10, 11, 3, 2);
         assert!(!p.poll(&Snapshot::default(), &a, &w, t));
@@ -735,12 +778,75 @@ kubeproxy_sync_proxy_rules_service_changes_total 7
     #[test]
     fn pending_changes_are_never_proven() {
         let t = Instant::now();
-        let mut p = Prover::default();
+        let mut p = Prover::new(Duration::from_millis(500));
         let mut a = snap(1.0, 0.1, 100.0, 99.0, 2.0, 2.0);
         a.endpoint_pending = 1.0;
         let w = seen(10, 11, 2, 2);
         for i in 0..5 {
             assert!(!p.poll(&a, &a, &w, t + COUNT_BOUND * i));
         }
+    }
+
+    #[test]
+    fn two_syncs_between_polls_prove_after_the_settle_time_without_another_sync() {
+        let t = Instant::now();
+        let mut p = Prover::new(Duration::from_millis(500));
+        let a = snap(1.0, 0.1, 100.0, 99.0, 2.0, 2.0);
+        p.poll(&Snapshot::default(), &a, &seen(10, 11, 2, 2), t);
+        p.poll(&a, &a, &seen(10, 11, 2, 2), t);
+        // Two syncs (100.2..100.4 and 100.9..101.3) between two polls; the
+        // request at 100.85 came between them. The histogram only says the
+        // last took at most 0.5 s, so it may have started at 100.8.
+        let w = seen(12, 11, 3, 2);
+        let b = snap(3.0, 0.6, 101.3, 100.85, 3.0, 2.0);
+        assert!(!p.poll(&a, &b, &w, t));
+        assert!(!p.poll(&b, &b, &w, t + Duration::from_millis(2000)));
+        // Nothing moved for minSyncPeriod + 1 s + twice the 0.5 s the syncs
+        // took: the last sync saw it.
+        assert!(!p.poll(&b, &b, &w, t + Duration::from_millis(2500)));
+        assert!(p.poll(&b, &b, &w, t + Duration::from_millis(2525)));
+        assert_eq!(p.proven, w.versions);
+    }
+
+    #[test]
+    fn a_request_during_an_unmeasured_sync_waits_for_the_next_sync() {
+        let t = Instant::now();
+        let mut p = Prover::new(Duration::from_millis(500));
+        let a = snap(1.0, 0.1, 100.0, 99.0, 2.0, 2.0);
+        p.poll(&Snapshot::default(), &a, &seen(10, 11, 2, 2), t);
+        p.poll(&a, &a, &seen(10, 11, 2, 2), t);
+        let w = seen(12, 11, 3, 2);
+        let b = snap(3.0, 0.6, 101.3, 101.2, 3.0, 2.0);
+        assert!(!p.poll(&a, &b, &w, t));
+        // The buffered request's sync comes 0.6 s later: the clock restarts
+        // and that sync (exactly measured) proves it.
+        let c = snap(4.0, 0.7, 101.9, 101.2, 3.0, 2.0);
+        assert!(!p.poll(&b, &c, &w, t + Duration::from_millis(600)));
+        assert!(p.poll(&c, &c, &w, t + Duration::from_millis(625)));
+        // A request that never shows a sync is never proven early.
+        let w2 = seen(13, 11, 4, 2);
+        let d = snap(4.0, 0.7, 101.9, 102.5, 4.0, 2.0);
+        for i in 0..5 {
+            assert!(!p.poll(&d, &d, &w2, t + Duration::from_secs(2 + i)));
+        }
+    }
+
+    #[test]
+    fn a_sync_queued_just_before_it_started_is_proven_once_things_settle() {
+        // kube-proxy stamps the request, starts the sync 40 us later, stamps
+        // its end and then finishes cleaning up: end minus duration lands
+        // before the request.
+        let t = Instant::now();
+        let mut p = Prover::new(Duration::from_millis(500));
+        let a = snap(1.0, 0.1, 100.0, 99.0, 2.0, 2.0);
+        p.poll(&Snapshot::default(), &a, &seen(10, 11, 2, 2), t);
+        p.poll(&a, &a, &seen(10, 11, 2, 2), t);
+        let w = seen(12, 11, 3, 2);
+        let b = snap(2.0, 0.1084, 919.3460, 919.3377, 3.0, 2.0);
+        assert!(!p.poll(&a, &b, &w, t));
+        let settle = Duration::from_millis(1500) + Duration::from_secs_f64(2.0 * 0.0084);
+        assert!(!p.poll(&b, &b, &w, t + settle - Duration::from_millis(10)));
+        assert!(!p.poll(&b, &b, &w, t + settle));
+        assert!(p.poll(&b, &b, &w, t + settle + Duration::from_millis(25)));
     }
 }

@@ -406,7 +406,14 @@ impl ControlPlane {
                     }
                 }
             }
-            if spec.external_traffic_policy.as_deref() == Some("Local") {
+            // The API server allocates a health check node port only for
+            // LoadBalancer Services with externalTrafficPolicy Local
+            // (kube-proxy serves it only for those).
+            // Others lose one they carried (a type or policy change), as
+            // the API server's dropTypeDependentFields does.
+            if ty != "LoadBalancer" || spec.external_traffic_policy.as_deref() != Some("Local") {
+                spec.health_check_node_port = None;
+            } else {
                 match spec.health_check_node_port {
                     Some(n) if n > 0 => self.node_ports.request(n as u16, &owner).map_err(err)?,
                     _ => {

@@ -63,6 +63,15 @@ fn bad_scenarios_name_file_line_and_field() {
             "Service default/s: spec.portz: unknown field \"portz\"",
         ),
         (
+            "a health check node port on a NodePort Service",
+            format!(
+                "{LAB}{DEPLOY}{}",
+                svc("  type: NodePort\n  externalTrafficPolicy: Local\n  healthCheckNodePort: 30500\n  selector: {app: web}\n  ports: [{port: 80}]\n")
+            ),
+            26,
+            "spec.healthCheckNodePort: may only be set when `type` is 'LoadBalancer'",
+        ),
+        (
             "unknown field in the Lab",
             "apiVersion: svclab.dev/v1alpha1\nkind: Lab\nspec:\n  nodes: 2\n  nodez: 3\n".into(),
             5,

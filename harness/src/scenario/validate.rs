@@ -846,14 +846,24 @@ fn check_services(
                 format!("{t} is out of range 1-86400"),
             );
         }
-        if let Some(hc) = spec.health_check_node_port
-            && !(1..=65535).contains(&hc)
-        {
-            errs.at(
-                doc,
-                "spec.healthCheckNodePort",
-                format!("{hc} is out of range 1-65535"),
-            );
+        if let Some(hc) = spec.health_check_node_port {
+            if !(1..=65535).contains(&hc) {
+                errs.at(
+                    doc,
+                    "spec.healthCheckNodePort",
+                    format!("{hc} is out of range 1-65535"),
+                );
+            } else if ty != "LoadBalancer"
+                || spec.external_traffic_policy.as_deref() != Some("Local")
+            {
+                // As the API server: only those Services get one.
+                errs.at(
+                    doc,
+                    "spec.healthCheckNodePort",
+                    "may only be set when `type` is 'LoadBalancer' and `externalTrafficPolicy` \
+                     is 'Local'",
+                );
+            }
         }
 
         check_labels(errs, doc, "spec.selector", spec.selector.as_ref());
