@@ -32,6 +32,46 @@ fn run_checks(
     (out, json)
 }
 
+/// Upstream kube-proxy, both supported versions and both modes this host
+/// runs (IPVS is the VM stage's), passes every behaviour: nothing failed,
+/// nothing skipped.
+#[test]
+fn upstream_kube_proxy_passes_every_behaviour_in_both_versions() {
+    require_root!();
+    let old = svclab::kubeproxy::SUPPORTED_VERSIONS[0];
+    for v in svclab::kubeproxy::SUPPORTED_VERSIONS {
+        if !svclab::kubeproxy::binary(v).is_file() {
+            let why = format!(
+                "kube-proxy {v} is not built ({})",
+                svclab::kubeproxy::build_command(v)
+            );
+            assert!(std::env::var_os("CI").is_none(), "{why}");
+            eprintln!("SKIP: {why}");
+            return;
+        }
+    }
+    let _lab = common::lab_lock();
+    let backends = format!("kube-proxy:nftables,kube-proxy:iptables@{old}");
+    let (out, json) = run_checks(
+        "kube-proxy-behaviours",
+        "scenarios/behaviours.yaml",
+        &backends,
+        &[],
+    );
+    let verdicts = common::verdicts(&json);
+    let bad: Vec<_> = verdicts.iter().filter(|v| v.2 != "PASS").collect();
+    assert!(
+        bad.is_empty(),
+        "not passed: {bad:#?}\n{}",
+        common::text(&out)
+    );
+    for b in ["kube-proxy:nftables", &format!("kube-proxy:iptables@{old}")] {
+        let n = verdicts.iter().filter(|v| v.0 == *b).count();
+        assert!(n >= 20, "{b}: {n} verdicts\n{}", common::text(&out));
+    }
+    assert!(out.status.success(), "{}", common::text(&out));
+}
+
 #[test]
 fn behaviours_pass_on_every_backend_this_host_runs() {
     require_root!();
