@@ -181,7 +181,8 @@ pub struct NodeContext {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProxyState {
     pub services: BTreeMap<ServicePortName, ServicePort>,
-    /// Endpoints per service port, sorted by (ip, port), without duplicates.
+    /// Endpoints per service port, without duplicates, in kube-proxy's order:
+    /// by their `ip:port` string.
     pub endpoints: BTreeMap<ServicePortName, Vec<Endpoint>>,
 }
 

@@ -233,6 +233,10 @@ impl ChangeTracker {
                     false
                 }
             });
+            // kube-proxy's order: by the "ip:port" string (its byEndpoint
+            // in pkg/proxy/endpointslicecache.go), so 10.0.0.10 comes before
+            // 10.0.0.9; the iptables chain's probabilities follow it.
+            eps.sort_by_cached_key(Endpoint::addr);
             if eps.is_empty() {
                 self.state.endpoints.remove(&name);
             } else {

@@ -30,6 +30,7 @@ pub mod lab;
 pub mod netns;
 pub mod probe;
 pub mod results;
+pub mod rules;
 pub mod run;
 pub mod scenario;
 pub mod scrape;

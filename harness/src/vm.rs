@@ -142,6 +142,13 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
                 &args.cpus.to_string(),
             ])
             .arg(format!("--rwdir={}", results.display()))
+            // The VM mounts its own /var/cache: upstream kube-proxy's
+            // builds are bound in, read-only, at the same path.
+            .args(
+                Some(crate::kubeproxy::cache_dir())
+                    .filter(|d| d.is_dir())
+                    .map(|d| format!("--rodir={}", d.display())),
+            )
             .arg("--exec")
             .arg(script(&exe, &cwd, &args.command, kernel))
             .stdin(Stdio::null())

@@ -1,0 +1,288 @@
+//! The programmed ruleset of a node, normalised so two proxies' rules can be
+//! compared line by line: `svclab rules` prints it, and the rules-equality
+//! test compares svclab's backends with upstream kube-proxy's.
+//!
+//! Normalising drops what differs between two runs of the same proxy on the
+//! same Services: iptables-save's comment lines, packet and byte counters,
+//! `COMMIT`, the built-in chains' policy lines; nft's rule handles and
+//! counters; and the order of rules within a chain where order carries no
+//! meaning to the comparison (the test compares sets of lines, each line
+//! prefixed with its table and chain so that a rule moved to another chain
+//! is a difference). Set and map elements are split one per line and sorted.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+/// Which ruleset a dump reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ruleset {
+    /// `iptables-save` (the nft flavour, as the lab's iptables backends and
+    /// kube-proxy's iptables mode write).
+    Iptables,
+    /// `iptables-legacy-save`.
+    IptablesLegacy,
+    /// `nft list ruleset`.
+    Nftables,
+}
+
+impl Ruleset {
+    /// The ruleset a backend programs (`None` for those that program none
+    /// of these: userspace, eBPF, exec).
+    pub fn of_backend(backend: &str) -> Option<Ruleset> {
+        let base = backend.strip_prefix("kube-proxy:").unwrap_or(backend);
+        let base = base.split('@').next().unwrap_or(base);
+        match base {
+            "iptables" | "ipvs" => Some(Ruleset::Iptables),
+            "iptables-legacy" => Some(Ruleset::IptablesLegacy),
+            "nftables" => Some(Ruleset::Nftables),
+            _ => None,
+        }
+    }
+
+    fn command(self) -> (&'static str, &'static [&'static str]) {
+        match self {
+            Ruleset::Iptables => ("iptables-save", &[]),
+            Ruleset::IptablesLegacy => ("iptables-legacy-save", &[]),
+            Ruleset::Nftables => ("nft", &["list", "ruleset"]),
+        }
+    }
+}
+
+/// The raw ruleset inside the network namespace `netns` (a lab's).
+pub fn dump(netns: &str, ruleset: Ruleset) -> anyhow::Result<String> {
+    let (program, args) = ruleset.command();
+    let out = Command::new("ip")
+        .args(["netns", "exec", netns, program])
+        .args(args)
+        .env("PATH", crate::kubeproxy::PATH)
+        .output()
+        .map_err(|e| anyhow::anyhow!("running {program} in {netns}: {e}"))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "{program} in {netns} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `dump`, normalised (see the module notes).
+pub fn normalise(ruleset: Ruleset, text: &str) -> BTreeSet<String> {
+    match ruleset {
+        Ruleset::Iptables | Ruleset::IptablesLegacy => normalise_iptables(text),
+        Ruleset::Nftables => normalise_nft(text),
+    }
+}
+
+/// iptables-save output -> `table: rule` lines (chains declared as
+/// `table: :CHAIN`, user chains only).
+pub fn normalise_iptables(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut table = String::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') || line == "COMMIT" {
+            continue;
+        }
+        if let Some(t) = line.strip_prefix('*') {
+            table = t.to_string();
+            continue;
+        }
+        if let Some(chain) = line.strip_prefix(':') {
+            let mut parts = chain.split_whitespace();
+            let name = parts.next().unwrap_or("");
+            // Built-in chains carry a policy (ACCEPT/DROP); user chains "-".
+            if parts.next() == Some("-") {
+                out.insert(format!("{table}: :{name}"));
+            }
+            continue;
+        }
+        out.insert(format!("{table}: {}", squeeze(line)));
+    }
+    out
+}
+
+/// `nft list ruleset` -> `table/block: line` lines; set and map elements
+/// one per line; handles and counters dropped.
+pub fn normalise_nft(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut table = String::new();
+    let mut block = String::new();
+    let mut elements: Option<String> = None;
+    for raw in text.lines() {
+        let line = strip_nft_noise(raw.trim());
+        if let Some(acc) = elements.as_mut() {
+            acc.push(' ');
+            acc.push_str(&line);
+            if line.ends_with('}') {
+                let all = elements.take().unwrap_or_default();
+                push_elements(&mut out, &table, &block, &all);
+            }
+            continue;
+        }
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("table ") {
+            table = rest.trim_end_matches('{').trim().to_string();
+            block.clear();
+            out.insert(table.clone());
+            continue;
+        }
+        if line == "}" {
+            if block.is_empty() {
+                table.clear();
+            } else {
+                block.clear();
+            }
+            continue;
+        }
+        if line.ends_with('{')
+            && ["chain ", "set ", "map ", "flowtable ", "counter ", "ct "]
+                .iter()
+                .any(|p| line.starts_with(p))
+        {
+            block = line.trim_end_matches('{').trim().to_string();
+            out.insert(format!("{table}/{block}"));
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("elements = {") {
+            let acc = rest.to_string();
+            if acc.trim_end().ends_with('}') {
+                push_elements(&mut out, &table, &block, &acc);
+            } else {
+                elements = Some(acc);
+            }
+            continue;
+        }
+        out.insert(format!("{table}/{block}: {}", squeeze(&line)));
+    }
+    out
+}
+
+fn push_elements(out: &mut BTreeSet<String>, table: &str, block: &str, list: &str) {
+    let list = list.trim().trim_end_matches('}');
+    for e in split_top_level(list) {
+        let e = squeeze(e.trim());
+        if !e.is_empty() {
+            out.insert(format!("{table}/{block}: element {e}"));
+        }
+    }
+}
+
+/// Splits on commas outside braces (a map element's value may be a set).
+fn split_top_level(s: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let mut depth = 0i32;
+    let mut start = 0;
+    for (i, c) in s.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => depth -= 1,
+            ',' if depth == 0 => {
+                parts.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&s[start..]);
+    parts
+}
+
+/// Drops `# handle N` and `counter packets N bytes M`.
+fn strip_nft_noise(line: &str) -> String {
+    let line = match line.find(" # handle ") {
+        Some(i) => &line[..i],
+        None => line,
+    };
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let mut out = Vec::with_capacity(words.len());
+    let mut i = 0;
+    while i < words.len() {
+        if words[i] == "counter" && words.get(i + 1) == Some(&"packets") {
+            i += 5;
+            continue;
+        }
+        out.push(words[i]);
+        i += 1;
+    }
+    out.join(" ")
+}
+
+fn squeeze(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Lines in `a` only and in `b` only.
+pub fn diff(a: &BTreeSet<String>, b: &BTreeSet<String>) -> (Vec<String>, Vec<String>) {
+    (
+        a.difference(b).cloned().collect(),
+        b.difference(a).cloned().collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iptables_counters_comments_and_builtin_policies_are_dropped() {
+        let a = "# Generated by iptables-nft-save v1.8.9 on Sun Dec  6 05:00:00 2026\n\
+                 *nat\n:PREROUTING ACCEPT [12:720]\n:KUBE-SERVICES - [0:0]\n\
+                 -A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+                 COMMIT\n";
+        let b = "*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n\
+                 -A PREROUTING  -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+                 COMMIT\n# Completed on Sun Dec  6 05:00:09 2026\n";
+        let (na, nb) = (normalise_iptables(a), normalise_iptables(b));
+        assert_eq!(na, nb);
+        assert!(na.contains("nat: :KUBE-SERVICES"));
+        assert!(!na.iter().any(|l| l.contains("PREROUTING ACCEPT")));
+        // A rule in another table is a difference.
+        let c = b.replace("*nat", "*filter");
+        let (only_a, only_c) = diff(&na, &normalise_iptables(&c));
+        assert_eq!(only_a.len(), 2);
+        assert_eq!(only_c.len(), 2);
+    }
+
+    #[test]
+    fn nft_elements_are_split_and_sorted_handles_and_counters_dropped() {
+        let a = "table ip kube-proxy { # handle 4\n\
+                 \tset cluster-ips { # handle 7\n\t\ttype ipv4_addr\n\
+                 \t\telements = { 10.96.0.11, 10.96.0.1,\n\t\t\t     10.96.0.12 }\n\t}\n\
+                 \tchain services { # handle 9\n\
+                 \t\tip daddr . meta l4proto . th dport vmap @service-ips counter packets 3 bytes 180 # handle 20\n\
+                 \t}\n}\n";
+        let b = "table ip kube-proxy {\n\
+                 \tset cluster-ips {\n\t\ttype ipv4_addr\n\
+                 \t\telements = { 10.96.0.1, 10.96.0.12, 10.96.0.11 }\n\t}\n\
+                 \tchain services {\n\
+                 \t\tip daddr . meta l4proto . th dport vmap @service-ips\n\
+                 \t}\n}\n";
+        let na = normalise_nft(a);
+        assert_eq!(na, normalise_nft(b));
+        assert!(na.contains("ip kube-proxy/set cluster-ips: element 10.96.0.12"));
+        assert!(
+            na.contains(
+                "ip kube-proxy/chain services: ip daddr . meta l4proto . th dport vmap @service-ips"
+            ),
+            "{na:#?}"
+        );
+        // A map whose values are sets stays one element per key.
+        let m = "table ip t {\n\tmap m {\n\t\telements = { 1 : { 2, 3 }, 4 : 5 }\n\t}\n}\n";
+        let nm = normalise_nft(m);
+        assert!(nm.contains("ip t/map m: element 1 : { 2, 3 }"), "{nm:#?}");
+        assert!(nm.contains("ip t/map m: element 4 : 5"));
+    }
+
+    #[test]
+    fn backends_map_to_their_rulesets() {
+        assert_eq!(
+            Ruleset::of_backend("kube-proxy:nftables@v1.34.4"),
+            Some(Ruleset::Nftables)
+        );
+        assert_eq!(Ruleset::of_backend("iptables"), Some(Ruleset::Iptables));
+        assert_eq!(Ruleset::of_backend("ebpf"), None);
+    }
+}

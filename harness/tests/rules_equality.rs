@@ -1,0 +1,189 @@
+//! Fidelity: svclab's iptables backend programs the same rules as upstream
+//! kube-proxy's iptables mode, on the same Services (smoke, behaviours and
+//! a generated 1,000-Service scenario). Each
+//! scenario is brought up once per backend; node-0's ruleset is dumped and
+//! normalised (`svclab::rules`), and every line one side has and the other
+//! lacks must be one of the differences listed here, with its reason. A new
+//! difference fails the test with the lines.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use svclab::rules::{self, Ruleset};
+
+/// A known difference: lines `matches` accepts, only on `side`.
+struct Known {
+    side: Side,
+    matches: fn(&str) -> bool,
+    #[allow(dead_code)] // read by people: the reason it is allowed
+    why: &'static str,
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Side {
+    Ours,
+    Upstream,
+}
+
+use Side::{Ours, Upstream};
+
+const IPTABLES: &[Known] = &[
+    Known {
+        side: Upstream,
+        matches: |l| l.ends_with(": :KUBE-PROXY-CANARY"),
+        why: "kube-proxy's canary chains, which it polls to notice a firewall flush \
+              (pkg/proxy/iptables/proxier.go); svclab's agent re-syncs on its own clock",
+    },
+    Known {
+        side: Upstream,
+        matches: |l| {
+            l == "filter: :KUBE-FIREWALL"
+                || l == "filter: -A INPUT -j KUBE-FIREWALL"
+                || l == "filter: -A OUTPUT -j KUBE-FIREWALL"
+                || (l.starts_with("filter: -A KUBE-FIREWALL ")
+                    && l.contains("block incoming localnet connections"))
+        },
+        why: "kube-proxy's guard for route_localnet (localhost NodePorts, iptables mode only); \
+              svclab's backend serves NodePorts on node addresses and sets no route_localnet",
+    },
+    Known {
+        side: Upstream,
+        matches: |l| {
+            l.starts_with("nat: -A KUBE-NODEPORTS -d 127.0.0.0/8 ")
+                && l.contains("localhost_nps_accepted_pkts")
+        },
+        why: "localhost NodePorts (127.0.0.1:<nodePort>), counted with nfacct; not implemented \
+              by svclab's backend",
+    },
+    Known {
+        side: Upstream,
+        matches: |l| {
+            l == "filter: -A KUBE-FORWARD -m conntrack --ctstate INVALID -m nfacct \
+                  --nfacct-name ct_state_invalid_dropped_pkts -j DROP"
+        },
+        why: "kube-proxy counts the INVALID drops with nfacct when the kernel has it (v1.29+)",
+    },
+    Known {
+        side: Ours,
+        matches: |l| l == "filter: -A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP",
+        why: "the same drop, uncounted",
+    },
+    Known {
+        side: Upstream,
+        matches: |l| {
+            l.starts_with(
+                "nat: -A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports;",
+            ) && l.ends_with("-m addrtype --dst-type LOCAL -j KUBE-NODEPORTS")
+        },
+        why: "kube-proxy's default nodePortAddresses (unset: every local address); svclab's \
+              backend takes NodePorts on the node's address only, like kube-proxy with \
+              --nodeport-addresses primary",
+    },
+    Known {
+        side: Ours,
+        matches: |l| {
+            l.starts_with("nat: -A KUBE-SERVICES -d ")
+                && l.ends_with("this must be the last rule in this chain\" -j KUBE-NODEPORTS")
+        },
+        why: "the same jump, for the node's address only",
+    },
+];
+
+fn up_and_dump(scenario: &str, backend: &str, ruleset: Ruleset) -> BTreeSet<String> {
+    let up = common::run(&["up", scenario, "--backend", backend]);
+    assert!(up.status.success(), "{}", common::text(&up));
+    let run = common::run_id(&String::from_utf8_lossy(&up.stdout));
+    let netns = format!("svclab-{run}-node-0");
+    let dumped = rules::dump(&netns, ruleset);
+    let down = common::run(&["down", &run]);
+    assert!(down.status.success(), "{}", common::text(&down));
+    rules::normalise(ruleset, &dumped.expect("dumping node-0's rules"))
+}
+
+fn unexplained(
+    ours: &BTreeSet<String>,
+    upstream: &BTreeSet<String>,
+    known: &[Known],
+) -> Vec<String> {
+    let (only_ours, only_upstream) = rules::diff(ours, upstream);
+    let mut bad = Vec::new();
+    for (side, lines) in [(Ours, only_ours), (Upstream, only_upstream)] {
+        for l in lines {
+            if !known.iter().any(|k| k.side == side && (k.matches)(&l)) {
+                bad.push(format!("{side:?} only: {l}"));
+            }
+        }
+    }
+    bad
+}
+
+fn compare(scenario: &str, ours: &str, upstream: &str, ruleset: Ruleset, known: &[Known]) {
+    let a = up_and_dump(scenario, ours, ruleset);
+    let b = up_and_dump(scenario, upstream, ruleset);
+    assert!(a.len() > 20, "{ours}: only {} lines: {a:#?}", a.len());
+    let bad = unexplained(&a, &b, known);
+    assert!(
+        bad.is_empty(),
+        "{scenario}: {ours} vs {upstream}: {} unexplained difference(s):\n{}",
+        bad.len(),
+        bad.join("\n")
+    );
+}
+
+fn have_kube_proxy() -> bool {
+    let v = svclab::kubeproxy::DEFAULT_VERSION;
+    if svclab::kubeproxy::binary(v).is_file() {
+        return true;
+    }
+    let why = format!(
+        "kube-proxy {v} is not built ({})",
+        svclab::kubeproxy::build_command(v)
+    );
+    assert!(std::env::var_os("CI").is_none(), "{why}");
+    eprintln!("SKIP: {why}");
+    false
+}
+
+#[test]
+fn iptables_programs_what_kube_proxy_iptables_programs() {
+    require_root!();
+    if !have_kube_proxy() {
+        return;
+    }
+    let _lab = common::lab_lock();
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let generated = dir.path().join("gen-1000x10.yaml");
+    let made = common::run(&["generate", "--services", "1000", "--endpoints", "10"]);
+    assert!(made.status.success(), "{}", common::text(&made));
+    std::fs::write(&generated, &made.stdout).expect("writing the generated scenario");
+    for scenario in [
+        "scenarios/smoke.yaml",
+        "scenarios/behaviours.yaml",
+        generated.to_str().expect("a UTF-8 path"),
+    ] {
+        compare(
+            scenario,
+            "iptables",
+            "kube-proxy:iptables",
+            Ruleset::Iptables,
+            IPTABLES,
+        );
+    }
+}
+
+#[test]
+fn the_comparison_catches_a_rule_upstream_lacks() {
+    let ours: BTreeSet<String> = ["nat: :KUBE-SERVICES", "nat: -A KUBE-SERVICES -j EXTRA"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    let upstream: BTreeSet<String> = ["nat: :KUBE-SERVICES", "mangle: :KUBE-PROXY-CANARY"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    assert_eq!(
+        unexplained(&ours, &upstream, IPTABLES),
+        vec!["Ours only: nat: -A KUBE-SERVICES -j EXTRA".to_string()]
+    );
+}
