@@ -303,6 +303,21 @@ pub fn stale_flows(state: &ProxyState, changes: &ChangeSet) -> Vec<Flush> {
     out
 }
 
+/// Whether ctnetlink answers in the calling thread's namespace: all the
+/// cleanup needs from the kernel (`nf_conntrack_netlink`), asked by the
+/// backends' capability probes instead of looking for the `conntrack` tool.
+pub fn probe() -> Result<(), String> {
+    Transport::open(netlink_sys::protocols::NETLINK_NETFILTER)
+        .and_then(|mut nl| nl.dump(dump_message()))
+        .map(drop)
+        .map_err(|e| {
+            format!(
+                "the kernel's conntrack netlink interface (nf_conntrack_netlink) does not \
+                 answer, so stale UDP flows could not be cleared: {e}"
+            )
+        })
+}
+
 /// What one cleanup did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flushed {
