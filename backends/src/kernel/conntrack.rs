@@ -329,7 +329,10 @@ pub struct Flushed {
 
 /// Pairs every entry that at least one flow matches with the indices of
 /// the flows that match it.
-pub fn select(flows: &[Flush], entries: impl IntoIterator<Item = Entry>) -> Vec<(Entry, Vec<usize>)> {
+pub fn select(
+    flows: &[Flush],
+    entries: impl IntoIterator<Item = Entry>,
+) -> Vec<(Entry, Vec<usize>)> {
     entries
         .into_iter()
         .filter_map(|e| {
@@ -397,7 +400,10 @@ pub fn flush(flows: &[Flush]) -> Result<Flushed, BackendError> {
             .into_iter()
             .map(|(i, errs)| format!("deleting {}: {}", flows[i], errs.join(", ")))
             .collect();
-        return Err(BackendError::Other(format!("conntrack: {}", all.join("; "))));
+        return Err(BackendError::Other(format!(
+            "conntrack: {}",
+            all.join("; ")
+        )));
     }
     Ok(Flushed {
         flows: flows.len(),
@@ -410,7 +416,9 @@ mod tests {
     use super::*;
     use crate::kernel::netlink::serialize;
     use crate::model::{Endpoint, ServicePort, ServicePortName};
-    use netlink_packet_core::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+    use netlink_packet_core::{
+        NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
+    };
 
     const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 53);
     const EP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 5);
@@ -686,7 +694,10 @@ mod tests {
                 &[6, 0, 2, 0, 0x14, 0xe9, 0, 0],
             ]
             .concat();
-            attrs.push(ConntrackAttribute::Other(DefaultNla::new(13 | 0x8000, value)));
+            attrs.push(ConntrackAttribute::Other(DefaultNla::new(
+                13 | 0x8000,
+                value,
+            )));
         }
         let msg = NetfilterMessage::new(ipv4(), ConntrackMessage::New(attrs));
         nl.request(
