@@ -204,11 +204,11 @@ impl Entry {
         Some(e)
     }
 
-    /// `NFCT_GOPT_IS_DNAT`: destination NAT was done and the reply does not
-    /// come from the original destination.
+    /// libnetfilter_conntrack's `NFCT_GOPT_IS_DNAT`, which `--dst-nat`
+    /// used: destination NAT was done and the reply does not come from the
+    /// original destination address (a changed port alone does not count).
     pub fn is_dnat(&self) -> bool {
-        self.status & Status::DstNatDone.bits() != 0
-            && (self.reply.src != self.orig.dst || self.reply.sport != self.orig.dport)
+        self.status & Status::DstNatDone.bits() != 0 && self.reply.src != self.orig.dst
     }
 
     /// The `IPCTNL_MSG_CT_DELETE` for this entry: its original tuple, and
@@ -645,6 +645,17 @@ mod tests {
         assert!(!to_ep(EP).matches(&plain));
         assert!(!np(53).matches(&plain));
         assert!(Flush::Service { vip: VIP, port: 53 }.matches(&plain));
+        // DNATed to another port of the same address: not `--dst-nat`.
+        let port_only = Entry {
+            reply: Tuple4 {
+                src: VIP,
+                sport: 5353,
+                ..e.reply
+            },
+            ..e.clone()
+        };
+        assert!(!port_only.is_dnat());
+        assert!(e.is_dnat());
 
         // TCP is never touched.
         let tcp = Entry {
