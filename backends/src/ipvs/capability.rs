@@ -8,6 +8,7 @@ use super::DEFAULT_SCHEDULER;
 use super::netlink::{self, IpvsClient, IpvsError, Op};
 use crate::Unavailable;
 use crate::kernel::cmd;
+use crate::kernel::conntrack;
 use crate::kernel::iptables::Flavor;
 use crate::kernel::links::Links;
 use crate::kernel::probe::in_throwaway_netns;
@@ -19,10 +20,10 @@ pub fn capability(flavor: Flavor) -> Result<(), Unavailable> {
             "the ipvs backend needs root (CAP_NET_ADMIN) to program IPVS, links and iptables",
         ));
     }
-    for tool in ["ipset", flavor.restore(), flavor.save(), "conntrack"] {
+    for tool in ["ipset", flavor.restore(), flavor.save()] {
         if !cmd::have(tool) {
             return Err(Unavailable::new(format!(
-                "{tool} is not installed (the ipvs backend needs ipset, {} and conntrack; ci/setup installs them)",
+                "{tool} is not installed (the ipvs backend needs ipset and {}; ci/setup installs them)",
                 flavor.iptables()
             )));
         }
@@ -65,6 +66,9 @@ fn probe_kernel() -> Vec<String> {
         None,
     ) {
         missing.push(format!("kernel ipset support is missing: {e}"));
+    }
+    if let Err(e) = conntrack::probe() {
+        missing.push(e);
     }
     missing
 }

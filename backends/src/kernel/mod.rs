@@ -2,7 +2,7 @@
 //! share. Nothing here knows a backend.
 //!
 //! - [`cmd`]: running a tool with errors that name the command.
-//! - [`conntrack`]: stale UDP conntrack cleanup.
+//! - [`conntrack`]: stale UDP conntrack cleanup over ctnetlink.
 //! - [`iptables`]: iptables save/restore/jumps, either flavor.
 //! - [`netlink`] and [`links`]: netlink request/reply, and links and
 //!   addresses over rtnetlink.

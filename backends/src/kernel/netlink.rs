@@ -157,7 +157,7 @@ impl Transport {
     }
 }
 
-fn serialize<I: NetlinkSerializable + Debug>(msg: I, flags: u16, seq: u32) -> Vec<u8> {
+pub(crate) fn serialize<I: NetlinkSerializable + Debug>(msg: I, flags: u16, seq: u32) -> Vec<u8> {
     let mut header = NetlinkHeader::default();
     header.flags = flags;
     header.sequence_number = seq;

@@ -32,6 +32,7 @@ struct LastSync {
     lines: u64,
     ports_written: u64,
     conntrack_flushes: usize,
+    conntrack_deleted: usize,
 }
 
 impl NftablesBackend {
@@ -95,13 +96,14 @@ impl Backend for NftablesBackend {
         self.needs_full = false;
 
         let flows = conntrack::stale_flows(req.state, req.changes);
-        let conntrack_flushes = conntrack::flush(&flows)?;
+        let flushed = conntrack::flush(&flows)?;
         self.last = Some(LastSync {
             seq: req.seq,
             mode,
             lines,
             ports_written,
-            conntrack_flushes,
+            conntrack_flushes: flushed.flows,
+            conntrack_deleted: flushed.entries,
         });
         let c = self.programmed.counts();
         Ok(SyncOutcome {
@@ -119,6 +121,7 @@ impl Backend for NftablesBackend {
                 "lines": l.lines,
                 "servicePortsWritten": l.ports_written,
                 "conntrackFlushes": l.conntrack_flushes,
+                "conntrackEntriesDeleted": l.conntrack_deleted,
             })
         });
         Ok(BackendStats {

@@ -5,6 +5,7 @@
 
 use crate::Unavailable;
 use crate::kernel::cmd;
+use crate::kernel::conntrack;
 use crate::kernel::probe::in_throwaway_netns;
 
 /// One of each construct the backend relies on.
@@ -35,17 +36,10 @@ add element ip svclab-probe no-eps { 10.96.0.2 . tcp . 80 comment \"no endpoints
 ";
 
 pub fn capability() -> Result<(), Unavailable> {
-    for tool in ["nft", "conntrack"] {
-        if !cmd::have(tool) {
-            return Err(Unavailable::new(format!(
-                "`{tool}` is not installed (apt-get install {}); the nftables backend needs it",
-                if tool == "nft" {
-                    "nftables"
-                } else {
-                    "conntrack"
-                }
-            )));
-        }
+    if !cmd::have("nft") {
+        return Err(Unavailable::new(
+            "`nft` is not installed (apt-get install nftables); the nftables backend needs it",
+        ));
     }
     in_throwaway_netns(|| {
         cmd::run("nft", &["-f", "-"], Some(PROBE.as_bytes())).map_err(|e| {
@@ -53,7 +47,7 @@ pub fn capability() -> Result<(), Unavailable> {
                 "the kernel rejects kube-proxy's nftables constructs (verdict maps, \
                  numgen, NAT, fib, reject, timeout sets): {e}"
             ))
-        })
+        })?;
+        conntrack::probe().map_err(Unavailable::new)
     })?
-    .map(drop)
 }

@@ -1,11 +1,12 @@
-//! Whether this host can run the userspace backend: the iptables-nft and
-//! conntrack tools are installed, and the kernel takes the rules it writes
-//! (REDIRECT, DNAT, REJECT, comment and conntrack matches). The kernel is
+//! Whether this host can run the userspace backend: the iptables-nft tools
+//! are installed, the kernel takes the rules it writes (REDIRECT, DNAT,
+//! REJECT, comment and conntrack matches) and answers ctnetlink. The kernel is
 //! asked inside a throwaway network namespace, never the host's own.
 
 use super::hooks::FLAVOR;
 use crate::Unavailable;
 use crate::kernel::cmd;
+use crate::kernel::conntrack;
 use crate::kernel::iptables;
 use crate::kernel::probe::in_throwaway_netns;
 
@@ -20,16 +21,10 @@ COMMIT\n\
 COMMIT\n";
 
 pub fn capability() -> Result<(), Unavailable> {
-    for program in [
-        FLAVOR.restore(),
-        FLAVOR.save(),
-        FLAVOR.iptables(),
-        "conntrack",
-    ] {
+    for program in [FLAVOR.restore(), FLAVOR.save(), FLAVOR.iptables()] {
         if !cmd::have(program) {
             return Err(Unavailable::new(format!(
-                "`{program}` is not installed: install the iptables (1.8 or newer) and conntrack \
-                 packages"
+                "`{program}` is not installed: install the iptables package (1.8 or newer)"
             )));
         }
     }
@@ -40,6 +35,7 @@ pub fn capability() -> Result<(), Unavailable> {
                  nft_compat and the REDIRECT, DNAT, REJECT, comment and conntrack \
                  extensions): {e}"
             ))
-        })
+        })?;
+        conntrack::probe().map_err(Unavailable::new)
     })?
 }

@@ -3,7 +3,6 @@
 //! same envelope, a flat list of figures that `svclab compare` matches by
 //! (backend, size, metric, stat), and per-case detail.
 
-use std::fmt::Write as _;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -238,9 +237,11 @@ impl BenchResults {
     }
 
     /// One row per backend × size × metric; distributions fill the
-    /// quantile columns, single numbers the `value` column.
+    /// quantile columns, single numbers the `value` column. Written by the
+    /// `csv` crate, so a backend name with a comma or a quote (an
+    /// `exec:` program path) stays one field.
     pub fn csv(&self) -> String {
-        let mut s = String::from("backend,size,metric,unit,better,value,min,p50,p90,p99,max\n");
+        let mut w = csv::Writer::from_writer(Vec::new());
         let mut rows: Vec<(String, u64, String)> = Vec::new();
         for f in &self.figures {
             let k = (f.backend.clone(), f.size, f.metric.clone());
@@ -248,6 +249,12 @@ impl BenchResults {
                 rows.push(k);
             }
         }
+        let header = [
+            "backend", "size", "metric", "unit", "better", "value", "min", "p50", "p90", "p99",
+            "max",
+        ];
+        // Writing to memory cannot fail; the record shapes are fixed.
+        w.write_record(header).expect("csv header");
         for (backend, size, metric) in rows {
             let of = |stat: &str| {
                 self.figure(&backend, size, &metric, stat)
@@ -258,23 +265,26 @@ impl BenchResults {
                 .iter()
                 .find(|f| f.backend == backend && f.size == size && f.metric == metric)
                 .expect("row from a figure");
-            let _ = writeln!(
-                s,
-                "{backend},{size},{metric},{},{},{},{},{},{},{},{}",
-                first.unit,
-                match first.better {
-                    Better::Lower => "lower",
-                    Better::Higher => "higher",
-                },
+            let better = match first.better {
+                Better::Lower => "lower",
+                Better::Higher => "higher",
+            };
+            w.write_record([
+                backend.clone(),
+                size.to_string(),
+                metric.clone(),
+                first.unit.clone(),
+                better.to_string(),
                 of("value"),
                 of("min"),
                 of("p50"),
                 of("p90"),
                 of("p99"),
-                of("max")
-            );
+                of("max"),
+            ])
+            .expect("csv row");
         }
-        s
+        String::from_utf8(w.into_inner().expect("csv flush")).expect("csv of UTF-8 fields")
     }
 }
 
@@ -316,5 +326,26 @@ mod tests {
             csv.contains("iptables,1000,probes,per-second,higher,12000,,,,,"),
             "{csv}"
         );
+    }
+
+    /// A backend name with a comma and a quote (an `exec:` program path)
+    /// is quoted, and a CSV reader gets it back as one field.
+    #[test]
+    fn csv_quotes_backend_names_with_commas() {
+        let mut r = BenchResults::new("sync", "x", serde_json::json!({}));
+        let name = "exec:/opt/proxy,v2 \"beta\"";
+        r.value(name, 10, "probes", "per-second", 5.0);
+        let text = r.csv();
+        assert!(
+            text.contains("\"exec:/opt/proxy,v2 \"\"beta\"\"\",10,probes,"),
+            "{text}"
+        );
+        let mut rd = csv::Reader::from_reader(text.as_bytes());
+        assert_eq!(rd.headers().unwrap().len(), 11);
+        let rows: Vec<csv::StringRecord> = rd.records().map(Result::unwrap).collect();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].len(), 11);
+        assert_eq!(&rows[0][0], name);
+        assert_eq!(&rows[0][5], "5");
     }
 }
