@@ -557,7 +557,7 @@ fn a_lab_with_kube_proxy_leaves_the_host_unchanged() {
         );
     }
     let during = host_snapshot();
-    let down = common::run(&["down", &run]);
+    let down = common::run(&["down", "--run", &run]);
     assert!(down.status.success(), "{}", common::text(&down));
     drop(guard);
     let after = host_snapshot();

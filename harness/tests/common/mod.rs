@@ -119,10 +119,10 @@ pub fn run_namespaces(run: &str) -> Vec<String> {
         .collect()
 }
 
-/// The run id printed by `svclab up` ("stop: svclab down <run>").
+/// The run id printed by `svclab up` ("stop: svclab down --run <run>").
 pub fn run_id(out: &str) -> String {
     out.lines()
-        .find_map(|l| l.trim().strip_prefix("stop: svclab down "))
+        .find_map(|l| l.trim().strip_prefix("stop: svclab down --run "))
         .unwrap_or_else(|| panic!("no run id in:\n{out}"))
         .trim()
         .to_string()
@@ -183,7 +183,7 @@ pub struct LabGuard(pub String);
 impl Drop for LabGuard {
     fn drop(&mut self) {
         if !run_namespaces(&self.0).is_empty() {
-            let _ = run(&["down", &self.0]);
+            let _ = run(&["down", "--run", &self.0]);
         }
     }
 }
