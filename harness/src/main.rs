@@ -132,7 +132,12 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             results,
         }) => {
             // Everything the command line can get wrong is said before
-            // anything is built (exit code 2).
+            // anything is built (exit code 2): the scenario first (its
+            // notes too), then the selection and the required backends.
+            let scn = match load_scenario(Some(&scenario)) {
+                Ok(s) => s,
+                Err(code) => return Ok(code),
+            };
             let checks = match checks.select() {
                 Ok(c) => c,
                 Err(e) => return Ok(usage_error(&e)),
@@ -155,10 +160,6 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
                     }
                 }
             }
-            let scn = match load_scenario(Some(&scenario)) {
-                Ok(s) => s,
-                Err(code) => return Ok(code),
-            };
             let opts = run::RunOptions {
                 backends,
                 faults: fault,

@@ -195,10 +195,9 @@ pub struct RunArg {
 /// `-o text|json`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum Format {
-    /// For people.
+    // No doc comments: they would turn every `-h` into the long help.
     #[default]
     Text,
-    /// For programs (documented in results/README.md).
     Json,
 }
 
