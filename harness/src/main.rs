@@ -366,8 +366,9 @@ fn print_lab(lab: &lab::Lab) {
         );
     }
     println!(
-        "  try: ip netns exec {} curl -s {}:8080/hostname",
-        t.nodes[0].netns,
+        "  try: svclab exec --run {} node/{} -- curl -s {}:8080/hostname",
+        lab.run,
+        t.nodes[0].name,
         lab.scenario
             .pods
             .iter()
@@ -377,8 +378,9 @@ fn print_lab(lab: &lab::Lab) {
     if let (Some(n), Some(kc)) = (t.nodes.first(), lab.kubeconfigs.first()) {
         println!("  kubeconfig: {} (one per node beside it)", kc.display());
         println!(
-            "  kubectl: ip netns exec {} kubectl --kubeconfig {} get svc,endpointslices -A",
-            n.netns,
+            "  kubectl: svclab exec --run {} node/{} -- kubectl --kubeconfig {} get svc,endpointslices -A",
+            lab.run,
+            n.name,
             kc.display()
         );
     }
