@@ -557,3 +557,34 @@ fn ls_and_exec_in_a_live_lab() {
     let down = common::run(&["down", "--run", &run]);
     assert!(down.status.success(), "{}", common::text(&down));
 }
+
+/// `--check`/`--skip-check` on a real run: the selected checks, in order,
+/// and no trace of the others in any output file.
+#[test]
+fn unselected_checks_are_absent_from_the_results() {
+    require_root!();
+    let _lock = common::lab_lock();
+    let res = common::results_dir("cli-check");
+    let out = svclab()
+        .args(["run", "scenarios/smoke.yaml", "--backend", "none"])
+        .args(["--check", "^clusterip-|^multiport$", "--skip-check", "udp"])
+        .arg("--results")
+        .arg(&res)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::text(&out));
+    let (dir, json) = common::results_json(&res);
+    let names: Vec<String> = common::verdicts(&json).into_iter().map(|v| v.1).collect();
+    assert_eq!(names, ["clusterip-tcp", "multiport"]);
+    for file in ["junit.xml", "summary.md", "report.html"] {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap();
+        assert!(
+            text.contains("clusterip-tcp"),
+            "{file} lacks a selected check"
+        );
+        for absent in ["clusterip-udp", "nodeport", "service-update"] {
+            assert!(!text.contains(absent), "{file} mentions {absent}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&res);
+}
