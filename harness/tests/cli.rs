@@ -588,3 +588,52 @@ fn unselected_checks_are_absent_from_the_results() {
     }
     let _ = std::fs::remove_dir_all(&res);
 }
+
+/// Not a test of its own: [`a_test_that_cannot_run_skips_locally_and_fails_in_ci`]
+/// runs it in a child process, with the environment under test.
+#[test]
+fn skip_helper_probe() {
+    if std::env::var_os("SVCLAB_CLI_SKIP_PROBE").is_some() {
+        common::skip("the probe cannot run here");
+    }
+}
+
+#[test]
+fn a_test_that_cannot_run_skips_locally_and_fails_in_ci() {
+    let probe = |env: &[(&str, &str)]| {
+        let mut c = std::process::Command::new(std::env::current_exe().unwrap());
+        c.args([
+            "--exact",
+            "skip_helper_probe",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("SVCLAB_CLI_SKIP_PROBE", "1")
+        .env_remove("CI")
+        .env_remove("SVCLAB_REQUIRE_PRIVILEGED");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    let local = probe(&[]);
+    assert!(local.status.success(), "{}", common::text(&local));
+    assert!(
+        stderr(&local).contains("SKIP skip_helper_probe: the probe cannot run here"),
+        "{}",
+        common::text(&local)
+    );
+    for env in [&[("CI", "true")][..], &[("SVCLAB_REQUIRE_PRIVILEGED", "1")]] {
+        let out = probe(env);
+        assert!(!out.status.success(), "{env:?}: {}", common::text(&out));
+        let text = common::text(&out);
+        assert!(
+            text.contains("skip_helper_probe cannot run here: the probe cannot run here")
+                && text.contains("SVCLAB_REQUIRE_PRIVILEGED=1 makes this a failure"),
+            "{env:?}: {text}"
+        );
+    }
+    // Other values of CI leave local behaviour alone.
+    let out = probe(&[("CI", "false")]);
+    assert!(out.status.success(), "{}", common::text(&out));
+}
