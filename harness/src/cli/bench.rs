@@ -54,7 +54,7 @@ pub enum BenchKind {
         /// Endpoints per generated Service.
         #[arg(long, default_value_t = 10)]
         endpoints: usize,
-        /// Backends to measure (default: all).
+        /// Backends to measure.
         #[arg(
             long,
             value_delimiter = ',',

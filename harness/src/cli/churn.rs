@@ -25,6 +25,6 @@ pub struct ChurnArgs {
     pub seed: Option<u64>,
     /// Output format (json, the default, is the report documented in
     /// results/README.md; text is a short summary).
-    #[arg(short = 'o', long = "output", value_enum, default_value_t = super::Format::Json)]
+    #[arg(short = 'o', long = "output", value_name = "FORMAT", value_enum, default_value_t = super::Format::Json)]
     pub output: Format,
 }

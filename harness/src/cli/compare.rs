@@ -18,6 +18,6 @@ pub struct CompareArgs {
     pub threshold: f64,
     /// Output format (json: every row and the verdict, see
     /// results/README.md).
-    #[arg(short = 'o', long = "output", value_enum, default_value_t = super::Format::Text)]
+    #[arg(short = 'o', long = "output", value_name = "FORMAT", value_enum, default_value_t = super::Format::Text)]
     pub output: super::Format,
 }

@@ -11,7 +11,7 @@ use super::{BackendItem, CheckSelection};
 pub struct RunArgs {
     /// The scenario file (see scenarios/).
     pub scenario: PathBuf,
-    /// Backends to run the checks against (default: all).
+    /// Backends to run the checks against.
     #[arg(
         long,
         value_delimiter = ',',

@@ -25,7 +25,7 @@ pub struct TraceArgs {
     #[command(flatten)]
     pub run: super::RunArg,
     /// Output format (json: the trace documented in results/README.md).
-    #[arg(short = 'o', long = "output", value_enum, default_value_t = super::Format::Text)]
+    #[arg(short = 'o', long = "output", value_name = "FORMAT", value_enum, default_value_t = super::Format::Text)]
     pub output: super::Format,
     /// The same as `-o json` (kept for compatibility).
     #[arg(long, hide = true)]
