@@ -47,6 +47,37 @@ pub struct ChurnReport {
     pub accounted: bool,
 }
 
+/// `svclab churn -o text`: the verdict and one line per node.
+pub fn text(r: &ChurnReport) -> String {
+    let mut out = format!(
+        "churn on {}: {} Services, {} steps, {} events sent (resourceVersion {}) in {:.1} s; {}\n",
+        r.backend,
+        r.services,
+        r.steps,
+        r.events_sent,
+        r.resource_version,
+        r.churn_seconds,
+        if r.accounted {
+            "every agent accounted for every change"
+        } else {
+            "NOT every change was accounted for"
+        }
+    );
+    for (node, a) in &r.nodes {
+        out.push_str(&format!(
+            "  {node:<12} full {} partial {} failed {} events {} rv {} p50 {:.2} ms restarts {}\n",
+            a.full_syncs,
+            a.partial_syncs,
+            a.failed_syncs,
+            a.events_synced,
+            a.last_resource_version,
+            a.partial_wall_p50_ms,
+            a.restarts
+        ));
+    }
+    out
+}
+
 /// The burst used when a scenario has no `churn:` section.
 pub fn default_churn(seed: u64) -> Churn {
     Churn {

@@ -10,6 +10,7 @@ use crate::netns::NetNs;
 
 /// One line of the report.
 #[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Finding {
     pub what: String,
     pub ok: bool,
@@ -165,35 +166,80 @@ pub async fn findings() -> Vec<Finding> {
     out
 }
 
-/// Prints the report; returns the backends that can run here.
-pub async fn print() -> Vec<BackendKind> {
-    println!(
-        "kernel {} · features and tools:",
-        nix::sys::utsname::uname()
+/// Whether one backend can run here, and why not.
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendFinding {
+    pub backend: String,
+    pub can_run: bool,
+    /// Why it cannot (absent when it can).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Everything `svclab doctor` reports (`-o json` prints it as is).
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    pub kernel: String,
+    pub findings: Vec<Finding>,
+    pub backends: Vec<BackendFinding>,
+    /// The upstream kube-proxy section, as the text report's lines.
+    pub kube_proxy: Vec<String>,
+}
+
+/// Whether `b` can run here: Ok, or the reason it cannot.
+pub fn backend_finding(b: &BackendKind) -> BackendFinding {
+    let r = b.capability();
+    BackendFinding {
+        backend: b.to_string(),
+        can_run: r.is_ok(),
+        reason: r.err().map(|e| e.reason),
+    }
+}
+
+/// Takes the report (kernel probes run in a throwaway namespace).
+pub async fn report() -> Report {
+    Report {
+        kernel: nix::sys::utsname::uname()
             .map(|u| u.release().to_string_lossy().into_owned())
-            .unwrap_or_default()
-    );
-    for f in findings().await {
-        println!(
-            "  {} {:<22} {}",
+            .unwrap_or_default(),
+        findings: findings().await,
+        backends: BackendKind::BUILTIN.iter().map(backend_finding).collect(),
+        kube_proxy: kube_proxy_lines(&crate::kubeproxy::cache_dir()),
+    }
+}
+
+/// The text report.
+pub fn text(r: &Report) -> String {
+    let mut out = format!("kernel {} · features and tools:\n", r.kernel);
+    for f in &r.findings {
+        out.push_str(&format!(
+            "  {} {:<22} {}\n",
             if f.ok { "✔" } else { "✘" },
             f.what,
             f.detail
-        );
+        ));
     }
-    println!("backends:");
-    let mut runnable = Vec::new();
-    for b in BackendKind::BUILTIN {
-        match b.capability() {
-            Ok(()) => {
-                println!("  ✔ {:<16} can run here", b.to_string());
-                runnable.push(b);
-            }
-            Err(e) => println!("  ✘ {:<16} {}", b.to_string(), e.reason),
+    out.push_str("backends:\n");
+    for b in &r.backends {
+        match &b.reason {
+            None => out.push_str(&format!("  ✔ {:<16} can run here\n", b.backend)),
+            Some(why) => out.push_str(&format!("  ✘ {:<16} {why}\n", b.backend)),
         }
     }
-    print_kube_proxy();
-    runnable
+    for l in &r.kube_proxy {
+        out.push_str(l);
+        out.push('\n');
+    }
+    out
+}
+
+/// Prints the report; returns the backends that can run here.
+pub async fn print() -> Vec<BackendKind> {
+    let r = report().await;
+    print!("{}", text(&r));
+    runnable()
 }
 
 /// The upstream kube-proxy section: each built version (path, and what
@@ -234,12 +280,6 @@ pub fn kube_proxy_lines(cache: &std::path::Path) -> Vec<String> {
         ));
     }
     lines
-}
-
-fn print_kube_proxy() {
-    for l in kube_proxy_lines(&crate::kubeproxy::cache_dir()) {
-        println!("{l}");
-    }
 }
 
 /// The backends `demo` runs: every built-in one that can run here.

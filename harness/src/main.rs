@@ -6,138 +6,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use svclab_backends::BackendKind;
 
+use svclab::cli::{self, Cli, Command, Format};
 use svclab::scenario::Scenario;
 use svclab::{agent, cleanup, doctor, guard, lab, run, scenario, state, topology, vm, workload};
-
-#[derive(Parser)]
-#[command(
-    name = "svclab",
-    version,
-    about = "End-to-end test harness and benchmark lab for Kubernetes Service proxies",
-    long_about = "svclab emulates a multi-node Kubernetes cluster on one Linux host with network \
-                  namespaces, runs a kube-proxy-like agent per node with a pluggable backend \
-                  (iptables, nftables, IPVS, userspace, eBPF or your own program), and checks \
-                  DNAT correctness, load balance and rule-sync cost. It never changes the host's \
-                  own network namespace."
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Build a lab and keep it running until `svclab down`.
-    Up {
-        /// Scenario file (default: the built-in smoke scenario).
-        scenario: Option<PathBuf>,
-        /// Start agents with this backend.
-        #[arg(long)]
-        backend: Option<BackendKind>,
-        /// Stay in the foreground (Ctrl-C tears the lab down).
-        #[arg(long)]
-        foreground: bool,
-    },
-    /// Tear a lab down (the only one, or RUN).
-    Down { run: Option<String> },
-    /// Run a scenario's checks against one or more backends and write a
-    /// results folder (exit code 1 if any check failed).
-    Run {
-        scenario: PathBuf,
-        /// Comma-separated backends, e.g. iptables,nftables (`all`: every
-        /// one that can run here).
-        #[arg(long, value_delimiter = ',', default_value = "all")]
-        backend: Vec<String>,
-        /// Deliberate defect to inject (negative tests of the lab itself).
-        #[arg(long)]
-        fault: Vec<svclab_backends::Fault>,
-        /// Connections per Service in the balance check.
-        #[arg(long)]
-        balance_connections: Option<usize>,
-        #[arg(long, default_value = "results")]
-        results: PathBuf,
-    },
-    /// Run the built-in scenario on every backend this host can run.
-    Demo {
-        #[arg(long, default_value = "results")]
-        results: PathBuf,
-    },
-    /// What this host can run, and why not.
-    Doctor,
-    /// Bring a lab up with agents, play churn against it, and account for
-    /// every change (exit code 1 if an agent missed one).
-    Churn {
-        scenario: PathBuf,
-        #[arg(long, default_value = "none")]
-        backend: BackendKind,
-        /// Overrides the scenario's churn seed.
-        #[arg(long)]
-        seed: Option<u64>,
-    },
-    /// Print a generated scenario (Services x endpoints) as YAML.
-    Generate {
-        #[arg(long, default_value_t = 1000)]
-        services: usize,
-        #[arg(long, default_value_t = 10)]
-        endpoints: usize,
-        #[arg(long, default_value_t = 2)]
-        nodes: usize,
-        #[arg(long, default_value_t = 5)]
-        pools: usize,
-    },
-    /// Benchmarks: topology build, rule sync at scale, probe throughput
-    /// (results/<UTC>-bench-<kind>/ with bench.json, bench.csv, report.html).
-    Bench(svclab::bench::BenchArgs),
-    /// Compare two bench runs figure by figure (exit code 1 on a
-    /// regression beyond the threshold, 2 when they cannot be compared).
-    Compare(svclab::bench::compare::CompareArgs),
-    /// Send one probe through a running lab and print the path the kernel
-    /// reports: hooks, chains and rules (nf_tables trace), conntrack, and
-    /// IPVS or BPF map entries.
-    Trace(svclab::trace::cli::TraceArgs),
-    /// Write a live cluster's Services and EndpointSlices as a scenario
-    /// that reproduces them (YAML on stdout).
-    Capture(svclab::capture::cli::CaptureArgs),
-    /// Run a svclab command inside a VM booted from a stock kernel.
-    Vm(vm::VmArgs),
-    /// Remove what earlier runs left behind (only runs whose owner is gone,
-    /// unless --force; namespaces without a run record only with --force).
-    Cleanup {
-        #[arg(long)]
-        force: bool,
-        /// Only these runs (4 hex digits each); all by default.
-        runs: Vec<String>,
-    },
-    /// Run one node's agent (started by the lab inside the node's namespace).
-    #[command(hide = true)]
-    Agent(agent::AgentArgs),
-    /// Serve every pod's echo servers (started by the lab).
-    #[command(hide = true)]
-    Workloads {
-        /// The run this server belongs to (for `ps` and cleanup).
-        #[arg(long)]
-        run: String,
-    },
-}
-
-/// `all` expands to every backend this host can run.
-fn parse_backends(names: &[String]) -> Result<Vec<BackendKind>> {
-    let mut out = Vec::new();
-    for n in names {
-        if n == "all" {
-            out.extend(doctor::runnable());
-        } else {
-            out.push(n.parse::<BackendKind>().map_err(|e| anyhow::anyhow!(e))?);
-        }
-    }
-    if out.is_empty() {
-        bail!("no backend to run");
-    }
-    Ok(out)
-}
 
 fn load_scenario(path: Option<&PathBuf>) -> Result<Scenario, ExitCode> {
     match path {
@@ -162,9 +36,18 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    if let Command::Agent(args) = cli.command {
-        return ExitCode::from(agent::run(args) as u8);
-    }
+    let command = match cli.command {
+        Command::Agent(args) => return ExitCode::from(agent::run(args) as u8),
+        // Enters a namespace and becomes the command: before any thread.
+        Command::Exec(args) => {
+            return svclab::labs::exec(args.run.run.as_deref(), &args.target, &args.command);
+        }
+        Command::Completions(args) => {
+            cli::completions::write(args.shell, &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        other => other,
+    };
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -173,7 +56,7 @@ fn main() -> ExitCode {
         }
     };
     guard::install(rt.handle());
-    let result = rt.block_on(dispatch(cli.command));
+    let result = rt.block_on(dispatch(command));
     let code = match result {
         Ok(code) => code,
         Err(e) => {
@@ -190,11 +73,16 @@ fn main() -> ExitCode {
 
 async fn dispatch(command: Command) -> Result<ExitCode> {
     match command {
-        Command::Up {
+        Command::Up(cli::up::UpArgs {
             scenario,
             backend,
             foreground,
-        } => {
+        }) => {
+            let backend = if backend.is_empty() {
+                None
+            } else {
+                Some(cli::one_backend("up", &backend)?)
+            };
             let scn = match load_scenario(scenario.as_ref()) {
                 Ok(s) => s,
                 Err(code) => return Ok(code),
@@ -205,8 +93,16 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
                 up_detached(scenario, backend)
             }
         }
-        Command::Down { run } => down(run),
-        Command::Cleanup { force, runs } => {
+        Command::Down(args) => down(args.run().map(str::to_string)),
+        Command::Ls(args) => {
+            let labs = svclab::labs::list();
+            match args.output {
+                Format::Text => print!("{}", svclab::labs::text(&labs)),
+                Format::Json => println!("{}", serde_json::to_string_pretty(&labs)?),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cleanup(cli::cleanup::CleanupArgs { force, runs }) => {
             let report = if runs.is_empty() {
                 cleanup::cleanup_all(force)
             } else {
@@ -225,29 +121,60 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
-        Command::Workloads { .. } => workloads().await,
-        Command::Run {
+        Command::Workloads(_) => workloads().await,
+        Command::Run(cli::run::RunArgs {
             scenario,
             backend,
+            require,
+            checks,
             fault,
             balance_connections,
             results,
-        } => {
+        }) => {
+            // Everything the command line can get wrong is said before
+            // anything is built (exit code 2): the scenario first (its
+            // notes too), then the selection and the required backends.
             let scn = match load_scenario(Some(&scenario)) {
                 Ok(s) => s,
                 Err(code) => return Ok(code),
             };
-            let backends = parse_backends(&backend)?;
+            let checks = match checks.select() {
+                Ok(c) => c,
+                Err(e) => return Ok(usage_error(&e)),
+            };
+            let mut backends = match cli::resolve_backends(&backend) {
+                Ok(b) => b,
+                Err(e) => return Ok(usage_error(&e)),
+            };
+            if !require.is_empty() {
+                let required = match cli::resolve_backends(&require) {
+                    Ok(b) => b,
+                    Err(e) => return Ok(usage_error(&e)),
+                };
+                if let Some(code) = require_runnable("run", &required) {
+                    return Ok(code);
+                }
+                for b in required {
+                    if !backends.contains(&b) {
+                        backends.push(b);
+                    }
+                }
+            }
             let opts = run::RunOptions {
                 backends,
                 faults: fault,
                 results,
                 balance_connections,
+                checks,
             };
             let (r, dir) = run::run(&scn, &opts).await?;
             Ok(run::report(&r, &dir))
         }
-        Command::Demo { results } => {
+        Command::Demo(cli::demo::DemoArgs { checks, results }) => {
+            let checks = match checks.select() {
+                Ok(c) => c,
+                Err(e) => return Ok(usage_error(&e)),
+            };
             let scn = Scenario::smoke();
             let backends = doctor::runnable();
             for b in BackendKind::BUILTIN {
@@ -267,22 +194,28 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             let opts = run::RunOptions {
                 backends,
                 results,
+                checks,
                 ..Default::default()
             };
             let (r, dir) = run::run(&scn, &opts).await?;
             Ok(run::report(&r, &dir))
         }
-        Command::Churn {
+        Command::Churn(cli::churn::ChurnArgs {
             scenario,
             backend,
             seed,
-        } => {
+            output,
+        }) => {
+            let backend = cli::one_backend("churn", &backend)?;
             let scn = match load_scenario(Some(&scenario)) {
                 Ok(s) => s,
                 Err(code) => return Ok(code),
             };
             let report = svclab::churn::run(scn, backend, seed).await?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
+            match output {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                Format::Text => print!("{}", svclab::churn::text(&report)),
+            }
             Ok(if report.accounted {
                 ExitCode::SUCCESS
             } else {
@@ -290,12 +223,12 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
-        Command::Generate {
+        Command::Generate(cli::generate::GenerateArgs {
             services,
             endpoints,
             nodes,
             pools,
-        } => {
+        }) => {
             let shape = scenario::generate::Shape {
                 services,
                 endpoints,
@@ -306,17 +239,60 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             print!("{}", scenario::generate::yaml(&shape));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Doctor => {
-            doctor::print().await;
-            Ok(ExitCode::SUCCESS)
+        Command::Doctor(args) => {
+            // `all` here means every built-in backend, runnable or not.
+            let required = if args.require.is_empty() {
+                Vec::new()
+            } else {
+                match cli::resolve_backends_with(&args.require, || BackendKind::BUILTIN.to_vec()) {
+                    Ok(b) => b,
+                    Err(e) => return Ok(usage_error(&e)),
+                }
+            };
+            let report = doctor::report().await;
+            match args.output {
+                Format::Text => print!("{}", doctor::text(&report)),
+                Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+            }
+            Ok(require_runnable("doctor", &required)
+                .map_or(ExitCode::SUCCESS, |_| ExitCode::FAILURE))
         }
         Command::Bench(args) => svclab::bench::run(args).await,
         Command::Compare(args) => svclab::bench::compare::run(&args),
         Command::Trace(args) => svclab::trace::cli::run(args).await,
         Command::Capture(args) => svclab::capture::cli::run(args).await,
         Command::Vm(args) => tokio::task::spawn_blocking(move || vm::run(args)).await?,
-        Command::Agent(_) => unreachable!("handled before the runtime starts"),
+        Command::Agent(_) | Command::Exec(_) | Command::Completions(_) => {
+            unreachable!("handled before the runtime starts")
+        }
     }
+}
+
+/// A command line that cannot be run: said on stderr, exit code 2.
+fn usage_error(e: &anyhow::Error) -> ExitCode {
+    eprintln!("svclab: {e:#}");
+    ExitCode::from(2)
+}
+
+/// `--require`: each backend that cannot run here is named, with why, on
+/// stderr; then exit code 2 for `run` (nothing was built), 1 for `doctor`.
+fn require_runnable(command: &str, required: &[BackendKind]) -> Option<ExitCode> {
+    let missing: Vec<doctor::BackendFinding> = required
+        .iter()
+        .map(doctor::backend_finding)
+        .filter(|f| !f.can_run)
+        .collect();
+    if missing.is_empty() {
+        return None;
+    }
+    for f in &missing {
+        eprintln!(
+            "svclab {command}: required backend {} cannot run here: {}",
+            f.backend,
+            f.reason.as_deref().unwrap_or("unknown")
+        );
+    }
+    Some(ExitCode::from(if command == "run" { 2 } else { 1 }))
 }
 
 async fn up_foreground(scn: Scenario, backend: Option<BackendKind>) -> Result<ExitCode> {
@@ -390,8 +366,9 @@ fn print_lab(lab: &lab::Lab) {
         );
     }
     println!(
-        "  try: ip netns exec {} curl -s {}:8080/hostname",
-        t.nodes[0].netns,
+        "  try: svclab exec --run {} node/{} -- curl -s {}:8080/hostname",
+        lab.run,
+        t.nodes[0].name,
         lab.scenario
             .pods
             .iter()
@@ -401,12 +378,13 @@ fn print_lab(lab: &lab::Lab) {
     if let (Some(n), Some(kc)) = (t.nodes.first(), lab.kubeconfigs.first()) {
         println!("  kubeconfig: {} (one per node beside it)", kc.display());
         println!(
-            "  kubectl: ip netns exec {} kubectl --kubeconfig {} get svc,endpointslices -A",
-            n.netns,
+            "  kubectl: svclab exec --run {} node/{} -- kubectl --kubeconfig {} get svc,endpointslices -A",
+            lab.run,
+            n.name,
             kc.display()
         );
     }
-    println!("  stop: svclab down {}", lab.run);
+    println!("  stop: svclab down --run {}", lab.run);
 }
 
 fn up_detached(scenario: Option<PathBuf>, backend: Option<BackendKind>) -> Result<ExitCode> {
@@ -480,7 +458,7 @@ fn down(run: Option<String>) -> Result<ExitCode> {
                     return Ok(ExitCode::SUCCESS);
                 }
                 many => bail!(
-                    "several labs exist ({}); name one: svclab down RUN",
+                    "several labs exist ({}); name one: svclab down --run RUN",
                     many.iter()
                         .map(|r| r.to_string())
                         .collect::<Vec<_>>()

@@ -20,6 +20,20 @@ pub struct RunOptions {
     pub results: PathBuf,
     /// Overrides the scenario's balance connections (K).
     pub balance_connections: Option<usize>,
+    /// The checks to run, in order (empty: every check); the others are
+    /// left out of the results.
+    pub checks: Vec<&'static str>,
+}
+
+impl RunOptions {
+    /// The checks this run runs.
+    pub fn checks(&self) -> &[&'static str] {
+        if self.checks.is_empty() {
+            &checks::CHECKS
+        } else {
+            &self.checks
+        }
+    }
 }
 
 /// Software emulation (`svclab vm` under TCG) runs the whole lab several
@@ -72,12 +86,12 @@ pub async fn run(scn: &Scenario, opts: &RunOptions) -> anyhow::Result<(RunResult
     // The signal handler leaves the winding down to this function.
     let _cooperation = crate::guard::cooperate();
     let started_at = jiff::Timestamp::now().to_string();
-    let pb = progress((opts.backends.len() * checks::CHECKS.len()) as u64);
+    let pb = progress((opts.backends.len() * opts.checks().len()) as u64);
     let mut backends = Vec::new();
     let mut not_run = Vec::new();
     for backend in &opts.backends {
         if crate::guard::stopping() {
-            not_run.extend(checks::CHECKS.iter().map(|c| format!("{backend}/{c}")));
+            not_run.extend(opts.checks().iter().map(|c| format!("{backend}/{c}")));
             continue;
         }
         if !pb.is_hidden() {
@@ -141,7 +155,7 @@ async fn run_backend(
     };
     if let Err(e) = backend.capability() {
         run.unavailable = Some(e.reason);
-        pb.inc(checks::CHECKS.len() as u64);
+        pb.inc(opts.checks().len() as u64);
         return run;
     }
     let lab_opts = LabOptions {
@@ -156,7 +170,7 @@ async fn run_backend(
         Ok(lab) => lab,
         // Interrupted while the lab came up: no check ran, none failed.
         Err(_) if crate::guard::stopping() => {
-            run.not_run = checks::CHECKS.iter().map(|c| c.to_string()).collect();
+            run.not_run = opts.checks().iter().map(|c| c.to_string()).collect();
             return run;
         }
         Err(e) => {
@@ -169,7 +183,7 @@ async fn run_backend(
                 trace: None,
                 seconds: 0.0,
             });
-            pb.inc(checks::CHECKS.len() as u64);
+            pb.inc(opts.checks().len() as u64);
             return run;
         }
     };
@@ -179,8 +193,16 @@ async fn run_backend(
         faults: opts.faults.clone(),
         ..Default::default()
     };
-    run.checks = checks::run_all(&mut lab, backend, &backend_opts, settings(scn, opts), pb).await;
-    run.not_run = checks::CHECKS[run.checks.len()..]
+    run.checks = checks::run_all(
+        &mut lab,
+        backend,
+        &backend_opts,
+        settings(scn, opts),
+        opts.checks(),
+        pb,
+    )
+    .await;
+    run.not_run = opts.checks()[run.checks.len()..]
         .iter()
         .map(|c| c.to_string())
         .collect();

@@ -520,6 +520,58 @@ pub fn now() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Runs whose record loads and whose owner process is alive: the labs
+/// running on this host.
+pub fn running_runs() -> Vec<RunState> {
+    known_runs()
+        .into_iter()
+        .filter_map(|r| RunState::load(&r).ok())
+        .filter(|s| s.owner.alive())
+        .collect()
+}
+
+/// The one run-id rule of the command line: `--run R` names a lab,
+/// without it the only running lab is meant (an error names the running
+/// ones when there are several, or says there is none).
+pub fn pick_run(run: Option<&str>) -> anyhow::Result<RunState> {
+    let id = match run {
+        Some(r) => RunId::parse(r)
+            .ok_or_else(|| anyhow::anyhow!("--run {r:?} is not a run id (4 hex digits)"))?,
+        None => {
+            let live = running_runs();
+            match live.as_slice() {
+                [] => anyhow::bail!("no lab is running (start one with `svclab up`)"),
+                [one] => one.run.clone(),
+                many => anyhow::bail!(
+                    "several labs are running ({}); name one with --run",
+                    many.iter()
+                        .map(|s| s.run.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }
+        }
+    };
+    let st = RunState::load(&id).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => {
+            let live: Vec<String> = running_runs().iter().map(|s| s.run.to_string()).collect();
+            anyhow::anyhow!(
+                "no lab {id} on this host (running: {})",
+                if live.is_empty() {
+                    "none".to_string()
+                } else {
+                    live.join(", ")
+                }
+            )
+        }
+        _ => anyhow::anyhow!("reading lab {id}'s record: {e}"),
+    })?;
+    if !st.owner.alive() {
+        anyhow::bail!("lab {id}'s owner process is gone (remove it with `svclab cleanup`)");
+    }
+    Ok(st)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,8 +17,12 @@ fn scratch(test: &str) -> PathBuf {
 
 /// `svclab run FILE --results DIR/results` under an address-space cap of
 /// 1 GiB, so input that makes svclab allocate gigabytes fails the test
-/// instead of the machine. The backend does not exist: a scenario that
-/// loads ends the run (exit 1) before any lab is built.
+/// instead of the machine. The required backend cannot run: a scenario that
+/// loads ends the run (exit 2) before any lab is built.
+/// A backend that cannot run anywhere: `--require` stops the run after the
+/// scenario loaded, before anything is built.
+const NO_BACKEND: &str = "exec:/nonexistent/svclab-no-such-backend";
+
 fn run(dir: &Path, file: &str, content: &[u8]) -> (Output, Duration) {
     let path = dir.join(file);
     std::fs::write(&path, content).unwrap();
@@ -28,7 +32,7 @@ fn run(dir: &Path, file: &str, content: &[u8]) -> (Output, Duration) {
         .arg(env!("CARGO_BIN_EXE_svclab"))
         .arg("run")
         .arg(&path)
-        .args(["--backend", "no-such-backend", "--results"])
+        .args(["--backend", "none", "--require", NO_BACKEND, "--results"])
         .arg(dir.join("results"))
         .output()
         .expect("prlimit runs svclab");
@@ -225,8 +229,8 @@ fn finding_9_bad_bytes_and_big_values() {
 
 #[test]
 fn finding_10_valid_kubernetes_input_loads() {
-    // `svclab run` with an unknown backend loads the scenario, prints its
-    // notes, and stops (exit 1) before building anything.
+    // `svclab run` requiring a backend that cannot run loads the scenario,
+    // prints its notes, and stops (exit 2) before building anything.
     let dir = scratch("valid");
     let text = format!(
         "{LAB}---
@@ -259,19 +263,19 @@ spec:
     let out = Command::new(env!("CARGO_BIN_EXE_svclab"))
         .arg("run")
         .arg(&path)
-        .args(["--backend", "no-such-backend", "--results"])
+        .args(["--backend", "none", "--require", NO_BACKEND, "--results"])
         .arg(dir.join("results"))
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
     for needle in [
         "note: ",
         "1 ConfigMap document(s) ignored",
         "1 Namespace document(s) accepted",
         "Service shop/db is ExternalName",
         "Service shop/lonely: selector app=nobody matches no pod",
-        "unknown backend \"no-such-backend\"",
+        "required backend exec:/nonexistent/svclab-no-such-backend cannot run here",
     ] {
         assert!(stderr.contains(needle), "{needle:?} not in:\n{stderr}");
     }

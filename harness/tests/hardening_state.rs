@@ -284,7 +284,7 @@ fn run_state_is_private_whatever_the_umask() {
     let owner = std::fs::metadata(dir.join("state.json")).unwrap().uid();
     let state: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("state.json")).unwrap()).unwrap();
-    let down = common::run(&["down", &run]);
+    let down = common::run(&["down", "--run", &run]);
     let _ = child.wait();
     assert_eq!(modes, (0o700, 0o700, 0o600), "modes under umask 000");
     assert_eq!(owner, 0);
@@ -322,7 +322,10 @@ fn cleanup_and_down_refuse_records_others_could_write() {
             file_mode,
             uid,
         );
-        for cmd in [&["cleanup", run.as_str()][..], &["down", run.as_str()][..]] {
+        for cmd in [
+            &["cleanup", run.as_str()][..],
+            &["down", "--run", run.as_str()][..],
+        ] {
             let out = common::run(cmd);
             let text = common::text(&out);
             assert_eq!(out.status.code(), Some(1), "{what}, {cmd:?}: {text}");

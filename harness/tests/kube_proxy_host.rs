@@ -454,7 +454,7 @@ fn kube_proxy_startup_leaves_the_host_unchanged() {
     let binaries = match binaries() {
         Ok(b) => b,
         Err(why) => {
-            eprintln!("SKIP: {why}");
+            common::skip(&why);
             return;
         }
     };
@@ -519,12 +519,12 @@ fn kube_proxy_startup_leaves_the_host_unchanged() {
 fn a_lab_with_kube_proxy_leaves_the_host_unchanged() {
     require_root!();
     if let Err(why) = binaries() {
-        eprintln!("SKIP: {why}");
+        common::skip(&why);
         return;
     }
     let version = kubeproxy::DEFAULT_VERSION;
     if !kubeproxy::binary(version).is_file() {
-        eprintln!("SKIP: kube-proxy {version} is not built");
+        common::skip(&format!("kube-proxy {version} is not built"));
         return;
     }
     let _lab = common::lab_lock();
@@ -557,7 +557,7 @@ fn a_lab_with_kube_proxy_leaves_the_host_unchanged() {
         );
     }
     let during = host_snapshot();
-    let down = common::run(&["down", &run]);
+    let down = common::run(&["down", "--run", &run]);
     assert!(down.status.success(), "{}", common::text(&down));
     drop(guard);
     let after = host_snapshot();

@@ -64,7 +64,7 @@ fn up_and_down_leave_the_host_namespace_identical() {
         "the lab's namespaces exist while it is up"
     );
     let during = host_snapshot();
-    let down = common::run(&["down", &run]);
+    let down = common::run(&["down", "--run", &run]);
     assert!(down.status.success(), "{}", common::text(&down));
     let after = host_snapshot();
     assert!(
@@ -212,7 +212,7 @@ fn cleanup_removes_a_sigkilled_run_and_leaves_live_runs_alone() {
         .collect();
     assert!(stale.is_empty(), "{stale:?}");
 
-    let out = common::run(&["down", &live_run]);
+    let out = common::run(&["down", "--run", &live_run]);
     assert!(out.status.success(), "{}", common::text(&out));
     wait_exit(&mut live, Duration::from_secs(30)).expect("the live run's owner exits on down");
     assert!(common::run_namespaces(&live_run).is_empty());

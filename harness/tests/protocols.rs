@@ -19,7 +19,7 @@ fn netexec_healthz_and_metrics_answer_like_the_real_thing() {
         .output()
         .is_err()
     {
-        eprintln!("SKIP: curl is not installed (ci/setup installs it)");
+        common::skip("curl is not installed (ci/setup installs it)");
         return;
     }
     let _lab = common::lab_lock();

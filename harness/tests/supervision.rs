@@ -146,7 +146,7 @@ fn kube_rules(ns: &str) -> Vec<String> {
 fn a_killed_agent_is_reported_restarted_and_its_rules_converge() {
     require_root!();
     if !have_curl() {
-        eprintln!("SKIP: curl is not installed (ci/setup installs it)");
+        common::skip("curl is not installed (ci/setup installs it)");
         return;
     }
     let _lab = common::lab_lock();
@@ -284,7 +284,7 @@ exit $rc
 fn a_failing_restore_is_retried_with_backoff_and_counted() {
     require_root!();
     if !have_curl() || !Path::new("/usr/sbin/iptables-nft-restore").exists() {
-        eprintln!("SKIP: curl or iptables-nft-restore is missing");
+        common::skip("curl or iptables-nft-restore is missing");
         return;
     }
     let _lab = common::lab_lock();

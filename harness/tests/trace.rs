@@ -30,7 +30,7 @@ fn nft_name(name: &str) -> String {
 
 fn up(backend: &str) -> Option<LabGuard> {
     if let Err(e) = backend.parse::<BackendKind>().unwrap().capability() {
-        eprintln!("SKIP: backend {backend} cannot run here: {}", e.reason);
+        common::skip(&format!("backend {backend} cannot run here: {}", e.reason));
         return None;
     }
     let out = common::run(&["up", "scenarios/smoke.yaml", "--backend", backend]);
@@ -41,7 +41,7 @@ fn up(backend: &str) -> Option<LabGuard> {
 }
 
 fn trace(run: &str, args: &[&str]) -> Value {
-    let mut all = vec!["trace", "--json", "--run", run];
+    let mut all = vec!["trace", "-o", "json", "--run", run];
     all.extend_from_slice(args);
     let out = common::run(&all);
     assert!(out.status.success(), "{}", common::text(&out));

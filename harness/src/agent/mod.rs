@@ -16,60 +16,15 @@ pub mod supervisor;
 pub mod watch;
 
 use std::io::{BufRead, Write};
-use std::net::Ipv4Addr;
-use std::path::PathBuf;
 use std::sync::mpsc::{RecvTimeoutError, channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use clap::Args;
-use ipnet::Ipv4Net;
+pub use crate::cli::agent::AgentArgs;
 use svclab_backends::model::NodeContext;
 use svclab_backends::protocol::{AgentMessage, CpuUsage, SyncMode, SyncReport, WatchEvent};
 use svclab_backends::tracker::ChangeTracker;
-use svclab_backends::{BackendKind, BackendOptions, Fault, SyncRequest};
-
-/// `svclab agent` flags.
-#[derive(Args, Clone, Debug)]
-pub struct AgentArgs {
-    #[arg(long)]
-    pub node: String,
-    #[arg(long)]
-    pub backend: BackendKind,
-    #[arg(long)]
-    pub node_ip: Ipv4Addr,
-    #[arg(long)]
-    pub pod_cidr: Ipv4Net,
-    #[arg(long)]
-    pub cluster_cidr: Ipv4Net,
-    #[arg(long)]
-    pub service_cidr: Ipv4Net,
-    /// Prefix for kernel objects outside kube-proxy's fixed names.
-    #[arg(long, default_value = "svclab-")]
-    pub run_prefix: String,
-    #[arg(long, default_value_t = 100)]
-    pub min_sync_period_ms: u64,
-    #[arg(long, default_value_t = 60_000)]
-    pub sync_period_ms: u64,
-    /// Deliberate defects, for negative tests.
-    #[arg(long = "fault")]
-    pub faults: Vec<Fault>,
-    /// Write each sync's tool input here.
-    #[arg(long)]
-    pub dump_dir: Option<PathBuf>,
-    #[arg(long, default_value = "rr")]
-    pub ipvs_scheduler: String,
-    /// kube-proxy's healthz port, on 0.0.0.0 (0: off).
-    #[arg(long, default_value_t = 10256)]
-    pub healthz_port: u16,
-    /// kube-proxy's metrics port, on 127.0.0.1 (0: off).
-    #[arg(long, default_value_t = 10249)]
-    pub metrics_port: u16,
-    /// Watch the lab's API through this kubeconfig (as kube-proxy does);
-    /// without it, watch events come as JSON lines on stdin.
-    #[arg(long)]
-    pub kubeconfig: Option<PathBuf>,
-}
+use svclab_backends::{BackendKind, BackendOptions, SyncRequest};
 
 impl AgentArgs {
     pub fn node_context(&self) -> NodeContext {

@@ -11,23 +11,10 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::PathBuf;
 
-use clap::Args;
+pub use crate::cli::compare::CompareArgs;
 
 use super::schema::{BenchResults, Better, Status};
-
-#[derive(Args, Clone, Debug)]
-pub struct CompareArgs {
-    /// The baseline: a bench folder, or its bench.json.
-    pub base: PathBuf,
-    /// The run to judge against it.
-    pub candidate: PathBuf,
-    /// How much worse a figure may get before it counts as a regression,
-    /// as a percentage (`10%`) or a fraction (`0.1`).
-    #[arg(long, default_value = "10%", value_parser = parse_threshold)]
-    pub threshold: f64,
-}
 
 pub fn parse_threshold(s: &str) -> Result<f64, String> {
     let t = s.trim();
@@ -88,6 +75,41 @@ impl Comparison {
             .iter()
             .filter(|r| r.verdict == Verdict::Regression)
             .count()
+    }
+
+    /// `svclab compare -o json`: the threshold, the regression count and
+    /// every row (verdict `ok`, `better`, `regression` or `info` with a
+    /// note).
+    pub fn json(&self) -> serde_json::Value {
+        let rows: Vec<serde_json::Value> = self
+            .rows
+            .iter()
+            .map(|r| {
+                let (verdict, note) = match &r.verdict {
+                    Verdict::Ok => ("ok", None),
+                    Verdict::Better => ("better", None),
+                    Verdict::Regression => ("regression", None),
+                    Verdict::Info(n) => ("info", Some(n.clone())),
+                };
+                serde_json::json!({
+                    "backend": r.backend,
+                    "size": r.size,
+                    "metric": r.metric,
+                    "stat": r.stat,
+                    "unit": r.unit,
+                    "base": r.base,
+                    "candidate": r.candidate,
+                    "ratio": r.ratio,
+                    "verdict": verdict,
+                    "note": note,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "threshold": self.threshold,
+            "regressions": self.regressions(),
+            "rows": rows,
+        })
     }
 }
 
@@ -250,7 +272,12 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<std::process::ExitCode> {
     let cand = BenchResults::load(&args.candidate)?;
     match compare(&base, &cand, args.threshold) {
         Ok(c) => {
-            print!("{}", table(&c));
+            match args.output {
+                crate::cli::Format::Text => print!("{}", table(&c)),
+                crate::cli::Format::Json => {
+                    println!("{}", serde_json::to_string_pretty(&c.json())?)
+                }
+            }
             Ok(if c.regressions() > 0 {
                 std::process::ExitCode::from(1)
             } else {

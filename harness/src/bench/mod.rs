@@ -30,115 +30,11 @@ pub mod topology;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+pub use crate::cli::bench::{BenchArgs, BenchKind};
 use anyhow::{Context, Result};
-use clap::{Args, Subcommand};
 use svclab_backends::BackendKind;
 
 use schema::{BenchResults, Case, Status};
-
-#[derive(Args, Debug)]
-pub struct BenchArgs {
-    #[command(subcommand)]
-    pub kind: BenchKind,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum BenchKind {
-    /// Create and tear down the lab topology (no agents) several times, and
-    /// once with ci/ip-baseline.sh for comparison.
-    Topology {
-        #[arg(long, default_value_t = 10)]
-        nodes: usize,
-        /// Pods per node, the node's client pod included.
-        #[arg(long, default_value_t = 100)]
-        pods_per_node: usize,
-        #[arg(long, default_value_t = 5)]
-        runs: usize,
-        /// Runs of the ip script (0: none).
-        #[arg(long, default_value_t = 1)]
-        ip_runs: usize,
-        #[arg(long, default_value = "ci/ip-baseline.sh")]
-        ip_script: PathBuf,
-        #[arg(long, default_value = "results")]
-        results: PathBuf,
-    },
-    /// Full and partial sync cost, network programming latency, data-path
-    /// latency and the bare-tool floor, per backend and Service count.
-    Sync {
-        /// A scenario file to measure instead of generated ones (its own
-        /// Services are the one size; --services is ignored).
-        scenario: Option<PathBuf>,
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "1000,5000,10000,20000,50000"
-        )]
-        services: Vec<usize>,
-        /// Endpoints per generated Service.
-        #[arg(long, default_value_t = 10)]
-        endpoints: usize,
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "none,iptables,iptables-legacy,nftables"
-        )]
-        backend: Vec<BackendKind>,
-        /// Single-Service changes after the full sync, each synced and
-        /// watched by a client (a cycle of endpoint added, endpoint
-        /// removed, Service added, Service deleted).
-        #[arg(long, default_value_t = 20)]
-        partials: usize,
-        /// Seconds a size's first full sync may take before it counts as
-        /// not finished (larger sizes of that backend are then skipped).
-        #[arg(long, default_value_t = 600)]
-        budget: u64,
-        #[arg(long, default_value_t = 1)]
-        nodes: usize,
-        /// Sequential TCP connects for the data-path latency.
-        #[arg(long, default_value_t = 2000)]
-        connects: usize,
-        #[arg(long, default_value = "results")]
-        results: PathBuf,
-    },
-    /// The lab's API endpoint: the initial list of N Services to one agent
-    /// (time, the harness's and the agent's RSS), one EndpointSlice change
-    /// fanned out to every agent of an M-node lab (p50/p99 delivery), and
-    /// network programming latency fed through the API against the pipe.
-    Api {
-        #[arg(long, default_value_t = 50_000)]
-        services: usize,
-        /// Endpoints per generated Service.
-        #[arg(long, default_value_t = 10)]
-        endpoints: usize,
-        /// Nodes (agents) the fan-out reaches.
-        #[arg(long, default_value_t = 100)]
-        nodes: usize,
-        /// Readiness flips per fan-out and feed case.
-        #[arg(long, default_value_t = 40)]
-        changes: usize,
-        /// The backend of the API-against-pipe comparison.
-        #[arg(long, default_value = "iptables")]
-        backend: BackendKind,
-        #[arg(long, default_value = "results")]
-        results: PathBuf,
-    },
-    /// Probe-engine throughput: TCP probes through DNAT per second.
-    Probes {
-        #[arg(long, default_value = "iptables")]
-        backend: BackendKind,
-        /// Endpoints behind the ClusterIP.
-        #[arg(long, default_value_t = 4)]
-        endpoints: usize,
-        #[arg(long, default_value_t = 20_000)]
-        probes: usize,
-        #[arg(long, default_value_t = 64)]
-        concurrency: usize,
-        #[arg(long, default_value_t = 3)]
-        runs: usize,
-        #[arg(long, default_value = "results")]
-        results: PathBuf,
-    },
-}
 
 fn finish(r: &mut BenchResults, dir: &Path) -> Result<()> {
     r.finished_at = jiff::Timestamp::now().to_string();
@@ -199,6 +95,7 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
             connects,
             results,
         } => {
+            let backend = crate::cli::resolve_backends(&backend)?;
             let mut sizes = services;
             sizes.sort_unstable();
             sizes.dedup();
@@ -224,6 +121,7 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
             backend,
             results,
         } => {
+            let backend = crate::cli::one_backend("bench api", &backend)?;
             let settings = api::ApiSettings {
                 services,
                 endpoints,
@@ -264,6 +162,7 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
             runs,
             results,
         } => {
+            let backend = crate::cli::one_backend("bench probes", &backend)?;
             let settings = probes::ProbeSettings {
                 backend: backend.to_string(),
                 endpoints,

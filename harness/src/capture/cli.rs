@@ -1,25 +1,10 @@
 //! `svclab capture` flags and the command itself.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Args;
+pub use crate::cli::capture::CaptureArgs;
 
 use super::{Options, client, convert};
-
-/// `svclab capture --kubeconfig K [--namespace NS] [--anonymize]`
-#[derive(Args, Clone, Debug)]
-pub struct CaptureArgs {
-    /// The kubeconfig whose current context is read.
-    #[arg(long, env = "KUBECONFIG")]
-    pub kubeconfig: PathBuf,
-    /// Only this namespace.
-    #[arg(long)]
-    pub namespace: Option<String>,
-    /// Rewrite namespaces, Services, nodes and labels to neutral names.
-    #[arg(long)]
-    pub anonymize: bool,
-}
 
 /// Prints the scenario on stdout and what was left out on stderr.
 pub async fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {

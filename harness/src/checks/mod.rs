@@ -403,6 +403,7 @@ pub async fn run_all(
     backend: &BackendKind,
     options: &BackendOptions,
     settings: Settings,
+    selected: &[&'static str],
     progress: &indicatif::ProgressBar,
 ) -> Vec<CheckResult> {
     let limits: BTreeMap<Feature, String> = backend.limitations(options).into_iter().collect();
@@ -414,7 +415,7 @@ pub async fn run_all(
         trace_request: None,
     };
     let mut out = Vec::new();
-    for name in CHECKS {
+    for &name in selected {
         if crate::guard::stopping() {
             break;
         }

@@ -49,10 +49,9 @@ const SOURCE_PORTS: std::ops::RangeInclusive<u16> = 40000..=60999;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
-    #[error("no lab is running (start one with `svclab up`)")]
-    NoRun,
-    #[error("several labs are running ({0}); name one with --run")]
-    SeveralRuns(String),
+    /// No such lab, none, or several (the message says which).
+    #[error("{0}")]
+    Run(String),
     #[error("run {run}: reading its state: {message}")]
     State { run: String, message: String },
     #[error("--from {0}")]
@@ -154,43 +153,10 @@ impl LabView {
     }
 }
 
-/// The running lab `run`, or the only one.
+/// The running lab `run`, or the only one (the command line's one
+/// run-id rule, [`crate::state::pick_run`]).
 pub fn find_run(run: Option<&str>) -> Result<RunState, TraceError> {
-    let id = match run {
-        Some(r) => RunId::parse(r).ok_or_else(|| TraceError::State {
-            run: r.to_string(),
-            message: "not a run id (4 hex digits)".into(),
-        })?,
-        None => {
-            let live: Vec<RunId> = crate::state::known_runs()
-                .into_iter()
-                .filter(|r| RunState::load(r).is_ok_and(|s| s.owner.alive()))
-                .collect();
-            match live.as_slice() {
-                [] => return Err(TraceError::NoRun),
-                [one] => one.clone(),
-                many => {
-                    return Err(TraceError::SeveralRuns(
-                        many.iter()
-                            .map(|r| r.to_string())
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                    ));
-                }
-            }
-        }
-    };
-    let st = RunState::load(&id).map_err(|e| TraceError::State {
-        run: id.to_string(),
-        message: e.to_string(),
-    })?;
-    if !st.owner.alive() {
-        return Err(TraceError::State {
-            run: id.to_string(),
-            message: "its owner process is gone (remove it with `svclab cleanup`)".into(),
-        });
-    }
-    Ok(st)
+    crate::state::pick_run(run).map_err(|e| TraceError::Run(format!("{e:#}")))
 }
 
 /// Limits of tracing on `backend`, said before anything runs.

@@ -56,11 +56,37 @@ fn nix_is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// Whether a test that cannot run here must fail rather than skip: under
+/// CI (`CI=true`, as GitHub sets it) or `SVCLAB_REQUIRE_PRIVILEGED=1`, so
+/// a job cannot go green with its privileged tests never run.
+pub fn privileged_required() -> bool {
+    let set = |k: &str, v: &[&str]| std::env::var(k).is_ok_and(|x| v.contains(&x.as_str()));
+    set("CI", &["true", "1"]) || set("SVCLAB_REQUIRE_PRIVILEGED", &["1", "true"])
+}
+
+/// A test that needs root, a kernel feature or a tool ci/setup installs,
+/// and cannot have it here: under [`privileged_required`] this fails the
+/// test; otherwise it prints `SKIP <test name>: <why>` and the caller
+/// returns.
+pub fn skip(why: &str) {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("this test")
+        .to_string();
+    if privileged_required() {
+        panic!(
+            "{test} cannot run here: {why} (CI=true or SVCLAB_REQUIRE_PRIVILEGED=1 makes this a \
+             failure, not a skip)"
+        );
+    }
+    eprintln!("SKIP {test}: {why}");
+}
+
 #[macro_export]
 macro_rules! require_root {
     () => {
         if let Some(why) = common::skip_reason() {
-            eprintln!("SKIP: {why}");
+            common::skip(&why);
             return;
         }
     };
@@ -119,10 +145,10 @@ pub fn run_namespaces(run: &str) -> Vec<String> {
         .collect()
 }
 
-/// The run id printed by `svclab up` ("stop: svclab down <run>").
+/// The run id printed by `svclab up` ("stop: svclab down --run <run>").
 pub fn run_id(out: &str) -> String {
     out.lines()
-        .find_map(|l| l.trim().strip_prefix("stop: svclab down "))
+        .find_map(|l| l.trim().strip_prefix("stop: svclab down --run "))
         .unwrap_or_else(|| panic!("no run id in:\n{out}"))
         .trim()
         .to_string()
@@ -183,7 +209,7 @@ pub struct LabGuard(pub String);
 impl Drop for LabGuard {
     fn drop(&mut self) {
         if !run_namespaces(&self.0).is_empty() {
-            let _ = run(&["down", &self.0]);
+            let _ = run(&["down", "--run", &self.0]);
         }
     }
 }

@@ -1,0 +1,40 @@
+//! `svclab run`
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::{BackendItem, CheckSelection};
+
+#[derive(Args, Debug)]
+#[command(after_help = super::BACKEND_RULE)]
+pub struct RunArgs {
+    /// The scenario file (see scenarios/).
+    pub scenario: PathBuf,
+    /// Backends to run the checks against.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "all",
+        value_name = "BACKEND,..."
+    )]
+    pub backend: Vec<BackendItem>,
+    /// Backends that must run: one that cannot run here fails the run
+    /// (exit code 2, nothing built) instead of being recorded as skipped.
+    /// Each is run even if --backend leaves it out.
+    #[arg(long, value_delimiter = ',', value_name = "BACKEND,...")]
+    pub require: Vec<BackendItem>,
+    #[command(flatten)]
+    pub checks: CheckSelection,
+    /// Deliberate defect to inject (negative tests of the lab itself;
+    /// repeatable).
+    #[arg(long)]
+    pub fault: Vec<svclab_backends::Fault>,
+    /// Connections per Service in the balance check (default: the
+    /// scenario's).
+    #[arg(long, value_name = "N")]
+    pub balance_connections: Option<usize>,
+    /// Where the results folder is created.
+    #[arg(long, default_value = "results", value_name = "DIR")]
+    pub results: PathBuf,
+}

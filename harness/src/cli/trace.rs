@@ -1,0 +1,48 @@
+//! `svclab trace`
+
+use clap::Args;
+use svclab_backends::model::Protocol;
+
+/// `svclab trace --from ... --to ...`
+#[derive(Args, Clone, Debug)]
+pub struct TraceArgs {
+    /// Where the probe starts: pod/<namespace>/<name>, node/<name> or
+    /// external.
+    #[arg(long)]
+    pub from: String,
+    /// What it dials: <service>[.<namespace>]:<port> (a Service port, or
+    /// a node port), or <ip>:<port>. From `external`, a Service port means
+    /// its NodePort.
+    #[arg(long)]
+    pub to: String,
+    /// tcp or udp.
+    #[arg(long, default_value = "tcp", value_parser = parse_protocol)]
+    pub proto: Protocol,
+    /// The node whose address a NodePort probe dials (default: the
+    /// client's node, or the first node).
+    #[arg(long)]
+    pub node: Option<String>,
+    #[command(flatten)]
+    pub run: super::RunArg,
+    /// Output format (json: the trace documented in results/README.md).
+    #[arg(short = 'o', long = "output", value_name = "FORMAT", value_enum, default_value_t = super::Format::Text)]
+    pub output: super::Format,
+    /// The same as `-o json` (kept for compatibility).
+    #[arg(long, hide = true)]
+    pub json: bool,
+}
+
+impl TraceArgs {
+    /// `-o json`, or the older `--json`.
+    pub fn json(&self) -> bool {
+        self.json || self.output == super::Format::Json
+    }
+}
+
+fn parse_protocol(s: &str) -> Result<Protocol, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "tcp" => Ok(Protocol::Tcp),
+        "udp" => Ok(Protocol::Udp),
+        _ => Err(format!("{s:?}: expected tcp or udp")),
+    }
+}
