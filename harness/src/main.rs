@@ -46,6 +46,15 @@ fn main() -> ExitCode {
             cli::completions::write(args.shell, &mut std::io::stdout());
             return ExitCode::SUCCESS;
         }
+        Command::Rules(args) => {
+            return match rules(&args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("svclab: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         other => other,
     };
     let rt = match tokio::runtime::Runtime::new() {
@@ -262,10 +271,70 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Trace(args) => svclab::trace::cli::run(args).await,
         Command::Capture(args) => svclab::capture::cli::run(args).await,
         Command::Vm(args) => tokio::task::spawn_blocking(move || vm::run(args)).await?,
-        Command::Agent(_) | Command::Exec(_) | Command::Completions(_) => {
+        Command::Agent(_) | Command::Exec(_) | Command::Completions(_) | Command::Rules(_) => {
             unreachable!("handled before the runtime starts")
         }
     }
+}
+
+/// `svclab rules`: a node's ruleset, as the lab's backend programmed it.
+fn rules(args: &cli::rules::RulesArgs) -> anyhow::Result<()> {
+    use svclab::rules::{Ruleset, dump, normalise};
+    let st = svclab::state::pick_run(args.run.run.as_deref())?;
+    let backend = st
+        .backend
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("lab {} runs no agents, so no rules", st.run))?;
+    let ruleset = Ruleset::of_backend(&backend).ok_or_else(|| {
+        anyhow::anyhow!(
+            "lab {} runs {backend}, which programs no iptables or nftables ruleset",
+            st.run
+        )
+    })?;
+    let nodes: Vec<(String, String)> = st
+        .topology
+        .as_ref()
+        .map(|t| {
+            t.nodes
+                .iter()
+                .map(|n| (n.name.clone(), n.netns.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let picked: Vec<&(String, String)> = nodes
+        .iter()
+        .filter(|(name, _)| args.all_nodes || *name == args.node)
+        .collect();
+    if picked.is_empty() {
+        anyhow::bail!(
+            "lab {} has no node {:?} (nodes: {})",
+            st.run,
+            args.node,
+            nodes
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    for (name, netns) in picked {
+        let text = dump(netns, ruleset)?;
+        let prefix = if args.all_nodes {
+            format!("{name}: ")
+        } else {
+            String::new()
+        };
+        if args.raw {
+            for l in text.lines() {
+                println!("{prefix}{l}");
+            }
+        } else {
+            for l in normalise(ruleset, &text) {
+                println!("{prefix}{l}");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A command line that cannot be run: said on stderr, exit code 2.

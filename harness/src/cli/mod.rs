@@ -21,6 +21,7 @@ pub mod down;
 pub mod exec;
 pub mod generate;
 pub mod ls;
+pub mod rules;
 pub mod run;
 pub mod trace;
 pub mod up;
@@ -62,6 +63,9 @@ pub enum Command {
     Ls(ls::LsArgs),
     /// Run a command inside a lab's pod, node or external namespace.
     Exec(exec::ExecArgs),
+    /// Print the ruleset a running lab's backend programmed in a node,
+    /// normalised for comparison (counters, handles, element order).
+    Rules(rules::RulesArgs),
     /// Run a scenario's checks against one or more backends and write a
     /// results folder (exit code 1 if any check failed).
     Run(run::RunArgs),
