@@ -726,6 +726,17 @@ kubeproxy_sync_proxy_rules_service_changes_total 7
         }
     }
 
+    /// A prover (minSyncPeriod 0.5 s) that has proven one sync at 100.0
+    /// (requested at 99.0, 2 Service and 2 EndpointSlice changes), and that
+    /// snapshot.
+    fn primed(t: Instant) -> (Prover, Snapshot) {
+        let mut p = Prover::new(Duration::from_millis(500));
+        let a = snap(1.0, 0.1, 100.0, 99.0, 2.0, 2.0);
+        p.poll(&Snapshot::default(), &a, &seen(10, 11, 2, 2), t);
+        p.poll(&a, &a, &seen(10, 11, 2, 2), t);
+        (p, a)
+    }
+
     #[test]
     fn versions_are_proven_after_a_sync_that_started_after_the_last_queue() {
         let t = Instant::now();
@@ -751,10 +762,7 @@ kubeproxy_sync_proxy_rules_service_changes_total 7
     #[test]
     fn an_ignored_change_is_proven_without_a_sync() {
         let t = Instant::now();
-        let mut p = Prover::new(Duration::from_millis(500));
-        let a = snap(1.0, 0.1, 100.0, 99.0, 2.0, 2.0);
-        p.poll(&Snapshot::default(), &a, &seen(10, 11, 2, 2), t);
-        p.poll(&a, &a, &seen(10, 11, 2, 2), t);
+        let (mut p, a) = primed(t);
         // kube-proxy counted the change and queued nothing.
         let b = snap(1.0, 0.1, 100.0, 99.0, 3.0, 2.0);
         let w = seen(13, 11, 3, 2);
@@ -790,10 +798,7 @@ kubeproxy_sync_proxy_rules_service_changes_total 7
     #[test]
     fn two_syncs_between_polls_prove_after_the_settle_time_without_another_sync() {
         let t = Instant::now();
-        let mut p = Prover::new(Duration::from_millis(500));
-        let a = snap(1.0, 0.1, 100.0, 99.0, 2.0, 2.0);
-        p.poll(&Snapshot::default(), &a, &seen(10, 11, 2, 2), t);
-        p.poll(&a, &a, &seen(10, 11, 2, 2), t);
+        let (mut p, a) = primed(t);
         // Two syncs (100.2..100.4 and 100.9..101.3) between two polls; the
         // request at 100.85 came between them. The histogram only says the
         // last took at most 0.5 s, so it may have started at 100.8.
@@ -811,10 +816,7 @@ kubeproxy_sync_proxy_rules_service_changes_total 7
     #[test]
     fn a_request_during_an_unmeasured_sync_waits_for_the_next_sync() {
         let t = Instant::now();
-        let mut p = Prover::new(Duration::from_millis(500));
-        let a = snap(1.0, 0.1, 100.0, 99.0, 2.0, 2.0);
-        p.poll(&Snapshot::default(), &a, &seen(10, 11, 2, 2), t);
-        p.poll(&a, &a, &seen(10, 11, 2, 2), t);
+        let (mut p, a) = primed(t);
         let w = seen(12, 11, 3, 2);
         let b = snap(3.0, 0.6, 101.3, 101.2, 3.0, 2.0);
         assert!(!p.poll(&a, &b, &w, t));
@@ -837,10 +839,7 @@ kubeproxy_sync_proxy_rules_service_changes_total 7
         // its end and then finishes cleaning up: end minus duration lands
         // before the request.
         let t = Instant::now();
-        let mut p = Prover::new(Duration::from_millis(500));
-        let a = snap(1.0, 0.1, 100.0, 99.0, 2.0, 2.0);
-        p.poll(&Snapshot::default(), &a, &seen(10, 11, 2, 2), t);
-        p.poll(&a, &a, &seen(10, 11, 2, 2), t);
+        let (mut p, a) = primed(t);
         let w = seen(12, 11, 3, 2);
         let b = snap(2.0, 0.1084, 919.3460, 919.3377, 3.0, 2.0);
         assert!(!p.poll(&a, &b, &w, t));
