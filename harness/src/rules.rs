@@ -29,12 +29,20 @@ impl Ruleset {
     /// The ruleset a backend programs (`None` for those that program none
     /// of these: userspace, eBPF, exec).
     pub fn of_backend(backend: &str) -> Option<Ruleset> {
-        let base = backend.strip_prefix("kube-proxy:").unwrap_or(backend);
-        let base = base.split('@').next().unwrap_or(base);
-        match base {
-            "iptables" | "ipvs" => Some(Ruleset::Iptables),
-            "iptables-legacy" => Some(Ruleset::IptablesLegacy),
-            "nftables" => Some(Ruleset::Nftables),
+        use svclab_backends::BackendKind;
+        use svclab_backends::kubeproxy::Mode;
+        match backend.parse::<BackendKind>().ok()? {
+            BackendKind::Builtin("iptables" | "ipvs")
+            | BackendKind::KubeProxy {
+                mode: Mode::Iptables | Mode::Ipvs,
+                ..
+            } => Some(Ruleset::Iptables),
+            BackendKind::Builtin("iptables-legacy") => Some(Ruleset::IptablesLegacy),
+            BackendKind::Builtin("nftables")
+            | BackendKind::KubeProxy {
+                mode: Mode::Nftables,
+                ..
+            } => Some(Ruleset::Nftables),
             _ => None,
         }
     }
