@@ -1,6 +1,6 @@
-//! Fidelity: svclab's iptables backend programs the same rules as upstream
-//! kube-proxy's iptables mode, on the same Services (smoke, behaviours and
-//! a generated 1,000-Service scenario). Each
+//! Fidelity: svclab's iptables and nftables backends program the same rules
+//! as upstream kube-proxy's iptables and nftables modes, on the same Services
+//! (smoke, behaviours and a generated 1,000-Service scenario). Each
 //! scenario is brought up once per backend; node-0's ruleset is dumped and
 //! normalised (`svclab::rules`), and every line one side has and the other
 //! lacks must be one of the differences listed here, with its reason. A new
@@ -90,6 +90,93 @@ const IPTABLES: &[Known] = &[
     },
 ];
 
+/// A Service's own chain: `service-…`, or the `local-…` chain of a Local
+/// traffic policy.
+fn service_chain(l: &str) -> bool {
+    l.starts_with("ip kube-proxy/chain service-") || l.starts_with("ip kube-proxy/chain local-")
+}
+
+/// The IPv6 table every upstream nftables proxier writes.
+const IP6_TABLE: Known = Known {
+    side: Upstream,
+    matches: |l| l.starts_with("ip6 kube-proxy"),
+    why: "kube-proxy runs one proxier per IP family the node has, and the lab's nodes have \
+          IPv6 loopback, so it writes an (empty) `ip6 kube-proxy` table; svclab's lab is \
+          IPv4-only until dual-stack (issue 18)",
+};
+
+/// svclab's nftables backend against kube-proxy v1.34's layout, which it
+/// follows: the only difference is the IPv6 table.
+const NFTABLES_V1_34: &[Known] = &[IP6_TABLE];
+
+/// Against kube-proxy v1.37, whose nftables layout changed after v1.34
+/// (pkg/proxy/nftables/proxier.go, `writeServiceToEndpointRules` and the
+/// `hairpin-connections` set). Both layouts pass every behaviour check; these
+/// are the places they differ.
+const NFTABLES_V1_37: &[Known] = &[
+    IP6_TABLE,
+    Known {
+        side: Ours,
+        matches: |l| l.starts_with("ip kube-proxy/chain endpoint-"),
+        why: "v1.37 keeps per-endpoint chains only for Services with ClientIP affinity \
+              (those are equal on both sides); v1.34 and svclab have one per endpoint",
+    },
+    Known {
+        side: Ours,
+        matches: |l| service_chain(l) && l.contains(": numgen random mod "),
+        why: "v1.34 and svclab pick the endpoint with a vmap of gotos to endpoint chains (in \
+              the service chain, or the local chain of a Local traffic policy)",
+    },
+    Known {
+        side: Upstream,
+        matches: |l| {
+            service_chain(l)
+                && (l.contains(" dnat ip to numgen random mod ") || l.contains(" dnat to "))
+        },
+        why: "v1.37 DNATs straight from the service chain: a numgen map of address . port, \
+              or one `dnat to` for a single endpoint",
+    },
+    Known {
+        side: Ours,
+        matches: |l| {
+            (service_chain(l) || l.starts_with("ip kube-proxy/chain external-"))
+                && l.contains(" jump mark-for-masquerade")
+        },
+        why: "v1.34 and svclab mark for masquerade per Service through a helper chain (v1.37 \
+              marks off-cluster ClusterIP traffic once, below)",
+    },
+    Known {
+        side: Upstream,
+        matches: |l| {
+            (l.starts_with("ip kube-proxy/chain services: ip daddr @cluster-ips ip saddr != ")
+                || l.starts_with("ip kube-proxy/chain external-"))
+                && l.contains("meta mark set meta mark | 0x00004000")
+        },
+        why: "v1.37 marks off-cluster ClusterIP traffic once, against the @cluster-ips set, and \
+              inlines the mark in external chains",
+    },
+    Known {
+        side: Ours,
+        matches: |l| {
+            l.starts_with("ip kube-proxy/chain mark-for-masquerade")
+                || l == "ip kube-proxy/chain masquerading: masquerade fully-random"
+                || l == "ip kube-proxy/chain masquerading: meta mark & 0x00004000 == 0x00000000 return"
+                || l == "ip kube-proxy/chain masquerading: meta mark set meta mark ^ 0x00004000"
+        },
+        why: "v1.34's three-rule masquerading chain and its mark helper",
+    },
+    Known {
+        side: Upstream,
+        matches: |l| {
+            l.starts_with("ip kube-proxy/set hairpin-connections")
+                || l.starts_with("ip kube-proxy/chain masquerading: ")
+        },
+        why: "v1.37 masquerades hairpin connections by a set of (pod, pod, proto, port) instead \
+              of a `saddr == endpoint` rule in every endpoint chain, and folds the mark test \
+              into one masquerade rule",
+    },
+];
+
 /// Brings `scenario` up on `backend`, and reads node-0's normalised ruleset
 /// through `svclab rules` (and once raw, through the library, to check the
 /// command prints what `svclab::rules` makes of the tool's output).
@@ -144,16 +231,17 @@ fn compare(scenario: &str, ours: &str, upstream: &str, ruleset: Ruleset, known: 
 }
 
 fn have_kube_proxy() -> bool {
-    let v = svclab::kubeproxy::DEFAULT_VERSION;
-    if svclab::kubeproxy::binary(v).is_file() {
-        return true;
+    for v in svclab::kubeproxy::SUPPORTED_VERSIONS {
+        if !svclab::kubeproxy::binary(v).is_file() {
+            let why = format!(
+                "kube-proxy {v} is not built ({})",
+                svclab::kubeproxy::build_command(v)
+            );
+            common::skip(&why);
+            return false;
+        }
     }
-    let why = format!(
-        "kube-proxy {v} is not built ({})",
-        svclab::kubeproxy::build_command(v)
-    );
-    common::skip(&why);
-    false
+    true
 }
 
 #[test]
@@ -180,6 +268,45 @@ fn iptables_programs_what_kube_proxy_iptables_programs() {
             Ruleset::Iptables,
             IPTABLES,
         );
+    }
+}
+
+#[test]
+fn nftables_programs_what_kube_proxy_nftables_programs() {
+    require_root!();
+    if !have_kube_proxy() {
+        return;
+    }
+    let _lab = common::lab_lock();
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let generated = dir.path().join("gen-1000x10.yaml");
+    let made = common::run(&["generate", "--services", "1000", "--endpoints", "10"]);
+    assert!(made.status.success(), "{}", common::text(&made));
+    std::fs::write(&generated, &made.stdout).expect("writing the generated scenario");
+    for scenario in [
+        "scenarios/smoke.yaml",
+        "scenarios/behaviours.yaml",
+        generated.to_str().expect("a UTF-8 path"),
+    ] {
+        let ours = up_and_dump(scenario, "nftables", Ruleset::Nftables);
+        assert!(
+            ours.len() > 20,
+            "nftables: only {} lines: {ours:#?}",
+            ours.len()
+        );
+        for (upstream, known) in [
+            ("kube-proxy:nftables@v1.34.4", NFTABLES_V1_34),
+            ("kube-proxy:nftables@v1.37.2", NFTABLES_V1_37),
+        ] {
+            let theirs = up_and_dump(scenario, upstream, Ruleset::Nftables);
+            let bad = unexplained(&ours, &theirs, known);
+            assert!(
+                bad.is_empty(),
+                "{scenario}: nftables vs {upstream}: {} unexplained difference(s):\n{}",
+                bad.len(),
+                bad.join("\n")
+            );
+        }
     }
 }
 
