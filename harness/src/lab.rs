@@ -99,6 +99,9 @@ pub struct Lab {
     pub times: UpTimes,
     /// Watch events sent to every agent so far (SYNCED markers aside).
     pub events_sent: u64,
+    /// When the agents were started: fed through the API, they list it
+    /// themselves from then on, so their first sync is timed from here.
+    pub agents_started: Option<Instant>,
     workloads: Option<Child>,
     /// The workload server exits when this closes.
     workloads_stdin: Option<tokio::process::ChildStdin>,
@@ -163,6 +166,7 @@ impl Lab {
             backend: opts.backend.clone(),
             times: UpTimes::default(),
             events_sent: 0,
+            agents_started: None,
             workloads: None,
             workloads_stdin: None,
             sync_timeout: opts.sync_timeout.unwrap_or(DEFAULT_SYNC_TIMEOUT),
@@ -517,6 +521,7 @@ impl Lab {
             });
             hook
         });
+        self.agents_started = Some(Instant::now());
         let mut agents =
             Agents::start_with(agents, &self.log_dir(), opts.supervise_agents, hook).await?;
         if self.feed == Feed::Api {

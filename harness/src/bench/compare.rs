@@ -30,6 +30,65 @@ pub fn parse_threshold(s: &str) -> Result<f64, String> {
     }
 }
 
+/// `OLD=NEW`: two backend names.
+pub fn parse_pair(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((old, new)) if !old.trim().is_empty() && !new.trim().is_empty() => {
+            Ok((old.trim().to_string(), new.trim().to_string()))
+        }
+        _ => Err(format!(
+            "{s:?} is not a pair of backends like \
+             kube-proxy:nftables@v1.34.4=kube-proxy:nftables@v1.37.2"
+        )),
+    }
+}
+
+/// Keeps, of `base`, the OLD backend of every pair and, of `cand`, the NEW
+/// one renamed to NEW (and OLD's cases and figures renamed to NEW too), so
+/// [`compare`] lines them up. Errors when a pair's backend is in neither.
+pub fn paired(
+    base: &BenchResults,
+    cand: &BenchResults,
+    pairs: &[(String, String)],
+) -> Result<(BenchResults, BenchResults), String> {
+    let mut b = base.clone();
+    let mut c = cand.clone();
+    b.cases.clear();
+    b.figures.clear();
+    c.cases.clear();
+    c.figures.clear();
+    for (old, new) in pairs {
+        let before = (b.figures.len(), c.figures.len());
+        for case in base.cases.iter().filter(|x| &x.backend == old) {
+            let mut case = case.clone();
+            case.backend = new.clone();
+            b.cases.push(case);
+        }
+        for fig in base.figures.iter().filter(|x| &x.backend == old) {
+            let mut fig = fig.clone();
+            fig.backend = new.clone();
+            b.figures.push(fig);
+        }
+        c.cases
+            .extend(cand.cases.iter().filter(|x| &x.backend == new).cloned());
+        c.figures
+            .extend(cand.figures.iter().filter(|x| &x.backend == new).cloned());
+        if b.figures.len() == before.0 {
+            return Err(format!(
+                "the base run ({}) has no figures of {old}",
+                base.run
+            ));
+        }
+        if c.figures.len() == before.1 {
+            return Err(format!(
+                "the candidate run ({}) has no figures of {new}",
+                cand.run
+            ));
+        }
+    }
+    Ok((b, c))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CompareError {
     #[error(
@@ -268,8 +327,17 @@ pub fn table(c: &Comparison) -> String {
 /// Exit code: 0 without regressions, 1 with, 2 when the runs cannot be
 /// compared.
 pub fn run(args: &CompareArgs) -> anyhow::Result<std::process::ExitCode> {
-    let base = BenchResults::load(&args.base)?;
-    let cand = BenchResults::load(&args.candidate)?;
+    let mut base = BenchResults::load(&args.base)?;
+    let mut cand = BenchResults::load(&args.candidate)?;
+    if !args.pairs.is_empty() {
+        match paired(&base, &cand, &args.pairs) {
+            Ok((b, c)) => (base, cand) = (b, c),
+            Err(e) => {
+                eprintln!("svclab compare: {e}");
+                return Ok(std::process::ExitCode::from(2));
+            }
+        }
+    }
     match compare(&base, &cand, args.threshold) {
         Ok(c) => {
             match args.output {
@@ -352,6 +420,33 @@ mod tests {
         let c = compare(&base, &cand, 0.1).unwrap();
         assert_eq!(c.regressions(), 1);
         assert_eq!(c.rows[0].metric, "status");
+    }
+
+    #[test]
+    fn a_pair_compares_two_versions_of_one_run() {
+        let mut run = results(false, 1.0, 1000.0);
+        for (backend, full) in [("kp@v1", 1.0), ("kp@v2", 1.5)] {
+            run.value(
+                backend,
+                1000,
+                "sync_full_proxy_rules_duration_seconds",
+                "seconds",
+                full,
+            );
+        }
+        let pairs = vec![("kp@v1".to_string(), "kp@v2".to_string())];
+        let (b, c) = paired(&run, &run, &pairs).unwrap();
+        let cmp = compare(&b, &c, 0.1).unwrap();
+        // Only the pair's figure, the upgrade's 1.5x as a regression.
+        assert_eq!(cmp.rows.len(), 1, "{:?}", cmp.rows);
+        assert_eq!(cmp.rows[0].backend, "kp@v2");
+        assert_eq!(cmp.rows[0].ratio, Some(1.5));
+        assert_eq!(cmp.regressions(), 1);
+        let missing = vec![("kp@v1".to_string(), "kp@v3".to_string())];
+        let err = paired(&run, &run, &missing).unwrap_err();
+        assert!(err.contains("no figures of kp@v3"), "{err}");
+        assert!(parse_pair("a=").is_err());
+        assert_eq!(parse_pair("a=b").unwrap(), ("a".into(), "b".into()));
     }
 
     #[test]
