@@ -581,7 +581,13 @@ impl Lab {
 
     /// Removes everything. Never fails: problems are printed, and the
     /// run's namespaces and state are removed regardless.
-    pub async fn down(mut self) {
+    pub async fn down(self) {
+        self.down_with_logs().await;
+    }
+
+    /// [`Lab::down`], returning the lab's logs as they were once the agents
+    /// had stopped (see [`crate::results::collect_logs`]).
+    pub async fn down_with_logs(mut self) -> Vec<(String, Vec<u8>)> {
         self.prober.close();
         if let Some(agents) = self.agents.take() {
             for p in agents.stop(Duration::from_secs(30)).await {
@@ -592,6 +598,8 @@ impl Lab {
         if let Some(mut w) = self.workloads.take() {
             let _ = w.kill().await;
         }
+        let logs = crate::results::collect_logs(&self.log_dir());
         crate::guard::cleanup_registered_run(&self.run);
+        logs
     }
 }

@@ -152,6 +152,7 @@ async fn run_backend(
         lab_times: serde_json::Value::Null,
         agent_events: Vec::new(),
         not_run: Vec::new(),
+        logs: Vec::new(),
     };
     if let Err(e) = backend.capability() {
         run.unavailable = Some(e.reason);
@@ -213,7 +214,8 @@ async fn run_backend(
         run.syncs = agents.reports.clone();
     }
     run.agent_events = lab.agent_events();
-    lab.down().await;
+    // After the agents stopped: kube-proxy's cleanup is in its log too.
+    run.logs = lab.down_with_logs().await;
     run
 }
 

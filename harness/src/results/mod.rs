@@ -131,6 +131,51 @@ pub struct BackendRun {
     /// have no verdict.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_run: Vec<String>,
+    /// The lab's logs (agents, upstream kube-proxy, workloads) as the lab
+    /// went down, each cut to its last [`LOG_TAIL_BYTES`]: written beside
+    /// the results as `logs/<backend>/<file>`, not into results.json.
+    #[serde(skip)]
+    pub logs: Vec<(String, Vec<u8>)>,
+}
+
+/// How much of each lab log a results folder keeps.
+pub const LOG_TAIL_BYTES: usize = 1 << 20;
+
+/// The `*.log` files of a lab's run folder, each cut to its tail.
+pub fn collect_logs(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut logs: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.ends_with(".log") {
+                return None;
+            }
+            let mut bytes = std::fs::read(e.path()).ok()?;
+            if bytes.len() > LOG_TAIL_BYTES {
+                bytes.drain(..bytes.len() - LOG_TAIL_BYTES);
+            }
+            Some((name, bytes))
+        })
+        .collect();
+    logs.sort();
+    logs
+}
+
+/// A backend name as a folder name (`kube-proxy:nftables@v1.34.4` ->
+/// `kube-proxy_nftables_v1.34.4`).
+fn folder_name(backend: &str) -> String {
+    backend
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-._".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 impl BackendRun {
@@ -244,6 +289,13 @@ pub fn write_all(dir: &Path, r: &RunResults) -> anyhow::Result<()> {
     std::fs::write(dir.join("junit.xml"), junit::render(r)?)?;
     std::fs::write(dir.join("summary.md"), markdown::render(r))?;
     std::fs::write(dir.join("report.html"), html::render(r))?;
+    for b in r.backends.iter().filter(|b| !b.logs.is_empty()) {
+        let d = dir.join("logs").join(folder_name(&b.backend));
+        std::fs::create_dir_all(&d)?;
+        for (name, bytes) in &b.logs {
+            std::fs::write(d.join(name), bytes)?;
+        }
+    }
     Ok(())
 }
 
@@ -344,6 +396,10 @@ mod tests {
                 lab_times: serde_json::Value::Null,
                 agent_events: Vec::new(),
                 not_run: Vec::new(),
+                logs: vec![(
+                    "agent-node-0.log".into(),
+                    b"agent node-0: synced\n".to_vec(),
+                )],
             }],
             interrupted: None,
         }
@@ -377,6 +433,12 @@ mod tests {
         assert_eq!(json["interrupted"]["exitCode"], 130);
         assert_eq!(json["backends"][0]["notRun"][0], "service-update");
         assert_eq!(json["backends"][0]["agentEvents"][0]["kind"], "exited");
+        // The lab's logs sit beside the results, not in them.
+        assert_eq!(
+            std::fs::read_to_string(dir.join("logs/iptables/agent-node-0.log")).unwrap(),
+            "agent node-0: synced\n"
+        );
+        assert!(json["backends"][0].get("logs").is_none());
         let md = std::fs::read_to_string(dir.join("summary.md")).unwrap();
         assert!(md.contains("INTERRUPTED by SIGINT"), "{md}");
         assert!(
@@ -493,5 +555,23 @@ mod tests {
             png.len()
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn lab_logs_keep_their_tails_and_only_logs() {
+        let dir = tempfile::tempdir().unwrap();
+        let long = "x".repeat(LOG_TAIL_BYTES + 3) + "end";
+        std::fs::write(dir.path().join("agent-node-0.log"), long).unwrap();
+        std::fs::write(dir.path().join("kube-proxy-node-0.log"), "E1206 ...").unwrap();
+        std::fs::write(dir.path().join("state.json"), "{}").unwrap();
+        let logs = collect_logs(dir.path());
+        let names: Vec<&str> = logs.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["agent-node-0.log", "kube-proxy-node-0.log"]);
+        assert_eq!(logs[0].1.len(), LOG_TAIL_BYTES);
+        assert!(logs[0].1.ends_with(b"end"));
+        assert_eq!(
+            folder_name("kube-proxy:nftables@v1.34.4"),
+            "kube-proxy_nftables_v1.34.4"
+        );
     }
 }
