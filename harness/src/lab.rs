@@ -110,6 +110,10 @@ pub struct Lab {
 
 const DEFAULT_SYNC_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// How long an agent may take to stop: longer than kube-proxy's SIGTERM
+/// grace plus its `--cleanup` bound (`agent::kubeproxy`).
+const AGENT_STOP_GRACE: Duration = Duration::from_secs(45);
+
 /// Longer than any API request holds the control plane (a 50k-Service list
 /// takes it for milliseconds).
 const CP_LOCK_PATIENCE: Duration = Duration::from_secs(30);
@@ -169,7 +173,9 @@ impl Lab {
             agents_started: None,
             workloads: None,
             workloads_stdin: None,
-            sync_timeout: opts.sync_timeout.unwrap_or(DEFAULT_SYNC_TIMEOUT),
+            sync_timeout: opts
+                .sync_timeout
+                .unwrap_or(DEFAULT_SYNC_TIMEOUT * crate::results::HostFacts::slowdown()),
         };
         // A stop signal cancels the build (a probe, a wait for the
         // workloads or the first sync can take seconds); what was built is
@@ -590,7 +596,10 @@ impl Lab {
     pub async fn down_with_logs(mut self) -> Vec<(String, Vec<u8>)> {
         self.prober.close();
         if let Some(agents) = self.agents.take() {
-            for p in agents.stop(Duration::from_secs(30)).await {
+            // Upstream kube-proxy's --cleanup gets its own bound in the agent
+            // (`agent::kubeproxy`); this one is longer.
+            let grace = AGENT_STOP_GRACE * crate::results::HostFacts::slowdown();
+            for p in agents.stop(grace).await {
                 eprintln!("svclab: {p}");
             }
         }

@@ -36,18 +36,9 @@ impl RunOptions {
     }
 }
 
-/// Software emulation (`svclab vm` under TCG) runs the whole lab several
-/// times slower than the host: probe deadlines stretch by this much there,
-/// and the results say they were emulated.
-pub const EMULATION_SLOWDOWN: u32 = 4;
-
 fn settings(scn: &Scenario, opts: &RunOptions) -> Settings {
     let p = &scn.lab.probes;
-    let factor = if HostFacts::in_vm() {
-        EMULATION_SLOWDOWN
-    } else {
-        1
-    };
+    let factor = HostFacts::slowdown();
     Settings {
         timeout: Duration::from_millis(p.timeout_ms) * factor,
         refuse_within: Duration::from_secs(1) * factor,

@@ -369,7 +369,7 @@ fn start(binary: &Path, config: &Path, log: &Path, dir: &Path) -> std::io::Resul
 fn stop(child: &mut Child) {
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    let deadline = Instant::now() + STOP_GRACE;
+    let deadline = Instant::now() + STOP_GRACE * crate::results::HostFacts::slowdown();
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
             return;
@@ -399,7 +399,8 @@ fn cleanup(binary: &Path, config: &Path, log: &Path, dir: &Path) -> Result<(), S
         .stderr(Stdio::from(err))
         .spawn()
         .map_err(|e| format!("starting kube-proxy --cleanup: {e}"))?;
-    let deadline = Instant::now() + CLEANUP_TIMEOUT;
+    let bound = CLEANUP_TIMEOUT * crate::results::HostFacts::slowdown();
+    let deadline = Instant::now() + bound;
     loop {
         match child.try_wait() {
             Ok(Some(s)) if s.success() => return Ok(()),
@@ -409,7 +410,7 @@ fn cleanup(binary: &Path, config: &Path, log: &Path, dir: &Path) -> Result<(), S
                 let _ = child.wait();
                 return Err(format!(
                     "kube-proxy --cleanup still ran after {} s; killed",
-                    CLEANUP_TIMEOUT.as_secs()
+                    bound.as_secs()
                 ));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(50)),

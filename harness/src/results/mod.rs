@@ -34,10 +34,22 @@ pub struct HostFacts {
     pub emulated: bool,
 }
 
+/// Software emulation (`svclab vm`, qemu without KVM) runs the lab several
+/// times slower than the host: probe deadlines, sync timeouts and upstream
+/// kube-proxy's stop and cleanup stretch by this much there, and the results
+/// say they were emulated.
+pub const EMULATION_SLOWDOWN: u32 = 4;
+
 impl HostFacts {
     /// Inside `svclab vm`.
     pub fn in_vm() -> bool {
         std::env::var_os("SVCLAB_IN_VM").is_some()
+    }
+
+    /// How much longer waits are here: [`EMULATION_SLOWDOWN`] inside
+    /// `svclab vm`, else 1.
+    pub fn slowdown() -> u32 {
+        if Self::in_vm() { EMULATION_SLOWDOWN } else { 1 }
     }
 
     pub fn collect() -> HostFacts {
