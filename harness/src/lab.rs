@@ -124,7 +124,7 @@ fn with_agents(processes: &mut Vec<ProcRef>, agents: Vec<ProcRef>) {
 impl Lab {
     /// Builds the lab. On any error, what was built is removed again.
     pub async fn up(scenario: Scenario, opts: &LabOptions) -> Result<Lab> {
-        let run = RunId::fresh();
+        let run = crate::state::fresh_run_id();
         let mut state = RunState::new(&run, &scenario.file);
         state.backend = opts.backend.as_ref().map(|b| b.to_string());
         let topology = Topology::plan(&scenario, &run);
@@ -172,13 +172,13 @@ impl Lab {
         // removed.
         let built = tokio::select! {
             biased;
-            sig = crate::guard::stopped() => Err(anyhow::Error::new(crate::probe::Interrupted(sig))),
+            sig = crate::stop::stopped() => Err(anyhow::Error::new(crate::probe::Interrupted(sig))),
             r = lab.build(opts) => r,
         };
         match built {
             Ok(()) => Ok(lab),
             Err(e) => {
-                let interrupted = crate::guard::stopping();
+                let interrupted = crate::stop::stopping();
                 lab.down().await;
                 if interrupted {
                     // A namespace being created by a cancelled build step

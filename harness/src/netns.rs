@@ -91,7 +91,7 @@ impl NetNs {
         &self,
         init: impl FnOnce() -> Result<(), NetNsError>,
     ) -> Result<(), NetNsError> {
-        if crate::guard::stopping() {
+        if crate::stop::stopping() {
             return Err(NetNsError::Stopping(self.name.clone()));
         }
         ensure_netns_dir()?;

@@ -90,7 +90,7 @@ pub async fn run(scn: &Scenario, opts: &RunOptions) -> anyhow::Result<(RunResult
     let mut backends = Vec::new();
     let mut not_run = Vec::new();
     for backend in &opts.backends {
-        if crate::guard::stopping() {
+        if crate::stop::stopping() {
             not_run.extend(opts.checks().iter().map(|c| format!("{backend}/{c}")));
             continue;
         }
@@ -124,8 +124,8 @@ pub async fn run(scn: &Scenario, opts: &RunOptions) -> anyhow::Result<(RunResult
         finished_at: jiff::Timestamp::now().to_string(),
         host: HostFacts::collect(),
         backends,
-        interrupted: crate::guard::stop_signal().map(|sig| results::Interruption {
-            signal: crate::guard::signal_name(sig),
+        interrupted: crate::stop::stop_signal().map(|sig| results::Interruption {
+            signal: crate::stop::signal_name(sig),
             exit_code: (128 + sig) as u8,
             at: jiff::Timestamp::now().to_string(),
             not_run,
@@ -169,7 +169,7 @@ async fn run_backend(
     let mut lab = match Lab::up(scn.clone(), &lab_opts).await {
         Ok(lab) => lab,
         // Interrupted while the lab came up: no check ran, none failed.
-        Err(_) if crate::guard::stopping() => {
+        Err(_) if crate::stop::stopping() => {
             run.not_run = opts.checks().iter().map(|c| c.to_string()).collect();
             return run;
         }
@@ -206,7 +206,7 @@ async fn run_backend(
         .iter()
         .map(|c| c.to_string())
         .collect();
-    if !crate::guard::stopping() {
+    if !crate::stop::stopping() {
         crate::scrape::attach(&mut lab, &mut run).await;
     } else if let Some(agents) = lab.agents.as_mut() {
         agents.drain();

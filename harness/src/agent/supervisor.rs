@@ -296,7 +296,7 @@ fn spawn(
             }
         };
         let what = status.map_or("an unknown status".to_string(), |s| s.to_string());
-        if !stopping.load(Ordering::SeqCst) && !crate::guard::stopping() {
+        if !stopping.load(Ordering::SeqCst) && !crate::stop::stopping() {
             // Reported at once, whoever is (or is not) waiting on the agents.
             eprintln!("svclab: agent {node} (pid {pid}) exited with {what}");
             if let Some(hook) = &hook {
@@ -542,7 +542,7 @@ impl Agents {
                 h.synced_rv = StreamVersions::default();
                 h.replayed_rv = None;
                 h.failures_in_a_row = 0;
-                let detail = if supervised && !crate::guard::stopping() {
+                let detail = if supervised && !crate::stop::stopping() {
                     format!(
                         "pid {} exited with {status}; restart {} in {:.0} s",
                         inc.pid,
@@ -552,7 +552,7 @@ impl Agents {
                 } else {
                     format!("pid {} exited with {status}", inc.pid)
                 };
-                if supervised && !crate::guard::stopping() {
+                if supervised && !crate::stop::stopping() {
                     eprintln!(
                         "svclab: agent {}: restart {} in {:.0} s",
                         h.node,
@@ -586,7 +586,7 @@ impl Agents {
     /// Supervised: restarts every dead agent whose backoff has run out.
     /// Returns how many were restarted.
     pub async fn restart_due(&mut self) -> usize {
-        if !self.supervised || crate::guard::stopping() || self.stopping.load(Ordering::SeqCst) {
+        if !self.supervised || crate::stop::stopping() || self.stopping.load(Ordering::SeqCst) {
             return 0;
         }
         let now = Instant::now();

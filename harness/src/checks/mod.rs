@@ -416,7 +416,7 @@ pub async fn run_all(
     };
     let mut out = Vec::new();
     for &name in selected {
-        if crate::guard::stopping() {
+        if crate::stop::stopping() {
             break;
         }
         progress.set_message(format!("{backend}: {name}"));
@@ -428,7 +428,7 @@ pub async fn run_all(
             None => {
                 let ran = tokio::select! {
                     biased;
-                    _ = crate::guard::stopped() => None,
+                    _ = crate::stop::stopped() => None,
                     r = run_one(&mut ctx, name) => Some(r),
                 };
                 match ran {
@@ -441,7 +441,7 @@ pub async fn run_all(
         };
         // A stop signal while the check ran: what it saw may be the
         // teardown, not the backend.
-        if crate::guard::stopping() {
+        if crate::stop::stopping() {
             break;
         }
         if result.verdict == Verdict::Fail
@@ -450,7 +450,7 @@ pub async fn run_all(
             progress.set_message(format!("{backend}: {name}: tracing a failing probe"));
             let traced = tokio::select! {
                 biased;
-                _ = crate::guard::stopped() => None,
+                _ = crate::stop::stopped() => None,
                 t = crate::trace::for_failure(ctx.lab, &v, &t, address) => Some(t),
             };
             result.trace = match traced {
