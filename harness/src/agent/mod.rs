@@ -10,6 +10,7 @@
 //! counted in the metrics, as kube-proxy does.
 
 pub mod health;
+mod http;
 pub mod kubeproxy;
 pub mod metrics;
 pub mod supervisor;
