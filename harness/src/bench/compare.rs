@@ -16,20 +16,6 @@ pub use crate::cli::compare::CompareArgs;
 
 use super::schema::{BenchResults, Better, Status};
 
-pub fn parse_threshold(s: &str) -> Result<f64, String> {
-    let t = s.trim();
-    let v = match t.strip_suffix('%') {
-        Some(p) => p.trim().parse::<f64>().map(|v| v / 100.0),
-        None => t.parse::<f64>(),
-    }
-    .map_err(|e| format!("{s:?} is not a threshold like 10% or 0.1: {e}"))?;
-    if v.is_finite() && v >= 0.0 {
-        Ok(v)
-    } else {
-        Err(format!("{s:?}: the threshold must be zero or more"))
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum CompareError {
     #[error(
@@ -315,14 +301,6 @@ mod tests {
             detail: serde_json::Value::Null,
         });
         r
-    }
-
-    #[test]
-    fn thresholds_parse() {
-        assert_eq!(parse_threshold("10%").unwrap(), 0.1);
-        assert_eq!(parse_threshold("0.25").unwrap(), 0.25);
-        assert!(parse_threshold("-5%").is_err());
-        assert!(parse_threshold("ten").is_err());
     }
 
     #[test]

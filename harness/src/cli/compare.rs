@@ -4,8 +4,6 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::bench::compare::parse_threshold;
-
 #[derive(Args, Clone, Debug)]
 pub struct CompareArgs {
     /// The baseline: a bench folder, or its bench.json.
@@ -20,4 +18,32 @@ pub struct CompareArgs {
     /// results/README.md).
     #[arg(short = 'o', long = "output", value_name = "FORMAT", value_enum, default_value_t = super::Format::Text)]
     pub output: super::Format,
+}
+
+/// `10%` or `0.1`: how much worse a figure may get.
+pub fn parse_threshold(s: &str) -> Result<f64, String> {
+    let t = s.trim();
+    let v = match t.strip_suffix('%') {
+        Some(p) => p.trim().parse::<f64>().map(|v| v / 100.0),
+        None => t.parse::<f64>(),
+    }
+    .map_err(|e| format!("{s:?} is not a threshold like 10% or 0.1: {e}"))?;
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("{s:?}: the threshold must be zero or more"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thresholds_parse() {
+        assert_eq!(parse_threshold("10%").unwrap(), 0.1);
+        assert_eq!(parse_threshold("0.25").unwrap(), 0.25);
+        assert!(parse_threshold("-5%").is_err());
+        assert!(parse_threshold("ten").is_err());
+    }
 }
