@@ -40,54 +40,6 @@ impl AgentArgs {
             uplink: crate::topology::names::NODE_UPLINK.into(),
         }
     }
-
-    /// The command-line flags that reproduce these args.
-    pub fn to_flags(&self) -> Vec<String> {
-        let mut v = vec![
-            "--node".into(),
-            self.node.clone(),
-            "--backend".into(),
-            self.backend.to_string(),
-            "--node-ip".into(),
-            self.node_ip.to_string(),
-            "--pod-cidr".into(),
-            self.pod_cidr.to_string(),
-            "--cluster-cidr".into(),
-            self.cluster_cidr.to_string(),
-            "--service-cidr".into(),
-            self.service_cidr.to_string(),
-            "--run-prefix".into(),
-            self.run_prefix.clone(),
-            "--min-sync-period-ms".into(),
-            self.min_sync_period_ms.to_string(),
-            "--sync-period-ms".into(),
-            self.sync_period_ms.to_string(),
-            "--ipvs-scheduler".into(),
-            self.ipvs_scheduler.clone(),
-            "--healthz-port".into(),
-            self.healthz_port.to_string(),
-            "--metrics-port".into(),
-            self.metrics_port.to_string(),
-        ];
-        for f in &self.faults {
-            v.push("--fault".into());
-            v.push(
-                serde_json::to_value(f)
-                    .ok()
-                    .and_then(|x| x.as_str().map(String::from))
-                    .unwrap_or_default(),
-            );
-        }
-        if let Some(d) = &self.dump_dir {
-            v.push("--dump-dir".into());
-            v.push(d.display().to_string());
-        }
-        if let Some(k) = &self.kubeconfig {
-            v.push("--kubeconfig".into());
-            v.push(k.display().to_string());
-        }
-        v
-    }
 }
 
 enum Input {
