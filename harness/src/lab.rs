@@ -338,21 +338,10 @@ impl Lab {
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .kill_on_drop(true);
-        // SAFETY: setpgid and prctl are async-signal-safe. A process group
-        // of its own: a terminal's Ctrl-C reaches the harness, which stops
-        // the checks first, not the pods' servers under a running check.
-        // The server never outlives us.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::setpgid(0, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        // A process group of its own: a terminal's Ctrl-C reaches the
+        // harness, which stops the checks first, not the pods' servers under
+        // a running check. The server never outlives us.
+        crate::netns::prepare_child(cmd.as_std_mut(), None, crate::netns::Group::Own);
         let mut child = cmd.spawn().context("starting the workload server")?;
         if let Some(pr) = child.id().and_then(|pid| ProcRef::of(pid, "workloads")) {
             self.state.processes.push(pr);

@@ -49,7 +49,6 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{RecvTimeoutError, channel};
@@ -353,16 +352,9 @@ fn start(binary: &Path, config: &Path, log: &Path, dir: &Path) -> std::io::Resul
         .stdin(Stdio::null())
         .stdout(Stdio::from(out))
         .stderr(Stdio::from(err));
-    // SAFETY: prctl is async-signal-safe. kube-proxy gets SIGTERM when the
-    // agent's main thread (which forks it) ends, so it never outlives it.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    // kube-proxy gets SIGTERM when the agent's main thread (which forks
+    // it) ends, so it never outlives it.
+    crate::netns::prepare_child(&mut cmd, None, crate::netns::Group::Inherit);
     cmd.spawn()
 }
 
