@@ -51,7 +51,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{RecvTimeoutError, channel};
+use std::sync::mpsc::channel;
 use std::time::{Duration, Instant};
 
 use svclab_backends::kubeproxy::Mode;
@@ -511,26 +511,17 @@ pub fn run(args: AgentArgs, mode: Mode, version: &str) -> i32 {
     let mut next_poll = Instant::now();
     let mut scrape_errors = 0u64;
     let mut code = 0;
-    'main: loop {
+    loop {
         let wait = next_poll.saturating_duration_since(Instant::now());
-        let mut first = match rx.recv_timeout(wait) {
-            Ok(i) => Some(i),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => break,
-        };
-        while let Some(input) = first.take().or_else(|| rx.try_recv().ok()) {
-            match input {
-                Input::Stop(why) => {
-                    stop_reason = why;
-                    break 'main;
-                }
-                Input::Event(ev) => {
-                    seen.count(&ev, !tracker.is_synced());
-                    if let Err(e) = tracker.apply(&ev) {
-                        eprintln!("agent {}: skipping object: {e}", args.node);
-                    }
-                }
+        let round = super::next_round(&rx, wait, |ev| {
+            seen.count(ev, !tracker.is_synced());
+            if let Err(e) = tracker.apply(ev) {
+                eprintln!("agent {}: skipping object: {e}", args.node);
             }
+        });
+        if let Err(why) = round {
+            stop_reason = why;
+            break;
         }
         if Instant::now() < next_poll {
             continue;
