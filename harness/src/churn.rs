@@ -137,7 +137,7 @@ pub async fn run(
     let control_plane_seconds = lab.times.control_plane.as_secs_f64();
     let played = tokio::select! {
         biased;
-        sig = crate::guard::stopped() => Err(crate::probe::Interrupted(sig).into()),
+        sig = crate::stop::stopped() => Err(crate::probe::Interrupted(sig).into()),
         r = play(&mut lab, &churn) => r,
     };
     let (steps, churn_seconds) = match played {

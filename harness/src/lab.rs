@@ -131,7 +131,7 @@ fn with_agents(processes: &mut Vec<ProcRef>, agents: Vec<ProcRef>) {
 impl Lab {
     /// Builds the lab. On any error, what was built is removed again.
     pub async fn up(scenario: Scenario, opts: &LabOptions) -> Result<Lab> {
-        let run = RunId::fresh();
+        let run = crate::state::fresh_run_id();
         let mut state = RunState::new(&run, &scenario.file);
         state.backend = opts.backend.as_ref().map(|b| b.to_string());
         let topology = Topology::plan(&scenario, &run);
@@ -182,13 +182,13 @@ impl Lab {
         // removed.
         let built = tokio::select! {
             biased;
-            sig = crate::guard::stopped() => Err(anyhow::Error::new(crate::probe::Interrupted(sig))),
+            sig = crate::stop::stopped() => Err(anyhow::Error::new(crate::probe::Interrupted(sig))),
             r = lab.build(opts) => r,
         };
         match built {
             Ok(()) => Ok(lab),
             Err(e) => {
-                let interrupted = crate::guard::stopping();
+                let interrupted = crate::stop::stopping();
                 lab.down().await;
                 if interrupted {
                     // A namespace being created by a cancelled build step
@@ -348,21 +348,10 @@ impl Lab {
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .kill_on_drop(true);
-        // SAFETY: setpgid and prctl are async-signal-safe. A process group
-        // of its own: a terminal's Ctrl-C reaches the harness, which stops
-        // the checks first, not the pods' servers under a running check.
-        // The server never outlives us.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::setpgid(0, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        // A process group of its own: a terminal's Ctrl-C reaches the
+        // harness, which stops the checks first, not the pods' servers under
+        // a running check. The server never outlives us.
+        crate::netns::prepare_child(cmd.as_std_mut(), None, crate::netns::Group::Own);
         let mut child = cmd.spawn().context("starting the workload server")?;
         if let Some(pr) = child.id().and_then(|pid| ProcRef::of(pid, "workloads")) {
             self.state.processes.push(pr);

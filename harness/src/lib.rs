@@ -13,7 +13,7 @@
 //! - [`bench`]: the benchmarks (`svclab bench`, `svclab compare`);
 //! - [`trace`]: one probe's path through the kernel (`svclab trace`);
 //! - [`capture`]: a live cluster's Services as a scenario (`svclab capture`);
-//! - [`cleanup`], [`guard`], [`state`]: leaving the host as it was found.
+//! - [`cleanup`], [`guard`], [`state`], [`stop`]: leaving the host as it was found.
 
 pub mod agent;
 pub mod apiserver;
@@ -37,6 +37,7 @@ pub mod run;
 pub mod scenario;
 pub mod scrape;
 pub mod state;
+pub mod stop;
 pub mod topology;
 pub mod trace;
 pub mod vm;

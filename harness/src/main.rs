@@ -11,7 +11,9 @@ use svclab_backends::BackendKind;
 
 use svclab::cli::{self, Cli, Command, Format};
 use svclab::scenario::Scenario;
-use svclab::{agent, cleanup, doctor, guard, lab, run, scenario, state, topology, vm, workload};
+use svclab::{
+    agent, cleanup, doctor, guard, lab, run, scenario, state, stop, topology, vm, workload,
+};
 
 fn load_scenario(path: Option<&PathBuf>) -> Result<Scenario, ExitCode> {
     match path {
@@ -74,7 +76,7 @@ fn main() -> ExitCode {
         }
     };
     // A stopped command exits with 128 + the signal, whatever it got to.
-    match guard::exit_code() {
+    match stop::exit_code() {
         Some(stopped) => ExitCode::from(stopped),
         None => code,
     }
@@ -387,12 +389,12 @@ async fn up_foreground(scn: Scenario, backend: Option<BackendKind>) -> Result<Ex
     // stop signal; then remove the lab.
     loop {
         tokio::select! {
-            _ = guard::stopped() => break,
+            _ = stop::stopped() => break,
             _ = lab.supervise_for(std::time::Duration::from_secs(1)) => {}
         }
     }
     lab.down().await;
-    Ok(ExitCode::from(guard::exit_code().unwrap_or(1)))
+    Ok(ExitCode::from(stop::exit_code().unwrap_or(1)))
 }
 
 fn print_lab(lab: &lab::Lab) {

@@ -91,7 +91,7 @@ impl NetNs {
         &self,
         init: impl FnOnce() -> Result<(), NetNsError>,
     ) -> Result<(), NetNsError> {
-        if crate::guard::stopping() {
+        if crate::stop::stopping() {
             return Err(NetNsError::Stopping(self.name.clone()));
         }
         ensure_netns_dir()?;
@@ -214,6 +214,44 @@ impl Drop for NetNsGuard {
     fn drop(&mut self) {
         setns(&self.home, CloneFlags::CLONE_NEWNET)
             .expect("returning a thread to its own network namespace cannot fail");
+    }
+}
+
+/// Whether a child leads a process group of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Group {
+    /// Ours: it gets what our terminal sends.
+    Inherit,
+    /// Its own: a terminal's Ctrl-C reaches svclab, which then stops the
+    /// child in order, not behind its back.
+    Own,
+}
+
+/// Prepares `cmd` (std's; tokio's through `as_std_mut`) for a child that
+/// enters the namespace `netns` (opened with [`NetNs::open`]), when given,
+/// between fork and exec, so that nothing it does runs in the host's
+/// namespace; leads its own process group with [`Group::Own`]; and gets
+/// SIGTERM when the thread that spawned it ends (PR_SET_PDEATHSIG), so it
+/// never outlives svclab. The namespace stays open while `cmd` lives.
+pub fn prepare_child(cmd: &mut std::process::Command, netns: Option<OwnedFd>, group: Group) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only async-signal-safe calls run between fork and exec; the
+    // closure owns `netns`, so it is open until the command is spawned.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(fd) = &netns
+                && libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            if group == Group::Own && libc::setpgid(0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 

@@ -233,12 +233,12 @@ impl Prober {
 /// [`Interrupted`] instead of results the teardown could have caused.
 pub async fn cancellable<T>(task: tokio::task::JoinHandle<T>) -> anyhow::Result<T> {
     let mut task = AbortOnDrop(task);
-    if let Some(sig) = crate::guard::stop_signal() {
+    if let Some(sig) = crate::stop::stop_signal() {
         return Err(Interrupted(sig).into());
     }
     tokio::select! {
         biased;
-        sig = crate::guard::stopped() => Err(Interrupted(sig).into()),
+        sig = crate::stop::stopped() => Err(Interrupted(sig).into()),
         r = &mut task.0 => Ok(r?),
     }
 }
@@ -254,7 +254,7 @@ impl<T> Drop for AbortOnDrop<T> {
 
 /// Work cut short by a stop signal.
 #[derive(Debug, thiserror::Error)]
-#[error("interrupted by {}", crate::guard::signal_name(*.0))]
+#[error("interrupted by {}", crate::stop::signal_name(*.0))]
 pub struct Interrupted(pub i32);
 
 /// One probe, on whatever namespace the current thread is in.

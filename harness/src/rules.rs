@@ -59,10 +59,11 @@ impl Ruleset {
 /// The raw ruleset inside the network namespace `netns` (a lab's).
 pub fn dump(netns: &str, ruleset: Ruleset) -> anyhow::Result<String> {
     let (program, args) = ruleset.command();
-    let out = Command::new("ip")
-        .args(["netns", "exec", netns, program])
-        .args(args)
-        .env("PATH", crate::kubeproxy::PATH)
+    let mut cmd = Command::new(program);
+    cmd.args(args).env("PATH", crate::kubeproxy::PATH);
+    let fd = crate::netns::NetNs::new(netns).open()?;
+    crate::netns::prepare_child(&mut cmd, Some(fd), crate::netns::Group::Inherit);
+    let out = cmd
         .output()
         .map_err(|e| anyhow::anyhow!("running {program} in {netns}: {e}"))?;
     if !out.status.success() {

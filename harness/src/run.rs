@@ -3,7 +3,7 @@
 //! checks × backends table.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use svclab_backends::{BackendKind, BackendOptions, Fault};
@@ -27,11 +27,11 @@ pub struct RunOptions {
 
 impl RunOptions {
     /// The checks this run runs.
-    pub fn checks(&self) -> &[&'static str] {
+    pub fn checks(&self) -> Vec<&'static str> {
         if self.checks.is_empty() {
-            &checks::CHECKS
+            checks::check_names().collect()
         } else {
-            &self.checks
+            self.checks.clone()
         }
     }
 }
@@ -81,7 +81,7 @@ pub async fn run(scn: &Scenario, opts: &RunOptions) -> anyhow::Result<(RunResult
     let mut backends = Vec::new();
     let mut not_run = Vec::new();
     for backend in &opts.backends {
-        if crate::guard::stopping() {
+        if crate::stop::stopping() {
             not_run.extend(opts.checks().iter().map(|c| format!("{backend}/{c}")));
             continue;
         }
@@ -115,8 +115,8 @@ pub async fn run(scn: &Scenario, opts: &RunOptions) -> anyhow::Result<(RunResult
         finished_at: jiff::Timestamp::now().to_string(),
         host: HostFacts::collect(),
         backends,
-        interrupted: crate::guard::stop_signal().map(|sig| results::Interruption {
-            signal: crate::guard::signal_name(sig),
+        interrupted: crate::stop::stop_signal().map(|sig| results::Interruption {
+            signal: crate::stop::signal_name(sig),
             exit_code: (128 + sig) as u8,
             at: jiff::Timestamp::now().to_string(),
             not_run,
@@ -161,7 +161,7 @@ async fn run_backend(
     let mut lab = match Lab::up(scn.clone(), &lab_opts).await {
         Ok(lab) => lab,
         // Interrupted while the lab came up: no check ran, none failed.
-        Err(_) if crate::guard::stopping() => {
+        Err(_) if crate::stop::stopping() => {
             run.not_run = opts.checks().iter().map(|c| c.to_string()).collect();
             return run;
         }
@@ -185,12 +185,12 @@ async fn run_backend(
         faults: opts.faults.clone(),
         ..Default::default()
     };
-    run.checks = checks::run_all(
+    run.checks = run_checks(
         &mut lab,
         backend,
         &backend_opts,
         settings(scn, opts),
-        opts.checks(),
+        &opts.checks(),
         pb,
     )
     .await;
@@ -198,7 +198,7 @@ async fn run_backend(
         .iter()
         .map(|c| c.to_string())
         .collect();
-    if !crate::guard::stopping() {
+    if !crate::stop::stopping() {
         crate::scrape::attach(&mut lab, &mut run).await;
     } else if let Some(agents) = lab.agents.as_mut() {
         agents.drain();
@@ -208,6 +208,71 @@ async fn run_backend(
     // After the agents stopped: kube-proxy's cleanup is in its log too.
     run.logs = lab.down_with_logs().await;
     run
+}
+
+/// Runs the `selected` checks against a lab whose agents run `backend`,
+/// in order, and has the kernel trace a failing probe of each failed one.
+/// Once a stop signal arrives no further check starts, the running one is
+/// cancelled (its probes with it) and gets no verdict: the result holds
+/// only the checks that finished before the signal.
+async fn run_checks(
+    lab: &mut Lab,
+    backend: &BackendKind,
+    options: &BackendOptions,
+    settings: Settings,
+    selected: &[&'static str],
+    progress: &ProgressBar,
+) -> Vec<CheckResult> {
+    let mut ctx = checks::Ctx::new(
+        lab,
+        backend.limitations(options).into_iter().collect(),
+        settings,
+    );
+    let mut out = Vec::new();
+    for &name in selected {
+        if crate::stop::stopping() {
+            break;
+        }
+        progress.set_message(format!("{backend}: {name}"));
+        let start = Instant::now();
+        let ran = tokio::select! {
+            biased;
+            _ = crate::stop::stopped() => None,
+            r = ctx.run(name, backend) => Some(r),
+        };
+        // Cancelled: no verdict for a check that did not finish.
+        let Some((mut result, failing_probe)) = ran else {
+            break;
+        };
+        // A stop signal while the check ran: what it saw may be the
+        // teardown, not the backend.
+        if crate::stop::stopping() {
+            break;
+        }
+        if result.verdict == Verdict::Fail
+            && let Some(p) = failing_probe
+        {
+            progress.set_message(format!("{backend}: {name}: tracing a failing probe"));
+            let traced = tokio::select! {
+                biased;
+                _ = crate::stop::stopped() => None,
+                t = crate::trace::for_failure(ctx.lab, &p.vantage, &p.target, p.address) => Some(t),
+            };
+            result.trace = match traced {
+                None => None,
+                Some(Some(Ok(trace))) => Some(crate::trace::text(&trace)),
+                Some(Some(Err(e))) => Some(format!("the trace could not be taken: {e}")),
+                Some(None) => None,
+            };
+        }
+        result.seconds = start.elapsed().as_secs_f64();
+        out.push(result);
+        progress.inc(1);
+        // Between checks: a dead agent is restarted (with backoff) before
+        // the next check relies on it.
+        ctx.lab.supervise().await;
+    }
+    out
 }
 
 /// Prints the table and where the results are; the exit code says whether

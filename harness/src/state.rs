@@ -488,6 +488,18 @@ pub fn known_runs() -> Vec<RunId> {
     ids
 }
 
+/// A fresh run id that no namespace or state directory uses yet.
+pub fn fresh_run_id() -> RunId {
+    loop {
+        let id = RunId::random();
+        let taken =
+            !crate::netns::list_with_prefix(&id.ns_prefix()).is_empty() || run_dir(&id).exists();
+        if !taken {
+            return id;
+        }
+    }
+}
+
 /// This program, for re-executing itself (agents, workload server, the lab
 /// process). Through /proc/self/exe it keeps working when the binary on
 /// disk is replaced by a rebuild while a lab runs.

@@ -310,7 +310,7 @@ fn cleanup_and_down_refuse_records_others_could_write() {
         ("a record owned by nobody", 0o700, 0o600, Some(65534)),
     ] {
         let mut mess = Mess::default();
-        let run = RunId::fresh();
+        let run = svclab::state::fresh_run_id();
         let node_ns = format!("svclab-{run}-node-0");
         mess.netns(&node_ns);
         let victim = mess.sleep(None);
@@ -366,7 +366,7 @@ fn cleanup_never_signals_a_process_that_is_not_svclabs() {
     require_root!();
     let _lab = common::lab_lock();
     let mut mess = Mess::default();
-    let run = RunId::fresh();
+    let run = svclab::state::fresh_run_id();
     let node_ns = format!("svclab-{run}-node-0");
     mess.netns(&node_ns);
     // One unrelated process in the host's namespace, one inside the run's
@@ -416,7 +416,7 @@ fn namespaces_without_a_record_are_reported_and_left_unless_forced() {
     require_root!();
     let _lab = common::lab_lock();
     let mut mess = Mess::default();
-    let run = RunId::fresh();
+    let run = svclab::state::fresh_run_id();
     let ns = format!("svclab-{run}-orphan");
     mess.netns(&ns);
     let pid = mess.sleep(Some(&ns));

@@ -4,41 +4,17 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-/// Everything about the host's network state that a lab could change.
-fn host_snapshot() -> String {
-    let mut s = String::new();
-    let strip_counters = |t: &str| -> String {
-        t.lines()
-            .filter(|l| !l.starts_with('#'))
-            .map(|l| match (l.find('['), l.rfind(']')) {
-                (Some(a), Some(b)) if l.starts_with(':') && b > a => {
-                    format!("{}{}", &l[..a], &l[b + 1..])
-                }
-                _ => l.to_string(),
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
-    for (what, cmd) in [
-        ("links", &["ip", "-d", "-j", "link", "show"][..]),
-        ("addresses", &["ip", "-j", "addr", "show"][..]),
-        ("routes", &["ip", "-j", "route", "show", "table", "all"][..]),
-        ("rules", &["ip", "-j", "rule", "show"][..]),
-        ("iptables-nft", &["iptables-nft-save"][..]),
-        ("iptables-legacy", &["iptables-legacy-save"][..]),
-        ("nft", &["nft", "-j", "list", "ruleset"][..]),
-    ] {
-        let out = Command::new(cmd[0]).args(&cmd[1..]).output();
-        let text = match out {
-            Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
-            Err(e) => format!("({} unavailable: {e})", cmd[0]),
-        };
-        s.push_str(&format!("== {what}\n{}\n", strip_counters(&text)));
-    }
+use common::host::{diff, host_snapshot};
+
+/// Everything about the host that a lab could change ([`host_snapshot`]),
+/// and the namespaces under /run/netns.
+fn snapshot() -> BTreeMap<String, String> {
+    let mut s = host_snapshot();
     let mut netns: Vec<String> = std::fs::read_dir("/run/netns")
         .into_iter()
         .flatten()
@@ -46,7 +22,7 @@ fn host_snapshot() -> String {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     netns.sort();
-    s.push_str(&format!("== netns\n{}\n", netns.join("\n")));
+    s.insert("netns".into(), netns.join("\n"));
     s
 }
 
@@ -54,7 +30,7 @@ fn host_snapshot() -> String {
 fn up_and_down_leave_the_host_namespace_identical() {
     require_root!();
     let _lab = common::lab_lock();
-    let before = host_snapshot();
+    let before = snapshot();
     let up = common::run(&["up", "scenarios/smoke.yaml", "--backend", "iptables"]);
     assert!(up.status.success(), "{}", common::text(&up));
     let run = common::run_id(&String::from_utf8_lossy(&up.stdout));
@@ -63,23 +39,31 @@ fn up_and_down_leave_the_host_namespace_identical() {
         common::run_namespaces(&run).len() >= 9,
         "the lab's namespaces exist while it is up"
     );
-    let during = host_snapshot();
+    let during = snapshot();
     let down = common::run(&["down", "--run", &run]);
     assert!(down.status.success(), "{}", common::text(&down));
-    let after = host_snapshot();
+    let after = snapshot();
     assert!(
         common::run_namespaces(&run).is_empty(),
         "namespaces left: {:?}",
         common::run_namespaces(&run)
     );
     // Only /run/netns entries differ while the lab is up; nothing else.
-    let strip_netns = |s: &str| s.split("== netns").next().unwrap_or("").to_string();
-    assert_eq!(
-        strip_netns(&before),
-        strip_netns(&during),
-        "the lab changed the host namespace while up"
+    let strip_netns = |s: &BTreeMap<String, String>| {
+        let mut s = s.clone();
+        s.remove("netns");
+        s
+    };
+    let d1 = diff(&strip_netns(&before), &strip_netns(&during));
+    assert!(
+        d1.is_empty(),
+        "the lab changed the host namespace while up:\n{d1}"
     );
-    assert_eq!(before, after, "the host namespace differs after up/down");
+    let d2 = diff(&before, &after);
+    assert!(
+        d2.is_empty(),
+        "the host namespace differs after up/down:\n{d2}"
+    );
 }
 
 #[test]

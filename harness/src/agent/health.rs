@@ -77,7 +77,7 @@ impl HealthState {
                 let rx = rx.clone();
                 servers.insert(
                     port,
-                    tokio::spawn(super::metrics::serve(listener, move |_path| {
+                    tokio::spawn(super::http::serve(listener, move |_path| {
                         let entry = rx.borrow().get(&port).cloned();
                         match entry {
                             Some((ns, name, n)) => reply(&ns, &name, n),

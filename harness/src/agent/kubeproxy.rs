@@ -49,10 +49,9 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{RecvTimeoutError, channel};
+use std::sync::mpsc::channel;
 use std::time::{Duration, Instant};
 
 use svclab_backends::kubeproxy::Mode;
@@ -353,16 +352,9 @@ fn start(binary: &Path, config: &Path, log: &Path, dir: &Path) -> std::io::Resul
         .stdin(Stdio::null())
         .stdout(Stdio::from(out))
         .stderr(Stdio::from(err));
-    // SAFETY: prctl is async-signal-safe. kube-proxy gets SIGTERM when the
-    // agent's main thread (which forks it) ends, so it never outlives it.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    // kube-proxy gets SIGTERM when the agent's main thread (which forks
+    // it) ends, so it never outlives it.
+    crate::netns::prepare_child(&mut cmd, None, crate::netns::Group::Inherit);
     cmd.spawn()
 }
 
@@ -520,26 +512,17 @@ pub fn run(args: AgentArgs, mode: Mode, version: &str) -> i32 {
     let mut next_poll = Instant::now();
     let mut scrape_errors = 0u64;
     let mut code = 0;
-    'main: loop {
+    loop {
         let wait = next_poll.saturating_duration_since(Instant::now());
-        let mut first = match rx.recv_timeout(wait) {
-            Ok(i) => Some(i),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => break,
-        };
-        while let Some(input) = first.take().or_else(|| rx.try_recv().ok()) {
-            match input {
-                Input::Stop(why) => {
-                    stop_reason = why;
-                    break 'main;
-                }
-                Input::Event(ev) => {
-                    seen.count(&ev, !tracker.is_synced());
-                    if let Err(e) = tracker.apply(&ev) {
-                        eprintln!("agent {}: skipping object: {e}", args.node);
-                    }
-                }
+        let round = super::next_round(&rx, wait, |ev| {
+            seen.count(ev, !tracker.is_synced());
+            if let Err(e) = tracker.apply(ev) {
+                eprintln!("agent {}: skipping object: {e}", args.node);
             }
+        });
+        if let Err(why) = round {
+            stop_reason = why;
+            break;
         }
         if Instant::now() < next_poll {
             continue;

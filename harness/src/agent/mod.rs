@@ -10,13 +10,14 @@
 //! counted in the metrics, as kube-proxy does.
 
 pub mod health;
+mod http;
 pub mod kubeproxy;
 pub mod metrics;
 pub mod supervisor;
 pub mod watch;
 
 use std::io::{BufRead, Write};
-use std::sync::mpsc::{RecvTimeoutError, channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,54 +39,6 @@ impl AgentArgs {
             bridge: crate::topology::names::POD_BRIDGE.into(),
             uplink: crate::topology::names::NODE_UPLINK.into(),
         }
-    }
-
-    /// The command-line flags that reproduce these args.
-    pub fn to_flags(&self) -> Vec<String> {
-        let mut v = vec![
-            "--node".into(),
-            self.node.clone(),
-            "--backend".into(),
-            self.backend.to_string(),
-            "--node-ip".into(),
-            self.node_ip.to_string(),
-            "--pod-cidr".into(),
-            self.pod_cidr.to_string(),
-            "--cluster-cidr".into(),
-            self.cluster_cidr.to_string(),
-            "--service-cidr".into(),
-            self.service_cidr.to_string(),
-            "--run-prefix".into(),
-            self.run_prefix.clone(),
-            "--min-sync-period-ms".into(),
-            self.min_sync_period_ms.to_string(),
-            "--sync-period-ms".into(),
-            self.sync_period_ms.to_string(),
-            "--ipvs-scheduler".into(),
-            self.ipvs_scheduler.clone(),
-            "--healthz-port".into(),
-            self.healthz_port.to_string(),
-            "--metrics-port".into(),
-            self.metrics_port.to_string(),
-        ];
-        for f in &self.faults {
-            v.push("--fault".into());
-            v.push(
-                serde_json::to_value(f)
-                    .ok()
-                    .and_then(|x| x.as_str().map(String::from))
-                    .unwrap_or_default(),
-            );
-        }
-        if let Some(d) = &self.dump_dir {
-            v.push("--dump-dir".into());
-            v.push(d.display().to_string());
-        }
-        if let Some(k) = &self.kubeconfig {
-            v.push("--kubeconfig".into());
-            v.push(k.display().to_string());
-        }
-        v
     }
 }
 
@@ -224,9 +177,8 @@ pub fn run(args: AgentArgs) -> i32 {
     let mut seq = 0u64;
     let mut last_sync: Option<Instant> = None;
     let mut last_full = Instant::now();
-    let mut stop_reason = "stdin closed";
     let mut retry = Retry::new(sync_period);
-    'main: loop {
+    let stop_reason = loop {
         let wait = if !tracker.is_synced() {
             Duration::from_secs(3600)
         } else if let Some(at) = retry.at {
@@ -236,27 +188,16 @@ pub fn run(args: AgentArgs) -> i32 {
         } else {
             sync_period.saturating_sub(last_full.elapsed())
         };
-        let mut first = match rx.recv_timeout(wait) {
-            Ok(i) => Some(i),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => break,
-        };
-        // Fold everything that is already queued into this round.
-        while let Some(input) = first.take().or_else(|| rx.try_recv().ok()) {
-            match input {
-                Input::Stop(why) => {
-                    stop_reason = why;
-                    break 'main;
-                }
-                Input::Event(ev) => {
-                    if let Err(e) = tracker.apply(&ev) {
-                        eprintln!("agent {}: skipping object: {e}", args.node);
-                    }
-                    if let Err(e) = backend.observe(&ev) {
-                        eprintln!("agent {}: backend observe: {e}", args.node);
-                    }
-                }
+        let round = next_round(&rx, wait, |ev| {
+            if let Err(e) = tracker.apply(ev) {
+                eprintln!("agent {}: skipping object: {e}", args.node);
             }
+            if let Err(e) = backend.observe(ev) {
+                eprintln!("agent {}: backend observe: {e}", args.node);
+            }
+        });
+        if let Err(why) = round {
+            break why;
         }
         if !tracker.is_synced() {
             continue;
@@ -303,7 +244,7 @@ pub fn run(args: AgentArgs) -> i32 {
             }
         }
         emit(&mut out, &AgentMessage::Sync(Box::new(report)));
-    }
+    };
     eprintln!(
         "agent {}: stopping ({stop_reason}); cleaning up backend {}",
         args.node, args.backend
@@ -318,6 +259,29 @@ pub fn run(args: AgentArgs) -> i32 {
             4
         }
     }
+}
+
+/// One round of input: waits up to `wait` for the first, then takes what
+/// is already queued too (a burst folds into one round), handing each event
+/// to `apply` in order. `Err` with the reason once stdin closed or a signal
+/// arrived.
+fn next_round(
+    rx: &Receiver<Input>,
+    wait: Duration,
+    mut apply: impl FnMut(&WatchEvent),
+) -> Result<(), &'static str> {
+    let mut first = match rx.recv_timeout(wait) {
+        Ok(i) => Some(i),
+        Err(RecvTimeoutError::Timeout) => None,
+        Err(RecvTimeoutError::Disconnected) => return Err("stdin closed"),
+    };
+    while let Some(input) = first.take().or_else(|| rx.try_recv().ok()) {
+        match input {
+            Input::Stop(why) => return Err(why),
+            Input::Event(ev) => apply(&ev),
+        }
+    }
+    Ok(())
 }
 
 /// When a failed sync is tried again: after 1 s, then twice as long after
@@ -432,6 +396,27 @@ fn sync_once(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_round_ends_on_a_timeout_a_stop_or_a_closed_input() {
+        let (tx, rx) = channel::<Input>();
+        let mut events = 0;
+        assert_eq!(
+            next_round(&rx, Duration::from_millis(1), |_| events += 1),
+            Ok(())
+        );
+        tx.send(Input::Stop("signal")).unwrap();
+        assert_eq!(
+            next_round(&rx, Duration::ZERO, |_| events += 1),
+            Err("signal")
+        );
+        drop(tx);
+        assert_eq!(
+            next_round(&rx, Duration::ZERO, |_| events += 1),
+            Err("stdin closed")
+        );
+        assert_eq!(events, 0);
+    }
 
     #[test]
     fn a_failed_sync_is_retried_with_a_doubling_backoff() {

@@ -12,7 +12,6 @@
 //! with an error instead, so a measurement never hides a crash.
 
 use std::collections::BTreeMap;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -26,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::AgentArgs;
-use crate::netns::NetNs;
+use crate::netns::{self, Group, NetNs};
 use crate::state::ProcRef;
 
 /// The first restart waits this long; each further one twice as long.
@@ -230,7 +229,6 @@ fn spawn(
         f
     };
     let ns_fd = NetNs::new(netns).open()?;
-    let raw = ns_fd.as_raw_fd();
     let mut cmd = Command::new(crate::state::self_exe());
     cmd.arg0("svclab")
         .arg("agent")
@@ -239,29 +237,13 @@ fn spawn(
         .stdout(Stdio::piped())
         .stderr(Stdio::from(stderr))
         .kill_on_drop(true);
-    // SAFETY: only async-signal-safe syscalls run between fork and exec:
-    // setns into the node's namespace, a process group of its own (a
-    // terminal's Ctrl-C reaches the harness, which stops the agents in
-    // order, not the agents behind its back), and a parent-death signal
-    // so an agent never outlives the harness.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(raw, libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::setpgid(0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    // In the node's namespace; a process group of its own (a terminal's
+    // Ctrl-C reaches the harness, which stops the agents in order, not the
+    // agents behind its back); never outliving the harness.
+    netns::prepare_child(cmd.as_std_mut(), Some(ns_fd), Group::Own);
     let mut child = cmd
         .spawn()
         .map_err(|e| anyhow::anyhow!("starting the agent for {}: {e}", args.node))?;
-    drop(ns_fd);
     let pid = child.id().unwrap_or(0);
     let proc_ref = ProcRef::of(pid, role(&args.node));
     let stdout = child.stdout.take().expect("piped");
@@ -296,7 +278,7 @@ fn spawn(
             }
         };
         let what = status.map_or("an unknown status".to_string(), |s| s.to_string());
-        if !stopping.load(Ordering::SeqCst) && !crate::guard::stopping() {
+        if !stopping.load(Ordering::SeqCst) && !crate::stop::stopping() {
             // Reported at once, whoever is (or is not) waiting on the agents.
             eprintln!("svclab: agent {node} (pid {pid}) exited with {what}");
             if let Some(hook) = &hook {
@@ -542,7 +524,7 @@ impl Agents {
                 h.synced_rv = StreamVersions::default();
                 h.replayed_rv = None;
                 h.failures_in_a_row = 0;
-                let detail = if supervised && !crate::guard::stopping() {
+                let detail = if supervised && !crate::stop::stopping() {
                     format!(
                         "pid {} exited with {status}; restart {} in {:.0} s",
                         inc.pid,
@@ -552,7 +534,7 @@ impl Agents {
                 } else {
                     format!("pid {} exited with {status}", inc.pid)
                 };
-                if supervised && !crate::guard::stopping() {
+                if supervised && !crate::stop::stopping() {
                     eprintln!(
                         "svclab: agent {}: restart {} in {:.0} s",
                         h.node,
@@ -586,7 +568,7 @@ impl Agents {
     /// Supervised: restarts every dead agent whose backoff has run out.
     /// Returns how many were restarted.
     pub async fn restart_due(&mut self) -> usize {
-        if !self.supervised || crate::guard::stopping() || self.stopping.load(Ordering::SeqCst) {
+        if !self.supervised || crate::stop::stopping() || self.stopping.load(Ordering::SeqCst) {
             return 0;
         }
         let now = Instant::now();

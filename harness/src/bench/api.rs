@@ -158,7 +158,7 @@ pub async fn run(s: &ApiSettings, r: &mut BenchResults) -> Result<()> {
 }
 
 fn stop_check() -> Result<()> {
-    if crate::guard::stopping() {
+    if crate::stop::stopping() {
         anyhow::bail!("interrupted");
     }
     Ok(())

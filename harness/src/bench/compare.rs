@@ -16,33 +16,6 @@ pub use crate::cli::compare::CompareArgs;
 
 use super::schema::{BenchResults, Better, Status};
 
-pub fn parse_threshold(s: &str) -> Result<f64, String> {
-    let t = s.trim();
-    let v = match t.strip_suffix('%') {
-        Some(p) => p.trim().parse::<f64>().map(|v| v / 100.0),
-        None => t.parse::<f64>(),
-    }
-    .map_err(|e| format!("{s:?} is not a threshold like 10% or 0.1: {e}"))?;
-    if v.is_finite() && v >= 0.0 {
-        Ok(v)
-    } else {
-        Err(format!("{s:?}: the threshold must be zero or more"))
-    }
-}
-
-/// `OLD=NEW`: two backend names.
-pub fn parse_pair(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((old, new)) if !old.trim().is_empty() && !new.trim().is_empty() => {
-            Ok((old.trim().to_string(), new.trim().to_string()))
-        }
-        _ => Err(format!(
-            "{s:?} is not a pair of backends like \
-             kube-proxy:nftables@v1.34.4=kube-proxy:nftables@v1.37.2"
-        )),
-    }
-}
-
 /// Keeps, of `base`, the OLD backend of every pair and, of `cand`, the NEW
 /// one renamed to NEW (and OLD's cases and figures renamed to NEW too), so
 /// [`compare`] lines them up. Errors when a pair's backend is in neither.
@@ -386,14 +359,6 @@ mod tests {
     }
 
     #[test]
-    fn thresholds_parse() {
-        assert_eq!(parse_threshold("10%").unwrap(), 0.1);
-        assert_eq!(parse_threshold("0.25").unwrap(), 0.25);
-        assert!(parse_threshold("-5%").is_err());
-        assert!(parse_threshold("ten").is_err());
-    }
-
-    #[test]
     fn direction_decides_what_is_worse() {
         let base = results(false, 1.0, 1000.0);
         let same = compare(&base, &base, 0.1).unwrap();
@@ -445,8 +410,6 @@ mod tests {
         let missing = vec![("kp@v1".to_string(), "kp@v3".to_string())];
         let err = paired(&run, &run, &missing).unwrap_err();
         assert!(err.contains("no figures of kp@v3"), "{err}");
-        assert!(parse_pair("a=").is_err());
-        assert_eq!(parse_pair("a=b").unwrap(), ("a".into(), "b".into()));
     }
 
     #[test]

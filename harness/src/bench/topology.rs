@@ -19,7 +19,7 @@ use super::stats::Recorder;
 use crate::scenario::Scenario;
 use crate::scenario::generate::{Shape, yaml};
 use crate::state::RunState;
-use crate::topology::{RunId, Topology};
+use crate::topology::Topology;
 
 const RECLAIM_LIMIT: Duration = Duration::from_secs(120);
 /// The ip script creates a thousand namespaces one process at a time.
@@ -65,7 +65,7 @@ fn scenario(nodes: usize, pods_per_node: usize) -> Result<Scenario> {
 }
 
 async fn one_run(scn: &Scenario) -> Result<TopologyRun> {
-    let run = RunId::fresh();
+    let run = crate::state::fresh_run_id();
     let topology = Topology::plan(scn, &run);
     let mut state = RunState::new(&run, "bench topology");
     state.topology = Some(topology.clone());

@@ -10,58 +10,145 @@ mod nodeport;
 mod reach;
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::Ipv4Addr;
-use std::time::{Duration, Instant};
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::pin::Pin;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use svclab_backends::{BackendKind, BackendOptions, Feature};
+use svclab_backends::model::Protocol;
+use svclab_backends::{BackendKind, Feature};
 
 use crate::lab::Lab;
 use crate::probe::{Outcome, ProbeResult, ProbeSpec};
 use expect::{Ep, Target};
 
-/// Every check, in the order they run and are reported.
-pub const CHECKS: [&str; 20] = [
-    "clusterip-tcp",
-    "clusterip-udp",
-    "multiport",
-    "same-port-two-protocols",
-    "pod-source-preserved",
-    "unrelated-port-untouched",
-    "no-endpoints-reject",
-    "hairpin-masquerade",
-    "nodeport",
-    "nodeport-masquerade",
-    "etp-local-preserves-source",
-    "etp-local-healthcheck",
-    "itp-local",
-    "session-affinity-clientip",
-    "balance-uniform",
-    "endpoint-removed-tcp",
-    "stale-udp-conntrack",
-    "becomes-ready",
-    "terminating-fallback",
-    "service-update",
-];
+/// How a check runs: against the lab in `ctx`, under its own name.
+pub type RunCheck =
+    for<'c, 'a> fn(
+        &'c mut Ctx<'a>,
+        &'static str,
+    ) -> Pin<Box<dyn Future<Output = anyhow::Result<CheckResult>> + 'c>>;
 
-/// The backend features a check needs; a backend that lacks one makes the
-/// check SKIP with the backend's reason.
-fn needs(check: &str) -> &'static [Feature] {
+/// One check: its name, the backend features it needs (a backend that
+/// lacks one makes the check SKIP with the backend's reason), and how it
+/// runs. Adding a check is one entry in [`CHECKS`] and its function.
+pub struct CheckDef {
+    pub name: &'static str,
+    pub needs: &'static [Feature],
+    pub run: RunCheck,
+}
+
+/// Every check, in the order they run and are reported.
+pub const CHECKS: &[CheckDef] = {
     use Feature::*;
-    match check {
-        "pod-source-preserved" => &[Dnat, SourcePreservation],
-        "no-endpoints-reject" => &[Dnat, RejectNoEndpoints],
-        "nodeport" | "nodeport-masquerade" => &[Dnat, NodePort],
-        "etp-local-preserves-source" => &[Dnat, NodePort, TrafficPolicyLocal, SourcePreservation],
-        "etp-local-healthcheck" => &[NodePort, TrafficPolicyLocal, NodePortHealthCheck],
-        "itp-local" => &[Dnat, TrafficPolicyLocal],
-        "session-affinity-clientip" => &[Dnat, SessionAffinity],
-        "balance-uniform" => &[Dnat, UniformBalance],
-        "stale-udp-conntrack" => &[Dnat, ConntrackCleanup],
-        "becomes-ready" => &[Dnat, ConntrackCleanup],
-        "terminating-fallback" => &[Dnat, TrafficPolicyLocal],
-        _ => &[Dnat],
-    }
+    &[
+        CheckDef {
+            name: "clusterip-tcp",
+            needs: &[Dnat],
+            run: |c, n| Box::pin(reach::clusterip(c, n, Protocol::Tcp)),
+        },
+        CheckDef {
+            name: "clusterip-udp",
+            needs: &[Dnat],
+            run: |c, n| Box::pin(reach::clusterip(c, n, Protocol::Udp)),
+        },
+        CheckDef {
+            name: "multiport",
+            needs: &[Dnat],
+            run: |c, n| Box::pin(reach::multiport(c, n)),
+        },
+        CheckDef {
+            name: "same-port-two-protocols",
+            needs: &[Dnat],
+            run: |c, n| Box::pin(reach::same_port_two_protocols(c, n)),
+        },
+        CheckDef {
+            name: "pod-source-preserved",
+            needs: &[Dnat, SourcePreservation],
+            run: |c, n| Box::pin(reach::pod_source_preserved(c, n)),
+        },
+        CheckDef {
+            name: "unrelated-port-untouched",
+            needs: &[Dnat],
+            run: |c, n| Box::pin(reach::unrelated_port(c, n)),
+        },
+        CheckDef {
+            name: "no-endpoints-reject",
+            needs: &[Dnat, RejectNoEndpoints],
+            run: |c, n| Box::pin(reach::no_endpoints_reject(c, n)),
+        },
+        CheckDef {
+            name: "hairpin-masquerade",
+            needs: &[Dnat],
+            run: |c, n| Box::pin(reach::hairpin(c, n)),
+        },
+        CheckDef {
+            name: "nodeport",
+            needs: &[Dnat, NodePort],
+            run: |c, n| Box::pin(nodeport::nodeport(c, n)),
+        },
+        CheckDef {
+            name: "nodeport-masquerade",
+            needs: &[Dnat, NodePort],
+            run: |c, n| Box::pin(nodeport::nodeport_masquerade(c, n)),
+        },
+        CheckDef {
+            name: "etp-local-preserves-source",
+            needs: &[Dnat, NodePort, TrafficPolicyLocal, SourcePreservation],
+            run: |c, n| Box::pin(nodeport::etp_local(c, n)),
+        },
+        CheckDef {
+            name: "etp-local-healthcheck",
+            needs: &[NodePort, TrafficPolicyLocal, NodePortHealthCheck],
+            run: |c, n| Box::pin(nodeport::etp_local_healthcheck(c, n)),
+        },
+        CheckDef {
+            name: "itp-local",
+            needs: &[Dnat, TrafficPolicyLocal],
+            run: |c, n| Box::pin(nodeport::itp_local(c, n)),
+        },
+        CheckDef {
+            name: "session-affinity-clientip",
+            needs: &[Dnat, SessionAffinity],
+            run: |c, n| Box::pin(lifecycle::affinity(c, n)),
+        },
+        CheckDef {
+            name: "balance-uniform",
+            needs: &[Dnat, UniformBalance],
+            run: |c, n| Box::pin(balance::check(c, n)),
+        },
+        CheckDef {
+            name: "endpoint-removed-tcp",
+            needs: &[Dnat],
+            run: |c, n| Box::pin(lifecycle::endpoint_removed(c, n)),
+        },
+        CheckDef {
+            name: "stale-udp-conntrack",
+            needs: &[Dnat, ConntrackCleanup],
+            run: |c, n| Box::pin(lifecycle::stale_udp(c, n)),
+        },
+        CheckDef {
+            name: "becomes-ready",
+            needs: &[Dnat, ConntrackCleanup],
+            run: |c, n| Box::pin(lifecycle::becomes_ready(c, n)),
+        },
+        CheckDef {
+            name: "terminating-fallback",
+            needs: &[Dnat, TrafficPolicyLocal],
+            run: |c, n| Box::pin(lifecycle::terminating_fallback(c, n)),
+        },
+        CheckDef {
+            name: "service-update",
+            needs: &[Dnat],
+            run: |c, n| Box::pin(lifecycle::service_update(c, n)),
+        },
+    ]
+};
+
+/// Every check's name, in run order.
+pub fn check_names() -> impl Iterator<Item = &'static str> {
+    CHECKS.iter().map(|c| c.name)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -205,7 +292,7 @@ pub struct Ctx<'a> {
     /// ClusterIP probes already made: (vantage name, target label) -> results.
     cache: HashMap<(String, String), Vec<ProbeResult>>,
     /// The first failing probe of the running check, to trace if it fails.
-    trace_request: Option<(Vantage, Target, std::net::SocketAddrV4)>,
+    trace_request: Option<TraceRequest>,
 }
 
 impl<'a> Ctx<'a> {
@@ -321,9 +408,13 @@ impl<'a> Ctx<'a> {
 
     /// Remembers a failing probe of the running check (the first one only):
     /// if the check fails, the report gets the kernel's trace of it.
-    pub fn want_trace(&mut self, v: &Vantage, t: &Target, address: std::net::SocketAddrV4) {
+    pub fn want_trace(&mut self, v: &Vantage, t: &Target, address: SocketAddrV4) {
         if self.trace_request.is_none() {
-            self.trace_request = Some((v.clone(), t.clone(), address));
+            self.trace_request = Some(TraceRequest {
+                vantage: v.clone(),
+                target: t.clone(),
+                address,
+            });
         }
     }
 
@@ -394,104 +485,49 @@ pub fn none_answered(results: &[ProbeResult]) -> bool {
     results.iter().all(|r| r.outcome != Outcome::Answered)
 }
 
-/// Runs every check against a lab whose agents run `backend`, in order.
-/// Once a stop signal arrives no further check starts, the running one is
-/// cancelled (its probes with it) and gets no verdict: the result holds
-/// only the checks that finished before the signal.
-pub async fn run_all(
-    lab: &mut Lab,
-    backend: &BackendKind,
-    options: &BackendOptions,
-    settings: Settings,
-    selected: &[&'static str],
-    progress: &indicatif::ProgressBar,
-) -> Vec<CheckResult> {
-    let limits: BTreeMap<Feature, String> = backend.limitations(options).into_iter().collect();
-    let mut ctx = Ctx {
-        lab,
-        limits,
-        settings,
-        cache: HashMap::new(),
-        trace_request: None,
-    };
-    let mut out = Vec::new();
-    for &name in selected {
-        if crate::guard::stopping() {
-            break;
-        }
-        progress.set_message(format!("{backend}: {name}"));
-        let start = Instant::now();
-        let missing = needs(name).iter().find_map(|f| ctx.limits.get(f).cloned());
-        ctx.trace_request = None;
-        let mut result = match missing {
-            Some(reason) => CheckResult::skip(name, format!("backend {backend}: {reason}")),
-            None => {
-                let ran = tokio::select! {
-                    biased;
-                    _ = crate::guard::stopped() => None,
-                    r = run_one(&mut ctx, name) => Some(r),
-                };
-                match ran {
-                    // Cancelled: no verdict for a check that did not finish.
-                    None => break,
-                    Some(Ok(r)) => r,
-                    Some(Err(e)) => CheckResult::error(name, &e),
-                }
-            }
-        };
-        // A stop signal while the check ran: what it saw may be the
-        // teardown, not the backend.
-        if crate::guard::stopping() {
-            break;
-        }
-        if result.verdict == Verdict::Fail
-            && let Some((v, t, address)) = ctx.trace_request.take()
-        {
-            progress.set_message(format!("{backend}: {name}: tracing a failing probe"));
-            let traced = tokio::select! {
-                biased;
-                _ = crate::guard::stopped() => None,
-                t = crate::trace::for_failure(ctx.lab, &v, &t, address) => Some(t),
-            };
-            result.trace = match traced {
-                None => None,
-                Some(Some(Ok(trace))) => Some(crate::trace::text(&trace)),
-                Some(Some(Err(e))) => Some(format!("the trace could not be taken: {e}")),
-                Some(None) => None,
-            };
-        }
-        result.seconds = start.elapsed().as_secs_f64();
-        out.push(result);
-        progress.inc(1);
-        // Between checks: a dead agent is restarted (with backoff) before
-        // the next check relies on it.
-        ctx.lab.supervise().await;
-    }
-    out
+/// The probe a failed check asks to have traced: from `vantage` to
+/// `address`, one of `target`'s.
+pub struct TraceRequest {
+    pub vantage: Vantage,
+    pub target: Target,
+    pub address: SocketAddrV4,
 }
 
-async fn run_one(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<CheckResult> {
-    match name {
-        "clusterip-tcp" => reach::clusterip(ctx, name, svclab_backends::model::Protocol::Tcp).await,
-        "clusterip-udp" => reach::clusterip(ctx, name, svclab_backends::model::Protocol::Udp).await,
-        "multiport" => reach::multiport(ctx, name).await,
-        "same-port-two-protocols" => reach::same_port_two_protocols(ctx, name).await,
-        "pod-source-preserved" => reach::pod_source_preserved(ctx, name).await,
-        "unrelated-port-untouched" => reach::unrelated_port(ctx, name).await,
-        "no-endpoints-reject" => reach::no_endpoints_reject(ctx, name).await,
-        "hairpin-masquerade" => reach::hairpin(ctx, name).await,
-        "nodeport" => nodeport::nodeport(ctx, name).await,
-        "nodeport-masquerade" => nodeport::nodeport_masquerade(ctx, name).await,
-        "etp-local-preserves-source" => nodeport::etp_local(ctx, name).await,
-        "etp-local-healthcheck" => nodeport::etp_local_healthcheck(ctx, name).await,
-        "itp-local" => nodeport::itp_local(ctx, name).await,
-        "session-affinity-clientip" => lifecycle::affinity(ctx, name).await,
-        "balance-uniform" => balance::check(ctx, name).await,
-        "endpoint-removed-tcp" => lifecycle::endpoint_removed(ctx, name).await,
-        "stale-udp-conntrack" => lifecycle::stale_udp(ctx, name).await,
-        "becomes-ready" => lifecycle::becomes_ready(ctx, name).await,
-        "terminating-fallback" => lifecycle::terminating_fallback(ctx, name).await,
-        "service-update" => lifecycle::service_update(ctx, name).await,
-        other => anyhow::bail!("unknown check {other}"),
+impl<'a> Ctx<'a> {
+    /// A context for running checks on `lab`, whose backend lacks the
+    /// features in `limits` (with the reasons).
+    pub fn new(lab: &'a mut Lab, limits: BTreeMap<Feature, String>, settings: Settings) -> Self {
+        Ctx {
+            lab,
+            limits,
+            settings,
+            cache: HashMap::new(),
+            trace_request: None,
+        }
+    }
+
+    /// Runs the check `name`: SKIP with the backend's reason when it lacks
+    /// a feature the check needs, FAIL when the check could not run. With
+    /// the result comes the first failing probe the check asked to have
+    /// traced, if any.
+    pub async fn run(
+        &mut self,
+        name: &str,
+        backend: &BackendKind,
+    ) -> (CheckResult, Option<TraceRequest>) {
+        self.trace_request = None;
+        let Some(check) = CHECKS.iter().find(|c| c.name == name) else {
+            let e = anyhow::anyhow!("unknown check {name}");
+            return (CheckResult::error(name, &e), None);
+        };
+        let missing = check.needs.iter().find_map(|f| self.limits.get(f).cloned());
+        let result = match missing {
+            Some(reason) => CheckResult::skip(check.name, format!("backend {backend}: {reason}")),
+            None => match (check.run)(self, check.name).await {
+                Ok(r) => r,
+                Err(e) => CheckResult::error(check.name, &e),
+            },
+        };
+        (result, self.trace_request.take())
     }
 }

@@ -237,7 +237,7 @@ impl CheckSelection {
             .as_deref()
             .map(|r| compile("--skip-check", r))
             .transpose()?;
-        let names = crate::checks::CHECKS;
+        let names: Vec<&'static str> = crate::checks::check_names().collect();
         if let (Some(re), Some(src)) = (&keep, &self.check)
             && !names.iter().any(|n| re.is_match(n))
         {

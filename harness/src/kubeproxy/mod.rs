@@ -9,7 +9,6 @@
 
 pub mod config;
 
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -18,7 +17,7 @@ use tokio::process::{Child, Command};
 
 pub use config::{Mode, NodeConfig};
 
-use crate::netns::NetNs;
+use crate::netns::{Group, NetNs};
 
 /// The versions with a Go module in `backends/kube-proxy/` (a unit test keeps
 /// this list and the folders in step), oldest first.
@@ -142,7 +141,6 @@ impl KubeProxy {
         let stdout = std::fs::File::create(&log)?;
         let stderr = stdout.try_clone()?;
         let ns_fd = NetNs::new(netns).open()?;
-        let raw = ns_fd.as_raw_fd();
         let mut cmd = Command::new(binary);
         cmd.arg(format!("--config={}", config.display()))
             .env_clear()
@@ -152,20 +150,9 @@ impl KubeProxy {
             .stdout(Stdio::from(stdout))
             .stderr(Stdio::from(stderr))
             .kill_on_drop(true);
-        // SAFETY: only async-signal-safe syscalls run between fork and exec:
-        // setns into the node's namespace, and a parent-death signal so that
-        // kube-proxy never outlives the harness (as for svclab's own agents).
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(raw, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        // In the node's namespace, and never outliving the harness (as for
+        // svclab's own agents).
+        crate::netns::prepare_child(cmd.as_std_mut(), Some(ns_fd), Group::Inherit);
         let child = cmd.spawn().map_err(|e| {
             anyhow::anyhow!(
                 "starting {} for node {} in {netns}: {e}",
@@ -173,7 +160,6 @@ impl KubeProxy {
                 cfg.node
             )
         })?;
-        drop(ns_fd);
         Ok(KubeProxy {
             node: cfg.node.clone(),
             child,

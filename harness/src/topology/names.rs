@@ -18,17 +18,10 @@ pub const LINK_PREFIX: &str = "sl";
 pub struct RunId(String);
 
 impl RunId {
-    /// A fresh id that no namespace or state directory uses yet.
-    pub fn fresh() -> RunId {
-        let mut rng = rand::rng();
-        loop {
-            let id = RunId(format!("{:04x}", rng.random::<u16>()));
-            let taken = !crate::netns::list_with_prefix(&id.ns_prefix()).is_empty()
-                || crate::state::run_dir(&id).exists();
-            if !taken {
-                return id;
-            }
-        }
+    /// A random id; `state::fresh_run_id` picks one that no live run
+    /// uses.
+    pub fn random() -> RunId {
+        RunId(format!("{:04x}", rand::rng().random::<u16>()))
     }
 
     pub fn parse(s: &str) -> Option<RunId> {

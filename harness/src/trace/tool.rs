@@ -3,11 +3,9 @@
 //! host's own namespace, and dies with us.
 
 use std::io::Write;
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 
-use crate::netns::NetNs;
+use crate::netns::{Group, NetNs};
 
 use super::TraceError;
 
@@ -17,20 +15,7 @@ fn command_in(netns: &str, program: &str, args: &[&str]) -> Result<Command, Trac
         .map_err(|e| TraceError::tool(netns, program, args, e.to_string()))?;
     let mut cmd = Command::new(program);
     cmd.args(args);
-    // SAFETY: only async-signal-safe calls run between fork and exec;
-    // `fd` stays open in the parent until the command has been spawned
-    // (the closure owns it).
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    crate::netns::prepare_child(&mut cmd, Some(fd), Group::Inherit);
     Ok(cmd)
 }
 
