@@ -135,7 +135,7 @@ impl Lab {
             .with_context(|| format!("writing {}", run_dir(&run).display()))?;
         crate::guard::register(&run);
         if opts.announce {
-            eprintln!(
+            tracing::info!(
                 "svclab: lab {run}{}",
                 opts.backend
                     .as_ref()
@@ -509,10 +509,10 @@ impl Lab {
                             StateChange::Table(procs) => with_agents(&mut st.processes, procs),
                         }
                         if let Err(e) = st.save() {
-                            eprintln!("svclab: recording the agents in the run state: {e}");
+                            tracing::warn!("svclab: recording the agents in the run state: {e}");
                         }
                     }
-                    Err(e) => eprintln!("svclab: reading the run state: {e}"),
+                    Err(e) => tracing::warn!("svclab: reading the run state: {e}"),
                 }
             });
             hook
@@ -580,7 +580,7 @@ impl Lab {
         self.prober.close();
         if let Some(agents) = self.agents.take() {
             for p in agents.stop(Duration::from_secs(30)).await {
-                eprintln!("svclab: {p}");
+                tracing::warn!("svclab: {p}");
             }
         }
         self.workloads_stdin = None;

@@ -298,7 +298,7 @@ fn spawn(
         let what = status.map_or("an unknown status".to_string(), |s| s.to_string());
         if !stopping.load(Ordering::SeqCst) && !crate::guard::stopping() {
             // Reported at once, whoever is (or is not) waiting on the agents.
-            eprintln!("svclab: agent {node} (pid {pid}) exited with {what}");
+            tracing::warn!("svclab: agent {node} (pid {pid}) exited with {what}");
             if let Some(hook) = &hook {
                 hook(StateChange::Exited {
                     node: node.clone(),
@@ -553,7 +553,7 @@ impl Agents {
                     format!("pid {} exited with {status}", inc.pid)
                 };
                 if supervised && !crate::guard::stopping() {
-                    eprintln!(
+                    tracing::warn!(
                         "svclab: agent {}: restart {} in {:.0} s",
                         h.node,
                         h.restarts + 1,
@@ -646,7 +646,7 @@ impl Agents {
                     h.dead = None;
                     let detail =
                         format!("restart {} as pid {}, given {given}", h.restarts, inc.pid);
-                    eprintln!("svclab: agent {}: {detail}", h.node);
+                    tracing::warn!("svclab: agent {}: {detail}", h.node);
                     self.events.push(AgentEvent {
                         at: crate::state::now(),
                         node: h.node.clone(),
@@ -659,7 +659,7 @@ impl Agents {
                 Err(e) => {
                     h.crash_streak += 1;
                     let wait = restart_backoff(h.crash_streak);
-                    eprintln!(
+                    tracing::warn!(
                         "svclab: agent {}: restart failed: {e:#}; next try in {:.0} s",
                         h.node,
                         wait.as_secs_f64()

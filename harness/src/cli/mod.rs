@@ -45,10 +45,15 @@ use svclab_backends::BackendKind;
                   own network namespace.\n\n\
                   Shared flags: --backend takes a comma-separated list (`all`: every built-in \
                   backend this host can run); --run names a running lab (default: the only \
-                  one, see `svclab ls`); -o text|json picks the output format. Logging: \
-                  SVCLAB_LOG (a tracing filter, e.g. `debug`; default `warn`)."
+                  one, see `svclab ls`); -o text|json picks the output format. Logging on \
+                  stderr: -v (debug), -vv (trace), or SVCLAB_LOG (a tracing filter such as \
+                  `debug` or `svclab::agent=trace`, which wins over -v)."
 )]
 pub struct Cli {
+    /// More diagnostics on stderr: -v debug, -vv trace (SVCLAB_LOG, a
+    /// tracing filter, wins over it).
+    #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
     #[command(subcommand)]
     pub command: Command,
 }

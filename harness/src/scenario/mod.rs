@@ -364,10 +364,10 @@ impl Scenario {
 /// Prints a scenario's notes to stderr, at most [`MAX_ERRORS`] of them.
 pub fn print_notes(scenario: &Scenario) {
     for n in scenario.notes.iter().take(MAX_ERRORS) {
-        eprintln!("note: {n}");
+        tracing::info!("note: {n}");
     }
     if scenario.notes.len() > MAX_ERRORS {
-        eprintln!("note: ... and {} more", scenario.notes.len() - MAX_ERRORS);
+        tracing::info!("note: ... and {} more", scenario.notes.len() - MAX_ERRORS);
     }
 }
 
