@@ -185,8 +185,13 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
                 Ok(c) => c,
                 Err(e) => return Ok(usage_error(&e)),
             };
-            let scn = Scenario::smoke();
-            let backends = doctor::runnable();
+            let scn = Scenario::demo();
+            // The `none` baseline programs nothing: every check would skip
+            // on it, so the demo leaves it out (`run --backend none` has it).
+            let backends: Vec<BackendKind> = doctor::runnable()
+                .into_iter()
+                .filter(|b| *b != BackendKind::None)
+                .collect();
             for b in BackendKind::BUILTIN {
                 if let Err(e) = b.capability() {
                     println!("demo: skipping {b}: {}", e.reason);
@@ -194,7 +199,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             }
             println!(
                 "demo: scenario {} on {}",
-                scenario::SMOKE_NAME,
+                scenario::DEMO_NAME,
                 backends
                     .iter()
                     .map(|b| b.to_string())

@@ -74,7 +74,8 @@ pub enum Command {
     /// Run a scenario's checks against one or more backends and write a
     /// results folder (exit code 1 if any check failed).
     Run(run::RunArgs),
-    /// Run the built-in scenario on every backend this host can run.
+    /// Run the built-in scenario (every check) on every backend this host
+    /// can run, the `none` baseline aside.
     Demo(demo::DemoArgs),
     /// What this host can run, and why not.
     Doctor(doctor::DoctorArgs),

@@ -28,6 +28,10 @@ use yaml::{Document, Pos};
 /// The built-in default scenario (`scenarios/smoke.yaml`).
 pub const SMOKE: &str = include_str!("../../../scenarios/smoke.yaml");
 pub const SMOKE_NAME: &str = "scenarios/smoke.yaml";
+/// The demo's scenario (`scenarios/demo.yaml`): every check has something
+/// to test.
+pub const DEMO: &str = include_str!("../../../scenarios/demo.yaml");
+pub const DEMO_NAME: &str = "scenarios/demo.yaml";
 
 /// The namespace of the lab's own client pods.
 pub const CLIENT_NAMESPACE: &str = "svclab-system";
@@ -195,6 +199,11 @@ impl Scenario {
     /// The built-in smoke scenario.
     pub fn smoke() -> Scenario {
         Scenario::parse(SMOKE_NAME, SMOKE).expect("the built-in smoke scenario is valid")
+    }
+
+    /// The built-in demo scenario.
+    pub fn demo() -> Scenario {
+        Scenario::parse(DEMO_NAME, DEMO).expect("the built-in demo scenario is valid")
     }
 
     /// Parses and checks scenario text; `file` names it in errors. Limits
