@@ -641,6 +641,72 @@ fn ls_and_exec_in_a_live_lab() {
     assert!(down.status.success(), "{}", common::text(&down));
 }
 
+/// Namespaces of a run that has no record (its state folder gone, as
+/// after a `kill -9` and a wiped /run/svclab) show in `svclab ls` as a
+/// leftover, with the command that removes them; that command does.
+#[test]
+fn ls_lists_leftovers_without_a_run_record() {
+    require_root!();
+    let _lock = common::lab_lock();
+    let run = svclab::topology::RunId::fresh();
+    let names = ["node-0", "default.web-0", "fabric"].map(|n| format!("{}{n}", run.ns_prefix()));
+    struct Gone(Vec<String>);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            for n in &self.0 {
+                let _ = std::process::Command::new("ip")
+                    .args(["netns", "del", n])
+                    .output();
+            }
+        }
+    }
+    let _gone = Gone(names.to_vec());
+    for n in &names {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "add", n])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ip netns add {n}: {}", stderr(&out));
+    }
+    assert!(!svclab::state::run_dir(&run).exists());
+
+    let out = svclab().args(["ls", "-o", "json"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let labs: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let me = labs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["run"] == run.as_str())
+        .unwrap_or_else(|| panic!("leftover {run} not in {labs}"));
+    assert_eq!(me["leftover"], true, "{me}");
+    assert_eq!(me["ownerPid"], Value::Null, "{me}");
+    assert_eq!(me["ownerAlive"], false, "{me}");
+    assert_eq!(me["namespaces"], 3, "{me}");
+    assert_eq!(
+        (me["nodes"].clone(), me["pods"].clone()),
+        (1.into(), 1.into()),
+        "{me}"
+    );
+
+    let text = stdout(&svclab().arg("ls").output().unwrap());
+    let row = text
+        .lines()
+        .find(|l| l.starts_with(run.as_str()))
+        .unwrap_or_else(|| panic!("no row for {run}:\n{text}"));
+    let hint = format!("svclab cleanup --force {run}");
+    assert!(row.contains("leftover") && row.contains(&hint), "{text}");
+
+    let out = svclab()
+        .args(["cleanup", "--force", run.as_str()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::text(&out));
+    assert!(common::run_namespaces(run.as_str()).is_empty());
+    let text = stdout(&svclab().arg("ls").output().unwrap());
+    assert!(!text.lines().any(|l| l.starts_with(run.as_str())), "{text}");
+}
+
 /// `--check`/`--skip-check` on a real run: the selected checks, in order,
 /// and no trace of the others in any output file.
 #[test]
