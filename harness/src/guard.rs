@@ -56,7 +56,7 @@ pub fn cleanup_registered() {
         let mut report = crate::cleanup::CleanupReport::default();
         crate::cleanup::cleanup_run(&run, true, &mut report);
         for e in &report.errors {
-            eprintln!("svclab: cleanup of run {run}: {e}");
+            tracing::error!("svclab: cleanup of run {run}: {e}");
         }
     }
 }
@@ -66,7 +66,7 @@ pub fn cleanup_registered_run(run: &RunId) {
     let mut report = crate::cleanup::CleanupReport::default();
     crate::cleanup::cleanup_run(run, true, &mut report);
     for e in &report.errors {
-        eprintln!("svclab: cleanup of run {run}: {e}");
+        tracing::error!("svclab: cleanup of run {run}: {e}");
     }
     unregister(run);
 }
@@ -96,7 +96,7 @@ pub fn install(rt: &tokio::runtime::Handle) {
         record_stop(sig);
         let code = 128 + stop_signal().unwrap_or(sig);
         if COOPERATING.load(Ordering::SeqCst) > 0 {
-            eprintln!(
+            tracing::warn!(
                 "svclab: interrupted ({}); winding down and removing the lab",
                 signal_name(sig)
             );
@@ -119,7 +119,7 @@ pub fn install(rt: &tokio::runtime::Handle) {
                 }
             }
         } else if !RUNS.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
-            eprintln!("svclab: interrupted; removing the lab");
+            tracing::warn!("svclab: interrupted; removing the lab");
         }
         cleanup_registered();
         // A namespace being created right now finishes within milliseconds

@@ -142,7 +142,7 @@ impl Lab {
             .with_context(|| format!("writing {}", run_dir(&run).display()))?;
         crate::guard::register(&run);
         if opts.announce {
-            eprintln!(
+            tracing::info!(
                 "svclab: lab {run}{}",
                 opts.backend
                     .as_ref()
@@ -508,10 +508,10 @@ impl Lab {
                             StateChange::Table(procs) => with_agents(&mut st.processes, procs),
                         }
                         if let Err(e) = st.save() {
-                            eprintln!("svclab: recording the agents in the run state: {e}");
+                            tracing::warn!("svclab: recording the agents in the run state: {e}");
                         }
                     }
-                    Err(e) => eprintln!("svclab: reading the run state: {e}"),
+                    Err(e) => tracing::warn!("svclab: reading the run state: {e}"),
                 }
             });
             hook
@@ -589,7 +589,7 @@ impl Lab {
             // (`agent::kubeproxy`); this one is longer.
             let grace = AGENT_STOP_GRACE * crate::results::HostFacts::slowdown();
             for p in agents.stop(grace).await {
-                eprintln!("svclab: {p}");
+                tracing::warn!("svclab: {p}");
             }
         }
         self.workloads_stdin = None;

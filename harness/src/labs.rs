@@ -7,24 +7,33 @@ use std::process::ExitCode;
 use serde::Serialize;
 
 use crate::state::{self, RunState};
-use crate::topology::Topology;
+use crate::topology::{RunId, Topology};
 
 /// One line of `svclab ls` (and one object of `svclab ls -o json`).
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LabSummary {
     pub run: String,
+    /// The scenario's name; `-` for a leftover (no record says it).
     pub scenario: String,
     /// The agents' backend; none when the lab runs no agents.
     pub backend: Option<String>,
     pub nodes: usize,
     pub pods: usize,
-    /// Seconds since the lab started.
+    /// Seconds since the lab started (for a leftover: since its oldest
+    /// namespace was made).
     pub age_seconds: f64,
-    pub owner_pid: u32,
+    /// None for a leftover: no record names an owner.
+    pub owner_pid: Option<u32>,
     /// Whether the owner process still runs (a lab whose owner is gone is
     /// a leftover: `svclab cleanup` removes it).
     pub owner_alive: bool,
+    /// Namespaces of a run without a readable run record (its state
+    /// folder was removed, or the run was killed before writing it):
+    /// `svclab cleanup --force RUN` removes them.
+    pub leftover: bool,
+    /// The run's network namespaces on this host.
+    pub namespaces: usize,
 }
 
 impl LabSummary {
@@ -36,19 +45,62 @@ impl LabSummary {
             nodes: st.topology.as_ref().map_or(0, |t| t.nodes.len()),
             pods: st.topology.as_ref().map_or(0, |t| t.pods.len()),
             age_seconds: (now - st.started_at).max(0.0),
-            owner_pid: st.owner.pid,
+            owner_pid: Some(st.owner.pid),
             owner_alive: st.owner.alive(),
+            leftover: false,
+            namespaces: crate::netns::list_with_prefix(&st.run.ns_prefix()).len(),
         }
+    }
+
+    /// A run with namespaces but no record; None when it has none.
+    pub fn leftover(run: &RunId, now: f64) -> Option<LabSummary> {
+        let namespaces = crate::netns::list_with_prefix(&run.ns_prefix());
+        if namespaces.is_empty() {
+            return None;
+        }
+        let made = namespaces
+            .iter()
+            .filter_map(|ns| std::fs::symlink_metadata(ns.path()).ok()?.modified().ok())
+            .min()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(now, |d| d.as_secs_f64());
+        // `<namespace>.<pod>` for pods; nodes, `fabric` and `external`
+        // have no dot.
+        let rest = |ns: &crate::netns::NetNs| ns.name[run.ns_prefix().len()..].to_string();
+        let pods = namespaces
+            .iter()
+            .filter(|ns| rest(ns).contains('.'))
+            .count();
+        let nodes = namespaces
+            .iter()
+            .map(rest)
+            .filter(|r| !r.contains('.') && r != "fabric" && r != "external")
+            .count();
+        Some(LabSummary {
+            run: run.to_string(),
+            scenario: "-".into(),
+            backend: None,
+            nodes,
+            pods,
+            age_seconds: (now - made).max(0.0),
+            owner_pid: None,
+            owner_alive: false,
+            leftover: true,
+            namespaces: namespaces.len(),
+        })
     }
 }
 
-/// Every lab with a run record on this host, oldest first.
+/// Every lab on this host, oldest first: those with a run record, and
+/// leftovers (namespaces named for a run that has no readable record).
 pub fn list() -> Vec<LabSummary> {
     let now = state::now();
     let mut out: Vec<LabSummary> = state::known_runs()
         .iter()
-        .filter_map(|r| RunState::load(r).ok())
-        .map(|st| LabSummary::of(&st, now))
+        .filter_map(|r| match RunState::load(r) {
+            Ok(st) => Some(LabSummary::of(&st, now)),
+            Err(_) => LabSummary::leftover(r, now),
+        })
         .collect();
     out.sort_by(|a, b| b.age_seconds.total_cmp(&a.age_seconds));
     out
@@ -79,15 +131,16 @@ pub fn text(labs: &[LabSummary]) -> String {
                 l.nodes.to_string(),
                 l.pods.to_string(),
                 age(l.age_seconds),
-                format!(
-                    "{} ({})",
-                    l.owner_pid,
-                    if l.owner_alive {
-                        "alive"
-                    } else {
-                        "gone: svclab cleanup removes it"
-                    }
-                ),
+                match l.owner_pid {
+                    _ if l.leftover => format!(
+                        "leftover: {} namespace(s), no run record; svclab cleanup --force {} \
+                         removes them",
+                        l.namespaces, l.run
+                    ),
+                    Some(pid) if l.owner_alive => format!("{pid} (alive)"),
+                    Some(pid) => format!("{pid} (gone: svclab cleanup removes it)"),
+                    None => "-".into(),
+                },
             ]
         })
         .collect();
@@ -228,8 +281,10 @@ mod tests {
             nodes: 2,
             pods: 5,
             age_seconds: 61.0,
-            owner_pid: 42,
+            owner_pid: Some(42),
             owner_alive: true,
+            leftover: false,
+            namespaces: 6,
         };
         let t = text(&[l]);
         assert!(t.starts_with("RUN "), "{t}");
@@ -238,6 +293,29 @@ mod tests {
                 && t.contains("nftables")
                 && t.contains("1m1s")
                 && t.contains("42 (alive)"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn a_leftover_says_so_and_how_to_remove_it() {
+        let l = LabSummary {
+            run: "f00d".into(),
+            scenario: "-".into(),
+            backend: None,
+            nodes: 2,
+            pods: 3,
+            age_seconds: 5.0,
+            owner_pid: None,
+            owner_alive: false,
+            leftover: true,
+            namespaces: 6,
+        };
+        let t = text(&[l]);
+        let row = t.lines().nth(1).unwrap();
+        assert!(row.starts_with("f00d "), "{t}");
+        assert!(
+            row.contains("leftover: 6 namespace(s), no run record; svclab cleanup --force f00d"),
             "{t}"
         );
     }

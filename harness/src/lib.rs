@@ -29,6 +29,7 @@ pub mod guard;
 pub mod kubeproxy;
 pub mod lab;
 pub mod labs;
+pub mod logging;
 pub mod netns;
 pub mod probe;
 pub mod results;

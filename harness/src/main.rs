@@ -29,15 +29,16 @@ fn load_scenario(path: Option<&PathBuf>) -> Result<Scenario, ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before any thread: it passes the filter on to children's environment.
+    svclab::logging::init(cli.verbose);
+    tracing::debug!(
+        "svclab {} (pid {}): {:?}",
+        env!("CARGO_PKG_VERSION"),
+        std::process::id(),
+        std::env::args().collect::<Vec<_>>()
+    );
     // One TLS crypto provider for every client (kube, reqwest).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SVCLAB_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let command = match cli.command {
         Command::Agent(args) => return ExitCode::from(agent::run(args) as u8),
         // Enters a namespace and becomes the command: before any thread.
@@ -186,8 +187,13 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
                 Ok(c) => c,
                 Err(e) => return Ok(usage_error(&e)),
             };
-            let scn = Scenario::smoke();
-            let backends = doctor::runnable();
+            let scn = Scenario::demo();
+            // The `none` baseline programs nothing: every check would skip
+            // on it, so the demo leaves it out (`run --backend none` has it).
+            let backends: Vec<BackendKind> = doctor::runnable()
+                .into_iter()
+                .filter(|b| *b != BackendKind::None)
+                .collect();
             for b in BackendKind::BUILTIN {
                 if let Err(e) = b.capability() {
                     println!("demo: skipping {b}: {}", e.reason);
@@ -195,7 +201,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             }
             println!(
                 "demo: scenario {} on {}",
-                scenario::SMOKE_NAME,
+                scenario::DEMO_NAME,
                 backends
                     .iter()
                     .map(|b| b.to_string())

@@ -88,14 +88,14 @@ pub async fn run(scn: &Scenario, opts: &RunOptions) -> anyhow::Result<(RunResult
         if !pb.is_hidden() {
             pb.set_message(format!("{backend}: bringing the lab up"));
         } else {
-            eprintln!("svclab: {backend}: bringing the lab up");
+            tracing::info!("svclab: {backend}: bringing the lab up");
         }
         let b = run_backend(scn, backend, opts, &pb).await;
         not_run.extend(b.not_run.iter().map(|c| format!("{backend}/{c}")));
         backends.push(b);
         if pb.is_hidden() {
             let b = backends.last().expect("just pushed");
-            eprintln!(
+            tracing::info!(
                 "svclab: {backend}: {} passed, {} failed, {} skipped",
                 b.count(Verdict::Pass),
                 b.count(Verdict::Fail),

@@ -106,7 +106,7 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
     for kernel in &kernels {
         let before = result_dirs(&results);
         let start = Instant::now();
-        eprintln!(
+        tracing::info!(
             "svclab vm: booting {} (software emulation, about 40 s)",
             kernel.display()
         );
@@ -163,11 +163,11 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
         match status {
             Some(s) if s.success() => {}
             Some(s) => {
-                eprintln!("svclab vm: {} exited with {s}", kernel.display());
+                tracing::warn!("svclab vm: {} exited with {s}", kernel.display());
                 failed = true;
             }
             None => {
-                eprintln!(
+                tracing::warn!(
                     "svclab vm: {} did not finish within {} s; killed",
                     kernel.display(),
                     args.timeout
@@ -175,7 +175,7 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
                 failed = true;
             }
         }
-        eprintln!(
+        tracing::info!(
             "svclab vm: {} took {:.0} s (emulated)",
             kernel.display(),
             start.elapsed().as_secs_f64()

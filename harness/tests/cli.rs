@@ -421,6 +421,78 @@ fn ls_and_exec_on_a_host_without_labs() {
     );
 }
 
+/// Diagnostics go through `tracing`: `SVCLAB_LOG` (a filter) or `-v`
+/// turns on debug lines on stderr; without either there are none, and
+/// stdout (the command's output) is the same at every level.
+#[test]
+fn svclab_log_and_v_turn_on_debug_lines() {
+    let args = ["generate", "--services", "2", "--endpoints", "1"];
+    let is_debug = |l: &str| l.starts_with("debug svclab");
+    let quiet = svclab()
+        .args(args)
+        .env_remove("SVCLAB_LOG")
+        .output()
+        .unwrap();
+    assert!(quiet.status.success(), "{}", stderr(&quiet));
+    assert!(
+        !stderr(&quiet).lines().any(is_debug),
+        "debug lines by default:\n{}",
+        stderr(&quiet)
+    );
+    assert!(
+        stdout(&quiet).contains("kind: Service"),
+        "{}",
+        stdout(&quiet)
+    );
+
+    let by_env = svclab()
+        .args(args)
+        .env("SVCLAB_LOG", "debug")
+        .output()
+        .unwrap();
+    assert!(by_env.status.success(), "{}", stderr(&by_env));
+    assert!(
+        stderr(&by_env)
+            .lines()
+            .any(|l| is_debug(l) && l.contains("generate")),
+        "SVCLAB_LOG=debug printed no debug line:\n{}",
+        stderr(&by_env)
+    );
+    assert_eq!(stdout(&by_env), stdout(&quiet), "logging reached stdout");
+
+    let by_flag = svclab()
+        .arg("-v")
+        .args(args)
+        .env_remove("SVCLAB_LOG")
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&by_flag).lines().any(is_debug),
+        "{}",
+        stderr(&by_flag)
+    );
+    assert_eq!(stdout(&by_flag), stdout(&quiet));
+    // The filter wins over -v; a bad one is said and ignored.
+    let off = svclab()
+        .arg("-vv")
+        .args(args)
+        .env("SVCLAB_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(!stderr(&off).lines().any(is_debug), "{}", stderr(&off));
+    let bad = svclab()
+        .args(args)
+        .env("SVCLAB_LOG", "[[")
+        .output()
+        .unwrap();
+    assert!(bad.status.success());
+    assert!(
+        stderr(&bad).contains("ignoring SVCLAB_LOG"),
+        "{}",
+        stderr(&bad)
+    );
+}
+
 #[test]
 fn compare_json_has_every_row_and_the_verdict() {
     use svclab::bench::schema::BenchResults;
@@ -475,10 +547,21 @@ fn compare_json_has_every_row_and_the_verdict() {
 fn ls_and_exec_in_a_live_lab() {
     require_root!();
     let _lock = common::lab_lock();
-    let up = common::run(&["up", "scenarios/smoke.yaml"]);
+    // -v reaches the processes the lab starts: the detached lab and the
+    // pods' servers log debug lines into the run folder.
+    let up = common::run(&["-v", "up", "scenarios/smoke.yaml"]);
     assert!(up.status.success(), "{}", common::text(&up));
     let run = common::run_id(&stdout(&up));
     let _guard = common::LabGuard(run.clone());
+    let run_dir = svclab::state::run_dir(&svclab::topology::RunId::parse(&run).unwrap());
+    for (log, command) in [("daemon.log", "\"up\""), ("workloads.log", "\"workloads\"")] {
+        let text = std::fs::read_to_string(run_dir.join(log)).unwrap_or_default();
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("debug svclab") && l.contains(command)),
+            "{log} has no debug line of {command}:\n{text}"
+        );
+    }
 
     let out = svclab().args(["ls", "-o", "json"]).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
@@ -556,6 +639,72 @@ fn ls_and_exec_in_a_live_lab() {
 
     let down = common::run(&["down", "--run", &run]);
     assert!(down.status.success(), "{}", common::text(&down));
+}
+
+/// Namespaces of a run that has no record (its state folder gone, as
+/// after a `kill -9` and a wiped /run/svclab) show in `svclab ls` as a
+/// leftover, with the command that removes them; that command does.
+#[test]
+fn ls_lists_leftovers_without_a_run_record() {
+    require_root!();
+    let _lock = common::lab_lock();
+    let run = svclab::state::fresh_run_id();
+    let names = ["node-0", "default.web-0", "fabric"].map(|n| format!("{}{n}", run.ns_prefix()));
+    struct Gone(Vec<String>);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            for n in &self.0 {
+                let _ = std::process::Command::new("ip")
+                    .args(["netns", "del", n])
+                    .output();
+            }
+        }
+    }
+    let _gone = Gone(names.to_vec());
+    for n in &names {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "add", n])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ip netns add {n}: {}", stderr(&out));
+    }
+    assert!(!svclab::state::run_dir(&run).exists());
+
+    let out = svclab().args(["ls", "-o", "json"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let labs: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let me = labs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["run"] == run.as_str())
+        .unwrap_or_else(|| panic!("leftover {run} not in {labs}"));
+    assert_eq!(me["leftover"], true, "{me}");
+    assert_eq!(me["ownerPid"], Value::Null, "{me}");
+    assert_eq!(me["ownerAlive"], false, "{me}");
+    assert_eq!(me["namespaces"], 3, "{me}");
+    assert_eq!(
+        (me["nodes"].clone(), me["pods"].clone()),
+        (1.into(), 1.into()),
+        "{me}"
+    );
+
+    let text = stdout(&svclab().arg("ls").output().unwrap());
+    let row = text
+        .lines()
+        .find(|l| l.starts_with(run.as_str()))
+        .unwrap_or_else(|| panic!("no row for {run}:\n{text}"));
+    let hint = format!("svclab cleanup --force {run}");
+    assert!(row.contains("leftover") && row.contains(&hint), "{text}");
+
+    let out = svclab()
+        .args(["cleanup", "--force", run.as_str()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::text(&out));
+    assert!(common::run_namespaces(run.as_str()).is_empty());
+    let text = stdout(&svclab().arg("ls").output().unwrap());
+    assert!(!text.lines().any(|l| l.starts_with(run.as_str())), "{text}");
 }
 
 /// `--check`/`--skip-check` on a real run: the selected checks, in order,

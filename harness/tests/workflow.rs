@@ -59,3 +59,75 @@ fn workflow_uses_commands_svclab_has() {
         assert!(help.contains(flag), "`svclab {sub}` has no {flag}:\n{help}");
     }
 }
+
+/// The workflow's steps, one text block each (from a `      - ` line to
+/// the next).
+fn steps(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut in_steps = false;
+    for line in text.lines() {
+        if line.trim_end() == "    steps:" {
+            in_steps = true;
+            continue;
+        }
+        if !in_steps {
+            continue;
+        }
+        if line.starts_with("      - ") {
+            out.push(String::new());
+        }
+        if let Some(s) = out.last_mut() {
+            s.push_str(line);
+            s.push('\n');
+        }
+    }
+    out
+}
+
+/// The JUnit files every run writes are published as a check, and every
+/// run's summary.md lands on the job's summary page, even when an
+/// earlier step failed.
+#[test]
+fn workflow_publishes_junit_and_the_summary() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let text = std::fs::read_to_string(root.join("ci/github-actions.yml")).unwrap();
+    let steps = steps(&text);
+    assert!(steps.len() > 10, "found {} steps", steps.len());
+    let junit = steps
+        .iter()
+        .find(|s| s.contains("uses: mikepenz/action-junit-report@"))
+        .expect("no step publishes the JUnit results");
+    assert!(
+        junit.contains("report_paths: results/**/junit.xml"),
+        "{junit}"
+    );
+    assert!(junit.contains("if: always()"), "{junit}");
+    assert!(
+        text.contains("\n  checks: write\n"),
+        "a check run needs `permissions: checks: write`"
+    );
+    let summary = steps
+        .iter()
+        .find(|s| s.contains("$GITHUB_STEP_SUMMARY"))
+        .expect("no step writes the job summary");
+    assert!(summary.contains("results/*/summary.md"), "{summary}");
+    assert!(summary.contains("if: always()"), "{summary}");
+    // Both come after the runs that write those files.
+    let pos = |needle: &str| {
+        steps
+            .iter()
+            .position(|s| s.contains(needle))
+            .unwrap_or_else(|| panic!("no step with {needle}"))
+    };
+    let last_run = pos("svclab vm --kernel");
+    assert!(pos("action-junit-report") > last_run);
+    assert!(pos("$GITHUB_STEP_SUMMARY") > last_run);
+    // The run folders the workflow reads are the ones svclab writes.
+    let src = std::fs::read_to_string(root.join("harness/src/results/mod.rs")).unwrap();
+    for file in ["junit.xml", "summary.md"] {
+        assert!(
+            src.contains(&format!("dir.join(\"{file}\")")),
+            "svclab no longer writes {file}"
+        );
+    }
+}

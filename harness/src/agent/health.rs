@@ -70,7 +70,7 @@ impl HealthState {
                 {
                     Ok(l) => l,
                     Err(e) => {
-                        eprintln!("agent: health check node port {port}: {e}");
+                        tracing::warn!("agent: health check node port {port}: {e}");
                         continue;
                     }
                 };

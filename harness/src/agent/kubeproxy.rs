@@ -269,7 +269,7 @@ impl Prover {
             if idle && !self.proven.covers(&seen.versions) {
                 let since = *self.short_since.get_or_insert(at);
                 if at.duration_since(since) >= COUNT_BOUND {
-                    eprintln!(
+                    tracing::info!(
                         "agent: kube-proxy counted {} Service and {} EndpointSlice changes, the \
                          agent {} and {}; kube-proxy has been idle for {:.1} s, so versions {:?} \
                          are reported as synced",
@@ -421,7 +421,7 @@ fn tail(path: &Path, lines: usize) -> String {
 pub fn run(args: AgentArgs, mode: Mode, version: &str) -> i32 {
     let mut out = std::io::stdout().lock();
     let fatal = |out: &mut std::io::StdoutLock<'_>, error: String| {
-        eprintln!("agent {}: {error}", args.node);
+        tracing::error!("agent {}: {error}", args.node);
         emit(
             out,
             &AgentMessage::Fatal {
@@ -491,7 +491,7 @@ pub fn run(args: AgentArgs, mode: Mode, version: &str) -> i32 {
             pid: std::process::id(),
         },
     );
-    eprintln!(
+    tracing::info!(
         "agent {}: kube-proxy {version} ({mode}) runs as pid {pid}; config {}, log {}",
         args.node,
         config.display(),
@@ -517,7 +517,7 @@ pub fn run(args: AgentArgs, mode: Mode, version: &str) -> i32 {
         let round = super::next_round(&rx, wait, |ev| {
             seen.count(ev, !tracker.is_synced());
             if let Err(e) = tracker.apply(ev) {
-                eprintln!("agent {}: skipping object: {e}", args.node);
+                tracing::warn!("agent {}: skipping object: {e}", args.node);
             }
         });
         if let Err(why) = round {
@@ -547,7 +547,7 @@ pub fn run(args: AgentArgs, mode: Mode, version: &str) -> i32 {
             Err(e) => {
                 scrape_errors += 1;
                 if scrape_errors.is_power_of_two() && (prev.syncs > 0.0 || scrape_errors >= 64) {
-                    eprintln!("agent {}: reading kube-proxy's metrics: {e}", args.node);
+                    tracing::warn!("agent {}: reading kube-proxy's metrics: {e}", args.node);
                 }
                 continue;
             }
@@ -581,13 +581,13 @@ pub fn run(args: AgentArgs, mode: Mode, version: &str) -> i32 {
         }
         prev = now;
     }
-    eprintln!(
+    tracing::info!(
         "agent {}: stopping ({stop_reason}); stopping kube-proxy and running its cleanup",
         args.node
     );
     stop(&mut child);
     if let Err(e) = cleanup(&binary, &config, &log, &dir) {
-        eprintln!("agent {}: cleanup: {e}", args.node);
+        tracing::error!("agent {}: cleanup: {e}", args.node);
         if code == 0 {
             code = 4;
         }

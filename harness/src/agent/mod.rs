@@ -78,7 +78,7 @@ pub fn run(args: AgentArgs) -> i32 {
     let node = args.node_context();
     let mut out = std::io::stdout().lock();
     let fatal = |out: &mut std::io::StdoutLock<'_>, error: String| {
-        eprintln!("agent {}: {error}", args.node);
+        tracing::error!("agent {}: {error}", args.node);
         emit(
             out,
             &AgentMessage::Fatal {
@@ -136,7 +136,7 @@ pub fn run(args: AgentArgs) -> i32 {
                             return;
                         }
                     }
-                    Err(e) => eprintln!("agent: ignoring a malformed event line: {e}"),
+                    Err(e) => tracing::warn!("agent: ignoring a malformed event line: {e}"),
                 }
             }
             let _ = stdin_tx.send(Input::Stop("stdin closed"));
@@ -190,10 +190,10 @@ pub fn run(args: AgentArgs) -> i32 {
         };
         let round = next_round(&rx, wait, |ev| {
             if let Err(e) = tracker.apply(ev) {
-                eprintln!("agent {}: skipping object: {e}", args.node);
+                tracing::warn!("agent {}: skipping object: {e}", args.node);
             }
             if let Err(e) = backend.observe(ev) {
-                eprintln!("agent {}: backend observe: {e}", args.node);
+                tracing::warn!("agent {}: backend observe: {e}", args.node);
             }
         });
         if let Err(why) = round {
@@ -233,7 +233,7 @@ pub fn run(args: AgentArgs) -> i32 {
             if report.error.is_some() {
                 let wait = retry.failed();
                 m.record_retry();
-                eprintln!(
+                tracing::warn!(
                     "agent {}: retrying in {:.1} s ({} failed sync(s) in a row)",
                     args.node,
                     wait.as_secs_f64(),
@@ -245,16 +245,17 @@ pub fn run(args: AgentArgs) -> i32 {
         }
         emit(&mut out, &AgentMessage::Sync(Box::new(report)));
     };
-    eprintln!(
+    tracing::warn!(
         "agent {}: stopping ({stop_reason}); cleaning up backend {}",
-        args.node, args.backend
+        args.node,
+        args.backend
     );
     drop(servers);
     match backend.cleanup() {
         Ok(()) => 0,
         Err(errors) => {
             for e in errors {
-                eprintln!("agent {}: cleanup: {e}", args.node);
+                tracing::error!("agent {}: cleanup: {e}", args.node);
             }
             4
         }
@@ -362,7 +363,7 @@ fn sync_once(
         Err(e) => (Default::default(), Some(e.to_string())),
     };
     if let Some(e) = &error {
-        eprintln!("agent {}: {mode} sync {seq} failed: {e}", args.node);
+        tracing::warn!("agent {}: {mode} sync {seq} failed: {e}", args.node);
     }
     SyncReport {
         node: args.node.clone(),

@@ -280,7 +280,7 @@ fn spawn(
         let what = status.map_or("an unknown status".to_string(), |s| s.to_string());
         if !stopping.load(Ordering::SeqCst) && !crate::stop::stopping() {
             // Reported at once, whoever is (or is not) waiting on the agents.
-            eprintln!("svclab: agent {node} (pid {pid}) exited with {what}");
+            tracing::warn!("svclab: agent {node} (pid {pid}) exited with {what}");
             if let Some(hook) = &hook {
                 hook(StateChange::Exited {
                     node: node.clone(),
@@ -535,7 +535,7 @@ impl Agents {
                     format!("pid {} exited with {status}", inc.pid)
                 };
                 if supervised && !crate::stop::stopping() {
-                    eprintln!(
+                    tracing::warn!(
                         "svclab: agent {}: restart {} in {:.0} s",
                         h.node,
                         h.restarts + 1,
@@ -628,7 +628,7 @@ impl Agents {
                     h.dead = None;
                     let detail =
                         format!("restart {} as pid {}, given {given}", h.restarts, inc.pid);
-                    eprintln!("svclab: agent {}: {detail}", h.node);
+                    tracing::warn!("svclab: agent {}: {detail}", h.node);
                     self.events.push(AgentEvent {
                         at: crate::state::now(),
                         node: h.node.clone(),
@@ -641,7 +641,7 @@ impl Agents {
                 Err(e) => {
                     h.crash_streak += 1;
                     let wait = restart_backoff(h.crash_streak);
-                    eprintln!(
+                    tracing::warn!(
                         "svclab: agent {}: restart failed: {e:#}; next try in {:.0} s",
                         h.node,
                         wait.as_secs_f64()

@@ -131,13 +131,13 @@ pub(super) fn spawn(kubeconfig: &Path, node: &str, tx: Sender<Input>) -> std::io
             {
                 Ok(rt) => rt,
                 Err(e) => {
-                    eprintln!("agent {node}: starting the informers' runtime: {e}");
+                    tracing::error!("agent {node}: starting the informers' runtime: {e}");
                     let _ = tx.send(Input::Stop("informers could not start"));
                     return;
                 }
             };
             if let Err(e) = rt.block_on(run(&path, &node, &tx)) {
-                eprintln!("agent {node}: informers: {e:#}");
+                tracing::error!("agent {node}: informers: {e:#}");
                 let _ = tx.send(Input::Stop("informers failed"));
             }
         })
@@ -208,7 +208,7 @@ async fn run(path: &Path, node: &str, tx: &Sender<Input>) -> anyhow::Result<()> 
                 // The watcher backs off and resumes; say so, sparingly.
                 errors += 1;
                 if errors.is_power_of_two() {
-                    eprintln!("agent {node}: watch error {errors} (retrying): {e}");
+                    tracing::warn!("agent {node}: watch error {errors} (retrying): {e}");
                 }
             }
         }

@@ -20,12 +20,15 @@ pub async fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
     };
     let captured = convert(&listed.services, &listed.slices, &opts)?;
     print!("{}", captured.yaml);
-    eprintln!(
+    tracing::info!(
         "svclab capture: {} Services, {} pods in {} Deployments on {} nodes",
-        captured.services, captured.pods, captured.deployments, captured.nodes
+        captured.services,
+        captured.pods,
+        captured.deployments,
+        captured.nodes
     );
     for n in &captured.notes {
-        eprintln!("  note: {n}");
+        tracing::info!("  note: {n}");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -45,10 +45,15 @@ use svclab_backends::BackendKind;
                   own network namespace.\n\n\
                   Shared flags: --backend takes a comma-separated list (`all`: every built-in \
                   backend this host can run); --run names a running lab (default: the only \
-                  one, see `svclab ls`); -o text|json picks the output format. Logging: \
-                  SVCLAB_LOG (a tracing filter, e.g. `debug`; default `warn`)."
+                  one, see `svclab ls`); -o text|json picks the output format. Logging on \
+                  stderr: -v (debug), -vv (trace), or SVCLAB_LOG (a tracing filter such as \
+                  `debug` or `svclab::agent=trace`, which wins over -v)."
 )]
 pub struct Cli {
+    /// More diagnostics on stderr: -v debug, -vv trace (SVCLAB_LOG, a
+    /// tracing filter, wins over it).
+    #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -69,7 +74,8 @@ pub enum Command {
     /// Run a scenario's checks against one or more backends and write a
     /// results folder (exit code 1 if any check failed).
     Run(run::RunArgs),
-    /// Run the built-in scenario on every backend this host can run.
+    /// Run the built-in scenario (every check) on every backend this host
+    /// can run, the `none` baseline aside.
     Demo(demo::DemoArgs),
     /// What this host can run, and why not.
     Doctor(doctor::DoctorArgs),

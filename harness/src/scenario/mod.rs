@@ -28,6 +28,10 @@ use yaml::{Document, Pos};
 /// The built-in default scenario (`scenarios/smoke.yaml`).
 pub const SMOKE: &str = include_str!("../../../scenarios/smoke.yaml");
 pub const SMOKE_NAME: &str = "scenarios/smoke.yaml";
+/// The demo's scenario (`scenarios/demo.yaml`): every check has something
+/// to test.
+pub const DEMO: &str = include_str!("../../../scenarios/demo.yaml");
+pub const DEMO_NAME: &str = "scenarios/demo.yaml";
 
 /// The namespace of the lab's own client pods.
 pub const CLIENT_NAMESPACE: &str = "svclab-system";
@@ -197,6 +201,11 @@ impl Scenario {
         Scenario::parse(SMOKE_NAME, SMOKE).expect("the built-in smoke scenario is valid")
     }
 
+    /// The built-in demo scenario.
+    pub fn demo() -> Scenario {
+        Scenario::parse(DEMO_NAME, DEMO).expect("the built-in demo scenario is valid")
+    }
+
     /// Parses and checks scenario text; `file` names it in errors. Limits
     /// that depend on the machine are this machine's.
     pub fn parse(file: &str, src: &str) -> Result<Scenario, ScenarioErrors> {
@@ -364,10 +373,10 @@ impl Scenario {
 /// Prints a scenario's notes to stderr, at most [`MAX_ERRORS`] of them.
 pub fn print_notes(scenario: &Scenario) {
     for n in scenario.notes.iter().take(MAX_ERRORS) {
-        eprintln!("note: {n}");
+        tracing::info!("note: {n}");
     }
     if scenario.notes.len() > MAX_ERRORS {
-        eprintln!("note: ... and {} more", scenario.notes.len() - MAX_ERRORS);
+        tracing::info!("note: ... and {} more", scenario.notes.len() - MAX_ERRORS);
     }
 }
 

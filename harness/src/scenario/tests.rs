@@ -24,6 +24,25 @@ fn svc(body: &str) -> String {
 }
 
 #[test]
+fn the_demo_scenario_has_every_kind_of_service() {
+    let s = Scenario::demo();
+    assert_eq!(s.name, "demo");
+    assert_eq!(s.nodes.len(), 2);
+    let text = super::DEMO;
+    for needle in [
+        "type: NodePort",
+        "type: LoadBalancer",
+        "externalTrafficPolicy: Local",
+        "internalTrafficPolicy: Local",
+        "sessionAffinity: ClientIP",
+        "protocol: UDP",
+        "nodeName: node-0",
+    ] {
+        assert!(text.contains(needle), "scenarios/demo.yaml lacks {needle}");
+    }
+}
+
+#[test]
 fn smoke_loads_and_plans_addresses() {
     let s = Scenario::smoke();
     assert_eq!(s.name, "smoke");

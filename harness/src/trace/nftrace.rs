@@ -4,6 +4,11 @@
 //! covers the nftables backend and iptables-nft (its rules are nf_tables
 //! rules in the `ip nat` and `ip filter` tables).
 //!
+//! The monitor's text is parsed, not JSON: with nftables 1.0.6 (Debian 12)
+//! `nft -j monitor trace` prints the very same text lines as `nft monitor
+//! trace` (checked in a throwaway namespace with a `meta nftrace set 1`
+//! rule), so there is no JSON to read.
+//!
 //! The marking chains run at priority -180: after conntrack (-200), so
 //! `ct state new` limits the trace to the connection's first packet (the
 //! only one the nat chains see), and before mangle, DNAT and filter. The
