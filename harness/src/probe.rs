@@ -16,6 +16,17 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
+/// Where a probe comes from.
+#[derive(Clone, Debug)]
+pub struct Vantage {
+    /// `pod`, `node`, `external`, or `hairpin`.
+    pub kind: &'static str,
+    pub name: String,
+    pub node: Option<String>,
+    pub netns: String,
+    pub ip: Ipv4Addr,
+}
+
 use crate::netns::{NetNs, NetNsGuard};
 use crate::workload::Whoami;
 

@@ -20,6 +20,7 @@ use svclab_backends::model::Protocol;
 use svclab_backends::{BackendKind, Feature};
 
 use crate::lab::Lab;
+pub use crate::probe::Vantage;
 use crate::probe::{Outcome, ProbeResult, ProbeSpec};
 use expect::{Ep, Target};
 
@@ -260,17 +261,6 @@ impl CheckResult {
             seconds: 0.0,
         }
     }
-}
-
-/// Where a probe comes from.
-#[derive(Clone, Debug)]
-pub struct Vantage {
-    /// `pod`, `node`, `external`, or `hairpin`.
-    pub kind: &'static str,
-    pub name: String,
-    pub node: Option<String>,
-    pub netns: String,
-    pub ip: Ipv4Addr,
 }
 
 /// Knobs of a check run.

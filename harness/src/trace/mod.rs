@@ -483,7 +483,7 @@ pub async fn trace(
 /// or the vantage is not one of the lab's namespaces.
 pub async fn for_failure(
     lab: &crate::lab::Lab,
-    vantage: &crate::checks::Vantage,
+    vantage: &crate::probe::Vantage,
     target: &crate::checks::expect::Target,
     address: SocketAddrV4,
 ) -> Option<Result<Trace, TraceError>> {
