@@ -33,21 +33,14 @@ fn run_checks(
 }
 
 /// Upstream kube-proxy, both supported versions and both modes this host
-/// runs (IPVS is the VM stage's), passes every behaviour: nothing failed,
+/// runs (IPVS runs in the VM), passes every behaviour: nothing failed,
 /// nothing skipped.
 #[test]
 fn upstream_kube_proxy_passes_every_behaviour_in_both_versions() {
     require_root!();
     let old = svclab::kubeproxy::SUPPORTED_VERSIONS[0];
-    for v in svclab::kubeproxy::SUPPORTED_VERSIONS {
-        if !svclab::kubeproxy::binary(v).is_file() {
-            let why = format!(
-                "kube-proxy {v} is not built ({})",
-                svclab::kubeproxy::build_command(v)
-            );
-            common::skip(&why);
-            return;
-        }
+    if !common::have_kube_proxy() {
+        return;
     }
     let _lab = common::lab_lock();
     let backends = format!("kube-proxy:nftables,kube-proxy:iptables@{old}");

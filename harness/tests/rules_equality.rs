@@ -230,37 +230,29 @@ fn compare(scenario: &str, ours: &str, upstream: &str, ruleset: Ruleset, known: 
     );
 }
 
-fn have_kube_proxy() -> bool {
-    for v in svclab::kubeproxy::SUPPORTED_VERSIONS {
-        if !svclab::kubeproxy::binary(v).is_file() {
-            let why = format!(
-                "kube-proxy {v} is not built ({})",
-                svclab::kubeproxy::build_command(v)
-            );
-            common::skip(&why);
-            return false;
-        }
-    }
-    true
+/// The scenarios compared: smoke, behaviours, and a generated one of 1,000
+/// Services x 10 endpoints, written into `dir`.
+fn scenarios(dir: &std::path::Path) -> Vec<String> {
+    let generated = dir.join("gen-1000x10.yaml");
+    let made = common::run(&["generate", "--services", "1000", "--endpoints", "10"]);
+    assert!(made.status.success(), "{}", common::text(&made));
+    std::fs::write(&generated, &made.stdout).expect("writing the generated scenario");
+    vec![
+        "scenarios/smoke.yaml".into(),
+        "scenarios/behaviours.yaml".into(),
+        generated.to_str().expect("a UTF-8 path").into(),
+    ]
 }
 
 #[test]
 fn iptables_programs_what_kube_proxy_iptables_programs() {
     require_root!();
-    if !have_kube_proxy() {
+    if !common::have_kube_proxy() {
         return;
     }
     let _lab = common::lab_lock();
     let dir = tempfile::tempdir().expect("a temporary folder");
-    let generated = dir.path().join("gen-1000x10.yaml");
-    let made = common::run(&["generate", "--services", "1000", "--endpoints", "10"]);
-    assert!(made.status.success(), "{}", common::text(&made));
-    std::fs::write(&generated, &made.stdout).expect("writing the generated scenario");
-    for scenario in [
-        "scenarios/smoke.yaml",
-        "scenarios/behaviours.yaml",
-        generated.to_str().expect("a UTF-8 path"),
-    ] {
+    for scenario in &scenarios(dir.path()) {
         compare(
             scenario,
             "iptables",
@@ -274,20 +266,12 @@ fn iptables_programs_what_kube_proxy_iptables_programs() {
 #[test]
 fn nftables_programs_what_kube_proxy_nftables_programs() {
     require_root!();
-    if !have_kube_proxy() {
+    if !common::have_kube_proxy() {
         return;
     }
     let _lab = common::lab_lock();
     let dir = tempfile::tempdir().expect("a temporary folder");
-    let generated = dir.path().join("gen-1000x10.yaml");
-    let made = common::run(&["generate", "--services", "1000", "--endpoints", "10"]);
-    assert!(made.status.success(), "{}", common::text(&made));
-    std::fs::write(&generated, &made.stdout).expect("writing the generated scenario");
-    for scenario in [
-        "scenarios/smoke.yaml",
-        "scenarios/behaviours.yaml",
-        generated.to_str().expect("a UTF-8 path"),
-    ] {
+    for scenario in &scenarios(dir.path()) {
         let ours = up_and_dump(scenario, "nftables", Ruleset::Nftables);
         assert!(
             ours.len() > 20,

@@ -213,3 +213,20 @@ impl Drop for LabGuard {
         }
     }
 }
+
+/// Both supported upstream kube-proxy builds are in the cache; otherwise the
+/// test skips (fails under CI) naming the command that builds the missing one.
+#[allow(dead_code)] // not every test binary runs upstream kube-proxy
+pub fn have_kube_proxy() -> bool {
+    for v in svclab::kubeproxy::SUPPORTED_VERSIONS {
+        if !svclab::kubeproxy::binary(v).is_file() {
+            let why = format!(
+                "kube-proxy {v} is not built ({})",
+                svclab::kubeproxy::build_command(v)
+            );
+            skip(&why);
+            return false;
+        }
+    }
+    true
+}
