@@ -563,15 +563,7 @@ fn ls_and_exec_in_a_live_lab() {
         );
     }
 
-    let out = svclab().args(["ls", "-o", "json"]).output().unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    let labs: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let me = labs
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["run"] == run.as_str())
-        .unwrap_or_else(|| panic!("{run} not in {labs}"));
+    let me = ls_entry(&run);
     assert_eq!(me["nodes"], 2, "{me}");
     assert!(me["pods"].as_u64().unwrap() >= 2, "{me}");
     assert_eq!(me["ownerAlive"], true, "{me}");
@@ -670,15 +662,7 @@ fn ls_lists_leftovers_without_a_run_record() {
     }
     assert!(!svclab::state::run_dir(&run).exists());
 
-    let out = svclab().args(["ls", "-o", "json"]).output().unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    let labs: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let me = labs
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["run"] == run.as_str())
-        .unwrap_or_else(|| panic!("leftover {run} not in {labs}"));
+    let me = ls_entry(run.as_str());
     assert_eq!(me["leftover"], true, "{me}");
     assert_eq!(me["ownerPid"], Value::Null, "{me}");
     assert_eq!(me["ownerAlive"], false, "{me}");
@@ -785,4 +769,17 @@ fn a_test_that_cannot_run_skips_locally_and_fails_in_ci() {
     // Other values of CI leave local behaviour alone.
     let out = probe(&[("CI", "false")]);
     assert!(out.status.success(), "{}", common::text(&out));
+}
+
+/// The entry of `svclab ls -o json` for `run`.
+fn ls_entry(run: &str) -> Value {
+    let out = svclab().args(["ls", "-o", "json"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let labs: Value = serde_json::from_slice(&out.stdout).unwrap();
+    labs.as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["run"] == run)
+        .cloned()
+        .unwrap_or_else(|| panic!("{run} not in {labs}"))
 }

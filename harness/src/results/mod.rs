@@ -164,15 +164,23 @@ pub fn collect_logs(dir: &Path) -> Vec<(String, Vec<u8>)> {
             if !name.ends_with(".log") {
                 return None;
             }
-            let mut bytes = std::fs::read(e.path()).ok()?;
-            if bytes.len() > LOG_TAIL_BYTES {
-                bytes.drain(..bytes.len() - LOG_TAIL_BYTES);
-            }
-            Some((name, bytes))
+            Some((name, tail_bytes(&e.path(), LOG_TAIL_BYTES).ok()?))
         })
         .collect();
     logs.sort();
     logs
+}
+
+/// The last `max` bytes of a file, read from there (a long kube-proxy log
+/// is not read whole to keep its end).
+fn tail_bytes(path: &Path, max: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(max as u64)))?;
+    let mut bytes = Vec::with_capacity(max.min(len as usize));
+    f.read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// A backend name as a folder name (`kube-proxy:nftables@v1.34.4` ->
