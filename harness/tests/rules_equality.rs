@@ -105,58 +105,58 @@ const IP6_TABLE: Known = Known {
           IPv4-only until dual-stack (issue 18)",
 };
 
-/// svclab's nftables backend against kube-proxy v1.34's layout, which it
-/// follows: the only difference is the IPv6 table.
-const NFTABLES_V1_34: &[Known] = &[IP6_TABLE];
+/// svclab's nftables backend against kube-proxy v1.37, whose layout (that
+/// of v1.35 and later) it follows: the only difference is the IPv6 table.
+const NFTABLES_V1_37: &[Known] = &[IP6_TABLE];
 
-/// Against kube-proxy v1.37, whose nftables layout changed after v1.34
-/// (pkg/proxy/nftables/proxier.go, `writeServiceToEndpointRules` and the
-/// `hairpin-connections` set). Both layouts pass every behaviour check; these
-/// are the places they differ.
-const NFTABLES_V1_37: &[Known] = &[
+/// Against kube-proxy v1.34, whose older layout
+/// (pkg/proxy/nftables/proxier.go before `writeServiceToEndpointDNATs` and
+/// the `hairpin-connections` set) has a chain per endpoint. Both layouts
+/// pass every behaviour check; these are the places they differ.
+const NFTABLES_V1_34: &[Known] = &[
     IP6_TABLE,
     Known {
-        side: Ours,
+        side: Upstream,
         matches: |l| l.starts_with("ip kube-proxy/chain endpoint-"),
-        why: "v1.37 keeps per-endpoint chains only for Services with ClientIP affinity \
-              (those are equal on both sides); v1.34 and svclab have one per endpoint",
-    },
-    Known {
-        side: Ours,
-        matches: |l| service_chain(l) && l.contains(": numgen random mod "),
-        why: "v1.34 and svclab pick the endpoint with a vmap of gotos to endpoint chains (in \
-              the service chain, or the local chain of a Local traffic policy)",
+        why: "v1.34 has a chain per endpoint; v1.37 and svclab keep them only for Services \
+              with ClientIP affinity (those are equal on both sides)",
     },
     Known {
         side: Upstream,
+        matches: |l| service_chain(l) && l.contains(": numgen random mod "),
+        why: "v1.34 picks the endpoint with a vmap of gotos to endpoint chains (in the \
+              service chain, or the local chain of a Local traffic policy)",
+    },
+    Known {
+        side: Ours,
         matches: |l| {
             service_chain(l)
                 && (l.contains(" dnat ip to numgen random mod ") || l.contains(" dnat to "))
         },
-        why: "v1.37 DNATs straight from the service chain: a numgen map of address . port, \
-              or one `dnat to` for a single endpoint",
+        why: "v1.37 and svclab DNAT straight from the service chain: a numgen map of \
+              address . port, or one `dnat to` for a single endpoint",
     },
     Known {
-        side: Ours,
+        side: Upstream,
         matches: |l| {
             (service_chain(l) || l.starts_with("ip kube-proxy/chain external-"))
                 && l.contains(" jump mark-for-masquerade")
         },
-        why: "v1.34 and svclab mark for masquerade per Service through a helper chain (v1.37 \
-              marks off-cluster ClusterIP traffic once, below)",
+        why: "v1.34 marks for masquerade per Service through a helper chain (v1.37 and svclab \
+              mark off-cluster ClusterIP traffic once, below)",
     },
     Known {
-        side: Upstream,
+        side: Ours,
         matches: |l| {
             (l.starts_with("ip kube-proxy/chain services: ip daddr @cluster-ips ip saddr != ")
                 || l.starts_with("ip kube-proxy/chain external-"))
                 && l.contains("meta mark set meta mark | 0x00004000")
         },
-        why: "v1.37 marks off-cluster ClusterIP traffic once, against the @cluster-ips set, and \
-              inlines the mark in external chains",
+        why: "v1.37 and svclab mark off-cluster ClusterIP traffic once, against the \
+              @cluster-ips set, and inline the mark in external chains",
     },
     Known {
-        side: Ours,
+        side: Upstream,
         matches: |l| {
             l.starts_with("ip kube-proxy/chain mark-for-masquerade")
                 || l == "ip kube-proxy/chain masquerading: masquerade fully-random"
@@ -166,14 +166,14 @@ const NFTABLES_V1_37: &[Known] = &[
         why: "v1.34's three-rule masquerading chain and its mark helper",
     },
     Known {
-        side: Upstream,
+        side: Ours,
         matches: |l| {
             l.starts_with("ip kube-proxy/set hairpin-connections")
                 || l.starts_with("ip kube-proxy/chain masquerading: ")
         },
-        why: "v1.37 masquerades hairpin connections by a set of (pod, pod, proto, port) instead \
-              of a `saddr == endpoint` rule in every endpoint chain, and folds the mark test \
-              into one masquerade rule",
+        why: "v1.37 and svclab masquerade hairpin connections by a set of (pod, pod, proto, \
+              port) instead of a `saddr == endpoint` rule in every endpoint chain, and fold \
+              the mark test into one masquerade rule",
     },
 ];
 
@@ -287,6 +287,99 @@ fn nftables_programs_what_kube_proxy_nftables_programs() {
     }
 }
 
+/// svclab's IPVS backend against kube-proxy's IPVS mode: the fixed
+/// iptables rules, the ipsets and their entries, the ClusterIP virtual
+/// servers and the kube-ipvs0 addresses are equal; only the NodePort
+/// addresses differ.
+const IPVS: &[Known] = &[Known {
+    side: Upstream,
+    matches: |l| {
+        ["ipvs: -A -t 10.244.0.1:", "ipvs: -a -t 10.244.0.1:"]
+            .iter()
+            .filter_map(|p| l.strip_prefix(p))
+            .filter_map(|rest| rest.split(' ').next()?.parse::<u16>().ok())
+            .any(|port| port >= 30000)
+    },
+    why: "kube-proxy's default nodePortAddresses (unset: every local address) gives each \
+          NodePort a virtual server on node-0's cni0 address (10.244.0.1) too; svclab's \
+          backend serves NodePorts on the node's address only",
+}];
+
+/// IPVS needs a kernel with IP_VS: this host's if it has one, otherwise a
+/// VM (`svclab vm`) booted from a stock Debian kernel. Each scenario comes
+/// up there on `ipvs` and on `kube-proxy:ipvs` (`svclab rules --up`), the
+/// rulesets (iptables, ipsets, virtual servers, kube-ipvs0) are written to
+/// a folder shared with the VM, and compared here.
+#[test]
+fn ipvs_programs_what_kube_proxy_ipvs_programs() {
+    require_root!();
+    if !common::have_kube_proxy() {
+        return;
+    }
+    let in_vm = !std::path::Path::new("/proc/net/ip_vs").exists();
+    if in_vm && std::env::var("SVCLAB_SKIP_VM").as_deref() == Ok("1") {
+        eprintln!("SKIP ipvs rules equality: SVCLAB_SKIP_VM=1 and this kernel has no IP_VS");
+        return;
+    }
+    if in_vm && svclab::vm::default_kernel().is_none() {
+        common::skip("no kernel image for VM mode (ci/setup --vm installs one)");
+        return;
+    }
+    let _lab = common::lab_lock();
+    let dir = common::results_dir("rules-ipvs");
+    let out = dir.join("rules");
+    let backends = ["ipvs", "kube-proxy:ipvs"];
+    let mut args: Vec<String> = Vec::new();
+    if in_vm {
+        args.extend(["vm", "--results"].map(String::from));
+        args.push(dir.to_string_lossy().into_owned());
+        args.push("--".into());
+    }
+    args.push("rules".into());
+    // Only behaviours (its Services include smoke's shapes): kube-proxy's
+    // IPVS mode takes about five minutes to sync it under emulation.
+    let scenarios = ["scenarios/behaviours.yaml"];
+    for s in scenarios {
+        args.extend(["--up".to_string(), s.to_string()]);
+    }
+    args.extend(["--backend".to_string(), backends.join(",")]);
+    args.extend(["--out".to_string(), out.to_string_lossy().into_owned()]);
+    let ran = common::run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(ran.status.success(), "{}", common::text(&ran));
+    let read = |stem: &str, backend: &str| -> BTreeSet<String> {
+        let f = out
+            .join(stem)
+            .join(format!("{}.rules", backend.replace([':', '@'], "_")));
+        std::fs::read_to_string(&f)
+            .unwrap_or_else(|e| panic!("{}: {e}\n{}", f.display(), common::text(&ran)))
+            .lines()
+            .map(String::from)
+            .collect()
+    };
+    for s in scenarios {
+        let stem = std::path::Path::new(s)
+            .file_stem()
+            .unwrap()
+            .to_string_lossy();
+        let ours = read(&stem, backends[0]);
+        let upstream = read(&stem, backends[1]);
+        for (b, lines) in [(backends[0], &ours), (backends[1], &upstream)] {
+            assert!(
+                lines.iter().any(|l| l.starts_with("ipvs: -A ")),
+                "{s} on {b}: no virtual servers: {lines:#?}"
+            );
+        }
+        let bad = unexplained(&ours, &upstream, IPVS);
+        assert!(
+            bad.is_empty(),
+            "{s}: ipvs vs kube-proxy:ipvs: {} unexplained difference(s):\n{}",
+            bad.len(),
+            bad.join("\n")
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn the_comparison_catches_a_rule_upstream_lacks() {
     let ours: BTreeSet<String> = ["nat: :KUBE-SERVICES", "nat: -A KUBE-SERVICES -j EXTRA"]
@@ -300,5 +393,26 @@ fn the_comparison_catches_a_rule_upstream_lacks() {
     assert_eq!(
         unexplained(&ours, &upstream, IPTABLES),
         vec!["Ours only: nat: -A KUBE-SERVICES -j EXTRA".to_string()]
+    );
+}
+
+#[test]
+fn only_cni0_nodeports_are_explained_for_ipvs() {
+    let ours = BTreeSet::new();
+    let upstream: BTreeSet<String> = [
+        "ipvs: -A -t 10.244.0.1:30080 -s rr",
+        "ipvs: -a -t 10.244.0.1:30080 -r 10.244.0.3:8080 -m -w 1",
+        "ipvs: -A -t 10.244.0.1:8080 -s rr",
+        "ipvs: -A -t 10.96.0.10:30080 -s rr",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    assert_eq!(
+        unexplained(&ours, &upstream, IPVS),
+        vec![
+            "Upstream only: ipvs: -A -t 10.244.0.1:8080 -s rr".to_string(),
+            "Upstream only: ipvs: -A -t 10.96.0.10:30080 -s rr".to_string(),
+        ]
     );
 }

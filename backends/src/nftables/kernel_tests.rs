@@ -143,7 +143,6 @@ fn full_sync_is_accepted_and_listed_then_cleaned_up() {
             "filter-output",
             "services",
             "masquerading",
-            "mark-for-masquerade",
             "reject-chain",
             "service-LY4HC3X6-ns1/plain/tcp/p80",
             "external-O4B5ELNJ-ns1/etp/tcp/p80",
@@ -162,6 +161,11 @@ fn full_sync_is_accepted_and_listed_then_cleaned_up() {
                 .filter(|s| s.starts_with("affinity-"))
                 .count(),
             3
+        );
+        assert!(
+            names_of("set", &v)
+                .iter()
+                .any(|s| s == "hairpin-connections")
         );
 
         let stats = b.stats().expect("stats");
@@ -402,6 +406,10 @@ fn dump_dir_gets_each_transaction() {
     let partial = std::fs::read_to_string(dir.join("2-partial.nft")).expect("2-partial.nft");
     std::fs::remove_dir_all(&dir).expect("removing the dump dir");
     assert!(full.starts_with("add table ip kube-proxy"));
-    assert!(partial.contains("dnat to 10.0.0.6:8080"), "{partial}");
+    // Two endpoints now: one DNAT through a numgen map of both.
+    assert!(
+        partial.contains("map { 0 : 10.0.0.5 . 8080, 1 : 10.0.0.6 . 8080 }"),
+        "{partial}"
+    );
     assert!(!partial.contains("add table"), "{partial}");
 }

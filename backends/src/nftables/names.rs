@@ -26,11 +26,13 @@ pub const REJECT_CHAIN: &str = "reject-chain";
 pub const CLUSTER_IPS_CHECK_CHAIN: &str = "cluster-ips-check";
 pub const FIREWALL_IPS_MAP: &str = "firewall-ips";
 pub const FIREWALL_CHECK_CHAIN: &str = "firewall-check";
-pub const MARK_MASQ_CHAIN: &str = "mark-for-masquerade";
 pub const MASQUERADING_CHAIN: &str = "masquerading";
+pub const HAIRPIN_SET: &str = "hairpin-connections";
 
 /// The masquerade mark (kube-proxy's default `--masquerade-bit` 14).
 pub const MASQ_MARK: &str = "0x4000";
+/// Sets that mark on a packet: its masquerade is decided in postrouting.
+pub const MARK_MASQ: &str = "mark set mark or 0x4000";
 
 /// nft's limit on object names, less the longest prefix kube-proxy puts in
 /// front of a hashed base name.
@@ -126,6 +128,7 @@ mod tests {
         assert_eq!(n.external, "external-ULMVA6XW-ns1/svc1/tcp/p80");
         let e = EndpointNames::new(&p, &ep([10, 180, 0, 1], 80));
         assert_eq!(e.chain, "endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80");
+        assert!(MARK_MASQ.ends_with(MASQ_MARK));
         assert_eq!(
             e.affinity_set,
             "affinity-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80"

@@ -1,12 +1,23 @@
 //! What one service port needs in the `kube-proxy` table, decided the way
-//! kube-proxy's nftables proxier decides it: its chains and their rules, its
-//! affinity sets, and its elements in the shared dispatch maps.
+//! kube-proxy's nftables proxier decides it (the layout of v1.35 and later):
+//! its chains and their rules, its affinity sets, and its elements in the
+//! shared sets and dispatch maps.
+//!
+//! A service chain DNATs straight to an endpoint picked by `numgen` from an
+//! anonymous map of address . port (`dnat to` for a single endpoint); only
+//! ClientIP affinity keeps kube-proxy's older per-endpoint chains, which
+//! record the client in an affinity set. Marking for masquerade is inline
+//! (`meta mark set meta mark | 0x4000`), and hairpin traffic (an endpoint
+//! reaching itself through its Service) is masqueraded in postrouting by the
+//! `hairpin-connections` set of this node's endpoints, instead of a rule in
+//! every endpoint chain. Traffic to a ClusterIP from outside the cluster is
+//! marked once, in the `services` chain, against `@cluster-ips`.
 
 use std::fmt::Write as _;
 
 use crate::model::{Endpoint, NodeContext, ServicePort, categorize_endpoints};
 use crate::nftables::names::{
-    CLUSTER_IPS_SET, EndpointNames, MARK_MASQ_CHAIN, NO_ENDPOINT_NODEPORTS_MAP,
+    CLUSTER_IPS_SET, EndpointNames, HAIRPIN_SET, MARK_MASQ, NO_ENDPOINT_NODEPORTS_MAP,
     NO_ENDPOINT_SERVICES_MAP, PortNames, REJECT_CHAIN, SERVICE_IPS_MAP, SERVICE_NODEPORTS_MAP,
 };
 use crate::{BackendOptions, Fault};
@@ -19,16 +30,24 @@ pub enum Container {
     ServiceNodePorts,
     NoEndpointServices,
     NoEndpointNodePorts,
+    /// `endpoint . endpoint . proto . port` of this node's endpoints.
+    HairpinConnections,
 }
 
 impl Container {
-    pub const ALL: [Container; 5] = [
+    pub const ALL: [Container; 6] = [
         Container::ClusterIps,
         Container::ServiceIps,
         Container::ServiceNodePorts,
         Container::NoEndpointServices,
         Container::NoEndpointNodePorts,
+        Container::HairpinConnections,
     ];
+
+    /// A set (no verdicts), as opposed to a verdict map.
+    pub fn is_set(self) -> bool {
+        matches!(self, Container::ClusterIps | Container::HairpinConnections)
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -37,6 +56,7 @@ impl Container {
             Container::ServiceNodePorts => SERVICE_NODEPORTS_MAP,
             Container::NoEndpointServices => NO_ENDPOINT_SERVICES_MAP,
             Container::NoEndpointNodePorts => NO_ENDPOINT_NODEPORTS_MAP,
+            Container::HairpinConnections => HAIRPIN_SET,
         }
     }
 }
@@ -63,15 +83,14 @@ pub struct Element {
 pub struct Chain {
     pub name: String,
     pub rules: Vec<String>,
-    /// Set on endpoint chains, whose rules follow from their name and from
-    /// whether affinity is on: an existing one can be left as it is.
+    /// Set on endpoint chains (ClientIP affinity only), whose rules follow
+    /// from their name: an existing one can be left as it is.
     pub endpoint: Option<EndpointChain>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndpointChain {
     pub affinity_set: String,
-    pub affinity: bool,
 }
 
 /// A per-endpoint ClientIP affinity set (`ipv4_addr`, dynamic, with timeout).
@@ -220,6 +239,7 @@ pub fn port_objects(
         }
     }
 
+    let affinity = svc.session_affinity_seconds.is_some();
     if let Some(timeout) = svc.session_affinity_seconds {
         for n in &reachable_names {
             out.sets.push(AffinitySet {
@@ -228,18 +248,23 @@ pub fn port_objects(
             });
         }
     }
+    // Hairpin: an endpoint on this node reaching its own Service must be
+    // masqueraded, or it would answer itself directly.
+    if !options.has_fault(Fault::MissingMasquerade) {
+        for ep in cat.all_reachable.iter().filter(|e| e.is_local) {
+            push(
+                &mut out,
+                Container::HairpinConnections,
+                format!("{0} . {0} . {proto} . {1}", ep.ip, ep.port),
+                None,
+                None,
+            );
+        }
+    }
 
     if uses_cluster_chain {
         let mut rules = Vec::new();
-        if has_internal && !internal_local {
-            rules.push(masquerade_off_cluster(svc, pod_cidr));
-        }
-        write_dispatch(
-            &mut rules,
-            &ep_names(&cat.cluster),
-            svc.session_affinity_seconds.is_some(),
-            options,
-        );
+        write_dispatch(&mut rules, svc, &cat.cluster, affinity, options);
         out.chains.push(Chain {
             name: names.cluster.clone(),
             rules,
@@ -248,15 +273,7 @@ pub fn port_objects(
     }
     if uses_local_chain {
         let mut rules = Vec::new();
-        if has_internal && internal_local {
-            rules.push(masquerade_off_cluster(svc, pod_cidr));
-        }
-        write_dispatch(
-            &mut rules,
-            &ep_names(&cat.local),
-            svc.session_affinity_seconds.is_some(),
-            options,
-        );
+        write_dispatch(&mut rules, svc, &cat.local, affinity, options);
         out.chains.push(Chain {
             name: names.local.clone(),
             rules,
@@ -268,7 +285,7 @@ pub fn port_objects(
         if !external_local {
             // Cluster policy may send the packet to another node, so its
             // source must be rewritten for the reply to come back here.
-            rules.push(format!("jump {MARK_MASQ_CHAIN}"));
+            rules.push(format!("{MARK_MASQ} comment \"masquerade\""));
         } else {
             // Pods and the node itself reaching an external address are
             // treated as if they had gone out to a load balancer and back:
@@ -278,7 +295,7 @@ pub fn port_objects(
                 names.cluster
             ));
             rules.push(format!(
-                "fib saddr type local jump {MARK_MASQ_CHAIN} comment \"masquerade local traffic\""
+                "fib saddr type local {MARK_MASQ} comment \"masquerade local traffic\""
             ));
             rules.push(format!(
                 "fib saddr type local goto {} comment \"short-circuit local traffic\"",
@@ -295,72 +312,80 @@ pub fn port_objects(
         });
     }
 
-    for (ep, n) in cat.all_reachable.iter().zip(&reachable_names) {
-        let mut rules = Vec::with_capacity(3);
-        // Hairpin: an endpoint reaching its own Service must be
-        // masqueraded, or it would answer itself directly.
-        rules.push(format!("ip saddr {} jump {MARK_MASQ_CHAIN}", ep.ip));
-        if svc.session_affinity_seconds.is_some() {
-            rules.push(format!("update @{} {{ ip saddr }}", n.affinity_set));
+    if affinity {
+        for (ep, n) in cat.all_reachable.iter().zip(&reachable_names) {
+            out.chains.push(Chain {
+                name: n.chain.clone(),
+                rules: vec![
+                    format!("update @{} {{ ip saddr }}", n.affinity_set),
+                    format!("meta l4proto {proto} dnat to {}:{}", ep.ip, ep.port),
+                ],
+                endpoint: Some(EndpointChain {
+                    affinity_set: n.affinity_set.clone(),
+                }),
+            });
         }
-        rules.push(format!(
-            "meta l4proto {proto} dnat to {}:{}",
-            ep.ip, ep.port
-        ));
-        out.chains.push(Chain {
-            name: n.chain.clone(),
-            rules,
-            endpoint: Some(EndpointChain {
-                affinity_set: n.affinity_set.clone(),
-                affinity: svc.session_affinity_seconds.is_some(),
-            }),
-        });
     }
     out
 }
 
-/// Masquerades traffic to the ClusterIP that does not come from a pod (the
-/// node itself, or off-cluster clients routed to the service CIDR), since
-/// the reply might otherwise bypass this node.
-fn masquerade_off_cluster(svc: &ServicePort, pod_cidr: ipnet::Ipv4Net) -> String {
-    format!(
-        "ip daddr {} ip saddr != {pod_cidr} jump {MARK_MASQ_CHAIN}",
-        svc.cluster_ip
-    )
-}
-
-/// The rules that pick an endpoint: affinity lookups first, then one
-/// `numgen random mod N` verdict map (or, with the WrongProbability fault,
-/// iptables' 1/n-at-every-step chain of guesses, which favours the first
-/// endpoints when there are three or more).
+/// The rules that pick an endpoint. Without affinity: one DNAT through a
+/// `numgen random mod N` map of address . port, or a plain `dnat to` for a
+/// single endpoint (with the WrongProbability fault, iptables' 1/n at every
+/// step instead, which favours the first endpoints when there are three or
+/// more). With affinity: lookups in each endpoint's affinity set first,
+/// then a `numgen` verdict map to the endpoint chains.
 fn write_dispatch(
     rules: &mut Vec<String>,
-    endpoints: &[EndpointNames],
+    svc: &ServicePort,
+    endpoints: &[&Endpoint],
     affinity: bool,
     options: &BackendOptions,
 ) {
-    if affinity {
-        for n in endpoints {
-            rules.push(format!("ip saddr @{} goto {}", n.affinity_set, n.chain));
-        }
-    }
+    let proto = svc.protocol.lower();
     let n = endpoints.len();
-    if options.has_fault(Fault::WrongProbability) {
+    if affinity {
+        let names: Vec<EndpointNames> = endpoints
+            .iter()
+            .map(|e| EndpointNames::new(&svc.name, e))
+            .collect();
+        for e in &names {
+            rules.push(format!("ip saddr @{} goto {}", e.affinity_set, e.chain));
+        }
+        let mut rule = format!("numgen random mod {n} vmap {{ ");
+        for (i, e) in names.iter().enumerate() {
+            if i > 0 {
+                rule.push_str(", ");
+            }
+            let _ = write!(rule, "{i} : goto {}", e.chain);
+        }
+        rule.push_str(" }");
+        rules.push(rule);
+        return;
+    }
+    if options.has_fault(Fault::WrongProbability) && n > 1 {
         for (i, e) in endpoints.iter().enumerate() {
             if i + 1 == n {
-                rules.push(format!("goto {}", e.chain));
+                rules.push(format!("meta l4proto {proto} dnat to {}:{}", e.ip, e.port));
             } else {
-                rules.push(format!("numgen random mod {n} == 0 goto {}", e.chain));
+                rules.push(format!(
+                    "meta l4proto {proto} numgen random mod {n} == 0 dnat to {}:{}",
+                    e.ip, e.port
+                ));
             }
         }
         return;
     }
-    let mut rule = format!("numgen random mod {n} vmap {{ ");
+    if let [e] = endpoints {
+        rules.push(format!("meta l4proto {proto} dnat to {}:{}", e.ip, e.port));
+        return;
+    }
+    let mut rule = format!("meta l4proto {proto} dnat ip to numgen random mod {n} map {{ ");
     for (i, e) in endpoints.iter().enumerate() {
         if i > 0 {
             rule.push_str(", ");
         }
-        let _ = write!(rule, "{i} : goto {}", e.chain);
+        let _ = write!(rule, "{i} : {} . {}", e.ip, e.port);
     }
     rule.push_str(" }");
     rules.push(rule);

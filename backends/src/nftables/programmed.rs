@@ -104,7 +104,7 @@ impl Programmed {
     /// Rewrites the whole table for `state`: the skeleton, every service
     /// port's chains and elements, and deletions of whatever in `existing`
     /// `state` no longer needs. As in kube-proxy, endpoint chains already in
-    /// `existing` with the right affinity are kept rather than rewritten:
+    /// `existing` (with their affinity set) are kept rather than rewritten:
     /// their content follows from their name.
     pub fn plan_full(
         &self,
@@ -122,8 +122,7 @@ impl Programmed {
         let mut element_order: Vec<ElementKey> = Vec::new();
         let keep = |c: &Chain| {
             c.endpoint.as_ref().is_some_and(|e| {
-                existing.chains.contains(&c.name)
-                    && existing.sets.contains(&e.affinity_set) == e.affinity
+                existing.chains.contains(&c.name) && existing.sets.contains(&e.affinity_set)
             })
         };
         let mut live_chains: HashSet<String> = HashSet::new();

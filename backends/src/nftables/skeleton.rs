@@ -6,10 +6,10 @@
 
 use crate::model::NodeContext;
 use crate::nftables::names::{
-    CLUSTER_IPS_CHECK_CHAIN, CLUSTER_IPS_SET, FIREWALL_CHECK_CHAIN, FIREWALL_IPS_MAP,
-    MARK_MASQ_CHAIN, MASQ_MARK, MASQUERADING_CHAIN, NO_ENDPOINT_NODEPORTS_MAP,
-    NO_ENDPOINT_SERVICES_MAP, NODEPORT_ENDPOINTS_CHECK_CHAIN, NODEPORT_IPS_SET, REJECT_CHAIN,
-    SERVICE_ENDPOINTS_CHECK_CHAIN, SERVICE_IPS_MAP, SERVICE_NODEPORTS_MAP, SERVICES_CHAIN, TABLE,
+    CLUSTER_IPS_CHECK_CHAIN, CLUSTER_IPS_SET, FIREWALL_CHECK_CHAIN, FIREWALL_IPS_MAP, HAIRPIN_SET,
+    MARK_MASQ, MASQ_MARK, MASQUERADING_CHAIN, NO_ENDPOINT_NODEPORTS_MAP, NO_ENDPOINT_SERVICES_MAP,
+    NODEPORT_ENDPOINTS_CHECK_CHAIN, NODEPORT_IPS_SET, REJECT_CHAIN, SERVICE_ENDPOINTS_CHECK_CHAIN,
+    SERVICE_IPS_MAP, SERVICE_NODEPORTS_MAP, SERVICES_CHAIN, TABLE,
 };
 use crate::nftables::objects::Container;
 use crate::nftables::tx::Tx;
@@ -147,27 +147,32 @@ pub fn write_skeleton(tx: &mut Tx, node: &NodeContext, options: &BackendOptions)
         ensure(tx, target);
         tx.add_rule(base, &format!("{matches}jump {target}"));
     }
-    for name in [
-        SERVICES_CHAIN,
-        CLUSTER_IPS_CHECK_CHAIN,
-        MASQUERADING_CHAIN,
-        MARK_MASQ_CHAIN,
-    ] {
+    for name in [SERVICES_CHAIN, CLUSTER_IPS_CHECK_CHAIN, MASQUERADING_CHAIN] {
         ensure(tx, name);
     }
 
-    tx.add_rule(MARK_MASQ_CHAIN, &format!("mark set mark or {MASQ_MARK}"));
+    // Masquerade what was marked on the way in, and hairpin connections
+    // (an endpoint on this node reaching itself through its Service). The
+    // MissingMasquerade fault clears the mark without masquerading and
+    // leaves the hairpin set empty.
+    tx.raw(format_args!(
+        "add set ip {TABLE} {HAIRPIN_SET} {{ type ipv4_addr . ipv4_addr . inet_proto . inet_service ; comment \"service hairpin connections\" ; }}"
+    ));
+    let masquerade = if options.has_fault(Fault::MissingMasquerade) {
+        ""
+    } else {
+        " masquerade fully-random"
+    };
     tx.add_rule(
         MASQUERADING_CHAIN,
-        &format!("mark and {MASQ_MARK} == 0 return"),
+        &format!("mark and {MASQ_MARK} != 0 mark set mark xor {MASQ_MARK}{masquerade}"),
     );
     tx.add_rule(
         MASQUERADING_CHAIN,
-        &format!("mark set mark xor {MASQ_MARK}"),
+        &format!(
+            "ct status dnat ip saddr . ip daddr . meta l4proto . th dport @{HAIRPIN_SET}{masquerade}"
+        ),
     );
-    if !options.has_fault(Fault::MissingMasquerade) {
-        tx.add_rule(MASQUERADING_CHAIN, "masquerade fully-random");
-    }
 
     // With the NoReject fault, everything kube-proxy refuses is dropped
     // instead, so clients time out.
@@ -243,6 +248,16 @@ pub fn write_skeleton(tx: &mut Tx, node: &NodeContext, options: &BackendOptions)
     tx.raw(format_args!(
         "add map ip {TABLE} {SERVICE_NODEPORTS_MAP} {{ type {NODEPORT_MAP_TYPE} ; comment \"NodePort traffic\" ; }}"
     ));
+    // Traffic to a ClusterIP from outside the cluster (the node itself, or
+    // a client routed to the service CIDR) may be answered from another
+    // node: masquerade it.
+    tx.add_rule(
+        SERVICES_CHAIN,
+        &format!(
+            "ip daddr @{CLUSTER_IPS_SET} ip saddr != {} {MARK_MASQ} comment \"masquerade clusterIP traffic from outside cluster\"",
+            node.cluster_cidr
+        ),
+    );
     tx.add_rule(
         SERVICES_CHAIN,
         &format!("ip daddr . meta l4proto . th dport vmap @{SERVICE_IPS_MAP}"),

@@ -84,11 +84,7 @@ impl Tx {
     }
 
     pub fn flush_container(&mut self, c: Container) {
-        let object = if c == Container::ClusterIps {
-            "set"
-        } else {
-            "map"
-        };
+        let object = if c.is_set() { "set" } else { "map" };
         self.command("flush", object, format_args!("{}", c.name()));
     }
 
