@@ -9,6 +9,12 @@
 //! meaning to the comparison (the test compares sets of lines, each line
 //! prefixed with its table and chain so that a rule moved to another chain
 //! is a difference). Set and map elements are split one per line and sorted.
+//!
+//! An IPVS node's ruleset is four reads in one dump, each under a section
+//! line: `iptables-save` (the fixed rules keyed on ipsets), `ipset save`
+//! (minus the hash seed and bucket size, which differ per run),
+//! `ipvsadm -Sn` (virtual and real servers) and the addresses on
+//! `kube-ipvs0`.
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -23,7 +29,24 @@ pub enum Ruleset {
     IptablesLegacy,
     /// `nft list ruleset`.
     Nftables,
+    /// IPVS mode: iptables, ipsets, virtual servers and `kube-ipvs0`.
+    Ipvs,
 }
+
+/// The reads behind each ruleset: (section, program, arguments). Only an
+/// IPVS dump has more than one, each under `# svclab: <section>`.
+type Read = (&'static str, &'static str, &'static [&'static str]);
+
+const IPVS_READS: &[Read] = &[
+    ("iptables", "iptables-save", &[]),
+    ("ipset", "ipset", &["save"]),
+    ("ipvs", "ipvsadm", &["-S", "-n"]),
+    (
+        "kube-ipvs0",
+        "ip",
+        &["-o", "-4", "addr", "show", "dev", "kube-ipvs0"],
+    ),
+];
 
 impl Ruleset {
     /// The ruleset a backend programs (`None` for those that program none
@@ -32,11 +55,15 @@ impl Ruleset {
         use svclab_backends::BackendKind;
         use svclab_backends::kubeproxy::Mode;
         match backend.parse::<BackendKind>().ok()? {
-            BackendKind::Builtin("iptables" | "ipvs")
+            BackendKind::Builtin("iptables")
             | BackendKind::KubeProxy {
-                mode: Mode::Iptables | Mode::Ipvs,
+                mode: Mode::Iptables,
                 ..
             } => Some(Ruleset::Iptables),
+            BackendKind::Builtin("ipvs")
+            | BackendKind::KubeProxy {
+                mode: Mode::Ipvs, ..
+            } => Some(Ruleset::Ipvs),
             BackendKind::Builtin("iptables-legacy") => Some(Ruleset::IptablesLegacy),
             BackendKind::Builtin("nftables")
             | BackendKind::KubeProxy {
@@ -47,33 +74,49 @@ impl Ruleset {
         }
     }
 
-    fn command(self) -> (&'static str, &'static [&'static str]) {
+    fn reads(self) -> &'static [Read] {
         match self {
-            Ruleset::Iptables => ("iptables-save", &[]),
-            Ruleset::IptablesLegacy => ("iptables-legacy-save", &[]),
-            Ruleset::Nftables => ("nft", &["list", "ruleset"]),
+            Ruleset::Iptables => &[("iptables", "iptables-save", &[])],
+            Ruleset::IptablesLegacy => &[("iptables", "iptables-legacy-save", &[])],
+            Ruleset::Nftables => &[("nft", "nft", &["list", "ruleset"])],
+            Ruleset::Ipvs => IPVS_READS,
         }
     }
 }
 
 /// The raw ruleset inside the network namespace `netns` (a lab's).
 pub fn dump(netns: &str, ruleset: Ruleset) -> anyhow::Result<String> {
-    let (program, args) = ruleset.command();
-    let mut cmd = Command::new(program);
-    cmd.args(args).env("PATH", crate::kubeproxy::PATH);
     let fd = crate::netns::NetNs::new(netns).open()?;
-    crate::netns::prepare_child(&mut cmd, Some(fd), crate::netns::Group::Inherit);
-    let out = cmd
-        .output()
-        .map_err(|e| anyhow::anyhow!("running {program} in {netns}: {e}"))?;
-    if !out.status.success() {
-        anyhow::bail!(
-            "{program} in {netns} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
+    let reads = ruleset.reads();
+    let mut text = String::new();
+    for (section, program, args) in reads {
+        let mut cmd = Command::new(program);
+        cmd.args(*args).env("PATH", crate::kubeproxy::PATH);
+        crate::netns::prepare_child(
+            &mut cmd,
+            Some(fd.try_clone()?),
+            crate::netns::Group::Inherit,
         );
+        let out = cmd
+            .output()
+            .map_err(|e| anyhow::anyhow!("running {program} in {netns}: {e}"))?;
+        // A node without Services has no kube-ipvs0 yet: no addresses.
+        let missing_device = *section == "kube-ipvs0" && !out.status.success();
+        if !out.status.success() && !missing_device {
+            anyhow::bail!(
+                "{program} in {netns} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        if reads.len() > 1 {
+            text.push_str(&format!("# svclab: {section}\n"));
+        }
+        if !missing_device {
+            text.push_str(&String::from_utf8_lossy(&out.stdout));
+        }
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(text)
 }
 
 /// `dump`, normalised (see the module notes).
@@ -81,7 +124,57 @@ pub fn normalise(ruleset: Ruleset, text: &str) -> BTreeSet<String> {
     match ruleset {
         Ruleset::Iptables | Ruleset::IptablesLegacy => normalise_iptables(text),
         Ruleset::Nftables => normalise_nft(text),
+        Ruleset::Ipvs => normalise_ipvs(text),
     }
+}
+
+/// An IPVS dump (see the module notes) -> `iptables`' lines as
+/// [`normalise_iptables`] makes them, `ipset: create|add …`,
+/// `ipvs: -A|-a …` and `kube-ipvs0: <address>` lines.
+pub fn normalise_ipvs(text: &str) -> BTreeSet<String> {
+    let mut sections: Vec<(&str, String)> = Vec::new();
+    for line in text.lines() {
+        if let Some(name) = line.strip_prefix("# svclab: ") {
+            sections.push((name.trim(), String::new()));
+        } else if let Some((_, body)) = sections.last_mut() {
+            body.push_str(line);
+            body.push('\n');
+        }
+    }
+    let mut out = BTreeSet::new();
+    for (name, body) in sections {
+        match name {
+            "iptables" => out.extend(normalise_iptables(&body)),
+            "ipset" => out.extend(body.lines().filter_map(|l| {
+                let words: Vec<&str> = l.split_whitespace().collect();
+                let mut kept = Vec::with_capacity(words.len());
+                let mut i = 0;
+                while i < words.len() {
+                    // The per-run hash seed and the kernel's bucket size.
+                    if matches!(words[i], "initval" | "bucketsize") {
+                        i += 2;
+                        continue;
+                    }
+                    kept.push(words[i]);
+                    i += 1;
+                }
+                (!kept.is_empty()).then(|| format!("ipset: {}", kept.join(" ")))
+            })),
+            "ipvs" => out.extend(
+                body.lines()
+                    .map(squeeze)
+                    .filter(|l| !l.is_empty())
+                    .map(|l| format!("ipvs: {l}")),
+            ),
+            "kube-ipvs0" => out.extend(body.lines().filter_map(|l| {
+                let mut words = l.split_whitespace();
+                words.find(|w| *w == "inet")?;
+                Some(format!("kube-ipvs0: {}", words.next()?))
+            })),
+            _ => {}
+        }
+    }
+    out
 }
 
 /// iptables-save output -> `table: rule` lines (chains declared as
@@ -293,5 +386,42 @@ mod tests {
         );
         assert_eq!(Ruleset::of_backend("iptables"), Some(Ruleset::Iptables));
         assert_eq!(Ruleset::of_backend("ebpf"), None);
+        assert_eq!(Ruleset::of_backend("ipvs"), Some(Ruleset::Ipvs));
+        assert_eq!(
+            Ruleset::of_backend("kube-proxy:ipvs@v1.34.4"),
+            Some(Ruleset::Ipvs)
+        );
+    }
+
+    #[test]
+    fn ipvs_dumps_split_into_sections_and_drop_the_hash_seed() {
+        let a = "# svclab: iptables\n*nat\n:KUBE-SERVICES - [0:0]\n\
+                 -A KUBE-SERVICES -m set --match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT\nCOMMIT\n\
+                 # svclab: ipset\n\
+                 create KUBE-CLUSTER-IP hash:ip,port family inet hashsize 1024 maxelem 65536 \
+                 bucketsize 12 initval 0x5e0bd0a1\n\
+                 add KUBE-CLUSTER-IP 10.96.0.10,tcp:80\n\
+                 # svclab: ipvs\n-A -t 10.96.0.10:80 -s rr\n\
+                 -a -t 10.96.0.10:80 -r 10.244.0.5:8080 -m -w 1\n\
+                 # svclab: kube-ipvs0\n\
+                 7: kube-ipvs0    inet 10.96.0.10/32 scope global kube-ipvs0\\       \
+                 valid_lft forever preferred_lft forever\n";
+        let n = normalise_ipvs(a);
+        let want: BTreeSet<String> = [
+            "nat: :KUBE-SERVICES",
+            "nat: -A KUBE-SERVICES -m set --match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT",
+            "ipset: create KUBE-CLUSTER-IP hash:ip,port family inet hashsize 1024 maxelem 65536",
+            "ipset: add KUBE-CLUSTER-IP 10.96.0.10,tcp:80",
+            "ipvs: -A -t 10.96.0.10:80 -s rr",
+            "ipvs: -a -t 10.96.0.10:80 -r 10.244.0.5:8080 -m -w 1",
+            "kube-ipvs0: 10.96.0.10/32",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect();
+        assert_eq!(n, want);
+        // The same sets from another run, with another seed, are equal.
+        let b = a.replace("initval 0x5e0bd0a1", "initval 0x11111111");
+        assert_eq!(normalise_ipvs(&b), n);
     }
 }
