@@ -80,6 +80,10 @@ pub enum Feature {
     /// A health check node port for a NodePort (not LoadBalancer) Service
     /// with externalTrafficPolicy Local.
     NodePortHealthCheck,
+    /// The dataplane outlives its agent: established connections and UDP
+    /// flows through a Service survive the agent being killed and started
+    /// again.
+    SurvivesAgentRestart,
 }
 
 /// Result of a sync.
@@ -169,6 +173,14 @@ pub enum Fault {
     WrongProbability,
     /// No REJECT for Services without endpoints (clients time out).
     NoReject,
+    /// The health check node port counts terminating (serving) local
+    /// endpoints as if they were ready (it answers 200 where kube-proxy
+    /// answers 503).
+    HealthCountsTerminating,
+    /// Empty the node's whole conntrack table when the agent starts, as
+    /// kube-proxy did before #122740's fix: established flows through a
+    /// Service are lost on a restart.
+    FlushConntrackOnStart,
 }
 
 impl FromStr for Fault {
@@ -178,8 +190,11 @@ impl FromStr for Fault {
             "missing-masquerade" => Ok(Fault::MissingMasquerade),
             "wrong-probability" => Ok(Fault::WrongProbability),
             "no-reject" => Ok(Fault::NoReject),
+            "health-counts-terminating" => Ok(Fault::HealthCountsTerminating),
+            "flush-conntrack-on-start" => Ok(Fault::FlushConntrackOnStart),
             _ => Err(format!(
-                "unknown fault {s:?}: expected missing-masquerade, wrong-probability or no-reject"
+                "unknown fault {s:?}: expected missing-masquerade, wrong-probability, no-reject, \
+                 health-counts-terminating or flush-conntrack-on-start"
             )),
         }
     }

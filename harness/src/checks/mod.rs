@@ -3,8 +3,10 @@
 //! or SKIP with the reason. Expected outcomes come from [`expect`], which
 //! reads only the Kubernetes objects.
 
+mod agent_restart;
 pub mod balance;
 pub mod expect;
+mod health_terminating;
 mod lifecycle;
 mod nodeport;
 mod reach;
@@ -143,6 +145,16 @@ pub const CHECKS: &[CheckDef] = {
             name: "service-update",
             needs: &[Dnat],
             run: |c, n| Box::pin(lifecycle::service_update(c, n)),
+        },
+        CheckDef {
+            name: "healthcheck-terminating",
+            needs: &[NodePort, TrafficPolicyLocal],
+            run: |c, n| Box::pin(health_terminating::healthcheck_terminating(c, n)),
+        },
+        CheckDef {
+            name: "agent-restart",
+            needs: &[Dnat, SurvivesAgentRestart],
+            run: |c, n| Box::pin(agent_restart::agent_restart(c, n)),
         },
     ]
 };
