@@ -84,7 +84,26 @@ pub enum Feature {
     /// flows through a Service survive the agent being killed and started
     /// again.
     SurvivesAgentRestart,
+    /// NodePorts on 127.0.0.1 from the node itself (kube-proxy's iptables
+    /// mode with `localhostNodePorts`).
+    LocalhostNodePort,
 }
+
+/// Why kube-proxy's nftables mode, and svclab's nftables backend, do not
+/// serve NodePorts on 127.0.0.1.
+pub const NO_LOCALHOST_NODEPORTS_NFTABLES: &str = "nftables mode does not serve NodePorts on 127.0.0.1: kube-proxy's nftables mode never did \
+     (v1.37 adds it only behind the alpha gate KubeProxyNFTablesLocalhostNodePorts, off by \
+     default, and only with 'localhost' in nodePortAddresses; see nodePortAddresses in \
+     pkg/proxy/apis/config/types.go)";
+/// Why IPVS mode does not serve NodePorts on 127.0.0.1.
+pub const NO_LOCALHOST_NODEPORTS_IPVS: &str = "IPVS mode does not serve NodePorts on 127.0.0.1: kube-proxy serves loopback NodePorts in \
+     iptables mode only (iptables.localhostNodePorts; nodePortAddresses in \
+     pkg/proxy/apis/config/types.go)";
+/// Why svclab's iptables backends do not (yet) serve them.
+pub const NO_LOCALHOST_NODEPORTS_IPTABLES: &str = "svclab's iptables backend serves NodePorts on the node's own address only, as kube-proxy's \
+     iptables mode with nodePortAddresses [primary], and sets no route_localnet; kube-proxy's \
+     default (all local addresses, localhostNodePorts true) also serves 127.0.0.1, which this \
+     backend does not implement";
 
 /// Result of a sync.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

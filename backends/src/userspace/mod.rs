@@ -67,5 +67,11 @@ fn limitations() -> Vec<(Feature, String)> {
              the agent, as they did with kube-proxy's userspace mode (removed in v1.26)"
                 .to_string(),
         ),
+        (
+            Feature::LocalhostNodePort,
+            "the userspace backend listens for NodePorts on the node's own address only (as \
+             kube-proxy with nodePortAddresses [primary]), not on 127.0.0.1"
+                .to_string(),
+        ),
     ]
 }

@@ -8,6 +8,7 @@ pub mod balance;
 pub mod expect;
 mod health_terminating;
 mod lifecycle;
+mod localhost_nodeport;
 mod nodeport;
 mod reach;
 
@@ -150,6 +151,11 @@ pub const CHECKS: &[CheckDef] = {
             name: "healthcheck-terminating",
             needs: &[NodePort, TrafficPolicyLocal],
             run: |c, n| Box::pin(health_terminating::healthcheck_terminating(c, n)),
+        },
+        CheckDef {
+            name: "localhost-nodeport",
+            needs: &[Dnat, NodePort, NodeOrigin],
+            run: |c, n| Box::pin(localhost_nodeport::localhost_nodeport(c, n)),
         },
         CheckDef {
             name: "agent-restart",
