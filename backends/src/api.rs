@@ -80,7 +80,30 @@ pub enum Feature {
     /// A health check node port for a NodePort (not LoadBalancer) Service
     /// with externalTrafficPolicy Local.
     NodePortHealthCheck,
+    /// The dataplane outlives its agent: established connections and UDP
+    /// flows through a Service survive the agent being killed and started
+    /// again.
+    SurvivesAgentRestart,
+    /// NodePorts on 127.0.0.1 from the node itself (kube-proxy's iptables
+    /// mode with `localhostNodePorts`).
+    LocalhostNodePort,
 }
+
+/// Why kube-proxy's nftables mode, and svclab's nftables backend, do not
+/// serve NodePorts on 127.0.0.1.
+pub const NO_LOCALHOST_NODEPORTS_NFTABLES: &str = "nftables mode does not serve NodePorts on 127.0.0.1: kube-proxy's nftables mode never did \
+     (v1.37 adds it only behind the alpha gate KubeProxyNFTablesLocalhostNodePorts, off by \
+     default, and only with 'localhost' in nodePortAddresses; see nodePortAddresses in \
+     pkg/proxy/apis/config/types.go)";
+/// Why IPVS mode does not serve NodePorts on 127.0.0.1.
+pub const NO_LOCALHOST_NODEPORTS_IPVS: &str = "IPVS mode does not serve NodePorts on 127.0.0.1: kube-proxy serves loopback NodePorts in \
+     iptables mode only (iptables.localhostNodePorts; nodePortAddresses in \
+     pkg/proxy/apis/config/types.go)";
+/// Why svclab's iptables backends do not (yet) serve them.
+pub const NO_LOCALHOST_NODEPORTS_IPTABLES: &str = "svclab's iptables backend serves NodePorts on the node's own address only, as kube-proxy's \
+     iptables mode with nodePortAddresses [primary], and sets no route_localnet; kube-proxy's \
+     default (all local addresses, localhostNodePorts true) also serves 127.0.0.1, which this \
+     backend does not implement";
 
 /// Result of a sync.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,6 +192,14 @@ pub enum Fault {
     WrongProbability,
     /// No REJECT for Services without endpoints (clients time out).
     NoReject,
+    /// The health check node port counts terminating (serving) local
+    /// endpoints as if they were ready (it answers 200 where kube-proxy
+    /// answers 503).
+    HealthCountsTerminating,
+    /// Empty the node's whole conntrack table when the agent starts, as
+    /// kube-proxy did before #122740's fix: established flows through a
+    /// Service are lost on a restart.
+    FlushConntrackOnStart,
 }
 
 impl FromStr for Fault {
@@ -178,8 +209,11 @@ impl FromStr for Fault {
             "missing-masquerade" => Ok(Fault::MissingMasquerade),
             "wrong-probability" => Ok(Fault::WrongProbability),
             "no-reject" => Ok(Fault::NoReject),
+            "health-counts-terminating" => Ok(Fault::HealthCountsTerminating),
+            "flush-conntrack-on-start" => Ok(Fault::FlushConntrackOnStart),
             _ => Err(format!(
-                "unknown fault {s:?}: expected missing-masquerade, wrong-probability or no-reject"
+                "unknown fault {s:?}: expected missing-masquerade, wrong-probability, no-reject, \
+                 health-counts-terminating or flush-conntrack-on-start"
             )),
         }
     }

@@ -87,10 +87,21 @@ pub fn capability(mode: Mode, version: &str) -> Result<(), Unavailable> {
 }
 
 /// What upstream kube-proxy does not do that a check expects, with the
-/// upstream reference (the same in every mode and both supported versions).
-/// Nothing today: the one difference the lab once declared (a health check
-/// node port on a NodePort Service) was the lab's, which now allocates one
-/// only where the API server does (LoadBalancer, externalTrafficPolicy Local).
-pub fn limitations(_mode: Mode) -> Vec<(Feature, String)> {
-    Vec::new()
+/// upstream reference (the same in both supported versions): NodePorts on
+/// 127.0.0.1 are served in iptables mode only. (The one difference the lab
+/// once declared, a health check node port on a NodePort Service, was the
+/// lab's, which now allocates one only where the API server does:
+/// LoadBalancer, externalTrafficPolicy Local.)
+pub fn limitations(mode: Mode) -> Vec<(Feature, String)> {
+    match mode {
+        Mode::Iptables => Vec::new(),
+        Mode::Nftables => vec![(
+            Feature::LocalhostNodePort,
+            crate::api::NO_LOCALHOST_NODEPORTS_NFTABLES.to_string(),
+        )],
+        Mode::Ipvs => vec![(
+            Feature::LocalhostNodePort,
+            crate::api::NO_LOCALHOST_NODEPORTS_IPVS.to_string(),
+        )],
+    }
 }

@@ -267,7 +267,13 @@ mod tests {
     #[test]
     fn limitations_come_from_the_options() {
         let rr = BackendOptions::default();
-        assert!(BackendKind::Ipvs.limitations(&rr).is_empty());
+        // With rr, only what IPVS mode never does (localhost NodePorts).
+        let with_rr: Vec<Feature> = BackendKind::Ipvs
+            .limitations(&rr)
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect();
+        assert_eq!(with_rr, vec![Feature::LocalhostNodePort]);
         let sh = BackendOptions {
             ipvs_scheduler: "sh".into(),
             ..Default::default()

@@ -43,12 +43,31 @@ mod traffic_tests;
 use crate::{BackendSpec, Evidence, Trace};
 
 /// BPF programs with maps the agent updates. It implements every
-/// behaviour the checks cover; its capability is whether the programs were
-/// built and this kernel loads and attaches them.
+/// behaviour the checks cover but two it declares: surviving its agent's
+/// restart and NodePorts on 127.0.0.1. Its capability is whether the
+/// programs were built and this kernel loads and attaches them.
 pub const SPEC: BackendSpec = BackendSpec {
     name: "ebpf",
     capability: capability::capability,
-    limitations: |_| Vec::new(),
+    limitations: |_| {
+        vec![
+            (
+                crate::Feature::SurvivesAgentRestart,
+                "its programs and maps, the flow table included, belong to the agent's process \
+                 and nothing is pinned in bpffs: killed, it takes the dataplane with it, and the \
+                 next agent starts with an empty flow table, so established flows are balanced \
+                 anew (Cilium pins its maps to survive a restart; kube-proxy's rules stay in the \
+                 kernel)"
+                    .to_string(),
+            ),
+            (
+                crate::Feature::LocalhostNodePort,
+                "the eBPF backend does not serve NodePorts on 127.0.0.1 (it serves them on the \
+                 node's own address, as kube-proxy with nodePortAddresses [primary])"
+                    .to_string(),
+            ),
+        ]
+    },
     create: |options| Box::new(backend::EbpfBackend::new(options)),
     trace: Trace {
         notes: Some(

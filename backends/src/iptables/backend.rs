@@ -11,7 +11,7 @@ use crate::kernel::iptables::{self, Flavor};
 use crate::model::NodeContext;
 use crate::protocol::SyncMode;
 use crate::{
-    Backend, BackendError, BackendOptions, BackendStats, SyncOutcome, SyncRequest,
+    Backend, BackendError, BackendOptions, BackendStats, Fault, SyncOutcome, SyncRequest,
     kernel::conntrack,
 };
 
@@ -68,6 +68,9 @@ impl Backend for IptablesBackend {
             .filter_map(Chain::parse)
             .collect();
         self.book.set_orphans(orphans);
+        if self.options.has_fault(Fault::FlushConntrackOnStart) {
+            crate::kernel::conntrack::flush_all()?;
+        }
         Ok(())
     }
 

@@ -40,7 +40,12 @@ use crate::{BackendError, BackendSpec, Evidence, FloorTool, Trace};
 pub const SPEC: BackendSpec = BackendSpec {
     name: "iptables",
     capability: || probe::capability(Flavor::Nft),
-    limitations: |_| Vec::new(),
+    limitations: |_| {
+        vec![(
+            crate::Feature::LocalhostNodePort,
+            crate::api::NO_LOCALHOST_NODEPORTS_IPTABLES.to_string(),
+        )]
+    },
     create: |options| Box::new(backend::IptablesBackend::new(Flavor::Nft, options)),
     trace: Trace {
         notes: None,
@@ -53,7 +58,12 @@ pub const SPEC: BackendSpec = BackendSpec {
 pub const LEGACY_SPEC: BackendSpec = BackendSpec {
     name: "iptables-legacy",
     capability: || probe::capability(Flavor::Legacy),
-    limitations: |_| Vec::new(),
+    limitations: |_| {
+        vec![(
+            crate::Feature::LocalhostNodePort,
+            crate::api::NO_LOCALHOST_NODEPORTS_IPTABLES.to_string(),
+        )]
+    },
     create: |options| Box::new(backend::IptablesBackend::new(Flavor::Legacy, options)),
     trace: Trace {
         notes: Some(

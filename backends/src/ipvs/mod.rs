@@ -71,15 +71,19 @@ fn scheduler(options: &BackendOptions) -> String {
 /// only a scheduler other than rr or wrr does not spread evenly.
 fn limitations(options: &BackendOptions) -> Vec<(Feature, String)> {
     let scheduler = scheduler(options);
-    if matches!(scheduler.as_str(), "rr" | "wrr") {
-        return Vec::new();
+    let mut out = vec![(
+        Feature::LocalhostNodePort,
+        crate::api::NO_LOCALHOST_NODEPORTS_IPVS.to_string(),
+    )];
+    if !matches!(scheduler.as_str(), "rr" | "wrr") {
+        out.push((
+            Feature::UniformBalance,
+            format!(
+                "IPVS scheduler {scheduler:?} does not spread connections evenly (only rr and wrr with equal weights do)"
+            ),
+        ));
     }
-    vec![(
-        Feature::UniformBalance,
-        format!(
-            "IPVS scheduler {scheduler:?} does not spread connections evenly (only rr and wrr with equal weights do)"
-        ),
-    )]
+    out
 }
 
 impl From<IpvsError> for BackendError {

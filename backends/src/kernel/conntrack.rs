@@ -43,8 +43,13 @@ pub enum Flush {
     },
     /// Flows to any address on `node_port` DNATed to `endpoint`.
     NodePortToEndpoint { node_port: u16, endpoint: Ipv4Addr },
-    /// Every UDP flow to `vip:port` (a Service that just got endpoints may
-    /// have flows that were rejected while it had none).
+    /// Every UDP flow to `vip:port` that was not DNATed (a Service that
+    /// just got endpoints may have flows that were rejected or dropped
+    /// while it had none). Flows DNATed to an endpoint stay: after an
+    /// agent restart every Service "just got" its endpoints, and deleting
+    /// those flows loses them (kubernetes/kubernetes#122740; kube-proxy's
+    /// reconciler deletes only entries whose reply does not come from a
+    /// serving endpoint).
     Service { vip: Ipv4Addr, port: u16 },
 }
 
@@ -60,7 +65,7 @@ impl fmt::Display for Flush {
                 node_port,
                 endpoint,
             } => write!(f, "udp flows to port {node_port} DNATed to {endpoint}"),
-            Flush::Service { vip, port } => write!(f, "udp flows to {vip}:{port}"),
+            Flush::Service { vip, port } => write!(f, "udp flows to {vip}:{port} not DNATed"),
         }
     }
 }
@@ -89,7 +94,9 @@ impl Flush {
                 node_port,
                 endpoint,
             } => entry.orig.dport == node_port && entry.is_dnat() && entry.reply.src == endpoint,
-            Flush::Service { vip, port } => entry.orig.dst == vip && entry.orig.dport == port,
+            Flush::Service { vip, port } => {
+                entry.orig.dst == vip && entry.orig.dport == port && !entry.is_dnat()
+            }
         }
     }
 }
@@ -411,6 +418,27 @@ pub fn flush(flows: &[Flush]) -> Result<Flushed, BackendError> {
     })
 }
 
+/// Deletes every IPv4 conntrack entry in the calling thread's namespace
+/// and returns how many went. Only the `flush-conntrack-on-start` fault
+/// does this: it is the defect of kubernetes/kubernetes#122740 (flows
+/// through Services lost when the proxy restarts), kept so the lab can show
+/// its agent-restart check catches it.
+pub fn flush_all() -> Result<usize, BackendError> {
+    let mut nl = Transport::open(netlink_sys::protocols::NETLINK_NETFILTER)
+        .map_err(|e| BackendError::io("conntrack: opening a netfilter netlink socket", e))?;
+    let dumped = nl
+        .dump(dump_message())
+        .map_err(|e| BackendError::io("conntrack: listing the table", e))?;
+    let requests: Vec<_> = entries(dumped)
+        .iter()
+        .map(|e| (e.delete_message(), 0))
+        .collect();
+    let results = nl
+        .batch(requests)
+        .map_err(|e| BackendError::io("conntrack: deleting entries", e))?;
+    Ok(results.iter().filter(|r| r.is_ok()).count())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -628,7 +656,9 @@ mod tests {
         };
         assert!(np(53).matches(&e));
         assert!(!np(30053).matches(&e));
-        assert!(Flush::Service { vip: VIP, port: 53 }.matches(&e));
+        // A flow DNATed to an endpoint is not the whole-Service flush's:
+        // an agent restart must not lose it (kubernetes/kubernetes#122740).
+        assert!(!Flush::Service { vip: VIP, port: 53 }.matches(&e));
         assert!(!Flush::Service { vip: EP, port: 53 }.matches(&e));
 
         // Not DNATed (a flow rejected while the Service had no endpoints):

@@ -11,8 +11,8 @@ use crate::nftables::skeleton::write_skeleton;
 use crate::nftables::tx::Tx;
 use crate::protocol::SyncMode;
 use crate::{
-    Backend, BackendError, BackendOptions, BackendStats, SyncOutcome, SyncRequest, kernel::cmd,
-    kernel::conntrack,
+    Backend, BackendError, BackendOptions, BackendStats, Fault, SyncOutcome, SyncRequest,
+    kernel::cmd, kernel::conntrack,
 };
 
 pub struct NftablesBackend {
@@ -71,6 +71,9 @@ pub fn setup_text(node: &NodeContext, options: &BackendOptions) -> String {
 impl Backend for NftablesBackend {
     fn setup(&mut self, node: &NodeContext) -> Result<(), BackendError> {
         self.run(&setup_text(node, &self.options), 0, "setup")?;
+        if self.options.has_fault(Fault::FlushConntrackOnStart) {
+            conntrack::flush_all()?;
+        }
         self.programmed = Programmed::default();
         self.needs_full = true;
         Ok(())

@@ -44,7 +44,12 @@ use crate::{BackendOptions, BackendSpec, Evidence, FloorTool, Trace};
 pub const SPEC: BackendSpec = BackendSpec {
     name: "nftables",
     capability,
-    limitations: |_| Vec::new(),
+    limitations: |_| {
+        vec![(
+            crate::Feature::LocalhostNodePort,
+            crate::api::NO_LOCALHOST_NODEPORTS_NFTABLES.to_string(),
+        )]
+    },
     create: |options| Box::new(NftablesBackend::new(options)),
     trace: Trace {
         notes: None,

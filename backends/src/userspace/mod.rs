@@ -54,10 +54,24 @@ pub const SPEC: BackendSpec = BackendSpec {
 /// A proxy terminates the client's connection and opens its own to the
 /// endpoint, so the endpoint sees the node, never the client.
 fn limitations() -> Vec<(Feature, String)> {
-    vec![(
-        Feature::SourcePreservation,
-        "userspace mode proxies connections: the server sees the node, as kube-proxy's \
-         userspace mode did"
-            .to_string(),
-    )]
+    vec![
+        (
+            Feature::SourcePreservation,
+            "userspace mode proxies connections: the server sees the node, as kube-proxy's \
+             userspace mode did"
+                .to_string(),
+        ),
+        (
+            Feature::SurvivesAgentRestart,
+            "userspace mode carries every connection on the agent's own sockets: they die with \
+             the agent, as they did with kube-proxy's userspace mode (removed in v1.26)"
+                .to_string(),
+        ),
+        (
+            Feature::LocalhostNodePort,
+            "the userspace backend listens for NodePorts on the node's own address only (as \
+             kube-proxy with nodePortAddresses [primary]), not on 127.0.0.1"
+                .to_string(),
+        ),
+    ]
 }

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 
-use svclab_backends::model::{NodeContext, ProxyState};
+use svclab_backends::model::{Endpoint, NodeContext, ProxyState};
 use tokio::sync::watch;
 
 /// Health-check node port -> (namespace/name, local ready endpoints).
@@ -16,6 +16,9 @@ pub type HealthTable = BTreeMap<u16, (String, String, usize)>;
 #[derive(Clone)]
 pub struct HealthState {
     tx: watch::Sender<HealthTable>,
+    /// The `health-counts-terminating` fault: terminating endpoints that
+    /// still serve are counted as if ready.
+    counts_terminating: bool,
 }
 
 impl Default for HealthState {
@@ -28,12 +31,23 @@ impl HealthState {
     pub fn new() -> Self {
         HealthState {
             tx: watch::channel(HealthTable::new()).0,
+            counts_terminating: false,
         }
+    }
+
+    /// With the `health-counts-terminating` fault when `yes`.
+    pub fn counting_terminating(mut self, yes: bool) -> Self {
+        self.counts_terminating = yes;
+        self
     }
 
     /// Recomputes the table after a sync.
     pub fn update(&self, state: &ProxyState, _node: &NodeContext, _healthy: bool) {
-        let table = table(state);
+        let table = if self.counts_terminating {
+            counted(state, |e| e.ready || e.serving)
+        } else {
+            table(state)
+        };
         self.tx.send_if_modified(|t| {
             if *t == table {
                 false
@@ -110,6 +124,11 @@ pub fn reply(namespace: &str, name: &str, local: usize) -> (u16, &'static str, S
 /// The health-check table for a proxy state: local ready endpoints per
 /// Service (counted once per address across its ports).
 pub fn table(state: &ProxyState) -> HealthTable {
+    counted(state, |e| e.ready)
+}
+
+/// The health-check table counting the local endpoints `counts` accepts.
+fn counted(state: &ProxyState, counts: impl Fn(&Endpoint) -> bool) -> HealthTable {
     let mut out = HealthTable::new();
     for (name, svc) in &state.services {
         let Some(port) = svc.health_check_node_port else {
@@ -120,7 +139,7 @@ pub fn table(state: &ProxyState) -> HealthTable {
             .keys()
             .filter(|n| n.namespace == name.namespace && n.name == name.name)
             .flat_map(|n| state.endpoints_of(n))
-            .filter(|e| e.is_local && e.ready)
+            .filter(|e| e.is_local && counts(e))
             .map(|e| e.ip)
             .collect();
         out.insert(

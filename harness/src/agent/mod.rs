@@ -25,7 +25,7 @@ pub use crate::cli::agent::AgentArgs;
 use svclab_backends::model::NodeContext;
 use svclab_backends::protocol::{AgentMessage, CpuUsage, SyncMode, SyncReport, WatchEvent};
 use svclab_backends::tracker::ChangeTracker;
-use svclab_backends::{BackendKind, BackendOptions, SyncRequest};
+use svclab_backends::{BackendKind, BackendOptions, Fault, SyncRequest};
 
 impl AgentArgs {
     pub fn node_context(&self) -> NodeContext {
@@ -154,7 +154,8 @@ pub fn run(args: AgentArgs) -> i32 {
         &args.node,
         &args.backend,
     )));
-    let health = health::HealthState::new();
+    let health = health::HealthState::new()
+        .counting_terminating(args.faults.contains(&Fault::HealthCountsTerminating));
     let servers = match metrics::start_servers(&args, shared.clone(), health.clone(), tx) {
         Ok(s) => s,
         Err(e) => {

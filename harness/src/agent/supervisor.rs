@@ -407,6 +407,53 @@ impl Agents {
             .collect()
     }
 
+    /// Kills `node`'s agent with SIGKILL, as a crash or an OOM kill would
+    /// (it cleans nothing up: its rules stay), and waits at most `timeout`
+    /// for the supervisor to start the next one. Returns the old and the
+    /// new pid. Only supervised agents are restarted.
+    pub async fn kill_and_restart(
+        &mut self,
+        node: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<(u32, u32)> {
+        anyhow::ensure!(
+            self.supervised,
+            "the agents are not supervised: none restarts"
+        );
+        let i = self
+            .handles
+            .iter()
+            .position(|h| h.node == node)
+            .ok_or_else(|| anyhow::anyhow!("no agent on node {node}"))?;
+        let (old, generation) = {
+            let h = &self.handles[i];
+            let live = h
+                .live
+                .as_ref()
+                .ok_or_else(|| anyhow::anyhow!("the agent on {node} is not running"))?;
+            (live.pid, h.generation)
+        };
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(old as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.tick(deadline).await;
+            let h = &self.handles[i];
+            if h.generation > generation
+                && let Some(l) = &h.live
+            {
+                return Ok((old, l.pid));
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the agent on {node} (pid {old}, killed) was not restarted within {:.0} s",
+                timeout.as_secs_f64()
+            );
+        }
+    }
+
     /// Restarts so far, per node.
     pub fn restarts(&self) -> BTreeMap<String, u32> {
         self.handles

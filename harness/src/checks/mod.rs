@@ -3,9 +3,12 @@
 //! or SKIP with the reason. Expected outcomes come from [`expect`], which
 //! reads only the Kubernetes objects.
 
+mod agent_restart;
 pub mod balance;
 pub mod expect;
+mod health_terminating;
 mod lifecycle;
+mod localhost_nodeport;
 mod nodeport;
 mod reach;
 
@@ -143,6 +146,21 @@ pub const CHECKS: &[CheckDef] = {
             name: "service-update",
             needs: &[Dnat],
             run: |c, n| Box::pin(lifecycle::service_update(c, n)),
+        },
+        CheckDef {
+            name: "healthcheck-terminating",
+            needs: &[NodePort, TrafficPolicyLocal],
+            run: |c, n| Box::pin(health_terminating::healthcheck_terminating(c, n)),
+        },
+        CheckDef {
+            name: "localhost-nodeport",
+            needs: &[Dnat, NodePort, NodeOrigin],
+            run: |c, n| Box::pin(localhost_nodeport::localhost_nodeport(c, n)),
+        },
+        CheckDef {
+            name: "agent-restart",
+            needs: &[Dnat, SurvivesAgentRestart],
+            run: |c, n| Box::pin(agent_restart::agent_restart(c, n)),
         },
     ]
 };

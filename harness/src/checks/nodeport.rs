@@ -217,7 +217,11 @@ pub async fn etp_local(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<CheckRes
 }
 
 /// A plain HTTP GET from a vantage's namespace: (status, body).
-async fn http_get(ctx: &Ctx<'_>, v: &Vantage, addr: SocketAddrV4) -> anyhow::Result<(u16, String)> {
+pub(super) async fn http_get(
+    ctx: &Ctx<'_>,
+    v: &Vantage,
+    addr: SocketAddrV4,
+) -> anyhow::Result<(u16, String)> {
     let rt = ctx.lab.prober.vantage(&v.netns)?;
     let fetch = rt.spawn(async move {
         let mut s =

@@ -1,0 +1,61 @@
+//! localhost-nodeport: a NodePort on 127.0.0.1, from the node itself.
+//! kube-proxy's iptables mode serves it (`iptables.localhostNodePorts`,
+//! on by default, with `route_localnet` so a loopback-sourced packet may be
+//! DNATed out to a pod, and masqueraded); its nftables and IPVS modes never
+//! do. A backend that does not serve it declares so, and then the check
+//! holds it to its word: 127.0.0.1 on the NodePort is not answered.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use svclab_backends::Feature;
+use svclab_backends::model::Protocol;
+
+use super::{CheckResult, Ctx, Evidence, all_reach, names, none_answered, tally};
+
+pub async fn localhost_nodeport(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<CheckResult> {
+    // One TCP NodePort Service with externalTrafficPolicy Cluster is enough.
+    let Some(t) = ctx.targets().into_iter().find(|t| {
+        t.node_port.is_some() && !t.etp_local && t.protocol == Protocol::Tcp && t.has_any()
+    }) else {
+        return Ok(CheckResult::skip(
+            name,
+            "the scenario has no TCP NodePort Service (Cluster policy) with endpoints",
+        ));
+    };
+    let np = t.node_port.unwrap_or(0);
+    let declared = ctx.limits.get(&Feature::LocalhostNodePort).cloned();
+    let mut evidence = Vec::new();
+    for v in ctx.nodes() {
+        let node = v.name.clone();
+        let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, np);
+        let results = ctx
+            .probe(
+                &v,
+                vec![ctx.spec(addr, t.protocol); ctx.settings.per_target],
+            )
+            .await?;
+        let eps = t.external(&node);
+        let (expected, ok) = match &declared {
+            None => (
+                format!("a ready endpoint: {}", names(&eps)),
+                all_reach(&results, &eps),
+            ),
+            Some(why) => (
+                format!("not answered (declared: {why})"),
+                none_answered(&results),
+            ),
+        };
+        if !ok {
+            ctx.want_trace(&v, &t, addr);
+        }
+        evidence.push(Evidence {
+            vantage: format!("node {node}"),
+            target: format!("{} via 127.0.0.1 port {np}", t.label()),
+            expected,
+            observed: tally(&results),
+            ok,
+            probes: results.len(),
+        });
+    }
+    Ok(CheckResult::from_evidence(name, evidence, ""))
+}
