@@ -900,20 +900,18 @@ pub async fn unallocated_clusterip(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Res
 /// Whether this kernel makes SCTP sockets, tried inside `netns`.
 fn sctp_socket(netns: &str) -> Result<(), std::io::Error> {
     let ns = crate::netns::NetNs::new(netns);
-    let r = ns
-        .run(|| {
-            // SAFETY: socket(2) with constant arguments; the descriptor is
-            // closed at once.
-            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_SCTP) };
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // SAFETY: `fd` is ours and open.
-            unsafe { libc::close(fd) };
-            Ok(())
-        })
-        .map_err(std::io::Error::other)?;
-    r
+    ns.run(|| {
+        // SAFETY: socket(2) with constant arguments; the descriptor is
+        // closed at once.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_SCTP) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is ours and open.
+        unsafe { libc::close(fd) };
+        Ok(())
+    })
+    .map_err(std::io::Error::other)?
 }
 
 /// An SCTP Service port, when the kernel has SCTP. svclab's probes speak
