@@ -200,22 +200,56 @@ pub enum Fault {
     /// kube-proxy did before #122740's fix: established flows through a
     /// Service are lost on a restart.
     FlushConntrackOnStart,
+    /// Ignore `spec.externalIPs` (breaks external-ips).
+    NoExternalIps,
+    /// Use only endpoints that are both ready and serving (breaks
+    /// publishNotReadyAddresses, whose not-ready endpoints are ready but not
+    /// serving).
+    RequireServing,
+    /// Keep ClientIP affinity for 3 h whatever `timeoutSeconds` says
+    /// (breaks affinity-timeout).
+    AffinityNoTimeout,
+    /// Keep programming a Service after it is deleted (breaks
+    /// service-recreate).
+    KeepDeletedServices,
+    /// The agent watches Services without kube-proxy's label selector, so
+    /// it programs Services labelled for another proxy or headless (breaks
+    /// proxy-name-and-headless-labels).
+    IgnoreProxyLabels,
+    /// Reject traffic to the service CIDR that no Service port owns,
+    /// instead of leaving it (iptables) or dropping it (nftables) (breaks
+    /// unallocated-clusterip).
+    RejectUnallocated,
+}
+
+impl Fault {
+    /// Every fault with its command-line name.
+    pub const ALL: [(Fault, &'static str); 11] = [
+        (Fault::MissingMasquerade, "missing-masquerade"),
+        (Fault::WrongProbability, "wrong-probability"),
+        (Fault::NoReject, "no-reject"),
+        (Fault::HealthCountsTerminating, "health-counts-terminating"),
+        (Fault::FlushConntrackOnStart, "flush-conntrack-on-start"),
+        (Fault::NoExternalIps, "no-external-ips"),
+        (Fault::RequireServing, "require-serving"),
+        (Fault::AffinityNoTimeout, "affinity-no-timeout"),
+        (Fault::KeepDeletedServices, "keep-deleted-services"),
+        (Fault::IgnoreProxyLabels, "ignore-proxy-labels"),
+        (Fault::RejectUnallocated, "reject-unallocated"),
+    ];
 }
 
 impl FromStr for Fault {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "missing-masquerade" => Ok(Fault::MissingMasquerade),
-            "wrong-probability" => Ok(Fault::WrongProbability),
-            "no-reject" => Ok(Fault::NoReject),
-            "health-counts-terminating" => Ok(Fault::HealthCountsTerminating),
-            "flush-conntrack-on-start" => Ok(Fault::FlushConntrackOnStart),
-            _ => Err(format!(
-                "unknown fault {s:?}: expected missing-masquerade, wrong-probability, no-reject, \
-                 health-counts-terminating or flush-conntrack-on-start"
-            )),
-        }
+        Fault::ALL
+            .iter()
+            .find(|(_, name)| *name == s)
+            .map(|(f, _)| *f)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Fault::ALL.iter().map(|(_, n)| *n).collect();
+                format!("unknown fault {s:?}: expected one of {}", names.join(", "))
+            })
     }
 }
 

@@ -15,6 +15,7 @@
 pub mod api;
 pub mod ebpf;
 pub mod exec;
+pub mod faults;
 pub mod iptables;
 pub mod ipvs;
 pub mod kernel;

@@ -229,7 +229,7 @@ pub fn create(kind: &BackendKind, options: &BackendOptions) -> Box<dyn Backend> 
         // programs nothing.
         BackendKind::KubeProxy { .. } => (none::SPEC.create)(options),
         BackendKind::Builtin(name) => match spec(name) {
-            Some(spec) => (spec.create)(options),
+            Some(spec) => crate::faults::Faulty::wrap((spec.create)(options), &options.faults),
             None => panic!("{name:?} is not in the backend registry"),
         },
     }

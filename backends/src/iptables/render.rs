@@ -42,6 +42,8 @@ pub struct Config {
     pub missing_masquerade: bool,
     pub wrong_probability: bool,
     pub no_reject: bool,
+    /// Fault: reject what reaches the service CIDR without a DNAT.
+    pub reject_unallocated: bool,
     /// `nf_conntrack_tcp_be_liberal` is set; kube-proxy then leaves out
     /// its DROP of INVALID packets.
     pub conntrack_tcp_liberal: bool,
@@ -69,6 +71,7 @@ impl Config {
             missing_masquerade: options.has_fault(Fault::MissingMasquerade),
             wrong_probability: options.has_fault(Fault::WrongProbability),
             no_reject: options.has_fault(Fault::NoReject),
+            reject_unallocated: options.has_fault(Fault::RejectUnallocated),
             conntrack_tcp_liberal: false,
             chains_per_transaction: None,
         }
@@ -222,7 +225,7 @@ pub fn render(
             fixed.nat += nat.top(&order, node);
         }
         if filter_changed {
-            let (buf, forward) = filter_table(&order, config);
+            let (buf, forward) = filter_table(&order, config, node);
             fixed.filter = forward;
             filter = Some(buf);
         }
@@ -493,7 +496,7 @@ impl NatSections {
 
 /// The filter table, always whole (it is small). Returns it and the count
 /// of its rules that belong to no service port.
-fn filter_table(order: &[&ServiceEntry], config: &Config) -> (Buf, u64) {
+fn filter_table(order: &[&ServiceEntry], config: &Config, node: &NodeContext) -> (Buf, u64) {
     let mut b = Buf::with_capacity(4096);
     for c in FILTER_TOP {
         b.chain(c);
@@ -502,6 +505,14 @@ fn filter_table(order: &[&ServiceEntry], config: &Config) -> (Buf, u64) {
         b.append(&e.filter, e.filter_rules);
     }
     let before = b.lines;
+    if config.reject_unallocated {
+        // kube-proxy's iptables mode leaves such traffic to routing.
+        b.line(format_args!(
+            "-A KUBE-SERVICES -m comment --comment \"fault: reject unallocated ClusterIPs\" -d \
+             {} -j REJECT --reject-with icmp-host-unreachable",
+            node.service_cidr
+        ));
+    }
     if !config.conntrack_tcp_liberal {
         b.line(format_args!(
             "-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP"

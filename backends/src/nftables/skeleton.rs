@@ -194,8 +194,14 @@ pub fn write_skeleton(tx: &mut Tx, node: &NodeContext, options: &BackendOptions)
     tx.add_rule(
         CLUSTER_IPS_CHECK_CHAIN,
         &format!(
-            "ip daddr {{ {} }} drop comment \"Drop traffic to unallocated ClusterIPs\"",
-            node.service_cidr
+            "ip daddr {{ {} }} {} comment \"Drop traffic to unallocated ClusterIPs\"",
+            node.service_cidr,
+            // The fault refuses it instead, as kube-proxy never does.
+            if options.has_fault(Fault::RejectUnallocated) {
+                "reject with icmp type host-unreachable"
+            } else {
+                "drop"
+            }
         ),
     );
 

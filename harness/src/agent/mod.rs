@@ -144,7 +144,16 @@ pub fn run(args: AgentArgs) -> i32 {
         .expect("spawning a thread");
 
     if let Some(kubeconfig) = &args.kubeconfig
-        && let Err(e) = watch::spawn(kubeconfig, &args.node, tx.clone())
+        && let Err(e) = watch::spawn_selecting(
+            kubeconfig,
+            &args.node,
+            tx.clone(),
+            // The fault drops kube-proxy's selector: Services labelled for
+            // another proxy, or headless, are programmed too.
+            !args
+                .faults
+                .contains(&svclab_backends::Fault::IgnoreProxyLabels),
+        )
     {
         let _ = backend.cleanup();
         return fatal(&mut out, format!("starting the informers: {e}"));

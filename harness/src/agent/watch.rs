@@ -20,10 +20,15 @@ use svclab_backends::protocol::{ApiObject, WatchEvent};
 
 use super::Input;
 
-/// kube-proxy's informer selector (cmd/kube-proxy: it skips Services
-/// another proxy owns, and headless ones).
-pub const PROXY_SELECTOR: &str =
-    "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
+/// kube-proxy's Service informer selector (cmd/kube-proxy since v1.37: it
+/// skips Services another proxy owns; v1.34 also skipped Services labelled
+/// headless).
+pub const PROXY_SELECTOR: &str = "!service.kubernetes.io/service-proxy-name";
+
+/// kube-proxy's EndpointSlice informer selector (cmd/kube-proxy since
+/// v1.37): the EndpointSlice controller labels the slices of Services
+/// without a ClusterIP headless.
+pub const SLICE_SELECTOR: &str = "!service.kubernetes.io/headless";
 
 /// kube-proxy's Service field selector (cmd/kube-proxy, pkg/proxy/config).
 pub const SERVICE_FIELDS: &str = "spec.clusterIP!=None";
@@ -120,6 +125,17 @@ impl Informers {
 /// Starts the informers on a thread of their own; events go to `tx` until
 /// it closes.
 pub(super) fn spawn(kubeconfig: &Path, node: &str, tx: Sender<Input>) -> std::io::Result<()> {
+    spawn_selecting(kubeconfig, node, tx, true)
+}
+
+/// [`spawn`], with kube-proxy's label selectors or (`selecting` false, the
+/// `ignore-proxy-labels` fault) without them.
+pub(super) fn spawn_selecting(
+    kubeconfig: &Path,
+    node: &str,
+    tx: Sender<Input>,
+    selecting: bool,
+) -> std::io::Result<()> {
     let path: PathBuf = kubeconfig.to_path_buf();
     let node = node.to_string();
     std::thread::Builder::new()
@@ -136,7 +152,7 @@ pub(super) fn spawn(kubeconfig: &Path, node: &str, tx: Sender<Input>) -> std::io
                     return;
                 }
             };
-            if let Err(e) = rt.block_on(run(&path, &node, &tx)) {
+            if let Err(e) = rt.block_on(run(&path, &node, &tx, selecting)) {
                 tracing::error!("agent {node}: informers: {e:#}");
                 let _ = tx.send(Input::Stop("informers failed"));
             }
@@ -163,13 +179,19 @@ fn item<K>(e: Event<K>, f: impl Fn(K) -> Item) -> Event<Item> {
     }
 }
 
-async fn run(path: &Path, node: &str, tx: &Sender<Input>) -> anyhow::Result<()> {
+async fn run(path: &Path, node: &str, tx: &Sender<Input>, selecting: bool) -> anyhow::Result<()> {
     let client = client(path).await?;
-    let cfg = watcher::Config::default().labels(PROXY_SELECTOR);
+    let (svc_labels, slice_labels) = if selecting {
+        (PROXY_SELECTOR, SLICE_SELECTOR)
+    } else {
+        ("", "")
+    };
     // kube-proxy's Service informer also leaves headless Services out by field.
     let services = watcher::watcher(
         Api::<Service>::all(client.clone()),
-        cfg.clone().fields(SERVICE_FIELDS),
+        watcher::Config::default()
+            .labels(svc_labels)
+            .fields(SERVICE_FIELDS),
     )
     .default_backoff()
     .map(|r| {
@@ -178,14 +200,17 @@ async fn run(path: &Path, node: &str, tx: &Sender<Input>) -> anyhow::Result<()> 
             r.map(|e| item(e, |s| Item::Object(ApiObject::Service(Box::new(s))))),
         )
     });
-    let slices = watcher::watcher(Api::<EndpointSlice>::all(client.clone()), cfg)
-        .default_backoff()
-        .map(|r| {
-            (
-                1usize,
-                r.map(|e| item(e, |s| Item::Object(ApiObject::EndpointSlice(Box::new(s))))),
-            )
-        });
+    let slices = watcher::watcher(
+        Api::<EndpointSlice>::all(client.clone()),
+        watcher::Config::default().labels(slice_labels),
+    )
+    .default_backoff()
+    .map(|r| {
+        (
+            1usize,
+            r.map(|e| item(e, |s| Item::Object(ApiObject::EndpointSlice(Box::new(s))))),
+        )
+    });
     let nodes = watcher::watcher(
         Api::<Node>::all(client),
         watcher::Config::default().fields(&format!("metadata.name={node}")),

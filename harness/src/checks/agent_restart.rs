@@ -55,6 +55,24 @@ pub fn rule_lines(ruleset: Ruleset, text: &str) -> BTreeMap<String, usize> {
                 }
             }
         }
+        // iptables rules as above; ipset entries, virtual and real servers
+        // and kube-ipvs0's addresses one line each, under their section.
+        Ruleset::Ipvs => {
+            let (mut section, mut table) = (String::new(), String::new());
+            for l in text.lines() {
+                if let Some(s) = l.strip_prefix("# svclab: ") {
+                    section = s.trim().to_string();
+                } else if section == "iptables" {
+                    if let Some(t) = l.strip_prefix('*') {
+                        table = t.trim().to_string();
+                    } else if l.starts_with("-A ") {
+                        *out.entry(format!("{table} {l}")).or_default() += 1;
+                    }
+                } else if !l.trim().is_empty() && !l.starts_with("create ") {
+                    *out.entry(format!("{section} {}", l.trim())).or_default() += 1;
+                }
+            }
+        }
         Ruleset::Nftables => {
             let (mut table, mut chain) = (String::new(), None::<String>);
             for raw in text.lines() {

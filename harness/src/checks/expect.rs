@@ -112,9 +112,13 @@ impl Target {
     }
 }
 
-/// Every service port the control plane serves now, with its endpoints.
+/// Every service port the default proxy programs now, with its endpoints
+/// (Services labelled for another proxy or headless are not its own).
 pub fn targets(cp: &ControlPlane) -> Vec<Target> {
-    cp.services().flat_map(|svc| targets_of(cp, svc)).collect()
+    cp.services()
+        .filter(|s| crate::controlplane::store::proxied_labels(s.metadata.labels.as_ref()))
+        .flat_map(|svc| targets_of(cp, svc))
+        .collect()
 }
 
 pub fn targets_of(cp: &ControlPlane, svc: &Service) -> Vec<Target> {

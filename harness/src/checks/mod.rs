@@ -10,6 +10,7 @@ mod health_terminating;
 mod lifecycle;
 mod localhost_nodeport;
 mod nodeport;
+mod parity;
 mod reach;
 
 use std::collections::{BTreeMap, HashMap};
@@ -161,6 +162,41 @@ pub const CHECKS: &[CheckDef] = {
             name: "agent-restart",
             needs: &[Dnat, SurvivesAgentRestart],
             run: |c, n| Box::pin(agent_restart::agent_restart(c, n)),
+        },
+        CheckDef {
+            name: "external-ips",
+            needs: &[Dnat],
+            run: |c, n| Box::pin(parity::external_ips(c, n)),
+        },
+        CheckDef {
+            name: "publish-not-ready",
+            needs: &[Dnat],
+            run: |c, n| Box::pin(parity::publish_not_ready(c, n)),
+        },
+        CheckDef {
+            name: "proxy-name-and-headless-labels",
+            needs: &[Dnat],
+            run: |c, n| Box::pin(parity::proxy_labels(c, n)),
+        },
+        CheckDef {
+            name: "affinity-timeout",
+            needs: &[Dnat, SessionAffinity],
+            run: |c, n| Box::pin(parity::affinity_timeout(c, n)),
+        },
+        CheckDef {
+            name: "sctp",
+            needs: &[Dnat],
+            run: |c, n| Box::pin(parity::sctp(c, n)),
+        },
+        CheckDef {
+            name: "service-recreate",
+            needs: &[Dnat, NodePort],
+            run: |c, n| Box::pin(parity::service_recreate(c, n)),
+        },
+        CheckDef {
+            name: "unallocated-clusterip",
+            needs: &[Dnat],
+            run: |c, n| Box::pin(parity::unallocated_clusterip(c, n)),
         },
     ]
 };

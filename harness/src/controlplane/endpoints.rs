@@ -11,6 +11,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use svclab_backends::model::Protocol;
 use svclab_backends::tracker::SERVICE_NAME_LABEL;
 
+use super::store::HEADLESS_LABEL;
 use crate::scenario::Pod;
 
 /// Kubernetes' default `--max-endpoints-per-slice`.
@@ -89,13 +90,16 @@ pub fn slices_for(svc: &Service, pods: &[Pod], node_names: &[String]) -> Vec<End
                 .iter()
                 .map(|pod| {
                     // A terminating pod is never ready; serving keeps its
-                    // readiness so traffic can fall back to it.
+                    // readiness so traffic can fall back to it. With
+                    // publishNotReadyAddresses every endpoint is ready,
+                    // while serving still tells the pod's own readiness
+                    // (the upstream controller's podToEndpoint).
                     let ready = publish_not_ready || (pod.ready && !pod.terminating);
                     Endpoint {
                         addresses: vec![pod.ip.to_string()],
                         conditions: Some(EndpointConditions {
                             ready: Some(ready),
-                            serving: Some(publish_not_ready || pod.ready),
+                            serving: Some(pod.ready),
                             terminating: Some(pod.terminating),
                         }),
                         node_name: node_names.get(pod.node).cloned(),
@@ -131,14 +135,7 @@ pub fn slices_for(svc: &Service, pods: &[Pod], node_names: &[String]) -> Vec<End
         slice.metadata = ObjectMeta {
             name: Some(format!("{name}-{i}")),
             namespace: Some(ns.clone()),
-            labels: Some(
-                [
-                    (SERVICE_NAME_LABEL.to_string(), name.clone()),
-                    (MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string()),
-                ]
-                .into_iter()
-                .collect(),
-            ),
+            labels: Some(slice_labels(svc, &name)),
             owner_references: Some(vec![OwnerReference {
                 api_version: "v1".into(),
                 kind: "Service".into(),
@@ -151,6 +148,34 @@ pub fn slices_for(svc: &Service, pods: &[Pod], node_names: &[String]) -> Vec<End
         };
     }
     out
+}
+
+/// The upstream controller's slice labels: the Service's own (but the
+/// two it reserves), its name and manager, and the headless label exactly
+/// when the Service has no ClusterIP (kube-proxy's EndpointSlice informer
+/// leaves those out).
+fn slice_labels(svc: &Service, name: &str) -> BTreeMap<String, String> {
+    let mut labels: BTreeMap<String, String> = svc
+        .metadata
+        .labels
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| k != SERVICE_NAME_LABEL && k != MANAGED_BY_LABEL)
+        .collect();
+    let headless = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.cluster_ip.as_deref())
+        .is_none_or(|ip| ip.is_empty() || ip == "None");
+    if headless {
+        labels.insert(HEADLESS_LABEL.to_string(), String::new());
+    } else {
+        labels.remove(HEADLESS_LABEL);
+    }
+    labels.insert(SERVICE_NAME_LABEL.to_string(), name.to_string());
+    labels.insert(MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string());
+    labels
 }
 
 #[cfg(test)]

@@ -1,0 +1,85 @@
+//! The issue-17 checks catch the defect each is about: a backend given the
+//! fault fails exactly that check, with a failing piece of evidence that
+//! says what went wrong, while plain ClusterIP traffic still passes.
+
+mod common;
+
+/// (fault, the check that must fail, a phrase of its failing evidence)
+const FAULTS: [(&str, &str, &str); 6] = [
+    ("no-external-ips", "external-ips", "external IP"),
+    ("require-serving", "publish-not-ready", "still reached"),
+    (
+        "ignore-proxy-labels",
+        "proxy-name-and-headless-labels",
+        "not programmed",
+    ),
+    ("affinity-no-timeout", "affinity-timeout", "balanced afresh"),
+    (
+        "keep-deleted-services",
+        "service-recreate",
+        "deleted: no answer",
+    ),
+    ("reject-unallocated", "unallocated-clusterip", "unreachable"),
+];
+
+#[test]
+fn each_fault_fails_its_own_check_with_evidence() {
+    require_root!();
+    let _lab = common::lab_lock();
+    for backend in ["iptables", "nftables"] {
+        for (fault, check, phrase) in FAULTS {
+            let dir = common::results_dir(&format!("parity-{backend}-{fault}"));
+            let filter = format!("^({check}|clusterip-tcp)$");
+            let out = common::run(&[
+                "run",
+                "scenarios/behaviours.yaml",
+                "--backend",
+                backend,
+                "--check",
+                &filter,
+                "--fault",
+                fault,
+                "--results",
+                dir.to_str().unwrap(),
+            ]);
+            let (_, json) = common::results_json(&dir);
+            assert_eq!(
+                out.status.code(),
+                Some(1),
+                "{backend} {fault}: {}",
+                common::text(&out)
+            );
+            let v = common::verdicts(&json);
+            let row = v.iter().find(|r| r.1 == check).expect("the check ran");
+            assert_eq!(
+                row.2, "FAIL",
+                "{backend} with {fault}: {check} should fail: {}",
+                row.3
+            );
+            let bad: Vec<String> = json["backends"][0]["checks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["name"] == check)
+                .unwrap()["evidence"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["ok"] == false)
+                .map(|e| e.to_string())
+                .collect();
+            assert!(
+                bad.iter().any(|e| e.contains(phrase)),
+                "{backend} {fault}: no failing evidence with {phrase:?}: {bad:#?}"
+            );
+            // The defect is specific: plain ClusterIP traffic still works.
+            let plain = v.iter().find(|r| r.1 == "clusterip-tcp").unwrap();
+            assert_eq!(
+                plain.2, "PASS",
+                "{backend} {fault}: clusterip-tcp: {}",
+                plain.3
+            );
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+}
