@@ -87,7 +87,18 @@ pub enum Feature {
     /// NodePorts on 127.0.0.1 from the node itself (kube-proxy's iptables
     /// mode with `localhostNodePorts`).
     LocalhostNodePort,
+    /// ClientIP affinity ends `timeoutSeconds` after the client's last
+    /// connection, so the next one is balanced afresh.
+    AffinityTimeout,
 }
+
+/// Why IPVS mode (svclab's and kube-proxy's) keeps affinity past
+/// `timeoutSeconds`.
+pub const IPVS_AFFINITY_OUTLIVES_TIMEOUT: &str = "IPVS persistence keeps a client's endpoint for as long as any connection it placed is \
+     still in the IPVS table, and a closed TCP connection stays there in TIME_WAIT for 2 \
+     minutes (ip_vs_conn_expire in net/netfilter/ipvs/ip_vs_conn.c does not expire a \
+     template that still controls connections), so a client idle for timeoutSeconds keeps \
+     its endpoint; kube-proxy's IPVS mode programs the same persistence (ipvsadm -p)";
 
 /// Why kube-proxy's nftables mode, and svclab's nftables backend, do not
 /// serve NodePorts on 127.0.0.1.

@@ -88,7 +88,8 @@ pub fn capability(mode: Mode, version: &str) -> Result<(), Unavailable> {
 
 /// What upstream kube-proxy does not do that a check expects, with the
 /// upstream reference (the same in both supported versions): NodePorts on
-/// 127.0.0.1 are served in iptables mode only. (The one difference the lab
+/// 127.0.0.1 are served in iptables mode only, and IPVS mode's affinity
+/// outlives its timeout while connections linger. (The one difference the lab
 /// once declared, a health check node port on a NodePort Service, was the
 /// lab's, which now allocates one only where the API server does:
 /// LoadBalancer, externalTrafficPolicy Local.)
@@ -99,9 +100,15 @@ pub fn limitations(mode: Mode) -> Vec<(Feature, String)> {
             Feature::LocalhostNodePort,
             crate::api::NO_LOCALHOST_NODEPORTS_NFTABLES.to_string(),
         )],
-        Mode::Ipvs => vec![(
-            Feature::LocalhostNodePort,
-            crate::api::NO_LOCALHOST_NODEPORTS_IPVS.to_string(),
-        )],
+        Mode::Ipvs => vec![
+            (
+                Feature::LocalhostNodePort,
+                crate::api::NO_LOCALHOST_NODEPORTS_IPVS.to_string(),
+            ),
+            (
+                Feature::AffinityTimeout,
+                crate::api::IPVS_AFFINITY_OUTLIVES_TIMEOUT.to_string(),
+            ),
+        ],
     }
 }

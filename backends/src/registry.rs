@@ -267,13 +267,17 @@ mod tests {
     #[test]
     fn limitations_come_from_the_options() {
         let rr = BackendOptions::default();
-        // With rr, only what IPVS mode never does (localhost NodePorts).
+        // With rr, only what IPVS mode never does (localhost NodePorts,
+        // affinity ending at its timeout).
         let with_rr: Vec<Feature> = BackendKind::Ipvs
             .limitations(&rr)
             .into_iter()
             .map(|(f, _)| f)
             .collect();
-        assert_eq!(with_rr, vec![Feature::LocalhostNodePort]);
+        assert_eq!(
+            with_rr,
+            vec![Feature::LocalhostNodePort, Feature::AffinityTimeout]
+        );
         let sh = BackendOptions {
             ipvs_scheduler: "sh".into(),
             ..Default::default()

@@ -67,14 +67,21 @@ fn scheduler(options: &BackendOptions) -> String {
     }
 }
 
-/// Every check's behaviour is covered (see the kernel and traffic tests);
-/// only a scheduler other than rr or wrr does not spread evenly.
+/// What IPVS mode never does (localhost NodePorts, affinity that ends at
+/// its timeout while connections linger), and a scheduler other than rr
+/// or wrr does not spread evenly.
 fn limitations(options: &BackendOptions) -> Vec<(Feature, String)> {
     let scheduler = scheduler(options);
-    let mut out = vec![(
-        Feature::LocalhostNodePort,
-        crate::api::NO_LOCALHOST_NODEPORTS_IPVS.to_string(),
-    )];
+    let mut out = vec![
+        (
+            Feature::LocalhostNodePort,
+            crate::api::NO_LOCALHOST_NODEPORTS_IPVS.to_string(),
+        ),
+        (
+            Feature::AffinityTimeout,
+            crate::api::IPVS_AFFINITY_OUTLIVES_TIMEOUT.to_string(),
+        ),
+    ];
     if !matches!(scheduler.as_str(), "rr" | "wrr") {
         out.push((
             Feature::UniformBalance,

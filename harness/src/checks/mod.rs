@@ -180,7 +180,7 @@ pub const CHECKS: &[CheckDef] = {
         },
         CheckDef {
             name: "affinity-timeout",
-            needs: &[Dnat, SessionAffinity],
+            needs: &[Dnat, SessionAffinity, AffinityTimeout],
             run: |c, n| Box::pin(parity::affinity_timeout(c, n)),
         },
         CheckDef {
