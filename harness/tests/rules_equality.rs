@@ -116,6 +116,18 @@ const NFTABLES_V1_37: &[Known] = &[IP6_TABLE];
 const NFTABLES_V1_34: &[Known] = &[
     IP6_TABLE,
     Known {
+        side: Ours,
+        matches: |l| {
+            l.contains("/labelled-headless/")
+                || l.starts_with("ip kube-proxy/set cluster-ips: element ")
+        },
+        why: "behaviours.yaml's `labelled-headless` Service (a ClusterIP Service labelled \
+              service.kubernetes.io/headless): v1.34 skips it, v1.37 and svclab program it \
+              (the label filters only EndpointSlices since v1.37); its ClusterIP's element in \
+              @cluster-ips cannot be told from the others by name, so against v1.34 extra \
+              cluster-ips elements are allowed (the v1.37 comparison holds them exactly)",
+    },
+    Known {
         side: Upstream,
         matches: |l| l.starts_with("ip kube-proxy/chain endpoint-"),
         why: "v1.34 has a chain per endpoint; v1.37 and svclab keep them only for Services \
