@@ -11,13 +11,14 @@
 #define NSEC_PER_SEC 1000000000ULL
 
 /* The Service at the packet's destination: a ClusterIP or external IP, or
- * a NodePort when the destination is this node's address. */
+ * a NodePort when the destination is one of this node's NodePort
+ * addresses. */
 static __always_inline struct svc_val *find_service(const struct pkt *p)
 {
 	struct svc_key k = {.addr = p->daddr, .port = p->dport, .proto = p->proto};
 	struct svc_val *svc = bpf_map_lookup_elem(&services, &k);
 
-	if (svc || p->daddr != NODE_IP)
+	if (svc || !is_nodeport_addr(p->daddr))
 		return svc;
 	k.addr = 0;
 	return bpf_map_lookup_elem(&services, &k);

@@ -231,11 +231,15 @@ pub enum Fault {
     /// instead of leaving it (iptables) or dropping it (nftables) (breaks
     /// unallocated-clusterip).
     RejectUnallocated,
+    /// Serve NodePorts on every node address (node IP and pod bridge),
+    /// whatever `nodePortAddresses` says (breaks nodeport-addresses).
+    #[serde(rename = "nodeport-any-address")]
+    NodePortAnyAddress,
 }
 
 impl Fault {
     /// Every fault with its command-line name.
-    pub const ALL: [(Fault, &'static str); 11] = [
+    pub const ALL: [(Fault, &'static str); 12] = [
         (Fault::MissingMasquerade, "missing-masquerade"),
         (Fault::WrongProbability, "wrong-probability"),
         (Fault::NoReject, "no-reject"),
@@ -247,6 +251,7 @@ impl Fault {
         (Fault::KeepDeletedServices, "keep-deleted-services"),
         (Fault::IgnoreProxyLabels, "ignore-proxy-labels"),
         (Fault::RejectUnallocated, "reject-unallocated"),
+        (Fault::NodePortAnyAddress, "nodeport-any-address"),
     ];
 }
 
@@ -319,4 +324,22 @@ pub struct FloorTool {
     pub ext: &'static str,
     /// Makes what the dumps assume exists, in an empty namespace.
     pub prepare: fn() -> Result<(), BackendError>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The agent gets its faults as flags written from their serde form
+    /// and parses them with `FromStr`: both must spell each fault alike.
+    #[test]
+    fn fault_names_are_the_same_both_ways() {
+        for (fault, name) in Fault::ALL {
+            assert_eq!(
+                serde_json::to_value(fault).unwrap(),
+                serde_json::Value::String(name.into())
+            );
+            assert_eq!(name.parse::<Fault>(), Ok(fault));
+        }
+    }
 }

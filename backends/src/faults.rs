@@ -12,8 +12,9 @@ use crate::model::{ChangeSet, Endpoint, NodeContext, ProxyState, ServicePort, Se
 use crate::protocol::WatchEvent;
 
 /// The faults this wrapper injects.
-pub const STATE_FAULTS: [Fault; 4] = [
+pub const STATE_FAULTS: [Fault; 5] = [
     Fault::NoExternalIps,
+    Fault::NodePortAnyAddress,
     Fault::RequireServing,
     Fault::AffinityNoTimeout,
     Fault::KeepDeletedServices,
@@ -100,9 +101,21 @@ impl Faulty {
     }
 }
 
+impl Faulty {
+    /// The node the inner backend is told it runs on.
+    fn bend_node(&self, node: &NodeContext) -> NodeContext {
+        let mut node = node.clone();
+        if self.has(Fault::NodePortAnyAddress) {
+            node.node_port_ips = Some(vec![node.node_ip, node.gateway_ip()]);
+        }
+        node
+    }
+}
+
 impl Backend for Faulty {
     fn setup(&mut self, node: &NodeContext) -> Result<(), BackendError> {
-        self.inner.setup(node)
+        let node = self.bend_node(node);
+        self.inner.setup(&node)
     }
 
     fn observe(&mut self, event: &WatchEvent) -> Result<(), BackendError> {
@@ -111,12 +124,13 @@ impl Backend for Faulty {
 
     fn sync(&mut self, req: &SyncRequest<'_>) -> Result<SyncOutcome, BackendError> {
         let (state, changes) = self.bend(req.state, req.changes);
+        let node = self.bend_node(req.node);
         self.inner.sync(&SyncRequest {
             mode: req.mode,
             seq: req.seq,
             state: &state,
             changes: &changes,
-            node: req.node,
+            node: &node,
         })
     }
 
@@ -188,6 +202,24 @@ mod tests {
         fn cleanup(&mut self) -> Result<(), Vec<BackendError>> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn nodeport_any_address_adds_the_pod_bridge() {
+        let node = crate::testkit::node();
+        assert_eq!(faulty(&[]).bend_node(&node), node);
+        let bent = faulty(&[Fault::NodePortAnyAddress]).bend_node(&node);
+        assert_eq!(
+            bent.nodeport_ips(),
+            vec![node.node_ip, Ipv4Addr::new(10, 244, 0, 1)]
+        );
+        assert_eq!(
+            NodeContext {
+                node_port_ips: None,
+                ..bent
+            },
+            node
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub mod kernel;
 pub mod kubeproxy;
 pub mod model;
 pub mod nftables;
+pub mod nodeport_addresses;
 pub mod none;
 pub mod protocol;
 pub mod registry;

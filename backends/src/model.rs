@@ -175,6 +175,25 @@ pub struct NodeContext {
     pub bridge: String,
     /// Name of the node's link to the fabric (where node IP lives).
     pub uplink: String,
+    /// The node's own addresses that accept NodePort traffic: its
+    /// `nodePortAddresses` resolved by [`crate::nodeport_addresses`]. `None`
+    /// is svclab's default: the node IP alone.
+    #[serde(default)]
+    pub node_port_ips: Option<Vec<Ipv4Addr>>,
+}
+
+impl NodeContext {
+    /// The addresses NodePorts answer on, in the order they were given.
+    pub fn nodeport_ips(&self) -> Vec<Ipv4Addr> {
+        self.node_port_ips
+            .clone()
+            .unwrap_or_else(|| vec![self.node_ip])
+    }
+
+    /// The pod bridge's address: the first host of the node's pod CIDR.
+    pub fn gateway_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.pod_cidr.network()) + 1)
+    }
 }
 
 /// The proxy's whole state: every service port and its endpoints.

@@ -63,6 +63,7 @@ pub fn node() -> NodeContext {
         run_prefix: "t".into(),
         bridge: "cni0".into(),
         uplink: "eth0".into(),
+        node_port_ips: None,
     }
 }
 

@@ -475,6 +475,7 @@ impl Lab {
                         run_prefix: format!("sl{}", self.run),
                         min_sync_period_ms: lab.agent.min_sync_period_ms,
                         sync_period_ms: lab.agent.sync_period_ms,
+                        node_port_addresses: lab.agent.node_port_addresses.clone(),
                         faults: opts.faults.clone(),
                         dump_dir: opts.dump_dir.as_ref().map(|d| d.join(&n.name)),
                         ipvs_scheduler: opts.ipvs_scheduler.clone().unwrap_or_else(|| "rr".into()),

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::json;
 
 use super::abi;
-use super::loader::{Hook, NodeConfig, Programs};
+use super::loader::{Hook, NODEPORT_ON_GATEWAY, NODEPORT_ON_NODE_IP, NodeConfig, Programs};
 use super::maps::KernelMaps;
 use super::plan::ServicePlan;
 use super::sync::{Applied, Book, Maps};
@@ -125,7 +125,24 @@ impl Backend for EbpfBackend {
                 node.uplink
             )));
         }
+        // The programs know two node addresses; nodePortAddresses picks
+        // among them.
+        let mut nodeport_on = 0;
+        for ip in node.nodeport_ips() {
+            nodeport_on |= if ip == node.node_ip {
+                NODEPORT_ON_NODE_IP
+            } else if ip == gateway_ip {
+                NODEPORT_ON_GATEWAY
+            } else {
+                return Err(other(format!(
+                    "nodePortAddresses selects {ip}, which is neither the node IP {} nor the \
+                     pod bridge's {gateway_ip}",
+                    node.node_ip
+                )));
+            };
+        }
         let cfg = NodeConfig {
+            nodeport_on,
             node_ip: node.node_ip,
             gateway_ip,
             pod_cidr: node.pod_cidr,

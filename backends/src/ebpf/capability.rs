@@ -23,6 +23,7 @@ fn probe() -> Result<(), LoadError> {
         pod_cidr: "10.244.0.0/24".parse().expect("constant"),
         cluster_cidr: "10.244.0.0/16".parse().expect("constant"),
         faults: 0,
+        nodeport_on: super::loader::NODEPORT_ON_NODE_IP,
     };
     let mut programs = Programs::load(&cfg)?;
     programs.attach("lo", Hook::FromPod)?;

@@ -70,7 +70,14 @@ pub struct NodeConfig {
     pub cluster_cidr: Ipv4Net,
     /// `FAULT_*` bits.
     pub faults: u32,
+    /// `NODEPORT_ON_*` bits: which of `node_ip` and `gateway_ip` accept
+    /// NodePorts.
+    pub nodeport_on: u32,
 }
+
+/// `NODEPORT_ON_NODE_IP` and `NODEPORT_ON_GATEWAY` in bpf/config.h.
+pub const NODEPORT_ON_NODE_IP: u32 = 1;
+pub const NODEPORT_ON_GATEWAY: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -137,6 +144,7 @@ impl Programs {
             .override_global("CLUSTER_NET", &cluster_net, true)
             .override_global("CLUSTER_MASK", &cluster_mask, true)
             .override_global("FAULTS", &cfg.faults, true)
+            .override_global("NODEPORT_ON", &cfg.nodeport_on, true)
             .load(bytes)
             .map_err(LoadError::Object)?;
         for hook in Hook::ALL {

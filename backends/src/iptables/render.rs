@@ -474,12 +474,16 @@ impl NatSections {
         for e in order {
             rules.append(&e.nat_top, e.nat_top_rules);
         }
-        rules.line(format_args!(
-            "-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this \
-             must be the last rule in this chain\" -d {} -j KUBE-NODEPORTS",
-            node.node_ip
-        ));
-        1
+        // One jump per address in nodePortAddresses, as kube-proxy writes
+        // them when the setting is not `all`.
+        let ips = node.nodeport_ips();
+        for ip in &ips {
+            rules.line(format_args!(
+                "-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: \
+                 this must be the last rule in this chain\" -d {ip} -j KUBE-NODEPORTS"
+            ));
+        }
+        ips.len() as u64
     }
 
     /// Flushes and deletes `deletes`, after every rule that stopped

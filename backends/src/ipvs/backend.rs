@@ -107,8 +107,10 @@ impl IpvsBackend {
         let scheduler = self.scheduler.clone();
         let flavor = self.flavor;
         let k = self.kernel()?;
+        let node_port_ips = k.node.nodeport_ips();
         let ctx = PlanContext {
             node_ip: k.node.node_ip,
+            node_port_ips: &node_port_ips,
             scheduler: &scheduler,
         };
         let plans: BTreeMap<_, _> = state
@@ -167,8 +169,11 @@ impl IpvsBackend {
     }
 
     fn partial_sync(&mut self, req: &SyncRequest<'_>) -> Result<Written, BackendError> {
+        let node = &self.kernel()?.node;
+        let (node_ip, node_port_ips) = (node.node_ip, node.nodeport_ips());
         let ctx = PlanContext {
-            node_ip: self.kernel()?.node.node_ip,
+            node_ip,
+            node_port_ips: &node_port_ips,
             scheduler: &self.scheduler,
         };
         let changes = req

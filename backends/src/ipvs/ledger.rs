@@ -162,6 +162,7 @@ mod tests {
     fn plan(svc: &ServicePort) -> PortPlan {
         let ctx = PlanContext {
             node_ip: Ipv4Addr::new(192, 168, 0, 2),
+            node_port_ips: &[Ipv4Addr::new(192, 168, 0, 2)],
             scheduler: "rr",
         };
         plan_port(svc, &[local_ep()], &ctx)

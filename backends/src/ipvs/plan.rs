@@ -35,6 +35,10 @@ pub struct PortPlan {
 #[derive(Clone, Copy, Debug)]
 pub struct PlanContext<'a> {
     pub node_ip: Ipv4Addr,
+    /// The addresses NodePorts answer on ([`NodeContext::nodeport_ips`]).
+    ///
+    /// [`NodeContext::nodeport_ips`]: crate::model::NodeContext::nodeport_ips
+    pub node_port_ips: &'a [Ipv4Addr],
     pub scheduler: &'a str,
 }
 
@@ -165,20 +169,29 @@ pub fn plan_port(svc: &ServicePort, endpoints: &[Endpoint], ctx: &PlanContext) -
     }
 
     if let Some(node_port) = svc.node_port {
-        let entry = if proto == crate::model::Protocol::Sctp {
-            ipsets::ip_port(ctx.node_ip, proto, node_port)
+        // SCTP's sets hold ip,port (one entry per NodePort address); the
+        // others hold the port.
+        let entries = if proto == crate::model::Protocol::Sctp {
+            ctx.node_port_ips
+                .iter()
+                .map(|&ip| ipsets::ip_port(ip, proto, node_port))
+                .collect()
         } else {
-            node_port.to_string()
+            vec![node_port.to_string()]
         };
-        plan.entries
-            .push((IpSet::node_port(proto, false), entry.clone()));
-        if svc.external_policy_local {
-            plan.entries.push((IpSet::node_port(proto, true), entry));
+        for entry in entries {
+            plan.entries
+                .push((IpSet::node_port(proto, false), entry.clone()));
+            if svc.external_policy_local {
+                plan.entries.push((IpSet::node_port(proto, true), entry));
+            }
         }
-        plan.servers.push(PlannedServer {
-            server: virtual_server(svc, ctx.node_ip, node_port, ctx),
-            dests: dests(svc, endpoints, Policy::external(svc)),
-        });
+        for &ip in ctx.node_port_ips {
+            plan.servers.push(PlannedServer {
+                server: virtual_server(svc, ip, node_port, ctx),
+                dests: dests(svc, endpoints, Policy::external(svc)),
+            });
+        }
     }
 
     if let Some(hc) = svc.health_check_node_port {

@@ -12,6 +12,7 @@ const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 fn ctx(scheduler: &str) -> PlanContext<'_> {
     PlanContext {
         node_ip: NODE_IP,
+        node_port_ips: &[NODE_IP],
         scheduler,
     }
 }

@@ -205,16 +205,20 @@ pub fn write_skeleton(tx: &mut Tx, node: &NodeContext, options: &BackendOptions)
         ),
     );
 
-    // NodePorts answer on the node's primary IP only (kube-proxy's default
-    // `--nodeport-addresses primary`).
+    // NodePorts answer on the addresses of nodePortAddresses (kube-proxy's
+    // nftables default is `primary`, the node IP).
     tx.raw(format_args!(
         "add set ip {TABLE} {NODEPORT_IPS_SET} {{ type ipv4_addr ; comment \"IPs that accept NodePort traffic\" ; }}"
     ));
     tx.raw(format_args!("flush set ip {TABLE} {NODEPORT_IPS_SET}"));
-    tx.raw(format_args!(
-        "add element ip {TABLE} {NODEPORT_IPS_SET} {{ {} }}",
-        node.node_ip
-    ));
+    let ips = node.nodeport_ips();
+    if !ips.is_empty() {
+        let ips: Vec<String> = ips.iter().map(ToString::to_string).collect();
+        tx.raw(format_args!(
+            "add element ip {TABLE} {NODEPORT_IPS_SET} {{ {} }}",
+            ips.join(", ")
+        ));
+    }
 
     tx.raw(format_args!(
         "add map ip {TABLE} {NO_ENDPOINT_SERVICES_MAP} {{ type {VIP_MAP_TYPE} ; comment \"vmap to drop or reject packets to services with no endpoints\" ; }}"

@@ -155,13 +155,15 @@ pub fn service_rules(
         }
     }
     if let (Some(np), Some(to)) = (svc.node_port, ports.external) {
-        if has_endpoints {
-            let m = matches(node.node_ip, np, &name);
-            out.push(redirect(CONTAINER_NODEPORTS.into(), &m, to));
-            out.push(dnat(HOST_NODEPORTS.into(), &m, node.node_ip, to));
-        } else if reject {
-            let m = matches(node.node_ip, np, &format!("{name} has no endpoints"));
-            out.push(reject_rule(REJECT_NODEPORTS.into(), &m));
+        for ip in node.nodeport_ips() {
+            if has_endpoints {
+                let m = matches(ip, np, &name);
+                out.push(redirect(CONTAINER_NODEPORTS.into(), &m, to));
+                out.push(dnat(HOST_NODEPORTS.into(), &m, node.node_ip, to));
+            } else if reject {
+                let m = matches(ip, np, &format!("{name} has no endpoints"));
+                out.push(reject_rule(REJECT_NODEPORTS.into(), &m));
+            }
         }
     }
     out

@@ -449,6 +449,7 @@ pub fn run(args: AgentArgs, mode: Mode, version: &str) -> i32 {
         &AgentSettings {
             min_sync_period_ms: args.min_sync_period_ms,
             sync_period_ms: args.sync_period_ms,
+            node_port_addresses: args.node_port_addresses.clone(),
         },
     );
     let config = dir.join(format!("kube-proxy-{}.yaml", args.node));

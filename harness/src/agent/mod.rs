@@ -23,13 +23,14 @@ use std::time::{Duration, Instant};
 
 pub use crate::cli::agent::AgentArgs;
 use svclab_backends::model::NodeContext;
+use svclab_backends::nodeport_addresses;
 use svclab_backends::protocol::{AgentMessage, CpuUsage, SyncMode, SyncReport, WatchEvent};
 use svclab_backends::tracker::ChangeTracker;
 use svclab_backends::{BackendKind, BackendOptions, Fault, SyncRequest};
 
 impl AgentArgs {
     pub fn node_context(&self) -> NodeContext {
-        NodeContext {
+        let mut node = NodeContext {
             node_name: self.node.clone(),
             node_ip: self.node_ip,
             pod_cidr: self.pod_cidr,
@@ -38,7 +39,17 @@ impl AgentArgs {
             run_prefix: self.run_prefix.clone(),
             bridge: crate::topology::names::POD_BRIDGE.into(),
             uplink: crate::topology::names::NODE_UPLINK.into(),
+            node_port_ips: None,
+        };
+        if !self.node_port_addresses.is_empty() {
+            // A lab node's addresses: its IP on the fabric and its pod
+            // bridge's. The flags were checked when they were parsed.
+            let addresses = [node.node_ip, node.gateway_ip()];
+            node.node_port_ips =
+                nodeport_addresses::resolve(&self.node_port_addresses, node.node_ip, &addresses)
+                    .ok();
         }
+        node
     }
 }
 

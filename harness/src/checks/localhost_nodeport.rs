@@ -3,12 +3,14 @@
 //! on by default, with `route_localnet` so a loopback-sourced packet may be
 //! DNATed out to a pod, and masqueraded); its nftables and IPVS modes never
 //! do. A backend that does not serve it declares so, and then the check
-//! holds it to its word: 127.0.0.1 on the NodePort is not answered.
+//! holds it to its word: 127.0.0.1 on the NodePort is not answered. The
+//! same holds when the Lab's `agent.nodePortAddresses` leaves loopback out.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use svclab_backends::Feature;
 use svclab_backends::model::Protocol;
+use svclab_backends::nodeport_addresses;
 
 use super::{CheckResult, Ctx, Evidence, all_reach, names, none_answered, tally};
 
@@ -23,7 +25,27 @@ pub async fn localhost_nodeport(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result
         ));
     };
     let np = t.node_port.unwrap_or(0);
-    let declared = ctx.limits.get(&Feature::LocalhostNodePort).cloned();
+    // A backend that serves loopback NodePorts does so only when
+    // nodePortAddresses covers 127.0.0.1 (kube-proxy's default `all` does).
+    let (setting, source) = super::nodeport_addresses::setting(
+        &ctx.lab.scenario.lab.agent.node_port_addresses,
+        ctx.lab.backend.as_ref(),
+    );
+    let declared = ctx
+        .limits
+        .get(&Feature::LocalhostNodePort)
+        .cloned()
+        .or_else(|| {
+            let node_ip = ctx.nodes().first().map(|n| n.ip)?;
+            let covered =
+                nodeport_addresses::matches(&setting, node_ip, Ipv4Addr::LOCALHOST.into());
+            (!covered).then(|| {
+                format!(
+                    "127.0.0.1 is outside nodePortAddresses [{}] ({source})",
+                    setting.join(", ")
+                )
+            })
+        });
     let mut evidence = Vec::new();
     for v in ctx.nodes() {
         let node = v.name.clone();

@@ -10,6 +10,7 @@ mod health_terminating;
 mod lifecycle;
 mod localhost_nodeport;
 mod nodeport;
+mod nodeport_addresses;
 mod parity;
 mod reach;
 
@@ -157,6 +158,11 @@ pub const CHECKS: &[CheckDef] = {
             name: "localhost-nodeport",
             needs: &[Dnat, NodePort, NodeOrigin],
             run: |c, n| Box::pin(localhost_nodeport::localhost_nodeport(c, n)),
+        },
+        CheckDef {
+            name: "nodeport-addresses",
+            needs: &[Dnat, NodePort],
+            run: |c, n| Box::pin(nodeport_addresses::nodeport_addresses(c, n)),
         },
         CheckDef {
             name: "agent-restart",

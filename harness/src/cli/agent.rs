@@ -56,10 +56,18 @@ pub struct AgentArgs {
     /// kube-proxy's metrics port, on 127.0.0.1 (0: off).
     #[arg(long, default_value_t = 10249)]
     pub metrics_port: u16,
+    /// kube-proxy's `nodePortAddresses`: CIDRs or `primary`, `localhost`,
+    /// `all` (none: the backend's default).
+    #[arg(long = "nodeport-address", value_parser = parse_nodeport_address)]
+    pub node_port_addresses: Vec<String>,
     /// Watch the lab's API through this kubeconfig (as kube-proxy does);
     /// without it, watch events come as JSON lines on stdin.
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
+}
+
+fn parse_nodeport_address(s: &str) -> Result<String, String> {
+    svclab_backends::nodeport_addresses::parse_entry(s).map(|()| s.to_string())
 }
 
 impl AgentArgs {
@@ -143,6 +151,7 @@ mod tests {
             ipvs_scheduler: "wrr".into(),
             healthz_port: 0,
             metrics_port: 10_250,
+            node_port_addresses: vec!["primary".into(), "10.244.0.0/16".into()],
             kubeconfig: Some("/run/svclab/0a1f/kubeconfig-node-1".into()),
         };
         assert_eq!(parse(every.to_flags()), every);

@@ -51,6 +51,8 @@ pub struct NodeConfig {
     pub kubeconfig: PathBuf,
     pub min_sync_period: Duration,
     pub sync_period: Duration,
+    /// `nodePortAddresses` (empty: kube-proxy's default for the mode).
+    pub node_port_addresses: Vec<String>,
     /// klog verbosity; 2 logs every sync with its duration.
     pub verbosity: u32,
 }
@@ -71,6 +73,7 @@ impl NodeConfig {
             kubeconfig: kubeconfig.into(),
             min_sync_period: Duration::from_millis(agent.min_sync_period_ms),
             sync_period: Duration::from_millis(agent.sync_period_ms),
+            node_port_addresses: agent.node_port_addresses.clone(),
             verbosity: 2,
         }
     }
@@ -119,6 +122,12 @@ impl NodeConfig {
         line("  tcpBeLiberal: false");
         line("  udpTimeout: 0s");
         line("  udpStreamTimeout: 0s");
+        if !self.node_port_addresses.is_empty() {
+            line("nodePortAddresses:");
+            for a in &self.node_port_addresses {
+                line(&format!("- {}", quote(a)));
+            }
+        }
         for section in ["iptables", "nftables", "ipvs"] {
             line(&format!("{section}:"));
             line(&format!("  minSyncPeriod: {min_sync}"));
@@ -188,6 +197,7 @@ mod tests {
         let agent = AgentSettings {
             min_sync_period_ms: 1500,
             sync_period_ms: 90_000,
+            node_port_addresses: vec!["primary".into(), "10.244.0.0/16".into()],
         };
         let c = NodeConfig::new(
             Mode::Nftables,
@@ -202,6 +212,10 @@ mod tests {
         assert!(y.contains("\nclusterCIDR: \"10.8.0.0/14\"\n"), "{y}");
         assert_eq!(y.matches("  minSyncPeriod: 1500ms\n").count(), 3, "{y}");
         assert_eq!(y.matches("  syncPeriod: 90s\n").count(), 3, "{y}");
+        assert!(
+            y.contains("\nnodePortAddresses:\n- \"primary\"\n- \"10.244.0.0/16\"\n"),
+            "{y}"
+        );
         // Only the mode line differs between modes.
         let ipt = NodeConfig {
             mode: Mode::Iptables,

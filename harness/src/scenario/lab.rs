@@ -146,6 +146,12 @@ pub struct AgentSettings {
     /// Full resync interval (kube-proxy's `--iptables-sync-period`).
     #[serde(default = "default_sync_period_ms")]
     pub sync_period_ms: u64,
+    /// kube-proxy's `nodePortAddresses`: the node addresses that accept
+    /// NodePorts, as CIDRs or the keywords `primary`, `localhost` and `all`.
+    /// Unset, each backend keeps its default (svclab's: `primary`;
+    /// kube-proxy's: `all` in iptables and IPVS mode, `primary` in nftables).
+    #[serde(default)]
+    pub node_port_addresses: Vec<String>,
 }
 
 impl Default for AgentSettings {
@@ -153,6 +159,7 @@ impl Default for AgentSettings {
         AgentSettings {
             min_sync_period_ms: default_min_sync_ms(),
             sync_period_ms: default_sync_period_ms(),
+            node_port_addresses: Vec::new(),
         }
     }
 }

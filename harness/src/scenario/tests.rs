@@ -339,6 +339,10 @@ fn limits_come_before_allocation() {
             "must not be longer than syncPeriodMs",
         ),
         (
+            "  agent:\n    nodePortAddresses: [primary, nodes]\n",
+            "spec.agent.nodePortAddresses[1]: \"nodes\" is neither a CIDR",
+        ),
+        (
             "  churn: {durationSeconds: 3600, endpointFlapsPerSecond: 10000}\n",
             "plans 36000000 changes",
         ),

@@ -299,6 +299,11 @@ fn check_settings(ctx: &Context<'_>, errs: &mut Errs) {
             errs.at(doc, field, format!("{shown} is out of range {lo}-{hi}"));
         }
     }
+    for (i, entry) in lab.agent.node_port_addresses.iter().enumerate() {
+        if let Err(e) = svclab_backends::nodeport_addresses::parse_entry(entry) {
+            errs.at(doc, &format!("spec.agent.nodePortAddresses[{i}]"), e);
+        }
+    }
     if lab.agent.min_sync_period_ms > lab.agent.sync_period_ms {
         errs.at(
             doc,
