@@ -176,12 +176,20 @@ mod tests {
         let busy = std::thread::Builder::new()
             .name("svclab-busy".into())
             .spawn(|| {
+                // Spin until the thread's own counter shows 20 ms of CPU (a
+                // fixed wall time may get little CPU on a loaded machine),
+                // for at most 10 s.
                 let t = std::time::Instant::now();
-                while t.elapsed() < Duration::from_millis(30) {}
-                threads_cpu("svclab-busy")
+                let mut cpu = 0.0;
+                while cpu < 0.02 && t.elapsed() < Duration::from_secs(10) {
+                    let spin = std::time::Instant::now();
+                    while spin.elapsed() < Duration::from_millis(5) {}
+                    cpu = threads_cpu("svclab-busy");
+                }
+                cpu
             })
             .unwrap();
-        assert!(busy.join().unwrap() > 0.01);
+        assert!(busy.join().unwrap() >= 0.02);
         child.kill().unwrap();
         child.wait().unwrap();
     }
