@@ -50,11 +50,13 @@ const IPTABLES: &[Known] = &[
     Known {
         side: Upstream,
         matches: |l| {
-            l.starts_with("nat: -A KUBE-NODEPORTS -d 127.0.0.0/8 ")
-                && l.contains("localhost_nps_accepted_pkts")
+            (l.starts_with("nat: -A KUBE-NODEPORTS -d 127.0.0.0/8 ")
+                && l.contains("localhost_nps_accepted_pkts"))
+                || (l.starts_with("nat: -A KUBE-SERVICES -d 127.0.0.1/32 ")
+                    && l.ends_with("this must be the last rule in this chain\" -j KUBE-NODEPORTS"))
         },
-        why: "localhost NodePorts (127.0.0.1:<nodePort>), counted with nfacct; not implemented \
-              by svclab's backend",
+        why: "localhost NodePorts (127.0.0.1:<nodePort>: behaviours.yaml's nodePortAddresses \
+              has 127.0.0.0/8), counted with nfacct; not implemented by svclab's backend",
     },
     Known {
         side: Upstream,
