@@ -231,11 +231,14 @@ pub enum Fault {
     /// instead of leaving it (iptables) or dropping it (nftables) (breaks
     /// unallocated-clusterip).
     RejectUnallocated,
+    /// Ignore EndpointSlices' topology hints: every ready endpoint serves
+    /// every node (breaks traffic-distribution).
+    IgnoreTopologyHints,
 }
 
 impl Fault {
     /// Every fault with its command-line name.
-    pub const ALL: [(Fault, &'static str); 11] = [
+    pub const ALL: [(Fault, &'static str); 12] = [
         (Fault::MissingMasquerade, "missing-masquerade"),
         (Fault::WrongProbability, "wrong-probability"),
         (Fault::NoReject, "no-reject"),
@@ -247,6 +250,7 @@ impl Fault {
         (Fault::KeepDeletedServices, "keep-deleted-services"),
         (Fault::IgnoreProxyLabels, "ignore-proxy-labels"),
         (Fault::RejectUnallocated, "reject-unallocated"),
+        (Fault::IgnoreTopologyHints, "ignore-topology-hints"),
     ];
 }
 

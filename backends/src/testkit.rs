@@ -63,6 +63,7 @@ pub fn node() -> NodeContext {
         run_prefix: "t".into(),
         bridge: "cni0".into(),
         uplink: "eth0".into(),
+        zone: None,
     }
 }
 
@@ -94,6 +95,7 @@ pub fn endpoint(ip: Ipv4Addr, port: u16, node: Option<&str>, local: bool) -> End
         terminating: false,
         node_name: node.map(str::to_string),
         is_local: local,
+        hints: Default::default(),
     }
 }
 

@@ -36,6 +36,7 @@ pub fn node(scn: &Scenario) -> NodeContext {
         run_prefix: "slbench".into(),
         bridge: svclab::topology::names::POD_BRIDGE.into(),
         uplink: svclab::topology::names::NODE_UPLINK.into(),
+        zone: None,
     }
 }
 
