@@ -235,11 +235,14 @@ pub enum Fault {
     /// whatever `nodePortAddresses` says (breaks nodeport-addresses).
     #[serde(rename = "nodeport-any-address")]
     NodePortAnyAddress,
+    /// Ignore EndpointSlices' topology hints: every ready endpoint serves
+    /// every node (breaks traffic-distribution).
+    IgnoreTopologyHints,
 }
 
 impl Fault {
     /// Every fault with its command-line name.
-    pub const ALL: [(Fault, &'static str); 12] = [
+    pub const ALL: [(Fault, &'static str); 13] = [
         (Fault::MissingMasquerade, "missing-masquerade"),
         (Fault::WrongProbability, "wrong-probability"),
         (Fault::NoReject, "no-reject"),
@@ -252,6 +255,7 @@ impl Fault {
         (Fault::IgnoreProxyLabels, "ignore-proxy-labels"),
         (Fault::RejectUnallocated, "reject-unallocated"),
         (Fault::NodePortAnyAddress, "nodeport-any-address"),
+        (Fault::IgnoreTopologyHints, "ignore-topology-hints"),
     ];
 }
 

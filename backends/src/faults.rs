@@ -8,16 +8,19 @@
 use std::collections::BTreeMap;
 
 use crate::api::{Backend, BackendError, BackendStats, Fault, SyncOutcome, SyncRequest};
-use crate::model::{ChangeSet, Endpoint, NodeContext, ProxyState, ServicePort, ServicePortName};
+use crate::model::{
+    ChangeSet, Endpoint, Hints, NodeContext, ProxyState, ServicePort, ServicePortName,
+};
 use crate::protocol::WatchEvent;
 
 /// The faults this wrapper injects.
-pub const STATE_FAULTS: [Fault; 5] = [
+pub const STATE_FAULTS: [Fault; 6] = [
     Fault::NoExternalIps,
     Fault::NodePortAnyAddress,
     Fault::RequireServing,
     Fault::AffinityNoTimeout,
     Fault::KeepDeletedServices,
+    Fault::IgnoreTopologyHints,
 ];
 
 /// The affinity timeout [`Fault::AffinityNoTimeout`] programs: the API
@@ -90,10 +93,13 @@ impl Faulty {
                 svc.session_affinity_seconds = Some(STUCK_AFFINITY_SECONDS);
             }
         }
-        if self.has(Fault::RequireServing) {
-            for eps in state.endpoints.values_mut() {
-                for e in eps.iter_mut() {
+        for eps in state.endpoints.values_mut() {
+            for e in eps.iter_mut() {
+                if self.has(Fault::RequireServing) {
                     e.ready = e.ready && e.serving;
+                }
+                if self.has(Fault::IgnoreTopologyHints) {
+                    e.hints = Hints::default();
                 }
             }
         }
@@ -176,6 +182,7 @@ mod tests {
             terminating: false,
             node_name: None,
             is_local: false,
+            hints: Default::default(),
         }
     }
 
@@ -243,6 +250,14 @@ mod tests {
         let (s, _) = faulty(&[Fault::RequireServing]).bend(&state, &changes);
         let ready: Vec<bool> = s.endpoints[&n].iter().map(|e| e.ready).collect();
         assert_eq!(ready, vec![true, false]);
+
+        let mut hinted = state.clone();
+        for e in hinted.endpoints.get_mut(&n).unwrap() {
+            e.hints.zone = crate::model::Hint::Here;
+        }
+        let (s, _) = faulty(&[Fault::IgnoreTopologyHints]).bend(&hinted, &changes);
+        assert!(s.endpoints[&n].iter().all(|e| e.hints == Hints::default()));
+        assert_eq!(s.services[&n], svc);
     }
 
     #[test]

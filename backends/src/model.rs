@@ -148,6 +148,51 @@ pub struct Endpoint {
     pub node_name: Option<String>,
     /// On the node this agent runs on.
     pub is_local: bool,
+    /// The endpoint's topology hints, read against this agent's node.
+    #[serde(default)]
+    pub hints: Hints,
+}
+
+/// An endpoint's topology hints (`hints.forZones` and `hints.forNodes` in
+/// its EndpointSlice) as this agent sees them: resolved against its own
+/// zone and node name when the slice is read, as `is_local` is.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct Hints {
+    pub zone: Hint,
+    pub node: Hint,
+}
+
+/// One kind of hint of one endpoint, from this agent's node.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum Hint {
+    /// No hint of this kind.
+    #[default]
+    None,
+    /// Hinted for this node's zone (or this node).
+    Here,
+    /// Hinted only for other zones (or nodes).
+    Elsewhere,
+}
+
+impl Hint {
+    /// Reads a hint list: `this` (the node's zone or name; `None` when the
+    /// node has no zone) among `names`.
+    pub fn of<'a>(names: impl IntoIterator<Item = &'a str>, this: Option<&str>) -> Hint {
+        let mut any = false;
+        for n in names {
+            if Some(n) == this {
+                return Hint::Here;
+            }
+            any = true;
+        }
+        if any { Hint::Elsewhere } else { Hint::None }
+    }
 }
 
 impl Endpoint {
@@ -175,6 +220,9 @@ pub struct NodeContext {
     pub bridge: String,
     /// Name of the node's link to the fabric (where node IP lives).
     pub uplink: String,
+    /// The node's `topology.kubernetes.io/zone` label, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
     /// The node's own addresses that accept NodePort traffic: its
     /// `nodePortAddresses` resolved by [`crate::nodeport_addresses`]. `None`
     /// is svclab's default: the node IP alone.
@@ -243,11 +291,12 @@ impl ChangeSet {
 }
 
 /// Endpoints a service port uses on this node, split by traffic policy: the
-/// result of kube-proxy's `CategorizeEndpoints` (topology hints aside).
+/// result of kube-proxy's `CategorizeEndpoints`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Categorized<'a> {
-    /// For traffic with cluster policy; ready endpoints, or serving and
-    /// terminating ones when none is ready.
+    /// For traffic with cluster policy; ready endpoints (only those hinted
+    /// for this node or zone when topology hints apply), or serving and
+    /// terminating ones when none is.
     pub cluster: Vec<&'a Endpoint>,
     /// For traffic with local policy; local ready endpoints, or local serving
     /// and terminating ones when none is ready.
@@ -258,11 +307,47 @@ pub struct Categorized<'a> {
     pub has_any: bool,
 }
 
+/// Which topology hints a service port's cluster endpoints follow on this
+/// node (kube-proxy's topologyModeFromHints): node hints when every ready
+/// endpoint has one and one is for this node, else zone hints likewise, else
+/// none. Hints of not-ready endpoints do not count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TopologyMode {
+    All,
+    SameNode,
+    SameZone,
+}
+
+pub fn topology_mode(endpoints: &[Endpoint]) -> TopologyMode {
+    let ready: Vec<&Endpoint> = endpoints.iter().filter(|e| e.ready).collect();
+    let applies = |hint: fn(&Endpoint) -> Hint| {
+        !ready.is_empty()
+            && ready.iter().all(|e| hint(e) != Hint::None)
+            && ready.iter().any(|e| hint(e) == Hint::Here)
+    };
+    if applies(|e| e.hints.node) {
+        TopologyMode::SameNode
+    } else if applies(|e| e.hints.zone) {
+        TopologyMode::SameZone
+    } else {
+        TopologyMode::All
+    }
+}
+
 /// Kubernetes' endpoint selection for one service port on this node.
 pub fn categorize_endpoints<'a>(svc: &ServicePort, endpoints: &'a [Endpoint]) -> Categorized<'a> {
     let mut out = Categorized::default();
     if svc.uses_cluster_endpoints() {
-        out.cluster = endpoints.iter().filter(|e| e.ready).collect();
+        let mode = topology_mode(endpoints);
+        let in_topology = |e: &Endpoint| match mode {
+            TopologyMode::All => true,
+            TopologyMode::SameNode => e.hints.node == Hint::Here,
+            TopologyMode::SameZone => e.hints.zone == Hint::Here,
+        };
+        out.cluster = endpoints
+            .iter()
+            .filter(|e| e.ready && in_topology(e))
+            .collect();
         if out.cluster.is_empty() {
             out.cluster = endpoints
                 .iter()
@@ -337,6 +422,7 @@ mod tests {
             terminating,
             node_name: Some(if local { "n0" } else { "n1" }.into()),
             is_local: local,
+            hints: Default::default(),
         }
     }
 
@@ -453,5 +539,136 @@ mod tests {
             assert_eq!(ips(&got.all_reachable), c.all, "{}: all", c.name);
             assert_eq!(got.has_any, c.has_any, "{}: has_any", c.name);
         }
+    }
+
+    /// An endpoint with zone hint `zone` and node hint `node`, as read from
+    /// this node.
+    fn hinted(last: u8, ready: bool, local: bool, zone: Hint, node: Hint) -> Endpoint {
+        let mut e = ep(last, ready, false, local);
+        e.hints = Hints { zone, node };
+        e
+    }
+
+    /// kube-proxy's topology rules (pkg/proxy/topology.go): hints are
+    /// followed only when every ready endpoint has one and one is for this
+    /// node's zone (or node); local traffic policy ignores them.
+    #[test]
+    fn categorize_topology_table() {
+        use Hint::{Elsewhere, Here, None as No};
+        struct Case {
+            name: &'static str,
+            svc: ServicePort,
+            eps: Vec<Endpoint>,
+            cluster: Vec<u8>,
+            local: Vec<u8>,
+            all: Vec<u8>,
+        }
+        let cases = vec![
+            Case {
+                name: "zone hints for this zone keep traffic in it",
+                svc: svc(false, false, None),
+                eps: vec![
+                    hinted(1, true, true, Here, No),
+                    hinted(2, true, false, Here, No),
+                    hinted(3, true, false, Elsewhere, No),
+                ],
+                cluster: vec![1, 2],
+                local: vec![],
+                all: vec![1, 2],
+            },
+            Case {
+                name: "no endpoint hinted for this zone: all of them",
+                svc: svc(false, false, None),
+                eps: vec![
+                    hinted(1, true, false, Elsewhere, No),
+                    hinted(2, true, false, Elsewhere, No),
+                ],
+                cluster: vec![1, 2],
+                local: vec![],
+                all: vec![1, 2],
+            },
+            Case {
+                name: "one ready endpoint without a hint: hints ignored",
+                svc: svc(false, false, None),
+                eps: vec![
+                    hinted(1, true, false, Here, No),
+                    hinted(2, true, false, No, No),
+                ],
+                cluster: vec![1, 2],
+                local: vec![],
+                all: vec![1, 2],
+            },
+            Case {
+                name: "a not-ready endpoint without a hint does not count",
+                svc: svc(false, false, None),
+                eps: vec![
+                    hinted(1, true, false, Here, No),
+                    hinted(2, true, false, Elsewhere, No),
+                    hinted(3, false, false, No, No),
+                ],
+                cluster: vec![1],
+                local: vec![],
+                all: vec![1],
+            },
+            Case {
+                name: "node hints win over zone hints",
+                svc: svc(false, false, None),
+                eps: vec![
+                    hinted(1, true, true, Here, Here),
+                    hinted(2, true, false, Here, Elsewhere),
+                ],
+                cluster: vec![1],
+                local: vec![],
+                all: vec![1],
+            },
+            Case {
+                name: "node hints for other nodes only: zone hints",
+                svc: svc(false, false, None),
+                eps: vec![
+                    hinted(1, true, false, Here, Elsewhere),
+                    hinted(2, true, false, Elsewhere, Elsewhere),
+                ],
+                cluster: vec![1],
+                local: vec![],
+                all: vec![1],
+            },
+            Case {
+                name: "internal traffic policy Local ignores hints",
+                svc: svc(true, false, None),
+                eps: vec![
+                    hinted(1, true, true, Elsewhere, No),
+                    hinted(2, true, false, Here, No),
+                ],
+                cluster: vec![],
+                local: vec![1],
+                all: vec![1],
+            },
+            Case {
+                name: "external Local: cluster endpoints by hint, local ones whatever their hint",
+                svc: svc(false, true, Some(30080)),
+                eps: vec![
+                    hinted(1, true, true, Elsewhere, No),
+                    hinted(2, true, false, Here, No),
+                ],
+                cluster: vec![2],
+                local: vec![1],
+                all: vec![1, 2],
+            },
+        ];
+        for c in cases {
+            let got = categorize_endpoints(&c.svc, &c.eps);
+            assert_eq!(ips(&got.cluster), c.cluster, "{}: cluster", c.name);
+            assert_eq!(ips(&got.local), c.local, "{}: local", c.name);
+            assert_eq!(ips(&got.all_reachable), c.all, "{}: all", c.name);
+            assert!(got.has_any, "{}: has_any", c.name);
+        }
+    }
+
+    #[test]
+    fn hint_of_reads_a_list_from_here() {
+        assert_eq!(Hint::of(["a", "b"], Some("b")), Hint::Here);
+        assert_eq!(Hint::of(["a"], Some("b")), Hint::Elsewhere);
+        assert_eq!(Hint::of(["a"], None), Hint::Elsewhere);
+        assert_eq!(Hint::of([], Some("a")), Hint::None);
     }
 }

@@ -64,6 +64,7 @@ pub fn node() -> NodeContext {
         bridge: "cni0".into(),
         uplink: "eth0".into(),
         node_port_ips: None,
+        zone: None,
     }
 }
 
@@ -95,6 +96,7 @@ pub fn endpoint(ip: Ipv4Addr, port: u16, node: Option<&str>, local: bool) -> End
         terminating: false,
         node_name: node.map(str::to_string),
         is_local: local,
+        hints: Default::default(),
     }
 }
 

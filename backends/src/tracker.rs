@@ -9,7 +9,9 @@ use std::net::Ipv4Addr;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use crate::model::{ChangeSet, Endpoint, Protocol, ProxyState, ServicePort, ServicePortName};
+use crate::model::{
+    ChangeSet, Endpoint, Hint, Hints, Protocol, ProxyState, ServicePort, ServicePortName,
+};
 use crate::protocol::{ApiObject, WatchEvent};
 
 /// The label that ties an EndpointSlice to its Service.
@@ -24,6 +26,8 @@ type ServiceKey = (String, String);
 #[derive(Debug)]
 pub struct ChangeTracker {
     node_name: String,
+    /// The node's zone, for reading endpoints' zone hints.
+    zone: Option<String>,
     /// Service ports per Service.
     service_ports: HashMap<ServiceKey, Vec<ServicePortName>>,
     /// Endpoints per Service, per slice name.
@@ -53,6 +57,7 @@ impl ChangeTracker {
     pub fn new(node_name: &str) -> Self {
         ChangeTracker {
             node_name: node_name.to_string(),
+            zone: None,
             service_ports: HashMap::new(),
             slices: HashMap::new(),
             state: ProxyState::default(),
@@ -64,6 +69,13 @@ impl ChangeTracker {
             trigger_times: Vec::new(),
             synced: false,
         }
+    }
+
+    /// The node's zone (its `topology.kubernetes.io/zone` label): endpoints
+    /// hinted for it are this node's zone's. Set before the first event.
+    pub fn with_zone(mut self, zone: Option<String>) -> Self {
+        self.zone = zone.filter(|z| !z.is_empty());
+        self
     }
 
     pub fn state(&self) -> &ProxyState {
@@ -189,7 +201,7 @@ impl ChangeTracker {
         let (entries, result) = if deleted {
             (Vec::new(), Ok(()))
         } else {
-            match slice_endpoints(slice, &ns, &svc_name, &self.node_name) {
+            match slice_endpoints(slice, &ns, &svc_name, &self.node_name, self.zone.as_deref()) {
                 Ok(e) => (e, Ok(())),
                 Err(what) => (
                     Vec::new(),
@@ -395,12 +407,14 @@ pub fn service_ports(svc: &Service) -> Result<Vec<ServicePort>, String> {
     Ok(out)
 }
 
-/// The (service port, endpoint) pairs an EndpointSlice contributes.
+/// The (service port, endpoint) pairs an EndpointSlice contributes, seen
+/// from node `node_name` in zone `zone`.
 pub fn slice_endpoints(
     slice: &EndpointSlice,
     ns: &str,
     svc_name: &str,
     node_name: &str,
+    zone: Option<&str>,
 ) -> Result<Vec<(ServicePortName, Endpoint)>, String> {
     if slice.address_type != "IPv4" {
         return Ok(Vec::new());
@@ -431,6 +445,13 @@ pub fn slice_endpoints(
         let ready = cond.and_then(|c| c.ready).unwrap_or(true);
         let serving = cond.and_then(|c| c.serving).unwrap_or(ready);
         let terminating = cond.and_then(|c| c.terminating).unwrap_or(false);
+        let hints = e.hints.as_ref().map_or_else(Hints::default, |h| Hints {
+            zone: Hint::of(h.for_zones.iter().flatten().map(|z| z.name.as_str()), zone),
+            node: Hint::of(
+                h.for_nodes.iter().flatten().map(|n| n.name.as_str()),
+                Some(node_name),
+            ),
+        });
         for (name, port) in &ports {
             out.push((
                 name.clone(),
@@ -442,6 +463,7 @@ pub fn slice_endpoints(
                     terminating,
                     node_name: e.node_name.clone(),
                     is_local: e.node_name.as_deref() == Some(node_name),
+                    hints,
                 },
             ));
         }
@@ -614,5 +636,58 @@ mod tests {
         let err = t.apply(&bad).unwrap_err();
         assert!(err.to_string().contains("default/bad"), "{err}");
         assert!(t.state().services.is_empty());
+    }
+
+    #[test]
+    fn hints_are_read_against_this_node_and_zone() {
+        let mut t = ChangeTracker::new("n0").with_zone(Some("za".into()));
+        t.apply(&svc_event("ADDED", web())).unwrap();
+        t.apply(&slice_event(
+            "ADDED",
+            "web-a",
+            "web",
+            json!([
+                {"addresses": ["10.244.0.2"], "nodeName": "n0", "zone": "za",
+                 "hints": {"forZones": [{"name": "za"}], "forNodes": [{"name": "n0"}]}},
+                {"addresses": ["10.244.1.2"], "nodeName": "n1", "zone": "zb",
+                 "hints": {"forZones": [{"name": "zb"}]}},
+                {"addresses": ["10.244.2.2"], "nodeName": "n2"},
+            ]),
+        ))
+        .unwrap();
+        let hints: Vec<Hints> = t
+            .state()
+            .endpoints_of(&spn())
+            .iter()
+            .map(|e| e.hints)
+            .collect();
+        assert_eq!(
+            hints,
+            vec![
+                Hints {
+                    zone: Hint::Here,
+                    node: Hint::Here
+                },
+                Hints {
+                    zone: Hint::Elsewhere,
+                    node: Hint::None
+                },
+                Hints::default(),
+            ]
+        );
+        // A node with no zone is in none of them.
+        let mut t = ChangeTracker::new("n9");
+        t.apply(&svc_event("ADDED", web())).unwrap();
+        t.apply(&slice_event(
+            "ADDED",
+            "web-a",
+            "web",
+            json!([{"addresses": ["10.244.0.2"], "hints": {"forZones": [{"name": "za"}]}}]),
+        ))
+        .unwrap();
+        assert_eq!(
+            t.state().endpoints_of(&spn())[0].hints.zone,
+            Hint::Elsewhere
+        );
     }
 }

@@ -21,7 +21,7 @@ fn endpoint_slices(c: &mut Criterion) {
     c.bench_function("slices_for_all_10k", |b| {
         b.iter(|| {
             cp.services()
-                .map(|svc| slices_for(svc, black_box(&scn.pods), &names).len())
+                .map(|svc| slices_for(svc, black_box(&scn.pods), &names, &[]).len())
                 .sum::<usize>()
         })
     });

@@ -470,6 +470,7 @@ impl Lab {
                         backend: backend.clone(),
                         node_ip: n.ip,
                         pod_cidr: n.pod_cidr,
+                        zone: self.scenario.nodes.get(i).and_then(|p| p.zone.clone()),
                         cluster_cidr: lab.pod_cidr,
                         service_cidr: lab.service_cidr,
                         run_prefix: format!("sl{}", self.run),

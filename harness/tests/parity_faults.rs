@@ -8,7 +8,7 @@ use svclab_backends::Fault;
 use svclab_backends::faults::STATE_FAULTS;
 
 /// (fault, the check that must fail, a phrase of its failing evidence)
-const FAULTS: [(&str, &str, &str); 7] = [
+const FAULTS: [(&str, &str, &str); 8] = [
     ("no-external-ips", "external-ips", "external IP"),
     ("require-serving", "publish-not-ready", "still reached"),
     (
@@ -27,6 +27,11 @@ const FAULTS: [(&str, &str, &str); 7] = [
         "nodeport-any-address",
         "nodeport-addresses",
         "no endpoint answers",
+    ),
+    (
+        "ignore-topology-hints",
+        "traffic-distribution",
+        "only zone zone-a's endpoints",
     ),
 ];
 

@@ -145,6 +145,7 @@ fn iptables_trace_names_kube_proxy_chains() {
         terminating: false,
         node_name: None,
         is_local: false,
+        hints: Default::default(),
     };
     assert_eq!(
         svclab_backends::iptables::names::endpoint_chain(&spn, &endpoint).to_string(),

@@ -139,6 +139,7 @@ fn a_full_sync_attaches_to_new_pods() {
             terminating: false,
             node_name: Some("n0".into()),
             is_local: true,
+            hints: Default::default(),
         };
         state.endpoints.insert(web.name.clone(), vec![ep]);
         state.services.insert(web.name.clone(), web);

@@ -46,6 +46,7 @@ fn endpoint(k: usize, i: usize, generation: usize) -> Endpoint {
         terminating: false,
         node_name: Some("n1".into()),
         is_local: false,
+        hints: Default::default(),
     }
 }
 

@@ -128,6 +128,7 @@ mod tests {
             terminating: !ready,
             node_name: None,
             is_local: local,
+            hints: Default::default(),
         }
     }
 

@@ -116,6 +116,7 @@ fn plan(protocol: Protocol, eps: &[u8], affinity: Option<u32>) -> ServicePlan {
             terminating: false,
             node_name: None,
             is_local: false,
+            hints: Default::default(),
         })
         .collect();
     ServicePlan::new(&svc, &eps).unwrap()

@@ -118,6 +118,7 @@ fn pods_and_the_node_reach_local_and_remote_endpoints() {
     let remote = |port| Endpoint {
         ip: REMOTE_POD,
         is_local: false,
+        hints: Default::default(),
         ..local_ep(pod1, port)
     };
     insert(
@@ -269,6 +270,7 @@ fn nodeports_masquerade_for_cluster_and_keep_the_client_for_local() {
     let remote = |port| Endpoint {
         ip: REMOTE_POD,
         is_local: false,
+        hints: Default::default(),
         ..local_ep(pod1, port)
     };
     let mut state = ProxyState::default();
@@ -459,6 +461,7 @@ fn internal_traffic_policy_local_and_partial_endpoint_changes() {
     let remote = Endpoint {
         ip: REMOTE_POD,
         is_local: false,
+        hints: Default::default(),
         ..local_ep(pod1, TCP_PORT)
     };
     let mut state = ProxyState::default();

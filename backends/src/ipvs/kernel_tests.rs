@@ -63,6 +63,7 @@ pub(super) fn endpoint(node: u8, last: u8, port: u16, terminating: bool) -> Endp
         terminating,
         node_name: Some(format!("n{node}")),
         is_local: node == 0,
+        hints: Default::default(),
     }
 }
 

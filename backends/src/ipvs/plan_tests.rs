@@ -32,6 +32,7 @@ fn ep(node: u8, last: u8, state: char) -> Endpoint {
         terminating: state == 't',
         node_name: Some(format!("n{node}")),
         is_local: node == 0,
+        hints: Default::default(),
     }
 }
 

@@ -475,6 +475,7 @@ mod tests {
             terminating: false,
             node_name: None,
             is_local: false,
+            hints: Default::default(),
         };
         let mut state = ProxyState::default();
         state.services.insert(name.clone(), svc);

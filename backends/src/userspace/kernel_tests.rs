@@ -22,6 +22,7 @@ fn node() -> NodeContext {
     NodeContext {
         service_cidr: "172.30.0.0/16".parse().unwrap(),
         uplink: "v0".into(),
+        zone: None,
         ..testkit::node()
     }
 }

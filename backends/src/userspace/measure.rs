@@ -35,6 +35,7 @@ fn node() -> NodeContext {
         service_cidr: "172.30.0.0/16".parse().unwrap(),
         run_prefix: "m".into(),
         uplink: "v0".into(),
+        zone: None,
         ..testkit::node()
     }
 }
@@ -63,6 +64,7 @@ fn endpoint(n: u32) -> Endpoint {
         terminating: false,
         node_name: None,
         is_local: false,
+        hints: Default::default(),
     }
 }
 

@@ -189,6 +189,7 @@ mod tests {
             terminating: !ready,
             node_name: None,
             is_local: local,
+            hints: Default::default(),
         };
         let (cluster, local) = pools(&s, &[ep(1, false, true), ep(2, true, false)]);
         let addr = |last| SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, last), 8080);

@@ -182,6 +182,7 @@ mod tests {
             terminating: false,
             node_name: None,
             is_local: local,
+            hints: Default::default(),
         };
         st.endpoints.insert(
             name.clone(),

@@ -502,7 +502,7 @@ pub fn run(args: AgentArgs, mode: Mode, version: &str) -> i32 {
     let metrics_addr: SocketAddr = crate::kubeproxy::config::METRICS_BIND_ADDRESS
         .parse()
         .expect("a socket address");
-    let mut tracker = ChangeTracker::new(&args.node);
+    let mut tracker = ChangeTracker::new(&args.node).with_zone(args.zone.clone());
     let mut seen = Seen::default();
     let mut prover = Prover::new(Duration::from_millis(args.min_sync_period_ms));
     let mut prev = Snapshot::default();

@@ -39,6 +39,7 @@ impl AgentArgs {
             run_prefix: self.run_prefix.clone(),
             bridge: crate::topology::names::POD_BRIDGE.into(),
             uplink: crate::topology::names::NODE_UPLINK.into(),
+            zone: self.zone.clone(),
             node_port_ips: None,
         };
         if !self.node_port_addresses.is_empty() {
@@ -194,7 +195,7 @@ pub fn run(args: AgentArgs) -> i32 {
 
     let min_sync = Duration::from_millis(args.min_sync_period_ms);
     let sync_period = Duration::from_millis(args.sync_period_ms.max(1));
-    let mut tracker = ChangeTracker::new(&args.node);
+    let mut tracker = ChangeTracker::new(&args.node).with_zone(args.zone.clone());
     let mut seq = 0u64;
     let mut last_sync: Option<Instant> = None;
     let mut last_full = Instant::now();

@@ -17,6 +17,7 @@ use super::patch::{self, PatchKind};
 use super::selector::{FieldSelector, LabelSelector};
 use super::{Shared, discovery, table};
 use crate::controlplane::ControlPlaneError;
+use crate::controlplane::endpoints::TRAFFIC_DISTRIBUTIONS;
 use crate::controlplane::store::{Change, EventType, Obj, Resource};
 
 pub type Body = BoxBody<Bytes, Infallible>;
@@ -790,6 +791,18 @@ fn validate_service(svc: &Service) -> Vec<String> {
             causes.push(format!("spec.selector: Invalid value: {k:?}: {e}"));
         }
     }
+    if let Some(td) = spec.traffic_distribution.as_deref()
+        && !TRAFFIC_DISTRIBUTIONS.contains(&td)
+    {
+        let supported: Vec<String> = TRAFFIC_DISTRIBUTIONS
+            .iter()
+            .map(|v| format!("{v:?}"))
+            .collect();
+        causes.push(format!(
+            "spec.trafficDistribution: Unsupported value: {td:?}: supported values: {}",
+            supported.join(", ")
+        ));
+    }
     causes
 }
 
@@ -1064,7 +1077,8 @@ mod tests {
     fn invalid_services_name_every_cause() {
         let svc: Service = serde_json::from_value(json!({
             "metadata": {"name": "Bad_Name"},
-            "spec": {"type": "Weird", "ports": [{"port": 0}, {"port": 0, "protocol": "ICMP"}]}
+            "spec": {"type": "Weird", "ports": [{"port": 0}, {"port": 0, "protocol": "ICMP"}],
+                     "trafficDistribution": "PreferFar"}
         }))
         .unwrap();
         let causes = validate_service(&svc).join("\n");
@@ -1074,8 +1088,17 @@ mod tests {
             "spec.ports[0].port: Invalid value: 0",
             "spec.ports[1].protocol: Unsupported value: \"ICMP\"",
             "spec.ports[0].name: Required value",
+            "spec.trafficDistribution: Unsupported value: \"PreferFar\": supported values: \"PreferClose\", \"PreferSameZone\", \"PreferSameNode\"",
         ] {
             assert!(causes.contains(want), "{want} missing from\n{causes}");
+        }
+        for ok in ["PreferClose", "PreferSameZone", "PreferSameNode"] {
+            let svc: Service = serde_json::from_value(json!({
+                "metadata": {"name": "s"},
+                "spec": {"ports": [{"port": 80}], "trafficDistribution": ok}
+            }))
+            .unwrap();
+            assert_eq!(validate_service(&svc), Vec::<String>::new(), "{ok}");
         }
     }
 }

@@ -114,9 +114,13 @@ impl Target {
 
 /// Every service port the default proxy programs now, with its endpoints
 /// (Services labelled for another proxy or headless are not its own).
+/// Services with a traffic distribution are left to the
+/// traffic-distribution check: which endpoints they reach depends on the
+/// client's zone, which the other checks' expectations do not know.
 pub fn targets(cp: &ControlPlane) -> Vec<Target> {
     cp.services()
         .filter(|s| crate::controlplane::store::proxied_labels(s.metadata.labels.as_ref()))
+        .filter(|s| !super::traffic_distribution::distributed(s))
         .flat_map(|svc| targets_of(cp, svc))
         .collect()
 }

@@ -13,6 +13,7 @@ mod nodeport;
 mod nodeport_addresses;
 mod parity;
 mod reach;
+mod traffic_distribution;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -203,6 +204,11 @@ pub const CHECKS: &[CheckDef] = {
             name: "unallocated-clusterip",
             needs: &[Dnat],
             run: |c, n| Box::pin(parity::unallocated_clusterip(c, n)),
+        },
+        CheckDef {
+            name: "traffic-distribution",
+            needs: &[Dnat],
+            run: |c, n| Box::pin(traffic_distribution::traffic_distribution(c, n)),
         },
     ]
 };

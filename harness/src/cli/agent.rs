@@ -26,6 +26,9 @@ pub struct AgentArgs {
     /// The node's pod CIDR.
     #[arg(long)]
     pub pod_cidr: Ipv4Net,
+    /// The node's zone (its `topology.kubernetes.io/zone` label).
+    #[arg(long)]
+    pub zone: Option<String>,
     /// Every pod's CIDR (for masquerading).
     #[arg(long)]
     pub cluster_cidr: Ipv4Net,
@@ -141,6 +144,7 @@ mod tests {
             backend: "kube-proxy:nftables@v1.34.4".parse().unwrap(),
             node_ip: Ipv4Addr::new(172, 18, 0, 3),
             pod_cidr: "10.244.1.0/24".parse().unwrap(),
+            zone: Some("zone-a".into()),
             cluster_cidr: "10.244.0.0/16".parse().unwrap(),
             service_cidr: "10.96.0.0/16".parse().unwrap(),
             run_prefix: "svclab-0a1f-".into(),

@@ -1,11 +1,14 @@
 //! The EndpointSlice controller: pods that match a Service's selector become
 //! endpoints, grouped by their resolved port set, at most 100 per slice, with
-//! Kubernetes' ready/serving/terminating conditions.
+//! Kubernetes' ready/serving/terminating conditions, their node's zone, and
+//! the hints `spec.trafficDistribution` asks for.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{ObjectReference, Service};
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use k8s_openapi::api::discovery::v1::{
+    Endpoint, EndpointConditions, EndpointHints, EndpointPort, EndpointSlice, ForNode, ForZone,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use svclab_backends::model::Protocol;
@@ -18,6 +21,47 @@ use crate::scenario::Pod;
 pub const MAX_ENDPOINTS_PER_SLICE: usize = 100;
 pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "endpointslice-controller.k8s.io";
+
+/// The `spec.trafficDistribution` values the API server accepts (v1.35+:
+/// PreferSameZone and PreferSameNode are GA; PreferClose is the older name
+/// of PreferSameZone).
+pub const TRAFFIC_DISTRIBUTIONS: [&str; 3] = ["PreferClose", "PreferSameZone", "PreferSameNode"];
+
+/// The hints the upstream controller gives an endpoint for a Service's
+/// traffic distribution (k8s.io/endpointslice's trafficdist): its zone for
+/// PreferClose and PreferSameZone, its node and its zone for PreferSameNode
+/// (the zone for proxies that know no node hints). An endpoint with no zone
+/// gets no zone hint, so a proxy sees a slice where not every endpoint is
+/// hinted and ignores the hints. No distribution, no hints.
+fn hints_for(
+    distribution: Option<&str>,
+    node: Option<&str>,
+    zone: Option<&str>,
+) -> Option<EndpointHints> {
+    let zone = zone.filter(|z| !z.is_empty());
+    let node = node.filter(|n| !n.is_empty());
+    let for_zones = zone.map(|z| {
+        vec![ForZone {
+            name: z.to_string(),
+        }]
+    });
+    let hints = match distribution? {
+        "PreferClose" | "PreferSameZone" => EndpointHints {
+            for_zones,
+            for_nodes: None,
+        },
+        "PreferSameNode" => EndpointHints {
+            for_zones,
+            for_nodes: node.map(|n| {
+                vec![ForNode {
+                    name: n.to_string(),
+                }]
+            }),
+        },
+        _ => return None,
+    };
+    (hints.for_zones.is_some() || hints.for_nodes.is_some()).then_some(hints)
+}
 
 /// A pod's port for one service port: numeric targetPort as is, a named one
 /// looked up among the pod's containerPorts of the same protocol.
@@ -44,8 +88,14 @@ fn matches(selector: &BTreeMap<String, String>, pod: &Pod) -> bool {
 
 /// The slices a Service should have now, given the pods. Deterministic:
 /// slices are named `<service>-<n>`, endpoints sorted by address.
-/// `node_names` maps a pod's node index to its name.
-pub fn slices_for(svc: &Service, pods: &[Pod], node_names: &[String]) -> Vec<EndpointSlice> {
+/// `node_names` maps a pod's node index to its name, `node_zones` to its
+/// zone (the Node's `topology.kubernetes.io/zone`), if any.
+pub fn slices_for(
+    svc: &Service,
+    pods: &[Pod],
+    node_names: &[String],
+    node_zones: &[Option<String>],
+) -> Vec<EndpointSlice> {
     let ns = svc
         .metadata
         .namespace
@@ -65,6 +115,7 @@ pub fn slices_for(svc: &Service, pods: &[Pod], node_names: &[String]) -> Vec<End
     };
     let selector: BTreeMap<String, String> = selector.clone().into_iter().collect();
     let publish_not_ready = spec.publish_not_ready_addresses.unwrap_or(false);
+    let distribution = spec.traffic_distribution.as_deref();
 
     // Group endpoints by their resolved port list, as the controller does.
     let mut groups: BTreeMap<Vec<(String, i32, Protocol)>, Vec<&Pod>> = BTreeMap::new();
@@ -95,14 +146,18 @@ pub fn slices_for(svc: &Service, pods: &[Pod], node_names: &[String]) -> Vec<End
                     // while serving still tells the pod's own readiness
                     // (the upstream controller's podToEndpoint).
                     let ready = publish_not_ready || (pod.ready && !pod.terminating);
+                    let node_name = node_names.get(pod.node).cloned();
+                    let zone = node_zones.get(pod.node).cloned().flatten();
                     Endpoint {
+                        hints: hints_for(distribution, node_name.as_deref(), zone.as_deref()),
+                        zone,
                         addresses: vec![pod.ip.to_string()],
                         conditions: Some(EndpointConditions {
                             ready: Some(ready),
                             serving: Some(pod.ready),
                             terminating: Some(pod.terminating),
                         }),
-                        node_name: node_names.get(pod.node).cloned(),
+                        node_name,
                         target_ref: Some(ObjectReference {
                             kind: Some("Pod".into()),
                             namespace: Some(pod.namespace.clone()),
@@ -233,6 +288,7 @@ mod tests {
             &service(serde_json::json!([{"port": 80, "targetPort": 8080}])),
             &pods,
             &nodes(),
+            &[],
         );
         let sizes: Vec<usize> = slices
             .iter()
@@ -254,6 +310,7 @@ mod tests {
             ])),
             &pods,
             &nodes(),
+            &[],
         );
         let ports: Vec<(Option<String>, Option<i32>, Option<String>)> = slices[0]
             .ports
@@ -280,6 +337,7 @@ mod tests {
             &service(serde_json::json!([{"name": "http", "port": 80, "targetPort": "http"}])),
             &pods,
             &nodes(),
+            &[],
         );
         assert_eq!(slices.len(), 2);
         assert!(slices.iter().any(|s| s.ports.as_ref().unwrap().is_empty()));
@@ -299,6 +357,7 @@ mod tests {
                 &service(serde_json::json!([{"port": 80}])),
                 &[pod(0, ready, term)],
                 &nodes(),
+                &[],
             );
             let ep = &slices[0].endpoints.as_ref().unwrap()[0];
             let c = ep.conditions.as_ref().unwrap();
@@ -317,7 +376,7 @@ mod tests {
         inactive.active = false;
         let pods = vec![pod(0, true, false), inactive];
         assert_eq!(
-            slices_for(&svc, &pods, &nodes())[0]
+            slices_for(&svc, &pods, &nodes(), &[])[0]
                 .endpoints
                 .as_ref()
                 .unwrap()
@@ -325,6 +384,64 @@ mod tests {
             1
         );
         svc.spec.as_mut().unwrap().selector = None;
-        assert!(slices_for(&svc, &pods, &nodes()).is_empty());
+        assert!(slices_for(&svc, &pods, &nodes(), &[]).is_empty());
+    }
+
+    /// Hints per traffic distribution: (distribution, node-0's zone) ->
+    /// (zone, forZones, forNodes) of node-0's endpoint.
+    #[test]
+    fn hints_follow_traffic_distribution() {
+        type Want = (
+            Option<&'static str>,
+            Option<&'static str>,
+            Option<&'static str>,
+        );
+        let cases: [(Option<&str>, Option<&str>, Want); 7] = [
+            (None, Some("a"), (Some("a"), None, None)),
+            (Some("PreferClose"), Some("a"), (Some("a"), Some("a"), None)),
+            (
+                Some("PreferSameZone"),
+                Some("a"),
+                (Some("a"), Some("a"), None),
+            ),
+            (
+                Some("PreferSameNode"),
+                Some("a"),
+                (Some("a"), Some("a"), Some("node-0")),
+            ),
+            (Some("PreferClose"), None, (None, None, None)),
+            (Some("PreferSameNode"), None, (None, None, Some("node-0"))),
+            (Some("PreferClose"), Some(""), (None, None, None)),
+        ];
+        for (td, zone, want) in cases {
+            let mut svc = service(serde_json::json!([{"port": 80}]));
+            svc.spec.as_mut().unwrap().traffic_distribution = td.map(str::to_string);
+            let zones = [zone.map(str::to_string), Some("b".to_string())];
+            let slices = slices_for(
+                &svc,
+                &[pod(0, true, false), pod(1, true, false)],
+                &nodes(),
+                &zones,
+            );
+            let eps = slices[0].endpoints.as_ref().unwrap();
+            let ep = &eps[0];
+            let hints = ep.hints.as_ref();
+            let got = (
+                ep.zone.as_deref().filter(|z| !z.is_empty()),
+                hints
+                    .and_then(|h| h.for_zones.as_ref())
+                    .map(|z| z[0].name.as_str()),
+                hints
+                    .and_then(|h| h.for_nodes.as_ref())
+                    .map(|n| n[0].name.as_str()),
+            );
+            assert_eq!(got, want, "{td:?} zone {zone:?}");
+            // node-1's endpoint is in zone b.
+            assert_eq!(eps[1].zone.as_deref(), Some("b"));
+            if matches!(td, Some("PreferClose" | "PreferSameZone")) {
+                let h = eps[1].hints.as_ref().unwrap().for_zones.as_ref().unwrap();
+                assert_eq!(h[0].name, "b");
+            }
+        }
     }
 }

@@ -58,6 +58,8 @@ pub struct ControlPlane {
     slices: BTreeMap<Key, Vec<EndpointSlice>>,
     pods: Vec<Pod>,
     node_names: Vec<String>,
+    /// Each node's zone label, by node index.
+    node_zones: Vec<Option<String>>,
     deployments: Vec<k8s_openapi::api::apps::v1::Deployment>,
     ips: IpAllocator,
     node_ports: PortAllocator,
@@ -75,6 +77,7 @@ impl ControlPlane {
             slices: BTreeMap::new(),
             pods: scenario.pods.clone(),
             node_names: scenario.node_names(),
+            node_zones: scenario.nodes.iter().map(|n| n.zone.clone()).collect(),
             deployments: scenario.deployments.clone(),
             ips: IpAllocator::new(scenario.lab.service_cidr),
             node_ports: PortAllocator::new(scenario.node_port_range),
@@ -447,7 +450,7 @@ impl ControlPlane {
         let Some(svc) = self.services.get(key) else {
             return Vec::new();
         };
-        let want = endpoints::slices_for(svc, &self.pods, &self.node_names);
+        let want = endpoints::slices_for(svc, &self.pods, &self.node_names, &self.node_zones);
         let have = self.slices.remove(key).unwrap_or_default();
         let now = jiff::Timestamp::now().to_string();
         let mut events = Vec::new();

@@ -16,6 +16,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time
 
 use crate::scenario::{Pod, Scenario};
 
+/// The well-known label naming a Node's zone (kube-proxy reads its own
+/// Node's; the EndpointSlice controller copies it into each endpoint).
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
 fn meta(namespace: Option<&str>, name: &str, rv: u64) -> ObjectMeta {
     ObjectMeta {
         name: Some(name.to_string()),
@@ -43,6 +47,7 @@ pub fn nodes(scenario: &Scenario, mut rv: impl FnMut() -> u64) -> Vec<Node> {
                     ("kubernetes.io/arch", std::env::consts::ARCH),
                 ]
                 .into_iter()
+                .chain(n.zone.as_deref().map(|z| (ZONE_LABEL, z)))
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             );

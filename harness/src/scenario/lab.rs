@@ -79,6 +79,10 @@ pub struct LabSpec {
     /// Agent knobs (kube-proxy's sync periods).
     #[serde(default)]
     pub agent: AgentSettings,
+    /// Each node's zone, by node name (`node-0: zone-a`): the Node's
+    /// `topology.kubernetes.io/zone` label. Nodes not named have no zone.
+    #[serde(default)]
+    pub zones: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -207,6 +211,9 @@ pub struct NodePlan {
     pub ip: Ipv4Addr,
     pub pod_cidr: Ipv4Net,
     pub gateway: Ipv4Addr,
+    /// `topology.kubernetes.io/zone`, from the Lab's `zones`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
 }
 
 pub type Labels = BTreeMap<String, String>;

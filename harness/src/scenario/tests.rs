@@ -552,3 +552,41 @@ spec:
         "{err}"
     );
 }
+
+/// Zones per node: on the plan, and checked with their place.
+#[test]
+fn zones_name_lab_nodes() {
+    let s = Scenario::parse(
+        "t.yaml",
+        &lab_with("  zones: {node-0: zone-a, node-1: zone-b}\n"),
+    )
+    .unwrap();
+    let zones: Vec<Option<&str>> = s.nodes.iter().map(|n| n.zone.as_deref()).collect();
+    assert_eq!(zones, vec![Some("zone-a"), Some("zone-b")]);
+    let s = Scenario::parse("t.yaml", &lab_with("  zones: {node-1: zone-b}\n")).unwrap();
+    assert_eq!(s.nodes[0].zone, None, "a node not named has no zone");
+
+    let cases = [
+        (
+            "  zones:\n    node-0: zone-a\n    node-7: zone-b\n",
+            7,
+            "Lab: spec.zones.node-7: \"node-7\" is not one of the Lab's nodes",
+        ),
+        (
+            "  zones:\n    node-0: \"zone a\"\n",
+            6,
+            "Lab: spec.zones.node-0: zone ",
+        ),
+        (
+            "  zones:\n    node-0: \"\"\n",
+            6,
+            "Lab: spec.zones.node-0: zone must not be empty",
+        ),
+    ];
+    for (extra, line, needle) in cases {
+        let err = first_error(&lab_with(extra));
+        let shown = err.to_string();
+        assert!(shown.contains(needle), "{needle:?} not in:\n{shown}");
+        assert_eq!(err.0[0].pos.line, line, "{shown}");
+    }
+}

@@ -13,6 +13,8 @@ use svclab_backends::model::Protocol;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::Value;
 
+use crate::controlplane::endpoints::TRAFFIC_DISTRIBUTIONS;
+
 use super::limits::{Limits, MAX_CHURN_EVENTS, MAX_PODS_PER_NODE, MAX_QUOTED, elide, truncate};
 use super::names;
 use super::yaml::Document;
@@ -113,6 +115,22 @@ pub(crate) fn derive(
         }
     }
     check_settings(ctx, errs);
+    for (node, zone) in &lab.zones {
+        let at = format!("spec.zones.{node}");
+        if !seen.contains(node) {
+            errs.at(
+                lab_doc,
+                &at,
+                format!("{} is not one of the Lab's nodes", elide(node)),
+            );
+        }
+        // A label value, and not empty: an empty zone label is no zone.
+        if zone.is_empty() {
+            errs.at(lab_doc, &at, "zone must not be empty");
+        } else if let Err(e) = names::label_value(zone) {
+            errs.at(lab_doc, &at, format!("zone {e}"));
+        }
+    }
 
     // Address ranges must not overlap, or routing inside the lab is ambiguous.
     let ranges = [
@@ -213,6 +231,7 @@ pub(crate) fn derive(
                 .hosts()
                 .next()
                 .expect("a /28 or larger has hosts"),
+            zone: lab.zones.get(name).cloned(),
         })
         .collect();
     let fabric_gateway = hosts[0];
@@ -827,6 +846,19 @@ fn check_services(
                 doc,
                 "spec.internalTrafficPolicy",
                 format!("{p:?} is not Cluster or Local"),
+            );
+        }
+        if let Some(td) = spec.traffic_distribution.as_deref()
+            && !TRAFFIC_DISTRIBUTIONS.contains(&td)
+        {
+            errs.at(
+                doc,
+                "spec.trafficDistribution",
+                format!(
+                    "{} is not one of {}",
+                    elide(td),
+                    TRAFFIC_DISTRIBUTIONS.join(", ")
+                ),
             );
         }
         if let Some(a) = spec.session_affinity.as_deref()
