@@ -90,6 +90,9 @@ pub enum Feature {
     /// ClientIP affinity ends `timeoutSeconds` after the client's last
     /// connection, so the next one is balanced afresh.
     AffinityTimeout,
+    /// `spec.loadBalancerSourceRanges` restrict who reaches a load balancer
+    /// IP.
+    LoadBalancerSourceRanges,
 }
 
 /// Why IPVS mode (svclab's and kube-proxy's) keeps affinity past
@@ -231,11 +234,16 @@ pub enum Fault {
     /// instead of leaving it (iptables) or dropping it (nftables) (breaks
     /// unallocated-clusterip).
     RejectUnallocated,
+    /// Program no load balancer ingress IPs (breaks loadbalancer-ingress).
+    LbNoIngress,
+    /// Ignore `spec.loadBalancerSourceRanges`: every source reaches a load
+    /// balancer IP (breaks loadbalancer-source-ranges).
+    LbIgnoreSourceRanges,
 }
 
 impl Fault {
     /// Every fault with its command-line name.
-    pub const ALL: [(Fault, &'static str); 11] = [
+    pub const ALL: [(Fault, &'static str); 13] = [
         (Fault::MissingMasquerade, "missing-masquerade"),
         (Fault::WrongProbability, "wrong-probability"),
         (Fault::NoReject, "no-reject"),
@@ -247,6 +255,8 @@ impl Fault {
         (Fault::KeepDeletedServices, "keep-deleted-services"),
         (Fault::IgnoreProxyLabels, "ignore-proxy-labels"),
         (Fault::RejectUnallocated, "reject-unallocated"),
+        (Fault::LbNoIngress, "lb-no-ingress"),
+        (Fault::LbIgnoreSourceRanges, "lb-ignore-source-ranges"),
     ];
 }
 
