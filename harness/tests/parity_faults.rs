@@ -5,7 +5,7 @@
 mod common;
 
 /// (fault, the check that must fail, a phrase of its failing evidence)
-const FAULTS: [(&str, &str, &str); 6] = [
+const FAULTS: [(&str, &str, &str); 8] = [
     ("no-external-ips", "external-ips", "external IP"),
     ("require-serving", "publish-not-ready", "still reached"),
     (
@@ -20,6 +20,12 @@ const FAULTS: [(&str, &str, &str); 6] = [
         "deleted: no answer",
     ),
     ("reject-unallocated", "unallocated-clusterip", "unreachable"),
+    ("lb-no-ingress", "loadbalancer-ingress", "load balancer IP"),
+    (
+        "lb-ignore-source-ranges",
+        "loadbalancer-source-ranges",
+        "is outside",
+    ),
 ];
 
 #[test]
