@@ -38,14 +38,15 @@ pub enum Container {
 }
 
 impl Container {
+    /// In the order a full sync flushes them (kube-proxy's).
     pub const ALL: [Container; 7] = [
+        Container::FirewallIps,
         Container::ClusterIps,
         Container::ServiceIps,
         Container::ServiceNodePorts,
         Container::NoEndpointServices,
         Container::NoEndpointNodePorts,
         Container::HairpinConnections,
-        Container::FirewallIps,
     ];
 
     /// A set (no verdicts), as opposed to a verdict map.
