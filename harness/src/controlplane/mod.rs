@@ -279,6 +279,11 @@ impl ControlPlane {
             return Err(ControlPlaneError::Exists(key_str(&key)));
         }
         svc.metadata.namespace = Some(key.0.clone());
+        // The API server ignores the status of an object it creates: a new
+        // Service (a copy of another, say) gets its own load balancer.
+        if let Some(st) = svc.status.as_mut() {
+            st.load_balancer = None;
+        }
         Self::set_defaults(&mut svc);
         self.allocate(&key, &mut svc)?;
         svc.metadata.uid = Some(format!("svclab-{}-{}", key.0, key.1));
