@@ -90,6 +90,9 @@ pub enum Feature {
     /// ClientIP affinity ends `timeoutSeconds` after the client's last
     /// connection, so the next one is balanced afresh.
     AffinityTimeout,
+    /// `spec.loadBalancerSourceRanges` restrict who reaches a load balancer
+    /// IP.
+    LoadBalancerSourceRanges,
 }
 
 /// Why IPVS mode (svclab's and kube-proxy's) keeps affinity past
@@ -238,11 +241,16 @@ pub enum Fault {
     /// Ignore EndpointSlices' topology hints: every ready endpoint serves
     /// every node (breaks traffic-distribution).
     IgnoreTopologyHints,
+    /// Program no load balancer ingress IPs (breaks loadbalancer-ingress).
+    LbNoIngress,
+    /// Ignore `spec.loadBalancerSourceRanges`: every source reaches a load
+    /// balancer IP (breaks loadbalancer-source-ranges).
+    LbIgnoreSourceRanges,
 }
 
 impl Fault {
     /// Every fault with its command-line name.
-    pub const ALL: [(Fault, &'static str); 13] = [
+    pub const ALL: [(Fault, &'static str); 15] = [
         (Fault::MissingMasquerade, "missing-masquerade"),
         (Fault::WrongProbability, "wrong-probability"),
         (Fault::NoReject, "no-reject"),
@@ -256,6 +264,8 @@ impl Fault {
         (Fault::RejectUnallocated, "reject-unallocated"),
         (Fault::NodePortAnyAddress, "nodeport-any-address"),
         (Fault::IgnoreTopologyHints, "ignore-topology-hints"),
+        (Fault::LbNoIngress, "lb-no-ingress"),
+        (Fault::LbIgnoreSourceRanges, "lb-ignore-source-ranges"),
     ];
 }
 

@@ -14,9 +14,11 @@ use crate::model::{
 use crate::protocol::WatchEvent;
 
 /// The faults this wrapper injects.
-pub const STATE_FAULTS: [Fault; 6] = [
+pub const STATE_FAULTS: [Fault; 8] = [
     Fault::NoExternalIps,
     Fault::NodePortAnyAddress,
+    Fault::LbNoIngress,
+    Fault::LbIgnoreSourceRanges,
     Fault::RequireServing,
     Fault::AffinityNoTimeout,
     Fault::KeepDeletedServices,
@@ -88,6 +90,12 @@ impl Faulty {
         for svc in state.services.values_mut() {
             if self.has(Fault::NoExternalIps) {
                 svc.external_ips.clear();
+            }
+            if self.has(Fault::LbNoIngress) {
+                svc.load_balancer_ips.clear();
+            }
+            if self.has(Fault::LbIgnoreSourceRanges) {
+                svc.load_balancer_source_ranges.clear();
             }
             if self.has(Fault::AffinityNoTimeout) && svc.session_affinity_seconds.is_some() {
                 svc.session_affinity_seconds = Some(STUCK_AFFINITY_SECONDS);
@@ -169,6 +177,8 @@ mod tests {
             internal_policy_local: false,
             health_check_node_port: None,
             external_ips: vec![Ipv4Addr::new(203, 0, 113, 10)],
+            load_balancer_ips: vec![Ipv4Addr::new(198, 51, 100, 10)],
+            load_balancer_source_ranges: vec!["192.0.2.0/24".parse().unwrap()],
         };
         (n, svc)
     }
@@ -246,6 +256,17 @@ mod tests {
         let (s, _) = faulty(&[Fault::AffinityNoTimeout]).bend(&state, &changes);
         assert_eq!(s.services[&n].session_affinity_seconds, Some(10800));
         assert_eq!(s.services[&n].external_ips, svc.external_ips);
+
+        let (s, _) = faulty(&[Fault::LbNoIngress]).bend(&state, &changes);
+        assert!(s.services[&n].load_balancer_ips.is_empty());
+        assert_eq!(
+            s.services[&n].load_balancer_source_ranges,
+            svc.load_balancer_source_ranges
+        );
+
+        let (s, _) = faulty(&[Fault::LbIgnoreSourceRanges]).bend(&state, &changes);
+        assert!(s.services[&n].load_balancer_source_ranges.is_empty());
+        assert_eq!(s.services[&n].load_balancer_ips, svc.load_balancer_ips);
 
         let (s, _) = faulty(&[Fault::RequireServing]).bend(&state, &changes);
         let ready: Vec<bool> = s.endpoints[&n].iter().map(|e| e.ready).collect();

@@ -114,13 +114,30 @@ pub struct ServicePort {
     /// `healthCheckNodePort`, for externalTrafficPolicy Local Services.
     pub health_check_node_port: Option<u16>,
     pub external_ips: Vec<Ipv4Addr>,
+    /// `status.loadBalancer.ingress` IPs in VIP mode (kube-proxy's
+    /// `LoadBalancerVIPs`); `ipMode: Proxy` addresses are left to the load
+    /// balancer and are not here.
+    #[serde(default)]
+    pub load_balancer_ips: Vec<Ipv4Addr>,
+    /// `spec.loadBalancerSourceRanges`, trimmed; empty when unset or when a
+    /// range is 0.0.0.0/0 (which allows everyone, as no ranges do).
+    #[serde(default)]
+    pub load_balancer_source_ranges: Vec<Ipv4Net>,
 }
 
 impl ServicePort {
     /// Reachable from outside the cluster (kube-proxy's
-    /// `ExternallyAccessible`): NodePort or external IPs.
+    /// `ExternallyAccessible`): NodePort, external IPs or load balancer IPs.
     pub fn externally_accessible(&self) -> bool {
-        self.node_port.is_some() || !self.external_ips.is_empty()
+        self.node_port.is_some()
+            || !self.external_ips.is_empty()
+            || !self.load_balancer_ips.is_empty()
+    }
+
+    /// Load balancer traffic goes through a firewall of source ranges
+    /// (kube-proxy's `usesFWChain`, before its endpoint condition).
+    pub fn uses_firewall(&self) -> bool {
+        !self.load_balancer_ips.is_empty() && !self.load_balancer_source_ranges.is_empty()
     }
 
     /// kube-proxy's `UsesClusterEndpoints`.
@@ -410,6 +427,8 @@ mod tests {
             internal_policy_local: itp_local,
             health_check_node_port: None,
             external_ips: vec![],
+            load_balancer_ips: vec![],
+            load_balancer_source_ranges: vec![],
         }
     }
 

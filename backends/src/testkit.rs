@@ -82,6 +82,8 @@ pub fn service_port(name: ServicePortName, vip: Ipv4Addr, port: u16) -> ServiceP
         internal_policy_local: false,
         health_check_node_port: None,
         external_ips: vec![],
+        load_balancer_ips: vec![],
+        load_balancer_source_ranges: vec![],
     }
 }
 

@@ -367,6 +367,49 @@ pub fn service_ports(svc: &Service) -> Result<Vec<ServicePort>, String> {
                 .map_err(|_| format!("spec.externalIPs {ip:?} is not an IPv4 address"))?,
         );
     }
+    // Only VIP-mode ingress IPs are the proxy's to program (an unset ipMode
+    // is VIP); a Proxy-mode load balancer delivers to the nodes itself.
+    let mut load_balancer_ips = Vec::new();
+    let ingress = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref());
+    for ing in ingress.into_iter().flatten() {
+        let Some(ip) = ing.ip.as_deref().filter(|ip| !ip.is_empty()) else {
+            continue;
+        };
+        if ing.ip_mode.as_deref().is_some_and(|m| m != "VIP") {
+            continue;
+        }
+        // Another family's address is not this proxy's.
+        if let Ok(ip) = ip.parse::<Ipv4Addr>() {
+            load_balancer_ips.push(ip);
+        }
+    }
+    let mut load_balancer_source_ranges = Vec::new();
+    for (i, r) in spec
+        .load_balancer_source_ranges
+        .iter()
+        .flatten()
+        .enumerate()
+    {
+        let r = r.trim();
+        if r.contains(':') {
+            continue;
+        }
+        let net: ipnet::Ipv4Net = r
+            .parse()
+            .map_err(|_| format!("spec.loadBalancerSourceRanges[{i}] {r:?} is not an IPv4 CIDR"))?;
+        load_balancer_source_ranges.push(net.trunc());
+    }
+    // A zero-length range allows everyone: the same as no ranges.
+    if load_balancer_source_ranges
+        .iter()
+        .any(|n| n.prefix_len() == 0)
+    {
+        load_balancer_source_ranges.clear();
+    }
     let mut out = Vec::new();
     for (i, p) in spec.ports.iter().flatten().enumerate() {
         let protocol = Protocol::parse_k8s(p.protocol.as_deref()).ok_or_else(|| {
@@ -402,6 +445,8 @@ pub fn service_ports(svc: &Service) -> Result<Vec<ServicePort>, String> {
                 None
             },
             external_ips: external_ips.clone(),
+            load_balancer_ips: load_balancer_ips.clone(),
+            load_balancer_source_ranges: load_balancer_source_ranges.clone(),
         });
     }
     Ok(out)

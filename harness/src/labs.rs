@@ -183,15 +183,19 @@ pub fn targets(t: &Topology) -> Vec<String> {
     if t.external.is_some() {
         out.push("external".into());
     }
+    if t.external2.is_some() {
+        out.push("external-2".into());
+    }
     out
 }
 
 /// The namespace of `pod/<ns>/<name>` (or `pod/<name>` in `default`),
-/// `node/<name>` or `external`; an error lists the valid targets.
+/// `node/<name>`, `external` or `external-2`; an error lists the valid targets.
 pub fn target_netns(t: &Topology, target: &str) -> anyhow::Result<String> {
     let parts: Vec<&str> = target.split('/').collect();
     let found = match parts.as_slice() {
         ["external"] => t.external.clone(),
+        ["external-2"] => t.external2.clone(),
         ["node", name] => t.node(name).map(|n| n.netns.clone()),
         ["pod", ns, name] => t.pod(ns, name).map(|p| p.netns.clone()),
         ["pod", name] => t.pod("default", name).map(|p| p.netns.clone()),

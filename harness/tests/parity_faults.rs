@@ -8,7 +8,7 @@ use svclab_backends::Fault;
 use svclab_backends::faults::STATE_FAULTS;
 
 /// (fault, the check that must fail, a phrase of its failing evidence)
-const FAULTS: [(&str, &str, &str); 8] = [
+const FAULTS: [(&str, &str, &str); 10] = [
     ("no-external-ips", "external-ips", "external IP"),
     ("require-serving", "publish-not-ready", "still reached"),
     (
@@ -32,6 +32,12 @@ const FAULTS: [(&str, &str, &str); 8] = [
         "ignore-topology-hints",
         "traffic-distribution",
         "only zone zone-a's endpoints",
+    ),
+    ("lb-no-ingress", "loadbalancer-ingress", "load balancer IP"),
+    (
+        "lb-ignore-source-ranges",
+        "loadbalancer-source-ranges",
+        "is outside",
     ),
 ];
 

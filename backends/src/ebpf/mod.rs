@@ -43,8 +43,8 @@ mod traffic_tests;
 use crate::{BackendSpec, Evidence, Trace};
 
 /// BPF programs with maps the agent updates. It implements every
-/// behaviour the checks cover but two it declares: surviving its agent's
-/// restart and NodePorts on 127.0.0.1. Its capability is whether the
+/// behaviour the checks cover but three it declares: surviving its agent's
+/// restart, NodePorts on 127.0.0.1 and load balancer source ranges. Its capability is whether the
 /// programs were built and this kernel loads and attaches them.
 pub const SPEC: BackendSpec = BackendSpec {
     name: "ebpf",
@@ -64,6 +64,14 @@ pub const SPEC: BackendSpec = BackendSpec {
                 crate::Feature::LocalhostNodePort,
                 "the eBPF backend does not serve NodePorts on 127.0.0.1 (it serves them on the \
                  node's own address, as kube-proxy with nodePortAddresses [primary])"
+                    .to_string(),
+            ),
+            (
+                crate::Feature::LoadBalancerSourceRanges,
+                "the eBPF backend's service map is keyed by destination (address, port, \
+                 protocol) only and its programs have no per-service source filter, so a load \
+                 balancer IP is open to every source (Cilium needs its separate \
+                 lb4_source_range map for this)"
                     .to_string(),
             ),
         ]

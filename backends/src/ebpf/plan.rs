@@ -58,7 +58,7 @@ impl ServicePlan {
         if !svc.cluster_ip.is_unspecified() {
             entries.insert(key(svc.cluster_ip, svc.port), flags);
         }
-        for ip in &svc.external_ips {
+        for ip in svc.external_ips.iter().chain(&svc.load_balancer_ips) {
             entries.insert(key(*ip, svc.port), flags | abi::SVC_EXTERNAL);
         }
         if let Some(np) = svc.node_port {
@@ -116,6 +116,8 @@ mod tests {
             internal_policy_local: itp_local,
             health_check_node_port: None,
             external_ips: vec![Ipv4Addr::new(192, 0, 2, 1)],
+            load_balancer_ips: vec![],
+            load_balancer_source_ranges: vec![],
         }
     }
 

@@ -105,6 +105,8 @@ fn plan(protocol: Protocol, eps: &[u8], affinity: Option<u32>) -> ServicePlan {
         internal_policy_local: false,
         health_check_node_port: None,
         external_ips: vec![],
+        load_balancer_ips: vec![],
+        load_balancer_source_ranges: vec![],
     };
     let eps: Vec<Endpoint> = eps
         .iter()

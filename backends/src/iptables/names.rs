@@ -116,6 +116,10 @@ impl ServiceChains {
         self.chain(ChainKind::Ext)
     }
 
+    pub fn fw(self) -> Chain {
+        self.chain(ChainKind::Fw)
+    }
+
     fn chain(self, kind: ChainKind) -> Chain {
         Chain {
             kind,

@@ -646,6 +646,34 @@ impl ServiceCtx<'_> {
                 ));
             }
         }
+        // Load balancer IPs go to the EXT chain, or through the firewall
+        // chain when source ranges restrict them; what the firewall chain
+        // does not DNAT, KUBE-PROXY-FIREWALL drops.
+        let fw_chain = names.fw();
+        let uses_fw = cat.has_any && svc.uses_firewall();
+        let lb_chain = if uses_fw { fw_chain } else { ext_chain };
+        for lbip in &svc.load_balancer_ips {
+            if cat.has_any {
+                top.line(format_args!(
+                    "-A KUBE-SERVICES -m comment --comment \"{name} loadbalancer IP\" -m {p} -p \
+                     {p} -d {lbip} --dport {port} -j {lb_chain}"
+                ));
+            }
+            if uses_fw {
+                filter.line(format_args!(
+                    "-A KUBE-PROXY-FIREWALL -m comment --comment \"{name} traffic not accepted \
+                     by {fw_chain}\" -m {p} -p {p} -d {lbip} --dport {port} -j DROP"
+                ));
+            }
+        }
+        if let (false, Some((target, why))) = (has_external, external_filter) {
+            for lbip in &svc.load_balancer_ips {
+                filter.line(format_args!(
+                    "-A KUBE-EXTERNAL-SERVICES -m comment --comment \"{name} {why}\" -m {p} -p \
+                     {p} -d {lbip} --dport {port} -j {target}"
+                ));
+            }
+        }
         if let Some(np) = svc.node_port {
             if cat.has_any {
                 top.line(format_args!(
@@ -704,6 +732,33 @@ impl ServiceCtx<'_> {
             if has_external {
                 rules.line(format_args!("-A {ext_chain} -j {external_policy_chain}"));
             }
+        }
+        if uses_fw {
+            chain_lines.chain(fw_chain);
+            chains.push(fw_chain);
+            // A range holding this node's IP also lets the node's own
+            // traffic in when it comes from the load balancer IP itself (the
+            // VIP as a local address, #119656's fix).
+            let mut allow_from_node = false;
+            for cidr in &svc.load_balancer_source_ranges {
+                rules.line(format_args!(
+                    "-A {fw_chain} -m comment --comment \"{name} loadbalancer IP\" -s {cidr} -j \
+                     {ext_chain}"
+                ));
+                allow_from_node |= cidr.contains(&self.node.node_ip);
+            }
+            if allow_from_node {
+                for lbip in &svc.load_balancer_ips {
+                    rules.line(format_args!(
+                        "-A {fw_chain} -m comment --comment \"{name} loadbalancer IP\" -s {lbip} \
+                         -j {ext_chain}"
+                    ));
+                }
+            }
+            rules.line(format_args!(
+                "-A {fw_chain} -m comment --comment \"other traffic to {name} will be dropped by \
+                 KUBE-PROXY-FIREWALL\""
+            ));
         }
         let seps: Vec<Chain> = cat
             .all_reachable

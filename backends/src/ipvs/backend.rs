@@ -96,10 +96,17 @@ impl IpvsBackend {
     }
 
     fn render_rules(&self, node: &NodeContext) -> String {
+        let node_denied: Vec<_> = self
+            .ledger
+            .plans()
+            .values()
+            .flat_map(|p| p.node_denied.iter().copied())
+            .collect();
         rules::render(&rules::RuleInput {
             cluster_cidr: node.cluster_cidr,
             non_empty: &self.ledger.non_empty_sets(),
             masquerade: !self.options.has_fault(Fault::MissingMasquerade),
+            node_denied: &node_denied,
         })
     }
 

@@ -188,6 +188,11 @@ pub fn ip_port_ip(ip: Ipv4Addr, protocol: Protocol, port: u16, ip2: Ipv4Addr) ->
     format!("{ip},{}:{port},{ip2}", protocol.lower())
 }
 
+/// `hash:ip,port,net` entry: `198.51.100.1,tcp:80,192.0.2.0/24`.
+pub fn ip_port_net(ip: Ipv4Addr, protocol: Protocol, port: u16, net: ipnet::Ipv4Net) -> String {
+    format!("{ip},{}:{port},{net}", protocol.lower())
+}
+
 /// Scratch sets live only inside one `ipset restore` (and are destroyed by
 /// cleanup should a restore have died halfway).
 const SWAP_PREFIX: &str = "svclab-ipvs-swap-";

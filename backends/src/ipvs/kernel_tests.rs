@@ -586,6 +586,7 @@ fn ruleset_applies_and_cleans_up_with(flavor: Flavor) {
             cluster_cidr: node().cluster_cidr,
             non_empty: &non_empty,
             masquerade: true,
+            node_denied: &[],
         });
         iptables::restore(flavor, &text).unwrap();
         // Applying twice replaces, never duplicates.
@@ -609,6 +610,7 @@ fn ruleset_applies_and_cleans_up_with(flavor: Flavor) {
                 .filter(|s| !matches!(s, IpSet::ExternalIp | IpSet::ExternalIpLocal))
                 .collect(),
             masquerade: true,
+            node_denied: &[],
         })),
         "{flavor:?}"
     );
@@ -634,6 +636,7 @@ fn ipset_full_replace_swaps_under_live_rules() {
             cluster_cidr: node().cluster_cidr,
             non_empty: &non_empty,
             masquerade: true,
+            node_denied: &[],
         });
         iptables::restore(FLAVOR, &text).unwrap();
         let entries = |vips: &[u8]| {

@@ -29,6 +29,10 @@ pub struct PortPlan {
     /// Addresses to bind to `kube-ipvs0`.
     pub addresses: Vec<Ipv4Addr>,
     pub entries: Vec<Entry>,
+    /// Load balancer IP, protocol and port the node itself may not reach:
+    /// source ranges that leave the node out (kube-proxy's
+    /// `lbNoNodeAccessIPPortProtocolEntries`, kubernetes/kubernetes#119656).
+    pub node_denied: Vec<(Ipv4Addr, crate::model::Protocol, u16)>,
 }
 
 /// Node facts and options the plan depends on.
@@ -165,6 +169,42 @@ pub fn plan_port(svc: &ServicePort, endpoints: &[Endpoint], ctx: &PlanContext) -
         // An external IP that is the node's own address is already local.
         if ext != ctx.node_ip {
             plan.addresses.push(ext);
+        }
+    }
+
+    for &lb in &svc.load_balancer_ips {
+        let entry = ipsets::ip_port(lb, proto, svc.port);
+        plan.entries.push((IpSet::LoadBalancer, entry.clone()));
+        if svc.external_policy_local {
+            plan.entries.push((IpSet::LoadBalancerLocal, entry.clone()));
+        }
+        if !svc.load_balancer_source_ranges.is_empty() {
+            plan.entries.push((IpSet::LoadBalancerFw, entry));
+            let mut allow_from_node = false;
+            for &cidr in &svc.load_balancer_source_ranges {
+                plan.entries.push((
+                    IpSet::LoadBalancerSourceCidr,
+                    ipsets::ip_port_net(lb, proto, svc.port, cidr),
+                ));
+                allow_from_node |= cidr.contains(&ctx.node_ip);
+            }
+            // The node reaches its own bound VIP from the VIP itself: let
+            // that in when a range holds the node, and drop it otherwise.
+            if allow_from_node {
+                plan.entries.push((
+                    IpSet::LoadBalancerSourceIp,
+                    ipsets::ip_port_ip(lb, proto, svc.port, lb),
+                ));
+            } else {
+                plan.node_denied.push((lb, proto, svc.port));
+            }
+        }
+        plan.servers.push(PlannedServer {
+            server: virtual_server(svc, lb, svc.port, ctx),
+            dests: dests(svc, endpoints, Policy::external(svc)),
+        });
+        if lb != ctx.node_ip {
+            plan.addresses.push(lb);
         }
     }
 

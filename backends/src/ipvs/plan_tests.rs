@@ -242,6 +242,49 @@ fn external_ips_sctp_health_checks_and_mh() {
 }
 
 #[test]
+fn load_balancer_ips_and_source_ranges() {
+    let lb = Ipv4Addr::new(198, 51, 100, 4);
+    let mut s = svc(Protocol::Tcp);
+    s.load_balancer_ips = vec![lb];
+    let plan = plan_port(&s, &[ep(1, 6, 'r')], &ctx("rr"));
+    assert_eq!(
+        entries_of(&plan, IpSet::LoadBalancer),
+        ["198.51.100.4,tcp:80"]
+    );
+    assert!(entries_of(&plan, IpSet::LoadBalancerFw).is_empty());
+    assert_eq!(
+        dests_of(&plan, key(lb, 80, Protocol::Tcp)),
+        ["10.244.1.6:1"]
+    );
+    assert_eq!(plan.addresses, vec![VIP, lb]);
+    assert!(plan.node_denied.is_empty());
+
+    // Ranges that leave the node out: the node is denied (#119656).
+    s.load_balancer_source_ranges = vec!["203.0.113.0/24".parse().unwrap()];
+    let plan = plan_port(&s, &[ep(1, 6, 'r')], &ctx("rr"));
+    assert_eq!(
+        entries_of(&plan, IpSet::LoadBalancerFw),
+        ["198.51.100.4,tcp:80"]
+    );
+    assert_eq!(
+        entries_of(&plan, IpSet::LoadBalancerSourceCidr),
+        ["198.51.100.4,tcp:80,203.0.113.0/24"]
+    );
+    assert!(entries_of(&plan, IpSet::LoadBalancerSourceIp).is_empty());
+    assert_eq!(plan.node_denied, vec![(lb, Protocol::Tcp, 80)]);
+
+    // A range holding the node lets the VIP in as a source instead.
+    s.load_balancer_source_ranges
+        .push("192.168.0.0/24".parse().unwrap());
+    let plan = plan_port(&s, &[ep(1, 6, 'r')], &ctx("rr"));
+    assert_eq!(
+        entries_of(&plan, IpSet::LoadBalancerSourceIp),
+        ["198.51.100.4,tcp:80,198.51.100.4"]
+    );
+    assert!(plan.node_denied.is_empty());
+}
+
+#[test]
 fn server_ops_add_update_and_remove() {
     let eps = [ep(1, 6, 'r'), ep(1, 7, 'r')];
     let before = plan_port(&svc(Protocol::Tcp), &eps, &ctx("rr"));

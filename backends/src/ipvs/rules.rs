@@ -67,6 +67,9 @@ pub struct RuleInput<'a> {
     pub non_empty: &'a BTreeSet<IpSet>,
     /// False only for the lab's missing-masquerade fault.
     pub masquerade: bool,
+    /// Load balancer VIPs (address, protocol, port) this node may not
+    /// reach, its IP being outside their source ranges (#119656).
+    pub node_denied: &'a [(std::net::Ipv4Addr, crate::model::Protocol, u16)],
 }
 
 /// How a set's entries are matched, where the set feeds a jump of its own
@@ -305,6 +308,18 @@ pub fn render(input: &RuleInput<'_>) -> String {
             IpSet::IpvsIps.name()
         ),
     );
+    // The node's own connections to a bound VIP leave from the VIP itself;
+    // where the source ranges leave the node out, drop them.
+    for (ip, proto, port) in input.node_denied {
+        line(
+            false,
+            format!(
+                "-A KUBE-IPVS-OUT-FILTER -s {ip}/32 -m ipvs --vaddr {ip}/32 --vproto {} --vport \
+                 {port} -j DROP",
+                proto.lower()
+            ),
+        );
+    }
     line(
         true,
         format!("-A KUBE-POSTROUTING -m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN"),
@@ -429,6 +444,7 @@ mod tests {
             cluster_cidr: "10.244.0.0/16".parse().unwrap(),
             non_empty: &non_empty,
             masquerade: true,
+            node_denied: &[],
         })
     }
 
@@ -491,6 +507,7 @@ mod tests {
             cluster_cidr: "10.244.0.0/16".parse().unwrap(),
             non_empty: &non_empty,
             masquerade: false,
+            node_denied: &[],
         });
         assert!(!faulty.contains("MASQUERADE"), "{faulty}");
         assert!(faulty.contains("-m physdev ! --physdev-is-in"));

@@ -466,6 +466,8 @@ mod tests {
             internal_policy_local: false,
             health_check_node_port: None,
             external_ips: vec![Ipv4Addr::new(192, 0, 2, 7)],
+            load_balancer_ips: vec![],
+            load_balancer_source_ranges: vec![],
         };
         let ep = Endpoint {
             ip: EP,

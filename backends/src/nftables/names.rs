@@ -47,6 +47,8 @@ pub struct PortNames {
     pub local: String,
     /// Entry point for NodePort and external IP traffic.
     pub external: String,
+    /// LoadBalancerSourceRanges filter for load balancer IP traffic.
+    pub firewall: String,
 }
 
 impl PortNames {
@@ -62,6 +64,7 @@ impl PortNames {
             cluster: format!("service-{base}"),
             local: format!("local-{base}"),
             external: format!("external-{base}"),
+            firewall: format!("firewall-{base}"),
         }
     }
 }

@@ -17,8 +17,9 @@ use std::fmt::Write as _;
 
 use crate::model::{Endpoint, NodeContext, ServicePort, categorize_endpoints};
 use crate::nftables::names::{
-    CLUSTER_IPS_SET, EndpointNames, HAIRPIN_SET, MARK_MASQ, NO_ENDPOINT_NODEPORTS_MAP,
-    NO_ENDPOINT_SERVICES_MAP, PortNames, REJECT_CHAIN, SERVICE_IPS_MAP, SERVICE_NODEPORTS_MAP,
+    CLUSTER_IPS_SET, EndpointNames, FIREWALL_IPS_MAP, HAIRPIN_SET, MARK_MASQ,
+    NO_ENDPOINT_NODEPORTS_MAP, NO_ENDPOINT_SERVICES_MAP, PortNames, REJECT_CHAIN, SERVICE_IPS_MAP,
+    SERVICE_NODEPORTS_MAP,
 };
 use crate::{BackendOptions, Fault};
 
@@ -32,10 +33,14 @@ pub enum Container {
     NoEndpointNodePorts,
     /// `endpoint . endpoint . proto . port` of this node's endpoints.
     HairpinConnections,
+    /// Load balancer IPs subject to LoadBalancerSourceRanges.
+    FirewallIps,
 }
 
 impl Container {
-    pub const ALL: [Container; 6] = [
+    /// In the order a full sync flushes them (kube-proxy's).
+    pub const ALL: [Container; 7] = [
+        Container::FirewallIps,
         Container::ClusterIps,
         Container::ServiceIps,
         Container::ServiceNodePorts,
@@ -57,6 +62,7 @@ impl Container {
             Container::NoEndpointServices => NO_ENDPOINT_SERVICES_MAP,
             Container::NoEndpointNodePorts => NO_ENDPOINT_NODEPORTS_MAP,
             Container::HairpinConnections => HAIRPIN_SET,
+            Container::FirewallIps => FIREWALL_IPS_MAP,
         }
     }
 }
@@ -216,6 +222,62 @@ pub fn port_objects(
                 comment.clone(),
             );
         }
+    }
+    // Load balancer IPs: to the external chain, and first through the
+    // firewall chain when source ranges restrict them (even without
+    // endpoints, unlike iptables).
+    let uses_firewall = svc.uses_firewall();
+    for lbip in &svc.load_balancer_ips {
+        if cat.has_any {
+            push(
+                &mut out,
+                Container::ServiceIps,
+                vip_key(lbip),
+                Some(format!("goto {}", names.external)),
+                None,
+            );
+        }
+        if uses_firewall {
+            push(
+                &mut out,
+                Container::FirewallIps,
+                vip_key(lbip),
+                Some(format!("goto {}", names.firewall)),
+                None,
+            );
+        }
+    }
+    if !has_external {
+        for lbip in &svc.load_balancer_ips {
+            push(
+                &mut out,
+                Container::NoEndpointServices,
+                vip_key(lbip),
+                Some(filter_verdict.clone()),
+                comment.clone(),
+            );
+        }
+    }
+    if uses_firewall {
+        // A range holding this node's IP lets the load balancer IP in as a
+        // source too: the node's own traffic to a VIP it holds locally.
+        let mut sources: Vec<String> = svc
+            .load_balancer_source_ranges
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        if svc
+            .load_balancer_source_ranges
+            .iter()
+            .any(|c| c.contains(&node.node_ip))
+        {
+            sources.extend(svc.load_balancer_ips.iter().map(ToString::to_string));
+        }
+        out.chains.push(Chain {
+            name: names.firewall.clone(),
+            rules: vec![format!("ip saddr != {{ {} }} drop", sources.join(", "))],
+            endpoint: None,
+        });
     }
     if let Some(np) = svc.node_port {
         let key = format!("{proto} . {np}");

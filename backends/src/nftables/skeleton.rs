@@ -242,8 +242,8 @@ pub fn write_skeleton(tx: &mut Tx, node: &NodeContext, options: &BackendOptions)
         ),
     );
 
-    // LoadBalancer source ranges: the lab's Services have none, so this map
-    // stays empty, but packets still pass through it as on a real node.
+    // LoadBalancer source ranges: a load balancer IP whose Service has
+    // them goes to its firewall chain first.
     tx.raw(format_args!(
         "add map ip {TABLE} {FIREWALL_IPS_MAP} {{ type {VIP_MAP_TYPE} ; comment \"destinations that are subject to LoadBalancerSourceRanges\" ; }}"
     ));
@@ -279,7 +279,6 @@ pub fn write_skeleton(tx: &mut Tx, node: &NodeContext, options: &BackendOptions)
         ),
     );
 
-    tx.raw(format_args!("flush map ip {TABLE} {FIREWALL_IPS_MAP}"));
     for c in Container::ALL {
         tx.flush_container(c);
     }

@@ -244,6 +244,7 @@ fn udp_fronts(svc: &ServicePort, node: &NodeContext) -> Vec<(Ipv4Addr, u16)> {
     }
     let mut v = vec![(svc.cluster_ip, svc.port)];
     v.extend(svc.external_ips.iter().map(|ip| (*ip, svc.port)));
+    v.extend(svc.load_balancer_ips.iter().map(|ip| (*ip, svc.port)));
     if let Some(np) = svc.node_port {
         v.extend(node.nodeport_ips().into_iter().map(|ip| (ip, np)));
     }

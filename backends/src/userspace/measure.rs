@@ -52,6 +52,8 @@ fn service(i: u32) -> ServicePort {
         internal_policy_local: false,
         health_check_node_port: None,
         external_ips: vec![],
+        load_balancer_ips: vec![],
+        load_balancer_source_ranges: vec![],
     }
 }
 

@@ -73,5 +73,12 @@ fn limitations() -> Vec<(Feature, String)> {
              kube-proxy with nodePortAddresses [primary]), not on 127.0.0.1"
                 .to_string(),
         ),
+        (
+            Feature::LoadBalancerSourceRanges,
+            "the userspace backend redirects a load balancer IP to its proxy socket for every \
+             source (as kube-proxy's userspace proxier, removed in v1.26, did): it learns the \
+             client only once it has accepted the connection, too late to drop it unanswered"
+                .to_string(),
+        ),
     ]
 }

@@ -98,6 +98,8 @@ mod tests {
             internal_policy_local: itp_local,
             health_check_node_port: None,
             external_ips: vec![],
+            load_balancer_ips: vec![],
+            load_balancer_source_ranges: vec![],
         }
     }
 

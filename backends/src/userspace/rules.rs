@@ -143,6 +143,7 @@ pub fn service_rules(
     };
     let mut portals = vec![(svc.cluster_ip, Some(ports.portal))];
     portals.extend(svc.external_ips.iter().map(|ip| (*ip, ports.external)));
+    portals.extend(svc.load_balancer_ips.iter().map(|ip| (*ip, ports.external)));
     for (ip, to) in portals {
         let Some(to) = to else { continue };
         if has_endpoints {
@@ -255,6 +256,8 @@ mod tests {
             internal_policy_local: false,
             health_check_node_port: None,
             external_ips: vec![Ipv4Addr::new(203, 0, 113, 71)],
+            load_balancer_ips: vec![],
+            load_balancer_source_ranges: vec![],
         }
     }
 

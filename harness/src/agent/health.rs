@@ -172,6 +172,8 @@ mod tests {
                 internal_policy_local: false,
                 health_check_node_port: Some(31000),
                 external_ips: vec![],
+                load_balancer_ips: vec![],
+                load_balancer_source_ranges: vec![],
             },
         );
         let ep = |last, local, ready| Endpoint {

@@ -8,6 +8,7 @@ pub mod balance;
 pub mod expect;
 mod health_terminating;
 mod lifecycle;
+mod loadbalancer;
 mod localhost_nodeport;
 mod nodeport;
 mod nodeport_addresses;
@@ -210,6 +211,16 @@ pub const CHECKS: &[CheckDef] = {
             needs: &[Dnat],
             run: |c, n| Box::pin(traffic_distribution::traffic_distribution(c, n)),
         },
+        CheckDef {
+            name: "loadbalancer-ingress",
+            needs: &[Dnat],
+            run: |c, n| Box::pin(loadbalancer::loadbalancer_ingress(c, n)),
+        },
+        CheckDef {
+            name: "loadbalancer-source-ranges",
+            needs: &[Dnat, LoadBalancerSourceRanges],
+            run: |c, n| Box::pin(loadbalancer::loadbalancer_source_ranges(c, n)),
+        },
     ]
 };
 
@@ -387,6 +398,18 @@ impl<'a> Ctx<'a> {
                 ip: n.ip,
             })
             .collect()
+    }
+
+    /// The second external client (with a load balancer pool).
+    pub fn external2(&self) -> Option<Vantage> {
+        let t = &self.lab.topology;
+        Some(Vantage {
+            kind: "external",
+            name: "external-2".into(),
+            node: None,
+            netns: t.external2.clone()?,
+            ip: t.external2_ip?,
+        })
     }
 
     pub fn external(&self) -> Option<Vantage> {

@@ -80,6 +80,9 @@ fn print_lab(lab: &lab::Lab) {
     if let (Some(ns), Some(ip)) = (&t.external, t.external_ip) {
         println!("  external        {ip}  netns {ns}");
     }
+    if let (Some(ns), Some(ip)) = (&t.external2, t.external2_ip) {
+        println!("  external-2      {ip}  netns {ns}");
+    }
     for svc in lab.cp().services() {
         let spec = svc.spec.clone().unwrap_or_default();
         let ports: Vec<String> = spec

@@ -169,9 +169,123 @@ impl PortAllocator {
     }
 }
 
+/// Hands out LoadBalancer ingress addresses from the Lab's
+/// `spec.loadBalancerPool`, as a cloud controller's IPAM would: a
+/// requested address is honoured if it is in the pool and free, the rest
+/// are handed out in pool order.
+#[derive(Debug)]
+pub struct PoolAllocator {
+    pool: Option<crate::scenario::LoadBalancerPool>,
+    used: BTreeMap<Ipv4Addr, String>,
+}
+
+impl PoolAllocator {
+    pub fn new(pool: Option<crate::scenario::LoadBalancerPool>) -> Self {
+        PoolAllocator {
+            pool,
+            used: BTreeMap::new(),
+        }
+    }
+
+    /// Whether the lab has a pool at all (without one, LoadBalancer
+    /// Services stay pending).
+    pub fn enabled(&self) -> bool {
+        self.pool.is_some()
+    }
+
+    fn range(&self) -> String {
+        self.pool
+            .as_ref()
+            .map(|p| {
+                p.nets()
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn request(&mut self, ip: Ipv4Addr, owner: &str) -> Result<(), AllocError> {
+        let inside = self
+            .pool
+            .as_ref()
+            .is_some_and(|p| p.addresses().any(|a| a == ip));
+        if !inside {
+            return Err(AllocError::OutOfRange {
+                what: "loadBalancerIP",
+                value: ip.to_string(),
+                range: self.range(),
+            });
+        }
+        if let Some(o) = self.used.get(&ip)
+            && o != owner
+        {
+            return Err(AllocError::Taken {
+                what: "loadBalancerIP",
+                value: ip.to_string(),
+                owner: o.clone(),
+            });
+        }
+        self.used.insert(ip, owner.to_string());
+        Ok(())
+    }
+
+    pub fn allocate(&mut self, owner: &str) -> Result<Ipv4Addr, AllocError> {
+        let free = self
+            .pool
+            .as_ref()
+            .and_then(|p| p.addresses().find(|a| !self.used.contains_key(a)));
+        match free {
+            Some(ip) => {
+                self.used.insert(ip, owner.to_string());
+                Ok(ip)
+            }
+            None => Err(AllocError::Exhausted {
+                what: "load balancer pool",
+                range: self.range(),
+                size: self.used.len(),
+            }),
+        }
+    }
+
+    pub fn release(&mut self, ip: Ipv4Addr) {
+        self.used.remove(&ip);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pool_in_order_requests_honoured_release_and_exhaustion() {
+        let pool: crate::scenario::LoadBalancerPool =
+            serde_json::from_str("\"192.0.2.0/30\"").unwrap();
+        let mut p = PoolAllocator::new(Some(pool));
+        p.request(Ipv4Addr::new(192, 0, 2, 2), "ns/a").unwrap();
+        assert_eq!(p.allocate("ns/b").unwrap(), Ipv4Addr::new(192, 0, 2, 1));
+        assert!(matches!(
+            p.allocate("ns/c"),
+            Err(AllocError::Exhausted { .. })
+        ));
+        assert!(matches!(
+            p.request(Ipv4Addr::new(192, 0, 2, 3), "ns/c"),
+            Err(AllocError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            p.request(Ipv4Addr::new(192, 0, 2, 2), "ns/c"),
+            Err(AllocError::Taken { .. })
+        ));
+        p.release(Ipv4Addr::new(192, 0, 2, 2));
+        assert_eq!(p.allocate("ns/c").unwrap(), Ipv4Addr::new(192, 0, 2, 2));
+        let list: crate::scenario::LoadBalancerPool =
+            serde_json::from_str("[\"198.51.100.7\", \"198.51.100.9\"]").unwrap();
+        let mut p = PoolAllocator::new(Some(list));
+        assert_eq!(p.allocate("x").unwrap(), Ipv4Addr::new(198, 51, 100, 7));
+        assert_eq!(p.allocate("y").unwrap(), Ipv4Addr::new(198, 51, 100, 9));
+        assert!(PoolAllocator::new(None).allocate("z").is_err());
+    }
 
     #[test]
     fn cluster_ips_in_order_explicit_honoured_collisions_and_exhaustion() {

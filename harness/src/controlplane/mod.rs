@@ -17,7 +17,7 @@ use svclab_backends::protocol::{ApiObject, WatchEvent};
 use svclab_backends::tracker::TRIGGER_TIME_ANNOTATION;
 
 pub use alloc::AllocError;
-use alloc::{IpAllocator, PortAllocator};
+use alloc::{IpAllocator, PoolAllocator, PortAllocator};
 
 use crate::scenario::{Pod, Scenario};
 use store::{EventType, Resource, Store};
@@ -42,6 +42,29 @@ pub enum ControlPlaneError {
 
 type Key = (String, String);
 
+/// The annotation a scenario's LoadBalancer Service sets to `Proxy` to get
+/// `status.loadBalancer.ingress[].ipMode: Proxy` from the lab's cloud
+/// controller (a load balancer that proxies rather than forwarding to the
+/// VIP); `VIP`, the default, otherwise. In a real cluster the cloud
+/// provider decides; here the scenario does.
+pub const LB_IP_MODE_ANNOTATION: &str = "svclab.dev/load-balancer-ip-mode";
+
+/// The ipMode a Service's annotation asks for; the value when it is not
+/// `VIP` or `Proxy`.
+pub fn lb_ip_mode(svc: &Service) -> Result<&'static str, String> {
+    match svc
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(LB_IP_MODE_ANNOTATION))
+        .map(String::as_str)
+    {
+        None | Some("VIP") => Ok("VIP"),
+        Some("Proxy") => Ok("Proxy"),
+        Some(other) => Err(other.to_string()),
+    }
+}
+
 fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Key {
     (
         meta.namespace.clone().unwrap_or_else(|| "default".into()),
@@ -63,6 +86,8 @@ pub struct ControlPlane {
     deployments: Vec<k8s_openapi::api::apps::v1::Deployment>,
     ips: IpAllocator,
     node_ports: PortAllocator,
+    /// The cloud controller's LoadBalancer addresses.
+    lb_pool: PoolAllocator,
     resource_version: u64,
     /// What the API endpoint serves: every change above is recorded here.
     store: Store,
@@ -81,6 +106,7 @@ impl ControlPlane {
             deployments: scenario.deployments.clone(),
             ips: IpAllocator::new(scenario.lab.service_cidr),
             node_ports: PortAllocator::new(scenario.node_port_range),
+            lb_pool: PoolAllocator::new(scenario.lab.load_balancer_pool.clone()),
             resource_version: 0,
             store: Store::new(),
         };
@@ -256,6 +282,11 @@ impl ControlPlane {
             return Err(ControlPlaneError::Exists(key_str(&key)));
         }
         svc.metadata.namespace = Some(key.0.clone());
+        // The API server ignores the status of an object it creates: a new
+        // Service (a copy of another, say) gets its own load balancer.
+        if let Some(st) = svc.status.as_mut() {
+            st.load_balancer = None;
+        }
         Self::set_defaults(&mut svc);
         self.allocate(&key, &mut svc)?;
         svc.metadata.uid = Some(format!("svclab-{}-{}", key.0, key.1));
@@ -285,6 +316,11 @@ impl ControlPlane {
         let spec = svc.spec.get_or_insert_with(Default::default);
         spec.cluster_ip = old_spec.cluster_ip.clone();
         spec.cluster_ips = old_spec.cluster_ips.clone();
+        // The cloud controller keeps a load balancer's address across
+        // updates; the status is not the client's to write here.
+        if svc.status.is_none() {
+            svc.status = old.status.clone();
+        }
         Self::set_defaults(&mut svc);
         self.release(&old);
         if let Err(e) = self.allocate(&key, &mut svc) {
@@ -355,6 +391,11 @@ impl ControlPlane {
             spec.external_traffic_policy
                 .get_or_insert_with(|| "Cluster".into());
         }
+        if ty == "LoadBalancer" {
+            spec.allocate_load_balancer_node_ports.get_or_insert(true);
+        } else {
+            spec.allocate_load_balancer_node_ports = None;
+        }
         if spec.cluster_ip.as_deref() != Some("None") {
             spec.ip_families.get_or_insert_with(|| vec!["IPv4".into()]);
             spec.ip_family_policy
@@ -400,13 +441,18 @@ impl ControlPlane {
         let ty = spec.type_.clone().unwrap_or_else(|| "ClusterIP".into());
         spec.type_ = Some(ty.clone());
         if matches!(ty.as_str(), "NodePort" | "LoadBalancer") {
+            // `allocateLoadBalancerNodePorts: false` gets none allocated,
+            // but keeps those it asks for, as the API server does.
+            let allocate_ports =
+                ty != "LoadBalancer" || spec.allocate_load_balancer_node_ports != Some(false);
             for p in spec.ports.iter_mut().flatten() {
                 match p.node_port {
                     Some(n) if n > 0 => self.node_ports.request(n as u16, &owner).map_err(err)?,
-                    _ => {
+                    _ if allocate_ports => {
                         p.node_port =
                             Some(i32::from(self.node_ports.allocate(&owner).map_err(err)?))
                     }
+                    _ => p.node_port = None,
                 }
             }
             // The API server allocates a health check node port only for
@@ -426,6 +472,61 @@ impl ControlPlane {
                 }
             }
         }
+        self.assign_load_balancer(&owner, ty == "LoadBalancer", svc)
+            .map_err(err)
+    }
+
+    /// The cloud controller's part: a LoadBalancer Service gets one ingress
+    /// address from the pool (the one it had, or `spec.loadBalancerIP`, if
+    /// it is in the pool), with the ipMode its [`LB_IP_MODE_ANNOTATION`]
+    /// asks for (VIP by default); any other Service loses its status.
+    fn assign_load_balancer(
+        &mut self,
+        owner: &str,
+        is_lb: bool,
+        svc: &mut Service,
+    ) -> Result<(), AllocError> {
+        use k8s_openapi::api::core::v1::{LoadBalancerIngress, LoadBalancerStatus, ServiceStatus};
+        if !is_lb || !self.lb_pool.enabled() {
+            if let Some(st) = svc.status.as_mut() {
+                st.load_balancer = None;
+            }
+            return Ok(());
+        }
+        let mode = lb_ip_mode(svc).map_err(|value| AllocError::OutOfRange {
+            what: "annotation svclab.dev/load-balancer-ip-mode",
+            value,
+            range: "VIP or Proxy".into(),
+        })?;
+        let had: Option<Ipv4Addr> = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .and_then(|i| i.first())
+            .and_then(|i| i.ip.as_deref())
+            .and_then(|ip| ip.parse().ok());
+        let asked: Option<Ipv4Addr> = svc
+            .spec
+            .as_ref()
+            .and_then(|sp| sp.load_balancer_ip.as_deref())
+            .filter(|ip| !ip.is_empty())
+            .and_then(|ip| ip.parse().ok());
+        let ip = match asked.or(had) {
+            Some(ip) => {
+                self.lb_pool.request(ip, owner)?;
+                ip
+            }
+            None => self.lb_pool.allocate(owner)?,
+        };
+        let status = svc.status.get_or_insert_with(ServiceStatus::default);
+        status.load_balancer = Some(LoadBalancerStatus {
+            ingress: Some(vec![LoadBalancerIngress {
+                ip: Some(ip.to_string()),
+                ip_mode: Some(mode.into()),
+                ..Default::default()
+            }]),
+        });
         Ok(())
     }
 
@@ -441,6 +542,16 @@ impl ControlPlane {
         }
         if let Some(n) = spec.health_check_node_port {
             self.node_ports.release(n as u16);
+        }
+        for ing in svc
+            .status
+            .iter()
+            .filter_map(|s| s.load_balancer.as_ref())
+            .flat_map(|lb| lb.ingress.iter().flatten())
+        {
+            if let Some(ip) = ing.ip.as_deref().and_then(|s| s.parse().ok()) {
+                self.lb_pool.release(ip);
+            }
         }
     }
 

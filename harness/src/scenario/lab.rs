@@ -83,6 +83,45 @@ pub struct LabSpec {
     /// `topology.kubernetes.io/zone` label. Nodes not named have no zone.
     #[serde(default)]
     pub zones: BTreeMap<String, String>,
+    /// Addresses the lab's cloud controller gives `type: LoadBalancer`
+    /// Services as `status.loadBalancer.ingress`: a CIDR or a list of
+    /// addresses, outside the node network, pod and service CIDRs. Without
+    /// it LoadBalancer Services stay pending, as in a cluster without a
+    /// cloud controller. With it and `external`, the external clients route
+    /// the pool to the first node, and a second client (`external-2`) joins
+    /// the node network.
+    #[serde(default)]
+    pub load_balancer_pool: Option<LoadBalancerPool>,
+}
+
+/// `spec.loadBalancerPool`: one CIDR, or a list of single addresses.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum LoadBalancerPool {
+    Cidr(Ipv4Net),
+    Addresses(Vec<Ipv4Addr>),
+}
+
+impl LoadBalancerPool {
+    /// The pool as networks (an address is a /32).
+    pub fn nets(&self) -> Vec<Ipv4Net> {
+        match self {
+            LoadBalancerPool::Cidr(n) => vec![*n],
+            LoadBalancerPool::Addresses(v) => v
+                .iter()
+                .map(|a| Ipv4Net::new(*a, 32).expect("/32 is valid"))
+                .collect(),
+        }
+    }
+
+    /// Every address the cloud controller may hand out, in order: a CIDR's
+    /// hosts (not its network or broadcast address), or the list as given.
+    pub fn addresses(&self) -> Box<dyn Iterator<Item = Ipv4Addr> + '_> {
+        match self {
+            LoadBalancerPool::Cidr(n) => Box::new(n.hosts()),
+            LoadBalancerPool::Addresses(v) => Box::new(v.iter().copied()),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -142,6 +142,9 @@ pub struct Scenario {
     /// The node network's gateway (on the fabric bridge).
     pub fabric_gateway: Ipv4Addr,
     pub external_ip: Option<Ipv4Addr>,
+    /// The second external client (`external-2`), with a load balancer
+    /// pool: outside the source ranges the first one is inside of.
+    pub external2_ip: Option<Ipv4Addr>,
     pub node_port_range: (u16, u16),
     /// What loading accepted but the lab does not use, or what the user
     /// may not expect (documents of other kinds ignored, Services without
@@ -351,6 +354,7 @@ impl Scenario {
             nodes: derived.nodes,
             fabric_gateway: derived.fabric_gateway,
             external_ip: derived.external_ip,
+            external2_ip: derived.external2_ip,
             node_port_range: derived.node_port_range,
             notes,
         })

@@ -34,6 +34,7 @@ pub(crate) struct Derived {
     pub pods: Vec<Pod>,
     pub fabric_gateway: Ipv4Addr,
     pub external_ip: Option<Ipv4Addr>,
+    pub external2_ip: Option<Ipv4Addr>,
     pub node_port_range: (u16, u16),
 }
 
@@ -154,6 +155,7 @@ pub(crate) fn derive(
             }
         }
     }
+    check_load_balancer_pool(ctx, &ranges, errs);
     if lab.node_cidr_mask_size <= lab.pod_cidr.prefix_len() || lab.node_cidr_mask_size > 28 {
         errs.at(
             lab_doc,
@@ -187,9 +189,11 @@ pub(crate) fn derive(
     }
 
     // Nodes: .1 of the node network is the fabric gateway, nodes from .2,
-    // the external client at the last usable address.
+    // the external client at the last usable address, the second external
+    // client (with a load balancer pool) just below it.
     let hosts: Vec<Ipv4Addr> = lab.node_network.hosts().collect();
-    let needed = names.len() + 1 + usize::from(lab.external);
+    let second = lab.external && lab.load_balancer_pool.is_some();
+    let needed = names.len() + 1 + usize::from(lab.external) + usize::from(second);
     if hosts.len() < needed {
         errs.at(
             lab_doc,
@@ -236,6 +240,7 @@ pub(crate) fn derive(
         .collect();
     let fabric_gateway = hosts[0];
     let external_ip = lab.external.then(|| hosts[hosts.len() - 1]);
+    let external2_ip = second.then(|| hosts[hosts.len() - 2]);
 
     check_churn(ctx, errs);
     if errs.count() > start {
@@ -253,8 +258,61 @@ pub(crate) fn derive(
         pods,
         fabric_gateway,
         external_ip,
+        external2_ip,
         node_port_range,
     })
+}
+
+/// `spec.loadBalancerPool`: every range is a network address, holds at
+/// least one address to hand out, and overlaps none of the lab's ranges.
+fn check_load_balancer_pool(ctx: &Context<'_>, ranges: &[(&str, Ipv4Net)], errs: &mut Errs) {
+    let doc = &ctx.docs[ctx.lab_doc];
+    let Some(pool) = &ctx.lab.load_balancer_pool else {
+        return;
+    };
+    let list = matches!(pool, crate::scenario::LoadBalancerPool::Addresses(_));
+    let nets = pool.nets();
+    if nets.is_empty() {
+        errs.at(
+            doc,
+            "spec.loadBalancerPool",
+            "is empty: give a CIDR or addresses",
+        );
+    }
+    let mut seen = BTreeSet::new();
+    for (i, net) in nets.iter().enumerate() {
+        let field = if list {
+            format!("spec.loadBalancerPool[{i}]")
+        } else {
+            "spec.loadBalancerPool".to_string()
+        };
+        if net.network() != net.addr() {
+            errs.at(
+                doc,
+                &field,
+                format!("{net} has host bits set; did you mean {}?", net.trunc()),
+            );
+            continue;
+        }
+        if net.hosts().next().is_none() {
+            errs.at(doc, &field, format!("{net} has no address to hand out"));
+        }
+        if net.addr().is_loopback() || net.addr().is_multicast() || net.addr().is_unspecified() {
+            errs.at(
+                doc,
+                &field,
+                format!("{} is not a unicast address", net.addr()),
+            );
+        }
+        if !seen.insert(net.addr()) {
+            errs.at(doc, &field, format!("duplicate address {}", net.addr()));
+        }
+        for (other, range) in ranges {
+            if range.contains(&net.network()) || net.contains(&range.network()) {
+                errs.at(doc, &field, format!("{net} overlaps {other} {range}"));
+            }
+        }
+    }
 }
 
 fn parse_port_range(s: &str) -> Option<(u16, u16)> {
@@ -903,6 +961,30 @@ fn check_services(
             }
         }
 
+        if let Err(v) = crate::controlplane::lb_ip_mode(svc) {
+            errs.at(
+                doc,
+                &format!(
+                    "metadata.annotations.{}",
+                    crate::controlplane::LB_IP_MODE_ANNOTATION
+                ),
+                format!("{} is not VIP or Proxy", elide(&v)),
+            );
+        }
+        for (i, r) in spec
+            .load_balancer_source_ranges
+            .iter()
+            .flatten()
+            .enumerate()
+        {
+            if r.trim().parse::<Ipv4Net>().is_err() {
+                errs.at(
+                    doc,
+                    &format!("spec.loadBalancerSourceRanges[{i}]"),
+                    format!("{} is not an IPv4 CIDR", elide(r)),
+                );
+            }
+        }
         check_labels(errs, doc, "spec.selector", spec.selector.as_ref());
         let selector: BTreeMap<String, String> = spec
             .selector

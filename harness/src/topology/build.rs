@@ -69,7 +69,16 @@ fn init_namespace(role: &Role) -> Result<(), crate::netns::NetNsError> {
             // DNAT can be undone (kube-proxy requires br_netfilter).
             write_sysctl("net.bridge.bridge-nf-call-iptables", "1")
         }
-        Role::Client => write_sysctl("net.ipv4.ip_local_port_range", "10000 65000"),
+        Role::Client => {
+            // A node forwards what it does not DNAT back out of the link it
+            // came in on, and tells the sender so with an ICMP redirect; an
+            // external client that took it would send every later packet to
+            // that address past the node (as a load balancer in front of
+            // the cluster would not). Both knobs must be off for a host.
+            write_sysctl("net.ipv4.conf.all.accept_redirects", "0")?;
+            write_sysctl("net.ipv4.conf.default.accept_redirects", "0")?;
+            write_sysctl("net.ipv4.ip_local_port_range", "10000 65000")
+        }
     }
 }
 
@@ -101,6 +110,7 @@ pub(super) async fn create(t: &Topology) -> Result<BuildTimes, TopologyError> {
 async fn create_namespaces(t: &Topology) -> Result<(), TopologyError> {
     let mut work: Vec<(String, Role)> = vec![(t.fabric.clone(), Role::Fabric)];
     work.extend(t.external.iter().map(|e| (e.clone(), Role::Client)));
+    work.extend(t.external2.iter().map(|e| (e.clone(), Role::Client)));
     work.extend(t.nodes.iter().map(|n| (n.netns.clone(), Role::Node)));
     work.extend(t.pods.iter().map(|p| (p.netns.clone(), Role::Client)));
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get()) * 2;
@@ -219,6 +229,9 @@ async fn build_fabric(t: &Topology) -> Result<(), TopologyError> {
     if let Some(ext) = &t.external {
         ports.push((t.run.external_port(), IDX_PORTS - 1, ext.clone()));
     }
+    if let Some(ext) = &t.external2 {
+        ports.push((t.run.external2_port(), IDX_PORTS - 2, ext.clone()));
+    }
     stream::iter(ports)
         .map(|(port, index, peer_ns)| {
             let h = h.clone();
@@ -242,11 +255,25 @@ async fn build_fabric(t: &Topology) -> Result<(), TopologyError> {
         .try_collect::<Vec<()>>()
         .await?;
 
-    if let (Some(ext), Some(ip)) = (&t.external, t.external_ip) {
+    let clients = [
+        (t.external.as_ref(), t.external_ip),
+        (t.external2.as_ref(), t.external2_ip),
+    ];
+    for (ext, ip) in clients {
+        let (Some(ext), Some(ip)) = (ext, ip) else {
+            continue;
+        };
         let h = connect_in(ext)?;
         set_up(&h, ext, 1, "lo").await?;
         add_addr(&h, ext, IDX_UPLINK, ip, t.node_network.prefix_len()).await?;
         set_up(&h, ext, IDX_UPLINK, NODE_UPLINK).await?;
+        // A load balancer in front of the cluster forwards its addresses to
+        // some node; here the first.
+        if let Some(first) = t.nodes.first() {
+            for net in &t.lb_pool {
+                add_route(&h, ext, *net, first.ip).await?;
+            }
+        }
     }
     Ok(())
 }

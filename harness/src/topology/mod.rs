@@ -1,7 +1,8 @@
 //! The emulated cluster's network: a fabric namespace with a bridge joining
 //! the nodes, per node a namespace with an uplink (node IP) and a `cni0`
 //! bridge (pod gateway), per pod a namespace with `eth0`, and optionally an
-//! `external` client namespace on the fabric. Routing is host-gw: every node
+//! `external` client namespace on the fabric (and `external-2`, with a load
+//! balancer pool, which both route to the first node). Routing is host-gw: every node
 //! routes the other nodes' pod CIDRs via their node IPs.
 //!
 //! Built through rtnetlink, concurrently; torn down by deleting the
@@ -74,6 +75,16 @@ pub struct Topology {
     pub node_network: Ipv4Net,
     pub external: Option<String>,
     pub external_ip: Option<Ipv4Addr>,
+    /// The second external client, on the node network too (with a load
+    /// balancer pool: the one outside the source ranges).
+    #[serde(default)]
+    pub external2: Option<String>,
+    #[serde(default)]
+    pub external2_ip: Option<Ipv4Addr>,
+    /// The load balancer pool, which the external clients route to the
+    /// first node (as a load balancer forwards to some node).
+    #[serde(default)]
+    pub lb_pool: Vec<Ipv4Net>,
     pub nodes: Vec<NodeNet>,
     pub pods: Vec<PodNet>,
 }
@@ -121,6 +132,14 @@ impl Topology {
             node_network: scenario.lab.node_network,
             external: scenario.lab.external.then(|| run.external_ns()),
             external_ip: scenario.external_ip,
+            external2: scenario.external2_ip.map(|_| run.external2_ns()),
+            external2_ip: scenario.external2_ip,
+            lb_pool: scenario
+                .lab
+                .load_balancer_pool
+                .as_ref()
+                .map(|p| p.nets())
+                .unwrap_or_default(),
             nodes,
             pods,
         }
@@ -130,6 +149,7 @@ impl Topology {
     pub fn namespaces(&self) -> Vec<NetNs> {
         std::iter::once(self.fabric.clone())
             .chain(self.external.clone())
+            .chain(self.external2.clone())
             .chain(self.nodes.iter().map(|n| n.netns.clone()))
             .chain(self.pods.iter().map(|p| p.netns.clone()))
             .map(NetNs::new)

@@ -48,6 +48,11 @@ impl RunId {
         format!("{}external", self.ns_prefix())
     }
 
+    /// The second external client (with a load balancer pool).
+    pub fn external2_ns(&self) -> String {
+        format!("{}external-2", self.ns_prefix())
+    }
+
     pub fn node_ns(&self, node: &str) -> String {
         format!("{}{node}", self.ns_prefix())
     }
@@ -69,6 +74,11 @@ impl RunId {
     /// Fabric side of the external client's link.
     pub fn external_port(&self) -> String {
         format!("{LINK_PREFIX}{}x", self.0)
+    }
+
+    /// Fabric side of the second external client's link.
+    pub fn external2_port(&self) -> String {
+        format!("{LINK_PREFIX}{}x2", self.0)
     }
 
     /// Node side of pod `index`'s veth (the CNI's `vethXXXX`).
@@ -100,6 +110,7 @@ mod tests {
             id.fabric_bridge(),
             id.fabric_port(249),
             id.external_port(),
+            id.external2_port(),
             id.pod_port(99_999),
         ] {
             assert!(link.len() <= 15, "{link} is longer than IFNAMSIZ-1");

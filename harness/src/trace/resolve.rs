@@ -57,6 +57,18 @@ pub fn from(spec: &str, topology: &Topology) -> Result<From, TraceError> {
                 .ok_or_else(|| bad("this lab has no external client".into()))?,
             node: None,
         }),
+        ["external-2"] => Ok(From {
+            kind: "external".into(),
+            name: "external-2".into(),
+            netns: topology
+                .external2
+                .clone()
+                .ok_or_else(|| bad("this lab has no second external client".into()))?,
+            ip: topology
+                .external2_ip
+                .ok_or_else(|| bad("this lab has no second external client".into()))?,
+            node: None,
+        }),
         ["node", name] => {
             let n = topology.node(name).ok_or_else(|| {
                 bad(format!(
