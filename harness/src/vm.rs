@@ -8,6 +8,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 pub use crate::cli::vm::VmArgs;
@@ -59,7 +61,8 @@ fn script(exe: &Path, cwd: &Path, command: &[String], kernel: &Path) -> String {
         .unwrap_or_default();
     let args: Vec<String> = command.iter().map(|a| shell_quote(a)).collect();
     format!(
-        "for m in {MODULES}; do modprobe -q $m 2>/dev/null; done; \
+        "echo 'svclab vm: the guest is up' >&2; \
+         for m in {MODULES}; do modprobe -q $m 2>/dev/null; done; \
          export SVCLAB_IN_VM={release} CI={ci}; cd {cwd} && exec {exe} {args}",
         ci = shell_quote(&std::env::var("CI").unwrap_or_default()),
         cwd = shell_quote(&cwd.display().to_string()),
@@ -110,63 +113,93 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
             "svclab vm: booting {} (software emulation, about 40 s)",
             kernel.display()
         );
-        let mut child = Command::new("vng")
-            .arg("--run")
-            .arg(kernel)
-            .args([
-                "--disable-kvm",
-                "--memory",
-                &args.memory,
-                "--cpus",
-                &args.cpus.to_string(),
-            ])
-            .arg(format!("--rwdir={}", results.display()))
-            // The VM mounts its own /var/cache: upstream kube-proxy's
-            // builds are bound in, read-only, at the same path.
-            .args(
-                Some(crate::kubeproxy::cache_dir())
-                    .filter(|d| d.is_dir())
-                    .map(|d| format!("--rodir={}", d.display())),
-            )
-            .arg("--exec")
-            .arg(script(&exe, &cwd, &args.command, kernel))
-            .stdin(Stdio::null())
-            // Relayed, not inherited: qemu reopens an inherited stdout
-            // through /proc/self/fd, at offset 0, and so wrote over a log
-            // file that `ci/test > log` had already filled.
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting vng")?;
-        let relays = [
-            relay(child.stdout.take(), std::io::stdout),
-            relay(child.stderr.take(), std::io::stderr),
-        ];
-        let deadline = start + Duration::from_secs(args.timeout);
-        let status = loop {
-            if let Some(s) = child.try_wait()? {
-                break Some(s);
+        // qemu under software emulation has been seen to hang before the
+        // guest starts (no output, no CPU) for the whole timeout; a boot
+        // that says nothing for BOOT_SILENCE is killed and tried again.
+        let mut attempt = 0;
+        let outcome = loop {
+            attempt += 1;
+            let boot_start = Instant::now();
+            let mut child = Command::new("vng")
+                .arg("--run")
+                .arg(kernel)
+                .args([
+                    "--disable-kvm",
+                    "--memory",
+                    &args.memory,
+                    "--cpus",
+                    &args.cpus.to_string(),
+                ])
+                .arg(format!("--rwdir={}", results.display()))
+                // The VM mounts its own /var/cache: upstream kube-proxy's
+                // builds are bound in, read-only, at the same path.
+                .args(
+                    Some(crate::kubeproxy::cache_dir())
+                        .filter(|d| d.is_dir())
+                        .map(|d| format!("--rodir={}", d.display())),
+                )
+                .arg("--exec")
+                .arg(script(&exe, &cwd, &args.command, kernel))
+                .stdin(Stdio::null())
+                // Relayed, not inherited: qemu reopens an inherited stdout
+                // through /proc/self/fd, at offset 0, and so wrote over a log
+                // file that `ci/test > log` had already filled.
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .context("starting vng")?;
+            let seen = Arc::new(AtomicBool::new(false));
+            let relays = [
+                relay(child.stdout.take(), std::io::stdout, seen.clone()),
+                relay(child.stderr.take(), std::io::stderr, seen.clone()),
+            ];
+            let deadline = boot_start + Duration::from_secs(args.timeout);
+            let outcome = loop {
+                if let Some(s) = child.try_wait()? {
+                    break Boot::Exited(s);
+                }
+                let silent = !seen.load(Ordering::Relaxed) && boot_start.elapsed() > BOOT_SILENCE;
+                if silent || Instant::now() > deadline {
+                    // vng's qemu first, then vng itself.
+                    crate::bench::procs::kill_descendants(&[child.id()]);
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break if silent { Boot::Silent } else { Boot::TimedOut };
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            };
+            if let Boot::Exited(_) = outcome {
+                // The VM is gone; its output ends with it.
+                for r in relays.into_iter().flatten() {
+                    let _ = r.join();
+                }
             }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
+            if matches!(outcome, Boot::Silent) && attempt < BOOT_ATTEMPTS {
+                tracing::warn!(
+                    "svclab vm: {} said nothing in {} s (qemu hung before the guest started); \
+                     booting it again",
+                    kernel.display(),
+                    BOOT_SILENCE.as_secs()
+                );
+                continue;
             }
-            std::thread::sleep(Duration::from_millis(200));
+            break outcome;
         };
-        if status.is_some() {
-            // The VM is gone; its output ends with it.
-            for r in relays.into_iter().flatten() {
-                let _ = r.join();
-            }
-        }
-        match status {
-            Some(s) if s.success() => {}
-            Some(s) => {
+        match outcome {
+            Boot::Exited(s) if s.success() => {}
+            Boot::Exited(s) => {
                 tracing::warn!("svclab vm: {} exited with {s}", kernel.display());
                 failed = true;
             }
-            None => {
+            Boot::Silent => {
+                tracing::warn!(
+                    "svclab vm: {} said nothing in {} s, {BOOT_ATTEMPTS} times; killed",
+                    kernel.display(),
+                    BOOT_SILENCE.as_secs()
+                );
+                failed = true;
+            }
+            Boot::TimedOut => {
                 tracing::warn!(
                     "svclab vm: {} did not finish within {} s; killed",
                     kernel.display(),
@@ -196,17 +229,49 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
     })
 }
 
-/// Copies a child's output to ours as it comes, on a thread.
-fn relay<R, W>(from: Option<R>, to: fn() -> W) -> Option<std::thread::JoinHandle<()>>
+/// Copies a child's output to ours as it comes, on a thread; `seen` turns
+/// true at its first byte.
+fn relay<R, W>(
+    from: Option<R>,
+    to: fn() -> W,
+    seen: Arc<AtomicBool>,
+) -> Option<std::thread::JoinHandle<()>>
 where
     R: std::io::Read + Send + 'static,
     W: std::io::Write + 'static,
 {
     let mut from = from?;
     Some(std::thread::spawn(move || {
-        let _ = std::io::copy(&mut from, &mut to());
+        let mut buf = [0u8; 8192];
+        let mut out = to();
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    seen.store(true, Ordering::Relaxed);
+                    if out.write_all(&buf[..n]).and_then(|()| out.flush()).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
     }))
 }
+
+/// How one boot ended.
+enum Boot {
+    Exited(std::process::ExitStatus),
+    /// No output at all within [`BOOT_SILENCE`].
+    Silent,
+    /// Past `--timeout`.
+    TimedOut,
+}
+
+/// A guest prints its first line (the svclab command's) about 40 s after
+/// qemu starts, a few minutes at most on a loaded host.
+const BOOT_SILENCE: Duration = Duration::from_secs(300);
+/// Boots tried when one stays silent.
+const BOOT_ATTEMPTS: u32 = 2;
 
 fn which(program: &str) -> Result<()> {
     let found = std::env::var("PATH")
