@@ -25,6 +25,13 @@ pub const STATE_FAULTS: [Fault; 8] = [
     Fault::IgnoreTopologyHints,
 ];
 
+/// Whether `fault` is bent before any backend sees its input (in this
+/// wrapper, or in the agent's watch, [`Fault::IgnoreProxyLabels`]): the same
+/// defect on every backend, as opposed to one in a backend's own rules.
+pub fn bent_before_backend(fault: Fault) -> bool {
+    STATE_FAULTS.contains(&fault) || fault == Fault::IgnoreProxyLabels
+}
+
 /// The affinity timeout [`Fault::AffinityNoTimeout`] programs: the API
 /// server's default (3 h), whatever the Service says.
 const STUCK_AFFINITY_SECONDS: u32 = 10800;

@@ -5,7 +5,7 @@
 mod common;
 
 use svclab_backends::Fault;
-use svclab_backends::faults::STATE_FAULTS;
+use svclab_backends::faults::bent_before_backend;
 
 /// (fault, the check that must fail, a phrase of its failing evidence)
 const FAULTS: [(&str, &str, &str); 10] = [
@@ -47,7 +47,7 @@ const FAULTS: [(&str, &str, &str); 10] = [
 /// in a backend's own rules runs on both rule-writing backends.
 fn backends_for(fault: &str) -> &'static [&'static str] {
     let f: Fault = fault.parse().expect("a known fault");
-    if STATE_FAULTS.contains(&f) || f == Fault::IgnoreProxyLabels {
+    if bent_before_backend(f) {
         &["iptables"]
     } else {
         &["iptables", "nftables"]

@@ -9,19 +9,15 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use svclab_backends::Feature;
-use svclab_backends::model::Protocol;
 use svclab_backends::nodeport_addresses;
 
 use super::{CheckResult, Ctx, Evidence, all_reach, names, none_answered, tally};
 
 pub async fn localhost_nodeport(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<CheckResult> {
-    // One TCP NodePort Service with externalTrafficPolicy Cluster is enough.
-    let Some(t) = ctx.targets().into_iter().find(|t| {
-        t.node_port.is_some() && !t.etp_local && t.protocol == Protocol::Tcp && t.has_any()
-    }) else {
+    let Some(t) = super::nodeport_addresses::cluster_tcp_nodeport(ctx) else {
         return Ok(CheckResult::skip(
             name,
-            "the scenario has no TCP NodePort Service (Cluster policy) with endpoints",
+            super::nodeport_addresses::NO_CLUSTER_TCP_NODEPORT,
         ));
     };
     let np = t.node_port.unwrap_or(0);

@@ -17,8 +17,21 @@ use svclab_backends::kubeproxy::Mode;
 use svclab_backends::model::Protocol;
 use svclab_backends::nodeport_addresses;
 
+use super::expect::Target;
 use super::{CheckResult, Ctx, Evidence, all_reach, names, none_answered, tally};
 use crate::probe::Vantage;
+
+/// Why a check that needs [`cluster_tcp_nodeport`] skips without one.
+pub const NO_CLUSTER_TCP_NODEPORT: &str =
+    "the scenario has no TCP NodePort Service (Cluster policy) with endpoints";
+
+/// A TCP NodePort service port with externalTrafficPolicy Cluster and
+/// endpoints: one is enough to probe a node's addresses.
+pub fn cluster_tcp_nodeport(ctx: &Ctx<'_>) -> Option<Target> {
+    ctx.targets().into_iter().find(|t| {
+        t.node_port.is_some() && !t.etp_local && t.protocol == Protocol::Tcp && t.has_any()
+    })
+}
 
 /// The setting in force, and where it comes from: the Lab's, or the
 /// backend's default.
@@ -36,13 +49,8 @@ pub fn setting(lab: &[String], backend: Option<&BackendKind>) -> (Vec<String>, &
 }
 
 pub async fn nodeport_addresses(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<CheckResult> {
-    let Some(t) = ctx.targets().into_iter().find(|t| {
-        t.node_port.is_some() && !t.etp_local && t.protocol == Protocol::Tcp && t.has_any()
-    }) else {
-        return Ok(CheckResult::skip(
-            name,
-            "the scenario has no TCP NodePort Service (Cluster policy) with endpoints",
-        ));
+    let Some(t) = cluster_tcp_nodeport(ctx) else {
+        return Ok(CheckResult::skip(name, NO_CLUSTER_TCP_NODEPORT));
     };
     let np = t.node_port.unwrap_or(0);
     let (setting, source) = setting(
