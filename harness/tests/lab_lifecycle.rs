@@ -39,6 +39,16 @@ fn up_and_down_leave_the_host_namespace_identical() {
         common::run_namespaces(&run).len() >= 9,
         "the lab's namespaces exist while it is up"
     );
+    // Inside, the ICMP limits that would turn a burst of REJECTs into
+    // timeouts are lifted (per namespace on this kernel).
+    for (key, want) in [
+        ("net.ipv4.icmp_ratelimit", "0"),
+        ("net.ipv4.icmp_msgs_burst", "100000"),
+    ] {
+        let ns = format!("svclab-{run}-node-0");
+        let got = common::host::cmd_text(&["ip", "netns", "exec", &ns, "sysctl", "-n", key]);
+        assert_eq!(got.trim(), want, "{key} in {ns}");
+    }
     let during = snapshot();
     let down = common::run(&["down", "--run", &run]);
     assert!(down.status.success(), "{}", common::text(&down));

@@ -83,12 +83,18 @@ fn init_namespace(role: &Role) -> Result<(), crate::netns::NetNsError> {
 }
 
 /// The lab probes far faster than real clients; the kernel's ICMP rate
-/// limit (a burst of 6 per destination, then one per second) would turn a
-/// Service's REJECTs into silent timeouts after a few probes.
+/// limits would turn a Service's REJECTs into silent timeouts:
+/// - per destination, a burst of 6 and then one a second (`icmp_ratelimit`);
+/// - per namespace, a bucket of `icmp_msgs_burst` (50) refilled at most
+///   every 20 ms: a check's few dozen rejects in a millisecond empty it,
+///   and the next ones are dropped (`IcmpOutRateLimitGlobal` in `nstat`;
+///   seen as no-endpoints-reject timeouts from the node's own pod).
 fn unlimited_icmp() -> Result<(), crate::netns::NetNsError> {
     write_sysctl("net.ipv4.icmp_ratelimit", "0")?;
-    // Per namespace only on newer kernels; the global default is high.
+    // Per namespace from 6.12 on; an older kernel keeps them global, does
+    // not show them in a lab namespace, and the write fails harmlessly.
     let _ = write_sysctl("net.ipv4.icmp_msgs_per_sec", "100000");
+    let _ = write_sysctl("net.ipv4.icmp_msgs_burst", "100000");
     Ok(())
 }
 

@@ -26,6 +26,10 @@ pub const HOST_SYSCTLS: &[&str] = &[
     "/proc/sys/net/bridge/bridge-nf-call-ip6tables",
     "/proc/sys/net/ipv4/ip_forward",
     "/proc/sys/net/ipv6/conf/all/forwarding",
+    // The lab lifts these inside its own namespaces only.
+    "/proc/sys/net/ipv4/icmp_ratelimit",
+    "/proc/sys/net/ipv4/icmp_msgs_per_sec",
+    "/proc/sys/net/ipv4/icmp_msgs_burst",
     "/proc/sys/vm/overcommit_memory",
     "/proc/sys/kernel/panic",
     "/proc/sys/kernel/panic_on_oops",
