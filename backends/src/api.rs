@@ -113,11 +113,6 @@ pub const NO_LOCALHOST_NODEPORTS_NFTABLES: &str = "nftables mode does not serve 
 pub const NO_LOCALHOST_NODEPORTS_IPVS: &str = "IPVS mode does not serve NodePorts on 127.0.0.1: kube-proxy serves loopback NodePorts in \
      iptables mode only (iptables.localhostNodePorts; nodePortAddresses in \
      pkg/proxy/apis/config/types.go)";
-/// Why svclab's iptables backends do not (yet) serve them.
-pub const NO_LOCALHOST_NODEPORTS_IPTABLES: &str = "svclab's iptables backend serves NodePorts on the node's own address only, as kube-proxy's \
-     iptables mode with nodePortAddresses [primary], and sets no route_localnet; kube-proxy's \
-     default (all local addresses, localhostNodePorts true) also serves 127.0.0.1, which this \
-     backend does not implement";
 
 /// Result of a sync.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -246,11 +241,15 @@ pub enum Fault {
     /// Ignore `spec.loadBalancerSourceRanges`: every source reaches a load
     /// balancer IP (breaks loadbalancer-source-ranges).
     LbIgnoreSourceRanges,
+    /// Program localhost NodePorts without setting `route_localnet`: the
+    /// kernel drops the DNATed packets from 127.0.0.1 as martians (breaks
+    /// localhost-nodeport on the iptables backends, the ones that serve it).
+    NoRouteLocalnet,
 }
 
 impl Fault {
     /// Every fault with its command-line name.
-    pub const ALL: [(Fault, &'static str); 15] = [
+    pub const ALL: [(Fault, &'static str); 16] = [
         (Fault::MissingMasquerade, "missing-masquerade"),
         (Fault::WrongProbability, "wrong-probability"),
         (Fault::NoReject, "no-reject"),
@@ -266,6 +265,7 @@ impl Fault {
         (Fault::IgnoreTopologyHints, "ignore-topology-hints"),
         (Fault::LbNoIngress, "lb-no-ingress"),
         (Fault::LbIgnoreSourceRanges, "lb-ignore-source-ranges"),
+        (Fault::NoRouteLocalnet, "no-route-localnet"),
     ];
 }
 

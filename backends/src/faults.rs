@@ -240,6 +240,7 @@ mod tests {
         assert_eq!(
             NodeContext {
                 node_port_ips: None,
+                localhost_node_ports: false,
                 ..bent
             },
             node

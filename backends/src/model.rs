@@ -245,6 +245,12 @@ pub struct NodeContext {
     /// is svclab's default: the node IP alone.
     #[serde(default)]
     pub node_port_ips: Option<Vec<Ipv4Addr>>,
+    /// `nodePortAddresses` covers 127.0.0.1: a backend that can serve
+    /// NodePorts on loopback from the node itself (kube-proxy's iptables
+    /// mode, `iptables.localhostNodePorts`) does. Loopback is never among
+    /// [`Self::node_port_ips`].
+    #[serde(default)]
+    pub localhost_node_ports: bool,
 }
 
 impl NodeContext {

@@ -6,8 +6,10 @@
 //! svclab's backends resolve it once per node into
 //! [`NodeContext::node_port_ips`](crate::model::NodeContext): the node IP and
 //! the pod bridge's address are the addresses a lab node has. Loopback is
-//! never among them: svclab's backends do not serve NodePorts on 127.0.0.1
-//! (see [`crate::api::NO_LOCALHOST_NODEPORTS_IPTABLES`]).
+//! never among them: whether the setting covers 127.0.0.1 is
+//! [`NodeContext::localhost_node_ports`](crate::model::NodeContext), which
+//! only the iptables backends act on (as kube-proxy's iptables mode alone
+//! serves localhost NodePorts).
 
 use std::net::{IpAddr, Ipv4Addr};
 

@@ -64,6 +64,7 @@ pub fn node() -> NodeContext {
         bridge: "cni0".into(),
         uplink: "eth0".into(),
         node_port_ips: None,
+        localhost_node_ports: false,
         zone: None,
     }
 }

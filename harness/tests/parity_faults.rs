@@ -8,7 +8,7 @@ use svclab_backends::Fault;
 use svclab_backends::faults::bent_before_backend;
 
 /// (fault, the check that must fail, a phrase of its failing evidence)
-const FAULTS: [(&str, &str, &str); 10] = [
+const FAULTS: [(&str, &str, &str); 11] = [
     ("no-external-ips", "external-ips", "external IP"),
     ("require-serving", "publish-not-ready", "still reached"),
     (
@@ -39,15 +39,25 @@ const FAULTS: [(&str, &str, &str); 10] = [
         "loadbalancer-source-ranges",
         "is outside",
     ),
+    (
+        "no-route-localnet",
+        "localhost-nodeport",
+        "a ready endpoint",
+    ),
 ];
 
 /// The backends a fault is tried on. A fault bent before any backend sees
 /// it (in the fault wrapper's input, or in the agent's watch) is the same
 /// defect on every backend, so one shows that the check catches it; a fault
-/// in a backend's own rules runs on both rule-writing backends.
+/// in a backend's own rules runs on both rule-writing backends, or on the
+/// backends that have the behaviour it breaks.
 fn backends_for(fault: &str) -> &'static [&'static str] {
     let f: Fault = fault.parse().expect("a known fault");
-    if bent_before_backend(f) {
+    if f == Fault::NoRouteLocalnet {
+        // Only the iptables backends serve localhost NodePorts (nftables
+        // declares it unsupported, as kube-proxy's nftables mode).
+        &["iptables", "iptables-legacy"]
+    } else if bent_before_backend(f) {
         &["iptables"]
     } else {
         &["iptables", "nftables"]

@@ -44,8 +44,9 @@ const IPTABLES: &[Known] = &[
                 || (l.starts_with("filter: -A KUBE-FIREWALL ")
                     && l.contains("block incoming localnet connections"))
         },
-        why: "kube-proxy's guard for route_localnet (localhost NodePorts, iptables mode only); \
-              svclab's backend serves NodePorts on node addresses and sets no route_localnet",
+        why: "kube-proxy's guard for route_localnet where its default nodePortAddresses (all) \
+              serves localhost NodePorts; svclab's default (primary) does not (with a setting \
+              that covers 127.0.0.1, as behaviours.yaml's, both write it)",
     },
     Known {
         side: Upstream,
@@ -55,8 +56,9 @@ const IPTABLES: &[Known] = &[
                 || (l.starts_with("nat: -A KUBE-SERVICES -d 127.0.0.1/32 ")
                     && l.ends_with("this must be the last rule in this chain\" -j KUBE-NODEPORTS"))
         },
-        why: "localhost NodePorts (127.0.0.1:<nodePort>: behaviours.yaml's nodePortAddresses \
-              has 127.0.0.0/8), counted with nfacct; not implemented by svclab's backend",
+        why: "localhost NodePorts counted with nfacct (the 127.0.0.0/8 rule), which svclab's \
+              backend does not count; and the loopback jump where upstream's default (all) \
+              serves them and svclab's (primary) does not",
     },
     Known {
         side: Upstream,

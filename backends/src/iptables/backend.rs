@@ -19,6 +19,11 @@ use crate::{
 pub const DUMP_EXT: &str = "iptables";
 
 const TCP_LIBERAL_SYSCTL: &str = "/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal";
+/// Lets the node route packets to or from 127.0.0.0/8 (after DNAT, a
+/// localhost NodePort's packet leaves with source 127.0.0.1 until it is
+/// masqueraded); without it the kernel drops them as martians. Per
+/// namespace: the node's own.
+const ROUTE_LOCALNET: &str = "/proc/sys/net/ipv4/conf/all/route_localnet";
 
 pub struct IptablesBackend {
     flavor: Flavor,
@@ -31,6 +36,8 @@ pub struct IptablesBackend {
     need_full: bool,
     syncs: u64,
     deleted_chains: u64,
+    /// route_localnet's value before setup set it, restored by cleanup.
+    route_localnet: Option<String>,
 }
 
 impl IptablesBackend {
@@ -50,13 +57,21 @@ impl IptablesBackend {
             need_full: true,
             syncs: 0,
             deleted_chains: 0,
+            route_localnet: None,
         }
     }
 }
 
 impl Backend for IptablesBackend {
-    fn setup(&mut self, _node: &NodeContext) -> Result<(), BackendError> {
+    fn setup(&mut self, node: &NodeContext) -> Result<(), BackendError> {
         hooks::ensure(self.flavor)?;
+        if node.localhost_node_ports && !self.options.has_fault(Fault::NoRouteLocalnet) {
+            let was = std::fs::read_to_string(ROUTE_LOCALNET)
+                .map_err(|e| BackendError::io(format!("reading {ROUTE_LOCALNET}"), e))?;
+            std::fs::write(ROUTE_LOCALNET, "1")
+                .map_err(|e| BackendError::io(format!("writing 1 to {ROUTE_LOCALNET}"), e))?;
+            self.route_localnet = Some(was.trim().to_string());
+        }
         self.config.conntrack_tcp_liberal =
             std::fs::read_to_string(TCP_LIBERAL_SYSCTL).is_ok_and(|v| v.trim() != "0");
         // Service chains of an earlier run: the first full sync deletes
@@ -125,6 +140,16 @@ impl Backend for IptablesBackend {
     fn cleanup(&mut self) -> Result<(), Vec<BackendError>> {
         self.book.reset();
         self.need_full = true;
-        cleanup::remove_all(self.flavor)
+        let mut result = cleanup::remove_all(self.flavor);
+        if let Some(was) = self.route_localnet.take()
+            && let Err(e) = std::fs::write(ROUTE_LOCALNET, &was)
+        {
+            let e = BackendError::io(format!("restoring {ROUTE_LOCALNET} to {was}"), e);
+            match &mut result {
+                Ok(()) => result = Err(vec![e]),
+                Err(v) => v.push(e),
+            }
+        }
+        result
     }
 }

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use super::fixtures::{ep, node, p80, port, state};
 use super::render_full;
 use crate::BackendOptions;
-use crate::model::{Protocol, ProxyState};
+use crate::model::{NodeContext, Protocol, ProxyState};
 
 fn golden_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -325,4 +325,28 @@ fn kube_proxy_golden_lines_appear_verbatim() {
         "-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this must \
          be the last rule in this chain\" -d 192.168.0.2 -j KUBE-NODEPORTS"
     ));
+}
+
+/// With nodePortAddresses covering 127.0.0.1, the loopback jump and
+/// kube-proxy's route_localnet guard, the guard as kube-proxy's own
+/// golden (TestOverallIPTablesRules) writes it; without, neither.
+#[test]
+fn localhost_nodeports_add_the_loopback_jump_and_the_guard() {
+    let guard = "-A KUBE-FIREWALL -m comment --comment \"block incoming localnet connections\" \
+                 -d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate \
+                 RELATED,ESTABLISHED,DNAT -j DROP";
+    let jump = "-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: \
+                this must be the last rule in this chain\" -d 127.0.0.1/32 -j KUBE-NODEPORTS";
+    let on = NodeContext {
+        localhost_node_ports: true,
+        ..node()
+    };
+    for (node, served) in [(node(), false), (on, true)] {
+        let got = render_full(&kube_proxy_overall(), &node, &BackendOptions::default());
+        let lines: Vec<&str> = got.lines().collect();
+        assert_eq!(lines.contains(&guard), served, "guard:\n{got}");
+        assert_eq!(lines.contains(&jump), served, "loopback jump:\n{got}");
+        // The chain is the backend's either way (flushed with the table).
+        assert!(lines.contains(&":KUBE-FIREWALL - [0:0]"), "{got}");
+    }
 }

@@ -11,9 +11,11 @@ const POSTROUTING: &str = "kubernetes postrouting rules";
 const FORWARDING: &str = "kubernetes forwarding rules";
 const FIREWALL: &str = "kubernetes load balancer firewall";
 
-/// kube-proxy's jumps, in its order. Each is inserted at the top, so the
-/// last one of a chain ends up first, as with kube-proxy.
-pub const JUMPS: [Jump; 12] = [
+/// kube-proxy's jumps, in its order, and then the two it shares with
+/// kubelet (`iptablesKubeletJumpChains`, no comment), which it ensures
+/// whether or not KUBE-FIREWALL holds anything. Each is inserted at the
+/// top, so the last one of a chain ends up first, as with kube-proxy.
+pub const JUMPS: [Jump; 14] = [
     Jump::new("filter", "INPUT", "KUBE-EXTERNAL-SERVICES", EXTERNAL).new_only(),
     Jump::new("filter", "FORWARD", "KUBE-EXTERNAL-SERVICES", EXTERNAL).new_only(),
     Jump::new(
@@ -31,6 +33,8 @@ pub const JUMPS: [Jump; 12] = [
     Jump::new("nat", "OUTPUT", "KUBE-SERVICES", PORTALS),
     Jump::new("nat", "PREROUTING", "KUBE-SERVICES", PORTALS),
     Jump::new("nat", "POSTROUTING", "KUBE-POSTROUTING", POSTROUTING),
+    Jump::new("filter", "INPUT", "KUBE-FIREWALL", ""),
+    Jump::new("filter", "OUTPUT", "KUBE-FIREWALL", ""),
 ];
 
 /// Creates the target chains and inserts the jumps that are missing;

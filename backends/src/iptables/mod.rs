@@ -40,12 +40,7 @@ use crate::{BackendError, BackendSpec, Evidence, FloorTool, Trace};
 pub const SPEC: BackendSpec = BackendSpec {
     name: "iptables",
     capability: || probe::capability(Flavor::Nft),
-    limitations: |_| {
-        vec![(
-            crate::Feature::LocalhostNodePort,
-            crate::api::NO_LOCALHOST_NODEPORTS_IPTABLES.to_string(),
-        )]
-    },
+    limitations: |_| Vec::new(),
     create: |options| Box::new(backend::IptablesBackend::new(Flavor::Nft, options)),
     trace: Trace {
         notes: None,
@@ -58,12 +53,7 @@ pub const SPEC: BackendSpec = BackendSpec {
 pub const LEGACY_SPEC: BackendSpec = BackendSpec {
     name: "iptables-legacy",
     capability: || probe::capability(Flavor::Legacy),
-    limitations: |_| {
-        vec![(
-            crate::Feature::LocalhostNodePort,
-            crate::api::NO_LOCALHOST_NODEPORTS_IPTABLES.to_string(),
-        )]
-    },
+    limitations: |_| Vec::new(),
     create: |options| Box::new(backend::IptablesBackend::new(Flavor::Legacy, options)),
     trace: Trace {
         notes: Some(

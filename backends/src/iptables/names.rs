@@ -168,13 +168,15 @@ pub const NAT_TOP: [&str; 4] = [
     "KUBE-MARK-MASQ",
 ];
 
-/// kube-proxy's chains in the filter table, in its order.
-pub const FILTER_TOP: [&str; 5] = [
+/// kube-proxy's chains in the filter table, in its order (KUBE-FIREWALL,
+/// which kubelet shares, holds the guard of localhost NodePorts).
+pub const FILTER_TOP: [&str; 6] = [
     "KUBE-SERVICES",
     "KUBE-EXTERNAL-SERVICES",
     "KUBE-FORWARD",
     "KUBE-NODEPORTS",
     "KUBE-PROXY-FIREWALL",
+    "KUBE-FIREWALL",
 ];
 
 #[cfg(test)]

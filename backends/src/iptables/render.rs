@@ -476,7 +476,16 @@ impl NatSections {
         }
         // One jump per address in nodePortAddresses, as kube-proxy writes
         // them when the setting is not `all`.
-        let ips = node.nodeport_ips();
+        // Loopback too when the setting covers it (kube-proxy's
+        // localhostNodePorts; route_localnet is set in setup).
+        let mut ips: Vec<String> = node
+            .nodeport_ips()
+            .iter()
+            .map(|ip| ip.to_string())
+            .collect();
+        if node.localhost_node_ports {
+            ips.push("127.0.0.1/32".into());
+        }
         for ip in &ips {
             rules.line(format_args!(
                 "-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: \
@@ -530,6 +539,15 @@ fn filter_table(order: &[&ServiceEntry], config: &Config, node: &NodeContext) ->
         "-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding conntrack rule\" -m \
          conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
     ));
+    if node.localhost_node_ports {
+        // route_localnet lets a packet to 127.0.0.0/8 be routed; this guard
+        // (kube-proxy's, CVE-2020-8558) keeps others from reaching the
+        // node's loopback services through it.
+        b.line(format_args!(
+            "-A KUBE-FIREWALL -m comment --comment \"block incoming localnet connections\" -d \
+             127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP"
+        ));
+    }
     let forward = b.lines - before;
     (b, forward)
 }

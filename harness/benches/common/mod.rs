@@ -37,6 +37,7 @@ pub fn node(scn: &Scenario) -> NodeContext {
         bridge: svclab::topology::names::POD_BRIDGE.into(),
         uplink: svclab::topology::names::NODE_UPLINK.into(),
         node_port_ips: None,
+        localhost_node_ports: false,
         zone: None,
     }
 }

@@ -41,6 +41,7 @@ impl AgentArgs {
             uplink: crate::topology::names::NODE_UPLINK.into(),
             zone: self.zone.clone(),
             node_port_ips: None,
+            localhost_node_ports: false,
         };
         if !self.node_port_addresses.is_empty() {
             // A lab node's addresses: its IP on the fabric and its pod
@@ -49,6 +50,11 @@ impl AgentArgs {
             node.node_port_ips =
                 nodeport_addresses::resolve(&self.node_port_addresses, node.node_ip, &addresses)
                     .ok();
+            node.localhost_node_ports = nodeport_addresses::matches(
+                &self.node_port_addresses,
+                node.node_ip,
+                std::net::Ipv4Addr::LOCALHOST.into(),
+            );
         }
         node
     }

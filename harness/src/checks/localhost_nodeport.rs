@@ -2,7 +2,8 @@
 //! kube-proxy's iptables mode serves it (`iptables.localhostNodePorts`,
 //! on by default, with `route_localnet` so a loopback-sourced packet may be
 //! DNATed out to a pod, and masqueraded); its nftables and IPVS modes never
-//! do. A backend that does not serve it declares so, and then the check
+//! do; svclab's iptables backends follow its iptables mode. A backend that
+//! does not serve it declares so, and then the check
 //! holds it to its word: 127.0.0.1 on the NodePort is not answered. The
 //! same holds when the Lab's `agent.nodePortAddresses` leaves loopback out.
 

@@ -59,7 +59,10 @@ impl Jump {
         if self.new_only {
             a.extend(["-m", "conntrack", "--ctstate", "NEW"]);
         }
-        a.extend(["-m", "comment", "--comment", self.comment, "-j", self.to]);
+        if !self.comment.is_empty() {
+            a.extend(["-m", "comment", "--comment", self.comment]);
+        }
+        a.extend(["-j", self.to]);
         a
     }
 
@@ -71,10 +74,12 @@ impl Jump {
         } else {
             ""
         };
-        format!(
-            "{state}-m comment --comment \"{}\" -j {}",
-            self.comment, self.to
-        )
+        let comment = if self.comment.is_empty() {
+            String::new()
+        } else {
+            format!("-m comment --comment \"{}\" ", self.comment)
+        };
+        format!("{state}{comment}-j {}", self.to)
     }
 
     /// The whole rule as `iptables-save` prints it.
