@@ -93,6 +93,8 @@ pub enum Feature {
     /// `spec.loadBalancerSourceRanges` restrict who reaches a load balancer
     /// IP.
     LoadBalancerSourceRanges,
+    /// Service ports with `protocol: SCTP`.
+    Sctp,
 }
 
 /// Why IPVS mode (svclab's and kube-proxy's) keeps affinity past
@@ -245,11 +247,14 @@ pub enum Fault {
     /// kernel drops the DNATed packets from 127.0.0.1 as martians (breaks
     /// localhost-nodeport on the iptables backends, the ones that serve it).
     NoRouteLocalnet,
+    /// Program SCTP Service ports as TCP ones (breaks sctp, where the kernel
+    /// has SCTP).
+    SctpAsTcp,
 }
 
 impl Fault {
     /// Every fault with its command-line name.
-    pub const ALL: [(Fault, &'static str); 16] = [
+    pub const ALL: [(Fault, &'static str); 17] = [
         (Fault::MissingMasquerade, "missing-masquerade"),
         (Fault::WrongProbability, "wrong-probability"),
         (Fault::NoReject, "no-reject"),
@@ -266,6 +271,7 @@ impl Fault {
         (Fault::LbNoIngress, "lb-no-ingress"),
         (Fault::LbIgnoreSourceRanges, "lb-ignore-source-ranges"),
         (Fault::NoRouteLocalnet, "no-route-localnet"),
+        (Fault::SctpAsTcp, "sctp-as-tcp"),
     ];
 }
 

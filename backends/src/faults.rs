@@ -14,7 +14,7 @@ use crate::model::{
 use crate::protocol::WatchEvent;
 
 /// The faults this wrapper injects.
-pub const STATE_FAULTS: [Fault; 8] = [
+pub const STATE_FAULTS: [Fault; 9] = [
     Fault::NoExternalIps,
     Fault::NodePortAnyAddress,
     Fault::LbNoIngress,
@@ -23,6 +23,7 @@ pub const STATE_FAULTS: [Fault; 8] = [
     Fault::AffinityNoTimeout,
     Fault::KeepDeletedServices,
     Fault::IgnoreTopologyHints,
+    Fault::SctpAsTcp,
 ];
 
 /// Whether `fault` is bent before any backend sees its input (in this
@@ -103,6 +104,9 @@ impl Faulty {
             }
             if self.has(Fault::LbIgnoreSourceRanges) {
                 svc.load_balancer_source_ranges.clear();
+            }
+            if self.has(Fault::SctpAsTcp) && svc.protocol == crate::model::Protocol::Sctp {
+                svc.protocol = crate::model::Protocol::Tcp;
             }
             if self.has(Fault::AffinityNoTimeout) && svc.session_affinity_seconds.is_some() {
                 svc.session_affinity_seconds = Some(STUCK_AFFINITY_SECONDS);

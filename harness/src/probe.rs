@@ -272,7 +272,7 @@ pub struct Interrupted(pub i32);
 pub async fn run_probe(spec: ProbeSpec) -> ProbeResult {
     match spec.protocol {
         Protocol::Udp => udp_probe(spec).await,
-        _ => tcp_probe(spec).await,
+        Protocol::Tcp | Protocol::Sctp => stream_probe(spec).await,
     }
 }
 
@@ -302,24 +302,52 @@ fn result(spec: ProbeSpec, outcome: Outcome, latency: Duration) -> ProbeResult {
     }
 }
 
-async fn tcp_probe(spec: ProbeSpec) -> ProbeResult {
+/// A stream socket, bound to the spec's source port if it has one: TCP, or
+/// SCTP one-to-one style (which connects, reads and writes as TCP does).
+fn stream_socket(spec: &ProbeSpec) -> Result<socket2::Socket, String> {
+    use socket2::{Domain, Socket, Type};
+    let protocol = match spec.protocol {
+        Protocol::Sctp => socket2::Protocol::from(libc::IPPROTO_SCTP),
+        _ => socket2::Protocol::TCP,
+    };
+    let s = Socket::new(Domain::IPV4, Type::STREAM, Some(protocol))
+        .map_err(|e| format!("{} socket: {e}", spec.protocol))?;
+    s.set_nonblocking(true).map_err(|e| format!("socket: {e}"))?;
+    if let Some(port) = spec.source_port {
+        let _ = s.set_reuse_address(true);
+        s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())
+            .map_err(|e| format!("bind :{port}: {e}"))?;
+    }
+    Ok(s)
+}
+
+/// Connects a non-blocking stream socket; the result comes with
+/// writability, as tokio's own TCP connect does.
+async fn connect_stream(
+    s: socket2::Socket,
+    target: SocketAddrV4,
+) -> std::io::Result<tokio::net::TcpStream> {
+    match s.connect(&SocketAddr::from(target).into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    let stream = tokio::net::TcpStream::from_std(std::net::TcpStream::from(s))?;
+    stream.writable().await?;
+    match stream.take_error()? {
+        Some(e) => Err(e),
+        None => Ok(stream),
+    }
+}
+
+async fn stream_probe(spec: ProbeSpec) -> ProbeResult {
     let start = Instant::now();
     let deadline = start + spec.timeout;
-    let sock = match tokio::net::TcpSocket::new_v4() {
+    let sock = match stream_socket(&spec) {
         Ok(s) => s,
-        Err(e) => return result(spec, Outcome::Error(format!("socket: {e}")), Duration::ZERO),
+        Err(e) => return result(spec, Outcome::Error(e), Duration::ZERO),
     };
-    if let Some(port) = spec.source_port {
-        let _ = sock.set_reuseaddr(true);
-        if let Err(e) = sock.bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))) {
-            return result(
-                spec,
-                Outcome::Error(format!("bind :{port}: {e}")),
-                Duration::ZERO,
-            );
-        }
-    }
-    let connected = tokio::time::timeout(spec.timeout, sock.connect(spec.target.into())).await;
+    let connected = tokio::time::timeout(spec.timeout, connect_stream(sock, spec.target)).await;
     let latency = start.elapsed();
     let mut stream = match connected {
         Err(_) => return result(spec, Outcome::Timeout, latency),

@@ -36,7 +36,7 @@ const MODULES: &str = "ip_vs ip_vs_rr ip_vs_wrr ip_vs_sh ip_vs_lc dummy veth bri
                        xt_addrtype xt_conntrack xt_set ip_set ip_set_hash_ip ip_set_hash_ipport \
                        ip_set_hash_ipportip ip_set_hash_ipportnet ip_set_hash_net ip_set_bitmap_port \
                        nf_reject_ipv4 ipt_REJECT nft_reject_inet nf_tables nft_numgen nft_ct nft_nat \
-                       nft_masq nft_chain_nat nft_compat ip_tables iptable_nat iptable_filter";
+                       nft_masq nft_chain_nat nft_compat ip_tables iptable_nat iptable_filter sctp xt_sctp";
 
 fn shell_quote(s: &str) -> String {
     if !s.is_empty()

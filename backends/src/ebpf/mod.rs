@@ -67,6 +67,13 @@ pub const SPEC: BackendSpec = BackendSpec {
                     .to_string(),
             ),
             (
+                crate::Feature::Sctp,
+                "the eBPF programs parse and rewrite TCP and UDP headers only (an SCTP \
+                 header's CRC32c checksum would need recomputing after DNAT), so SCTP \
+                 Service ports are left unprogrammed"
+                    .to_string(),
+            ),
+            (
                 crate::Feature::LoadBalancerSourceRanges,
                 "the eBPF backend's service map is keyed by destination (address, port, \
                  protocol) only and its programs have no per-service source filter, so a load \

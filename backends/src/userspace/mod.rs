@@ -74,6 +74,12 @@ fn limitations() -> Vec<(Feature, String)> {
                 .to_string(),
         ),
         (
+            Feature::Sctp,
+            "the userspace backend relays TCP and UDP only: it opens no SCTP proxy sockets \
+             (kube-proxy's userspace mode, removed in v1.26, did not proxy SCTP either)"
+                .to_string(),
+        ),
+        (
             Feature::LoadBalancerSourceRanges,
             "the userspace backend redirects a load balancer IP to its proxy socket for every \
              source (as kube-proxy's userspace proxier, removed in v1.26, did): it learns the \

@@ -14,6 +14,7 @@ mod nodeport;
 mod nodeport_addresses;
 mod parity;
 mod reach;
+mod sctp;
 mod traffic_distribution;
 
 use std::collections::{BTreeMap, HashMap};
@@ -193,8 +194,8 @@ pub const CHECKS: &[CheckDef] = {
         },
         CheckDef {
             name: "sctp",
-            needs: &[Dnat],
-            run: |c, n| Box::pin(parity::sctp(c, n)),
+            needs: &[Dnat, Sctp],
+            run: |c, n| Box::pin(sctp::sctp(c, n)),
         },
         CheckDef {
             name: "service-recreate",
@@ -363,8 +364,22 @@ pub struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
+    /// The TCP and UDP Service ports the checks probe. SCTP ones need a
+    /// kernel with SCTP; only the sctp check probes them
+    /// ([`Self::sctp_targets`]).
     pub fn targets(&self) -> Vec<Target> {
         expect::targets(&self.lab.cp())
+            .into_iter()
+            .filter(|t| t.protocol != svclab_backends::model::Protocol::Sctp)
+            .collect()
+    }
+
+    /// The SCTP Service ports.
+    pub fn sctp_targets(&self) -> Vec<Target> {
+        expect::targets(&self.lab.cp())
+            .into_iter()
+            .filter(|t| t.protocol == svclab_backends::model::Protocol::Sctp)
+            .collect()
     }
 
     /// The lab's client pods, one per node.
