@@ -12,7 +12,7 @@ pub struct VmArgs {
     /// fetched from Debian's unstable suite). Looked for under /boot and in
     /// the kernels `ci/kernels` fetched (`svclab doctor` lists them).
     /// Default: the newest /boot/vmlinuz-*.
-    #[arg(long = "kernel", value_name = "PATH|VERSION|RELEASE|unstable")]
+    #[arg(long = "kernel", value_name = "KERNEL")]
     pub kernels: Vec<String>,
     /// The VM's memory (qemu -m syntax).
     #[arg(long, default_value = "2G")]
