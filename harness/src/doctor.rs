@@ -186,6 +186,8 @@ pub struct Report {
     pub backends: Vec<BackendFinding>,
     /// The upstream kube-proxy section, as the text report's lines.
     pub kube_proxy: Vec<String>,
+    /// The kernels VM mode can boot, and those `ci/kernels` would fetch.
+    pub vm_kernels: crate::kernels::Inventory,
 }
 
 /// Whether `b` can run here: Ok, or the reason it cannot.
@@ -207,6 +209,7 @@ pub async fn report() -> Report {
         findings: findings().await,
         backends: BackendKind::BUILTIN.iter().map(backend_finding).collect(),
         kube_proxy: kube_proxy_lines(&crate::kubeproxy::cache_dir()),
+        vm_kernels: crate::kernels::Sources::host().inventory(),
     }
 }
 
@@ -230,6 +233,10 @@ pub fn text(r: &Report) -> String {
     }
     for l in &r.kube_proxy {
         out.push_str(l);
+        out.push('\n');
+    }
+    for l in crate::kernels::doctor_lines(&r.vm_kernels) {
+        out.push_str(&l);
         out.push('\n');
     }
     out

@@ -26,6 +26,7 @@ pub mod cli;
 pub mod controlplane;
 pub mod doctor;
 pub mod guard;
+pub mod kernels;
 pub mod kubeproxy;
 pub mod lab;
 pub mod labs;

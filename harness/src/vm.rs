@@ -50,15 +50,7 @@ fn shell_quote(s: &str) -> String {
 }
 
 /// The script the VM runs: modules, labels, then the command.
-fn script(exe: &Path, cwd: &Path, command: &[String], kernel: &Path) -> String {
-    let release = kernel
-        .file_name()
-        .map(|n| {
-            n.to_string_lossy()
-                .trim_start_matches("vmlinuz-")
-                .to_string()
-        })
-        .unwrap_or_default();
+fn script(exe: &Path, cwd: &Path, command: &[String], release: &str) -> String {
     let args: Vec<String> = command.iter().map(|a| shell_quote(a)).collect();
     format!(
         "echo 'svclab vm: the guest is up' >&2; \
@@ -84,18 +76,39 @@ fn result_dirs(base: &Path) -> Vec<PathBuf> {
 }
 
 pub fn run(args: VmArgs) -> Result<ExitCode> {
-    let kernels = if args.kernels.is_empty() {
+    let specs = if args.kernels.is_empty() {
         vec![
             default_kernel()
-                .context("no kernel under /boot: install linux-image-amd64 (ci/setup --vm)")?,
+                .context("no kernel under /boot: install linux-image-amd64 (ci/setup --vm)")?
+                .display()
+                .to_string(),
         ]
     } else {
         args.kernels.clone()
     };
-    for k in &kernels {
-        if !k.is_file() {
-            bail!("kernel {} does not exist", k.display());
+    let sources = crate::kernels::Sources::host();
+    let mut kernels = Vec::new();
+    for spec in &specs {
+        let k = sources.resolve(spec)?;
+        if k.modules.is_none() {
+            if k.place == crate::kernels::Place::Path {
+                tracing::warn!(
+                    "svclab vm: no lib/modules/{}/modules.dep above {}: the guest cannot load \
+                     modules (ip_vs, nf_tables, ...)",
+                    k.release,
+                    k.image.display()
+                );
+            } else {
+                bail!(
+                    "kernel {} has no modules.dep, so the guest could not load ip_vs, \
+                     nf_tables, ...: fetch it again with `ci/kernels {}`",
+                    k.describe(),
+                    k.release
+                );
+            }
         }
+        tracing::info!("svclab vm: kernel {spec} is {}", k.describe());
+        kernels.push(k);
     }
     which("vng").context("virtme-ng (vng) is not installed: run ci/setup --vm")?;
     which("qemu-system-x86_64").context("qemu is not installed: run ci/setup --vm")?;
@@ -106,7 +119,8 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
     let results = std::fs::canonicalize(&args.results)?;
     let mut failed = false;
     let mut made: Vec<(PathBuf, Vec<PathBuf>)> = Vec::new();
-    for kernel in &kernels {
+    for k in &kernels {
+        let kernel = &k.image;
         let before = result_dirs(&results);
         let start = Instant::now();
         tracing::info!(
@@ -138,8 +152,11 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
                         .filter(|d| d.is_dir())
                         .map(|d| format!("--rodir={}", d.display())),
                 )
+                // So is a fetched kernel's folder: virtme-ng links the
+                // guest's /lib/modules/<release> to its lib/modules.
+                .args(k.guest_dir().map(|d| format!("--rodir={}", d.display())))
                 .arg("--exec")
-                .arg(script(&exe, &cwd, &args.command, kernel))
+                .arg(script(&exe, &cwd, &args.command, &k.release))
                 .stdin(Stdio::null())
                 // Relayed, not inherited: qemu reopens an inherited stdout
                 // through /proc/self/fd, at offset 0, and so wrote over a log
@@ -318,7 +335,7 @@ mod tests {
                 "ipvs,iptables".into(),
                 "a b".into(),
             ],
-            Path::new("/boot/vmlinuz-6.1.0-56-amd64"),
+            "6.1.0-56-amd64",
         );
         assert!(s.contains("SVCLAB_IN_VM=6.1.0-56-amd64"), "{s}");
         assert!(s.contains("exec /w/target/release/svclab run scenarios/behaviours.yaml --backend ipvs,iptables 'a b'"), "{s}");

@@ -6,10 +6,14 @@ use clap::Args;
 
 #[derive(Args, Debug, Clone)]
 pub struct VmArgs {
-    /// Kernel image to boot (repeat for a kernel matrix). Default: the
-    /// newest /boot/vmlinuz-*.
-    #[arg(long = "kernel")]
-    pub kernels: Vec<PathBuf>,
+    /// Kernel to boot (repeat for a kernel matrix): a path to an image, a
+    /// release (6.12.95+deb12-amd64) or its package name, a version (6.1,
+    /// 6.12: its newest release here), or `unstable` (the newest kernel
+    /// fetched from Debian's unstable suite). Looked for under /boot and in
+    /// the kernels `ci/kernels` fetched (`svclab doctor` lists them).
+    /// Default: the newest /boot/vmlinuz-*.
+    #[arg(long = "kernel", value_name = "KERNEL")]
+    pub kernels: Vec<String>,
     /// The VM's memory (qemu -m syntax).
     #[arg(long, default_value = "2G")]
     pub memory: String,
