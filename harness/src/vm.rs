@@ -49,14 +49,18 @@ fn shell_quote(s: &str) -> String {
     }
 }
 
-/// The script the VM runs: modules, labels, then the command.
-fn script(exe: &Path, cwd: &Path, command: &[String], release: &str) -> String {
+/// The script the VM runs: modules, labels, then the command, whose
+/// results folder (`SVCLAB_RESULTS`, unless it names one) is the one shared
+/// read-write: the rest of the host's filesystem is read-only in the guest.
+fn script(exe: &Path, cwd: &Path, command: &[String], release: &str, results: &Path) -> String {
     let args: Vec<String> = command.iter().map(|a| shell_quote(a)).collect();
     format!(
         "echo 'svclab vm: the guest is up' >&2; \
          for m in {MODULES}; do modprobe -q $m 2>/dev/null; done; \
-         export SVCLAB_IN_VM={release} CI={ci}; cd {cwd} && exec {exe} {args}",
+         export SVCLAB_IN_VM={release} CI={ci} SVCLAB_RESULTS={results}; \
+         cd {cwd} && exec {exe} {args}",
         ci = shell_quote(&std::env::var("CI").unwrap_or_default()),
+        results = shell_quote(&results.display().to_string()),
         cwd = shell_quote(&cwd.display().to_string()),
         exe = shell_quote(&exe.display().to_string()),
         args = args.join(" "),
@@ -156,7 +160,7 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
                 // guest's /lib/modules/<release> to its lib/modules.
                 .args(k.guest_dir().map(|d| format!("--rodir={}", d.display())))
                 .arg("--exec")
-                .arg(script(&exe, &cwd, &args.command, &k.release))
+                .arg(script(&exe, &cwd, &args.command, &k.release, &results))
                 .stdin(Stdio::null())
                 // Relayed, not inherited: qemu reopens an inherited stdout
                 // through /proc/self/fd, at offset 0, and so wrote over a log
@@ -336,8 +340,10 @@ mod tests {
                 "a b".into(),
             ],
             "6.1.0-56-amd64",
+            Path::new("/tmp/r s"),
         );
         assert!(s.contains("SVCLAB_IN_VM=6.1.0-56-amd64"), "{s}");
+        assert!(s.contains("SVCLAB_RESULTS='/tmp/r s'"), "{s}");
         assert!(s.contains("exec /w/target/release/svclab run scenarios/behaviours.yaml --backend ipvs,iptables 'a b'"), "{s}");
         assert!(s.contains("modprobe -q $m"));
     }
