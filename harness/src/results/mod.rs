@@ -4,8 +4,8 @@
 
 pub mod charts;
 pub mod html;
-mod junit;
-mod markdown;
+pub mod junit;
+pub mod markdown;
 
 use std::path::{Path, PathBuf};
 
@@ -356,7 +356,7 @@ pub fn terminal_table(r: &RunResults) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::checks::balance::table;
     use crate::checks::{CheckResult, Evidence, Verdict};
