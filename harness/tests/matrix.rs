@@ -81,6 +81,15 @@ fn matrix(name: &str, extra: &[&str]) -> (std::process::Output, PathBuf) {
     (out, base)
 }
 
+/// `svclab merge DIRS... --results <a new folder>`.
+fn merge(name: &str, dirs: &[&PathBuf]) -> (std::process::Output, PathBuf) {
+    let base = common::results_dir(name);
+    let mut args: Vec<&str> = vec!["merge"];
+    args.extend(dirs.iter().map(|d| d.to_str().unwrap()));
+    args.extend(["--results", base.to_str().unwrap()]);
+    (common::run(&args), base)
+}
+
 #[test]
 fn shards_merge_into_the_whole_matrix() {
     require_root!();
@@ -123,13 +132,7 @@ fn shards_merge_into_the_whole_matrix() {
 
     // A shard alone is half the plan: merge names the other half, writes
     // the report with it marked, and exits 1.
-    let alone = common::results_dir("matrix-alone");
-    let out = common::run(&[
-        "merge",
-        shards[0].to_str().unwrap(),
-        "--results",
-        alone.to_str().unwrap(),
-    ]);
+    let (out, alone) = merge("matrix-alone", &[&shards[0]]);
     assert_eq!(out.status.code(), Some(1), "{}", common::text(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("missing: host/nftables"),
@@ -143,14 +146,7 @@ fn shards_merge_into_the_whole_matrix() {
     );
 
     // One shard twice: a duplicated cell, refused.
-    let dup = common::results_dir("matrix-dup");
-    let out = common::run(&[
-        "merge",
-        shards[0].to_str().unwrap(),
-        shards[0].to_str().unwrap(),
-        "--results",
-        dup.to_str().unwrap(),
-    ]);
+    let (out, dup) = merge("matrix-dup", &[&shards[0], &shards[0]]);
     assert_eq!(out.status.code(), Some(2), "{}", common::text(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("cell host/iptables is in both"),
@@ -158,14 +154,7 @@ fn shards_merge_into_the_whole_matrix() {
         common::text(&out)
     );
 
-    let merged_base = common::results_dir("matrix-merged");
-    let out = common::run(&[
-        "merge",
-        shards[0].to_str().unwrap(),
-        shards[1].to_str().unwrap(),
-        "--results",
-        merged_base.to_str().unwrap(),
-    ]);
+    let (out, merged_base) = merge("matrix-merged", &[&shards[0], &shards[1]]);
     assert!(out.status.success(), "{}", common::text(&out));
     let merged = matrix_dir(&merged_base);
     let merged_json = load(&merged);

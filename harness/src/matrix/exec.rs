@@ -121,8 +121,6 @@ fn failed_cell(kernel: &str, backend: &str, base: &Path, dir: &Path, why: &str) 
         run_dir: base.strip_prefix(dir).unwrap_or(base).display().to_string(),
         host: HostFacts::default(),
         result: BackendRun {
-            backend: backend.to_string(),
-            unavailable: None,
             checks: vec![CheckResult {
                 name: "matrix-cell".into(),
                 verdict: Verdict::Fail,
@@ -132,13 +130,7 @@ fn failed_cell(kernel: &str, backend: &str, base: &Path, dir: &Path, why: &str) 
                 trace: None,
                 seconds: 0.0,
             }],
-            syncs: Vec::new(),
-            metrics: Default::default(),
-            metrics_cross_check: Vec::new(),
-            lab_times: serde_json::Value::Null,
-            agent_events: Vec::new(),
-            not_run: Vec::new(),
-            logs: Vec::new(),
+            ..BackendRun::new(backend)
         },
     }
 }

@@ -289,18 +289,10 @@ impl Matrix {
 
 /// A kernel's name as one folder name under `cells/`.
 pub fn kernel_folder(kernel: &str) -> String {
-    let name: String = kernel
-        .trim_start_matches('/')
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-._".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("kernel-{name}")
+    format!(
+        "kernel-{}",
+        crate::results::folder_name(kernel.trim_start_matches('/'))
+    )
 }
 
 /// Reads `dir/matrix.json`.

@@ -27,16 +27,8 @@ pub fn kernel_results(m: &Matrix, kernel: &str, with_missing: bool) -> RunResult
             backends.push(c.result.clone());
         } else if with_missing && m.missing.contains(id) {
             backends.push(BackendRun {
-                backend: id.backend.clone(),
                 unavailable: Some(MISSING.into()),
-                checks: Vec::new(),
-                syncs: Vec::new(),
-                metrics: Default::default(),
-                metrics_cross_check: Vec::new(),
-                lab_times: serde_json::Value::Null,
-                agent_events: Vec::new(),
-                not_run: Vec::new(),
-                logs: Vec::new(),
+                ..BackendRun::new(&id.backend)
             });
         }
     }

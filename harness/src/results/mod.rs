@@ -185,7 +185,7 @@ fn tail_bytes(path: &Path, max: usize) -> std::io::Result<Vec<u8>> {
 
 /// A backend name as a folder name (`kube-proxy:nftables@v1.34.4` ->
 /// `kube-proxy_nftables_v1.34.4`).
-fn folder_name(backend: &str) -> String {
+pub(crate) fn folder_name(backend: &str) -> String {
     backend
         .chars()
         .map(|c| {
@@ -199,6 +199,22 @@ fn folder_name(backend: &str) -> String {
 }
 
 impl BackendRun {
+    /// A backend's part before anything ran: no checks, syncs or logs.
+    pub fn new(backend: &str) -> BackendRun {
+        BackendRun {
+            backend: backend.to_string(),
+            unavailable: None,
+            checks: Vec::new(),
+            syncs: Vec::new(),
+            metrics: Default::default(),
+            metrics_cross_check: Vec::new(),
+            lab_times: serde_json::Value::Null,
+            agent_events: Vec::new(),
+            not_run: Vec::new(),
+            logs: Vec::new(),
+        }
+    }
+
     pub fn count(&self, v: Verdict) -> usize {
         self.checks.iter().filter(|c| c.verdict == v).count()
     }
