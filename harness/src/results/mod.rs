@@ -416,8 +416,6 @@ pub(crate) mod tests {
             finished_at: "2026-11-23T00:00:30Z".into(),
             host: HostFacts::default(),
             backends: vec![BackendRun {
-                backend: "iptables".into(),
-                unavailable: None,
                 checks: vec![
                     balance,
                     fail,
@@ -426,16 +424,11 @@ pub(crate) mod tests {
                         "the scenario has no internalTrafficPolicy: Local Service",
                     ),
                 ],
-                syncs: Vec::new(),
-                metrics: Default::default(),
-                metrics_cross_check: Vec::new(),
-                lab_times: serde_json::Value::Null,
-                agent_events: Vec::new(),
-                not_run: Vec::new(),
                 logs: vec![(
                     "agent-node-0.log".into(),
                     b"agent node-0: synced\n".to_vec(),
                 )],
+                ..BackendRun::new("iptables")
             }],
             interrupted: None,
         }
