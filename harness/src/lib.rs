@@ -31,6 +31,7 @@ pub mod kubeproxy;
 pub mod lab;
 pub mod labs;
 pub mod logging;
+pub mod matrix;
 pub mod netns;
 pub mod probe;
 pub mod results;

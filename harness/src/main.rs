@@ -179,6 +179,8 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             let (r, dir) = run::run(&scn, &opts).await?;
             Ok(run::report(&r, &dir))
         }
+        Command::Matrix(args) => svclab::matrix::exec::command(args).await,
+        Command::Merge(args) => svclab::matrix::exec::merge_command(args),
         Command::Demo(cli::demo::DemoArgs { checks, results }) => {
             let checks = match checks.select() {
                 Ok(c) => c,

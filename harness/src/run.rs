@@ -133,18 +133,7 @@ async fn run_backend(
     opts: &RunOptions,
     pb: &ProgressBar,
 ) -> BackendRun {
-    let mut run = BackendRun {
-        backend: backend.to_string(),
-        unavailable: None,
-        checks: Vec::new(),
-        syncs: Vec::new(),
-        metrics: Default::default(),
-        metrics_cross_check: Vec::new(),
-        lab_times: serde_json::Value::Null,
-        agent_events: Vec::new(),
-        not_run: Vec::new(),
-        logs: Vec::new(),
-    };
+    let mut run = BackendRun::new(&backend.to_string());
     if let Err(e) = backend.capability() {
         run.unavailable = Some(e.reason);
         pb.inc(opts.checks().len() as u64);

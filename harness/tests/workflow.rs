@@ -44,6 +44,8 @@ fn workflow_uses_commands_svclab_has() {
         (&["bench", "sync", "--help"][..], "--services"),
         (&["compare", "--help"][..], "--threshold"),
         (&["cleanup", "--help"][..], "cleanup"),
+        (&["matrix", "--help"][..], "--shard"),
+        (&["merge", "--help"][..], "--results"),
     ] {
         let sub = args[..args.len() - 1].join(" ");
         assert!(
@@ -129,5 +131,140 @@ fn workflow_publishes_junit_and_the_summary() {
             src.contains(&format!("dir.join(\"{file}\")")),
             "svclab no longer writes {file}"
         );
+    }
+}
+
+/// The workflow's jobs, one text block each (from a `  name:` line under
+/// `jobs:` to the next).
+fn jobs(text: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut in_jobs = false;
+    for line in text.lines() {
+        if line.trim_end() == "jobs:" {
+            in_jobs = true;
+            continue;
+        }
+        if !in_jobs {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix("  ").and_then(|l| l.strip_suffix(':'))
+            && !name.starts_with(' ')
+            && !name.starts_with('#')
+        {
+            out.push((name.to_string(), String::new()));
+            continue;
+        }
+        if let Some((_, body)) = out.last_mut() {
+            body.push_str(line);
+            body.push('\n');
+        }
+    }
+    out
+}
+
+/// The behaviours matrix runs as a GitHub Actions `strategy.matrix` over
+/// shards, each `svclab matrix --shard I/N` with N the number of shards
+/// in the strategy, each uploading its folder; the merge job needs them,
+/// downloads every shard's artifact, runs `svclab merge`, and publishes
+/// the one report, its JUnit file and its summary even when a shard failed.
+#[test]
+fn the_matrix_jobs_shard_and_merge_consistently() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let text = std::fs::read_to_string(root.join("ci/github-actions.yml")).unwrap();
+    let jobs = jobs(&text);
+    let job = |name: &str| {
+        jobs.iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, b)| b.clone())
+            .unwrap_or_else(|| {
+                panic!(
+                    "no job {name:?}; jobs: {:?}",
+                    jobs.iter().map(|(n, _)| n).collect::<Vec<_>>()
+                )
+            })
+    };
+    let matrix = job("matrix");
+    // strategy.matrix.shard: [1, 2, ..., N]
+    assert!(matrix.contains("    strategy:\n"), "{matrix}");
+    let list = matrix
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("shard: ["))
+        .and_then(|l| l.strip_suffix(']'))
+        .expect("strategy.matrix.shard: [..]");
+    let shards: Vec<usize> = list.split(',').map(|s| s.trim().parse().unwrap()).collect();
+    let n = shards.len();
+    assert_eq!(
+        shards,
+        (1..=n).collect::<Vec<_>>(),
+        "shards 1..N, each once"
+    );
+    assert!(n >= 2, "a matrix of one shard shards nothing");
+    let runs: Vec<&str> = matrix
+        .lines()
+        .filter(|l| l.trim_start().starts_with("run:") && l.contains("svclab matrix "))
+        .collect();
+    assert!(!runs.is_empty(), "the matrix job runs no `svclab matrix`");
+    for r in &runs {
+        assert!(
+            r.contains(&format!("--shard ${{{{ matrix.shard }}}}/{n} ")),
+            "`--shard I/N` disagrees with the {n} shards of the strategy: {r}"
+        );
+    }
+    assert!(
+        runs.iter()
+            .any(|r| !r.contains("--plan") && r.contains("--results shard")),
+        "no step runs the shard into shard/: {runs:?}"
+    );
+    let upload = matrix
+        .split("      - ")
+        .find(|s| s.contains("actions/upload-artifact@"))
+        .expect("the matrix job uploads its shard");
+    assert!(upload.contains("if: always()"), "{upload}");
+    assert!(upload.contains("path: shard/"), "{upload}");
+    assert!(
+        upload.contains("name: svclab-matrix-shard-${{ matrix.shard }}"),
+        "{upload}"
+    );
+
+    let merge = job("merge");
+    assert!(merge.contains("    needs: matrix\n"), "{merge}");
+    assert!(
+        merge.contains("    if: always()\n"),
+        "merge even when a shard failed: {merge}"
+    );
+    let download = merge
+        .split("      - ")
+        .find(|s| s.contains("actions/download-artifact@"))
+        .expect("the merge job downloads the shards");
+    assert!(
+        download.contains("pattern: svclab-matrix-shard-*"),
+        "{download}"
+    );
+    assert!(download.contains("path: shards"), "{download}");
+    let pos = |needle: &str| {
+        merge
+            .find(needle)
+            .unwrap_or_else(|| panic!("the merge job has no {needle}"))
+    };
+    assert!(
+        merge.contains("svclab merge shards/*/*-matrix-* --results merged"),
+        "{merge}"
+    );
+    assert!(pos("action-junit-report") > pos("svclab merge"));
+    assert!(
+        merge.contains("report_paths: merged/*/junit.xml"),
+        "{merge}"
+    );
+    assert!(pos("$GITHUB_STEP_SUMMARY") > pos("svclab merge"));
+    assert!(merge.contains("merged/*/summary.md"), "{merge}");
+    assert!(
+        merge.contains("path: merged/"),
+        "the merged folder is an artifact"
+    );
+    // The folders merge reads are the ones svclab writes.
+    let src = std::fs::read_to_string(root.join("harness/src/matrix/mod.rs")).unwrap();
+    assert!(src.contains("\"matrix-{scenario}-shard-{}of{}\""));
+    for file in ["matrix.json", "junit.xml", "summary.md", "report.html"] {
+        assert!(src.contains(&format!("dir.join(\"{file}\")")), "{file}");
     }
 }

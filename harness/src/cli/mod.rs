@@ -21,6 +21,7 @@ pub mod down;
 pub mod exec;
 pub mod generate;
 pub mod ls;
+pub mod matrix;
 pub mod rules;
 pub mod run;
 pub mod trace;
@@ -74,6 +75,13 @@ pub enum Command {
     /// Run a scenario's checks against one or more backends and write a
     /// results folder (exit code 1 if any check failed).
     Run(run::RunArgs),
+    /// Run a scenario's checks over kernels × backends (VM kernels under
+    /// `svclab vm`) and write one matrix folder whose report's columns are
+    /// kernels (exit code 1 if any check failed).
+    Matrix(matrix::MatrixArgs),
+    /// Join matrix shard folders into one matrix folder and report (exit
+    /// code 1 if a cell failed or is missing).
+    Merge(matrix::MergeArgs),
     /// Run the built-in scenario (every check) on every backend this host
     /// can run, the `none` baseline aside.
     Demo(demo::DemoArgs),

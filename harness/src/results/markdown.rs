@@ -30,6 +30,16 @@ pub fn render(r: &RunResults) -> String {
             let _ = writeln!(s, "Not run: {}.\n", i.not_run.join(", "));
         }
     }
+    body(&mut s, r, 2);
+    s
+}
+
+/// The checks × backends table, the per-backend counts, failures with
+/// evidence, agent events and skips with their reasons; its headings at
+/// `level` (`##` for 2).
+pub fn body(s: &mut String, r: &RunResults, level: usize) {
+    let h = "#".repeat(level);
+    let hh = "#".repeat(level + 1);
     let _ = write!(s, "| check |");
     for b in &r.backends {
         let _ = write!(s, " {} |", b.backend);
@@ -77,9 +87,9 @@ pub fn render(r: &RunResults) -> String {
         if failed.is_empty() {
             continue;
         }
-        let _ = writeln!(s, "\n## Failures on {}\n", b.backend);
+        let _ = writeln!(s, "\n{h} Failures on {}\n", b.backend);
         for c in failed {
-            let _ = writeln!(s, "### {}\n\n{}\n", c.name, c.summary);
+            let _ = writeln!(s, "{hh} {}\n\n{}\n", c.name, c.summary);
             for e in c.evidence.iter().filter(|e| !e.ok).take(10) {
                 let _ = writeln!(
                     s,
@@ -100,7 +110,7 @@ pub fn render(r: &RunResults) -> String {
         if b.agent_events.is_empty() {
             continue;
         }
-        let _ = writeln!(s, "\n## Agent events on {}\n", b.backend);
+        let _ = writeln!(s, "\n{h} Agent events on {}\n", b.backend);
         for e in &b.agent_events {
             let _ = writeln!(s, "- {} {}: {}", e.node, e.kind, e.detail);
         }
@@ -116,10 +126,9 @@ pub fn render(r: &RunResults) -> String {
         })
         .collect();
     if !skipped.is_empty() {
-        let _ = writeln!(s, "\n## Skips\n");
+        let _ = writeln!(s, "\n{h} Skips\n");
         for (b, c) in skipped {
             let _ = writeln!(s, "- {} / {}: {}", b.backend, c.name, c.summary);
         }
     }
-    s
 }

@@ -4,8 +4,8 @@
 
 pub mod charts;
 pub mod html;
-mod junit;
-mod markdown;
+pub mod junit;
+pub mod markdown;
 
 use std::path::{Path, PathBuf};
 
@@ -185,7 +185,7 @@ fn tail_bytes(path: &Path, max: usize) -> std::io::Result<Vec<u8>> {
 
 /// A backend name as a folder name (`kube-proxy:nftables@v1.34.4` ->
 /// `kube-proxy_nftables_v1.34.4`).
-fn folder_name(backend: &str) -> String {
+pub(crate) fn folder_name(backend: &str) -> String {
     backend
         .chars()
         .map(|c| {
@@ -199,6 +199,22 @@ fn folder_name(backend: &str) -> String {
 }
 
 impl BackendRun {
+    /// A backend's part before anything ran: no checks, syncs or logs.
+    pub fn new(backend: &str) -> BackendRun {
+        BackendRun {
+            backend: backend.to_string(),
+            unavailable: None,
+            checks: Vec::new(),
+            syncs: Vec::new(),
+            metrics: Default::default(),
+            metrics_cross_check: Vec::new(),
+            lab_times: serde_json::Value::Null,
+            agent_events: Vec::new(),
+            not_run: Vec::new(),
+            logs: Vec::new(),
+        }
+    }
+
     pub fn count(&self, v: Verdict) -> usize {
         self.checks.iter().filter(|c| c.verdict == v).count()
     }
@@ -356,7 +372,7 @@ pub fn terminal_table(r: &RunResults) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::checks::balance::table;
     use crate::checks::{CheckResult, Evidence, Verdict};
@@ -400,8 +416,6 @@ mod tests {
             finished_at: "2026-11-23T00:00:30Z".into(),
             host: HostFacts::default(),
             backends: vec![BackendRun {
-                backend: "iptables".into(),
-                unavailable: None,
                 checks: vec![
                     balance,
                     fail,
@@ -410,16 +424,11 @@ mod tests {
                         "the scenario has no internalTrafficPolicy: Local Service",
                     ),
                 ],
-                syncs: Vec::new(),
-                metrics: Default::default(),
-                metrics_cross_check: Vec::new(),
-                lab_times: serde_json::Value::Null,
-                agent_events: Vec::new(),
-                not_run: Vec::new(),
                 logs: vec![(
                     "agent-node-0.log".into(),
                     b"agent node-0: synced\n".to_vec(),
                 )],
+                ..BackendRun::new("iptables")
             }],
             interrupted: None,
         }
