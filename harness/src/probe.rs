@@ -312,7 +312,8 @@ fn stream_socket(spec: &ProbeSpec) -> Result<socket2::Socket, String> {
     };
     let s = Socket::new(Domain::IPV4, Type::STREAM, Some(protocol))
         .map_err(|e| format!("{} socket: {e}", spec.protocol))?;
-    s.set_nonblocking(true).map_err(|e| format!("socket: {e}"))?;
+    s.set_nonblocking(true)
+        .map_err(|e| format!("socket: {e}"))?;
     if let Some(port) = spec.source_port {
         let _ = s.set_reuse_address(true);
         s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())

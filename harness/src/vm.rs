@@ -67,6 +67,15 @@ fn script(exe: &Path, cwd: &Path, command: &[String], release: &str, results: &P
     )
 }
 
+/// Removes a file when dropped.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 fn result_dirs(base: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(base)
         .into_iter()
@@ -134,6 +143,17 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
         // qemu under software emulation has been seen to hang before the
         // guest starts (no output, no CPU) for the whole timeout; a boot
         // that says nothing for BOOT_SILENCE is killed and tried again.
+        // The script goes to the guest as a file in the shared results
+        // folder: virtme-ng passes --exec on the kernel command line, which
+        // x86 cuts at 2048 bytes, and a guest whose command was cut never
+        // starts it (a long --check list hung a boot with no output).
+        let script_file = results.join(format!(".svclab-vm-{}.sh", std::process::id()));
+        std::fs::write(
+            &script_file,
+            script(&exe, &cwd, &args.command, &k.release, &results),
+        )
+        .with_context(|| format!("writing {}", script_file.display()))?;
+        let _remove = RemoveOnDrop(script_file.clone());
         let mut attempt = 0;
         let outcome = loop {
             attempt += 1;
@@ -160,7 +180,10 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
                 // guest's /lib/modules/<release> to its lib/modules.
                 .args(k.guest_dir().map(|d| format!("--rodir={}", d.display())))
                 .arg("--exec")
-                .arg(script(&exe, &cwd, &args.command, &k.release, &results))
+                .arg(format!(
+                    "sh {}",
+                    shell_quote(&script_file.display().to_string())
+                ))
                 .stdin(Stdio::null())
                 // Relayed, not inherited: qemu reopens an inherited stdout
                 // through /proc/self/fd, at offset 0, and so wrote over a log

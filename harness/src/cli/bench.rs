@@ -33,7 +33,12 @@ pub enum BenchKind {
         #[arg(long, default_value = "ci/ip-baseline.sh", value_name = "FILE")]
         ip_script: PathBuf,
         /// Where the results folder is created.
-        #[arg(long, env = "SVCLAB_RESULTS", default_value = "results", value_name = "DIR")]
+        #[arg(
+            long,
+            env = "SVCLAB_RESULTS",
+            default_value = "results",
+            value_name = "DIR"
+        )]
         results: PathBuf,
     },
     /// Full and partial sync cost, network programming latency, data-path
@@ -78,7 +83,12 @@ pub enum BenchKind {
         #[arg(long, default_value_t = 2000)]
         connects: usize,
         /// Where the results folder is created.
-        #[arg(long, env = "SVCLAB_RESULTS", default_value = "results", value_name = "DIR")]
+        #[arg(
+            long,
+            env = "SVCLAB_RESULTS",
+            default_value = "results",
+            value_name = "DIR"
+        )]
         results: PathBuf,
     },
     /// The lab's API endpoint: the initial list of N Services to one agent
@@ -109,7 +119,12 @@ pub enum BenchKind {
         )]
         backend: Vec<BackendItem>,
         /// Where the results folder is created.
-        #[arg(long, env = "SVCLAB_RESULTS", default_value = "results", value_name = "DIR")]
+        #[arg(
+            long,
+            env = "SVCLAB_RESULTS",
+            default_value = "results",
+            value_name = "DIR"
+        )]
         results: PathBuf,
     },
     /// Probe-engine throughput: TCP probes through DNAT per second.
@@ -136,7 +151,12 @@ pub enum BenchKind {
         #[arg(long, default_value_t = 3)]
         runs: usize,
         /// Where the results folder is created.
-        #[arg(long, env = "SVCLAB_RESULTS", default_value = "results", value_name = "DIR")]
+        #[arg(
+            long,
+            env = "SVCLAB_RESULTS",
+            default_value = "results",
+            value_name = "DIR"
+        )]
         results: PathBuf,
     },
 }

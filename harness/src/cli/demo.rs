@@ -11,6 +11,11 @@ pub struct DemoArgs {
     #[command(flatten)]
     pub checks: CheckSelection,
     /// Where the results folder is created.
-    #[arg(long, env = "SVCLAB_RESULTS", default_value = "results", value_name = "DIR")]
+    #[arg(
+        long,
+        env = "SVCLAB_RESULTS",
+        default_value = "results",
+        value_name = "DIR"
+    )]
     pub results: PathBuf,
 }

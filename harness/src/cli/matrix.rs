@@ -47,7 +47,12 @@ pub struct MatrixArgs {
     #[arg(short = 'o', long = "output", value_enum, default_value_t)]
     pub output: Format,
     /// Where the matrix folder is created.
-    #[arg(long, env = "SVCLAB_RESULTS", default_value = "results", value_name = "DIR")]
+    #[arg(
+        long,
+        env = "SVCLAB_RESULTS",
+        default_value = "results",
+        value_name = "DIR"
+    )]
     pub results: PathBuf,
 }
 
@@ -57,6 +62,11 @@ pub struct MergeArgs {
     #[arg(required = true, value_name = "DIR")]
     pub dirs: Vec<PathBuf>,
     /// Where the merged matrix folder is created.
-    #[arg(long, env = "SVCLAB_RESULTS", default_value = "results", value_name = "DIR")]
+    #[arg(
+        long,
+        env = "SVCLAB_RESULTS",
+        default_value = "results",
+        value_name = "DIR"
+    )]
     pub results: PathBuf,
 }

@@ -35,6 +35,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "N")]
     pub balance_connections: Option<usize>,
     /// Where the results folder is created.
-    #[arg(long, env = "SVCLAB_RESULTS", default_value = "results", value_name = "DIR")]
+    #[arg(
+        long,
+        env = "SVCLAB_RESULTS",
+        default_value = "results",
+        value_name = "DIR"
+    )]
     pub results: PathBuf,
 }
