@@ -52,19 +52,41 @@ fn shell_quote(s: &str) -> String {
 /// The script the VM runs: modules, labels, then the command, whose
 /// results folder (`SVCLAB_RESULTS`, unless it names one) is the one shared
 /// read-write: the rest of the host's filesystem is read-only in the guest.
-fn script(exe: &Path, cwd: &Path, command: &[String], release: &str, results: &Path) -> String {
-    let args: Vec<String> = command.iter().map(|a| shell_quote(a)).collect();
+fn script(exe: &Path, cwd: &Path, guest: &Guest<'_>, release: &str, results: &Path) -> String {
+    let exe = shell_quote(&exe.display().to_string());
+    let run = match guest {
+        Guest::Command(command) => {
+            let args: Vec<String> = command.iter().map(|a| shell_quote(a)).collect();
+            format!("exec {exe} {}", args.join(" "))
+        }
+        Guest::Script(file) => format!("exec sh {}", shell_quote(&file.display().to_string())),
+    };
+    // The host's SVCLAB_* settings (SVCLAB_LOG, ...) go along.
+    let mut forwarded: Vec<String> = std::env::vars()
+        .filter(|(k, _)| {
+            k.starts_with("SVCLAB_")
+                && !matches!(k.as_str(), "SVCLAB_IN_VM" | "SVCLAB_RESULTS")
+                && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        })
+        .map(|(k, v)| format!("{k}={} ", shell_quote(&v)))
+        .collect();
+    forwarded.sort();
     format!(
         "echo 'svclab vm: the guest is up' >&2; \
          for m in {MODULES}; do modprobe -q $m 2>/dev/null; done; \
-         export SVCLAB_IN_VM={release} CI={ci} SVCLAB_RESULTS={results}; \
-         cd {cwd} && exec {exe} {args}",
+         export {forwarded}SVCLAB_IN_VM={release} CI={ci} SVCLAB_RESULTS={results} SVCLAB={exe}; \
+         cd {cwd} && {run}",
+        forwarded = forwarded.concat(),
         ci = shell_quote(&std::env::var("CI").unwrap_or_default()),
         results = shell_quote(&results.display().to_string()),
         cwd = shell_quote(&cwd.display().to_string()),
-        exe = shell_quote(&exe.display().to_string()),
-        args = args.join(" "),
     )
+}
+
+/// What the guest runs: one svclab command, or a shell script.
+enum Guest<'a> {
+    Command(&'a [String]),
+    Script(&'a Path),
 }
 
 /// Removes a file when dropped.
@@ -130,6 +152,16 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
     let cwd = std::env::current_dir()?;
     std::fs::create_dir_all(&args.results)?;
     let results = std::fs::canonicalize(&args.results)?;
+    let script_path = match &args.script {
+        Some(f) => {
+            Some(std::fs::canonicalize(f).with_context(|| format!("--script {}", f.display()))?)
+        }
+        None => None,
+    };
+    let guest = match &script_path {
+        Some(f) => Guest::Script(f),
+        None => Guest::Command(&args.command),
+    };
     let mut failed = false;
     let mut made: Vec<(PathBuf, Vec<PathBuf>)> = Vec::new();
     for k in &kernels {
@@ -150,7 +182,7 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
         let script_file = results.join(format!(".svclab-vm-{}.sh", std::process::id()));
         std::fs::write(
             &script_file,
-            script(&exe, &cwd, &args.command, &k.release, &results),
+            script(&exe, &cwd, &guest, &k.release, &results),
         )
         .with_context(|| format!("writing {}", script_file.display()))?;
         let _remove = RemoveOnDrop(script_file.clone());
@@ -352,16 +384,17 @@ mod tests {
 
     #[test]
     fn script_quotes_and_labels() {
+        let command: Vec<String> = vec![
+            "run".into(),
+            "scenarios/behaviours.yaml".into(),
+            "--backend".into(),
+            "ipvs,iptables".into(),
+            "a b".into(),
+        ];
         let s = script(
             Path::new("/w/target/release/svclab"),
             Path::new("/w"),
-            &[
-                "run".into(),
-                "scenarios/behaviours.yaml".into(),
-                "--backend".into(),
-                "ipvs,iptables".into(),
-                "a b".into(),
-            ],
+            &Guest::Command(&command),
             "6.1.0-56-amd64",
             Path::new("/tmp/r s"),
         );
@@ -369,5 +402,14 @@ mod tests {
         assert!(s.contains("SVCLAB_RESULTS='/tmp/r s'"), "{s}");
         assert!(s.contains("exec /w/target/release/svclab run scenarios/behaviours.yaml --backend ipvs,iptables 'a b'"), "{s}");
         assert!(s.contains("modprobe -q $m"));
+        let s = script(
+            Path::new("/w/target/release/svclab"),
+            Path::new("/w"),
+            &Guest::Script(Path::new("/w/ci/vm stage")),
+            "6.1.0-56-amd64",
+            Path::new("/w/results"),
+        );
+        assert!(s.contains("SVCLAB=/w/target/release/svclab"), "{s}");
+        assert!(s.ends_with("cd /w && exec sh '/w/ci/vm stage'"), "{s}");
     }
 }

@@ -26,7 +26,13 @@ pub struct VmArgs {
     /// Where results are written (shared with the VM read-write).
     #[arg(long, default_value = "results")]
     pub results: PathBuf,
+    /// A shell script to run inside instead of one command: several svclab
+    /// commands in one boot. It gets `$SVCLAB` (this svclab's path) and
+    /// `$SVCLAB_RESULTS` (the shared results folder); its exit code is the
+    /// VM's.
+    #[arg(long, value_name = "FILE", conflicts_with = "command")]
+    pub script: Option<PathBuf>,
     /// The svclab command to run inside, after `--`.
-    #[arg(last = true, required = true)]
+    #[arg(last = true, required_unless_present = "script")]
     pub command: Vec<String>,
 }
