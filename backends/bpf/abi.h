@@ -79,6 +79,17 @@ struct affinity_val {
 #define CT_UNSNAT 3       /* ingress, endpoint -> node: back to client */
 #define CT_UNDNAT 4       /* egress, endpoint -> client: service as source */
 #define CT_UNDNAT_LOCAL 5 /* ingress, endpoint -> node itself: same */
+#define CT_UNDNAT_MASQ 6  /* egress, endpoint -> client after unsnat: same */
+
+/* skb->mark bit reply_in sets on a reply it un-masqueraded, so that egress
+ * applies CT_UNDNAT_MASQ entries to that reply and to nothing else (say a
+ * reply of another node's DNAT, forwarded through this one, which has the
+ * same tuple). */
+#define MARK_UNSNATED 0x00100000
+/* skb->mark bit ingress sets on a packet it DNATed, so that egress applies
+ * CT_SNAT entries to that packet only, and not to another node's DNATed
+ * packet forwarded through this one on the same tuple. */
+#define MARK_DNATED 0x00200000
 
 struct ct_key {
 	__be32 saddr;
@@ -95,6 +106,10 @@ struct ct_key {
 /* A reply for a connection from the node to its own address: deliver it
  * through lo. */
 #define CT_TO_LO 0x02
+/* An SNAT that changed only the client's port, because the endpoint may
+ * still hold the client's own tuple from a connection to another Service
+ * address: the reply also needs its Service address back (undnat-local). */
+#define CT_PORT_SNAT 0x04
 
 struct ct_val {
 	/* The address and port this entry rewrites to. */
@@ -106,7 +121,9 @@ struct ct_val {
 	/* The endpoint of the connection, for stale-flow cleanup. */
 	__be32 ep_addr;
 	__be16 ep_port;
-	__u16 pad2;
+	/* When the entry was written: seconds of the monotonic clock, modulo
+	 * 65536 (enough to tell the last two minutes). */
+	__u16 opened;
 };
 
 /* Service ids index the stats array. */

@@ -65,28 +65,50 @@ static __always_inline int reply_in(struct __sk_buff *skb, struct pkt *p, int *d
 {
 	struct ct_key k = ct_key_of(p, CT_UNSNAT);
 	struct ct_val *ct = bpf_map_lookup_elem(&conntrack, &k);
+	struct ct_val *undnat = NULL;
 	__u8 zero_macs[2 * ETH_ALEN] = {};
+	__be32 addr;
+	__be16 port;
+	int to_lo;
 
 	*done = 1;
-	if (ct)
-		return rewrite(skb, p, 1, ct->addr, ct->port) ? TC_ACT_SHOT : TC_ACT_OK;
-	k.kind = CT_UNDNAT_LOCAL;
-	ct = bpf_map_lookup_elem(&conntrack, &k);
 	if (ct) {
-		int to_lo = ct->flags & CT_TO_LO;
-
-		if (rewrite(skb, p, 0, ct->addr, ct->port))
+		if (!(ct->flags & CT_PORT_SNAT)) {
+			skb->mark |= MARK_UNSNATED;
+			return rewrite(skb, p, 1, ct->addr, ct->port) ? TC_ACT_SHOT : TC_ACT_OK;
+		}
+		/* Only the port moved (open_flow): the reply entry is keyed by
+		 * the tuple as it came back, and both are undone here. */
+		k.kind = CT_UNDNAT_LOCAL;
+		undnat = bpf_map_lookup_elem(&conntrack, &k);
+		if (!undnat) {
+			k.kind = CT_UNDNAT;
+			undnat = bpf_map_lookup_elem(&conntrack, &k);
+		}
+		if (rewrite(skb, p, 1, ct->addr, ct->port))
 			return TC_ACT_SHOT;
-		if (!to_lo)
+	} else {
+		k.kind = CT_UNDNAT_LOCAL;
+		undnat = bpf_map_lookup_elem(&conntrack, &k);
+		if (!undnat) {
+			*done = 0;
 			return TC_ACT_OK;
-		/* From the node's own address to itself: only lo may
-		 * deliver that, and lo's address is all zeros. */
-		if (bpf_skb_store_bytes(skb, 0, zero_macs, sizeof(zero_macs), 0))
-			return TC_ACT_SHOT;
-		return bpf_redirect(LOOPBACK_IFINDEX, BPF_F_INGRESS);
+		}
 	}
-	*done = 0;
-	return TC_ACT_OK;
+	if (!undnat)
+		return TC_ACT_OK;
+	addr = undnat->addr;
+	port = undnat->port;
+	to_lo = undnat->flags & CT_TO_LO;
+	if (rewrite(skb, p, 0, addr, port))
+		return TC_ACT_SHOT;
+	if (!to_lo)
+		return TC_ACT_OK;
+	/* From the node's own address to itself: only lo may deliver that,
+	 * and lo's address is all zeros. */
+	if (bpf_skb_store_bytes(skb, 0, zero_macs, sizeof(zero_macs), 0))
+		return TC_ACT_SHOT;
+	return bpf_redirect(LOOPBACK_IFINDEX, BPF_F_INGRESS);
 }
 
 #define ORIGIN_POD 0
@@ -107,8 +129,12 @@ static __always_inline int ingress(struct __sk_buff *skb, int origin)
 		return verdict;
 	svc = find_service(&p);
 	verdict = known_flow(skb, &p, svc);
-	if (verdict)
-		return verdict < 0 ? TC_ACT_SHOT : TC_ACT_OK;
+	if (verdict < 0)
+		return TC_ACT_SHOT;
+	if (verdict) {
+		skb->mark |= MARK_DNATED;
+		return TC_ACT_OK;
+	}
 	if (!svc)
 		return TC_ACT_OK;
 
@@ -137,6 +163,7 @@ static __always_inline int ingress(struct __sk_buff *skb, int origin)
 	open_flow(&p, &ep, svc->id, snat ? (on_this_node(ep.addr) ? GATEWAY_IP : NODE_IP) : 0,
 		  CT_UNDNAT, 0);
 	count(svc->id, 1);
+	skb->mark |= MARK_DNATED;
 	return rewrite(skb, &p, 1, ep.addr, ep.port) ? TC_ACT_SHOT : TC_ACT_OK;
 }
 
@@ -168,6 +195,8 @@ static __always_inline int from_node(struct __sk_buff *skb, struct pkt *p, int l
 	struct svc_val *svc = find_service(p);
 	struct backend ep;
 	int verdict = known_flow(skb, p, svc);
+	struct ct_val *snat;
+	struct ct_key k;
 	__u8 set;
 
 	if (verdict < 0)
@@ -185,6 +214,11 @@ static __always_inline int from_node(struct __sk_buff *skb, struct pkt *p, int l
 		if (rewrite(skb, p, 1, ep.addr, ep.port))
 			return TC_ACT_SHOT;
 	}
+	/* Already at egress: a port-only SNAT (open_flow) applies here. */
+	k = ct_key_of(p, CT_SNAT);
+	snat = bpf_map_lookup_elem(&conntrack, &k);
+	if (snat && rewrite(skb, p, 0, snat->addr, snat->port))
+		return TC_ACT_SHOT;
 	return reroute(skb, p);
 }
 
@@ -200,9 +234,9 @@ static __always_inline int egress(struct __sk_buff *skb, int dev)
 
 	if (parse(skb, &p))
 		return TC_ACT_OK;
-	k = ct_key_of(&p, CT_UNDNAT);
+	k = ct_key_of(&p, skb->mark & MARK_UNSNATED ? CT_UNDNAT_MASQ : CT_UNDNAT);
 	ct = bpf_map_lookup_elem(&conntrack, &k);
-	if (!ct) {
+	if (!ct && (skb->mark & MARK_DNATED)) {
 		k.kind = CT_SNAT;
 		ct = bpf_map_lookup_elem(&conntrack, &k);
 	}

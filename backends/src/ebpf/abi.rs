@@ -51,6 +51,7 @@ pub const CT_SNAT: u8 = 2;
 pub const CT_UNSNAT: u8 = 3;
 pub const CT_UNDNAT: u8 = 4;
 pub const CT_UNDNAT_LOCAL: u8 = 5;
+pub const CT_UNDNAT_MASQ: u8 = 6;
 
 pub const FAULT_MISSING_MASQUERADE: u32 = 0x01;
 pub const FAULT_WRONG_PROBABILITY: u32 = 0x02;
@@ -132,7 +133,9 @@ pub struct CtVal {
     pub svc_id: u32,
     pub ep_addr: u32,
     pub ep_port: u16,
-    pub pad2: u16,
+    /// When the entry was written, in seconds of the monotonic clock,
+    /// modulo 65536 (the programs' TIME_WAIT guard, flows.h).
+    pub opened: u16,
 }
 
 #[repr(C)]

@@ -528,3 +528,72 @@ fn internal_traffic_policy_local_and_partial_endpoint_changes() {
         assert!(web_stats["packets"].as_u64().unwrap() >= 30, "{stats:?}");
     });
 }
+
+/// TcpExtTCPSynRetrans of the calling thread's network namespace.
+fn syn_retransmits() -> u64 {
+    let text = std::fs::read_to_string("/proc/thread-self/net/netstat").unwrap();
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "TCPSynRetrans")
+        .map(|(_, v)| v.parse().unwrap())
+        .unwrap()
+}
+
+/// One client port through two Service addresses to the same endpoint, one
+/// right after the other: DNAT alone would give the endpoint the tuple it
+/// still holds in TIME_WAIT from the first connection, and the second SYN,
+/// whose timestamp comes from another clock offset (another destination),
+/// is dropped there about half the time (PAWS); the client retries a second
+/// later. The programs move the port instead, as netfilter's NAT does, so
+/// no SYN is ever retransmitted.
+#[test]
+fn a_client_port_reused_through_another_service_address_connects_at_once() {
+    crate::require_netns!();
+    let mut state = ProxyState::default();
+    let pod1 = Ipv4Addr::new(10, 244, 0, 12);
+    let remote = Endpoint {
+        ip: REMOTE_POD,
+        is_local: false,
+        ..local_ep(pod1, TCP_PORT)
+    };
+    for (name, last, ep) in [
+        ("a", 20, local_ep(pod1, TCP_PORT)),
+        ("b", 21, local_ep(pod1, TCP_PORT)),
+        ("remote-a", 22, remote.clone()),
+        ("remote-b", 23, remote.clone()),
+    ] {
+        insert(
+            &mut state,
+            service(name, vip(last), 80, Protocol::Tcp),
+            vec![ep],
+        );
+    }
+    with_lab(2, &state, |t, _| {
+        let pairs = |base: u16| {
+            move || {
+                let before = syn_retransmits();
+                let mut answers = Vec::new();
+                for i in 0..24u16 {
+                    let from = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, base + i);
+                    for (first, second) in [(20, 21), (22, 23)] {
+                        for last in [first, second] {
+                            let to = SocketAddrV4::new(vip(last), 80);
+                            answers.push(exchange(Protocol::Tcp, to, Some(from)));
+                        }
+                    }
+                }
+                (syn_retransmits() - before, answers)
+            }
+        };
+        for (who, (retransmits, answers)) in [
+            ("pod", t.pods[0].run(pairs(40000))),
+            ("node", pairs(41000)()),
+        ] {
+            assert!(answers.iter().all(|a| a.is_ok()), "{who}: {answers:?}");
+            assert_eq!(retransmits, 0, "{who}: SYNs retransmitted");
+        }
+    });
+}

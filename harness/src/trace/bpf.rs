@@ -32,7 +32,8 @@ pub struct BpfService {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BpfFlow {
-    /// What the entry does: dnat, snat, unsnat, undnat, undnat-local.
+    /// What the entry does: dnat, snat, unsnat, undnat, undnat-local,
+    /// undnat-masq.
     pub kind: String,
     pub tuple: String,
     /// The address and port the entry rewrites to.
@@ -101,6 +102,7 @@ fn kind_name(kind: u8) -> String {
         abi::CT_UNSNAT => "unsnat".into(),
         abi::CT_UNDNAT => "undnat".into(),
         abi::CT_UNDNAT_LOCAL => "undnat-local".into(),
+        abi::CT_UNDNAT_MASQ => "undnat-masq".into(),
         other => format!("kind-{other}"),
     }
 }
