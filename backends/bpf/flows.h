@@ -117,11 +117,12 @@ static __always_inline __be16 snat_port(const struct pkt *p, __be32 addr,
  * leave the node (CT_UNDNAT_MASQ once masqueraded: see MARK_UNSNATED),
  * CT_UNDNAT_LOCAL for replies to the node itself. When the
  * endpoint has seen the client's own tuple from another connection, only
- * the client's port changes (CT_PORT_SNAT): then the reply entry is keyed
- * by the tuple the endpoint sees, and reply_in undoes both at once. */
-static __always_inline void open_flow(const struct pkt *p, const struct backend *ep,
-				      __u32 svc_id, __be32 snat_addr, __u8 reply_kind,
-				      __u8 reply_flags)
+ * the client's port changes (CT_PORT_SNAT, also on the dnat entry, and the
+ * return value): then the reply entry is keyed by the tuple the endpoint
+ * sees, and reply_in undoes both at once. */
+static __always_inline int open_flow(const struct pkt *p, const struct backend *ep,
+				     __u32 svc_id, __be32 snat_addr, __u8 reply_kind,
+				     __u8 reply_flags)
 {
 	struct ct_val v = {
 		.addr = ep->addr,
@@ -133,7 +134,9 @@ static __always_inline void open_flow(const struct pkt *p, const struct backend 
 	int port_only = !snat_addr && endpoint_tuple_taken(p, ep, p->saddr, p->sport);
 	__be16 reply_port = p->sport;
 
+	v.flags = port_only ? CT_PORT_SNAT : 0;
 	ct_put(p->saddr, p->daddr, p->sport, p->dport, p->proto, CT_ORIG, &v);
+	v.flags = 0;
 	if (port_only)
 		snat_addr = p->saddr;
 	if (snat_addr) {
@@ -162,6 +165,7 @@ static __always_inline void open_flow(const struct pkt *p, const struct backend 
 	v.port = p->dport;
 	v.flags = reply_flags;
 	ct_put(ep->addr, p->saddr, ep->port, reply_port, p->proto, reply_kind, &v);
+	return port_only;
 }
 
 #endif

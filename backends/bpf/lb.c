@@ -30,9 +30,10 @@
 char LICENSE[] SEC("license") = "GPL";
 
 /* 1 when p belongs to a known connection of svc and was DNATed, 0 when it
- * starts a new one, -1 on a rewrite failure. */
+ * starts a new one, -1 on a rewrite failure. *port_only says whether the
+ * connection's source port moves too (open_flow). */
 static __always_inline int known_flow(struct __sk_buff *skb, struct pkt *p,
-				      const struct svc_val *svc)
+				      const struct svc_val *svc, int *port_only)
 {
 	struct ct_key k = ct_key_of(p, CT_ORIG);
 	struct ct_val *ct = bpf_map_lookup_elem(&conntrack, &k);
@@ -46,6 +47,7 @@ static __always_inline int known_flow(struct __sk_buff *skb, struct pkt *p,
 	if ((p->tcp_flags & TCP_FLAG_ACK) && !(ct->flags & CT_SEEN_ACK))
 		ct->flags |= CT_SEEN_ACK;
 	count(svc->id, 0);
+	*port_only = ct->flags & CT_PORT_SNAT;
 	return rewrite(skb, p, 1, ct->addr, ct->port) ? -1 : 1;
 }
 
@@ -119,7 +121,7 @@ static __always_inline int ingress(struct __sk_buff *skb, int origin)
 	struct svc_val *svc;
 	struct backend ep;
 	struct pkt p;
-	int done, verdict, snat, outside;
+	int done, verdict, snat, outside, port_only;
 	__u8 set;
 
 	if (parse(skb, &p))
@@ -128,7 +130,7 @@ static __always_inline int ingress(struct __sk_buff *skb, int origin)
 	if (done)
 		return verdict;
 	svc = find_service(&p);
-	verdict = known_flow(skb, &p, svc);
+	verdict = known_flow(skb, &p, svc, &port_only);
 	if (verdict < 0)
 		return TC_ACT_SHOT;
 	if (verdict) {
@@ -194,7 +196,8 @@ static __always_inline int from_node(struct __sk_buff *skb, struct pkt *p, int l
 {
 	struct svc_val *svc = find_service(p);
 	struct backend ep;
-	int verdict = known_flow(skb, p, svc);
+	int port_only = 0;
+	int verdict = known_flow(skb, p, svc, &port_only);
 	struct ct_val *snat;
 	struct ct_key k;
 	__u8 set;
@@ -209,12 +212,14 @@ static __always_inline int from_node(struct __sk_buff *skb, struct pkt *p, int l
 		if (pick(svc, set, p->saddr, &ep))
 			return no_endpoint(skb, svc, lo ? LOOPBACK_IFINDEX : skb->ifindex,
 					   BPF_F_INGRESS);
-		open_flow(p, &ep, svc->id, 0, CT_UNDNAT_LOCAL, lo ? CT_TO_LO : 0);
+		port_only = open_flow(p, &ep, svc->id, 0, CT_UNDNAT_LOCAL, lo ? CT_TO_LO : 0);
 		count(svc->id, 1);
 		if (rewrite(skb, p, 1, ep.addr, ep.port))
 			return TC_ACT_SHOT;
 	}
-	/* Already at egress: a port-only SNAT (open_flow) applies here. */
+	if (!port_only)
+		return reroute(skb, p);
+	/* Already at egress: the port-only SNAT applies here. */
 	k = ct_key_of(p, CT_SNAT);
 	snat = bpf_map_lookup_elem(&conntrack, &k);
 	if (snat && rewrite(skb, p, 0, snat->addr, snat->port))

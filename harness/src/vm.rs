@@ -89,15 +89,6 @@ enum Guest<'a> {
     Script(&'a Path),
 }
 
-/// Removes a file when dropped.
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 fn result_dirs(base: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(base)
         .into_iter()
@@ -179,13 +170,17 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
         // folder: virtme-ng passes --exec on the kernel command line, which
         // x86 cuts at 2048 bytes, and a guest whose command was cut never
         // starts it (a long --check list hung a boot with no output).
-        let script_file = results.join(format!(".svclab-vm-{}.sh", std::process::id()));
+        // A random name, removed when dropped.
+        let script_file = tempfile::Builder::new()
+            .prefix(".svclab-vm-")
+            .suffix(".sh")
+            .tempfile_in(&results)
+            .with_context(|| format!("a script file in {}", results.display()))?;
         std::fs::write(
-            &script_file,
+            script_file.path(),
             script(&exe, &cwd, &guest, &k.release, &results),
         )
-        .with_context(|| format!("writing {}", script_file.display()))?;
-        let _remove = RemoveOnDrop(script_file.clone());
+        .with_context(|| format!("writing {}", script_file.path().display()))?;
         let mut attempt = 0;
         let outcome = loop {
             attempt += 1;
@@ -214,7 +209,7 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
                 .arg("--exec")
                 .arg(format!(
                     "sh {}",
-                    shell_quote(&script_file.display().to_string())
+                    shell_quote(&script_file.path().display().to_string())
                 ))
                 .stdin(Stdio::null())
                 // Relayed, not inherited: qemu reopens an inherited stdout
