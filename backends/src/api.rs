@@ -184,6 +184,24 @@ pub struct BackendOptions {
     /// can time the bare tool on the same input (the floor).
     #[serde(default)]
     pub dump_dir: Option<std::path::PathBuf>,
+    /// nftables: how a service chain picks an endpoint.
+    #[serde(default)]
+    pub nftables_layout: NftablesLayout,
+}
+
+/// How the nftables backends pick an endpoint in a service chain.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NftablesLayout {
+    /// kube-proxy's: one rule with an anonymous `numgen random mod N` map
+    /// per service chain (backend `nftables`).
+    #[default]
+    Maps,
+    /// No set per Service: a cascade of `numgen random mod k == 0` rules,
+    /// as iptables' `statistic` rules (backend `nftables-flat`). Each
+    /// anonymous set costs the kernel a walk over the transaction's other
+    /// sets, so kube-proxy's layout grows quadratically in Services.
+    Flat,
 }
 
 impl BackendOptions {

@@ -33,6 +33,6 @@ pub mod userspace;
 
 pub use api::{
     Backend, BackendError, BackendOptions, BackendSpec, BackendStats, Evidence, Fault, Feature,
-    FloorTool, SyncOutcome, SyncRequest, Trace, Unavailable,
+    FloorTool, NftablesLayout, SyncOutcome, SyncRequest, Trace, Unavailable,
 };
 pub use registry::{BackendKind, create};

@@ -19,6 +19,7 @@ pub const REGISTRY: &[&BackendSpec] = &[
     &iptables::SPEC,
     &iptables::LEGACY_SPEC,
     &nftables::SPEC,
+    &nftables::FLAT_SPEC,
     &ipvs::SPEC,
     &userspace::SPEC,
     &ebpf::SPEC,
@@ -58,6 +59,7 @@ impl BackendKind {
     pub const Iptables: BackendKind = BackendKind::Builtin(iptables::SPEC.name);
     pub const IptablesLegacy: BackendKind = BackendKind::Builtin(iptables::LEGACY_SPEC.name);
     pub const Nftables: BackendKind = BackendKind::Builtin(nftables::SPEC.name);
+    pub const NftablesFlat: BackendKind = BackendKind::Builtin(nftables::FLAT_SPEC.name);
     pub const Ipvs: BackendKind = BackendKind::Builtin(ipvs::SPEC.name);
     pub const Userspace: BackendKind = BackendKind::Builtin(userspace::SPEC.name);
     pub const Ebpf: BackendKind = BackendKind::Builtin(ebpf::SPEC.name);

@@ -65,7 +65,7 @@ impl Ruleset {
                 mode: Mode::Ipvs, ..
             } => Some(Ruleset::Ipvs),
             BackendKind::Builtin("iptables-legacy") => Some(Ruleset::IptablesLegacy),
-            BackendKind::Builtin("nftables")
+            BackendKind::Builtin("nftables" | "nftables-flat")
             | BackendKind::KubeProxy {
                 mode: Mode::Nftables,
                 ..

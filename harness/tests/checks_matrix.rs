@@ -80,6 +80,7 @@ fn behaviours_pass_on_every_backend_this_host_runs() {
         "iptables",
         "iptables-legacy",
         "nftables",
+        "nftables-flat",
         "userspace",
         "ebpf",
     ]
@@ -115,9 +116,12 @@ fn behaviours_pass_on_every_backend_this_host_runs() {
             );
         }
     }
-    // iptables and nftables implement every behaviour: nothing skipped.
+    // iptables and both nftables layouts implement every behaviour:
+    // nothing skipped.
     for (b, c, v, why) in common::verdicts(&json) {
-        if (b == "iptables" || b == "nftables") && !kernel_skip(&c, &v, &why) {
+        if ["iptables", "nftables", "nftables-flat"].contains(&b.as_str())
+            && !kernel_skip(&c, &v, &why)
+        {
             assert_eq!(v, "PASS", "{b}/{c}: {why}");
         }
     }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use crate::model::{Protocol, ProxyState};
 use crate::nftables::fixtures::{changes, ep, insert, node, port, tcp};
 use crate::nftables::{Existing, Programmed, render_full, render_partial};
-use crate::{BackendOptions, Fault};
+use crate::{BackendOptions, Fault, NftablesLayout};
 
 fn golden_path(case: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -239,6 +239,76 @@ fn cases() -> Vec<Case> {
 fn golden_full_rulesets() {
     for c in cases() {
         check_golden(c.name, &render_full(&c.state, &node(), &opts(&c.faults)));
+    }
+}
+
+/// The flat layout differs only in how a service chain picks an endpoint:
+/// the cases where it picks one of several, in `golden/flat-<case>.nft`.
+#[test]
+fn golden_flat_rulesets() {
+    let flat = ["clusterip-3-endpoints", "affinity-clientip", "multiport"];
+    for c in cases().into_iter().filter(|c| flat.contains(&c.name)) {
+        let o = BackendOptions {
+            nftables_layout: NftablesLayout::Flat,
+            ..opts(&c.faults)
+        };
+        check_golden(
+            &format!("flat-{}", c.name),
+            &render_full(&c.state, &node(), &o),
+        );
+    }
+}
+
+/// The flat layout writes no set or map per Service (the kernel's cost
+/// that grows with their number) and gives every endpoint 1/n: endpoint i
+/// is taken when `numgen random mod k_i` is 0 and none before it was.
+#[test]
+fn flat_layout_has_no_per_service_sets_and_picks_uniformly() {
+    let o = BackendOptions {
+        nftables_layout: NftablesLayout::Flat,
+        ..opts(&[])
+    };
+    for n in 1..=7 {
+        let eps: Vec<_> = (0..n)
+            .map(|i| ep([10, 180, i as u8, 1], 8080, i == 0))
+            .collect();
+        for affinity in [None, Some(60)] {
+            let mut svc = tcp("ns1", "svc1", [172, 30, 0, 41]);
+            svc.session_affinity_seconds = affinity;
+            let mut state = ProxyState::default();
+            insert(&mut state, svc, eps.clone());
+            let text = render_full(&state, &node(), &o);
+            let chain = "add rule ip kube-proxy service-ULMVA6XW-ns1/svc1/tcp/p80 ";
+            let picks: Vec<&str> = text
+                .lines()
+                .filter_map(|l| l.strip_prefix(chain))
+                .filter(|r| !r.starts_with("ip saddr @"))
+                .collect();
+            assert_eq!(picks.len(), n, "{text}");
+            assert!(
+                picks.iter().all(|r| !r.contains('{')),
+                "an anonymous set in {picks:?}"
+            );
+            // The chance that each rule is reached and taken.
+            let mut reach = 1.0_f64;
+            for (i, rule) in picks.iter().enumerate() {
+                let take = match rule.split("numgen random mod ").nth(1) {
+                    Some(rest) => {
+                        let k: f64 = rest.split(' ').next().unwrap().parse().unwrap();
+                        assert!(rest.contains(" == 0 "), "{rule}");
+                        1.0 / k
+                    }
+                    None => 1.0,
+                };
+                let p = reach * take;
+                assert!(
+                    (p - 1.0 / n as f64).abs() < 1e-12,
+                    "n={n} affinity={affinity:?}: endpoint {i} gets {p}: {picks:?}"
+                );
+                reach -= p;
+            }
+            assert!(reach.abs() < 1e-12, "n={n}: {reach} left unpicked");
+        }
     }
 }
 

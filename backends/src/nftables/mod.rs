@@ -63,6 +63,21 @@ pub const SPEC: BackendSpec = BackendSpec {
     }),
 };
 
+/// The `nftables` backend with the flat layout ([`NftablesLayout::Flat`]):
+/// kube-proxy's semantics, no anonymous map per Service.
+///
+/// [`NftablesLayout::Flat`]: crate::NftablesLayout::Flat
+pub const FLAT_SPEC: BackendSpec = BackendSpec {
+    name: "nftables-flat",
+    create: |options| {
+        Box::new(NftablesBackend::new(&BackendOptions {
+            nftables_layout: crate::NftablesLayout::Flat,
+            ..options.clone()
+        }))
+    },
+    ..SPEC
+};
+
 /// The transaction a full sync of `state` writes into an empty table.
 pub fn render_full(state: &ProxyState, node: &NodeContext, options: &BackendOptions) -> String {
     Programmed::default()

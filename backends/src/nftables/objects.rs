@@ -21,7 +21,7 @@ use crate::nftables::names::{
     NO_ENDPOINT_NODEPORTS_MAP, NO_ENDPOINT_SERVICES_MAP, PortNames, REJECT_CHAIN, SERVICE_IPS_MAP,
     SERVICE_NODEPORTS_MAP,
 };
-use crate::{BackendOptions, Fault};
+use crate::{BackendOptions, Fault, NftablesLayout};
 
 /// A set or map whose elements belong to service ports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -396,7 +396,9 @@ pub fn port_objects(
 /// single endpoint (with the WrongProbability fault, iptables' 1/n at every
 /// step instead, which favours the first endpoints when there are three or
 /// more). With affinity: lookups in each endpoint's affinity set first,
-/// then a `numgen` verdict map to the endpoint chains.
+/// then a `numgen` verdict map to the endpoint chains. The flat layout
+/// writes no map: endpoint i of n is taken when `numgen random mod (n-i)`
+/// is 0, given the ones before it were not, which is 1/n for each.
 fn write_dispatch(
     rules: &mut Vec<String>,
     svc: &ServicePort,
@@ -406,6 +408,16 @@ fn write_dispatch(
 ) {
     let proto = svc.protocol.lower();
     let n = endpoints.len();
+    let flat = options.nftables_layout == NftablesLayout::Flat;
+    // `numgen random mod k == 0` for the endpoint at `i`, none for the last.
+    let cascade = |i: usize| -> Option<String> {
+        let k = if options.has_fault(Fault::WrongProbability) {
+            n
+        } else {
+            n - i
+        };
+        (i + 1 < n).then(|| format!("numgen random mod {k} == 0 "))
+    };
     if affinity {
         let names: Vec<EndpointNames> = endpoints
             .iter()
@@ -413,6 +425,16 @@ fn write_dispatch(
             .collect();
         for e in &names {
             rules.push(format!("ip saddr @{} goto {}", e.affinity_set, e.chain));
+        }
+        if flat {
+            for (i, e) in names.iter().enumerate() {
+                rules.push(format!(
+                    "{}goto {}",
+                    cascade(i).unwrap_or_default(),
+                    e.chain
+                ));
+            }
+            return;
         }
         let mut rule = format!("numgen random mod {n} vmap {{ ");
         for (i, e) in names.iter().enumerate() {
@@ -425,16 +447,14 @@ fn write_dispatch(
         rules.push(rule);
         return;
     }
-    if options.has_fault(Fault::WrongProbability) && n > 1 {
+    if flat || (options.has_fault(Fault::WrongProbability) && n > 1) {
         for (i, e) in endpoints.iter().enumerate() {
-            if i + 1 == n {
-                rules.push(format!("meta l4proto {proto} dnat to {}:{}", e.ip, e.port));
-            } else {
-                rules.push(format!(
-                    "meta l4proto {proto} numgen random mod {n} == 0 dnat to {}:{}",
-                    e.ip, e.port
-                ));
-            }
+            rules.push(format!(
+                "meta l4proto {proto} {}dnat to {}:{}",
+                cascade(i).unwrap_or_default(),
+                e.ip,
+                e.port
+            ));
         }
         return;
     }

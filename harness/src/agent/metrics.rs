@@ -88,7 +88,11 @@ impl AgentMetrics {
                 BackendKind::Iptables | BackendKind::IptablesLegacy
             )
             .then(Counter::default),
-            nftables_failures: matches!(*backend, BackendKind::Nftables).then(Counter::default),
+            nftables_failures: matches!(
+                *backend,
+                BackendKind::Nftables | BackendKind::NftablesFlat
+            )
+            .then(Counter::default),
             rules: Gauge::default(),
             last_updated: None,
             healthy: false,

@@ -126,6 +126,7 @@ pub fn run(args: AgentArgs) -> i32 {
         ipvs_scheduler: args.ipvs_scheduler.clone(),
         faults: args.faults.clone(),
         dump_dir: args.dump_dir.clone(),
+        ..BackendOptions::default()
     };
     if let Some(d) = &args.dump_dir
         && let Err(e) = std::fs::create_dir_all(d)

@@ -774,7 +774,7 @@ pub async fn service_recreate(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<C
 fn drops_unallocated(kind: &BackendKind) -> Option<bool> {
     use svclab_backends::kubeproxy::Mode;
     match kind {
-        BackendKind::Builtin("nftables") => Some(true),
+        BackendKind::Builtin("nftables" | "nftables-flat") => Some(true),
         BackendKind::Builtin("iptables" | "iptables-legacy" | "ipvs" | "userspace" | "ebpf") => {
             Some(false)
         }
