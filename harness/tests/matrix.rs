@@ -175,3 +175,69 @@ fn shards_merge_into_the_whole_matrix() {
         let _ = std::fs::remove_dir_all(s.parent().unwrap());
     }
 }
+
+/// `svclab matrix -- bench sync`: one bench per kernel in the matrix
+/// folder, `none` added, and the summary's rows ratios within the run.
+#[test]
+fn a_bench_matrix_sets_kernels_side_by_side() {
+    require_root!();
+    let _lab = common::lab_lock();
+    let base = common::results_dir("matrix-bench");
+    let out = common::run(&[
+        "matrix",
+        "--kernel",
+        "host",
+        "--backend",
+        "iptables,nftables-flat",
+        "--results",
+        base.to_str().unwrap(),
+        "--",
+        "bench",
+        "sync",
+        "--services",
+        "20",
+        "--partials",
+        "1",
+        "--connects",
+        "20",
+    ]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    let dirs: Vec<PathBuf> = std::fs::read_dir(&base)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.join("bench-matrix.json").is_file())
+        .collect();
+    assert_eq!(dirs.len(), 1, "{}", common::text(&out));
+    let m: Value =
+        serde_json::from_slice(&std::fs::read(dirs[0].join("bench-matrix.json")).unwrap()).unwrap();
+    let k = &m["kernels"][0];
+    assert_eq!(k["kernel"], "host");
+    assert_eq!(k["backends"], json!(["none", "iptables", "nftables-flat"]));
+    assert_eq!(k["emulated"], false);
+    assert!(k["error"].is_null(), "{k}");
+    let bench = dirs[0].join(k["runDir"].as_str().unwrap());
+    let b: Value =
+        serde_json::from_slice(&std::fs::read(bench.join("bench.json")).unwrap()).unwrap();
+    let backends: Vec<&str> = b["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["backend"].as_str().unwrap())
+        .collect();
+    assert_eq!(backends, ["none", "iptables", "nftables-flat"]);
+    let md = std::fs::read_to_string(dirs[0].join("summary.md")).unwrap();
+    let row = md
+        .lines()
+        .find(|l| l.starts_with("| nftables-flat | 20 |"))
+        .unwrap_or_else(|| panic!("no nftables-flat row:\n{md}"));
+    // Seconds, ratio to iptables, to the floor, partial, connect over none:
+    // all measured.
+    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    assert!(cells[3].ends_with(" s"), "{row}");
+    for c in &cells[4..8] {
+        assert!(c.ends_with('x'), "{row}");
+    }
+    assert!(md.contains("| iptables | 20 | "), "{md}");
+    let _ = std::fs::remove_dir_all(base);
+}

@@ -9,8 +9,10 @@ use super::{BackendItem, CheckSelection, Format};
 #[derive(Args, Debug)]
 #[command(after_help = super::BACKEND_RULE)]
 pub struct MatrixArgs {
-    /// The scenario file (see scenarios/).
-    pub scenario: PathBuf,
+    /// The scenario file (see scenarios/), whose checks every cell runs.
+    /// Give none to run a benchmark instead: `-- bench sync [OPTIONS]`.
+    #[arg(required_unless_present = "command")]
+    pub scenario: Option<PathBuf>,
     /// Kernels: `host` (this machine's running kernel, cells run directly)
     /// or anything `svclab vm --kernel` accepts (one VM boot per kernel).
     #[arg(
@@ -54,6 +56,12 @@ pub struct MatrixArgs {
         value_name = "DIR"
     )]
     pub results: PathBuf,
+    /// Instead of a scenario: `bench sync [OPTIONS]` (without `--backend`
+    /// and `--results`), run on every kernel, with `none` added to the
+    /// backends; the report sets the kernels side by side as ratios within
+    /// each kernel's run.
+    #[arg(last = true, value_name = "COMMAND", conflicts_with_all = ["scenario", "shard", "check", "skip_check"])]
+    pub command: Vec<String>,
 }
 
 #[derive(Args, Debug)]

@@ -77,7 +77,9 @@ pub enum Command {
     Run(run::RunArgs),
     /// Run a scenario's checks over kernels × backends (VM kernels under
     /// `svclab vm`) and write one matrix folder whose report's columns are
-    /// kernels (exit code 1 if any check failed).
+    /// kernels (exit code 1 if any check failed); or, with `-- bench sync
+    /// [OPTIONS]` instead of a scenario, a sync benchmark per kernel, set
+    /// side by side.
     Matrix(matrix::MatrixArgs),
     /// Join matrix shard folders into one matrix folder and report (exit
     /// code 1 if a cell failed or is missing).

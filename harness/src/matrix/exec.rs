@@ -211,7 +211,10 @@ pub async fn command(args: crate::cli::matrix::MatrixArgs) -> Result<std::proces
         eprintln!("svclab matrix: {e}");
         Ok(ExitCode::from(2))
     };
-    let scn = match Scenario::load(&args.scenario) {
+    let Some(scenario) = args.scenario.clone() else {
+        return bench_command(&args);
+    };
+    let scn = match Scenario::load(&scenario) {
         Ok(s) => s,
         Err(e) => return usage(&e),
     };
@@ -233,7 +236,7 @@ pub async fn command(args: crate::cli::matrix::MatrixArgs) -> Result<std::proces
         }
     }
     let kernels: Vec<String> = args.kernels.clone();
-    let scenario_ref = super::ScenarioRef::of(&scn.name, &args.scenario)?;
+    let scenario_ref = super::ScenarioRef::of(&scn.name, &scenario)?;
     let plan = Plan::new(scenario_ref, filter, &kernels, |k| {
         per_kernel
             .iter()
@@ -255,7 +258,7 @@ pub async fn command(args: crate::cli::matrix::MatrixArgs) -> Result<std::proces
         return Ok(ExitCode::SUCCESS);
     }
     let opts = MatrixOptions {
-        scenario_path: args.scenario.clone(),
+        scenario_path: scenario,
         plan,
         shard: args.shard,
         results: args.results.clone(),
@@ -263,6 +266,57 @@ pub async fn command(args: crate::cli::matrix::MatrixArgs) -> Result<std::proces
     };
     let (m, dir) = run(&scn, &opts).await?;
     Ok(report(&m, &dir))
+}
+
+/// `svclab matrix ... -- bench sync ARGS`: one bench per kernel, then
+/// the kernels side by side (exit code 1 when a kernel gave no figures).
+fn bench_command(args: &crate::cli::matrix::MatrixArgs) -> Result<std::process::ExitCode> {
+    use std::process::ExitCode;
+    let bench_args = match super::bench::bench_args(&args.command) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("svclab matrix: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let mut per_kernel = Vec::new();
+    for k in &args.kernels {
+        match backends_for(k, &args.backend) {
+            Ok(b) => per_kernel.push((k.clone(), super::bench::with_none(&b))),
+            Err(e) => {
+                eprintln!("svclab matrix: kernel {k}: {e:#}");
+                return Ok(ExitCode::from(2));
+            }
+        }
+    }
+    if args.plan {
+        let cells: Vec<CellId> = per_kernel
+            .iter()
+            .flat_map(|(k, bs)| {
+                bs.iter().map(|b| CellId {
+                    kernel: k.clone(),
+                    backend: b.clone(),
+                })
+            })
+            .collect();
+        match args.output {
+            crate::cli::Format::Json => println!("{}", serde_json::to_string_pretty(&cells)?),
+            crate::cli::Format::Text => {
+                for c in cells {
+                    println!("{c}");
+                }
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (m, dir) = super::bench::run(&per_kernel, &bench_args, &args.results, args.vm_timeout)?;
+    print!("{}", std::fs::read_to_string(dir.join("summary.md"))?);
+    println!("results: {}", dir.display());
+    Ok(if m.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// Where the matrix is and whether it holds: exit code 1 when a check

@@ -8,6 +8,7 @@
 //! the I-th of N contiguous slices of it, so a shard boots as few VMs as it
 //! can; `svclab merge` joins shard folders back into one matrix.
 
+pub mod bench;
 pub mod exec;
 pub mod merge;
 pub mod report;
