@@ -52,6 +52,28 @@ fn shell_quote(s: &str) -> String {
 /// The script the VM runs: modules, labels, then the command, whose
 /// results folder (`SVCLAB_RESULTS`, unless it names one) is the one shared
 /// read-write: the rest of the host's filesystem is read-only in the guest.
+/// A hard link to `exe`'s file next to it, removed when dropped. A
+/// rebuild while a VM runs writes a new file at `exe`'s path; the guest,
+/// reading it through the shared filesystem, then started agents that died
+/// at once ("Broken pipe" bringing a lab up, every lab after the rebuild).
+/// The link keeps the file the VM started with. None (the path as it is)
+/// where no link can be made there.
+fn pin(exe: &Path) -> Option<tempfile::TempPath> {
+    let dir = exe.parent()?;
+    tempfile::Builder::new()
+        .prefix(".svclab-vm-")
+        .make_in(dir, |p| std::fs::hard_link(exe, p))
+        .map(tempfile::NamedTempFile::into_temp_path)
+        .inspect_err(|e| {
+            tracing::debug!(
+                "svclab vm: no link to {} in {}: {e}",
+                exe.display(),
+                dir.display()
+            )
+        })
+        .ok()
+}
+
 fn script(exe: &Path, cwd: &Path, guest: &Guest<'_>, release: &str, results: &Path) -> String {
     let exe = shell_quote(&exe.display().to_string());
     let run = match guest {
@@ -138,8 +160,11 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
     }
     which("vng").context("virtme-ng (vng) is not installed: run ci/setup --vm")?;
     which("qemu-system-x86_64").context("qemu is not installed: run ci/setup --vm")?;
-    // The VM runs this same binary by its path on the shared filesystem.
+    // The VM runs this same binary, by a path on the shared filesystem
+    // that a rebuild does not replace.
     let exe = std::env::current_exe()?;
+    let pinned = pin(&exe);
+    let exe = pinned.as_deref().unwrap_or(&exe).to_path_buf();
     let cwd = std::env::current_dir()?;
     std::fs::create_dir_all(&args.results)?;
     let results = std::fs::canonicalize(&args.results)?;
@@ -375,6 +400,23 @@ fn print_matrix(made: &[(PathBuf, Vec<PathBuf>)]) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_guest_keeps_the_binary_it_started_with_across_a_rebuild() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("svclab");
+        std::fs::write(&exe, "old").unwrap();
+        let pinned = super::pin(&exe).expect("a link next to the binary");
+        assert_eq!(pinned.parent(), Some(dir.path()));
+        // A rebuild: a new file renamed over the path.
+        std::fs::write(dir.path().join("new"), "new").unwrap();
+        std::fs::rename(dir.path().join("new"), &exe).unwrap();
+        assert_eq!(std::fs::read_to_string(&pinned).unwrap(), "old");
+        let path = pinned.to_path_buf();
+        drop(pinned);
+        assert!(!path.exists(), "the link is removed");
+        assert_eq!(std::fs::read_to_string(&exe).unwrap(), "new");
+    }
+
     use super::*;
 
     #[test]
