@@ -33,6 +33,10 @@ pub struct KernelBench {
     pub emulated: bool,
     /// The kernel release it ran on (`uname -r`).
     pub release: Option<String>,
+    /// Figures were written, but `bench sync` (or its VM) did not exit
+    /// cleanly: a missed target, or a VM killed at its timeout, whose
+    /// remaining cases are then absent.
+    pub exit: Option<String>,
     pub error: Option<String>,
 }
 
@@ -114,10 +118,12 @@ pub fn run(
             run_dir: None,
             emulated: kernel != HOST,
             release: None,
+            exit: None,
             error: None,
         };
         match bench_on(kernel, backends, args, &base, vm_timeout) {
-            Ok((r, run_dir)) => {
+            Ok((r, run_dir, status)) => {
+                entry.exit = (!status.success()).then(|| status.to_string());
                 entry.run_dir = Some(
                     run_dir
                         .strip_prefix(&dir)
@@ -159,7 +165,7 @@ fn bench_on(
     args: &[String],
     base: &Path,
     timeout: Option<u64>,
-) -> Result<(BenchResults, PathBuf)> {
+) -> Result<(BenchResults, PathBuf, std::process::ExitStatus)> {
     let base = std::fs::canonicalize(base)?;
     let exe = std::env::current_exe()?;
     let mut cmd = Command::new(exe);
@@ -192,7 +198,7 @@ fn bench_on(
         // bench sync exits 1 when a target is missed; its figures stand.
         tracing::info!("svclab matrix: kernel {kernel}: bench sync exited with {status}");
     }
-    Ok((BenchResults::load(run_dir)?, run_dir.clone()))
+    Ok((BenchResults::load(run_dir)?, run_dir.clone(), status))
 }
 
 const FULL: &str = "sync_full_proxy_rules_duration_seconds";
@@ -210,7 +216,7 @@ pub fn summary(m: &BenchMatrix, benches: &[(String, BenchResults)]) -> String {
     for k in &m.kernels {
         let _ = writeln!(
             s,
-            "- kernel `{}`{}: {}",
+            "- kernel `{}`{}: {}{}",
             k.kernel,
             k.release
                 .as_ref()
@@ -223,7 +229,14 @@ pub fn summary(m: &BenchMatrix, benches: &[(String, BenchResults)]) -> String {
                 }
                 (None, Some(d), false) => format!("`{d}`"),
                 (None, None, _) => "did not run".into(),
-            }
+            },
+            k.exit
+                .as_ref()
+                .map(|e| format!(
+                    " (bench sync {e}: a missed target, or its VM's timeout, \
+                     which leaves later cases out)"
+                ))
+                .unwrap_or_default()
         );
     }
     let _ = writeln!(
@@ -348,6 +361,7 @@ mod tests {
                     run_dir: Some(format!("cells/kernel-{k}/x")),
                     emulated,
                     release: None,
+                    exit: None,
                     error: None,
                 })
                 .collect(),
