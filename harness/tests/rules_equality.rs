@@ -200,19 +200,32 @@ fn up_and_dump(scenario: &str, backend: &str, ruleset: Ruleset) -> BTreeSet<Stri
     let up = common::run(&["up", scenario, "--backend", backend]);
     assert!(up.status.success(), "{}", common::text(&up));
     let run = common::run_id(&String::from_utf8_lossy(&up.stdout));
-    let printed = common::run(&["rules", "--run", &run]);
-    let raw = rules::dump(&format!("svclab-{run}-node-0"), ruleset);
+    // The lab is synced when `up` returns, but upstream kube-proxy's IPv6
+    // proxier (which writes an empty `ip6 kube-proxy` table) syncs on its
+    // own time and once landed between the two reads. The reads are taken
+    // again, a bounded number of times, until the ruleset holds still.
+    let mut reads = 0;
+    let (lines, raw) = loop {
+        reads += 1;
+        let printed = common::run(&["rules", "--run", &run]);
+        let raw = rules::dump(&format!("svclab-{run}-node-0"), ruleset);
+        assert!(printed.status.success(), "{}", common::text(&printed));
+        let lines: BTreeSet<String> = String::from_utf8_lossy(&printed.stdout)
+            .lines()
+            .map(String::from)
+            .collect();
+        let raw = rules::normalise(ruleset, &raw.expect("dumping node-0's rules"));
+        if lines == raw || reads == 5 {
+            break (lines, raw);
+        }
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    };
     let down = common::run(&["down", "--run", &run]);
     assert!(down.status.success(), "{}", common::text(&down));
-    assert!(printed.status.success(), "{}", common::text(&printed));
-    let lines: BTreeSet<String> = String::from_utf8_lossy(&printed.stdout)
-        .lines()
-        .map(String::from)
-        .collect();
-    let raw = rules::normalise(ruleset, &raw.expect("dumping node-0's rules"));
-    // The two reads straddle nothing that changes the rules (the lab is
-    // synced and idle), so they agree.
-    assert_eq!(lines, raw, "svclab rules vs svclab::rules for {backend}");
+    assert_eq!(
+        lines, raw,
+        "svclab rules vs svclab::rules for {backend} ({reads} reads)"
+    );
     lines
 }
 
