@@ -12,7 +12,6 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -167,25 +166,14 @@ fn bench_on(
     timeout: Option<u64>,
 ) -> Result<(BenchResults, PathBuf, std::process::ExitStatus)> {
     let base = std::fs::canonicalize(base)?;
-    let exe = std::env::current_exe()?;
-    let mut cmd = Command::new(exe);
-    if kernel != HOST {
-        cmd.args(["vm", "--kernel", kernel, "--results"])
-            .arg(&base)
-            .args(timeout.map(|t| format!("--timeout={t}")))
-            .arg("--");
-    }
+    let mut cmd = super::svclab_on(kernel, &base, timeout)?;
     cmd.args(["bench", "sync"])
         .args(args)
         .args(["--backend", &backends.join(","), "--results"])
         .arg(&base);
     tracing::debug!("svclab matrix: {cmd:?}");
     let status = cmd.status().context("starting svclab bench sync")?;
-    let dirs: Vec<PathBuf> = std::fs::read_dir(&base)?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| p.join("bench.json").is_file())
-        .collect();
+    let dirs = super::folders_holding(&base, "bench.json")?;
     let [run_dir] = dirs.as_slice() else {
         anyhow::bail!(
             "svclab bench sync on kernel {kernel} exited with {status} and left {} bench \

@@ -2,7 +2,6 @@
 //! one `svclab run` (one VM boot per kernel for VM kernels).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{Context, Result};
 use svclab_backends::BackendKind;
@@ -146,12 +145,8 @@ fn in_vm(
     timeout: Option<u64>,
 ) -> Result<(RunResults, PathBuf)> {
     let base = std::fs::canonicalize(base)?;
-    let exe = std::env::current_exe()?;
-    let mut cmd = Command::new(exe);
-    cmd.args(["vm", "--kernel", kernel, "--results"])
-        .arg(&base)
-        .args(timeout.map(|t| format!("--timeout={t}")))
-        .args(["--", "run"])
+    let mut cmd = super::svclab_on(kernel, &base, timeout)?;
+    cmd.arg("run")
         .arg(scenario)
         .args([
             "--backend",
@@ -163,11 +158,7 @@ fn in_vm(
         .arg(&base);
     tracing::debug!("svclab matrix: {cmd:?}");
     let status = cmd.status().context("starting svclab vm")?;
-    let dirs: Vec<PathBuf> = std::fs::read_dir(&base)?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| p.join("results.json").is_file())
-        .collect();
+    let dirs = super::folders_holding(&base, "results.json")?;
     let [run_dir] = dirs.as_slice() else {
         anyhow::bail!(
             "svclab vm --kernel {kernel} exited with {status} and left {} run folder(s) in {}",

@@ -296,6 +296,34 @@ pub fn kernel_folder(kernel: &str) -> String {
     )
 }
 
+/// The folders directly under `base` that hold a file named `file`: the
+/// run (or bench) folders a cell's `svclab` command left there.
+pub fn folders_holding(base: &Path, file: &str) -> std::io::Result<Vec<PathBuf>> {
+    Ok(std::fs::read_dir(base)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.join(file).is_file())
+        .collect())
+}
+
+/// This same binary, to run a cell's command on `kernel`: directly for
+/// `host`, else under `svclab vm --kernel` (results shared in `base`);
+/// the caller appends the command.
+pub fn svclab_on(
+    kernel: &str,
+    base: &Path,
+    timeout: Option<u64>,
+) -> std::io::Result<std::process::Command> {
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    if kernel != HOST {
+        cmd.args(["vm", "--kernel", kernel, "--results"])
+            .arg(base)
+            .args(timeout.map(|t| format!("--timeout={t}")))
+            .arg("--");
+    }
+    Ok(cmd)
+}
+
 /// Reads `dir/matrix.json`.
 pub fn load(dir: &Path) -> anyhow::Result<Matrix> {
     use anyhow::Context;
