@@ -372,6 +372,9 @@ async fn stream_probe(spec: ProbeSpec) -> ProbeResult {
             Some(w) => {
                 r.outcome = Outcome::Answered;
                 r.answer = Some(w);
+                if spec.protocol == Protocol::Tcp {
+                    abort_on_close(&stream);
+                }
             }
             None => {
                 r.outcome = Outcome::Error(format!(
@@ -382,6 +385,27 @@ async fn stream_probe(spec: ProbeSpec) -> ProbeResult {
         },
     }
     r
+}
+
+/// Makes dropping `stream` send a RST, not a FIN, once the whole answer
+/// (up to the endpoint's FIN) is in: the endpoint's socket, which closed
+/// first, then leaves no TIME_WAIT behind.
+///
+/// With FINs every answered probe left the endpoint a TIME_WAIT socket for
+/// 60 s, keyed by the source address and port it saw, and the lab's probes
+/// are thousands of short connections from a handful of addresses. A proxy
+/// that DNATs outside netfilter's NAT, which would pick a free tuple, does
+/// not keep those unique (IPVS's connection table; the README says how the
+/// eBPF backend does), so a later probe could reach an endpoint with the
+/// tuple of such a socket, which took its SYN for an old duplicate (PAWS).
+/// In the VM stage about one IPVS NodePort probe in 1,500 timed out that
+/// way, in 2 runs of 5, with `TcpExtPAWSEstab` up to 57 in an endpoint's
+/// namespace; with RSTs no run of 6 failed. The collision is the kernel's
+/// (kube-proxy's IPVS mode has it too), the checks are about what a proxy
+/// programs, and `ebpf::traffic_tests` still reproduces the collision on
+/// purpose, with its own sockets.
+fn abort_on_close(stream: &tokio::net::TcpStream) {
+    let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
 }
 
 async fn udp_probe(spec: ProbeSpec) -> ProbeResult {
