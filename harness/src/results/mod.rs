@@ -335,7 +335,11 @@ pub fn write_all(dir: &Path, r: &RunResults) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The checks × backends table for the terminal.
+/// How many wrong cases of a failed check the terminal shows.
+const FAILED_EVIDENCE_SHOWN: usize = 5;
+
+/// The checks × backends table for the terminal, then each failed check's
+/// wrong cases.
 pub fn terminal_table(r: &RunResults) -> String {
     let names = r.check_names();
     let width = names.iter().map(|n| n.len()).max().unwrap_or(5).max(5);
@@ -355,6 +359,26 @@ pub fn terminal_table(r: &RunResults) -> String {
     if let Some(i) = &r.interrupted {
         s.push_str(&i.line());
         s.push('\n');
+    }
+    // A failure's evidence, so a CI log says what went wrong without the
+    // results folder (which a CI runner may not keep).
+    for b in &r.backends {
+        for c in b.checks.iter().filter(|c| c.verdict == Verdict::Fail) {
+            s.push_str(&format!("FAIL {}/{}: {}\n", b.backend, c.name, c.summary));
+            let wrong: Vec<_> = c.evidence.iter().filter(|e| !e.ok).collect();
+            for e in wrong.iter().take(FAILED_EVIDENCE_SHOWN) {
+                s.push_str(&format!(
+                    "  {} -> {}: expected {}; observed {}\n",
+                    e.vantage, e.target, e.expected, e.observed
+                ));
+            }
+            if wrong.len() > FAILED_EVIDENCE_SHOWN {
+                s.push_str(&format!(
+                    "  ... and {} more (report.html has them all)\n",
+                    wrong.len() - FAILED_EVIDENCE_SHOWN
+                ));
+            }
+        }
     }
     for b in &r.backends {
         match &b.unavailable {
@@ -518,6 +542,12 @@ pub(crate) mod tests {
         }
         let table = terminal_table(&r);
         assert!(table.contains("hairpin-masquerade") && table.contains("FAIL"));
+        // The failure's wrong case is in the terminal too.
+        assert!(
+            table.contains("FAIL iptables/hairpin-masquerade: ")
+                && table.contains("expected masqueraded <not 10.244.0.3>; observed timeout ×7"),
+            "{table}"
+        );
         let back: RunResults = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
         assert_eq!(back.failed(), 1);
     }
