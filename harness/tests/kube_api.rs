@@ -329,6 +329,14 @@ fn bad_requests_get_a_status_with_the_right_code_and_change_nothing() {
             "Invalid",
         ),
         (
+            "POST",
+            svcs.into(),
+            "application/json",
+            r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"ds"},"spec":{"ipFamilyPolicy":"RequireDualStack","ports":[{"port":80}]}}"#,
+            422,
+            "Invalid",
+        ),
+        (
             "PATCH",
             format!("{svcs}/web"),
             "application/apply-patch+yaml",
@@ -382,6 +390,28 @@ fn bad_requests_get_a_status_with_the_right_code_and_change_nothing() {
     let ev: serde_json::Value = serde_json::from_str(&first).unwrap_or_default();
     assert_eq!(ev["type"], "ERROR", "{first}");
     assert_eq!(ev["object"]["code"], 410, "{first}");
+
+    // What the API server accepts is accepted: PreferDualStack in a
+    // single-stack lab gets the one family, and an apply that turns a
+    // Service into an ExternalName loses the family fields the stored one
+    // carried (its merge keeps them), as dropTypeDependentFields does.
+    let yaml =
+        service("turns", 81).replace("spec:\n", "spec:\n  ipFamilyPolicy: PreferDualStack\n");
+    api.apply(&yaml);
+    let svc = api.json(&["get", "svc", "turns"]);
+    assert_eq!(
+        svc["spec"]["ipFamilies"],
+        serde_json::json!(["IPv4"]),
+        "{svc}"
+    );
+    assert_eq!(svc["spec"]["ipFamilyPolicy"], "PreferDualStack", "{svc}");
+    let alias = "apiVersion: v1\nkind: Service\nmetadata:\n  name: turns\n  namespace: default\nspec:\n  type: ExternalName\n  externalName: example.org\n";
+    let out = api.apply(alias);
+    assert!(out.contains("configured"), "{out}");
+    let svc = api.json(&["get", "svc", "turns"]);
+    assert_eq!(svc["spec"]["type"], "ExternalName", "{svc}");
+    assert!(svc["spec"]["ipFamilies"].is_null(), "{svc}");
+    assert!(svc["spec"]["clusterIP"].is_null(), "{svc}");
 }
 
 #[test]

@@ -791,6 +791,11 @@ fn validate_service(svc: &Service) -> Vec<String> {
             causes.push(format!("spec.selector: Invalid value: {k:?}: {e}"));
         }
     }
+    causes.extend(
+        crate::controlplane::families::check(spec, crate::controlplane::families::LAB_FAMILIES)
+            .iter()
+            .map(|e| e.cause()),
+    );
     if let Some(td) = spec.traffic_distribution.as_deref()
         && !TRAFFIC_DISTRIBUTIONS.contains(&td)
     {
@@ -868,13 +873,45 @@ fn create_service(shared: &Shared, t: &Target, body: &[u8]) -> Result<Response<B
     Ok(stored(shared, t, &name, StatusCode::CREATED))
 }
 
+/// An update to type ExternalName loses the IP family fields it carried
+/// over unchanged from the stored Service (an apply's merge keeps them), as
+/// the API server's dropTypeDependentFields does; set anew, they are
+/// refused.
+fn drop_type_dependent_fields(shared: &Shared, t: &Target, name: &str, svc: &mut Service) {
+    let Some(spec) = svc.spec.as_mut() else {
+        return;
+    };
+    if spec.type_.as_deref() != Some("ExternalName") {
+        return;
+    }
+    let ns = t.namespace.as_deref().unwrap_or("default");
+    let Some(old) = lock(shared)
+        .store()
+        .get(t.resource, ns, name)
+        .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.json).ok())
+        .map(|o| o["spec"].clone())
+    else {
+        return;
+    };
+    if old["type"].as_str() == Some("ExternalName") {
+        return;
+    }
+    let same = |field: &str, new: serde_json::Value| old[field] == new;
+    if same("ipFamilies", json!(spec.ip_families)) {
+        spec.ip_families = None;
+    }
+    if same("ipFamilyPolicy", json!(spec.ip_family_policy)) {
+        spec.ip_family_policy = None;
+    }
+}
+
 /// Replaces the Service `name` with `svc` if the client's resourceVersion
 /// (when it sends one) is still current.
 fn replace(
     shared: &Shared,
     t: &Target,
     name: &str,
-    svc: Service,
+    mut svc: Service,
 ) -> Result<Response<Body>, ApiError> {
     if svc.metadata.name.as_deref() != Some(name) {
         return Err(ApiError::bad_request(format!(
@@ -882,6 +919,7 @@ fn replace(
             svc.metadata.name.as_deref().unwrap_or_default()
         )));
     }
+    drop_type_dependent_fields(shared, t, name, &mut svc);
     let causes = validate_service(&svc);
     if !causes.is_empty() {
         return Err(ApiError::invalid(t.resource, name, causes));
@@ -1078,7 +1116,7 @@ mod tests {
         let svc: Service = serde_json::from_value(json!({
             "metadata": {"name": "Bad_Name"},
             "spec": {"type": "Weird", "ports": [{"port": 0}, {"port": 0, "protocol": "ICMP"}],
-                     "trafficDistribution": "PreferFar"}
+                     "trafficDistribution": "PreferFar", "ipFamilyPolicy": "RequireDualStack"}
         }))
         .unwrap();
         let causes = validate_service(&svc).join("\n");
@@ -1089,6 +1127,7 @@ mod tests {
             "spec.ports[1].protocol: Unsupported value: \"ICMP\"",
             "spec.ports[0].name: Required value",
             "spec.trafficDistribution: Unsupported value: \"PreferFar\": supported values: \"PreferClose\", \"PreferSameZone\", \"PreferSameNode\"",
+            "spec.ipFamilyPolicy: Invalid value: \"RequireDualStack\": this lab is not configured for dual-stack",
         ] {
             assert!(causes.contains(want), "{want} missing from\n{causes}");
         }

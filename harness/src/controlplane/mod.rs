@@ -5,6 +5,7 @@
 mod alloc;
 pub mod churn;
 pub mod endpoints;
+pub mod families;
 pub mod objects;
 pub mod store;
 
@@ -312,10 +313,17 @@ impl ControlPlane {
             return Err(ControlPlaneError::NoService(key_str(&key)));
         };
         // ClusterIP is immutable; keep it (and node ports unless given).
+        // A Service that becomes an ExternalName loses it, as the API
+        // server's dropTypeDependentFields has it.
         let old_spec = old.spec.clone().unwrap_or_default();
         let spec = svc.spec.get_or_insert_with(Default::default);
-        spec.cluster_ip = old_spec.cluster_ip.clone();
-        spec.cluster_ips = old_spec.cluster_ips.clone();
+        if spec.type_.as_deref() == Some("ExternalName") {
+            spec.cluster_ip = None;
+            spec.cluster_ips = None;
+        } else {
+            spec.cluster_ip = old_spec.cluster_ip.clone();
+            spec.cluster_ips = old_spec.cluster_ips.clone();
+        }
         // The cloud controller keeps a load balancer's address across
         // updates; the status is not the client's to write here.
         if svc.status.is_none() {
@@ -421,7 +429,7 @@ impl ControlPlane {
             return Ok(());
         }
         match spec.cluster_ip.as_deref() {
-            Some("None") => {}
+            Some("None") => spec.cluster_ips = Some(vec!["None".into()]),
             Some(ip) if !ip.is_empty() => {
                 let ip: Ipv4Addr = ip.parse().map_err(|_| {
                     err(AllocError::OutOfRange {
@@ -431,6 +439,7 @@ impl ControlPlane {
                     })
                 })?;
                 self.ips.request(ip, &owner).map_err(err)?;
+                spec.cluster_ips = Some(vec![ip.to_string()]);
             }
             _ => {
                 let ip = self.ips.allocate(&owner).map_err(err)?;
@@ -753,6 +762,57 @@ mod tests {
                 t == ty && e.object().is_some_and(|o| o.kind() == kind)
             })
             .count()
+    }
+
+    /// `clusterIPs` follows `clusterIP` after allocation, as the API server
+    /// stores them.
+    #[test]
+    fn cluster_ips_mirror_the_cluster_ip() {
+        let mut cp = smoke();
+        let svc = |name: &str, spec: serde_json::Value| -> Service {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "namespace": "default"},
+                "spec": spec,
+            }))
+            .unwrap()
+        };
+        let ports = serde_json::json!([{"port": 80}]);
+        cp.add_service(svc(
+            "by-ips",
+            serde_json::json!({"clusterIP": "10.96.0.77", "clusterIPs": ["10.96.0.77"], "ports": ports}),
+        ))
+        .unwrap();
+        cp.add_service(svc(
+            "by-ip",
+            serde_json::json!({"clusterIP": "10.96.0.78", "ports": ports}),
+        ))
+        .unwrap();
+        cp.add_service(svc(
+            "any",
+            serde_json::json!({"ipFamilyPolicy": "PreferDualStack", "ports": ports}),
+        ))
+        .unwrap();
+        cp.add_service(svc(
+            "headless",
+            serde_json::json!({"clusterIP": "None", "ports": ports}),
+        ))
+        .unwrap();
+        for (name, ip) in [("by-ips", "10.96.0.77"), ("by-ip", "10.96.0.78")] {
+            let spec = cp.service("default", name).unwrap().spec.clone().unwrap();
+            assert_eq!(spec.cluster_ip.as_deref(), Some(ip), "{name}");
+            assert_eq!(spec.cluster_ips, Some(vec![ip.to_string()]), "{name}");
+            assert_eq!(spec.ip_families, Some(vec!["IPv4".to_string()]), "{name}");
+        }
+        let any = cp.service("default", "any").unwrap().spec.clone().unwrap();
+        assert_eq!(any.cluster_ips.as_ref().map(Vec::len), Some(1));
+        assert_eq!(any.ip_family_policy.as_deref(), Some("PreferDualStack"));
+        let headless = cp
+            .service("default", "headless")
+            .unwrap()
+            .spec
+            .clone()
+            .unwrap();
+        assert_eq!(headless.cluster_ips, Some(vec!["None".to_string()]));
     }
 
     #[test]

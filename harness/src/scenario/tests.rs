@@ -141,6 +141,33 @@ fn bad_scenarios_name_file_line_and_field() {
             3,
             "(syntax)",
         ),
+        (
+            "RequireDualStack in a single-stack lab",
+            format!(
+                "{LAB}{DEPLOY}{}",
+                svc("  ipFamilyPolicy: RequireDualStack\n  selector: {app: web}\n  ports: [{port: 80}]\n")
+            ),
+            24,
+            "spec.ipFamilyPolicy: Invalid value: \"RequireDualStack\": this lab is not configured for dual-stack",
+        ),
+        (
+            "an IPv6 family in a single-stack lab",
+            format!(
+                "{LAB}{DEPLOY}{}",
+                svc("  ipFamilyPolicy: PreferDualStack\n  ipFamilies: [IPv4, IPv6]\n  selector: {app: web}\n  ports: [{port: 80}]\n")
+            ),
+            25,
+            "spec.ipFamilies[1]: Invalid value: \"IPv6\": ipfamily IPv6 is not configured on this lab",
+        ),
+        (
+            "clusterIPs without clusterIP",
+            format!(
+                "{LAB}{DEPLOY}{}",
+                svc("  clusterIPs: [10.96.0.10]\n  selector: {app: web}\n  ports: [{port: 80}]\n")
+            ),
+            24,
+            "spec.clusterIPs: Invalid value: [\"10.96.0.10\"]: first value must match `clusterIP`",
+        ),
     ];
     for (what, text, line, needle) in cases {
         let err = Scenario::parse("t.yaml", &text)
@@ -156,6 +183,21 @@ fn bad_scenarios_name_file_line_and_field() {
         assert_eq!(first.pos.line, line, "{what}: wrong line in:\n{shown}");
         assert!(first.pos.col >= 1, "{what}");
     }
+}
+
+/// What a single-stack cluster's API server accepts, the lab accepts:
+/// PreferDualStack (it gets the one family), and `clusterIPs` beside the
+/// `clusterIP` it repeats.
+#[test]
+fn single_stack_family_fields_are_accepted() {
+    let text = format!(
+        "{LAB}{DEPLOY}{}",
+        svc(
+            "  ipFamilyPolicy: PreferDualStack\n  ipFamilies: [IPv4]\n  clusterIP: 10.96.0.77\n  clusterIPs: [10.96.0.77]\n  selector: {app: web}\n  ports: [{port: 80}]\n"
+        )
+    );
+    let s = Scenario::parse("t.yaml", &text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(s.services.len(), 1);
 }
 
 #[test]

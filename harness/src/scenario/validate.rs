@@ -857,6 +857,11 @@ fn check_services(
                 );
             }
         }
+        for e in
+            crate::controlplane::families::check(spec, crate::controlplane::families::LAB_FAMILIES)
+        {
+            errs.at(doc, &e.path, e.message);
+        }
         match spec.cluster_ip.as_deref() {
             _ if external_name => {}
             None | Some("") | Some("None") => {}
