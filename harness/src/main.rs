@@ -139,6 +139,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             fault,
             balance_connections,
             results,
+            rules_out,
         }) => {
             // Everything the command line can get wrong is said before
             // anything is built (exit code 2): the scenario first (its
@@ -175,6 +176,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
                 results,
                 balance_connections,
                 checks,
+                rules_out,
             };
             let (r, dir) = run::run(&scn, &opts).await?;
             Ok(run::report(&r, &dir))

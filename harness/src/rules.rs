@@ -120,6 +120,26 @@ pub fn dump(netns: &str, ruleset: Ruleset) -> anyhow::Result<String> {
 }
 
 /// `dump`, normalised (see the module notes).
+/// Reads node `netns`'s ruleset and writes it, normalised, to
+/// `DIR/<scenario>/<backend>.rules` (the layout `svclab rules --up --out`
+/// and `svclab run --rules-out` share, for `diff` and the tests); returns
+/// the file.
+pub fn write_normalised(
+    dir: &std::path::Path,
+    scenario: &str,
+    backend: &str,
+    lines: BTreeSet<String>,
+) -> anyhow::Result<std::path::PathBuf> {
+    use anyhow::Context;
+    let dir = dir.join(scenario);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let file = dir.join(format!("{}.rules", backend.replace([':', '@'], "_")));
+    let mut body = lines.into_iter().collect::<Vec<_>>().join("\n");
+    body.push('\n');
+    std::fs::write(&file, body).with_context(|| format!("writing {}", file.display()))?;
+    Ok(file)
+}
+
 pub fn normalise(ruleset: Ruleset, text: &str) -> BTreeSet<String> {
     match ruleset {
         Ruleset::Iptables | Ruleset::IptablesLegacy => normalise_iptables(text),

@@ -23,6 +23,9 @@ pub struct RunOptions {
     /// The checks to run, in order (empty: every check); the others are
     /// left out of the results.
     pub checks: Vec<&'static str>,
+    /// Where node-0's ruleset goes once each lab is synced
+    /// (`--rules-out`).
+    pub rules_out: Option<PathBuf>,
 }
 
 impl RunOptions {
@@ -169,6 +172,19 @@ async fn run_backend(
         }
     };
     run.lab_times = serde_json::to_value(&lab.times).unwrap_or_default();
+    // A ruleset that could not be written fails the run, after the checks.
+    let rules_failure = opts.rules_out.as_ref().and_then(|dir| {
+        let e = write_rules(&lab, scn, backend, dir).err()?;
+        Some(CheckResult {
+            name: "rules-out".into(),
+            verdict: Verdict::Fail,
+            summary: format!("node-0's ruleset was not written: {e:#}"),
+            evidence: Vec::new(),
+            balance: Vec::new(),
+            trace: None,
+            seconds: 0.0,
+        })
+    });
     // What the agents were started with (the lab's default scheduler).
     let backend_opts = BackendOptions {
         faults: opts.faults.clone(),
@@ -187,6 +203,7 @@ async fn run_backend(
         .iter()
         .map(|c| c.to_string())
         .collect();
+    run.checks.extend(rules_failure);
     if !crate::stop::stopping() {
         crate::scrape::attach(&mut lab, &mut run).await;
     } else if let Some(agents) = lab.agents.as_mut() {
@@ -197,6 +214,29 @@ async fn run_backend(
     // After the agents stopped: kube-proxy's cleanup is in its log too.
     run.logs = lab.down_with_logs().await;
     run
+}
+
+/// `--rules-out`: node-0's ruleset of a synced lab, normalised, in
+/// `dir/<scenario file's stem>/<backend>.rules`; nothing for a backend
+/// that programs no ruleset svclab reads (userspace, eBPF, `none`).
+fn write_rules(lab: &Lab, scn: &Scenario, backend: &BackendKind, dir: &Path) -> anyhow::Result<()> {
+    let name = backend.to_string();
+    let Some(ruleset) = crate::rules::Ruleset::of_backend(&name) else {
+        return Ok(());
+    };
+    let node = lab
+        .topology
+        .nodes
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("the lab has no node"))?;
+    let text = crate::rules::dump(&node.netns, ruleset)?;
+    let stem = Path::new(&scn.file)
+        .file_stem()
+        .map_or_else(|| scn.name.clone(), |s| s.to_string_lossy().into_owned());
+    let file =
+        crate::rules::write_normalised(dir, &stem, &name, crate::rules::normalise(ruleset, &text))?;
+    tracing::info!("svclab: {name}: node-0's ruleset in {}", file.display());
+    Ok(())
 }
 
 /// Runs the `selected` checks against a lab whose agents run `backend`,

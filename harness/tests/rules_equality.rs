@@ -339,10 +339,27 @@ const IPVS: &[Known] = &[Known {
 /// up there on `ipvs` and on `kube-proxy:ipvs` (`svclab rules --up`), the
 /// rulesets (iptables, ipsets, virtual servers, kube-ipvs0) are written to
 /// a folder shared with the VM, and compared here.
+///
+/// `SVCLAB_IPVS_RULES=DIR` compares the rulesets already in `DIR` instead:
+/// ci/test's VM stage writes them there (`svclab run --rules-out`) from the
+/// labs its checks run in, so kube-proxy's IPVS mode, which takes minutes
+/// to sync under emulation, is brought up once, not twice.
 #[test]
 fn ipvs_programs_what_kube_proxy_ipvs_programs() {
     require_root!();
     if !common::have_kube_proxy() {
+        return;
+    }
+    let backends = ["ipvs", "kube-proxy:ipvs"];
+    let scenarios = ["scenarios/behaviours.yaml"];
+    if let Some(dir) = std::env::var_os("SVCLAB_IPVS_RULES") {
+        let dir = std::path::PathBuf::from(dir);
+        compare_ipvs(
+            &dir,
+            &scenarios,
+            backends,
+            &format!("from {}", dir.display()),
+        );
         return;
     }
     let in_vm = !std::path::Path::new("/proc/net/ip_vs").exists();
@@ -357,7 +374,6 @@ fn ipvs_programs_what_kube_proxy_ipvs_programs() {
     let _lab = common::lab_lock();
     let dir = common::results_dir("rules-ipvs");
     let out = dir.join("rules");
-    let backends = ["ipvs", "kube-proxy:ipvs"];
     let mut args: Vec<String> = Vec::new();
     if in_vm {
         args.extend(["vm", "--results"].map(String::from));
@@ -367,7 +383,6 @@ fn ipvs_programs_what_kube_proxy_ipvs_programs() {
     args.push("rules".into());
     // Only behaviours (its Services include smoke's shapes): kube-proxy's
     // IPVS mode takes about five minutes to sync it under emulation.
-    let scenarios = ["scenarios/behaviours.yaml"];
     for s in scenarios {
         args.extend(["--up".to_string(), s.to_string()]);
     }
@@ -375,12 +390,19 @@ fn ipvs_programs_what_kube_proxy_ipvs_programs() {
     args.extend(["--out".to_string(), out.to_string_lossy().into_owned()]);
     let ran = common::run(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(ran.status.success(), "{}", common::text(&ran));
+    compare_ipvs(&out, &scenarios, backends, &common::text(&ran));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Compares `DIR/<scenario>/{ipvs,kube-proxy_ipvs}.rules`; `context` says
+/// where they came from when one is missing or they differ.
+fn compare_ipvs(out: &std::path::Path, scenarios: &[&str], backends: [&str; 2], context: &str) {
     let read = |stem: &str, backend: &str| -> BTreeSet<String> {
         let f = out
             .join(stem)
             .join(format!("{}.rules", backend.replace([':', '@'], "_")));
         std::fs::read_to_string(&f)
-            .unwrap_or_else(|e| panic!("{}: {e}\n{}", f.display(), common::text(&ran)))
+            .unwrap_or_else(|e| panic!("{}: {e}\n{context}", f.display()))
             .lines()
             .map(String::from)
             .collect()
@@ -406,6 +428,42 @@ fn ipvs_programs_what_kube_proxy_ipvs_programs() {
             bad.join("\n")
         );
     }
+}
+
+/// `svclab run --rules-out` writes the ruleset `svclab rules` reads from
+/// a lab of the same scenario (what the IPVS comparison relies on when
+/// ci/test's VM stage writes it), and nothing for a backend without one.
+#[test]
+fn run_writes_the_ruleset_its_lab_programmed() {
+    require_root!();
+    let _lab = common::lab_lock();
+    let dir = common::results_dir("rules-out");
+    let out = dir.join("rules");
+    let ran = common::run(&[
+        "run",
+        "scenarios/smoke.yaml",
+        "--backend",
+        "nftables,userspace",
+        "--check",
+        "^clusterip-tcp$",
+        "--results",
+        dir.to_str().unwrap(),
+        "--rules-out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ran.status.success(), "{}", common::text(&ran));
+    let written: BTreeSet<String> = std::fs::read_to_string(out.join("smoke/nftables.rules"))
+        .unwrap_or_else(|e| panic!("smoke/nftables.rules: {e}\n{}", common::text(&ran)))
+        .lines()
+        .map(String::from)
+        .collect();
+    let read = up_and_dump("scenarios/smoke.yaml", "nftables", Ruleset::Nftables);
+    assert_eq!(written, read);
+    let files: Vec<_> = std::fs::read_dir(out.join("smoke"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(files, ["nftables.rules"], "userspace programs no ruleset");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -156,14 +156,7 @@ fn up_each(args: &RulesArgs) -> anyhow::Result<()> {
             );
             match &args.out {
                 Some(dir) => {
-                    let dir = dir.join(&stem);
-                    std::fs::create_dir_all(&dir)
-                        .with_context(|| format!("creating {}", dir.display()))?;
-                    let file = dir.join(format!("{}.rules", backend.replace([':', '@'], "_")));
-                    let mut body = lines.into_iter().collect::<Vec<_>>().join("\n");
-                    body.push('\n');
-                    std::fs::write(&file, body)
-                        .with_context(|| format!("writing {}", file.display()))?;
+                    let file = crate::rules::write_normalised(dir, &stem, backend, lines)?;
                     println!("{}", file.display());
                 }
                 None => {

@@ -42,4 +42,10 @@ pub struct RunArgs {
         value_name = "DIR"
     )]
     pub results: PathBuf,
+    /// Also write node-0's ruleset, read once each backend's lab is synced
+    /// and before any check runs, to `DIR/<scenario>/<backend>.rules`
+    /// (normalised, as `svclab rules --up --out` writes it), for backends
+    /// that program iptables, nftables or IPVS.
+    #[arg(long, value_name = "DIR")]
+    pub rules_out: Option<PathBuf>,
 }
