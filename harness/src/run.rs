@@ -158,15 +158,10 @@ async fn run_backend(
             return run;
         }
         Err(e) => {
-            run.checks.push(CheckResult {
-                name: "lab-up".into(),
-                verdict: Verdict::Fail,
-                summary: format!("the lab did not come up: {e:#}"),
-                evidence: Vec::new(),
-                balance: Vec::new(),
-                trace: None,
-                seconds: 0.0,
-            });
+            run.checks.push(CheckResult::fail(
+                "lab-up",
+                format!("the lab did not come up: {e:#}"),
+            ));
             pb.inc(opts.checks().len() as u64);
             return run;
         }
@@ -175,15 +170,10 @@ async fn run_backend(
     // A ruleset that could not be written fails the run, after the checks.
     let rules_failure = opts.rules_out.as_ref().and_then(|dir| {
         let e = write_rules(&lab, scn, backend, dir).err()?;
-        Some(CheckResult {
-            name: "rules-out".into(),
-            verdict: Verdict::Fail,
-            summary: format!("node-0's ruleset was not written: {e:#}"),
-            evidence: Vec::new(),
-            balance: Vec::new(),
-            trace: None,
-            seconds: 0.0,
-        })
+        Some(CheckResult::fail(
+            "rules-out",
+            format!("node-0's ruleset was not written: {e:#}"),
+        ))
     });
     // What the agents were started with (the lab's default scheduler).
     let backend_opts = BackendOptions {

@@ -328,16 +328,17 @@ impl CheckResult {
         }
     }
 
-    fn error(name: &str, e: &anyhow::Error) -> CheckResult {
+    /// A failure without evidence: something around the checks (the lab,
+    /// a matrix cell, a written ruleset) went wrong, and `summary` says what.
+    pub fn fail(name: &str, summary: impl Into<String>) -> CheckResult {
         CheckResult {
-            name: name.into(),
             verdict: Verdict::Fail,
-            summary: format!("the check could not run: {e:#}"),
-            evidence: Vec::new(),
-            balance: Vec::new(),
-            trace: None,
-            seconds: 0.0,
+            ..CheckResult::skip(name, summary)
         }
+    }
+
+    fn error(name: &str, e: &anyhow::Error) -> CheckResult {
+        CheckResult::fail(name, format!("the check could not run: {e:#}"))
     }
 }
 

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use svclab_backends::BackendKind;
 
 use super::{Cell, CellId, HOST, Matrix, Plan, SCHEMA, Shard, kernel_folder};
-use crate::checks::{CheckResult, Verdict};
+use crate::checks::CheckResult;
 use crate::results::{BackendRun, HostFacts, RunResults};
 use crate::scenario::Scenario;
 
@@ -120,15 +120,10 @@ fn failed_cell(kernel: &str, backend: &str, base: &Path, dir: &Path, why: &str) 
         run_dir: base.strip_prefix(dir).unwrap_or(base).display().to_string(),
         host: HostFacts::default(),
         result: BackendRun {
-            checks: vec![CheckResult {
-                name: "matrix-cell".into(),
-                verdict: Verdict::Fail,
-                summary: format!("the cell did not run: {why}"),
-                evidence: Vec::new(),
-                balance: Vec::new(),
-                trace: None,
-                seconds: 0.0,
-            }],
+            checks: vec![CheckResult::fail(
+                "matrix-cell",
+                format!("the cell did not run: {why}"),
+            )],
             ..BackendRun::new(backend)
         },
     }
