@@ -55,6 +55,56 @@ impl fmt::Display for Protocol {
     }
 }
 
+/// An IP family, as Kubernetes names them (`IPv4`, `IPv6`). kube-proxy runs
+/// one proxier per family; a dual-stack lab has both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum IpFamily {
+    IPv4,
+    IPv6,
+}
+
+impl IpFamily {
+    pub const ALL: [IpFamily; 2] = [IpFamily::IPv4, IpFamily::IPv6];
+
+    /// Kubernetes' spelling: `IPv4`, `IPv6`.
+    pub fn as_k8s(self) -> &'static str {
+        match self {
+            IpFamily::IPv4 => "IPv4",
+            IpFamily::IPv6 => "IPv6",
+        }
+    }
+
+    /// The lowercase form result names carry (`clusterip-tcp/ipv6`).
+    pub fn lower(self) -> &'static str {
+        match self {
+            IpFamily::IPv4 => "ipv4",
+            IpFamily::IPv6 => "ipv6",
+        }
+    }
+
+    pub fn parse_k8s(s: &str) -> Option<IpFamily> {
+        match s {
+            "IPv4" => Some(IpFamily::IPv4),
+            "IPv6" => Some(IpFamily::IPv6),
+            _ => None,
+        }
+    }
+
+    pub fn of(ip: &std::net::IpAddr) -> IpFamily {
+        if ip.is_ipv4() {
+            IpFamily::IPv4
+        } else {
+            IpFamily::IPv6
+        }
+    }
+}
+
+impl fmt::Display for IpFamily {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_k8s())
+    }
+}
+
 /// kube-proxy's `ServicePortName`: a Service's namespace and name, one of its
 /// port names (possibly empty), and the port's protocol.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -722,7 +722,7 @@ fn decode_service(t: &Target, v: &Value) -> Result<Service, ApiError> {
 
 /// The Service checks the API server makes that the lab's controllers
 /// rely on; the rest of the API's validation is the allocator's.
-fn validate_service(svc: &Service) -> Vec<String> {
+fn validate_service(svc: &Service, families: &[&str]) -> Vec<String> {
     use crate::scenario::names;
     let mut causes = Vec::new();
     let name = svc.metadata.name.as_deref().unwrap_or_default();
@@ -792,7 +792,7 @@ fn validate_service(svc: &Service) -> Vec<String> {
         }
     }
     causes.extend(
-        crate::controlplane::families::check(spec, crate::controlplane::families::LAB_FAMILIES)
+        crate::controlplane::families::check(spec, families)
             .iter()
             .map(|e| e.cause()),
     );
@@ -859,7 +859,7 @@ fn create_service(shared: &Shared, t: &Target, body: &[u8]) -> Result<Response<B
         svc.metadata.name = Some(format!("{prefix}{n:05x}"));
     }
     let name = svc.metadata.name.clone().unwrap_or_default();
-    let causes = validate_service(&svc);
+    let causes = validate_service(&svc, &lock(shared).families());
     if !causes.is_empty() {
         return Err(ApiError::invalid(t.resource, &name, causes));
     }
@@ -920,7 +920,7 @@ fn replace(
         )));
     }
     drop_type_dependent_fields(shared, t, name, &mut svc);
-    let causes = validate_service(&svc);
+    let causes = validate_service(&svc, &lock(shared).families());
     if !causes.is_empty() {
         return Err(ApiError::invalid(t.resource, name, causes));
     }
@@ -1119,7 +1119,7 @@ mod tests {
                      "trafficDistribution": "PreferFar", "ipFamilyPolicy": "RequireDualStack"}
         }))
         .unwrap();
-        let causes = validate_service(&svc).join("\n");
+        let causes = validate_service(&svc, crate::controlplane::families::IPV4_ONLY).join("\n");
         for want in [
             "metadata.name: Invalid value",
             "spec.type: Unsupported value: \"Weird\"",
@@ -1137,7 +1137,11 @@ mod tests {
                 "spec": {"ports": [{"port": 80}], "trafficDistribution": ok}
             }))
             .unwrap();
-            assert_eq!(validate_service(&svc), Vec::<String>::new(), "{ok}");
+            assert_eq!(
+                validate_service(&svc, crate::controlplane::families::IPV4_ONLY),
+                Vec::<String>::new(),
+                "{ok}"
+            );
         }
     }
 }

@@ -2,9 +2,9 @@
 //! explicit requests are honoured if free, the rest are handed out in order.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AllocError {
@@ -34,24 +34,40 @@ pub enum AllocError {
 /// clusters put DNS at `.10`), but may be requested.
 #[derive(Debug)]
 pub struct IpAllocator {
-    net: Ipv4Net,
-    used: BTreeMap<u32, String>,
-    next: u32,
+    net: IpNet,
+    used: BTreeMap<u128, String>,
+    next: u128,
 }
 
-const RESERVED_LOW: u32 = 10;
+const RESERVED_LOW: u128 = 10;
+
+fn to_u128(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(a) => u128::from(u32::from(a)),
+        IpAddr::V6(a) => u128::from(a),
+    }
+}
 
 impl IpAllocator {
-    pub fn new(net: Ipv4Net) -> Self {
+    /// One family's allocator: an IPv4 or an IPv6 service CIDR.
+    pub fn new(net: impl Into<IpNet>) -> Self {
+        let net = net.into();
         IpAllocator {
             net,
             used: BTreeMap::new(),
-            next: u32::from(net.network()) + RESERVED_LOW + 1,
+            next: to_u128(net.network()) + RESERVED_LOW + 1,
         }
     }
 
-    pub fn request(&mut self, ip: Ipv4Addr, owner: &str) -> Result<(), AllocError> {
-        let n = u32::from(ip);
+    fn addr_at(&self, n: u128) -> IpAddr {
+        match self.net {
+            IpNet::V4(_) => IpAddr::V4(Ipv4Addr::from(n as u32)),
+            IpNet::V6(_) => IpAddr::V6(std::net::Ipv6Addr::from(n)),
+        }
+    }
+
+    pub fn request(&mut self, ip: impl Into<IpAddr>, owner: &str) -> Result<(), AllocError> {
+        let ip = ip.into();
         if !self.net.contains(&ip) || ip == self.net.network() || ip == self.net.broadcast() {
             return Err(AllocError::OutOfRange {
                 what: "clusterIP",
@@ -59,6 +75,7 @@ impl IpAllocator {
                 range: self.net.to_string(),
             });
         }
+        let n = to_u128(ip);
         if let Some(o) = self.used.get(&n)
             && o != owner
         {
@@ -72,19 +89,22 @@ impl IpAllocator {
         Ok(())
     }
 
-    pub fn allocate(&mut self, owner: &str) -> Result<Ipv4Addr, AllocError> {
-        let first = u32::from(self.net.network()) + RESERVED_LOW + 1;
-        let last = u32::from(self.net.broadcast()) - 1;
-        let span = last.saturating_sub(first) + 1;
+    pub fn allocate(&mut self, owner: &str) -> Result<IpAddr, AllocError> {
+        let first = to_u128(self.net.network()) + RESERVED_LOW + 1;
+        let last = to_u128(self.net.broadcast()).saturating_sub(1);
         if first > last {
             return Err(self.exhausted());
         }
-        for step in 0..span {
+        let span = last - first + 1;
+        // At most one step per address in use past the cursor: a free one
+        // is always within `used.len() + 1` steps.
+        let steps = span.min(self.used.len() as u128 + 1);
+        for step in 0..steps {
             let cand = first + (self.next - first + step) % span;
             if let std::collections::btree_map::Entry::Vacant(e) = self.used.entry(cand) {
                 e.insert(owner.to_string());
                 self.next = if cand == last { first } else { cand + 1 };
-                return Ok(Ipv4Addr::from(cand));
+                return Ok(self.addr_at(cand));
             }
         }
         Err(self.exhausted())
@@ -98,8 +118,8 @@ impl IpAllocator {
         }
     }
 
-    pub fn release(&mut self, ip: Ipv4Addr) {
-        self.used.remove(&u32::from(ip));
+    pub fn release(&mut self, ip: impl Into<IpAddr>) {
+        self.used.remove(&to_u128(ip.into()));
     }
 }
 
@@ -289,7 +309,7 @@ mod tests {
 
     #[test]
     fn cluster_ips_in_order_explicit_honoured_collisions_and_exhaustion() {
-        let mut a = IpAllocator::new("10.96.0.0/28".parse().unwrap());
+        let mut a = IpAllocator::new("10.96.0.0/28".parse::<IpNet>().unwrap());
         a.request(Ipv4Addr::new(10, 96, 0, 10), "kube-system/dns")
             .unwrap();
         assert_eq!(a.allocate("a").unwrap(), Ipv4Addr::new(10, 96, 0, 11));
@@ -308,6 +328,28 @@ mod tests {
         assert!(err.to_string().contains("exhausted"), "{err}");
         a.release(Ipv4Addr::new(10, 96, 0, 13));
         assert_eq!(a.allocate("y").unwrap(), Ipv4Addr::new(10, 96, 0, 13));
+    }
+
+    #[test]
+    fn an_ipv6_range_allocates_the_same_way_without_walking_it() {
+        // A /64 has 2^64 addresses; the allocator must not walk them.
+        let mut a = IpAllocator::new("fd00:10:96::/64".parse::<IpNet>().unwrap());
+        let first: IpAddr = "fd00:10:96::b".parse().unwrap();
+        assert_eq!(a.allocate("a").unwrap(), first);
+        a.request("fd00:10:96::c".parse::<IpAddr>().unwrap(), "b")
+            .unwrap();
+        assert_eq!(
+            a.allocate("c").unwrap(),
+            "fd00:10:96::d".parse::<IpAddr>().unwrap()
+        );
+        let err = a
+            .request("fd00:10:97::1".parse::<IpAddr>().unwrap(), "d")
+            .unwrap_err();
+        assert!(matches!(err, AllocError::OutOfRange { .. }), "{err}");
+        let err = a.request(first, "d").unwrap_err();
+        assert!(err.to_string().contains("already allocated to Service a"));
+        a.release(first);
+        a.request(first, "d").unwrap();
     }
 
     #[test]

@@ -11,7 +11,7 @@ use k8s_openapi::api::discovery::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use svclab_backends::model::Protocol;
+use svclab_backends::model::{IpFamily, Protocol};
 use svclab_backends::tracker::SERVICE_NAME_LABEL;
 
 use super::store::HEADLESS_LABEL;
@@ -133,62 +133,94 @@ pub fn slices_for(
         groups.entry(ports).or_default().push(pod);
     }
 
+    // One address type per family of the Service (its `ipFamilies`, which
+    // the API server always sets): IPv4 slices, then IPv6 ones.
+    let families: Vec<IpFamily> = match spec.ip_families.as_deref() {
+        Some(f) if !f.is_empty() => f.iter().filter_map(|f| IpFamily::parse_k8s(f)).collect(),
+        _ => vec![IpFamily::IPv4],
+    };
     let mut out = Vec::new();
-    for (ports, mut members) in groups {
-        members.sort_by_key(|p| p.ip);
-        for chunk in members.chunks(MAX_ENDPOINTS_PER_SLICE) {
-            let endpoints = chunk
+    let mut v6_out = Vec::new();
+    for family in IpFamily::ALL.into_iter().filter(|f| families.contains(f)) {
+        let addr = |p: &Pod| -> Option<std::net::IpAddr> {
+            match family {
+                IpFamily::IPv4 => Some(p.ip.into()),
+                IpFamily::IPv6 => p.ip6.map(Into::into),
+            }
+        };
+        for (ports, members) in &groups {
+            let mut members: Vec<(&Pod, std::net::IpAddr)> = members
                 .iter()
-                .map(|pod| {
-                    // A terminating pod is never ready; serving keeps its
-                    // readiness so traffic can fall back to it. With
-                    // publishNotReadyAddresses every endpoint is ready,
-                    // while serving still tells the pod's own readiness
-                    // (the upstream controller's podToEndpoint).
-                    let ready = publish_not_ready || (pod.ready && !pod.terminating);
-                    let node_name = node_names.get(pod.node).cloned();
-                    let zone = node_zones.get(pod.node).cloned().flatten();
-                    Endpoint {
-                        hints: hints_for(distribution, node_name.as_deref(), zone.as_deref()),
-                        zone,
-                        addresses: vec![pod.ip.to_string()],
-                        conditions: Some(EndpointConditions {
-                            ready: Some(ready),
-                            serving: Some(pod.ready),
-                            terminating: Some(pod.terminating),
-                        }),
-                        node_name,
-                        target_ref: Some(ObjectReference {
-                            kind: Some("Pod".into()),
-                            namespace: Some(pod.namespace.clone()),
-                            name: Some(pod.name.clone()),
-                            ..ObjectReference::default()
-                        }),
-                        ..Endpoint::default()
-                    }
-                })
+                .filter_map(|p| Some((*p, addr(p)?)))
                 .collect();
-            out.push(EndpointSlice {
-                address_type: "IPv4".into(),
-                endpoints: Some(endpoints),
-                metadata: ObjectMeta::default(),
-                ports: Some(
-                    ports
-                        .iter()
-                        .map(|(n, p, proto)| EndpointPort {
-                            name: Some(n.clone()),
-                            port: Some(*p),
-                            protocol: Some(proto.as_k8s().into()),
-                            app_protocol: None,
-                        })
-                        .collect(),
-                ),
-            });
+            members.sort_by_key(|(_, a)| *a);
+            for chunk in members.chunks(MAX_ENDPOINTS_PER_SLICE) {
+                let endpoints = chunk
+                    .iter()
+                    .map(|(pod, ip)| {
+                        // A terminating pod is never ready; serving keeps its
+                        // readiness so traffic can fall back to it. With
+                        // publishNotReadyAddresses every endpoint is ready,
+                        // while serving still tells the pod's own readiness
+                        // (the upstream controller's podToEndpoint).
+                        let ready = publish_not_ready || (pod.ready && !pod.terminating);
+                        let node_name = node_names.get(pod.node).cloned();
+                        let zone = node_zones.get(pod.node).cloned().flatten();
+                        Endpoint {
+                            hints: hints_for(distribution, node_name.as_deref(), zone.as_deref()),
+                            zone,
+                            addresses: vec![ip.to_string()],
+                            conditions: Some(EndpointConditions {
+                                ready: Some(ready),
+                                serving: Some(pod.ready),
+                                terminating: Some(pod.terminating),
+                            }),
+                            node_name,
+                            target_ref: Some(ObjectReference {
+                                kind: Some("Pod".into()),
+                                namespace: Some(pod.namespace.clone()),
+                                name: Some(pod.name.clone()),
+                                ..ObjectReference::default()
+                            }),
+                            ..Endpoint::default()
+                        }
+                    })
+                    .collect();
+                let target = if family == IpFamily::IPv4 {
+                    &mut out
+                } else {
+                    &mut v6_out
+                };
+                target.push(EndpointSlice {
+                    address_type: family.as_k8s().into(),
+                    endpoints: Some(endpoints),
+                    metadata: ObjectMeta::default(),
+                    ports: Some(
+                        ports
+                            .iter()
+                            .map(|(n, p, proto)| EndpointPort {
+                                name: Some(n.clone()),
+                                port: Some(*p),
+                                protocol: Some(proto.as_k8s().into()),
+                                app_protocol: None,
+                            })
+                            .collect(),
+                    ),
+                });
+            }
         }
     }
+    // IPv4 slices keep the names they always had; IPv6 ones say so.
+    let v4 = out.len();
+    out.append(&mut v6_out);
     for (i, slice) in out.iter_mut().enumerate() {
+        let slice_name = if i < v4 {
+            format!("{name}-{i}")
+        } else {
+            format!("{name}-ipv6-{}", i - v4)
+        };
         slice.metadata = ObjectMeta {
-            name: Some(format!("{name}-{i}")),
+            name: Some(slice_name),
             namespace: Some(ns.clone()),
             labels: Some(slice_labels(svc, &name)),
             owner_references: Some(vec![OwnerReference {
@@ -248,6 +280,7 @@ mod tests {
                 .collect(),
             node: (i % 2) as usize,
             ip: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 244, 0, 10)) + i),
+            ip6: None,
             ports: vec![
                 PodPort {
                     name: Some("http".into()),

@@ -6,17 +6,19 @@
 //! validator (which adds file:line:col) and by the lab's API server (which
 //! answers 422 with the same causes).
 //!
-//! The lab serves IPv4 only today ([`LAB_FAMILIES`]), so a Service that
-//! requires dual-stack or asks for IPv6 is refused with the reason, as a
-//! single-stack cluster refuses it; `PreferDualStack` is accepted and gets
-//! one family, as there.
+//! The lab serves the families its Lab lists (`spec.ipFamilies`), so in a
+//! single-stack lab a Service that requires dual-stack or asks for the
+//! other family is refused with the reason, as a single-stack cluster
+//! refuses it; `PreferDualStack` is accepted and gets one family, as there.
+//! [`fill`] then defaults the fields as the API server's allocator does.
 
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::ServiceSpec;
+use svclab_backends::model::IpFamily;
 
-/// The IP families the lab's service network has, primary first.
-pub const LAB_FAMILIES: &[&str] = &["IPv4"];
+/// A single-stack IPv4 lab's families (the default Lab's).
+pub const IPV4_ONLY: &[&str] = &["IPv4"];
 
 const POLICIES: [&str; 3] = ["SingleStack", "PreferDualStack", "RequireDualStack"];
 
@@ -201,6 +203,58 @@ pub fn check(spec: &ServiceSpec, lab: &[&str]) -> Vec<FamilyError> {
     errs
 }
 
+/// The API server's defaulting of an admitted Service's family fields
+/// (initIPFamilyFields), after [`check`] passed: the policy (inferred as
+/// RequireDualStack from two families or two addresses, else SingleStack),
+/// and the families, the first from `ipFamilies` or `clusterIPs` or the
+/// lab's primary, the second added when the policy asks for dual-stack and
+/// the lab has it. Headless and selector-less Services get families too.
+pub fn fill(spec: &mut ServiceSpec, lab: &[IpFamily]) {
+    if spec.type_.as_deref() == Some("ExternalName") {
+        spec.ip_family_policy = None;
+        spec.ip_families = None;
+        return;
+    }
+    let ips: Vec<IpFamily> = spec
+        .cluster_ips
+        .iter()
+        .flatten()
+        .filter_map(|ip| ip.parse::<IpAddr>().ok())
+        .map(|a| IpFamily::of(&a))
+        .collect();
+    let mut families: Vec<IpFamily> = spec
+        .ip_families
+        .iter()
+        .flatten()
+        .filter_map(|f| IpFamily::parse_k8s(f))
+        .collect();
+    if spec.ip_family_policy.is_none() {
+        let policy = if families.len() == 2 || ips.len() == 2 {
+            "RequireDualStack"
+        } else {
+            "SingleStack"
+        };
+        spec.ip_family_policy = Some(policy.into());
+    }
+    for f in ips {
+        if !families.contains(&f) {
+            families.push(f);
+        }
+    }
+    if families.is_empty() {
+        families.push(lab[0]);
+    }
+    match spec.ip_family_policy.as_deref() {
+        Some("SingleStack") => families.truncate(1),
+        _ => {
+            if let Some(other) = lab.iter().find(|f| !families.contains(f)) {
+                families.push(*other);
+            }
+        }
+    }
+    spec.ip_families = Some(families.iter().map(|f| f.as_k8s().to_string()).collect());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,7 +264,7 @@ mod tests {
     }
 
     fn causes(v: serde_json::Value) -> Vec<String> {
-        check(&spec(v), LAB_FAMILIES)
+        check(&spec(v), IPV4_ONLY)
             .iter()
             .map(FamilyError::cause)
             .collect()
@@ -315,6 +369,6 @@ mod tests {
         let s = spec(serde_json::json!({"ipFamilyPolicy": "RequireDualStack",
                                         "ipFamilies": ["IPv6", "IPv4"]}));
         assert_eq!(check(&s, &["IPv4", "IPv6"]), Vec::new());
-        assert!(!check(&s, LAB_FAMILIES).is_empty());
+        assert!(!check(&s, IPV4_ONLY).is_empty());
     }
 }

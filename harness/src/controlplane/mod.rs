@@ -10,7 +10,9 @@ pub mod objects;
 pub mod store;
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
+
+use svclab_backends::model::IpFamily;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -85,7 +87,9 @@ pub struct ControlPlane {
     /// Each node's zone label, by node index.
     node_zones: Vec<Option<String>>,
     deployments: Vec<k8s_openapi::api::apps::v1::Deployment>,
-    ips: IpAllocator,
+    /// One service CIDR allocator per lab family, primary first.
+    ips: Vec<(IpFamily, IpAllocator)>,
+    families: Vec<IpFamily>,
     node_ports: PortAllocator,
     /// The cloud controller's LoadBalancer addresses.
     lb_pool: PoolAllocator,
@@ -105,7 +109,26 @@ impl ControlPlane {
             node_names: scenario.node_names(),
             node_zones: scenario.nodes.iter().map(|n| n.zone.clone()).collect(),
             deployments: scenario.deployments.clone(),
-            ips: IpAllocator::new(scenario.lab.service_cidr),
+            ips: scenario
+                .stack
+                .families
+                .iter()
+                .map(|f| match f {
+                    IpFamily::IPv4 => (*f, IpAllocator::new(scenario.lab.service_cidr)),
+                    IpFamily::IPv6 => (
+                        *f,
+                        IpAllocator::new(
+                            scenario
+                                .stack
+                                .v6
+                                .as_ref()
+                                .expect("an IPv6 lab has IPv6 ranges")
+                                .service_cidr,
+                        ),
+                    ),
+                })
+                .collect(),
+            families: scenario.stack.families.clone(),
             node_ports: PortAllocator::new(scenario.node_port_range),
             lb_pool: PoolAllocator::new(scenario.lab.load_balancer_pool.clone()),
             resource_version: 0,
@@ -156,7 +179,7 @@ impl ControlPlane {
         for i in 0..self.pods.len() {
             if self.pods[i].active {
                 let rv = self.bump_rv();
-                let p = objects::pod(&self.pods[i], &self.node_names, rv);
+                let p = objects::pod(&self.pods[i], &self.node_names, &self.families, rv);
                 self.store.seed(Resource::Pods, &p.metadata, &p);
             }
         }
@@ -214,7 +237,7 @@ impl ControlPlane {
     fn publish_pods(&mut self, changed: &[usize]) {
         for &i in changed {
             let rv = self.bump_rv();
-            let p = objects::pod(&self.pods[i], &self.node_names, rv);
+            let p = objects::pod(&self.pods[i], &self.node_names, &self.families, rv);
             let ty = if self.pods[i].active {
                 EventType::Modified
             } else {
@@ -254,6 +277,11 @@ impl ControlPlane {
 
     pub fn pods(&self) -> &[Pod] {
         &self.pods
+    }
+
+    /// The lab's IP families as the API server names them, primary first.
+    pub fn families(&self) -> Vec<&'static str> {
+        self.families.iter().map(|f| f.as_k8s()).collect()
     }
 
     pub fn node_names(&self) -> &[String] {
@@ -404,11 +432,6 @@ impl ControlPlane {
         } else {
             spec.allocate_load_balancer_node_ports = None;
         }
-        if spec.cluster_ip.as_deref() != Some("None") {
-            spec.ip_families.get_or_insert_with(|| vec!["IPv4".into()]);
-            spec.ip_family_policy
-                .get_or_insert_with(|| "SingleStack".into());
-        }
         for p in spec.ports.iter_mut().flatten() {
             p.protocol.get_or_insert_with(|| "TCP".into());
             if p.target_port.is_none() {
@@ -428,25 +451,61 @@ impl ControlPlane {
             // A DNS alias: the API server gives it no address or ports.
             return Ok(());
         }
-        match spec.cluster_ip.as_deref() {
-            Some("None") => spec.cluster_ips = Some(vec!["None".into()]),
-            Some(ip) if !ip.is_empty() => {
-                let ip: Ipv4Addr = ip.parse().map_err(|_| {
-                    err(AllocError::OutOfRange {
-                        what: "clusterIP",
-                        value: ip.to_string(),
-                        range: "IPv4".into(),
-                    })
-                })?;
-                self.ips.request(ip, &owner).map_err(err)?;
-                spec.cluster_ips = Some(vec![ip.to_string()]);
-            }
-            _ => {
-                let ip = self.ips.allocate(&owner).map_err(err)?;
-                spec.cluster_ip = Some(ip.to_string());
-                spec.cluster_ips = Some(vec![ip.to_string()]);
-            }
+        // `clusterIPs` mirrors `clusterIP` when only that was given.
+        if spec.cluster_ips.as_ref().is_none_or(Vec::is_empty)
+            && let Some(ip) = spec.cluster_ip.as_deref().filter(|ip| !ip.is_empty())
+        {
+            spec.cluster_ips = Some(vec![ip.to_string()]);
         }
+        families::fill(spec, &self.families);
+        if spec.cluster_ip.as_deref() == Some("None") {
+            spec.cluster_ips = Some(vec!["None".into()]);
+        } else {
+            // One address per family, in the families' order: the one asked
+            // for (or kept across an update), else the next free one.
+            let asked: Vec<IpAddr> = spec
+                .cluster_ips
+                .iter()
+                .flatten()
+                .filter_map(|ip| ip.parse().ok())
+                .collect();
+            let mut ips = Vec::new();
+            for f in spec.ip_families.iter().flatten() {
+                let f = IpFamily::parse_k8s(f).expect("filled above");
+                let Some(pool) = self.ips.iter_mut().find(|(pf, _)| *pf == f) else {
+                    return Err(err(AllocError::OutOfRange {
+                        what: "ipFamilies",
+                        value: f.as_k8s().into(),
+                        range: "the lab's families".into(),
+                    }));
+                };
+                let ip = match asked.iter().find(|a| IpFamily::of(a) == f) {
+                    Some(ip) => {
+                        if let Err(e) = pool.1.request(*ip, &owner) {
+                            for done in &ips {
+                                self.release_ip(*done);
+                            }
+                            return Err(err(e));
+                        }
+                        *ip
+                    }
+                    None => match pool.1.allocate(&owner) {
+                        Ok(ip) => ip,
+                        Err(e) => {
+                            for done in &ips {
+                                self.release_ip(*done);
+                            }
+                            return Err(err(e));
+                        }
+                    },
+                };
+                ips.push(ip);
+            }
+            let spec = svc.spec.get_or_insert_with(Default::default);
+            spec.cluster_ip = ips.first().map(IpAddr::to_string);
+            spec.cluster_ips = Some(ips.iter().map(IpAddr::to_string).collect());
+        }
+        let spec = svc.spec.get_or_insert_with(Default::default);
         let ty = spec.type_.clone().unwrap_or_else(|| "ClusterIP".into());
         spec.type_ = Some(ty.clone());
         if matches!(ty.as_str(), "NodePort" | "LoadBalancer") {
@@ -539,10 +598,23 @@ impl ControlPlane {
         Ok(())
     }
 
+    fn release_ip(&mut self, ip: IpAddr) {
+        if let Some((_, pool)) = self.ips.iter_mut().find(|(f, _)| *f == IpFamily::of(&ip)) {
+            pool.release(ip);
+        }
+    }
+
     fn release(&mut self, svc: &Service) {
         let Some(spec) = &svc.spec else { return };
-        if let Some(ip) = spec.cluster_ip.as_deref().and_then(|s| s.parse().ok()) {
-            self.ips.release(ip);
+        let ips: Vec<IpAddr> = spec
+            .cluster_ips
+            .iter()
+            .flatten()
+            .chain(spec.cluster_ip.iter())
+            .filter_map(|s| s.parse().ok())
+            .collect();
+        for ip in ips {
+            self.release_ip(ip);
         }
         for p in spec.ports.iter().flatten() {
             if let Some(n) = p.node_port {
@@ -873,7 +945,10 @@ mod tests {
         let mut cp = smoke();
         let mut svc = cp.service("default", "web").unwrap().clone();
         svc.metadata.name = Some("web2".into());
+        // Both fields, as a client must: the API server takes `clusterIPs`
+        // when `clusterIP` is empty (normalizeClusterIPs).
         svc.spec.as_mut().unwrap().cluster_ip = None;
+        svc.spec.as_mut().unwrap().cluster_ips = None;
         let ev = cp.add_service(svc.clone()).unwrap();
         assert_eq!(count(&ev, "Service", "ADDED"), 1);
         assert_eq!(count(&ev, "EndpointSlice", "ADDED"), 1);
@@ -933,5 +1008,166 @@ mod tests {
             cp.scale("default", "nope", 1),
             Err(ControlPlaneError::NoDeployment(_))
         ));
+    }
+}
+
+#[cfg(test)]
+mod dual_stack_tests {
+    use super::*;
+    use crate::scenario::Scenario;
+
+    const LAB: &str = "apiVersion: svclab.dev/v1alpha1\nkind: Lab\nspec:\n  nodes: 2\n  ipFamilies: [IPv4, IPv6]\n  podCIDRs: [10.244.0.0/16, fd00:10:244::/56]\n  serviceCIDRs: [10.96.0.0/16, fd00:10:96::/112]\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 3\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers:\n        - name: c\n          ports: [{name: http, containerPort: 8080}]\n";
+
+    fn svc(name: &str, fields: &str) -> String {
+        format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n{fields}  selector: {{app: web}}\n  ports: [{{port: 80, targetPort: http}}]\n"
+        )
+    }
+
+    fn families(cp: &ControlPlane, name: &str) -> (Vec<String>, Vec<String>, String) {
+        let spec = cp.service("default", name).unwrap().spec.clone().unwrap();
+        (
+            spec.ip_families.unwrap_or_default(),
+            spec.cluster_ips.unwrap_or_default(),
+            spec.ip_family_policy.unwrap_or_default(),
+        )
+    }
+
+    /// Each policy gets the families and addresses a dual-stack cluster's
+    /// API server gives it, and the endpoint controller one slice per
+    /// family.
+    #[test]
+    fn policies_get_their_families_addresses_and_slices() {
+        let text = format!(
+            "{LAB}{}{}{}{}{}",
+            svc("single", ""),
+            svc("v6", "  ipFamilies: [IPv6]\n"),
+            svc("prefer", "  ipFamilyPolicy: PreferDualStack\n"),
+            svc(
+                "require6",
+                "  ipFamilyPolicy: RequireDualStack\n  ipFamilies: [IPv6, IPv4]\n"
+            ),
+            svc("headless", "  clusterIP: None\n"),
+        );
+        let s = Scenario::parse("t.yaml", &text).unwrap_or_else(|e| panic!("{e}"));
+        let cp = ControlPlane::new(&s).unwrap();
+        let (f, ips, p) = families(&cp, "single");
+        assert_eq!((f, p.as_str()), (vec!["IPv4".to_string()], "SingleStack"));
+        assert!(ips.len() == 1 && ips[0].starts_with("10.96."), "{ips:?}");
+        let (f, ips, _) = families(&cp, "v6");
+        assert_eq!(f, vec!["IPv6".to_string()]);
+        assert!(
+            ips.len() == 1 && ips[0].starts_with("fd00:10:96::"),
+            "{ips:?}"
+        );
+        let (f, ips, _) = families(&cp, "prefer");
+        assert_eq!(f, vec!["IPv4".to_string(), "IPv6".to_string()]);
+        assert!(
+            ips[0].starts_with("10.96.") && ips[1].starts_with("fd00:10:96::"),
+            "{ips:?}"
+        );
+        let svc = cp
+            .service("default", "prefer")
+            .unwrap()
+            .spec
+            .clone()
+            .unwrap();
+        assert_eq!(svc.cluster_ip.as_deref(), Some(ips[0].as_str()));
+        let (f, ips, _) = families(&cp, "require6");
+        assert_eq!(f, vec!["IPv6".to_string(), "IPv4".to_string()]);
+        assert!(
+            ips[0].starts_with("fd00:") && ips[1].starts_with("10.96."),
+            "{ips:?}"
+        );
+        let (_, ips, _) = families(&cp, "headless");
+        assert_eq!(ips, vec!["None".to_string()]);
+
+        let types = |name: &str| -> Vec<(String, Vec<String>)> {
+            cp.slices_of("default", name)
+                .iter()
+                .map(|s| {
+                    (
+                        s.address_type.clone(),
+                        s.endpoints
+                            .iter()
+                            .flatten().flat_map(|e| e.addresses.clone())
+                            .collect(),
+                    )
+                })
+                .collect()
+        };
+        let t = types("prefer");
+        assert_eq!(t.len(), 2, "{t:?}");
+        assert_eq!(t[0].0, "IPv4");
+        assert_eq!(t[1].0, "IPv6");
+        assert!(
+            t[1].1.len() == 3 && t[1].1.iter().all(|a| a.starts_with("fd00:10:244:")),
+            "{t:?}"
+        );
+        let t = types("v6");
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].0, "IPv6");
+        assert_eq!(types("single")[0].0, "IPv4");
+        assert_eq!(
+            cp.slices_of("default", "prefer")[1]
+                .metadata
+                .name
+                .as_deref(),
+            Some("prefer-ipv6-0")
+        );
+    }
+
+    /// Nodes and pods carry both families, primary first; the ServiceCIDR
+    /// both ranges; releasing a dual-stack Service frees both addresses.
+    #[test]
+    fn nodes_pods_and_releases_are_per_family() {
+        let s = Scenario::parse(
+            "t.yaml",
+            &format!("{LAB}{}", svc("a", "  ipFamilyPolicy: RequireDualStack\n")),
+        )
+        .unwrap();
+        let mut cp = ControlPlane::new(&s).unwrap();
+        let node = objects::nodes(&s, || 1).remove(1);
+        let addrs: Vec<String> = node
+            .status
+            .unwrap()
+            .addresses
+            .unwrap()
+            .into_iter()
+            .filter(|a| a.type_ == "InternalIP")
+            .map(|a| a.address)
+            .collect();
+        assert_eq!(
+            addrs,
+            vec!["172.18.0.3".to_string(), "fd00:172:18::3".to_string()]
+        );
+        assert_eq!(
+            node.spec.unwrap().pod_cidrs.unwrap(),
+            vec![
+                "10.244.1.0/24".to_string(),
+                "fd00:10:244:1::/64".to_string()
+            ]
+        );
+        let pod = objects::pod(&s.pods[0], &s.node_names(), &s.stack.families, 1);
+        assert_eq!(pod.status.unwrap().pod_ips.unwrap().len(), 2);
+        let cidr = objects::service_cidr(&s, 1);
+        assert_eq!(cidr.spec.unwrap().cidrs.unwrap().len(), 2);
+        let (_, ips, _) = families(&cp, "a");
+        cp.delete_service("default", "a").unwrap();
+        // Both addresses are free again: a new Service may ask for them.
+        let again = format!(
+            "{LAB}{}",
+            svc(
+                "b",
+                &format!(
+                    "  ipFamilyPolicy: RequireDualStack\n  clusterIP: {}\n  clusterIPs: [{}, '{}']\n",
+                    ips[0], ips[0], ips[1]
+                )
+            )
+        );
+        let s2 = Scenario::parse("t.yaml", &again).unwrap();
+        let b = s2.services[0].clone();
+        cp.add_service(b).unwrap();
+        assert_eq!(families(&cp, "b").1, ips);
     }
 }

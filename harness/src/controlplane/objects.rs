@@ -14,6 +14,8 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::networking::v1::{ServiceCIDR, ServiceCIDRSpec, ServiceCIDRStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 
+use svclab_backends::model::IpFamily;
+
 use crate::scenario::{Pod, Scenario};
 
 /// The well-known label naming a Node's zone (kube-proxy reads its own
@@ -51,24 +53,40 @@ pub fn nodes(scenario: &Scenario, mut rv: impl FnMut() -> u64) -> Vec<Node> {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             );
+            // The cluster's families, primary first, as a dual-stack
+            // kubelet and node IPAM set them.
+            let fams = &scenario.stack.families;
+            let cidrs: Vec<String> = fams
+                .iter()
+                .filter_map(|f| match f {
+                    IpFamily::IPv4 => Some(n.pod_cidr.to_string()),
+                    IpFamily::IPv6 => n.pod_cidr6.map(|c| c.to_string()),
+                })
+                .collect();
+            let mut addresses: Vec<NodeAddress> = fams
+                .iter()
+                .filter_map(|f| match f {
+                    IpFamily::IPv4 => Some(n.ip.to_string()),
+                    IpFamily::IPv6 => n.ip6.map(|a| a.to_string()),
+                })
+                .map(|address| NodeAddress {
+                    type_: "InternalIP".into(),
+                    address,
+                })
+                .collect();
+            addresses.push(NodeAddress {
+                type_: "Hostname".into(),
+                address: n.name.clone(),
+            });
             Node {
                 metadata: m,
                 spec: Some(NodeSpec {
-                    pod_cidr: Some(n.pod_cidr.to_string()),
-                    pod_cidrs: Some(vec![n.pod_cidr.to_string()]),
+                    pod_cidr: cidrs.first().cloned(),
+                    pod_cidrs: Some(cidrs),
                     ..Default::default()
                 }),
                 status: Some(NodeStatus {
-                    addresses: Some(vec![
-                        NodeAddress {
-                            type_: "InternalIP".into(),
-                            address: n.ip.to_string(),
-                        },
-                        NodeAddress {
-                            type_: "Hostname".into(),
-                            address: n.name.clone(),
-                        },
-                    ]),
+                    addresses: Some(addresses),
                     conditions: Some(vec![NodeCondition {
                         type_: "Ready".into(),
                         status: "True".into(),
@@ -109,7 +127,21 @@ pub fn service_cidr(scenario: &Scenario, rv: u64) -> ServiceCIDR {
     ServiceCIDR {
         metadata: meta(None, "kubernetes", rv),
         spec: Some(ServiceCIDRSpec {
-            cidrs: Some(vec![scenario.lab.service_cidr.to_string()]),
+            cidrs: Some(
+                scenario
+                    .stack
+                    .families
+                    .iter()
+                    .filter_map(|f| match f {
+                        IpFamily::IPv4 => Some(scenario.lab.service_cidr.to_string()),
+                        IpFamily::IPv6 => scenario
+                            .stack
+                            .v6
+                            .as_ref()
+                            .map(|v| v.service_cidr.to_string()),
+                    })
+                    .collect(),
+            ),
         }),
         status: Some(ServiceCIDRStatus {
             conditions: Some(vec![Condition {
@@ -126,7 +158,7 @@ pub fn service_cidr(scenario: &Scenario, rv: u64) -> ServiceCIDR {
 
 /// A pod as the API shows it: running on its node, with its IP and
 /// readiness; terminating ones carry a deletionTimestamp.
-pub fn pod(p: &Pod, node_names: &[String], rv: u64) -> KPod {
+pub fn pod(p: &Pod, node_names: &[String], families: &[IpFamily], rv: u64) -> KPod {
     let mut m = meta(Some(&p.namespace), &p.name, rv);
     m.labels = Some(p.labels.clone());
     if p.terminating {
@@ -137,6 +169,13 @@ pub fn pod(p: &Pod, node_names: &[String], rv: u64) -> KPod {
     } else {
         "False"
     };
+    let ips: Vec<String> = families
+        .iter()
+        .filter_map(|f| match f {
+            IpFamily::IPv4 => Some(p.ip.to_string()),
+            IpFamily::IPv6 => p.ip6.map(|a| a.to_string()),
+        })
+        .collect();
     KPod {
         metadata: m,
         spec: Some(PodSpec {
@@ -161,10 +200,8 @@ pub fn pod(p: &Pod, node_names: &[String], rv: u64) -> KPod {
         }),
         status: Some(PodStatus {
             phase: Some("Running".into()),
-            pod_ip: Some(p.ip.to_string()),
-            pod_ips: Some(vec![PodIP {
-                ip: p.ip.to_string(),
-            }]),
+            pod_ip: ips.first().cloned(),
+            pod_ips: Some(ips.into_iter().map(|ip| PodIP { ip }).collect()),
             conditions: Some(vec![PodCondition {
                 type_: "Ready".into(),
                 status: ready.into(),

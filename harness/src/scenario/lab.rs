@@ -2,9 +2,9 @@
 //! the lab exercises it. Everything else in a scenario is plain Kubernetes.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 pub const LAB_API_VERSION: &str = "svclab.dev/v1alpha1";
@@ -57,6 +57,24 @@ pub struct LabSpec {
     pub node_cidr_mask_size: u8,
     #[serde(default = "default_service_cidr", rename = "serviceCIDR")]
     pub service_cidr: Ipv4Net,
+    /// The cluster's IP families, primary first: `[IPv4]` (the default),
+    /// `[IPv6]`, or both in either order (dual-stack).
+    #[serde(default = "default_ip_families")]
+    pub ip_families: Vec<String>,
+    /// One pod CIDR per family in `ipFamilies`, in any order
+    /// (kube-controller-manager's `--cluster-cidr`); instead of `podCIDR`.
+    #[serde(default, rename = "podCIDRs")]
+    pub pod_cidrs: Vec<IpNet>,
+    /// One service CIDR per family in `ipFamilies`, in any order (the API
+    /// server's `--service-cluster-ip-range`); instead of `serviceCIDR`.
+    #[serde(default, rename = "serviceCIDRs")]
+    pub service_cidrs: Vec<IpNet>,
+    /// The IPv6 subnet that joins the nodes, when `ipFamilies` has IPv6.
+    #[serde(default = "default_node_network_v6", rename = "nodeNetworkIPv6")]
+    pub node_network_v6: Ipv6Net,
+    /// Each node's slice of the IPv6 pod CIDR.
+    #[serde(default = "default_node_mask_v6", rename = "nodeCIDRMaskSizeIPv6")]
+    pub node_cidr_mask_size_v6: u8,
     /// NodePort range, as the API server's `--service-node-port-range`.
     #[serde(default = "default_node_port_range")]
     pub node_port_range: String,
@@ -250,6 +268,14 @@ pub struct NodePlan {
     pub ip: Ipv4Addr,
     pub pod_cidr: Ipv4Net,
     pub gateway: Ipv4Addr,
+    /// The node's IPv6 address, pod range and pod gateway, in a lab with
+    /// IPv6 (the same host offsets as the IPv4 ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr6: Option<Ipv6Net>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<Ipv6Addr>,
     /// `topology.kubernetes.io/zone`, from the Lab's `zones`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zone: Option<String>,
@@ -274,6 +300,15 @@ fn default_node_mask() -> u8 {
 }
 fn default_service_cidr() -> Ipv4Net {
     "10.96.0.0/16".parse().expect("constant")
+}
+fn default_ip_families() -> Vec<String> {
+    vec!["IPv4".to_string()]
+}
+fn default_node_network_v6() -> Ipv6Net {
+    "fd00:172:18::/64".parse().expect("constant")
+}
+fn default_node_mask_v6() -> u8 {
+    64
 }
 fn default_node_port_range() -> String {
     "30000-32767".into()

@@ -6,6 +6,7 @@ pub mod generate;
 mod lab;
 pub mod limits;
 pub mod names;
+pub mod stack;
 mod validate;
 pub mod yaml;
 
@@ -112,6 +113,9 @@ pub struct Pod {
     /// Index into [`Scenario::nodes`].
     pub node: usize,
     pub ip: Ipv4Addr,
+    /// Its IPv6 address, in a lab with IPv6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<std::net::Ipv6Addr>,
     pub ports: Vec<PodPort>,
     pub ready: bool,
     pub terminating: bool,
@@ -146,6 +150,8 @@ pub struct Scenario {
     /// pool: outside the source ranges the first one is inside of.
     pub external2_ip: Option<Ipv4Addr>,
     pub node_port_range: (u16, u16),
+    /// The cluster's IP families and its IPv6 ranges.
+    pub stack: stack::Stack,
     /// What loading accepted but the lab does not use, or what the user
     /// may not expect (documents of other kinds ignored, Services without
     /// endpoints), each with its place.
@@ -302,7 +308,7 @@ impl Scenario {
         .map_err(|e| {
             ScenarioErrors::one(file, e.pos, "(syntax)", truncate(e.message, MAX_MESSAGE))
         })?;
-        let Some((lab, lab_doc)) = lab else {
+        let Some((mut lab, lab_doc)) = lab else {
             if saw_lab {
                 return Err(errs.into_errors());
             }
@@ -328,6 +334,9 @@ impl Scenario {
                 truncate(kind.clone(), 64)
             ));
         }
+        let stack = stack::resolve(&docs[lab_doc], &mut lab.spec, &mut errs);
+        errs.check()?;
+        let mut stack = stack.expect("resolve succeeds when it reports no error");
         let ctx = validate::Context {
             docs: &docs,
             lab: &lab.spec,
@@ -335,11 +344,22 @@ impl Scenario {
             services: &services,
             deployments: &deployments,
             limits,
+            stack: &stack,
         };
         validate::check_lab_name(&docs[lab_doc], &lab.metadata.name, &mut errs);
         let derived = validate::derive(&ctx, &mut errs, &mut notes);
         errs.check()?;
-        let derived = derived.expect("derive succeeds when it reports no error");
+        let mut derived = derived.expect("derive succeeds when it reports no error");
+        if let Some(v6) = stack.v6.as_mut() {
+            stack::place(
+                &lab.spec,
+                v6,
+                &mut derived.nodes,
+                &mut derived.pods,
+                derived.external_ip,
+                derived.external2_ip,
+            );
+        }
         Ok(Scenario {
             file: file.to_string(),
             name: if lab.metadata.name.is_empty() {
@@ -356,6 +376,7 @@ impl Scenario {
             external_ip: derived.external_ip,
             external2_ip: derived.external2_ip,
             node_port_range: derived.node_port_range,
+            stack,
             notes,
         })
     }

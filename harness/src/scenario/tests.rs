@@ -632,3 +632,171 @@ fn zones_name_lab_nodes() {
         assert_eq!(err.0[0].pos.line, line, "{shown}");
     }
 }
+
+const DUAL: &str = "apiVersion: svclab.dev/v1alpha1\nkind: Lab\nspec:\n  nodes: 2\n  ipFamilies: [IPv4, IPv6]\n  podCIDRs: [10.244.0.0/16, fd00:10:244::/56]\n  serviceCIDRs: [fd00:10:96::/112, 10.96.0.0/16]\n";
+
+/// A dual-stack Lab: every node, pod and client gets the IPv6 address at
+/// its IPv4 address's host offset; the ranges come from the lists.
+#[test]
+fn a_dual_stack_lab_plans_both_families() {
+    let s = Scenario::parse("t.yaml", &format!("{DUAL}{DEPLOY}")).unwrap_or_else(|e| panic!("{e}"));
+    use svclab_backends::model::IpFamily;
+    assert_eq!(s.stack.families, vec![IpFamily::IPv4, IpFamily::IPv6]);
+    let v6 = s.stack.v6.as_ref().unwrap();
+    assert_eq!(v6.service_cidr.to_string(), "fd00:10:96::/112");
+    assert_eq!(s.lab.service_cidr.to_string(), "10.96.0.0/16");
+    assert_eq!(v6.fabric_gateway.to_string(), "fd00:172:18::1");
+    assert_eq!(v6.external_ip.unwrap().to_string(), "fd00:172:18::fe");
+    assert_eq!(s.nodes[1].ip6.unwrap().to_string(), "fd00:172:18::3");
+    assert_eq!(
+        s.nodes[1].pod_cidr6.unwrap().to_string(),
+        "fd00:10:244:1::/64"
+    );
+    assert_eq!(s.nodes[1].gateway6.unwrap().to_string(), "fd00:10:244:1::1");
+    for p in &s.pods {
+        let n = &s.nodes[p.node];
+        let off = u32::from(p.ip) - u32::from(n.pod_cidr.network());
+        let off6 = u128::from(p.ip6.unwrap()) - u128::from(n.pod_cidr6.unwrap().network());
+        assert_eq!(u128::from(off), off6, "{}", p.name);
+    }
+    // IPv6 first, IPv6 only.
+    let v6only = "apiVersion: svclab.dev/v1alpha1\nkind: Lab\nspec:\n  nodes: 2\n  ipFamilies: [IPv6]\n  podCIDRs: [fd00:10:244::/56]\n  serviceCIDRs: [fd00:10:96::/112]\n";
+    let s =
+        Scenario::parse("t.yaml", &format!("{v6only}{DEPLOY}")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(s.stack.families, vec![IpFamily::IPv6]);
+    assert!(s.pods.iter().all(|p| p.ip6.is_some()));
+    // The default Lab is IPv4 only, with no IPv6 anywhere.
+    let s = Scenario::smoke();
+    assert_eq!(s.stack.families, vec![IpFamily::IPv4]);
+    assert!(s.stack.v6.is_none() && s.pods.iter().all(|p| p.ip6.is_none()));
+}
+
+/// Issue 18: bad dual-stack specs get an error naming file, line and
+/// field, and nothing is planned.
+#[test]
+fn bad_dual_stack_specs_name_the_field() {
+    let lab = |spec: &str| {
+        format!("apiVersion: svclab.dev/v1alpha1\nkind: Lab\nspec:\n  nodes: 2\n{spec}")
+    };
+    let cases: Vec<(&str, String, usize, &str)> = vec![
+        (
+            "a family without a pod CIDR",
+            lab("  ipFamilies: [IPv4, IPv6]\n  serviceCIDRs: [10.96.0.0/16, fd00:10:96::/112]\n"),
+            5,
+            "spec.ipFamilies: lists IPv6, and spec.podCIDRs has no IPv6 CIDR",
+        ),
+        (
+            "a list without the second family",
+            lab(
+                "  ipFamilies: [IPv4, IPv6]\n  podCIDRs: [10.244.0.0/16]\n  serviceCIDRs: [10.96.0.0/16, fd00:10:96::/112]\n",
+            ),
+            6,
+            "spec.podCIDRs: has no IPv6 CIDR, and spec.ipFamilies lists IPv6",
+        ),
+        (
+            "a CIDR of a family the Lab does not list",
+            lab("  serviceCIDRs: [10.96.0.0/16, fd00:10:96::/112]\n"),
+            5,
+            "spec.serviceCIDRs[1]: fd00:10:96::/112 is IPv6, which spec.ipFamilies does not list",
+        ),
+        (
+            "two CIDRs of one family",
+            lab(
+                "  ipFamilies: [IPv6]\n  podCIDRs: [fd00:10:244::/56, fd00:10:245::/56]\n  serviceCIDRs: [fd00:10:96::/112]\n",
+            ),
+            6,
+            "spec.podCIDRs[1]: a second IPv6 CIDR: give one per family",
+        ),
+        (
+            "IPv6 ranges that overlap",
+            lab(
+                "  ipFamilies: [IPv4, IPv6]\n  podCIDRs: [10.244.0.0/16, fd00:10::/48]\n  serviceCIDRs: [10.96.0.0/16, fd00:10:0:1::/112]\n",
+            ),
+            7,
+            "spec.serviceCIDRs[1]: fd00:10:0:1::/112 overlaps spec.podCIDRs[1] fd00:10::/48",
+        ),
+        (
+            "an IPv4-mapped range, which overlaps the IPv4 ones",
+            lab(
+                "  ipFamilies: [IPv4, IPv6]\n  podCIDRs: [10.244.0.0/16, '::ffff:10.244.0.0/112']\n  serviceCIDRs: [10.96.0.0/16, fd00:10:96::/112]\n",
+            ),
+            6,
+            "is an IPv4-mapped range",
+        ),
+        (
+            "an unknown family",
+            lab("  ipFamilies: [IPv4, IPv7]\n"),
+            5,
+            "spec.ipFamilies[1]: Unsupported value: \"IPv7\"",
+        ),
+        (
+            "both the single field and the list",
+            lab("  podCIDR: 10.244.0.0/16\n  podCIDRs: [10.244.0.0/16]\n"),
+            6,
+            "spec.podCIDRs: give spec.podCIDR or spec.podCIDRs, not both",
+        ),
+        (
+            "an IPv6 node range too small for the IPv4 pod range",
+            lab(
+                "  ipFamilies: [IPv4, IPv6]\n  podCIDRs: [10.244.0.0/16, fd00:10:244::/56]\n  serviceCIDRs: [10.96.0.0/16, fd00:10:96::/112]\n  nodeCIDRMaskSizeIPv6: 124\n",
+            ),
+            8,
+            "spec.nodeCIDRMaskSizeIPv6: must be longer than the IPv6 pod CIDR's /56 and at most 120",
+        ),
+        (
+            "RequireDualStack in a single-stack lab",
+            format!(
+                "{LAB}{DEPLOY}{}",
+                svc(
+                    "  ipFamilyPolicy: RequireDualStack\n  selector: {app: web}\n  ports: [{port: 80}]\n"
+                )
+            ),
+            24,
+            "spec.ipFamilyPolicy: Invalid value: \"RequireDualStack\"",
+        ),
+        (
+            "an IPv6 clusterIP outside the IPv6 service CIDR",
+            format!(
+                "{DUAL}{DEPLOY}{}",
+                svc(
+                    "  ipFamilyPolicy: RequireDualStack\n  clusterIP: 10.96.0.50\n  clusterIPs: [10.96.0.50, 'fd00:10:97::50']\n  selector: {app: web}\n  ports: [{port: 80}]\n"
+                )
+            ),
+            29,
+            "spec.clusterIPs[1]: fd00:10:97::50 is outside the service CIDR fd00:10:96::/112",
+        ),
+    ];
+    for (what, text, line, needle) in cases {
+        let err = Scenario::parse("t.yaml", &text).expect_err(what);
+        let shown = err.to_string();
+        assert!(shown.contains(needle), "{what}: {shown}");
+        let e = err
+            .0
+            .iter()
+            .find(|e| e.to_string().contains(needle))
+            .unwrap();
+        assert_eq!(e.file, "t.yaml", "{what}");
+        assert_eq!(e.pos.line, line, "{what}: {shown}");
+    }
+}
+
+/// A dual-stack lab accepts what a dual-stack cluster's API server does.
+#[test]
+fn a_dual_stack_lab_accepts_every_policy() {
+    for body in [
+        "  ipFamilyPolicy: RequireDualStack\n",
+        "  ipFamilyPolicy: PreferDualStack\n  ipFamilies: [IPv6]\n",
+        "  ipFamilies: [IPv6]\n",
+        "  ipFamilyPolicy: RequireDualStack\n  clusterIP: 10.96.0.50\n  clusterIPs: [10.96.0.50, 'fd00:10:96::50']\n",
+        "  clusterIP: 'fd00:10:96::51'\n",
+        "  clusterIP: None\n  ipFamilyPolicy: PreferDualStack\n",
+    ] {
+        let text = format!(
+            "{DUAL}{DEPLOY}{}",
+            svc(&format!(
+                "{body}  selector: {{app: web}}\n  ports: [{{port: 80}}]\n"
+            ))
+        );
+        Scenario::parse("t.yaml", &text).unwrap_or_else(|e| panic!("{body}: {e}"));
+    }
+}

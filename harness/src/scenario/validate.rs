@@ -8,7 +8,7 @@ use ipnet::Ipv4Net;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use svclab_backends::model::Protocol;
+use svclab_backends::model::{IpFamily, Protocol};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::Value;
@@ -27,6 +27,8 @@ pub(crate) struct Context<'a> {
     pub services: &'a [(Service, usize)],
     pub deployments: &'a [(Deployment, usize)],
     pub limits: &'a Limits,
+    /// The cluster's families and IPv6 ranges.
+    pub stack: &'a super::stack::Stack,
 }
 
 pub(crate) struct Derived {
@@ -235,6 +237,9 @@ pub(crate) fn derive(
                 .hosts()
                 .next()
                 .expect("a /28 or larger has hosts"),
+            ip6: None,
+            pod_cidr6: None,
+            gateway6: None,
             zone: lab.zones.get(name).cloned(),
         })
         .collect();
@@ -533,6 +538,7 @@ fn derive_pods(ctx: &Context<'_>, nodes: &[NodePlan], errs: &mut Errs) -> Option
                 labels: Labels::from([("svclab.dev/role".into(), "client".into())]),
                 node: n.index,
                 ip,
+                ip6: None,
                 ports: Vec::new(),
                 ready: true,
                 terminating: false,
@@ -699,6 +705,7 @@ fn derive_pods(ctx: &Context<'_>, nodes: &[NodePlan], errs: &mut Errs) -> Option
                 labels: labels.clone(),
                 node,
                 ip,
+                ip6: None,
                 ports: ports.clone(),
                 ready: true,
                 terminating: false,
@@ -857,35 +864,65 @@ fn check_services(
                 );
             }
         }
-        for e in
-            crate::controlplane::families::check(spec, crate::controlplane::families::LAB_FAMILIES)
-        {
+        let family_errs = crate::controlplane::families::check(spec, &ctx.stack.names());
+        let families_ok = family_errs.is_empty();
+        for e in family_errs {
             errs.at(doc, &e.path, e.message);
         }
-        match spec.cluster_ip.as_deref() {
-            _ if external_name => {}
-            None | Some("") | Some("None") => {}
-            Some(ip) => match ip.parse::<Ipv4Addr>() {
-                Ok(a) if !ctx.lab.service_cidr.contains(&a) => errs.at(
-                    doc,
-                    "spec.clusterIP",
-                    format!("{a} is outside the service CIDR {}", ctx.lab.service_cidr),
-                ),
-                Ok(a) => {
-                    if let Some(other) = cluster_ips.insert(a, format!("{ns}/{name}")) {
-                        errs.at(
-                            doc,
-                            "spec.clusterIP",
-                            format!("{a} is already used by Service {other}"),
-                        );
+        // `clusterIP`, then the other family's `clusterIPs[1]`: each inside
+        // its family's service CIDR and nobody else's.
+        let asked: Vec<(String, &str)> = match spec.cluster_ips.as_deref() {
+            Some(ips) if !ips.is_empty() => ips
+                .iter()
+                .enumerate()
+                .map(|(i, ip)| (format!("spec.clusterIPs[{i}]"), ip.as_str()))
+                .collect(),
+            _ => spec
+                .cluster_ip
+                .as_deref()
+                .map(|ip| vec![("spec.clusterIP".to_string(), ip)])
+                .unwrap_or_default(),
+        };
+        for (at, ip) in asked {
+            if external_name || ip.is_empty() || ip == "None" {
+                continue;
+            }
+            let at = if at == "spec.clusterIPs[0]" {
+                "spec.clusterIP".to_string()
+            } else {
+                at
+            };
+            let cidr = |a: &std::net::IpAddr| -> Option<ipnet::IpNet> {
+                match a {
+                    std::net::IpAddr::V4(_) if ctx.stack.has(IpFamily::IPv4) => {
+                        Some(ctx.lab.service_cidr.into())
                     }
+                    std::net::IpAddr::V6(_) => ctx.stack.v6.as_ref().map(|v| v.service_cidr.into()),
+                    _ => None,
                 }
-                Err(_) => errs.at(
-                    doc,
-                    "spec.clusterIP",
-                    format!("{} is not an IPv4 address", elide(ip)),
-                ),
-            },
+            };
+            match ip.parse::<std::net::IpAddr>() {
+                Ok(a) => match cidr(&a) {
+                    // Refused above, with the API server's reason.
+                    None if !families_ok => {}
+                    None => errs.at(
+                        doc,
+                        &at,
+                        format!("{a} is {}, which this lab does not serve", IpFamily::of(&a)),
+                    ),
+                    Some(net) if !net.contains(&a) => {
+                        errs.at(doc, &at, format!("{a} is outside the service CIDR {net}"))
+                    }
+                    Some(_) => {
+                        if let Some(other) = cluster_ips.insert(a, format!("{ns}/{name}")) {
+                            errs.at(doc, &at, format!("{a} is already used by Service {other}"));
+                        }
+                    }
+                },
+                // Refused above (clusterIPs), or not an address at all.
+                Err(_) if at != "spec.clusterIP" => {}
+                Err(_) => errs.at(doc, &at, format!("{} is not an IP address", elide(ip))),
+            }
         }
         if let Some(p) = spec.external_traffic_policy.as_deref() {
             if !matches!(p, "Cluster" | "Local") {
