@@ -334,6 +334,7 @@ impl Lab {
                 pod: p.key(),
                 netns: net.netns.clone(),
                 ip: p.ip,
+                ip6: p.ip6,
                 ports: p.ports.iter().map(|pp| (pp.port, pp.protocol)).collect(),
             })
             .collect();

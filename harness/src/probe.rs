@@ -5,7 +5,7 @@
 //! that namespace. Every probe has a timeout; every batch is bounded.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -50,7 +50,7 @@ pub enum Outcome {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ProbeSpec {
-    pub target: SocketAddrV4,
+    pub target: SocketAddr,
     pub protocol: Protocol,
     #[serde(with = "millis")]
     pub timeout: Duration,
@@ -59,9 +59,10 @@ pub struct ProbeSpec {
 }
 
 impl ProbeSpec {
-    pub fn new(target: SocketAddrV4, protocol: Protocol, timeout: Duration) -> Self {
+    /// An IPv4 or IPv6 target (`SocketAddrV4`, `SocketAddrV6` or either).
+    pub fn new(target: impl Into<SocketAddr>, protocol: Protocol, timeout: Duration) -> Self {
         ProbeSpec {
-            target,
+            target: target.into(),
             protocol,
             timeout,
             source_port: None,
@@ -78,7 +79,7 @@ pub struct ProbeResult {
     /// Who answered and which source address it saw.
     pub answer: Option<Whoami>,
     /// The probe's own source address.
-    pub local: Option<SocketAddrV4>,
+    pub local: Option<SocketAddr>,
     /// TCP: connect() time; UDP: request to answer.
     #[serde(with = "micros")]
     pub latency: Duration,
@@ -285,10 +286,11 @@ fn classify(e: &std::io::Error) -> Outcome {
     }
 }
 
-fn v4(a: SocketAddr) -> Option<SocketAddrV4> {
-    match a {
-        SocketAddr::V4(v) => Some(v),
-        SocketAddr::V6(_) => None,
+/// The wildcard address of `target`'s family.
+fn unspecified(target: SocketAddr) -> std::net::IpAddr {
+    match target {
+        SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        SocketAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
     }
 }
 
@@ -310,13 +312,17 @@ fn stream_socket(spec: &ProbeSpec) -> Result<socket2::Socket, String> {
         Protocol::Sctp => socket2::Protocol::from(libc::IPPROTO_SCTP),
         _ => socket2::Protocol::TCP,
     };
-    let s = Socket::new(Domain::IPV4, Type::STREAM, Some(protocol))
-        .map_err(|e| format!("{} socket: {e}", spec.protocol))?;
+    let s = Socket::new(
+        Domain::for_address(spec.target),
+        Type::STREAM,
+        Some(protocol),
+    )
+    .map_err(|e| format!("{} socket: {e}", spec.protocol))?;
     s.set_nonblocking(true)
         .map_err(|e| format!("socket: {e}"))?;
     if let Some(port) = spec.source_port {
         let _ = s.set_reuse_address(true);
-        s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())
+        s.bind(&SocketAddr::new(unspecified(spec.target), port).into())
             .map_err(|e| format!("bind :{port}: {e}"))?;
     }
     Ok(s)
@@ -326,9 +332,9 @@ fn stream_socket(spec: &ProbeSpec) -> Result<socket2::Socket, String> {
 /// writability, as tokio's own TCP connect does.
 async fn connect_stream(
     s: socket2::Socket,
-    target: SocketAddrV4,
+    target: SocketAddr,
 ) -> std::io::Result<tokio::net::TcpStream> {
-    match s.connect(&SocketAddr::from(target).into()) {
+    match s.connect(&target.into()) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
         Err(e) => return Err(e),
@@ -355,7 +361,7 @@ async fn stream_probe(spec: ProbeSpec) -> ProbeResult {
         Ok(Err(e)) => return result(spec, classify(&e), latency),
         Ok(Ok(s)) => s,
     };
-    let local = stream.local_addr().ok().and_then(v4);
+    let local = stream.local_addr().ok();
     let exchange = async {
         stream.write_all(b"whoami\n").await?;
         let mut buf = Vec::with_capacity(160);
@@ -410,7 +416,7 @@ fn abort_on_close(stream: &tokio::net::TcpStream) {
 
 async fn udp_probe(spec: ProbeSpec) -> ProbeResult {
     let start = Instant::now();
-    let bind = SocketAddr::from((Ipv4Addr::UNSPECIFIED, spec.source_port.unwrap_or(0)));
+    let bind = SocketAddr::new(unspecified(spec.target), spec.source_port.unwrap_or(0));
     let sock = match bind_udp(bind) {
         Ok(s) => s,
         Err(e) => {
@@ -421,10 +427,10 @@ async fn udp_probe(spec: ProbeSpec) -> ProbeResult {
             );
         }
     };
-    if let Err(e) = sock.connect(SocketAddr::from(spec.target)).await {
+    if let Err(e) = sock.connect(spec.target).await {
         return result(spec, classify(&e), start.elapsed());
     }
-    let local = sock.local_addr().ok().and_then(v4);
+    let local = sock.local_addr().ok();
     let exchange = async {
         sock.send(b"whoami").await?;
         let mut buf = [0u8; 512];
@@ -449,7 +455,11 @@ async fn udp_probe(spec: ProbeSpec) -> ProbeResult {
 }
 
 fn bind_udp(addr: SocketAddr) -> std::io::Result<tokio::net::UdpSocket> {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        None,
+    )?;
     // Only for a fixed port: with SO_REUSEADDR, bind(0) may hand two UDP
     // sockets the same port, and one of them never sees its answer.
     if addr.port() != 0 {

@@ -10,7 +10,7 @@
 //! same words in one datagram, as netexec's UDP server does.
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +30,9 @@ pub struct PodServers {
     pub pod: String,
     pub netns: String,
     pub ip: Ipv4Addr,
+    /// Its IPv6 address, in a lab with IPv6: the pod answers on both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
     pub ports: Vec<(u16, Protocol)>,
 }
 
@@ -38,10 +41,11 @@ pub struct PodServers {
 pub struct Whoami {
     /// `namespace/name` of the pod that answered.
     pub pod: String,
-    pub ip: Ipv4Addr,
+    /// The pod's address in the family the connection came in on.
+    pub ip: IpAddr,
     pub port: u16,
     /// The client address the server saw.
-    pub peer: SocketAddrV4,
+    pub peer: SocketAddr,
 }
 
 impl Whoami {
@@ -63,8 +67,8 @@ fn no_such_protocol(e: &io::Error) -> bool {
 }
 
 /// Opens a listening TCP or SCTP (one-to-one style) or bound UDP socket on
-/// `0.0.0.0:port` inside `netns`.
-fn open_in(netns: &NetNs, port: u16, proto: Protocol) -> io::Result<Socket> {
+/// `0.0.0.0:port` (or `[::]:port`, IPv6 only) inside `netns`.
+fn open_in(netns: &NetNs, port: u16, proto: Protocol, v6: bool) -> io::Result<Socket> {
     let fd = netns.open().map_err(io::Error::other)?;
     let _inside = NetNsGuard::enter(fd.as_fd(), &netns.name).map_err(io::Error::other)?;
     let ty = match proto {
@@ -72,10 +76,16 @@ fn open_in(netns: &NetNs, port: u16, proto: Protocol) -> io::Result<Socket> {
         _ => Type::STREAM,
     };
     let protocol = (proto == Protocol::Sctp).then(|| socket2::Protocol::from(libc::IPPROTO_SCTP));
-    let s = Socket::new(Domain::IPV4, ty, protocol)?;
+    let s = Socket::new(if v6 { Domain::IPV6 } else { Domain::IPV4 }, ty, protocol)?;
     s.set_reuse_address(true)?;
     s.set_nonblocking(true)?;
-    s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())?;
+    let any: IpAddr = if v6 {
+        s.set_only_v6(true)?;
+        Ipv6Addr::UNSPECIFIED.into()
+    } else {
+        Ipv4Addr::UNSPECIFIED.into()
+    };
+    s.bind(&SocketAddr::from((any, port)).into())?;
     if proto != Protocol::Udp {
         s.listen(4096)?;
     }
@@ -90,17 +100,24 @@ pub async fn serve(pods: Vec<PodServers>) -> anyhow::Result<usize> {
         for pod in pods {
             let ns = NetNs::new(&pod.netns);
             let pod = Arc::new(pod);
+            let families: &[bool] = if pod.ip6.is_some() {
+                &[false, true]
+            } else {
+                &[false]
+            };
             for &(port, proto) in &pod.ports {
-                let s = match open_in(&ns, port, proto) {
-                    Ok(s) => s,
-                    // A kernel without SCTP: its ports stay closed, and the
-                    // sctp check says why it skips.
-                    Err(e) if proto == Protocol::Sctp && no_such_protocol(&e) => continue,
-                    Err(e) => {
-                        anyhow::bail!("pod {}: listening on {port}/{proto}: {e}", pod.pod)
-                    }
-                };
-                out.push((pod.clone(), port, proto, s));
+                for &v6 in families {
+                    let s = match open_in(&ns, port, proto, v6) {
+                        Ok(s) => s,
+                        // A kernel without SCTP: its ports stay closed, and
+                        // the sctp check says why it skips.
+                        Err(e) if proto == Protocol::Sctp && no_such_protocol(&e) => continue,
+                        Err(e) => {
+                            anyhow::bail!("pod {}: listening on {port}/{proto}: {e}", pod.pod)
+                        }
+                    };
+                    out.push((pod.clone(), port, proto, s));
+                }
             }
         }
         Ok(out)
@@ -166,7 +183,7 @@ async fn handle_tcp(
             break text.into_owned();
         }
     };
-    let peer = as_v4(peer);
+    let peer = unmapped(peer);
     let reply = if is_http(&request) {
         http_reply(pod, port, &request, peer)
     } else {
@@ -184,20 +201,25 @@ fn is_http(text: &str) -> bool {
         .any(|m| text.starts_with(m))
 }
 
-fn as_v4(a: SocketAddr) -> SocketAddrV4 {
+/// An IPv4 peer seen on an IPv6 socket (never here: those sockets are
+/// IPv6 only) is shown as IPv4.
+fn unmapped(a: SocketAddr) -> SocketAddr {
     match a {
-        SocketAddr::V4(v) => v,
-        SocketAddr::V6(v) => SocketAddrV4::new(
-            v.ip().to_ipv4_mapped().unwrap_or(Ipv4Addr::UNSPECIFIED),
-            v.port(),
-        ),
+        SocketAddr::V6(v) => match v.ip().to_ipv4_mapped() {
+            Some(ip) => SocketAddr::new(ip.into(), v.port()),
+            None => a,
+        },
+        v4 => v4,
     }
 }
 
-fn whoami_json(pod: &PodServers, port: u16, peer: SocketAddrV4) -> String {
+fn whoami_json(pod: &PodServers, port: u16, peer: SocketAddr) -> String {
     serde_json::to_string(&Whoami {
         pod: pod.pod.clone(),
-        ip: pod.ip,
+        ip: match (peer, pod.ip6) {
+            (SocketAddr::V6(_), Some(ip6)) => ip6.into(),
+            _ => pod.ip.into(),
+        },
         port,
         peer,
     })
@@ -213,7 +235,7 @@ fn command_reply(
     pod: &PodServers,
     port: u16,
     line: &str,
-    peer: SocketAddrV4,
+    peer: SocketAddr,
     _proto: &str,
 ) -> String {
     let line = line.trim();
@@ -227,7 +249,7 @@ fn command_reply(
 }
 
 /// agnhost netexec's HTTP endpoints.
-fn http_reply(pod: &PodServers, port: u16, request: &str, peer: SocketAddrV4) -> String {
+fn http_reply(pod: &PodServers, port: u16, request: &str, peer: SocketAddr) -> String {
     let target = request.split_whitespace().nth(1).unwrap_or("/");
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let (status, body, ctype) = match path {
@@ -289,7 +311,7 @@ async fn serve_udp(pod: Arc<PodServers>, port: u16, sock: tokio::net::UdpSocket)
             &pod,
             port,
             text.lines().next().unwrap_or(""),
-            as_v4(peer),
+            unmapped(peer),
             "udp",
         );
         let _ = sock.send_to(reply.as_bytes(), peer).await;
@@ -305,13 +327,14 @@ mod tests {
             pod: "default/web-0".into(),
             netns: "x".into(),
             ip: Ipv4Addr::new(10, 244, 0, 3),
+            ip6: None,
             ports: vec![],
         }
     }
 
     #[test]
     fn netexec_http_answers() {
-        let peer = SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, 2), 40000);
+        let peer = SocketAddr::from((Ipv4Addr::new(10, 244, 1, 2), 40000));
         let r = http_reply(
             &pod(),
             8080,
@@ -337,7 +360,7 @@ mod tests {
 
     #[test]
     fn line_protocol_and_whoami_round_trip() {
-        let peer = SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, 2), 40000);
+        let peer = SocketAddr::from((Ipv4Addr::new(10, 244, 1, 2), 40000));
         assert_eq!(command_reply(&pod(), 80, "hostname", peer, "udp"), "web-0");
         assert_eq!(
             command_reply(&pod(), 80, "clientip\n", peer, "udp"),

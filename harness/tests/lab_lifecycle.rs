@@ -239,3 +239,88 @@ fn a_panic_tears_the_lab_down() {
         common::run_namespaces(&run)
     );
 }
+
+/// Issue 18: a dual-stack lab gives every namespace its IPv6 address,
+/// usable at once (no tentative address), routes IPv6 between nodes'
+/// pods, serves both families from each pod, lifts the ICMPv6 rate limit
+/// inside, and leaves the host namespace as it was.
+#[test]
+fn a_dual_stack_lab_routes_ipv6_and_leaves_the_host_alone() {
+    require_root!();
+    let _lab = common::lab_lock();
+    let before = snapshot();
+    let up = common::run(&["up", "harness/tests/fixtures/dualstack.yaml"]);
+    assert!(up.status.success(), "{}", common::text(&up));
+    let run = common::run_id(&String::from_utf8_lossy(&up.stdout));
+    let _guard = common::LabGuard(run.clone());
+    let ns = |n: &str| format!("svclab-{run}-{n}");
+    for n in ["node-0", "default.web-1", "external"] {
+        let addrs = common::host::cmd_text(&["ip", "-n", &ns(n), "-6", "addr"]);
+        assert!(
+            addrs.contains("inet6 fd00:"),
+            "{n} has no IPv6 address:\n{addrs}"
+        );
+        assert!(!addrs.contains("tentative"), "{n} waits on DAD:\n{addrs}");
+    }
+    for (key, want) in [
+        ("net.ipv6.icmp.ratelimit", "0"),
+        ("net.ipv6.conf.all.forwarding", "1"),
+        ("net.ipv6.conf.default.accept_dad", "0"),
+    ] {
+        let got =
+            common::host::cmd_text(&["ip", "netns", "exec", &ns("node-0"), "sysctl", "-n", key]);
+        assert_eq!(got.trim(), want, "{key} in node-0");
+    }
+    // web-1 is on node-1 (fd00:10:244:1::3); the client on node-0 reaches
+    // it over IPv6, and it answers with its IPv6 address and the client's.
+    let curl = |from: &str, url: &str| {
+        common::host::cmd_text(&[
+            "ip",
+            "netns",
+            "exec",
+            &ns(from),
+            "curl",
+            "-sS",
+            "-g",
+            "--max-time",
+            "5",
+            url,
+        ])
+    };
+    let who = curl(
+        "svclab-system.client-node-0",
+        "http://[fd00:10:244:1::3]:8080/whoami",
+    );
+    let w: serde_json::Value = serde_json::from_str(&who).unwrap_or_else(|e| panic!("{e}: {who}"));
+    assert_eq!(w["pod"], "default/web-1", "{who}");
+    assert_eq!(w["ip"], "fd00:10:244:1::3", "{who}");
+    assert!(
+        w["peer"].as_str().unwrap().starts_with("[fd00:10:244::2]:"),
+        "{who}"
+    );
+    // IPv4 still answers, with the IPv4 address.
+    let who = curl(
+        "svclab-system.client-node-0",
+        "http://10.244.1.3:8080/whoami",
+    );
+    assert!(who.contains("\"ip\":\"10.244.1.3\""), "{who}");
+    // A node reaches another node's pods over IPv6 (host-gw routes).
+    let host = curl("node-0", "http://[fd00:10:244:1::3]:8080/hostname");
+    assert_eq!(host, "web-1");
+    let during = snapshot();
+    let down = common::run(&["down", "--run", &run]);
+    assert!(down.status.success(), "{}", common::text(&down));
+    let after = snapshot();
+    let strip = |s: &BTreeMap<String, String>| {
+        let mut s = s.clone();
+        s.remove("netns");
+        s
+    };
+    let d = diff(&strip(&before), &strip(&during));
+    assert!(
+        d.is_empty(),
+        "the lab changed the host namespace while up:\n{d}"
+    );
+    let d = diff(&before, &after);
+    assert!(d.is_empty(), "the host differs after up/down:\n{d}");
+}

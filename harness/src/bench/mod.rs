@@ -65,14 +65,21 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
             runs,
             ip_runs,
             ip_script,
+            family,
             results,
         } => {
+            for f in &family {
+                if !matches!(f.as_str(), "ipv4" | "dual") {
+                    anyhow::bail!("--family: {f:?} is not ipv4 or dual");
+                }
+            }
             let settings = topology::TopologySettings {
                 nodes,
                 pods_per_node,
                 runs,
                 ip_runs,
                 ip_script,
+                families: family,
             };
             let (dir, name) = new_dir(&results, "topology")?;
             let mut r = BenchResults::new("topology", &name, serde_json::to_value(&settings)?);

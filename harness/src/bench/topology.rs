@@ -33,6 +33,9 @@ pub struct TopologySettings {
     pub runs: usize,
     pub ip_runs: usize,
     pub ip_script: PathBuf,
+    /// `ipv4` and/or `dual`.
+    #[serde(default)]
+    pub families: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -53,7 +56,7 @@ type Field = fn(&TopologyRun) -> f64;
 
 /// The scenario: `nodes` nodes, each with a client pod and
 /// `pods_per_node - 1` pods of one Deployment (spread evenly).
-fn scenario(nodes: usize, pods_per_node: usize) -> Result<Scenario> {
+fn scenario(nodes: usize, pods_per_node: usize, dual: bool) -> Result<Scenario> {
     let shape = Shape {
         services: 1,
         endpoints: nodes * pods_per_node.saturating_sub(1),
@@ -61,7 +64,28 @@ fn scenario(nodes: usize, pods_per_node: usize) -> Result<Scenario> {
         pools: 1,
         node_ports: false,
     };
-    Scenario::parse("bench topology", &yaml(&shape)).map_err(|e| anyhow::anyhow!("{e}"))
+    let mut text = yaml(&shape);
+    if dual {
+        let cidr = crate::scenario::generate::service_cidr(1);
+        text = text.replacen(
+            &format!("  serviceCIDR: {cidr}\n"),
+            &format!(
+                "  ipFamilies: [IPv4, IPv6]\n  podCIDRs: [10.244.0.0/16, fd00:10:244::/56]\n  \
+                 serviceCIDRs: [{cidr}, fd00:10:96::/108]\n"
+            ),
+            1,
+        );
+    }
+    Scenario::parse("bench topology", &text).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// The backend name a family's figures are kept under.
+fn label(family: &str) -> &'static str {
+    if family == "dual" {
+        "svclab-dual"
+    } else {
+        "svclab"
+    }
 }
 
 async fn one_run(scn: &Scenario) -> Result<TopologyRun> {
@@ -170,33 +194,44 @@ fn ip_run(script: &Path, nodes: usize, pods_per_node: usize) -> Result<TopologyR
 }
 
 pub async fn run(settings: &TopologySettings, r: &mut BenchResults) -> Result<()> {
-    let scn = scenario(settings.nodes, settings.pods_per_node)?;
-    let size = scn.pods.len() as u64;
-    let mut runs = Vec::new();
+    let families: Vec<String> = if settings.families.is_empty() {
+        vec!["ipv4".into()]
+    } else {
+        settings.families.clone()
+    };
+    let scns = families
+        .iter()
+        .map(|f| scenario(settings.nodes, settings.pods_per_node, f == "dual"))
+        .collect::<Result<Vec<_>>>()?;
+    let size = scns[0].pods.len() as u64;
+    let mut by_family: Vec<Vec<TopologyRun>> = vec![Vec::new(); families.len()];
     for i in 0..settings.runs.max(1) {
-        let run = one_run(&scn).await?;
-        // The kernel frees deleted namespaces in a worker, after RCU grace
-        // periods; sometimes it takes longer than we wait. The next run then
-        // starts with some still pending, which is said, not hidden.
-        let reclaimed = if run.reclaim_seconds >= RECLAIM_LIMIT.as_secs_f64() {
-            format!(
-                "the kernel had not freed them all after {} s",
-                RECLAIM_LIMIT.as_secs()
-            )
-        } else {
-            format!("the kernel freed them {:.2} s later", run.reclaim_seconds)
-        };
-        println!(
-            "bench topology: run {}: {} namespaces: create {:.2} s (namespaces {:.2} s, links {:.2} s), \
+        for (k, scn) in scns.iter().enumerate() {
+            let run = one_run(scn).await?;
+            // The kernel frees deleted namespaces in a worker, after RCU grace
+            // periods; sometimes it takes longer than we wait. The next run then
+            // starts with some still pending, which is said, not hidden.
+            let reclaimed = if run.reclaim_seconds >= RECLAIM_LIMIT.as_secs_f64() {
+                format!(
+                    "the kernel had not freed them all after {} s",
+                    RECLAIM_LIMIT.as_secs()
+                )
+            } else {
+                format!("the kernel freed them {:.2} s later", run.reclaim_seconds)
+            };
+            println!(
+                "bench topology: run {} ({}): {} namespaces: create {:.2} s (namespaces {:.2} s, links {:.2} s), \
              teardown {:.2} s, {reclaimed}",
-            i + 1,
-            run.namespaces,
-            run.create_seconds,
-            run.namespaces_seconds,
-            run.links_seconds,
-            run.teardown_seconds,
-        );
-        runs.push(run);
+                i + 1,
+                families[k],
+                run.namespaces,
+                run.create_seconds,
+                run.namespaces_seconds,
+                run.links_seconds,
+                run.teardown_seconds,
+            );
+            by_family[k].push(run);
+        }
     }
     let stats = ["p50", "min", "max"];
     let dist = |f: Field, runs: &[TopologyRun]| Recorder::from_values(runs.iter().map(f)).summary();
@@ -208,18 +243,43 @@ pub async fn run(settings: &TopologySettings, r: &mut BenchResults) -> Result<()
         ("topology_create_links_seconds", |r| r.links_seconds),
         ("topology_teardown_seconds", |r| r.teardown_seconds),
     ];
-    for (metric, f) in metrics {
-        if let Some(s) = dist(f, &runs) {
-            r.dist("svclab", size, metric, "seconds", &s, &stats);
+    for (family, runs) in families.iter().zip(&by_family) {
+        for (metric, f) in metrics {
+            if let Some(s) = dist(f, runs) {
+                r.dist(label(family), size, metric, "seconds", &s, &stats);
+            }
         }
+        r.cases.push(Case {
+            backend: label(family).into(),
+            size,
+            status: Status::Ok,
+            reason: None,
+            detail: serde_json::to_value(runs)?,
+        });
     }
-    r.cases.push(Case {
-        backend: "svclab".into(),
-        size,
-        status: Status::Ok,
-        reason: None,
-        detail: serde_json::to_value(&runs)?,
-    });
+    // Dual-stack's cost: its median create time over IPv4-only's, both
+    // from this run.
+    let p50 = |f: &str| {
+        families
+            .iter()
+            .position(|x| x == f)
+            .and_then(|k| dist(|r| r.create_seconds, &by_family[k]))
+            .map(|s| s.p50)
+    };
+    if let (Some(v4), Some(dual)) = (p50("ipv4"), p50("dual")) {
+        r.value(
+            "svclab-dual",
+            size,
+            "topology_create_dual_over_ipv4",
+            "ratio",
+            dual / v4,
+        );
+    }
+    let runs = families
+        .iter()
+        .position(|f| f == "ipv4")
+        .map(|k| by_family[k].clone())
+        .unwrap_or_default();
 
     let mut ip_runs = Vec::new();
     let mut ip_error = None;
@@ -314,6 +374,13 @@ pub fn summary(r: &BenchResults) -> String {
             fmt(get("svclab", "topology_teardown_seconds", "min")),
             fmt(get("svclab", "topology_teardown_seconds", "max")),
         ));
+        if let Some(x) = get("svclab-dual", "topology_create_dual_over_ipv4", "value") {
+            s.push_str(&format!(
+                "dual-stack: create median {} ({x:.2}x IPv4-only's), teardown median {}\n",
+                fmt(get("svclab-dual", "topology_create_seconds", "p50")),
+                fmt(get("svclab-dual", "topology_teardown_seconds", "p50")),
+            ));
+        }
         match (
             get("svclab", "topology_create_speedup_over_ip", "value"),
             get("svclab", "topology_teardown_speedup_over_ip", "value"),

@@ -133,7 +133,7 @@ pub async fn nodeport_masquerade(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Resul
                         seen.into_iter().collect::<Vec<_>>().join(", ")
                     }
                 ),
-                ok: !remote.is_empty() && remote.iter().all(|w| *w.peer.ip() != ext.ip),
+                ok: !remote.is_empty() && remote.iter().all(|w| w.peer.ip() != ext.ip),
                 probes: results.len(),
             });
         }
@@ -183,7 +183,7 @@ pub async fn etp_local(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<CheckRes
                 let preserved = results
                     .iter()
                     .filter_map(|r| r.answer.as_ref())
-                    .all(|w| *w.peer.ip() == ext.ip);
+                    .all(|w| w.peer.ip() == ext.ip);
                 evidence.push(Evidence {
                     vantage: "external".into(),
                     target: via,

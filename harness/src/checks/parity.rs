@@ -871,8 +871,9 @@ pub async fn unallocated_clusterip(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Res
     for a in &added {
         ip(&node.netns, &["addr", "del", a, "dev", "lo"]).await?;
     }
-    let (c, t): (Vec<ProbeResult>, Vec<ProbeResult>) =
-        probed?.into_iter().partition(|x| x.spec.target == control);
+    let (c, t): (Vec<ProbeResult>, Vec<ProbeResult>) = probed?
+        .into_iter()
+        .partition(|x| x.spec.target == std::net::SocketAddr::V4(control));
     let base = classes(&c);
     let control_ok = base == BTreeSet::from(["refused"]);
     let (want, ok) = if drops {

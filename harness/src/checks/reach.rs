@@ -149,7 +149,7 @@ pub async fn pod_source_preserved(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Resu
                     answered.len(),
                     seen.into_iter().collect::<Vec<_>>().join(", ")
                 ),
-                ok: !answered.is_empty() && answered.iter().all(|w| *w.peer.ip() == v.ip),
+                ok: !answered.is_empty() && answered.iter().all(|w| w.peer.ip() == v.ip),
                 probes: results.len(),
             });
         }
@@ -290,7 +290,7 @@ pub async fn hairpin(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<CheckResul
                 .filter_map(|r| r.answer.as_ref())
                 .filter(|w| w.pod == ep.pod)
                 .collect();
-            let masqueraded = selfs.iter().all(|w| *w.peer.ip() != ep.ip);
+            let masqueraded = selfs.iter().all(|w| w.peer.ip() != ep.ip);
             let all_answered = results.iter().all(|r| r.outcome == Outcome::Answered);
             if !(all_answered && !selfs.is_empty() && masqueraded) {
                 ctx.want_trace(&v, t, t.vip_addr());

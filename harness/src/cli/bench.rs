@@ -32,6 +32,16 @@ pub enum BenchKind {
         /// The `ip`-command script the build is compared with.
         #[arg(long, default_value = "ci/ip-baseline.sh", value_name = "FILE")]
         ip_script: PathBuf,
+        /// The lab's IP families: `ipv4`, `dual` (IPv4 and IPv6), or both,
+        /// measured in alternation, with dual's create time as a ratio of
+        /// IPv4-only's.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "ipv4",
+            value_name = "ipv4|dual,..."
+        )]
+        family: Vec<String>,
         /// Where the results folder is created.
         #[arg(
             long,

@@ -1090,7 +1090,8 @@ mod dual_stack_tests {
                         s.address_type.clone(),
                         s.endpoints
                             .iter()
-                            .flatten().flat_map(|e| e.addresses.clone())
+                            .flatten()
+                            .flat_map(|e| e.addresses.clone())
                             .collect(),
                     )
                 })

@@ -5,7 +5,7 @@
 //! request waits on a lookup: veth peers are created directly inside their
 //! target namespace with a known index, never created and then moved.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::Instant;
 
@@ -55,7 +55,10 @@ enum Role {
     Client,
 }
 
-fn init_namespace(role: &Role) -> Result<(), crate::netns::NetNsError> {
+fn init_namespace(role: &Role, v6: bool) -> Result<(), crate::netns::NetNsError> {
+    if v6 {
+        init_ipv6(role)?;
+    }
     match role {
         Role::Fabric => {
             // The fabric is a plain switch; no netfilter on bridged frames.
@@ -80,6 +83,34 @@ fn init_namespace(role: &Role) -> Result<(), crate::netns::NetNsError> {
             write_sysctl("net.ipv4.ip_local_port_range", "10000 65000")
         }
     }
+}
+
+/// IPv6 in a lab namespace: addresses usable at once (no duplicate address
+/// detection: a new address would otherwise stay tentative for a second or
+/// two, and the lab assigns every address itself), no ICMPv6 rate limit (as
+/// for IPv4, below), forwarding on nodes with bridged IPv6 through
+/// ip6tables, and no redirects taken by clients. Set before any link
+/// exists, so `default` covers every interface the lab adds.
+fn init_ipv6(role: &Role) -> Result<(), crate::netns::NetNsError> {
+    for conf in ["all", "default"] {
+        write_sysctl(&format!("net.ipv6.conf.{conf}.accept_dad"), "0")?;
+        write_sysctl(&format!("net.ipv6.conf.{conf}.dad_transmits"), "0")?;
+    }
+    write_sysctl("net.ipv6.icmp.ratelimit", "0")?;
+    match role {
+        Role::Fabric => {
+            let _ = write_sysctl("net.bridge.bridge-nf-call-ip6tables", "0");
+        }
+        Role::Node => {
+            write_sysctl("net.ipv6.conf.all.forwarding", "1")?;
+            write_sysctl("net.bridge.bridge-nf-call-ip6tables", "1")?;
+        }
+        Role::Client => {
+            write_sysctl("net.ipv6.conf.all.accept_redirects", "0")?;
+            write_sysctl("net.ipv6.conf.default.accept_redirects", "0")?;
+        }
+    }
+    Ok(())
 }
 
 /// The lab probes far faster than real clients; the kernel's ICMP rate
@@ -126,10 +157,11 @@ async fn create_namespaces(t: &Topology) -> Result<(), TopologyError> {
     while work.peek().is_some() {
         parts.push(work.by_ref().take(chunk).collect::<Vec<_>>());
     }
+    let v6 = t.v6.is_some();
     let tasks = parts.into_iter().map(|part| {
         tokio::task::spawn_blocking(move || -> Result<(), TopologyError> {
             for (name, role) in part {
-                NetNs::new(&name).create_then(|| init_namespace(&role))?;
+                NetNs::new(&name).create_then(|| init_namespace(&role, v6))?;
             }
             Ok(())
         })
@@ -175,11 +207,12 @@ async fn add_addr(
     h: &Handle,
     ns: &str,
     index: u32,
-    ip: Ipv4Addr,
+    ip: impl Into<IpAddr>,
     prefix: u8,
 ) -> Result<(), TopologyError> {
+    let ip: IpAddr = ip.into();
     h.address()
-        .add(index, ip.into(), prefix)
+        .add(index, ip, prefix)
         .execute()
         .await
         .map_err(nl(ns, format!("add address {ip}/{prefix}")))
@@ -210,6 +243,27 @@ async fn add_route(
         .map_err(nl(ns, format!("add route {dst} via {via}")))
 }
 
+async fn add_route6(
+    h: &Handle,
+    ns: &str,
+    dst: ipnet::Ipv6Net,
+    via: Ipv6Addr,
+) -> Result<(), TopologyError> {
+    let msg = RouteMessageBuilder::<Ipv6Addr>::new()
+        .destination_prefix(dst.addr(), dst.prefix_len())
+        .gateway(via)
+        .build();
+    h.route()
+        .add(msg)
+        .execute()
+        .await
+        .map_err(nl(ns, format!("add route {dst} via {via}")))
+}
+
+fn default6() -> ipnet::Ipv6Net {
+    "::/0".parse().expect("constant")
+}
+
 async fn build_fabric(t: &Topology) -> Result<(), TopologyError> {
     let ns = t.fabric.as_str();
     let h = connect_in(ns)?;
@@ -227,6 +281,16 @@ async fn build_fabric(t: &Topology) -> Result<(), TopologyError> {
         t.node_network.prefix_len(),
     )
     .await?;
+    if let Some(v6) = &t.v6 {
+        add_addr(
+            &h,
+            ns,
+            IDX_BRIDGE,
+            v6.fabric_gateway,
+            v6.node_network.prefix_len(),
+        )
+        .await?;
+    }
 
     let mut ports = Vec::new();
     for (i, n) in t.nodes.iter().enumerate() {
@@ -261,17 +325,29 @@ async fn build_fabric(t: &Topology) -> Result<(), TopologyError> {
         .try_collect::<Vec<()>>()
         .await?;
 
+    let v6 = t.v6.as_ref();
     let clients = [
-        (t.external.as_ref(), t.external_ip),
-        (t.external2.as_ref(), t.external2_ip),
+        (
+            t.external.as_ref(),
+            t.external_ip,
+            v6.and_then(|v| v.external_ip),
+        ),
+        (
+            t.external2.as_ref(),
+            t.external2_ip,
+            v6.and_then(|v| v.external2_ip),
+        ),
     ];
-    for (ext, ip) in clients {
+    for (ext, ip, ip6) in clients {
         let (Some(ext), Some(ip)) = (ext, ip) else {
             continue;
         };
         let h = connect_in(ext)?;
         set_up(&h, ext, 1, "lo").await?;
         add_addr(&h, ext, IDX_UPLINK, ip, t.node_network.prefix_len()).await?;
+        if let (Some(ip6), Some(v6)) = (ip6, v6) {
+            add_addr(&h, ext, IDX_UPLINK, ip6, v6.node_network.prefix_len()).await?;
+        }
         set_up(&h, ext, IDX_UPLINK, NODE_UPLINK).await?;
         // A load balancer in front of the cluster forwards its addresses to
         // some node; here the first.
@@ -297,6 +373,19 @@ async fn build_node(t: &Topology, i: usize) -> Result<(), TopologyError> {
         .await
         .map_err(nl(ns, "create bridge cni0"))?;
     add_addr(&h, ns, IDX_BRIDGE, node.gateway, node.pod_cidr.prefix_len()).await?;
+    let v6 =
+        t.v6.as_ref()
+            .zip(node.ip6.zip(node.gateway6.zip(node.pod_cidr6)));
+    if let Some((fabric, (ip6, (gw6, cidr6)))) = v6 {
+        add_addr(&h, ns, IDX_UPLINK, ip6, fabric.node_network.prefix_len()).await?;
+        add_addr(&h, ns, IDX_BRIDGE, gw6, cidr6.prefix_len()).await?;
+        add_route6(&h, ns, default6(), fabric.fabric_gateway).await?;
+        for other in t.nodes.iter().filter(|o| o.name != node.name) {
+            if let (Some(c), Some(via)) = (other.pod_cidr6, other.ip6) {
+                add_route6(&h, ns, c, via).await?;
+            }
+        }
+    }
 
     // Default route to the fabric gateway: it covers the service CIDR, so
     // the node's own connections to a VIP reach the nat OUTPUT chain.
@@ -349,6 +438,9 @@ async fn build_node(t: &Topology, i: usize) -> Result<(), TopologyError> {
             let h = connect_in(pns)?;
             set_up(&h, pns, 1, "lo").await?;
             add_addr(&h, pns, IDX_UPLINK, pod.ip, prefix).await?;
+            if let (Some(ip6), Some(cidr6)) = (pod.ip6, node.pod_cidr6) {
+                add_addr(&h, pns, IDX_UPLINK, ip6, cidr6.prefix_len()).await?;
+            }
             set_up(&h, pns, IDX_UPLINK, POD_IFACE).await?;
             add_route(
                 &h,
@@ -356,7 +448,11 @@ async fn build_node(t: &Topology, i: usize) -> Result<(), TopologyError> {
                 "0.0.0.0/0".parse().expect("constant"),
                 node.gateway,
             )
-            .await
+            .await?;
+            if let (Some(_), Some(gw6)) = (pod.ip6, node.gateway6) {
+                add_route6(&h, pns, default6(), gw6).await?;
+            }
+            Ok::<(), TopologyError>(())
         })
         .buffer_unordered(PIPELINE)
         .try_collect::<Vec<()>>()

@@ -12,10 +12,10 @@
 pub(crate) mod build;
 pub mod names;
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use crate::netns::{NetNs, NetNsError};
@@ -50,6 +50,13 @@ pub struct NodeNet {
     pub ip: Ipv4Addr,
     pub pod_cidr: Ipv4Net,
     pub gateway: Ipv4Addr,
+    /// The IPv6 twins, in a lab with IPv6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr6: Option<Ipv6Net>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<Ipv6Addr>,
 }
 
 /// A pod's namespace and address.
@@ -60,6 +67,8 @@ pub struct PodNet {
     pub name: String,
     pub netns: String,
     pub ip: Ipv4Addr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
     pub node: usize,
     /// Name of its veth's node side.
     pub host_port: String,
@@ -87,6 +96,21 @@ pub struct Topology {
     pub lb_pool: Vec<Ipv4Net>,
     pub nodes: Vec<NodeNet>,
     pub pods: Vec<PodNet>,
+    /// The fabric's IPv6 side, in a lab with IPv6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v6: Option<FabricV6>,
+}
+
+/// The node network's IPv6 range and its fixed addresses.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FabricV6 {
+    pub node_network: Ipv6Net,
+    pub fabric_gateway: Ipv6Addr,
+    #[serde(default)]
+    pub external_ip: Option<Ipv6Addr>,
+    #[serde(default)]
+    pub external2_ip: Option<Ipv6Addr>,
 }
 
 /// How long building took, by phase.
@@ -110,6 +134,9 @@ impl Topology {
                 ip: n.ip,
                 pod_cidr: n.pod_cidr,
                 gateway: n.gateway,
+                ip6: n.ip6,
+                pod_cidr6: n.pod_cidr6,
+                gateway6: n.gateway6,
             })
             .collect();
         let pods = scenario
@@ -121,6 +148,7 @@ impl Topology {
                 name: p.name.clone(),
                 netns: run.pod_ns(&p.namespace, &p.name),
                 ip: p.ip,
+                ip6: p.ip6,
                 node: p.node,
                 host_port: run.pod_port(i),
             })
@@ -142,6 +170,12 @@ impl Topology {
                 .unwrap_or_default(),
             nodes,
             pods,
+            v6: scenario.stack.v6.as_ref().map(|v| FabricV6 {
+                node_network: v.node_network,
+                fabric_gateway: v.fabric_gateway,
+                external_ip: v.external_ip.filter(|_| scenario.lab.external),
+                external2_ip: v.external2_ip.filter(|_| scenario.external2_ip.is_some()),
+            }),
         }
     }
 
