@@ -473,6 +473,7 @@ impl Lab {
                         pod_cidr: n.pod_cidr,
                         zone: self.scenario.nodes.get(i).and_then(|p| p.zone.clone()),
                         cluster_cidr: lab.pod_cidr,
+                        cluster_cidr_v6: self.scenario.stack.v6.as_ref().map(|v| v.pod_cidr),
                         service_cidr: lab.service_cidr,
                         run_prefix: format!("sl{}", self.run),
                         min_sync_period_ms: lab.agent.min_sync_period_ms,

@@ -15,7 +15,7 @@ mod common;
 
 use common::host::{changed_since, diff, host_snapshot, strip_counters};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -576,5 +576,93 @@ fn a_lab_with_kube_proxy_leaves_the_host_unchanged() {
     assert!(
         d2.is_empty(),
         "the host changed after the lab:\n{d2}\nfiles changed: {changed:?}"
+    );
+}
+
+/// Issue 18: upstream kube-proxy, in a dual-stack lab, runs a proxier per
+/// family: a PreferDualStack Service's IPv6 ClusterIP reaches both of its
+/// pods over IPv6 (the pod sees the client's own IPv6 address), its IPv4
+/// one still works, in iptables and nftables mode, and the host is the
+/// same after.
+#[test]
+fn upstream_kube_proxy_serves_ipv6_cluster_ips_in_a_dual_stack_lab() {
+    require_root!();
+    if let Err(why) = binaries() {
+        common::skip(&why);
+        return;
+    }
+    let version = kubeproxy::DEFAULT_VERSION;
+    if !kubeproxy::binary(version).is_file() {
+        common::skip(&format!("kube-proxy {version} is not built"));
+        return;
+    }
+    let _lab = common::lab_lock();
+    let before = host_snapshot();
+    for mode in ["kube-proxy:iptables", "kube-proxy:nftables"] {
+        let up = common::run(&[
+            "up",
+            "harness/tests/fixtures/dualstack.yaml",
+            "--backend",
+            mode,
+        ]);
+        assert!(up.status.success(), "{mode}: {}", common::text(&up));
+        let run = common::run_id(&String::from_utf8_lossy(&up.stdout));
+        let guard = common::LabGuard(run.clone());
+        let node0 = format!("svclab-{run}-node-0");
+        let kubeconfig = format!("/run/svclab/{run}/kubeconfig-node-0");
+        let ips = in_ns(
+            &node0,
+            &[
+                "kubectl",
+                "--kubeconfig",
+                &kubeconfig,
+                "get",
+                "svc",
+                "web",
+                "-o",
+                "jsonpath={.spec.clusterIPs}",
+            ],
+        );
+        let ips: Vec<String> =
+            serde_json::from_str(ips.trim()).unwrap_or_else(|e| panic!("{mode}: {e}: {ips}"));
+        assert_eq!(ips.len(), 2, "{mode}: {ips:?}");
+        assert!(ips[1].starts_with("fd00:10:96::"), "{mode}: {ips:?}");
+        let client = format!("svclab-{run}-svclab-system.client-node-0");
+        let mut pods = BTreeSet::new();
+        // Bounded: at most 40 connections, 3 s each.
+        for _ in 0..40 {
+            let url = format!("http://[{}]:80/whoami", ips[1]);
+            let who = in_ns(&client, &["curl", "-sS", "-g", "--max-time", "3", &url]);
+            let w: serde_json::Value =
+                serde_json::from_str(&who).unwrap_or_else(|e| panic!("{mode}: {e}: {who}"));
+            assert!(
+                w["ip"].as_str().unwrap().starts_with("fd00:10:244:"),
+                "{mode}: {who}"
+            );
+            assert!(
+                w["peer"].as_str().unwrap().starts_with("[fd00:10:244::2]:"),
+                "{mode}: {who}"
+            );
+            pods.insert(w["pod"].as_str().unwrap().to_string());
+            if pods.len() == 2 {
+                break;
+            }
+        }
+        assert_eq!(
+            pods.len(),
+            2,
+            "{mode}: only {pods:?} answered on the IPv6 ClusterIP"
+        );
+        let url = format!("http://{}:80/hostname", ips[0]);
+        let host = in_ns(&client, &["curl", "-sS", "--max-time", "3", &url]);
+        assert!(host.starts_with("web-"), "{mode}: {host}");
+        let down = common::run(&["down", "--run", &run]);
+        assert!(down.status.success(), "{}", common::text(&down));
+        drop(guard);
+    }
+    let d = diff(&before, &host_snapshot());
+    assert!(
+        d.is_empty(),
+        "the host changed after the dual-stack labs:\n{d}"
     );
 }

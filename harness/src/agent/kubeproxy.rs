@@ -107,7 +107,18 @@ pub struct Snapshot {
 /// the namespace can (the lab's Services are IPv4), and labels most series
 /// with `ip_family`.
 pub fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
-    let mut out = BTreeMap::new();
+    parse_metrics_of(text, false)
+}
+
+/// [`parse_metrics`], with the IPv6 proxier's series too when `with_v6`
+/// (a lab with IPv6, where each proxier counts its own family's endpoint
+/// changes): counts and durations are summed over the families, the last
+/// sync is the earlier family's and the last request the later one's, so a
+/// version is proven only once both proxiers have synced past it.
+pub fn parse_metrics_of(text: &str, with_v6: bool) -> BTreeMap<String, f64> {
+    const LAST_SYNC: &str = "kubeproxy_sync_proxy_rules_last_timestamp_seconds";
+    const LAST_QUEUED: &str = "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds";
+    let mut out: BTreeMap<String, f64> = BTreeMap::new();
     for line in text.lines() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -117,12 +128,20 @@ pub fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
             Some(x) => x,
             None => continue,
         };
-        if series.contains("ip_family=\"IPv6\"") {
+        if !with_v6 && series.contains("ip_family=\"IPv6\"") {
             continue;
         }
         let name = series.split('{').next().unwrap_or(series).trim();
-        if let Ok(v) = value.trim().parse::<f64>() {
-            *out.entry(name.to_string()).or_insert(0.0) += v;
+        let Ok(v) = value.trim().parse::<f64>() else {
+            continue;
+        };
+        match (name, out.get_mut(name)) {
+            (LAST_SYNC, Some(old)) => *old = old.min(v),
+            (LAST_QUEUED, Some(old)) => *old = old.max(v),
+            (_, Some(old)) => *old += v,
+            (_, None) => {
+                out.insert(name.to_string(), v);
+            }
         }
     }
     out
@@ -130,7 +149,12 @@ pub fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
 
 impl Snapshot {
     pub fn from_text(text: &str) -> Snapshot {
-        let m = parse_metrics(text);
+        Snapshot::from_text_of(text, false)
+    }
+
+    /// A snapshot over both proxiers when `with_v6` ([`parse_metrics_of`]).
+    pub fn from_text_of(text: &str, with_v6: bool) -> Snapshot {
+        let m = parse_metrics_of(text, with_v6);
         let g = |n: &str| m.get(&format!("kubeproxy_{n}")).copied().unwrap_or(0.0);
         Snapshot {
             syncs: g("sync_proxy_rules_duration_seconds_count"),
@@ -162,6 +186,9 @@ pub struct Seen {
     pub versions: StreamVersions,
     pub services: u64,
     pub endpoint_slices: u64,
+    /// Whether kube-proxy's IPv6 proxier has the lab's IPv6 slices to count
+    /// (a lab with IPv6).
+    pub with_v6: bool,
 }
 
 impl Seen {
@@ -182,7 +209,9 @@ impl Seen {
                 (rv > self.versions.services, &mut self.services)
             }
             svclab_backends::protocol::ApiObject::EndpointSlice(s) => {
-                if s.address_type != "IPv4" {
+                let counted =
+                    s.address_type == "IPv4" || (self.with_v6 && s.address_type == "IPv6");
+                if !counted {
                     return;
                 }
                 (
@@ -445,7 +474,7 @@ pub fn run(args: AgentArgs, mode: Mode, version: &str) -> i32 {
     };
     let binary = crate::kubeproxy::binary(version);
     let dir = run_folder(&kubeconfig);
-    let cfg = NodeConfig::new(
+    let mut cfg = NodeConfig::new(
         mode,
         &args.node,
         args.cluster_cidr,
@@ -456,6 +485,7 @@ pub fn run(args: AgentArgs, mode: Mode, version: &str) -> i32 {
             node_port_addresses: args.node_port_addresses.clone(),
         },
     );
+    cfg.cluster_cidr_v6 = args.cluster_cidr_v6;
     let config = dir.join(format!("kube-proxy-{}.yaml", args.node));
     let log = dir.join(format!("kube-proxy-{}.log", args.node));
     if let Err(e) = std::fs::write(&config, cfg.to_yaml()) {
@@ -507,7 +537,10 @@ pub fn run(args: AgentArgs, mode: Mode, version: &str) -> i32 {
         .parse()
         .expect("a socket address");
     let mut tracker = ChangeTracker::new(&args.node).with_zone(args.zone.clone());
-    let mut seen = Seen::default();
+    let mut seen = Seen {
+        with_v6: args.cluster_cidr_v6.is_some(),
+        ..Seen::default()
+    };
     let mut prover = Prover::new(Duration::from_millis(args.min_sync_period_ms));
     let mut prev = Snapshot::default();
     let mut reported = Snapshot::default();
@@ -548,7 +581,7 @@ pub fn run(args: AgentArgs, mode: Mode, version: &str) -> i32 {
         // The tracker is kept for its state's counts only.
         let _ = tracker.take_changes(false);
         let now = match scrape(metrics_addr) {
-            Ok(text) => Snapshot::from_text(&text),
+            Ok(text) => Snapshot::from_text_of(&text, args.cluster_cidr_v6.is_some()),
             Err(e) => {
                 scrape_errors += 1;
                 if scrape_errors.is_power_of_two() && (prev.syncs > 0.0 || scrape_errors >= 64) {
@@ -712,6 +745,7 @@ kubeproxy_sync_proxy_rules_service_changes_total 7
             },
             services: svc,
             endpoint_slices: eps,
+            with_v6: false,
         }
     }
 

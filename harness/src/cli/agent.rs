@@ -32,6 +32,9 @@ pub struct AgentArgs {
     /// Every pod's CIDR (for masquerading).
     #[arg(long)]
     pub cluster_cidr: Ipv4Net,
+    /// The IPv6 pod CIDR, in a lab with IPv6.
+    #[arg(long)]
+    pub cluster_cidr_v6: Option<ipnet::Ipv6Net>,
     /// The ClusterIP range.
     #[arg(long)]
     pub service_cidr: Ipv4Net,
@@ -146,6 +149,7 @@ mod tests {
             pod_cidr: "10.244.1.0/24".parse().unwrap(),
             zone: Some("zone-a".into()),
             cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+            cluster_cidr_v6: Some("fd00:10:244::/56".parse().unwrap()),
             service_cidr: "10.96.0.0/16".parse().unwrap(),
             run_prefix: "svclab-0a1f-".into(),
             min_sync_period_ms: 7,

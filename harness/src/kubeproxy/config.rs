@@ -47,6 +47,9 @@ pub struct NodeConfig {
     pub node: String,
     /// The cluster's pod CIDR (`clusterCIDR`, for detect-local).
     pub cluster_cidr: Ipv4Net,
+    /// The IPv6 pod CIDR, in a lab with IPv6: kube-proxy runs a proxier per
+    /// family, each detecting local traffic by its family's CIDR.
+    pub cluster_cidr_v6: Option<ipnet::Ipv6Net>,
     /// The node's kubeconfig file.
     pub kubeconfig: PathBuf,
     pub min_sync_period: Duration,
@@ -70,6 +73,7 @@ impl NodeConfig {
             mode,
             node: node.to_string(),
             cluster_cidr,
+            cluster_cidr_v6: None,
             kubeconfig: kubeconfig.into(),
             min_sync_period: Duration::from_millis(agent.min_sync_period_ms),
             sync_period: Duration::from_millis(agent.sync_period_ms),
@@ -96,7 +100,12 @@ impl NodeConfig {
         line(&format!("hostnameOverride: {}", quote(&self.node)));
         line(&format!(
             "clusterCIDR: {}",
-            quote(&self.cluster_cidr.to_string())
+            quote(
+                &std::iter::once(self.cluster_cidr.to_string())
+                    .chain(self.cluster_cidr_v6.map(|c| c.to_string()))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )
         ));
         line("clientConnection:");
         line(&format!(
