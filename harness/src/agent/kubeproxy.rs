@@ -102,20 +102,15 @@ pub struct Snapshot {
     pub dual_stack: bool,
 }
 
-/// `name{labels} value` lines -> name -> value summed over label sets,
-/// IPv4 only: kube-proxy runs an IPv6 proxier beside the IPv4 one whenever
-/// the namespace can (the lab's Services are IPv4), and labels most series
-/// with `ip_family`.
-pub fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
-    parse_metrics_of(text, false)
-}
-
-/// [`parse_metrics`], with the IPv6 proxier's series too when `with_v6`
+/// `name{labels} value` lines -> name -> value summed over label sets.
+/// kube-proxy runs an IPv6 proxier beside the IPv4 one whenever the
+/// namespace can, and labels most series with `ip_family`; its IPv6
+/// series are read only when `with_v6`
 /// (a lab with IPv6, where each proxier counts its own family's endpoint
 /// changes): counts and durations are summed over the families, the last
 /// sync is the earlier family's and the last request the later one's, so a
 /// version is proven only once both proxiers have synced past it.
-pub fn parse_metrics_of(text: &str, with_v6: bool) -> BTreeMap<String, f64> {
+pub fn parse_metrics(text: &str, with_v6: bool) -> BTreeMap<String, f64> {
     const LAST_SYNC: &str = "kubeproxy_sync_proxy_rules_last_timestamp_seconds";
     const LAST_QUEUED: &str = "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds";
     let mut out: BTreeMap<String, f64> = BTreeMap::new();
@@ -148,13 +143,10 @@ pub fn parse_metrics_of(text: &str, with_v6: bool) -> BTreeMap<String, f64> {
 }
 
 impl Snapshot {
-    pub fn from_text(text: &str) -> Snapshot {
-        Snapshot::from_text_of(text, false)
-    }
-
-    /// A snapshot over both proxiers when `with_v6` ([`parse_metrics_of`]).
-    pub fn from_text_of(text: &str, with_v6: bool) -> Snapshot {
-        let m = parse_metrics_of(text, with_v6);
+    /// A snapshot of one scrape, over both proxiers when `with_v6`
+    /// ([`parse_metrics`]).
+    pub fn from_text(text: &str, with_v6: bool) -> Snapshot {
+        let m = parse_metrics(text, with_v6);
         let g = |n: &str| m.get(&format!("kubeproxy_{n}")).copied().unwrap_or(0.0);
         Snapshot {
             syncs: g("sync_proxy_rules_duration_seconds_count"),
@@ -581,7 +573,7 @@ pub fn run(args: AgentArgs, mode: Mode, version: &str) -> i32 {
         // The tracker is kept for its state's counts only.
         let _ = tracker.take_changes(false);
         let now = match scrape(metrics_addr) {
-            Ok(text) => Snapshot::from_text_of(&text, args.cluster_cidr_v6.is_some()),
+            Ok(text) => Snapshot::from_text(&text, args.cluster_cidr_v6.is_some()),
             Err(e) => {
                 scrape_errors += 1;
                 if scrape_errors.is_power_of_two() && (prev.syncs > 0.0 || scrape_errors >= 64) {
@@ -715,7 +707,7 @@ kubeproxy_sync_proxy_rules_service_changes_total 7
 
     #[test]
     fn metrics_parse_and_sum_over_labels() {
-        let s = Snapshot::from_text(METRICS);
+        let s = Snapshot::from_text(METRICS, false);
         assert_eq!(s.syncs, 3.0);
         assert_eq!(s.syncs_sum, 0.25);
         assert_eq!(s.full, 1.0);

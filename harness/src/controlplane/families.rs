@@ -18,6 +18,7 @@ use k8s_openapi::api::core::v1::ServiceSpec;
 use svclab_backends::model::IpFamily;
 
 /// A single-stack IPv4 lab's families (the default Lab's).
+#[cfg(test)]
 pub const IPV4_ONLY: &[&str] = &["IPv4"];
 
 const POLICIES: [&str; 3] = ["SingleStack", "PreferDualStack", "RequireDualStack"];

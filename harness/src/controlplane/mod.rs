@@ -479,25 +479,19 @@ impl ControlPlane {
                         range: "the lab's families".into(),
                     }));
                 };
-                let ip = match asked.iter().find(|a| IpFamily::of(a) == f) {
-                    Some(ip) => {
-                        if let Err(e) = pool.1.request(*ip, &owner) {
-                            for done in &ips {
-                                self.release_ip(*done);
-                            }
-                            return Err(err(e));
+                let got = match asked.iter().find(|a| IpFamily::of(a) == f) {
+                    Some(ip) => pool.1.request(*ip, &owner).map(|()| *ip),
+                    None => pool.1.allocate(&owner),
+                };
+                let ip = match got {
+                    Ok(ip) => ip,
+                    Err(e) => {
+                        // The families allocated so far go back.
+                        for done in &ips {
+                            self.release_ip(*done);
                         }
-                        *ip
+                        return Err(err(e));
                     }
-                    None => match pool.1.allocate(&owner) {
-                        Ok(ip) => ip,
-                        Err(e) => {
-                            for done in &ips {
-                                self.release_ip(*done);
-                            }
-                            return Err(err(e));
-                        }
-                    },
                 };
                 ips.push(ip);
             }

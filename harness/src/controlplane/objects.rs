@@ -56,19 +56,9 @@ pub fn nodes(scenario: &Scenario, mut rv: impl FnMut() -> u64) -> Vec<Node> {
             // The cluster's families, primary first, as a dual-stack
             // kubelet and node IPAM set them.
             let fams = &scenario.stack.families;
-            let cidrs: Vec<String> = fams
-                .iter()
-                .filter_map(|f| match f {
-                    IpFamily::IPv4 => Some(n.pod_cidr.to_string()),
-                    IpFamily::IPv6 => n.pod_cidr6.map(|c| c.to_string()),
-                })
-                .collect();
-            let mut addresses: Vec<NodeAddress> = fams
-                .iter()
-                .filter_map(|f| match f {
-                    IpFamily::IPv4 => Some(n.ip.to_string()),
-                    IpFamily::IPv6 => n.ip6.map(|a| a.to_string()),
-                })
+            let cidrs = per_family(fams, n.pod_cidr, n.pod_cidr6);
+            let mut addresses: Vec<NodeAddress> = per_family(fams, n.ip, n.ip6)
+                .into_iter()
                 .map(|address| NodeAddress {
                     type_: "InternalIP".into(),
                     address,
@@ -127,21 +117,11 @@ pub fn service_cidr(scenario: &Scenario, rv: u64) -> ServiceCIDR {
     ServiceCIDR {
         metadata: meta(None, "kubernetes", rv),
         spec: Some(ServiceCIDRSpec {
-            cidrs: Some(
-                scenario
-                    .stack
-                    .families
-                    .iter()
-                    .filter_map(|f| match f {
-                        IpFamily::IPv4 => Some(scenario.lab.service_cidr.to_string()),
-                        IpFamily::IPv6 => scenario
-                            .stack
-                            .v6
-                            .as_ref()
-                            .map(|v| v.service_cidr.to_string()),
-                    })
-                    .collect(),
-            ),
+            cidrs: Some(per_family(
+                &scenario.stack.families,
+                scenario.lab.service_cidr,
+                scenario.stack.v6.as_ref().map(|v| v.service_cidr),
+            )),
         }),
         status: Some(ServiceCIDRStatus {
             conditions: Some(vec![Condition {
@@ -154,6 +134,18 @@ pub fn service_cidr(scenario: &Scenario, rv: u64) -> ServiceCIDR {
             }]),
         }),
     }
+}
+
+/// An object's address (or range) per cluster family, primary first, as
+/// the API shows them: the IPv4 one, and the IPv6 one where it has one.
+fn per_family(families: &[IpFamily], v4: impl ToString, v6: Option<impl ToString>) -> Vec<String> {
+    families
+        .iter()
+        .filter_map(|f| match f {
+            IpFamily::IPv4 => Some(v4.to_string()),
+            IpFamily::IPv6 => v6.as_ref().map(ToString::to_string),
+        })
+        .collect()
 }
 
 /// A pod as the API shows it: running on its node, with its IP and
@@ -169,13 +161,7 @@ pub fn pod(p: &Pod, node_names: &[String], families: &[IpFamily], rv: u64) -> KP
     } else {
         "False"
     };
-    let ips: Vec<String> = families
-        .iter()
-        .filter_map(|f| match f {
-            IpFamily::IPv4 => Some(p.ip.to_string()),
-            IpFamily::IPv6 => p.ip6.map(|a| a.to_string()),
-        })
-        .collect();
+    let ips = per_family(families, p.ip, p.ip6);
     KPod {
         metadata: m,
         spec: Some(PodSpec {

@@ -239,11 +239,7 @@ async fn add_route(
         .destination_prefix(dst.addr(), dst.prefix_len())
         .gateway(via)
         .build();
-    h.route()
-        .add(msg)
-        .execute()
-        .await
-        .map_err(nl(ns, format!("add route {dst} via {via}")))
+    send_route(h, ns, msg, format!("add route {dst} via {via}")).await
 }
 
 async fn add_route6(
@@ -263,11 +259,16 @@ async fn add_route6(
         .output_interface(IDX_UPLINK)
         .onlink()
         .build();
-    h.route()
-        .add(msg)
-        .execute()
-        .await
-        .map_err(nl(ns, format!("add route {dst} via {via}")))
+    send_route(h, ns, msg, format!("add route {dst} via {via}")).await
+}
+
+async fn send_route(
+    h: &Handle,
+    ns: &str,
+    msg: netlink_packet_route::route::RouteMessage,
+    what: String,
+) -> Result<(), TopologyError> {
+    h.route().add(msg).execute().await.map_err(nl(ns, what))
 }
 
 fn default6() -> ipnet::Ipv6Net {
