@@ -4,7 +4,7 @@
 //! next sync (an endpoint that flaps down and up) is no change at all.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -339,11 +339,24 @@ pub fn service_ports(svc: &Service) -> Result<Vec<ServicePort>, String> {
     if ty == "ExternalName" {
         return Ok(Vec::new());
     }
-    let cluster_ip = match spec.cluster_ip.as_deref() {
+    match spec.cluster_ip.as_deref() {
         None | Some("") | Some("None") => return Ok(Vec::new()),
-        Some(ip) => ip
-            .parse::<Ipv4Addr>()
-            .map_err(|_| format!("spec.clusterIP {ip:?} is not an IPv4 address"))?,
+        Some(ip) => {
+            ip.parse::<IpAddr>()
+                .map_err(|_| format!("spec.clusterIP {ip:?} is not an IP address"))?;
+        }
+    }
+    // The proxy is IPv4's proxier (kube-proxy runs one per family): it
+    // takes the Service's IPv4 ClusterIP wherever `clusterIPs` lists it,
+    // and leaves a Service without one to the IPv6 proxier.
+    let Some(cluster_ip) = spec
+        .cluster_ips
+        .iter()
+        .flatten()
+        .chain(spec.cluster_ip.iter())
+        .find_map(|ip| ip.parse::<Ipv4Addr>().ok())
+    else {
+        return Ok(Vec::new());
     };
     let affinity = match spec.session_affinity.as_deref() {
         Some("ClientIP") => Some(
@@ -362,10 +375,12 @@ pub fn service_ports(svc: &Service) -> Result<Vec<ServicePort>, String> {
     let internal_policy_local = spec.internal_traffic_policy.as_deref() == Some("Local");
     let mut external_ips = Vec::new();
     for ip in spec.external_ips.iter().flatten() {
-        external_ips.push(
-            ip.parse::<Ipv4Addr>()
-                .map_err(|_| format!("spec.externalIPs {ip:?} is not an IPv4 address"))?,
-        );
+        match ip.parse::<IpAddr>() {
+            Ok(IpAddr::V4(ip)) => external_ips.push(ip),
+            // The IPv6 proxier's.
+            Ok(IpAddr::V6(_)) => {}
+            Err(_) => return Err(format!("spec.externalIPs {ip:?} is not an IP address")),
+        }
     }
     // Only VIP-mode ingress IPs are the proxy's to program (an unset ipMode
     // is VIP); a Proxy-mode load balancer delivers to the nodes itself.
@@ -578,6 +593,35 @@ mod tests {
         assert_eq!(cs.changed.len(), 1);
         assert_eq!((cs.service_events, cs.endpoint_events), (1, 1));
         assert!(!t.has_pending());
+    }
+
+    #[test]
+    fn the_ipv4_proxier_takes_a_dual_stack_services_ipv4_side() {
+        let dual = |ips: serde_json::Value, external: serde_json::Value| -> Service {
+            serde_json::from_value(json!({
+                "metadata": {"name": "web", "namespace": "default"},
+                "spec": {"clusterIP": ips[0], "clusterIPs": ips, "externalIPs": external,
+                         "ports": [{"port": 80}]}}))
+            .unwrap()
+        };
+        // IPv6 primary: the IPv4 address is the second.
+        let ports = service_ports(&dual(
+            json!(["fd00:10:96::a", "10.96.0.10"]),
+            json!(["fd00:203::1", "203.0.113.9"]),
+        ))
+        .unwrap();
+        assert_eq!(ports.len(), 1);
+        assert_eq!(ports[0].cluster_ip, Ipv4Addr::new(10, 96, 0, 10));
+        assert_eq!(ports[0].external_ips, [Ipv4Addr::new(203, 0, 113, 9)]);
+        // IPv6 only: the IPv6 proxier's, none of this one's.
+        assert!(
+            service_ports(&dual(json!(["fd00:10:96::a"]), json!([])))
+                .unwrap()
+                .is_empty()
+        );
+        // Not an address at all is still an error.
+        let e = service_ports(&dual(json!(["10.96.0.300"]), json!([]))).unwrap_err();
+        assert!(e.contains("spec.clusterIP"), "{e}");
     }
 
     #[test]
