@@ -100,6 +100,40 @@ pub struct Snapshot {
     /// Whether an IPv6 proxier runs too: both count every Service change in
     /// the one unlabelled `..._service_changes_total`.
     pub dual_stack: bool,
+    /// Each proxier's own (last sync, last request), IPv4's first; a
+    /// change of one family's Services moves only that family's. Empty
+    /// when the scrape has no such series.
+    pub proxiers: Vec<(f64, f64)>,
+}
+
+/// Each proxier's (last sync, last request) from its `ip_family`-labelled
+/// series (an unlabelled series is IPv4's), the IPv6 one only `with_v6`.
+fn proxier_times(text: &str, with_v6: bool) -> Vec<(f64, f64)> {
+    let mut by: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
+    for line in text.lines() {
+        let Some((series, value)) = line.trim().rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(v) = value.trim().parse::<f64>() else {
+            continue;
+        };
+        let family = if series.contains("ip_family=\"IPv6\"") {
+            if !with_v6 {
+                continue;
+            }
+            "IPv6"
+        } else {
+            "IPv4"
+        };
+        let name = series.split('{').next().unwrap_or(series);
+        let slot = by.entry(family).or_default();
+        match name {
+            "kubeproxy_sync_proxy_rules_last_timestamp_seconds" => slot.0 = v,
+            "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds" => slot.1 = v,
+            _ => {}
+        }
+    }
+    by.into_values().filter(|t| *t != (0.0, 0.0)).collect()
 }
 
 /// `name{labels} value` lines -> name -> value summed over label sets.
@@ -168,6 +202,7 @@ impl Snapshot {
                 + g("sync_proxy_rules_iptables_partial_restore_failures_total")
                 + g("sync_proxy_rules_nftables_sync_failures_total"),
             dual_stack: text.contains("ip_family=\"IPv6\""),
+            proxiers: proxier_times(text, with_v6),
         }
     }
 }
@@ -271,10 +306,18 @@ impl Prover {
                 at
             }
         };
-        let started = now.last_sync - self.last_duration;
         let settle = self.settle + Duration::from_secs_f64(2.0 * self.longest);
-        let requested_before_start = now.last_queued <= started
-            || (now.last_queued <= now.last_sync && at.duration_since(since) >= settle);
+        let settled = at.duration_since(since) >= settle;
+        // Per proxier: a change of one family's Services is requested of,
+        // and synced by, that family's proxier alone.
+        let caught_up = |last_sync: f64, last_queued: f64| {
+            last_queued <= last_sync - self.last_duration || (last_queued <= last_sync && settled)
+        };
+        let requested_before_start = if now.proxiers.is_empty() {
+            caught_up(now.last_sync, now.last_queued)
+        } else {
+            now.proxiers.iter().all(|&(s, q)| caught_up(s, q))
+        };
         let idle = now.syncs >= 1.0
             && now.service_pending == 0.0
             && now.endpoint_pending == 0.0
@@ -715,6 +758,9 @@ kubeproxy_sync_proxy_rules_service_changes_total 7
         assert_eq!(s.service_changes, 7.0);
         assert_eq!(s.last_sync, 1.7e9, "the IPv6 proxier's series are left out");
         assert!(s.dual_stack);
+        assert_eq!(s.proxiers, [(1.7e9, 1.6999999995e9)]);
+        let both = Snapshot::from_text(METRICS, true);
+        assert_eq!(both.proxiers, [(1.7e9, 1.6999999995e9), (1.6e9, 0.0)]);
     }
 
     fn snap(syncs: f64, sum: f64, last: f64, queued: f64, svc: f64, eps: f64) -> Snapshot {
@@ -772,6 +818,28 @@ kubeproxy_sync_proxy_rules_service_changes_total 7
         assert!(!p.poll(&b, &c, &w2, t));
         assert!(p.poll(&c, &c, &w2, t));
         assert_eq!(p.proven, w2.versions);
+    }
+
+    #[test]
+    fn a_change_of_one_family_is_proven_by_its_proxier_alone() {
+        let t = Instant::now();
+        let (mut p, a) = primed(t);
+        // An IPv4-only Service changed: the IPv4 proxier queued at 101.0
+        // and synced at 101.2; the IPv6 one last synced at 100.0, before
+        // that request, and has nothing to do.
+        let b = Snapshot {
+            proxiers: vec![(101.2, 101.0), (100.0, 99.0)],
+            ..snap(2.0, 0.15, 100.0, 101.0, 3.0, 2.0)
+        };
+        let w = seen(13, 11, 3, 2);
+        p.poll(&a, &b, &w, t);
+        assert!(p.poll(&b, &b, &w, t));
+        assert_eq!(p.proven, w.versions);
+        // Both families' times folded into one pair would never be.
+        let (mut q, a) = primed(t);
+        let folded = snap(2.0, 0.15, 100.0, 101.0, 3.0, 2.0);
+        q.poll(&a, &folded, &w, t);
+        assert!(!q.poll(&folded, &folded, &w, t));
     }
 
     #[test]
