@@ -95,6 +95,10 @@ pub enum Feature {
     LoadBalancerSourceRanges,
     /// Service ports with `protocol: SCTP`.
     Sctp,
+    /// Services' IPv6 ClusterIPs and endpoints: the IPv6 proxier of a
+    /// dual-stack or IPv6 lab. Every check runs per family; a backend that
+    /// lacks this SKIPs the IPv6 ones.
+    Ipv6,
 }
 
 /// Why IPVS mode (svclab's and kube-proxy's) keeps affinity past

@@ -36,22 +36,44 @@ pub fn parse_entry(entry: &str) -> Result<(), String> {
     }
 }
 
-/// The IPv4 CIDRs `setting` stands for on a node whose primary IP is
-/// `node_ip` (kube-proxy's keyword expansion; IPv6 entries drop out).
-pub fn cidrs(setting: &[String], node_ip: Ipv4Addr) -> Result<Vec<Ipv4Net>, String> {
+/// The CIDRs of `node_ip`'s family that `setting` stands for on a node
+/// whose primary IP of that family is `node_ip`, as kube-proxy reads it per
+/// proxier (NewNodePortAddresses): keywords expand in the family (`primary`
+/// to the node IP, `all` to the family's zero CIDR, `localhost` to
+/// 127.0.0.0/8 for IPv4 only), CIDRs of the other family drop out, and a
+/// setting with nothing left for the family means all of it. An empty
+/// setting is svclab's default, `primary`.
+pub fn cidrs(setting: &[String], node_ip: IpAddr) -> Result<Vec<IpNet>, String> {
+    let v4 = node_ip.is_ipv4();
+    let zero = || {
+        if v4 {
+            IpNet::V4(Ipv4Net::default())
+        } else {
+            IpNet::V6(ipnet::Ipv6Net::default())
+        }
+    };
+    if setting.is_empty() {
+        return Ok(vec![IpNet::from(node_ip)]);
+    }
     let mut out = Vec::new();
     for entry in setting {
         parse_entry(entry)?;
         match entry.as_str() {
-            "primary" => out.push(Ipv4Net::new(node_ip, 32).expect("/32")),
-            "localhost" => out.push("127.0.0.0/8".parse().expect("constant")),
-            "all" => out.push(Ipv4Net::default()),
+            "primary" => out.push(IpNet::from(node_ip)),
+            "localhost" if v4 => out.push("127.0.0.0/8".parse().expect("constant")),
+            "localhost" => {}
+            "all" => out.push(zero()),
             cidr => {
-                if let Ok(IpNet::V4(net)) = cidr.parse::<IpNet>() {
+                if let Ok(net) = cidr.parse::<IpNet>()
+                    && net.addr().is_ipv4() == v4
+                {
                     out.push(net.trunc());
                 }
             }
         }
+    }
+    if out.is_empty() {
+        out.push(zero());
     }
     Ok(out)
 }
@@ -64,27 +86,25 @@ pub fn resolve(
     node_ip: Ipv4Addr,
     addresses: &[Ipv4Addr],
 ) -> Result<Vec<Ipv4Addr>, String> {
-    if setting.is_empty() {
-        return Ok(vec![node_ip]);
-    }
-    let nets = cidrs(setting, node_ip)?;
+    let nets = cidrs(setting, node_ip.into())?;
     Ok(addresses
         .iter()
         .copied()
-        .filter(|a| !a.is_loopback() && nets.iter().any(|n| n.contains(a)))
+        .filter(|a| !a.is_loopback() && nets.iter().any(|n| n.contains(&IpAddr::V4(*a))))
         .collect())
 }
 
-/// Whether `addr` is inside one of `setting`'s entries as kube-proxy reads
-/// them (`all` and an empty setting in iptables and IPVS mode match every
-/// address; `primary` only `node_ip`).
-pub fn matches(setting: &[String], node_ip: Ipv4Addr, addr: IpAddr) -> bool {
-    match addr {
-        IpAddr::V4(a) => cidrs(setting, node_ip)
-            .map(|nets| nets.iter().any(|n| n.contains(&a)))
-            .unwrap_or(false),
-        IpAddr::V6(_) => false,
+/// Whether `addr` is inside one of `setting`'s entries as kube-proxy's
+/// proxier of `addr`'s family reads them; `node_ip` is the node's primary
+/// IP of that family. IPv6 loopback never is (kube-proxy serves loopback
+/// NodePorts on IPv4 only, where route_localnet exists).
+pub fn matches(setting: &[String], node_ip: IpAddr, addr: IpAddr) -> bool {
+    if addr.is_ipv6() && addr.is_loopback() || node_ip.is_ipv4() != addr.is_ipv4() {
+        return false;
     }
+    cidrs(setting, node_ip)
+        .map(|nets| nets.iter().any(|n| n.contains(&addr)))
+        .unwrap_or(false)
 }
 
 #[cfg(test)]
@@ -109,7 +129,8 @@ mod tests {
             (&["10.244.0.0/16"], &[GATEWAY]),
             (&["172.18.0.0/24", "10.244.0.0/24"], &[NODE, GATEWAY]),
             (&["10.99.0.0/16"], &[]),
-            (&["fd00::/64"], &[]),
+            // Nothing of the family left: all of it, as kube-proxy.
+            (&["fd00::/64"], &[NODE, GATEWAY]),
             (&["fd00::/64", "primary"], &[NODE]),
             (&["10.244.0.9/24"], &[GATEWAY]),
         ];
@@ -139,14 +160,33 @@ mod tests {
 
     #[test]
     fn matches_reads_keywords_as_kube_proxy_does() {
+        let node = IpAddr::V4(NODE);
         let gw = IpAddr::V4(GATEWAY);
-        assert!(matches(&s(&["all"]), NODE, gw));
-        assert!(!matches(&s(&["primary"]), NODE, gw));
-        assert!(matches(&s(&["primary"]), NODE, IpAddr::V4(NODE)));
+        assert!(matches(&s(&["all"]), node, gw));
+        assert!(!matches(&s(&["primary"]), node, gw));
+        assert!(matches(&s(&["primary"]), node, node));
         assert!(matches(
             &s(&["localhost"]),
-            NODE,
+            node,
             "127.0.0.1".parse().unwrap()
         ));
+        assert!(!matches(&[], node, "127.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn each_family_reads_its_own_entries() {
+        let node6: IpAddr = "fd00:172:18::2".parse().unwrap();
+        let gw6: IpAddr = "fd00:10:244::1".parse().unwrap();
+        let lab = s(&["172.18.0.0/24", "127.0.0.0/8", "fd00:172:18::/64"]);
+        assert!(matches(&lab, node6, node6));
+        assert!(!matches(&lab, node6, gw6), "outside the IPv6 CIDR");
+        // Only IPv4 entries: the IPv6 proxier takes every address.
+        let v4_only = s(&["172.18.0.0/24"]);
+        assert!(matches(&v4_only, node6, gw6));
+        assert!(matches(&s(&["primary"]), node6, node6));
+        assert!(!matches(&s(&["primary"]), node6, gw6));
+        // Never IPv6 loopback, never across families.
+        assert!(!matches(&s(&["all"]), node6, "::1".parse().unwrap()));
+        assert!(!matches(&s(&["all"]), node6, IpAddr::V4(NODE)));
     }
 }

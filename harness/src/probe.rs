@@ -5,7 +5,7 @@
 //! that namespace. Every probe has a timeout; every batch is bounded.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,7 +24,7 @@ pub struct Vantage {
     pub name: String,
     pub node: Option<String>,
     pub netns: String,
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
 }
 
 use crate::netns::{NetNs, NetNsGuard};

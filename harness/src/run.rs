@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
+use svclab_backends::model::IpFamily;
 use svclab_backends::{BackendKind, BackendOptions, Fault};
 
 use crate::checks::{self, CheckResult, Settings, Verdict};
@@ -37,6 +38,32 @@ impl RunOptions {
             self.checks.clone()
         }
     }
+
+    /// Each check once per IP family of the scenario's lab, the families
+    /// of one check side by side, under the names results give them.
+    pub fn runs(&self, scn: &Scenario) -> Vec<CheckRun> {
+        let families = &scn.stack.families;
+        self.checks()
+            .into_iter()
+            .flat_map(|check| {
+                families.iter().map(move |&family| CheckRun {
+                    name: checks::qualified(check, family, families),
+                    check,
+                    family,
+                })
+            })
+            .collect()
+    }
+}
+
+/// One check in one IP family.
+#[derive(Clone, Debug)]
+pub struct CheckRun {
+    /// As results name it: `clusterip-tcp`, or `clusterip-tcp/ipv6` in a
+    /// lab that is not IPv4-only.
+    pub name: String,
+    pub check: &'static str,
+    pub family: IpFamily,
 }
 
 fn settings(scn: &Scenario, opts: &RunOptions) -> Settings {
@@ -80,12 +107,13 @@ pub async fn run(scn: &Scenario, opts: &RunOptions) -> anyhow::Result<(RunResult
     // The signal handler leaves the winding down to this function.
     let _cooperation = crate::guard::cooperate();
     let started_at = jiff::Timestamp::now().to_string();
-    let pb = progress((opts.backends.len() * opts.checks().len()) as u64);
+    let runs = opts.runs(scn);
+    let pb = progress((opts.backends.len() * runs.len()) as u64);
     let mut backends = Vec::new();
     let mut not_run = Vec::new();
     for backend in &opts.backends {
         if crate::stop::stopping() {
-            not_run.extend(opts.checks().iter().map(|c| format!("{backend}/{c}")));
+            not_run.extend(runs.iter().map(|c| format!("{backend}/{}", c.name)));
             continue;
         }
         if !pb.is_hidden() {
@@ -137,9 +165,10 @@ async fn run_backend(
     pb: &ProgressBar,
 ) -> BackendRun {
     let mut run = BackendRun::new(&backend.to_string());
+    let runs = opts.runs(scn);
     if let Err(e) = backend.capability() {
         run.unavailable = Some(e.reason);
-        pb.inc(opts.checks().len() as u64);
+        pb.inc(runs.len() as u64);
         return run;
     }
     let lab_opts = LabOptions {
@@ -154,7 +183,7 @@ async fn run_backend(
         Ok(lab) => lab,
         // Interrupted while the lab came up: no check ran, none failed.
         Err(_) if crate::stop::stopping() => {
-            run.not_run = opts.checks().iter().map(|c| c.to_string()).collect();
+            run.not_run = runs.iter().map(|c| c.name.clone()).collect();
             return run;
         }
         Err(e) => {
@@ -162,7 +191,7 @@ async fn run_backend(
                 "lab-up",
                 format!("the lab did not come up: {e:#}"),
             ));
-            pb.inc(opts.checks().len() as u64);
+            pb.inc(runs.len() as u64);
             return run;
         }
     };
@@ -185,13 +214,13 @@ async fn run_backend(
         backend,
         &backend_opts,
         settings(scn, opts),
-        &opts.checks(),
+        &runs,
         pb,
     )
     .await;
-    run.not_run = opts.checks()[run.checks.len()..]
+    run.not_run = runs[run.checks.len()..]
         .iter()
-        .map(|c| c.to_string())
+        .map(|c| c.name.clone())
         .collect();
     run.checks.extend(rules_failure);
     if !crate::stop::stopping() {
@@ -239,7 +268,7 @@ async fn run_checks(
     backend: &BackendKind,
     options: &BackendOptions,
     settings: Settings,
-    selected: &[&'static str],
+    selected: &[CheckRun],
     progress: &ProgressBar,
 ) -> Vec<CheckResult> {
     let mut ctx = checks::Ctx::new(
@@ -248,7 +277,12 @@ async fn run_checks(
         settings,
     );
     let mut out = Vec::new();
-    for &name in selected {
+    for CheckRun {
+        name,
+        check,
+        family,
+    } in selected
+    {
         if crate::stop::stopping() {
             break;
         }
@@ -257,7 +291,7 @@ async fn run_checks(
         let ran = tokio::select! {
             biased;
             _ = crate::stop::stopped() => None,
-            r = ctx.run(name, backend) => Some(r),
+            r = ctx.run(check, *family, backend) => Some(r),
         };
         // Cancelled: no verdict for a check that did not finish.
         let Some((mut result, failing_probe)) = ran else {

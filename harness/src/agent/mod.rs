@@ -52,7 +52,7 @@ impl AgentArgs {
                     .ok();
             node.localhost_node_ports = nodeport_addresses::matches(
                 &self.node_port_addresses,
-                node.node_ip,
+                node.node_ip.into(),
                 std::net::Ipv4Addr::LOCALHOST.into(),
             );
         }

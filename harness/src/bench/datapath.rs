@@ -8,7 +8,7 @@
 //! walks every other Service's rule first. nftables' verdict maps, IPVS and
 //! eBPF look it up in one step, so they should stay flat.
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -43,7 +43,7 @@ pub fn deepest<'a>(targets: impl IntoIterator<Item = &'a Target>) -> Option<&'a 
 pub struct Datapath {
     /// `namespace/name` of the Service, and the address connected to.
     pub service: String,
-    pub target: SocketAddrV4,
+    pub target: SocketAddr,
     /// True when connecting straight to an endpoint (the `none` baseline).
     pub direct: bool,
     pub connects: usize,
@@ -59,7 +59,7 @@ pub async fn measure(
     prober: &Prober,
     netns: &str,
     service: String,
-    target: SocketAddrV4,
+    target: std::net::SocketAddr,
     direct: bool,
     n: usize,
     agent_pids: &[u32],

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use svclab_backends::BackendKind;
-use svclab_backends::model::Protocol;
+use svclab_backends::model::{IpFamily, Protocol};
 
 use super::procs;
 use super::schema::{BenchResults, Case, Status};
@@ -192,7 +192,7 @@ async fn measure(lab: &Lab, settings: &ProbeSettings) -> Result<Vec<ProbeRun>> {
         .pod_netns(&pod.namespace, &pod.name)
         .context("client pod namespace")?
         .to_string();
-    let target = crate::checks::expect::targets(&lab.cp())
+    let target = crate::checks::expect::targets(&lab.cp(), IpFamily::IPv4)
         .into_iter()
         .next()
         .context("no Service")?;

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use svclab_backends::BackendKind;
+use svclab_backends::model::IpFamily;
 use svclab_backends::protocol::{SyncMode, SyncReport};
 
 use super::changes::{ChangeKind, Changer, with_bench_objects};
@@ -390,7 +391,7 @@ async fn data_path(
     connects: usize,
     client: &str,
 ) -> Result<Datapath> {
-    let targets = crate::checks::expect::targets(&lab.cp());
+    let targets = crate::checks::expect::targets(&lab.cp(), IpFamily::IPv4);
     let target = datapath::deepest(targets.iter().filter(|t| !t.service.starts_with("bench-")))
         .context("no TCP Service with endpoints to connect to")?;
     let service = format!("{}/{}", target.namespace, target.service);
@@ -398,7 +399,7 @@ async fn data_path(
         (target.vip_addr(), false)
     } else {
         let ep = target.cluster()[0];
-        (std::net::SocketAddrV4::new(ep.ip, ep.port), true)
+        (std::net::SocketAddr::new(ep.ip, ep.port), true)
     };
     let pids = agent_pids(lab);
     datapath::measure(&lab.prober, client, service, addr, direct, connects, &pids).await

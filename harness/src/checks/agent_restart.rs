@@ -113,7 +113,7 @@ fn strip_counter(rule: &str) -> String {
 /// The Service's answer to a request sent over a connection opened before
 /// the restart: one byte every [`TRICKLE`] until `go`, then the rest.
 async fn held_request(
-    addr: std::net::SocketAddrV4,
+    addr: std::net::SocketAddr,
     connected: tokio::sync::oneshot::Sender<Result<(), String>>,
     mut go: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Whoami, String> {

@@ -2,10 +2,10 @@
 //! EndpointSlice objects alone, never from the backend under test.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 
 use k8s_openapi::api::core::v1::Service;
-use svclab_backends::model::Protocol;
+use svclab_backends::model::{IpFamily, Protocol};
 
 use crate::controlplane::ControlPlane;
 
@@ -16,7 +16,8 @@ pub struct Target {
     pub service: String,
     pub port_name: String,
     pub protocol: Protocol,
-    pub vip: Ipv4Addr,
+    /// The ClusterIP of the family the checks run in.
+    pub vip: IpAddr,
     pub port: u16,
     pub node_port: Option<u16>,
     pub etp_local: bool,
@@ -32,7 +33,7 @@ pub struct Target {
 pub struct Ep {
     /// `namespace/name` of the pod.
     pub pod: String,
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub port: u16,
     pub node: String,
     pub ready: bool,
@@ -48,13 +49,16 @@ impl Target {
             format!(":{}", self.port_name)
         };
         format!(
-            "{}/{}{port} {}:{}/{}",
-            self.namespace, self.service, self.vip, self.port, self.protocol
+            "{}/{}{port} {}/{}",
+            self.namespace,
+            self.service,
+            self.vip_addr(),
+            self.protocol
         )
     }
 
-    pub fn vip_addr(&self) -> SocketAddrV4 {
-        SocketAddrV4::new(self.vip, self.port)
+    pub fn vip_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.vip, self.port)
     }
 
     /// Endpoints traffic with cluster policy may reach: the ready ones, or
@@ -112,20 +116,34 @@ impl Target {
     }
 }
 
-/// Every service port the default proxy programs now, with its endpoints
-/// (Services labelled for another proxy or headless are not its own).
+/// Every service port the default proxy programs now in `family`, with its
+/// endpoints of that family (Services labelled for another proxy or
+/// headless are not its own, nor are Services without a ClusterIP of the
+/// family: kube-proxy runs one proxier per family, each blind to the other).
 /// Services with a traffic distribution are left to the
 /// traffic-distribution check: which endpoints they reach depends on the
 /// client's zone, which the other checks' expectations do not know.
-pub fn targets(cp: &ControlPlane) -> Vec<Target> {
+pub fn targets(cp: &ControlPlane, family: IpFamily) -> Vec<Target> {
     cp.services()
         .filter(|s| crate::controlplane::store::proxied_labels(s.metadata.labels.as_ref()))
         .filter(|s| !super::traffic_distribution::distributed(s))
-        .flat_map(|svc| targets_of(cp, svc))
+        .flat_map(|svc| targets_of(cp, svc, family))
         .collect()
 }
 
-pub fn targets_of(cp: &ControlPlane, svc: &Service) -> Vec<Target> {
+/// The Service's ClusterIP of `family`: from `clusterIPs`, or `clusterIP`
+/// for an object that lists only that.
+pub fn cluster_ip(svc: &Service, family: IpFamily) -> Option<IpAddr> {
+    let spec = svc.spec.as_ref()?;
+    spec.cluster_ips
+        .iter()
+        .flatten()
+        .chain(spec.cluster_ip.iter())
+        .filter_map(|ip| ip.parse::<IpAddr>().ok())
+        .find(|ip| IpFamily::of(ip) == family)
+}
+
+pub fn targets_of(cp: &ControlPlane, svc: &Service, family: IpFamily) -> Vec<Target> {
     let ns = svc
         .metadata
         .namespace
@@ -135,16 +153,16 @@ pub fn targets_of(cp: &ControlPlane, svc: &Service) -> Vec<Target> {
     let Some(spec) = &svc.spec else {
         return Vec::new();
     };
-    let Some(vip) = spec
-        .cluster_ip
-        .as_deref()
-        .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
-    else {
+    let Some(vip) = cluster_ip(svc, family) else {
         return Vec::new();
     };
     let ty = spec.type_.as_deref().unwrap_or("ClusterIP");
     let node_ports = matches!(ty, "NodePort" | "LoadBalancer");
-    let slices = cp.slices_of(&ns, &name);
+    let slices: Vec<_> = cp
+        .slices_of(&ns, &name)
+        .iter()
+        .filter(|s| s.address_type == family.as_k8s())
+        .collect();
     let node_of: BTreeMap<String, String> = cp
         .pods()
         .iter()
@@ -155,7 +173,7 @@ pub fn targets_of(cp: &ControlPlane, svc: &Service) -> Vec<Target> {
         let protocol = Protocol::parse_k8s(p.protocol.as_deref()).unwrap_or(Protocol::Tcp);
         let port_name = p.name.clone().unwrap_or_default();
         let mut endpoints = Vec::new();
-        for slice in slices {
+        for slice in &slices {
             let Some(sp) = slice.ports.iter().flatten().find(|sp| {
                 sp.name.clone().unwrap_or_default() == port_name
                     && Protocol::parse_k8s(sp.protocol.as_deref()) == Some(protocol)
@@ -228,7 +246,7 @@ mod tests {
     fn ep(node: &str, ready: bool, serving: bool, terminating: bool) -> Ep {
         Ep {
             pod: format!("default/p-{node}-{ready}-{terminating}"),
-            ip: Ipv4Addr::new(10, 244, 0, 2),
+            ip: [10, 244, 0, 2].into(),
             port: 8080,
             node: node.into(),
             ready,
@@ -243,7 +261,7 @@ mod tests {
             service: "s".into(),
             port_name: String::new(),
             protocol: Protocol::Tcp,
-            vip: Ipv4Addr::new(10, 96, 0, 11),
+            vip: [10, 96, 0, 11].into(),
             port: 80,
             node_port: Some(30080),
             etp_local,

@@ -6,12 +6,12 @@
 //! Kubernetes' e2e test "should fail health check node port if there are
 //! only terminating endpoints" (test/e2e/network/service.go).
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 
 use super::{CheckResult, Ctx, Evidence};
 
 /// (status, localEndpoints) from the health check, or why there is none.
-async fn health(ctx: &Ctx<'_>, addr: SocketAddrV4) -> Result<(u16, Option<u64>, String), String> {
+async fn health(ctx: &Ctx<'_>, addr: SocketAddr) -> Result<(u16, Option<u64>, String), String> {
     let ext = ctx.external().ok_or("no external namespace")?;
     // The agent opens the port once it has synced; a refusal right after
     // the lab came up is retried, 1 s at most.
@@ -56,7 +56,7 @@ pub async fn healthcheck_terminating(ctx: &mut Ctx<'_>, name: &str) -> anyhow::R
     let ip = ctx
         .node_ip(&node)
         .ok_or_else(|| anyhow::anyhow!("no node {node}"))?;
-    let addr = SocketAddrV4::new(ip, t.health_check_node_port.unwrap_or(0));
+    let addr = SocketAddr::new(ip, t.health_check_node_port.unwrap_or(0));
     let local: Vec<String> = t
         .endpoints
         .iter()

@@ -4,7 +4,7 @@
 //! Every check puts the cluster back as it found it.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -162,7 +162,7 @@ pub async fn endpoint_removed(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<C
     let (ns, pod) = pod_parts(&gone.pod);
     let events = ctx.lab.cp().set_ready(ns, pod, false)?;
     ctx.change(events).await?;
-    let after = super::expect::targets(&ctx.lab.cp())
+    let after = super::expect::targets(&ctx.lab.cp(), ctx.family)
         .into_iter()
         .find(|x| x.label() == t.label())
         .ok_or_else(|| anyhow::anyhow!("{} vanished", t.label()))?;
@@ -288,7 +288,7 @@ pub async fn becomes_ready(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<Chec
                     .find(|s| s.metadata.name.as_deref() == Some("svclab-check-ready"))
             })
             .expect("just added");
-        super::expect::targets_of(&cp, svc)
+        super::expect::targets_of(&cp, svc, ctx.family)
     };
     let ns = targets
         .first()
@@ -313,7 +313,7 @@ pub async fn becomes_ready(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<Chec
     let now = {
         let cp = ctx.lab.cp();
         let svc = cp.service(&ns, "svclab-check-ready").expect("still there");
-        super::expect::targets_of(&cp, svc)
+        super::expect::targets_of(&cp, svc, ctx.family)
     };
     let mut evidence = Vec::new();
     for (i, t) in now.iter().enumerate() {
@@ -378,14 +378,14 @@ pub async fn terminating_fallback(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Resu
         events.extend(ctx.lab.cp().set_terminating(ns, p, true)?);
     }
     ctx.change(events).await?;
-    let after = super::expect::targets(&ctx.lab.cp())
+    let after = super::expect::targets(&ctx.lab.cp(), ctx.family)
         .into_iter()
         .find(|x| x.label() == t.label())
         .ok_or_else(|| anyhow::anyhow!("{} vanished", t.label()))?;
     let ip = ctx
         .node_ip(&node)
         .ok_or_else(|| anyhow::anyhow!("no node {node}"))?;
-    let spec = ctx.spec(SocketAddrV4::new(ip, t.node_port.unwrap_or(0)), t.protocol);
+    let spec = ctx.spec(SocketAddr::new(ip, t.node_port.unwrap_or(0)), t.protocol);
     let results = ctx.probe(&ext, vec![spec; ctx.settings.per_target]).await?;
     let fallback = after.local(&node);
     let evidence = vec![Evidence {
@@ -470,7 +470,7 @@ pub async fn service_update(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<Che
     let current = |ctx: &Ctx<'_>| {
         let cp = ctx.lab.cp();
         cp.service(&ns, svc_name)
-            .map(|s| super::expect::targets_of(&cp, s))
+            .map(|s| super::expect::targets_of(&cp, s, ctx.family))
             .unwrap_or_default()
     };
     let vip = current(ctx).first().map(|t| t.vip);
@@ -538,7 +538,7 @@ pub async fn service_update(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<Che
     }
     step(ctx, "remove port", Some(one.clone()), false).await?;
     if let Some(vip) = vip {
-        let spec = ctx.spec(SocketAddrV4::new(vip, 8181), Protocol::Tcp);
+        let spec = ctx.spec(SocketAddr::new(vip, 8181), Protocol::Tcp);
         let r = ctx.probe(&v, vec![spec; 3]).await?;
         evidence.push(Evidence {
             vantage: format!("pod {}", v.name),
@@ -594,7 +594,7 @@ pub async fn service_update(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<Che
     // 5. Deleted, then 6. recreated under the same name.
     step(ctx, "delete", None, true).await?;
     if let Some(vip) = vip {
-        let spec = ctx.spec(SocketAddrV4::new(vip, base.port), Protocol::Tcp);
+        let spec = ctx.spec(SocketAddr::new(vip, base.port), Protocol::Tcp);
         let r = ctx.probe(&v, vec![spec; 3]).await?;
         evidence.push(Evidence {
             vantage: format!("pod {}", v.name),

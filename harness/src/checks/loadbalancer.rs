@@ -11,19 +11,20 @@
 //! nodes alike (kube-proxy's firewall chain; #119656 made IPVS drop node
 //! traffic the same way), and anyone else is dropped without an answer.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Service;
 use svclab_backends::Feature;
+use svclab_backends::model::IpFamily;
 
 use super::expect::{Ep, Target};
 use super::{CheckResult, Ctx, Evidence, Vantage, all_reach, names, none_answered, tally};
 use crate::probe::{Outcome, ProbeResult};
 
-/// A Service's load balancer ingress addresses with their ipMode (`VIP`
-/// when unset, as the API defines).
-fn ingress(svc: &Service) -> Vec<(Ipv4Addr, String)> {
+/// A Service's load balancer ingress addresses of `family` with their
+/// ipMode (`VIP` when unset, as the API defines).
+fn ingress(svc: &Service, family: IpFamily) -> Vec<(IpAddr, String)> {
     svc.status
         .as_ref()
         .and_then(|s| s.load_balancer.as_ref())
@@ -31,24 +32,42 @@ fn ingress(svc: &Service) -> Vec<(Ipv4Addr, String)> {
         .into_iter()
         .flatten()
         .filter_map(|i| {
-            let ip = i.ip.as_deref()?.parse().ok()?;
+            let ip: IpAddr = i.ip.as_deref()?.parse().ok()?;
+            (IpFamily::of(&ip) == family).then_some(())?;
             Some((ip, i.ip_mode.clone().unwrap_or_else(|| "VIP".into())))
         })
         .collect()
+}
+
+/// Why a load balancer check has nothing to probe in `family`.
+fn no_ingress(family: IpFamily, which: &str) -> String {
+    match family {
+        IpFamily::IPv4 => format!(
+            "no LoadBalancer Service {which} has an ingress address (the Lab needs \
+             spec.loadBalancerPool and a type: LoadBalancer Service)"
+        ),
+        IpFamily::IPv6 => format!(
+            "no LoadBalancer Service {which} has an IPv6 ingress address: the lab's cloud \
+             controller hands out addresses from spec.loadBalancerPool, which is IPv4 only"
+        ),
+    }
 }
 
 fn is_lb(svc: &Service) -> bool {
     svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer")
 }
 
-fn source_ranges(svc: &Service) -> Vec<Ipv4Net> {
-    let ranges: Vec<Ipv4Net> = svc
+/// The Service's source ranges of `family`: the proxier of a family reads
+/// only its own (with none of it left, no firewall).
+fn source_ranges(svc: &Service, family: IpFamily) -> Vec<IpNet> {
+    let ranges: Vec<IpNet> = svc
         .spec
         .as_ref()
         .and_then(|s| s.load_balancer_source_ranges.as_ref())
         .into_iter()
         .flatten()
-        .filter_map(|r| r.trim().parse::<Ipv4Net>().ok())
+        .filter_map(|r| r.trim().parse::<IpNet>().ok())
+        .filter(|n| IpFamily::of(&n.addr()) == family)
         .map(|n| n.trunc())
         .collect();
     // A zero-length range lets everyone in, as no ranges do.
@@ -64,7 +83,7 @@ fn lb_services(ctx: &Ctx<'_>) -> Vec<(Service, Vec<Target>)> {
     let cp = ctx.lab.cp();
     cp.services()
         .filter(|s| is_lb(s))
-        .map(|s| (s.clone(), super::expect::targets_of(&cp, s)))
+        .map(|s| (s.clone(), super::expect::targets_of(&cp, s, ctx.family)))
         .collect()
 }
 
@@ -116,13 +135,15 @@ pub async fn loadbalancer_ingress(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Resu
     // Services with source ranges are loadbalancer-source-ranges' to probe.
     let found: Vec<(Service, Vec<Target>)> = lb_services(ctx)
         .into_iter()
-        .filter(|(s, _)| source_ranges(s).is_empty())
+        .filter(|(s, _)| source_ranges(s, ctx.family).is_empty())
         .collect();
-    if !found.iter().any(|(s, _)| !ingress(s).is_empty()) {
+    if !found
+        .iter()
+        .any(|(s, _)| !ingress(s, ctx.family).is_empty())
+    {
         return Ok(CheckResult::skip(
             name,
-            "no LoadBalancer Service without source ranges has an ingress address (the Lab \
-             needs spec.loadBalancerPool and a type: LoadBalancer Service)",
+            no_ingress(ctx.family, "without source ranges"),
         ));
     }
     let mut vantages = vec![ext.clone()];
@@ -130,7 +151,7 @@ pub async fn loadbalancer_ingress(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Resu
     let mut evidence = Vec::new();
     for (svc, targets) in &found {
         let svc_name = svc.metadata.name.clone().unwrap_or_default();
-        let ingress = ingress(svc);
+        let ingress = ingress(svc, ctx.family);
         let no_node_ports = svc
             .spec
             .as_ref()
@@ -159,7 +180,7 @@ pub async fn loadbalancer_ingress(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Resu
         }
         for (ip, mode) in &ingress {
             for t in targets.iter().filter(|t| t.has_any()) {
-                let addr = SocketAddrV4::new(*ip, t.port);
+                let addr = SocketAddr::new(*ip, t.port);
                 if mode == "VIP" {
                     for v in &vantages {
                         // The node's own traffic to an externalTrafficPolicy
@@ -249,7 +270,7 @@ pub async fn loadbalancer_ingress(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Resu
                 else {
                     continue;
                 };
-                let addr = SocketAddrV4::new(*ip, other);
+                let addr = SocketAddr::new(*ip, other);
                 let r = ctx.probe(&ext, vec![ctx.spec(addr, t.protocol); 3]).await?;
                 evidence.push(Evidence {
                     vantage: ctx.vantage_label(&ext, t),
@@ -282,19 +303,19 @@ pub async fn loadbalancer_source_ranges(
     let Some(entry) = entry_node(ctx) else {
         return Ok(CheckResult::skip(name, "the lab has no node"));
     };
-    let found: Vec<(Service, Vec<Target>, Vec<Ipv4Net>)> = lb_services(ctx)
+    let family = ctx.family;
+    let found: Vec<(Service, Vec<Target>, Vec<IpNet>)> = lb_services(ctx)
         .into_iter()
         .map(|(s, t)| {
-            let r = source_ranges(&s);
+            let r = source_ranges(&s, family);
             (s, t, r)
         })
-        .filter(|(s, _, r)| !r.is_empty() && ingress(s).iter().any(|(_, m)| m == "VIP"))
+        .filter(|(s, _, r)| !r.is_empty() && ingress(s, family).iter().any(|(_, m)| m == "VIP"))
         .collect();
     if found.is_empty() {
         return Ok(CheckResult::skip(
             name,
-            "no LoadBalancer Service with spec.loadBalancerSourceRanges has a VIP-mode ingress \
-             address (the Lab needs spec.loadBalancerPool)",
+            no_ingress(family, "with spec.loadBalancerSourceRanges"),
         ));
     }
     let mut vantages: Vec<Vantage> = ctx.external().into_iter().collect();
@@ -304,12 +325,12 @@ pub async fn loadbalancer_source_ranges(
     for (svc, targets, ranges) in &found {
         let shown: Vec<String> = ranges.iter().map(ToString::to_string).collect();
         let shown = shown.join(", ");
-        for (ip, mode) in ingress(svc) {
+        for (ip, mode) in ingress(svc, family) {
             if mode != "VIP" {
                 continue;
             }
             for t in targets.iter().filter(|t| t.has_any()) {
-                let addr = SocketAddrV4::new(ip, t.port);
+                let addr = SocketAddr::new(ip, t.port);
                 for v in &vantages {
                     let allowed = ranges.iter().any(|n| n.contains(&v.ip));
                     let want = expected(t, v, &entry);

@@ -5,9 +5,14 @@
 //! do; svclab's iptables backends follow its iptables mode. A backend that
 //! does not serve it declares so, and then the check
 //! holds it to its word: 127.0.0.1 on the NodePort is not answered. The
-//! same holds when the Lab's `agent.nodePortAddresses` leaves loopback out.
+//! same holds when the Lab's `agent.nodePortAddresses` leaves loopback out,
+//! and always for IPv6: no mode serves NodePorts on ::1, since the kernel
+//! has no route_localnet for IPv6 and kube-proxy never matches IPv6
+//! loopback in nodePortAddresses.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use svclab_backends::model::IpFamily;
 
 use svclab_backends::Feature;
 use svclab_backends::nodeport_addresses;
@@ -28,25 +33,36 @@ pub async fn localhost_nodeport(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result
         &ctx.lab.scenario.lab.agent.node_port_addresses,
         ctx.lab.backend.as_ref(),
     );
-    let declared = ctx
-        .limits
-        .get(&Feature::LocalhostNodePort)
-        .cloned()
-        .or_else(|| {
-            let node_ip = ctx.nodes().first().map(|n| n.ip)?;
-            let covered =
-                nodeport_addresses::matches(&setting, node_ip, Ipv4Addr::LOCALHOST.into());
-            (!covered).then(|| {
-                format!(
-                    "127.0.0.1 is outside nodePortAddresses [{}] ({source})",
-                    setting.join(", ")
-                )
+    let loopback: IpAddr = match ctx.family {
+        IpFamily::IPv4 => Ipv4Addr::LOCALHOST.into(),
+        IpFamily::IPv6 => Ipv6Addr::LOCALHOST.into(),
+    };
+    let declared = if ctx.family == IpFamily::IPv6 {
+        Some(
+            "no proxy serves NodePorts on ::1: the kernel has no route_localnet for IPv6, so \
+             a packet from ::1 may not leave the node, and kube-proxy never matches IPv6 \
+             loopback in nodePortAddresses"
+                .to_string(),
+        )
+    } else {
+        ctx.limits
+            .get(&Feature::LocalhostNodePort)
+            .cloned()
+            .or_else(|| {
+                let node_ip = ctx.nodes().first().map(|n| n.ip)?;
+                let covered = nodeport_addresses::matches(&setting, node_ip, loopback);
+                (!covered).then(|| {
+                    format!(
+                        "127.0.0.1 is outside nodePortAddresses [{}] ({source})",
+                        setting.join(", ")
+                    )
+                })
             })
-        });
+    };
     let mut evidence = Vec::new();
     for v in ctx.nodes() {
         let node = v.name.clone();
-        let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, np);
+        let addr = SocketAddr::new(loopback, np);
         let results = ctx
             .probe(
                 &v,
@@ -69,7 +85,7 @@ pub async fn localhost_nodeport(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result
         }
         evidence.push(Evidence {
             vantage: format!("node {node}"),
-            target: format!("{} via 127.0.0.1 port {np}", t.label()),
+            target: format!("{} via {loopback} port {np}", t.label()),
             expected,
             observed: tally(&results),
             ok,

@@ -19,12 +19,12 @@ mod traffic_distribution;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use svclab_backends::model::Protocol;
+use svclab_backends::model::{IpFamily, Protocol};
 use svclab_backends::{BackendKind, Feature};
 
 use crate::lab::Lab;
@@ -358,6 +358,10 @@ pub struct Ctx<'a> {
     pub lab: &'a mut Lab,
     pub limits: BTreeMap<Feature, String>,
     pub settings: Settings,
+    /// The family the checks run in now: their targets are the Services'
+    /// ClusterIPs and endpoints of it, their vantages dial from their
+    /// address of it.
+    pub family: IpFamily,
     /// ClusterIP probes already made: (vantage name, target label) -> results.
     cache: HashMap<(String, String), Vec<ProbeResult>>,
     /// The first failing probe of the running check, to trace if it fails.
@@ -369,7 +373,7 @@ impl<'a> Ctx<'a> {
     /// kernel with SCTP; only the sctp check probes them
     /// ([`Self::sctp_targets`]).
     pub fn targets(&self) -> Vec<Target> {
-        expect::targets(&self.lab.cp())
+        expect::targets(&self.lab.cp(), self.family)
             .into_iter()
             .filter(|t| t.protocol != svclab_backends::model::Protocol::Sctp)
             .collect()
@@ -377,7 +381,7 @@ impl<'a> Ctx<'a> {
 
     /// The SCTP Service ports.
     pub fn sctp_targets(&self) -> Vec<Target> {
-        expect::targets(&self.lab.cp())
+        expect::targets(&self.lab.cp(), self.family)
             .into_iter()
             .filter(|t| t.protocol == svclab_backends::model::Protocol::Sctp)
             .collect()
@@ -396,9 +400,18 @@ impl<'a> Ctx<'a> {
                 name: p.key(),
                 node: Some(self.lab.topology.nodes[p.node].name.clone()),
                 netns: net.netns.clone(),
-                ip: p.ip,
+                ip: self.pick(p.ip, p.ip6),
             })
             .collect()
+    }
+
+    /// The address of the checks' family, from an IPv4 one and the IPv6
+    /// one a dual-stack or IPv6 lab gives.
+    fn pick(&self, v4: Ipv4Addr, v6: Option<std::net::Ipv6Addr>) -> IpAddr {
+        match (self.family, v6) {
+            (IpFamily::IPv6, Some(v6)) => v6.into(),
+            _ => v4.into(),
+        }
     }
 
     pub fn nodes(&self) -> Vec<Vantage> {
@@ -411,7 +424,7 @@ impl<'a> Ctx<'a> {
                 name: n.name.clone(),
                 node: Some(n.name.clone()),
                 netns: n.netns.clone(),
-                ip: n.ip,
+                ip: self.pick(n.ip, n.ip6),
             })
             .collect()
     }
@@ -424,7 +437,7 @@ impl<'a> Ctx<'a> {
             name: "external-2".into(),
             node: None,
             netns: t.external2.clone()?,
-            ip: t.external2_ip?,
+            ip: self.pick(t.external2_ip?, t.v6.as_ref().and_then(|v| v.external2_ip)),
         })
     }
 
@@ -435,7 +448,7 @@ impl<'a> Ctx<'a> {
             name: "external".into(),
             node: None,
             netns: t.external.clone()?,
-            ip: t.external_ip?,
+            ip: self.pick(t.external_ip?, t.v6.as_ref().and_then(|v| v.external_ip)),
         })
     }
 
@@ -448,17 +461,18 @@ impl<'a> Ctx<'a> {
             name: ep.pod.clone(),
             node: Some(self.lab.topology.nodes[net.node].name.clone()),
             netns: net.netns.clone(),
-            ip: net.ip,
+            ip: self.pick(net.ip, net.ip6),
         })
     }
 
-    pub fn node_ip(&self, node: &str) -> Option<Ipv4Addr> {
-        self.lab.topology.node(node).map(|n| n.ip)
+    pub fn node_ip(&self, node: &str) -> Option<IpAddr> {
+        let n = self.lab.topology.node(node)?;
+        Some(self.pick(n.ip, n.ip6))
     }
 
     pub fn spec(
         &self,
-        target: std::net::SocketAddrV4,
+        target: SocketAddr,
         protocol: svclab_backends::model::Protocol,
     ) -> ProbeSpec {
         ProbeSpec::new(target, protocol, self.settings.timeout)
@@ -503,7 +517,7 @@ impl<'a> Ctx<'a> {
 
     /// Remembers a failing probe of the running check (the first one only):
     /// if the check fails, the report gets the kernel's trace of it.
-    pub fn want_trace(&mut self, v: &Vantage, t: &Target, address: SocketAddrV4) {
+    pub fn want_trace(&mut self, v: &Vantage, t: &Target, address: SocketAddr) {
         if self.trace_request.is_none() {
             self.trace_request = Some(TraceRequest {
                 vantage: v.clone(),
@@ -585,44 +599,86 @@ pub fn none_answered(results: &[ProbeResult]) -> bool {
 pub struct TraceRequest {
     pub vantage: Vantage,
     pub target: Target,
-    pub address: SocketAddrV4,
+    pub address: SocketAddr,
 }
 
 impl<'a> Ctx<'a> {
     /// A context for running checks on `lab`, whose backend lacks the
     /// features in `limits` (with the reasons).
     pub fn new(lab: &'a mut Lab, limits: BTreeMap<Feature, String>, settings: Settings) -> Self {
+        let family = lab.scenario.stack.families[0];
         Ctx {
             lab,
             limits,
             settings,
+            family,
             cache: HashMap::new(),
             trace_request: None,
         }
     }
 
-    /// Runs the check `name`: SKIP with the backend's reason when it lacks
-    /// a feature the check needs, FAIL when the check could not run. With
-    /// the result comes the first failing probe the check asked to have
-    /// traced, if any.
+    /// The IP families the lab's Services use, primary first; the checks
+    /// run once in each.
+    pub fn families(&self) -> Vec<IpFamily> {
+        self.lab.scenario.stack.families.clone()
+    }
+
+    /// Runs the check `name` in `family`: SKIP with the backend's reason
+    /// when it lacks a feature the check needs (or the family), FAIL when
+    /// the check could not run. The result is named for the family
+    /// ([`qualified`]). With the result comes the first failing probe the
+    /// check asked to have traced, if any.
     pub async fn run(
         &mut self,
         name: &str,
+        family: IpFamily,
         backend: &BackendKind,
     ) -> (CheckResult, Option<TraceRequest>) {
         self.trace_request = None;
+        self.cache.clear();
+        self.family = family;
+        let shown = qualified(name, family, &self.families());
         let Some(check) = CHECKS.iter().find(|c| c.name == name) else {
             let e = anyhow::anyhow!("unknown check {name}");
-            return (CheckResult::error(name, &e), None);
+            return (CheckResult::error(&shown, &e), None);
         };
-        let missing = check.needs.iter().find_map(|f| self.limits.get(f).cloned());
-        let result = match missing {
+        let family_limit = (family == IpFamily::IPv6)
+            .then(|| self.limits.get(&Feature::Ipv6).cloned())
+            .flatten();
+        let missing =
+            family_limit.or_else(|| check.needs.iter().find_map(|f| self.limits.get(f).cloned()));
+        let mut result = match missing {
             Some(reason) => CheckResult::skip(check.name, format!("backend {backend}: {reason}")),
             None => match (check.run)(self, check.name).await {
                 Ok(r) => r,
                 Err(e) => CheckResult::error(check.name, &e),
             },
         };
+        result.name = shown;
         (result, self.trace_request.take())
+    }
+}
+
+/// A check's name in results: as is in an IPv4-only lab (as every result
+/// before dual-stack), with the family otherwise (`clusterip-tcp/ipv6`).
+pub fn qualified(name: &str, family: IpFamily, lab: &[IpFamily]) -> String {
+    if lab == [IpFamily::IPv4] {
+        name.to_string()
+    } else {
+        format!("{name}/{}", family.lower())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_name_the_family_unless_the_lab_is_ipv4_only() {
+        use IpFamily::*;
+        assert_eq!(qualified("nodeport", IPv4, &[IPv4]), "nodeport");
+        assert_eq!(qualified("nodeport", IPv4, &[IPv4, IPv6]), "nodeport/ipv4");
+        assert_eq!(qualified("nodeport", IPv6, &[IPv4, IPv6]), "nodeport/ipv6");
+        assert_eq!(qualified("nodeport", IPv6, &[IPv6]), "nodeport/ipv6");
     }
 }

@@ -4,7 +4,7 @@
 //! internalTrafficPolicy Local.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,7 +24,7 @@ async fn probe_node_port(
     let np = t
         .node_port
         .ok_or_else(|| anyhow::anyhow!("{} has no node port", t.label()))?;
-    let spec = ctx.spec(SocketAddrV4::new(ip, np), t.protocol);
+    let spec = ctx.spec(SocketAddr::new(ip, np), t.protocol);
     ctx.probe(v, vec![spec; ctx.settings.per_target]).await
 }
 
@@ -60,7 +60,7 @@ pub async fn nodeport(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<CheckResu
                 let expected = t.external(node);
                 if !all_reach(&results, &expected) {
                     let ip = ctx.node_ip(node).unwrap_or(t.vip);
-                    ctx.want_trace(v, t, SocketAddrV4::new(ip, t.node_port.unwrap_or(0)));
+                    ctx.want_trace(v, t, SocketAddr::new(ip, t.node_port.unwrap_or(0)));
                 }
                 evidence.push(Evidence {
                     vantage: format!("{} {}", v.kind, v.name),
@@ -220,7 +220,7 @@ pub async fn etp_local(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<CheckRes
 pub(super) async fn http_get(
     ctx: &Ctx<'_>,
     v: &Vantage,
-    addr: SocketAddrV4,
+    addr: SocketAddr,
 ) -> anyhow::Result<(u16, String)> {
     let rt = ctx.lab.prober.vantage(&v.netns)?;
     let fetch = rt.spawn(async move {
@@ -270,7 +270,8 @@ pub async fn etp_local_healthcheck(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Res
                 .map(|e| e.ip)
                 .collect();
             let want_status = if local.is_empty() { 503 } else { 200 };
-            let observed = http_get(ctx, &ext, SocketAddrV4::new(n.ip, port)).await;
+            let node_ip = ctx.node_ip(&n.name).unwrap_or(n.ip.into());
+            let observed = http_get(ctx, &ext, SocketAddr::new(node_ip, port)).await;
             let (ok, observed) = match observed {
                 Ok((status, body)) => {
                     let count = serde_json::from_str::<serde_json::Value>(&body)
@@ -285,7 +286,12 @@ pub async fn etp_local_healthcheck(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Res
             };
             evidence.push(Evidence {
                 vantage: "external".into(),
-                target: format!("{}/{} health check {}:{port}", t.namespace, t.service, n.ip),
+                target: format!(
+                    "{}/{} health check {}",
+                    t.namespace,
+                    t.service,
+                    SocketAddr::new(node_ip, port)
+                ),
                 expected: format!("HTTP {want_status} with localEndpoints {}", local.len()),
                 observed,
                 ok,

@@ -10,11 +10,11 @@
 //! (it warns about that), `primary` in its nftables mode and in svclab's
 //! backends.
 
-use std::net::{IpAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 
 use svclab_backends::BackendKind;
 use svclab_backends::kubeproxy::Mode;
-use svclab_backends::model::Protocol;
+use svclab_backends::model::{IpFamily, Protocol};
 use svclab_backends::nodeport_addresses;
 
 use super::expect::Target;
@@ -68,13 +68,17 @@ pub async fn nodeport_addresses(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result
         };
         // (vantage, address): both addresses from the node's own client
         // pod, and the node IP from outside the cluster.
-        let mut cases: Vec<(&Vantage, std::net::Ipv4Addr)> = vec![(pod, n.ip), (pod, n.gateway)];
+        let (node_ip, gateway): (IpAddr, IpAddr) = match (ctx.family, n.ip6, n.gateway6) {
+            (IpFamily::IPv6, Some(ip), Some(gw)) => (ip.into(), gw.into()),
+            _ => (n.ip.into(), n.gateway.into()),
+        };
+        let mut cases: Vec<(&Vantage, IpAddr)> = vec![(pod, node_ip), (pod, gateway)];
         if let Some(ext) = &external {
-            cases.push((ext, n.ip));
+            cases.push((ext, node_ip));
         }
         for (v, addr) in cases {
-            let inside = nodeport_addresses::matches(&setting, n.ip, IpAddr::V4(addr));
-            let target = SocketAddrV4::new(addr, np);
+            let inside = nodeport_addresses::matches(&setting, node_ip, addr);
+            let target = SocketAddr::new(addr, np);
             let results = ctx
                 .probe(
                     v,
@@ -82,7 +86,7 @@ pub async fn nodeport_addresses(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result
                 )
                 .await?;
             let eps = t.external(&n.name);
-            let which = if addr == n.ip {
+            let which = if addr == node_ip {
                 "node IP"
             } else {
                 "pod bridge"

@@ -6,11 +6,12 @@
 //! puts the cluster back as it found it.
 
 use std::collections::BTreeSet;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Service;
-use svclab_backends::model::Protocol;
+use svclab_backends::model::{IpFamily, Protocol};
 use svclab_backends::{BackendKind, Feature};
 
 use super::{CheckResult, Ctx, Evidence, Target, Vantage, all_reach, names, none_answered, tally};
@@ -47,7 +48,7 @@ fn targets_of(ctx: &Ctx<'_>, svc: &Service) -> Vec<Target> {
     let (ns, name) = key(svc);
     let cp = ctx.lab.cp();
     cp.service(&ns, &name)
-        .map(|s| super::expect::targets_of(&cp, s))
+        .map(|s| super::expect::targets_of(&cp, s, ctx.family))
         .unwrap_or_default()
 }
 
@@ -77,15 +78,17 @@ pub async fn external_ips(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<Check
             .as_ref()
             .is_some_and(|sp| sp.external_ips.as_ref().is_some_and(|v| !v.is_empty()))
     });
-    let mut cases: Vec<(Target, Ipv4Addr)> = Vec::new();
+    let mut cases: Vec<(Target, IpAddr)> = Vec::new();
     for svc in &found {
-        let ips: Vec<Ipv4Addr> = svc
+        // The proxier of a family programs the external IPs of its family.
+        let ips: Vec<IpAddr> = svc
             .spec
             .as_ref()
             .and_then(|sp| sp.external_ips.clone())
             .unwrap_or_default()
             .iter()
             .filter_map(|a| a.parse().ok())
+            .filter(|a| IpFamily::of(a) == ctx.family)
             .collect();
         for t in targets_of(ctx, svc) {
             if t.has_any() && !t.itp_local {
@@ -98,7 +101,10 @@ pub async fn external_ips(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<Check
     if cases.is_empty() {
         return Ok(CheckResult::skip(
             name,
-            "the scenario has no Service with spec.externalIPs and endpoints",
+            format!(
+                "the scenario has no Service with {} spec.externalIPs and endpoints",
+                ctx.family
+            ),
         ));
     }
     let mut vantages = ctx.clients();
@@ -110,9 +116,9 @@ pub async fn external_ips(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<Check
     let gateway = ctx.nodes().first().map(|n| n.ip);
     let mut routed = Vec::new();
     if let (Some(ext), Some(gw)) = (&ext, gateway) {
-        let ips: BTreeSet<Ipv4Addr> = cases.iter().map(|c| c.1).collect();
+        let ips: BTreeSet<IpAddr> = cases.iter().map(|c| c.1).collect();
         for ip_addr in ips {
-            let dst = format!("{ip_addr}/32");
+            let dst = IpNet::from(ip_addr).to_string();
             ip(
                 &ext.netns,
                 &["route", "replace", &dst, "via", &gw.to_string()],
@@ -125,7 +131,7 @@ pub async fn external_ips(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<Check
     let mut evidence = Vec::new();
     let result = async {
         for (t, addr) in &cases {
-            let target = SocketAddrV4::new(*addr, t.port);
+            let target = SocketAddr::new(*addr, t.port);
             for v in &vantages {
                 let r = ctx
                     .probe(
@@ -165,7 +171,7 @@ pub async fn external_ips(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<Check
             };
             let from = ext.clone().or_else(|| client_on(ctx, 0));
             if let Some(v) = from {
-                let other_addr = SocketAddrV4::new(*addr, other);
+                let other_addr = SocketAddr::new(*addr, other);
                 let r = ctx
                     .probe(&v, vec![ctx.spec(other_addr, t.protocol); 3])
                     .await?;
@@ -309,10 +315,8 @@ pub async fn proxy_labels(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<Check
     };
     let labelled = services(ctx, |s| {
         !proxied_labels(s.metadata.labels.as_ref())
-            && s.spec
-                .as_ref()
-                .and_then(|sp| sp.cluster_ip.as_deref())
-                .is_some_and(|ip| ip.parse::<Ipv4Addr>().is_ok())
+            && s.spec.as_ref().is_some()
+            && super::expect::cluster_ip(s, ctx.family).is_some()
     });
     let external_name = services(ctx, |s| {
         proxied_labels(s.metadata.labels.as_ref())
@@ -396,6 +400,11 @@ pub async fn proxy_labels(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<Check
                 sp.external_name = None;
                 sp.selector = from.selector.clone();
                 sp.ports = from.ports.clone();
+                // Both families in a dual-stack lab, so each family's
+                // proxier has it to program.
+                if ctx.families().len() > 1 {
+                    sp.ip_family_policy = Some("PreferDualStack".into());
+                }
             }
             let events = ctx.lab.cp().update_service(changed)?;
             ctx.change(events).await?;
@@ -403,7 +412,7 @@ pub async fn proxy_labels(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<Check
                 let now = {
                     let cp = ctx.lab.cp();
                     cp.service(&ns, &svc_name)
-                        .map(|s| super::expect::targets_of(&cp, s))
+                        .map(|s| super::expect::targets_of(&cp, s, ctx.family))
                         .unwrap_or_default()
                 };
                 if now.is_empty() {
@@ -636,14 +645,17 @@ pub async fn service_recreate(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<C
     };
     // NodePorts from outside when the lab has it, else from the client.
     let outside = ctx.external().unwrap_or_else(|| v.clone());
-    let node_ips: Vec<Ipv4Addr> = ctx.nodes().iter().map(|n| n.ip).collect();
+    let node_ips: Vec<IpAddr> = ctx.nodes().iter().map(|n| n.ip).collect();
     let ns = base.namespace.clone();
     let (first, second) = ("svclab-check-recreate", "svclab-check-reuse");
     let mut evidence = Vec::new();
     let now = |ctx: &Ctx<'_>, n: &str| -> Option<Target> {
         let cp = ctx.lab.cp();
-        cp.service(&ns, n)
-            .and_then(|s| super::expect::targets_of(&cp, s).into_iter().next())
+        cp.service(&ns, n).and_then(|s| {
+            super::expect::targets_of(&cp, s, ctx.family)
+                .into_iter()
+                .next()
+        })
     };
     let result = async {
         let events = ctx
@@ -653,7 +665,7 @@ pub async fn service_recreate(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<C
         ctx.change(events).await?;
         let t1 = now(ctx, first).ok_or_else(|| anyhow::anyhow!("{first} was not created"))?;
         let np = t1.node_port.expect("a NodePort Service");
-        let np_addr = SocketAddrV4::new(node_ips[0], np);
+        let np_addr = SocketAddr::new(node_ips[0], np);
         let r = ctx
             .probe(&v, vec![ctx.spec(t1.vip_addr(), t1.protocol); 5])
             .await?;
@@ -705,7 +717,7 @@ pub async fn service_recreate(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<C
                 ctx.change(events).await?;
                 let t2 =
                     now(ctx, second).ok_or_else(|| anyhow::anyhow!("{second} was not created"))?;
-                let addr = SocketAddrV4::new(node_ips[node_ips.len() - 1], np);
+                let addr = SocketAddr::new(node_ips[node_ips.len() - 1], np);
                 let r = ctx
                     .probe(&outside, vec![ctx.spec(addr, t2.protocol); 5])
                     .await?;
@@ -797,18 +809,34 @@ fn classes(r: &[ProbeResult]) -> BTreeSet<&'static str> {
     r.iter().map(|x| class(&x.outcome)).collect()
 }
 
-/// An address of the service CIDR no Service owns.
-fn unallocated(ctx: &Ctx<'_>) -> Option<Ipv4Addr> {
-    let cidr = ctx.lab.scenario.lab.service_cidr;
-    let used: BTreeSet<Ipv4Addr> = ctx
+/// An address of the service CIDR of the checks' family that no Service
+/// owns: one of the range's last 256.
+fn unallocated(ctx: &Ctx<'_>) -> Option<IpAddr> {
+    let cidr: IpNet = match ctx.family {
+        IpFamily::IPv4 => ctx.lab.scenario.lab.service_cidr.into(),
+        IpFamily::IPv6 => ctx.lab.scenario.stack.v6.as_ref()?.service_cidr.into(),
+    };
+    let used: BTreeSet<IpAddr> = ctx
         .lab
         .cp()
         .services()
-        .filter_map(|s| s.spec.as_ref()?.cluster_ip.as_deref()?.parse().ok())
+        .filter_map(|s| s.spec.as_ref()?.cluster_ips.clone())
+        .flatten()
+        .filter_map(|ip| ip.parse().ok())
         .collect();
-    let last = u32::from(cidr.broadcast()).checked_sub(1)?;
-    (0..256u32)
-        .map(|i| Ipv4Addr::from(last - i))
+    let last: u128 = match cidr.broadcast() {
+        IpAddr::V4(b) => u32::from(b).into(),
+        IpAddr::V6(b) => b.into(),
+    };
+    let at = |n: u128| -> IpAddr {
+        match cidr {
+            IpNet::V4(_) => Ipv4Addr::from(n as u32).into(),
+            IpNet::V6(_) => Ipv6Addr::from(n).into(),
+        }
+    };
+    (1..=256u128)
+        .filter_map(|i| last.checked_sub(i))
+        .map(at)
         .find(|ip| cidr.contains(ip) && !used.contains(ip))
 }
 
@@ -846,15 +874,19 @@ pub async fn unallocated_clusterip(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Res
     let Some(node) = ctx.nodes().into_iter().next() else {
         return Ok(CheckResult::skip(name, "the lab has no nodes"));
     };
-    let control_ip = Ipv4Addr::new(192, 0, 2, 1);
+    // TEST-NET-1, or IPv6's documentation range.
+    let control_ip: IpAddr = match ctx.family {
+        IpFamily::IPv4 => Ipv4Addr::new(192, 0, 2, 1).into(),
+        IpFamily::IPv6 => "2001:db8::1".parse().expect("constant"),
+    };
     let port = 80;
     let (control, target) = (
-        SocketAddrV4::new(control_ip, port),
-        SocketAddrV4::new(addr, port),
+        SocketAddr::new(control_ip, port),
+        SocketAddr::new(addr, port),
     );
     let added: Vec<String> = [addr, control_ip]
         .iter()
-        .map(|a| format!("{a}/32"))
+        .map(|a| IpNet::from(*a).to_string())
         .collect();
     for a in &added {
         ip(&node.netns, &["addr", "replace", a, "dev", "lo"]).await?;
@@ -871,9 +903,8 @@ pub async fn unallocated_clusterip(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Res
     for a in &added {
         ip(&node.netns, &["addr", "del", a, "dev", "lo"]).await?;
     }
-    let (c, t): (Vec<ProbeResult>, Vec<ProbeResult>) = probed?
-        .into_iter()
-        .partition(|x| x.spec.target == std::net::SocketAddr::V4(control));
+    let (c, t): (Vec<ProbeResult>, Vec<ProbeResult>) =
+        probed?.into_iter().partition(|x| x.spec.target == control);
     let base = classes(&c);
     let control_ok = base == BTreeSet::from(["refused"]);
     let (want, ok) = if drops {

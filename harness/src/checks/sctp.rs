@@ -5,7 +5,7 @@
 //! kernel with SCTP; this host's has none, Debian's stock kernels in
 //! `svclab vm` have it as a module.
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 
 use svclab_backends::model::Protocol;
 
@@ -76,7 +76,7 @@ pub async fn sctp(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Result<CheckResult> 
             continue;
         }
         for node in ctx.lab.topology.nodes.clone() {
-            let addr = SocketAddrV4::new(node.ip, np);
+            let addr = SocketAddr::new(ctx.node_ip(&node.name).unwrap_or(node.ip.into()), np);
             let results = ctx
                 .probe(
                     &ext,

@@ -120,7 +120,7 @@ fn each_seen(results: &[ProbeResult], eps: &[&Ep]) -> bool {
 /// The first TCP port of `svc` with two or more ready endpoints.
 fn tcp_target(ctx: &Ctx<'_>, svc: &Service) -> Option<Target> {
     let cp = ctx.lab.cp();
-    targets_of(&cp, svc).into_iter().find(|t| {
+    targets_of(&cp, svc, ctx.family).into_iter().find(|t| {
         t.protocol == Protocol::Tcp && t.endpoints.iter().filter(|e| e.ready).count() >= 2
     })
 }
@@ -274,7 +274,65 @@ pub async fn traffic_distribution(ctx: &mut Ctx<'_>, name: &str) -> anyhow::Resu
             });
         }
     }
-    Ok(CheckResult::from_evidence(name, evidence, ""))
+    let mut result = CheckResult::from_evidence(name, evidence, "");
+    if result.verdict == super::Verdict::Fail {
+        for why in zoneless_kube_proxies(ctx, &zones) {
+            result.summary.push_str(&format!("; {why}"));
+        }
+    }
+    Ok(result)
+}
+
+/// What kube-proxy logs when a Service's hints are left unused because it
+/// does not know its node's zone.
+const NO_ZONE_LOG: &str =
+    "Ignoring same-zone topology hints for service since node is missing label";
+
+/// Whether the running kube-proxy (the log's last process: klog's third
+/// field is the pid, and an agent restart appends a new process) logged
+/// that its node has no zone.
+fn says_no_zone(log: &str) -> bool {
+    let pid = |l: &str| l.split_whitespace().nth(2).map(str::to_string);
+    let Some(now) = log.lines().rev().find_map(pid) else {
+        return false;
+    };
+    log.lines()
+        .any(|l| l.contains(NO_ZONE_LOG) && pid(l).as_deref() == Some(&now))
+}
+
+/// Why upstream kube-proxy on a node ignored the hints though the lab's
+/// Node has a zone: its log says the label is missing. kube-proxy (v1.34
+/// on, v1.37 too) builds its NodeTopologyConfig on the node informer that
+/// its NodeManager already started and synced, and appends the proxier as
+/// a handler only after that: the Node replayed to the new informer handler
+/// can be handled before the proxier is in the list. The zone is then
+/// recorded, no handler hears of it, and later Node events carry the same
+/// zone, so none is passed on until the label changes
+/// (cmd/kube-proxy/app/server.go, pkg/proxy/config/config.go). A startup
+/// race: the lab met it once, on node-1 of a run of kube-proxy v1.34.4.
+fn zoneless_kube_proxies(ctx: &Ctx<'_>, zones: &BTreeMap<String, Option<String>>) -> Vec<String> {
+    if !matches!(
+        ctx.lab.backend,
+        Some(svclab_backends::BackendKind::KubeProxy { .. })
+    ) {
+        return Vec::new();
+    }
+    let dir = crate::state::run_dir(&ctx.lab.run);
+    zones
+        .iter()
+        .filter_map(|(node, zone)| -> Option<String> {
+            let zone = zone.as_ref()?;
+            let log = std::fs::read_to_string(dir.join(format!("kube-proxy-{node}.log"))).ok()?;
+            says_no_zone(&log).then(|| {
+                format!(
+                    "kube-proxy on {node} never learned its zone ({zone}): its log says \"{NO_ZONE_LOG}\", \
+                     though the Node carries topology.kubernetes.io/zone; the upstream startup race \
+                     in kube-proxy's NodeTopologyConfig (the proxier is registered after the \
+                     already-synced node informer may have replayed the Node to it)"
+                )
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -283,10 +341,22 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn only_the_running_kube_proxys_lines_count() {
+        let lost = format!(
+            "I1207 11:15:07.1    5602 server.go:219] started\nI1207 11:15:07.7    5602 topology.go:208] \"{NO_ZONE_LOG}\" service=\"10.96.0.25:80/TCP\"\n"
+        );
+        assert!(says_no_zone(&lost));
+        // Restarted since, and this process knows its zone.
+        let restarted = format!("{lost}I1207 11:16:55.8    6179 server.go:219] started\n");
+        assert!(!says_no_zone(&restarted));
+        assert!(!says_no_zone(""));
+    }
+
     fn ep(i: u8, node: &str, ready: bool) -> Ep {
         Ep {
             pod: format!("default/web-{i}"),
-            ip: Ipv4Addr::new(10, 244, i, 2),
+            ip: Ipv4Addr::new(10, 244, i, 2).into(),
             port: 8080,
             node: node.into(),
             ready,
@@ -301,7 +371,7 @@ mod tests {
             service: "web".into(),
             port_name: "http".into(),
             protocol: Protocol::Tcp,
-            vip: Ipv4Addr::new(10, 96, 0, 10),
+            vip: Ipv4Addr::new(10, 96, 0, 10).into(),
             port: 80,
             node_port: None,
             etp_local: false,

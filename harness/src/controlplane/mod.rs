@@ -1027,6 +1027,46 @@ mod dual_stack_tests {
         )
     }
 
+    /// The checks' targets in each family: a Service's ClusterIP of that
+    /// family (wherever `clusterIPs` lists it) and the endpoints of that
+    /// family's slices; a Service without one is no target in it.
+    #[test]
+    fn check_targets_are_per_family() {
+        use crate::checks::expect::targets;
+        use svclab_backends::model::IpFamily;
+        let text = format!(
+            "{LAB}{}{}{}",
+            svc("single", ""),
+            svc("prefer", "  ipFamilyPolicy: PreferDualStack\n"),
+            svc(
+                "require6",
+                "  ipFamilyPolicy: RequireDualStack\n  ipFamilies: [IPv6, IPv4]\n"
+            ),
+        );
+        let s = Scenario::parse("t.yaml", &text).unwrap_or_else(|e| panic!("{e}"));
+        let cp = ControlPlane::new(&s).unwrap();
+        let names = |f: IpFamily| -> Vec<String> {
+            let mut v: Vec<String> = targets(&cp, f).iter().map(|t| t.service.clone()).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names(IpFamily::IPv4), ["prefer", "require6", "single"]);
+        assert_eq!(names(IpFamily::IPv6), ["prefer", "require6"]);
+        for f in IpFamily::ALL {
+            for t in targets(&cp, f) {
+                assert_eq!(IpFamily::of(&t.vip), f, "{}", t.label());
+                assert_eq!(t.endpoints.len(), 3, "{}", t.label());
+                assert!(
+                    t.endpoints.iter().all(|e| IpFamily::of(&e.ip) == f),
+                    "{}",
+                    t.label()
+                );
+            }
+        }
+        let v6 = targets(&cp, IpFamily::IPv6);
+        assert!(v6[0].label().contains("]:80/TCP"), "{}", v6[0].label());
+    }
+
     /// Each policy gets the families and addresses a dual-stack cluster's
     /// API server gives it, and the endpoint controller one slice per
     /// family.

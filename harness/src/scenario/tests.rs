@@ -573,7 +573,7 @@ spec:
     }
     // The checks probe no ExternalName Service; the endpoint-less ones are
     // targets without endpoints (a proxy rejects them).
-    let targets = crate::checks::expect::targets(&cp);
+    let targets = crate::checks::expect::targets(&cp, svclab_backends::model::IpFamily::IPv4);
     assert!(targets.iter().all(|t| !t.service.starts_with("ext")));
     let grpc = targets
         .iter()

@@ -52,6 +52,9 @@ pub enum TraceError {
     /// No such lab, none, or several (the message says which).
     #[error("{0}")]
     Run(String),
+    /// What the tracer cannot follow yet.
+    #[error("{0}")]
+    Unsupported(String),
     #[error("run {run}: reading its state: {message}")]
     State { run: String, message: String },
     #[error("--from {0}")]
@@ -485,8 +488,15 @@ pub async fn for_failure(
     lab: &crate::lab::Lab,
     vantage: &crate::probe::Vantage,
     target: &crate::checks::expect::Target,
-    address: SocketAddrV4,
+    address: std::net::SocketAddr,
 ) -> Option<Result<Trace, TraceError>> {
+    let (std::net::SocketAddr::V4(address), std::net::IpAddr::V4(from_ip)) = (address, vantage.ip)
+    else {
+        return Some(Err(TraceError::Unsupported(format!(
+            "the tracer follows IPv4 probes only; {address} from {} is IPv6 (issue 18)",
+            vantage.ip
+        ))));
+    };
     let view = LabView {
         run: lab.run.clone(),
         backend: lab.backend.as_ref().map(|b| b.to_string()),
@@ -503,10 +513,10 @@ pub async fn for_failure(
         },
         name: vantage.name.clone(),
         netns: vantage.netns.clone(),
-        ip: vantage.ip,
+        ip: from_ip,
         node: vantage.node.clone(),
     };
-    let node_port = address.ip() != &target.vip;
+    let node_port = std::net::IpAddr::V4(*address.ip()) != target.vip;
     let to = To {
         service: Some(format!("{}/{}", target.namespace, target.service)),
         port_name: Some(target.port_name.clone()).filter(|n| !n.is_empty()),
