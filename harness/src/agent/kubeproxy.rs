@@ -87,8 +87,6 @@ pub struct Snapshot {
     pub full_sum: f64,
     pub partial: f64,
     pub partial_sum: f64,
-    pub last_sync: f64,
-    pub last_queued: f64,
     pub service_changes: f64,
     pub endpoint_changes: f64,
     pub service_pending: f64,
@@ -106,28 +104,48 @@ pub struct Snapshot {
     pub proxiers: Vec<(f64, f64)>,
 }
 
+impl Snapshot {
+    /// The earliest of the proxiers' last syncs.
+    pub fn last_sync(&self) -> f64 {
+        let first = self.proxiers.iter().map(|p| p.0).reduce(f64::min);
+        first.unwrap_or(0.0)
+    }
+
+    /// The latest of the proxiers' last sync requests.
+    pub fn last_queued(&self) -> f64 {
+        self.proxiers.iter().map(|p| p.1).fold(0.0, f64::max)
+    }
+}
+
+/// The samples of a scrape: (series with its labels, value), comments and
+/// unparsable lines left out.
+fn samples(text: &str) -> impl Iterator<Item = (&str, f64)> {
+    text.lines().filter_map(|line| {
+        let line = line.trim();
+        if line.starts_with('#') {
+            return None;
+        }
+        let (series, value) = line.rsplit_once(' ')?;
+        Some((series, value.trim().parse::<f64>().ok()?))
+    })
+}
+
+/// A series of kube-proxy's IPv6 proxier (most series carry `ip_family`).
+fn ipv6_series(series: &str) -> bool {
+    series.contains("ip_family=\"IPv6\"")
+}
+
 /// Each proxier's (last sync, last request) from its `ip_family`-labelled
 /// series (an unlabelled series is IPv4's), the IPv6 one only `with_v6`.
 fn proxier_times(text: &str, with_v6: bool) -> Vec<(f64, f64)> {
-    let mut by: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
-    for line in text.lines() {
-        let Some((series, value)) = line.trim().rsplit_once(' ') else {
+    let mut by: BTreeMap<bool, (f64, f64)> = BTreeMap::new();
+    for (series, v) in samples(text) {
+        let v6 = ipv6_series(series);
+        if v6 && !with_v6 {
             continue;
-        };
-        let Ok(v) = value.trim().parse::<f64>() else {
-            continue;
-        };
-        let family = if series.contains("ip_family=\"IPv6\"") {
-            if !with_v6 {
-                continue;
-            }
-            "IPv6"
-        } else {
-            "IPv4"
-        };
-        let name = series.split('{').next().unwrap_or(series);
-        let slot = by.entry(family).or_default();
-        match name {
+        }
+        let slot = by.entry(v6).or_default();
+        match series.split('{').next().unwrap_or(series) {
             "kubeproxy_sync_proxy_rules_last_timestamp_seconds" => slot.0 = v,
             "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds" => slot.1 = v,
             _ => {}
@@ -139,39 +157,17 @@ fn proxier_times(text: &str, with_v6: bool) -> Vec<(f64, f64)> {
 /// `name{labels} value` lines -> name -> value summed over label sets.
 /// kube-proxy runs an IPv6 proxier beside the IPv4 one whenever the
 /// namespace can, and labels most series with `ip_family`; its IPv6
-/// series are read only when `with_v6`
-/// (a lab with IPv6, where each proxier counts its own family's endpoint
-/// changes): counts and durations are summed over the families, the last
-/// sync is the earlier family's and the last request the later one's, so a
-/// version is proven only once both proxiers have synced past it.
+/// series are read only when `with_v6` (a lab with IPv6, where each proxier
+/// counts its own family's endpoint changes). The timestamps are read per
+/// proxier ([`proxier_times`]); their sums here mean nothing.
 pub fn parse_metrics(text: &str, with_v6: bool) -> BTreeMap<String, f64> {
-    const LAST_SYNC: &str = "kubeproxy_sync_proxy_rules_last_timestamp_seconds";
-    const LAST_QUEUED: &str = "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds";
     let mut out: BTreeMap<String, f64> = BTreeMap::new();
-    for line in text.lines() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let (series, value) = match line.rsplit_once(' ') {
-            Some(x) => x,
-            None => continue,
-        };
-        if !with_v6 && series.contains("ip_family=\"IPv6\"") {
+    for (series, v) in samples(text) {
+        if !with_v6 && ipv6_series(series) {
             continue;
         }
         let name = series.split('{').next().unwrap_or(series).trim();
-        let Ok(v) = value.trim().parse::<f64>() else {
-            continue;
-        };
-        match (name, out.get_mut(name)) {
-            (LAST_SYNC, Some(old)) => *old = old.min(v),
-            (LAST_QUEUED, Some(old)) => *old = old.max(v),
-            (_, Some(old)) => *old += v,
-            (_, None) => {
-                out.insert(name.to_string(), v);
-            }
-        }
+        *out.entry(name.to_string()).or_default() += v;
     }
     out
 }
@@ -189,8 +185,6 @@ impl Snapshot {
             full_sum: g("sync_full_proxy_rules_duration_seconds_sum"),
             partial: g("sync_partial_proxy_rules_duration_seconds_count"),
             partial_sum: g("sync_partial_proxy_rules_duration_seconds_sum"),
-            last_sync: g("sync_proxy_rules_last_timestamp_seconds"),
-            last_queued: g("sync_proxy_rules_last_queued_timestamp_seconds"),
             service_changes: g("sync_proxy_rules_service_changes_total"),
             endpoint_changes: g("sync_proxy_rules_endpoint_changes_total"),
             service_pending: g("sync_proxy_rules_service_changes_pending"),
@@ -298,7 +292,7 @@ impl Prover {
                 self.longest = self.longest.max(self.last_duration);
             }
         }
-        let key = (now.syncs, now.last_queued);
+        let key = (now.syncs, now.last_queued());
         let since = match self.still {
             Some((k, t)) if k == key => t,
             _ => {
@@ -313,11 +307,7 @@ impl Prover {
         let caught_up = |last_sync: f64, last_queued: f64| {
             last_queued <= last_sync - self.last_duration || (last_queued <= last_sync && settled)
         };
-        let requested_before_start = if now.proxiers.is_empty() {
-            caught_up(now.last_sync, now.last_queued)
-        } else {
-            now.proxiers.iter().all(|&(s, q)| caught_up(s, q))
-        };
+        let requested_before_start = now.proxiers.iter().all(|&(s, q)| caught_up(s, q));
         let idle = now.syncs >= 1.0
             && now.service_pending == 0.0
             && now.endpoint_pending == 0.0
@@ -705,7 +695,7 @@ fn report(
         } else {
             SyncMode::Partial
         },
-        started_at: now.last_sync - wall,
+        started_at: now.last_sync() - wall,
         wall_seconds: wall,
         cpu: cpu.cpu,
         rules: now.iptables_rules as u64,
@@ -756,7 +746,11 @@ kubeproxy_sync_proxy_rules_service_changes_total 7
         assert_eq!(s.full, 1.0);
         assert_eq!(s.iptables_rules, 34.0);
         assert_eq!(s.service_changes, 7.0);
-        assert_eq!(s.last_sync, 1.7e9, "the IPv6 proxier's series are left out");
+        assert_eq!(
+            s.last_sync(),
+            1.7e9,
+            "the IPv6 proxier's series are left out"
+        );
         assert!(s.dual_stack);
         assert_eq!(s.proxiers, [(1.7e9, 1.6999999995e9)]);
         let both = Snapshot::from_text(METRICS, true);
@@ -767,8 +761,7 @@ kubeproxy_sync_proxy_rules_service_changes_total 7
         Snapshot {
             syncs,
             syncs_sum: sum,
-            last_sync: last,
-            last_queued: queued,
+            proxiers: vec![(last, queued)],
             service_changes: svc,
             endpoint_changes: eps,
             ..Snapshot::default()
