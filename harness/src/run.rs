@@ -6,10 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use svclab_backends::model::IpFamily;
 use svclab_backends::{BackendKind, BackendOptions, Fault};
 
-use crate::checks::{self, CheckResult, Settings, Verdict};
+use crate::checks::{self, CheckResult, CheckRun, Settings, Verdict};
 use crate::lab::{Lab, LabOptions};
 use crate::results::{self, BackendRun, HostFacts, RunResults};
 use crate::scenario::Scenario;
@@ -42,28 +41,8 @@ impl RunOptions {
     /// Each check once per IP family of the scenario's lab, the families
     /// of one check side by side, under the names results give them.
     pub fn runs(&self, scn: &Scenario) -> Vec<CheckRun> {
-        let families = &scn.stack.families;
-        self.checks()
-            .into_iter()
-            .flat_map(|check| {
-                families.iter().map(move |&family| CheckRun {
-                    name: checks::qualified(check, family, families),
-                    check,
-                    family,
-                })
-            })
-            .collect()
+        CheckRun::all(&self.checks(), &scn.stack.families)
     }
-}
-
-/// One check in one IP family.
-#[derive(Clone, Debug)]
-pub struct CheckRun {
-    /// As results name it: `clusterip-tcp`, or `clusterip-tcp/ipv6` in a
-    /// lab that is not IPv4-only.
-    pub name: String,
-    pub check: &'static str,
-    pub family: IpFamily,
 }
 
 fn settings(scn: &Scenario, opts: &RunOptions) -> Settings {
@@ -277,12 +256,8 @@ async fn run_checks(
         settings,
     );
     let mut out = Vec::new();
-    for CheckRun {
-        name,
-        check,
-        family,
-    } in selected
-    {
+    for run in selected {
+        let name = &run.name;
         if crate::stop::stopping() {
             break;
         }
@@ -291,7 +266,7 @@ async fn run_checks(
         let ran = tokio::select! {
             biased;
             _ = crate::stop::stopped() => None,
-            r = ctx.run(check, *family, backend) => Some(r),
+            r = ctx.run(run, backend) => Some(r),
         };
         // Cancelled: no verdict for a check that did not finish.
         let Some((mut result, failing_probe)) = ran else {

@@ -623,25 +623,24 @@ impl<'a> Ctx<'a> {
         self.lab.scenario.stack.families.clone()
     }
 
-    /// Runs the check `name` in `family`: SKIP with the backend's reason
+    /// Runs `run`'s check in its family: SKIP with the backend's reason
     /// when it lacks a feature the check needs (or the family), FAIL when
-    /// the check could not run. The result is named for the family
-    /// ([`qualified`]). With the result comes the first failing probe the
-    /// check asked to have traced, if any.
+    /// the check could not run. The result carries `run`'s name. With the
+    /// result comes the first failing probe the check asked to have
+    /// traced, if any.
     pub async fn run(
         &mut self,
-        name: &str,
-        family: IpFamily,
+        run: &CheckRun,
         backend: &BackendKind,
     ) -> (CheckResult, Option<TraceRequest>) {
         self.trace_request = None;
         self.cache.clear();
-        self.family = family;
-        let shown = qualified(name, family, &self.families());
-        let Some(check) = CHECKS.iter().find(|c| c.name == name) else {
-            let e = anyhow::anyhow!("unknown check {name}");
-            return (CheckResult::error(&shown, &e), None);
+        self.family = run.family;
+        let Some(check) = CHECKS.iter().find(|c| c.name == run.check) else {
+            let e = anyhow::anyhow!("unknown check {}", run.check);
+            return (CheckResult::error(&run.name, &e), None);
         };
+        let family = run.family;
         let family_limit = (family == IpFamily::IPv6)
             .then(|| self.limits.get(&Feature::Ipv6).cloned())
             .flatten();
@@ -654,8 +653,34 @@ impl<'a> Ctx<'a> {
                 Err(e) => CheckResult::error(check.name, &e),
             },
         };
-        result.name = shown;
+        result.name = run.name.clone();
         (result, self.trace_request.take())
+    }
+}
+
+/// One check in one IP family.
+#[derive(Clone, Debug)]
+pub struct CheckRun {
+    /// As results name it ([`qualified`]).
+    pub name: String,
+    pub check: &'static str,
+    pub family: IpFamily,
+}
+
+impl CheckRun {
+    /// Each of `checks` once per family of `lab`, the families of one check
+    /// side by side.
+    pub fn all(checks: &[&'static str], lab: &[IpFamily]) -> Vec<CheckRun> {
+        checks
+            .iter()
+            .flat_map(|&check| {
+                lab.iter().map(move |&family| CheckRun {
+                    name: qualified(check, family, lab),
+                    check,
+                    family,
+                })
+            })
+            .collect()
     }
 }
 
