@@ -293,6 +293,17 @@ fn binaries() -> Result<Vec<(String, PathBuf)>, String> {
     Ok(found)
 }
 
+/// Why the default kube-proxy version cannot run here, if it cannot
+/// ([`binaries`] fails the run in CI when one is missing).
+fn default_built() -> Result<(), String> {
+    binaries()?;
+    let version = kubeproxy::DEFAULT_VERSION;
+    if !kubeproxy::binary(version).is_file() {
+        return Err(format!("kube-proxy {version} is not built"));
+    }
+    Ok(())
+}
+
 /// Whether kube-proxy has programmed its (empty) ruleset in `ns`, for both
 /// IP families (it runs one proxier per family).
 fn programmed(ns: &str, mode: Mode) -> bool {
@@ -518,13 +529,8 @@ fn kube_proxy_startup_leaves_the_host_unchanged() {
 #[test]
 fn a_lab_with_kube_proxy_leaves_the_host_unchanged() {
     require_root!();
-    if let Err(why) = binaries() {
+    if let Err(why) = default_built() {
         common::skip(&why);
-        return;
-    }
-    let version = kubeproxy::DEFAULT_VERSION;
-    if !kubeproxy::binary(version).is_file() {
-        common::skip(&format!("kube-proxy {version} is not built"));
         return;
     }
     let _lab = common::lab_lock();
@@ -587,13 +593,8 @@ fn a_lab_with_kube_proxy_leaves_the_host_unchanged() {
 #[test]
 fn upstream_kube_proxy_serves_ipv6_cluster_ips_in_a_dual_stack_lab() {
     require_root!();
-    if let Err(why) = binaries() {
+    if let Err(why) = default_built() {
         common::skip(&why);
-        return;
-    }
-    let version = kubeproxy::DEFAULT_VERSION;
-    if !kubeproxy::binary(version).is_file() {
-        common::skip(&format!("kube-proxy {version} is not built"));
         return;
     }
     let _lab = common::lab_lock();
