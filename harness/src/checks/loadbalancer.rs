@@ -321,10 +321,11 @@ pub async fn loadbalancer_source_ranges(
     let mut vantages: Vec<Vantage> = ctx.external().into_iter().collect();
     vantages.extend(ctx.external2());
     vantages.extend(inside_vantages(ctx));
-    let mut evidence = Vec::new();
+    // Every (target, vantage) planned first and probed at once: the
+    // outside vantages' probes are meant to time out, and one after
+    // another they cost a probe timeout each.
+    let mut plans = Vec::new();
     for (svc, targets, ranges) in &found {
-        let shown: Vec<String> = ranges.iter().map(ToString::to_string).collect();
-        let shown = shown.join(", ");
         for (ip, mode) in ingress(svc, family) {
             if mode != "VIP" {
                 continue;
@@ -337,42 +338,54 @@ pub async fn loadbalancer_source_ranges(
                     if allowed && want.is_empty() {
                         continue;
                     }
-                    let n = if allowed { ctx.settings.per_target } else { 3 };
-                    let r = ctx.probe(v, vec![ctx.spec(addr, t.protocol); n]).await?;
-                    let (ok, expect) = if allowed {
-                        (
-                            all_reach(&r, &want),
-                            format!(
-                                "{} is in [{shown}]: a ready endpoint: {}",
-                                v.ip,
-                                names(&want)
-                            ),
-                        )
-                    } else if v.kind == "node" {
-                        (
-                            none_answered(&r),
-                            format!("{} is outside [{shown}]: dropped, no answer", v.ip),
-                        )
-                    } else {
-                        (
-                            all_timed_out(&r),
-                            format!("{} is outside [{shown}]: dropped (timeout)", v.ip),
-                        )
-                    };
-                    if !ok {
-                        ctx.want_trace(v, t, addr);
-                    }
-                    evidence.push(Evidence {
-                        vantage: ctx.vantage_label(v, t),
-                        target: format!("{} load balancer IP {addr}/{}", t.label(), t.protocol),
-                        expected: expect,
-                        observed: tally(&r),
-                        ok,
-                        probes: r.len(),
-                    });
+                    plans.push((ranges, t, v, addr, allowed, want));
                 }
             }
         }
+    }
+    let batches = plans
+        .iter()
+        .map(|(_, t, v, addr, allowed, _)| {
+            let n = if *allowed { ctx.settings.per_target } else { 3 };
+            (*v, vec![ctx.spec(*addr, t.protocol); n])
+        })
+        .collect();
+    let results = ctx.probe_all(batches).await?;
+    let mut evidence = Vec::new();
+    for ((ranges, t, v, addr, allowed, want), r) in plans.into_iter().zip(results) {
+        let shown: Vec<String> = ranges.iter().map(ToString::to_string).collect();
+        let shown = shown.join(", ");
+        let (ok, expect) = if allowed {
+            (
+                all_reach(&r, &want),
+                format!(
+                    "{} is in [{shown}]: a ready endpoint: {}",
+                    v.ip,
+                    names(&want)
+                ),
+            )
+        } else if v.kind == "node" {
+            (
+                none_answered(&r),
+                format!("{} is outside [{shown}]: dropped, no answer", v.ip),
+            )
+        } else {
+            (
+                all_timed_out(&r),
+                format!("{} is outside [{shown}]: dropped (timeout)", v.ip),
+            )
+        };
+        if !ok {
+            ctx.want_trace(v, t, addr);
+        }
+        evidence.push(Evidence {
+            vantage: ctx.vantage_label(v, t),
+            target: format!("{} load balancer IP {addr}/{}", t.label(), t.protocol),
+            expected: expect,
+            observed: tally(&r),
+            ok,
+            probes: r.len(),
+        });
     }
     let allowed = evidence
         .iter()

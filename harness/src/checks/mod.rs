@@ -489,6 +489,17 @@ impl<'a> Ctx<'a> {
             .await
     }
 
+    /// Several vantages' batches at once, results in their order: checks
+    /// whose probes are meant to time out wait about one timeout, not one
+    /// for each batch.
+    pub async fn probe_all(
+        &self,
+        batches: Vec<(&Vantage, Vec<ProbeSpec>)>,
+    ) -> anyhow::Result<Vec<Vec<ProbeResult>>> {
+        futures::future::try_join_all(batches.into_iter().map(|(v, specs)| self.probe(v, specs)))
+            .await
+    }
+
     /// `per_target` probes from `v` to `target`'s VIP, cached.
     pub async fn probe_vip(
         &mut self,
