@@ -585,6 +585,66 @@ fn a_lab_with_kube_proxy_leaves_the_host_unchanged() {
     );
 }
 
+/// `svclab trace --family ipv6` follows an IPv6 probe through kube-proxy's
+/// IPv6 proxier: the marking table is `ip6`, the path names the Service's
+/// chain in `mode`'s IPv6 ruleset, the DNAT is to the IPv6 endpoint that
+/// answered, and no marking table is left behind.
+fn trace_ipv6(mode: &str, run: &str, vip: &str) {
+    let out = common::run(&[
+        "trace",
+        "-o",
+        "json",
+        "--run",
+        run,
+        "--from",
+        "pod/svclab-system/client-node-0",
+        "--to",
+        "web:80",
+        "--family",
+        "ipv6",
+    ]);
+    assert!(out.status.success(), "{mode}: {}", common::text(&out));
+    let t: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(t["to"]["address"], format!("[{vip}]:80"), "{mode}: {t:#}");
+    assert!(
+        t["client"]
+            .as_str()
+            .unwrap()
+            .starts_with("[fd00:10:244::2]:"),
+        "{mode}: {t:#}"
+    );
+    let a = &t["answeredBy"];
+    let answered = format!("[{}]:{}", a["ip"].as_str().unwrap(), a["port"]);
+    assert_eq!(t["dnat"].as_str(), Some(answered.as_str()), "{mode}: {t:#}");
+    let path: Vec<&str> = t["path"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    let chain = if mode.ends_with("nftables") {
+        "service-"
+    } else {
+        "KUBE-SVC-"
+    };
+    assert!(
+        path.iter().any(|c| c.starts_with(chain)),
+        "{mode}: {path:?}"
+    );
+    let tables: Vec<&str> = t["nodes"][0]["hooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["table"].as_str().unwrap())
+        .collect();
+    assert!(
+        !tables.is_empty() && tables.iter().all(|t| t.starts_with("ip6 ")),
+        "{mode}: {tables:?}"
+    );
+    let left = in_ns(&format!("svclab-{run}-node-0"), &["nft", "list", "tables"]);
+    assert!(!left.contains("svclab-trace-"), "{mode}: {left}");
+}
+
 /// Issue 18: upstream kube-proxy, in a dual-stack lab, runs a proxier per
 /// family: a PreferDualStack Service's IPv6 ClusterIP reaches both of its
 /// pods over IPv6 (the pod sees the client's own IPv6 address), its IPv4
@@ -657,6 +717,7 @@ fn upstream_kube_proxy_serves_ipv6_cluster_ips_in_a_dual_stack_lab() {
         let url = format!("http://{}:80/hostname", ips[0]);
         let host = in_ns(&client, &["curl", "-sS", "--max-time", "3", &url]);
         assert!(host.starts_with("web-"), "{mode}: {host}");
+        trace_ipv6(mode, &run, &ips[1]);
         let down = common::run(&["down", "--run", &run]);
         assert!(down.status.success(), "{}", common::text(&down));
         drop(guard);

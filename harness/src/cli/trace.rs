@@ -1,7 +1,7 @@
 //! `svclab trace`
 
 use clap::Args;
-use svclab_backends::model::Protocol;
+use svclab_backends::model::{IpFamily, Protocol};
 
 /// `svclab trace --from ... --to ...`
 #[derive(Args, Clone, Debug)]
@@ -18,6 +18,11 @@ pub struct TraceArgs {
     /// tcp or udp.
     #[arg(long, default_value = "tcp", value_parser = parse_protocol)]
     pub proto: Protocol,
+    /// ipv4 or ipv6: the family of the probe (its client's address and
+    /// the ClusterIP or node address it dials). Default: the `--to`
+    /// address's, else the Service's primary family.
+    #[arg(long, value_parser = parse_family)]
+    pub family: Option<IpFamily>,
     /// The node whose address a NodePort probe dials (default: the
     /// client's node, or the first node).
     #[arg(long)]
@@ -44,5 +49,13 @@ fn parse_protocol(s: &str) -> Result<Protocol, String> {
         "tcp" => Ok(Protocol::Tcp),
         "udp" => Ok(Protocol::Udp),
         _ => Err(format!("{s:?}: expected tcp or udp")),
+    }
+}
+
+fn parse_family(s: &str) -> Result<IpFamily, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "ipv4" => Ok(IpFamily::IPv4),
+        "ipv6" => Ok(IpFamily::IPv6),
+        _ => Err(format!("{s:?}: expected ipv4 or ipv6")),
     }
 }

@@ -74,6 +74,31 @@ pub struct PodNet {
     pub host_port: String,
 }
 
+impl NodeNet {
+    /// The node's address of `family`; `None` for IPv6 in a lab without it.
+    pub fn ip_of(&self, family: svclab_backends::model::IpFamily) -> Option<std::net::IpAddr> {
+        match family {
+            svclab_backends::model::IpFamily::IPv4 => Some(self.ip.into()),
+            svclab_backends::model::IpFamily::IPv6 => self.ip6.map(Into::into),
+        }
+    }
+
+    /// `ip` is one of the node's addresses.
+    pub fn has_ip(&self, ip: std::net::IpAddr) -> bool {
+        ip == self.ip || Some(ip) == self.ip6.map(Into::into)
+    }
+}
+
+impl PodNet {
+    /// The pod's address of `family`; `None` for IPv6 in a lab without it.
+    pub fn ip_of(&self, family: svclab_backends::model::IpFamily) -> Option<std::net::IpAddr> {
+        match family {
+            svclab_backends::model::IpFamily::IPv4 => Some(self.ip.into()),
+            svclab_backends::model::IpFamily::IPv6 => self.ip6.map(Into::into),
+        }
+    }
+}
+
 /// Everything one run's network is made of.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -13,7 +13,8 @@ use crate::probe::{Outcome, Prober};
 pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     let st = find_run(args.run.run.as_deref())?;
     let lab = LabView::of_state(&st)?;
-    let from = resolve::from(&args.from, &lab.topology)?;
+    let family = resolve::family(&args.to, args.family, &st.services)?;
+    let from = resolve::from(&args.from, &lab.topology, family)?;
     let to = resolve::to(
         &args.to,
         args.proto,

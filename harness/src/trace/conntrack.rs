@@ -1,7 +1,7 @@
 //! The connection-tracking entry a probe created in a node, read with
 //! `conntrack -L` filtered on the probe's original source.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 use svclab_backends::model::Protocol;
@@ -12,8 +12,8 @@ use super::tool::run_in;
 /// One direction of a tracked connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tuple {
-    pub src: SocketAddrV4,
-    pub dst: SocketAddrV4,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,12 +33,12 @@ pub struct ConntrackEntry {
 
 impl ConntrackEntry {
     /// The destination after DNAT: where the reply comes from.
-    pub fn dnat_to(&self) -> Option<SocketAddrV4> {
+    pub fn dnat_to(&self) -> Option<SocketAddr> {
         (self.reply.src != self.original.dst).then_some(self.reply.src)
     }
 
     /// The source after SNAT: where the reply goes to.
-    pub fn snat_to(&self) -> Option<SocketAddrV4> {
+    pub fn snat_to(&self) -> Option<SocketAddr> {
         (self.reply.dst != self.original.src).then_some(self.reply.dst)
     }
 
@@ -61,7 +61,7 @@ impl ConntrackEntry {
         fn all<'a>(kv: &'a [(&'a str, &'a str)], key: &'a str) -> impl Iterator<Item = &'a str> {
             kv.iter().filter(move |(k, _)| *k == key).map(|(_, v)| *v)
         }
-        let ips: Vec<Ipv4Addr> = all(&kv, "src")
+        let ips: Vec<IpAddr> = all(&kv, "src")
             .zip(all(&kv, "dst"))
             .flat_map(|(s, d)| [s.parse().ok(), d.parse().ok()])
             .collect::<Option<Vec<_>>>()?;
@@ -76,12 +76,12 @@ impl ConntrackEntry {
             protocol,
             state,
             original: Tuple {
-                src: SocketAddrV4::new(ips[0], ports[0]),
-                dst: SocketAddrV4::new(ips[1], ports[1]),
+                src: SocketAddr::new(ips[0], ports[0]),
+                dst: SocketAddr::new(ips[1], ports[1]),
             },
             reply: Tuple {
-                src: SocketAddrV4::new(ips[2], ports[2]),
-                dst: SocketAddrV4::new(ips[3], ports[3]),
+                src: SocketAddr::new(ips[2], ports[2]),
+                dst: SocketAddr::new(ips[3], ports[3]),
             },
             flags,
             mark: all(&kv, "mark").next().map(str::to_string),
@@ -94,14 +94,25 @@ impl ConntrackEntry {
 pub fn entries(
     netns: &str,
     protocol: Protocol,
-    src: SocketAddrV4,
+    src: SocketAddr,
 ) -> Result<Vec<ConntrackEntry>, TraceError> {
     let ip = src.ip().to_string();
     let port = src.port().to_string();
+    let family = if src.is_ipv6() { "ipv6" } else { "ipv4" };
     let out = run_in(
         netns,
         "conntrack",
-        &["-L", "-p", protocol.lower(), "-s", &ip, "--sport", &port],
+        &[
+            "-L",
+            "-f",
+            family,
+            "-p",
+            protocol.lower(),
+            "-s",
+            &ip,
+            "--sport",
+            &port,
+        ],
         None,
     )?;
     Ok(out.lines().filter_map(ConntrackEntry::parse).collect())
@@ -132,5 +143,17 @@ mod tests {
         assert_eq!(udp.snat_to(), None);
         assert_eq!(udp.dnat_to(), Some("10.244.0.3:5353".parse().unwrap()));
         assert!(ConntrackEntry::parse("conntrack v1.4.7: 0 flow entries").is_none());
+        // Recorded with kube-proxy:nftables in a dual-stack lab.
+        let v6 = ConntrackEntry::parse(
+            "tcp      6 9 CLOSE src=fd00:10:244::2 dst=fd00:10:96::b sport=41299 dport=80 \
+             src=fd00:10:244:2::3 dst=fd00:10:244::2 sport=8080 dport=41299 [ASSURED] mark=0 use=1",
+        )
+        .unwrap();
+        assert_eq!(v6.original.dst, "[fd00:10:96::b]:80".parse().unwrap());
+        assert_eq!(
+            v6.dnat_to(),
+            Some("[fd00:10:244:2::3]:8080".parse().unwrap())
+        );
+        assert_eq!(v6.snat_to(), None);
     }
 }

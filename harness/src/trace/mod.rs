@@ -2,7 +2,7 @@
 //! kernel says it took.
 //!
 //! In every node the probe can cross, a temporary `ip svclab-trace-<run>`
-//! table marks the probe's first packet for nf_tables tracing ([`nftrace`]),
+//! table (`ip6` for an IPv6 probe) marks the probe's first packet for nf_tables tracing ([`nftrace`]),
 //! `nft monitor trace` records every chain and rule it passed, and after
 //! the probe the node's conntrack entry is read ([`conntrack`]). IPVS
 //! ([`ipvs`]) and eBPF ([`bpf`]) keep their decisions outside nf_tables, so
@@ -20,7 +20,7 @@ pub mod resolve;
 mod tool;
 
 use std::collections::BTreeSet;
-use std::net::SocketAddrV4;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use rand::RngExt;
@@ -52,9 +52,6 @@ pub enum TraceError {
     /// No such lab, none, or several (the message says which).
     #[error("{0}")]
     Run(String),
-    /// What the tracer cannot follow yet.
-    #[error("{0}")]
-    Unsupported(String),
     #[error("run {run}: reading its state: {message}")]
     State { run: String, message: String },
     #[error("--from {0}")]
@@ -112,7 +109,7 @@ pub struct Trace {
     pub to: To,
     /// The probe's own address: the client's IP and the source port
     /// the trace chose.
-    pub client: SocketAddrV4,
+    pub client: SocketAddr,
     pub probe: ProbeResult,
     /// The pod that answered and the source it saw.
     pub answered_by: Option<Whoami>,
@@ -121,9 +118,9 @@ pub struct Trace {
     /// Every chain entered, in order, across nodes.
     pub path: Vec<String>,
     /// The destination the first node rewrote to.
-    pub dnat: Option<SocketAddrV4>,
+    pub dnat: Option<SocketAddr>,
     /// The source the first node rewrote to (masquerade).
-    pub snat: Option<SocketAddrV4>,
+    pub snat: Option<SocketAddr>,
     /// What a trace on this backend cannot show, and why.
     pub limits: Vec<String>,
 }
@@ -219,6 +216,10 @@ fn traced_nodes(
     out
 }
 
+/// Why IPVS's and eBPF's own tables are not read for an IPv6 probe.
+const IPV4_TABLES_ONLY: &str = "an IPv6 probe: the tracer reads IPVS's and eBPF's own tables for \
+     IPv4 connections only (svclab's ipvs and ebpf backends program IPv4 only)";
+
 /// Everything running in one node while the probe runs.
 struct Armed {
     node: usize,
@@ -229,20 +230,37 @@ struct Armed {
     legacy: Option<legacy::Counters>,
 }
 
+/// A node's address and pod CIDR in `client`'s family (`None` for IPv6 in
+/// a lab without it).
+fn node_side(
+    node: &crate::topology::NodeNet,
+    client: SocketAddr,
+) -> Option<(IpAddr, ipnet::IpNet)> {
+    if client.is_ipv6() {
+        Some((node.ip6?.into(), node.pod_cidr6?.into()))
+    } else {
+        Some((node.ip.into(), node.pod_cidr.into()))
+    }
+}
+
 fn arm(
     lab: &LabView,
     nodes: &[usize],
-    client: SocketAddrV4,
+    client: SocketAddr,
     to: &To,
 ) -> Result<Vec<Armed>, TraceError> {
-    let first_ip = lab.topology.nodes[nodes[0]].ip;
+    let first_ip = node_side(&lab.topology.nodes[nodes[0]], client).map(|(ip, _)| ip);
     let mut armed = Vec::new();
     for (i, &n) in nodes.iter().enumerate() {
         let node = &lab.topology.nodes[n];
+        let snat_from = match (first_ip, node_side(node, client)) {
+            (Some(ip), Some((_, pods))) if i > 0 => Some((ip, pods)),
+            _ => None,
+        };
         let sel = Selector {
             protocol: to.protocol,
             client,
-            snat_from: (i > 0).then_some((first_ip, node.pod_cidr)),
+            snat_from,
         };
         let bases = nftrace::base_chains(&node.netns)?;
         let table = MarkTable::create(&node.netns, lab.run.as_str(), &sel)?;
@@ -274,7 +292,7 @@ fn agent_pid(lab: &LabView, node: &str) -> Option<u32> {
 fn collect(
     lab: &LabView,
     armed: Vec<Armed>,
-    client: SocketAddrV4,
+    client: SocketAddr,
     to: &To,
 ) -> Result<Vec<NodeTrace>, TraceError> {
     let skip = nftrace::table_name(lab.run.as_str());
@@ -305,32 +323,44 @@ fn collect(
             .iter()
             .map(|h| &h.packet)
             .chain(seen.iter().map(|(_, p)| p))
-            .find_map(|p| Some(SocketAddrV4::new(p.saddr?, p.sport?)))
+            .find_map(|p| Some(SocketAddr::new(p.saddr?, p.sport?)))
             .unwrap_or(client);
         let conntrack = conntrack::entries(&node.netns, to.protocol, src).unwrap_or_else(|e| {
             notes.push(e.to_string());
             Vec::new()
         });
-        let ipvs = match evidence(lab.backend.as_deref()) {
-            Evidence::IpvsConnections => match ipvs::connections(&node.netns, src) {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    notes.push(e);
-                    None
-                }
-            },
-            _ => None,
-        };
-        let bpf = match (evidence(lab.backend.as_deref()), agent_pid(lab, &node.name)) {
-            (Evidence::BpfMaps, Some(pid)) => {
-                match bpf::view(pid, to.protocol, client, to.address, to.node_port) {
-                    Ok(v) => Some(v),
+        let ipvs = match (evidence(lab.backend.as_deref()), src) {
+            (Evidence::IpvsConnections, SocketAddr::V4(src)) => {
+                match ipvs::connections(&node.netns, src) {
+                    Ok(c) => Some(c),
                     Err(e) => {
                         notes.push(e);
                         None
                     }
                 }
             }
+            (Evidence::IpvsConnections, SocketAddr::V6(_)) => {
+                notes.push(IPV4_TABLES_ONLY.into());
+                None
+            }
+            _ => None,
+        };
+        let bpf = match (evidence(lab.backend.as_deref()), agent_pid(lab, &node.name)) {
+            (Evidence::BpfMaps, Some(pid)) => match (client, to.address) {
+                (SocketAddr::V4(client), SocketAddr::V4(target)) => {
+                    match bpf::view(pid, to.protocol, client, target, to.node_port) {
+                        Ok(v) => Some(v),
+                        Err(e) => {
+                            notes.push(e);
+                            None
+                        }
+                    }
+                }
+                _ => {
+                    notes.push(IPV4_TABLES_ONLY.into());
+                    None
+                }
+            },
             (Evidence::BpfMaps, None) => {
                 notes.push(format!("no live agent process for node {}", node.name));
                 None
@@ -387,13 +417,13 @@ pub(crate) fn path_of(nodes: &[NodeTrace]) -> Vec<String> {
 
 /// The address the first eBPF flow entry of `kind` rewrites to: eBPF
 /// translates before conntrack sees the packet.
-fn bpf_rewrite(nodes: &[NodeTrace], kind: &str) -> Option<SocketAddrV4> {
+fn bpf_rewrite(nodes: &[NodeTrace], kind: &str) -> Option<SocketAddr> {
     nodes
         .iter()
         .filter_map(|n| n.bpf.as_ref())
         .flat_map(|b| &b.flows)
         .find(|f| f.kind == kind)
-        .map(|f| f.rewrite_to)
+        .map(|f| f.rewrite_to.into())
 }
 
 /// Traces one probe from `from` to `to` in a running lab. `endpoint_nodes`
@@ -414,7 +444,7 @@ pub async fn trace(
     .unwrap_or(0);
     let nodes = traced_nodes(lab, first, endpoint_nodes);
     let port = rand::rng().random_range(SOURCE_PORTS);
-    let client = SocketAddrV4::new(from.ip, port);
+    let client = SocketAddr::new(from.ip, port);
 
     let armed = {
         let (lab, nodes, to) = (lab.clone(), nodes.clone(), to.clone());
@@ -490,13 +520,6 @@ pub async fn for_failure(
     target: &crate::checks::expect::Target,
     address: std::net::SocketAddr,
 ) -> Option<Result<Trace, TraceError>> {
-    let (std::net::SocketAddr::V4(address), std::net::IpAddr::V4(from_ip)) = (address, vantage.ip)
-    else {
-        return Some(Err(TraceError::Unsupported(format!(
-            "the tracer follows IPv4 probes only; {address} from {} is IPv6 (issue 18)",
-            vantage.ip
-        ))));
-    };
     let view = LabView {
         run: lab.run.clone(),
         backend: lab.backend.as_ref().map(|b| b.to_string()),
@@ -513,10 +536,10 @@ pub async fn for_failure(
         },
         name: vantage.name.clone(),
         netns: vantage.netns.clone(),
-        ip: from_ip,
+        ip: vantage.ip,
         node: vantage.node.clone(),
     };
-    let node_port = std::net::IpAddr::V4(*address.ip()) != target.vip;
+    let node_port = address.ip() != target.vip;
     let to = To {
         service: Some(format!("{}/{}", target.namespace, target.service)),
         port_name: Some(target.port_name.clone()).filter(|n| !n.is_empty()),
@@ -527,7 +550,7 @@ pub async fn for_failure(
             .topology
             .nodes
             .iter()
-            .find(|n| n.ip == *address.ip())
+            .find(|n| n.has_ip(address.ip()))
             .map(|n| n.name.clone()),
     };
     let endpoint_nodes: BTreeSet<usize> = target

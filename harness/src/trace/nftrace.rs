@@ -1,5 +1,5 @@
 //! The kernel's own packet tracing: a temporary `ip svclab-trace-<run>`
-//! table whose chains set `meta nftrace` on the probe's first packet, and
+//! table (`ip6` for an IPv6 probe) whose chains set `meta nftrace` on the probe's first packet, and
 //! `nft monitor trace` reading what every traced chain and rule did. This
 //! covers the nftables backend and iptables-nft (its rules are nf_tables
 //! rules in the `ip nat` and `ip filter` tables).
@@ -16,11 +16,11 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use svclab_backends::model::Protocol;
 
@@ -41,11 +41,25 @@ const MAX_OUTPUT: u64 = 4 << 20;
 #[derive(Clone, Debug)]
 pub struct Selector {
     pub protocol: Protocol,
-    /// The probe's own tuple start: client address and source port.
-    pub client: SocketAddrV4,
+    /// The probe's own tuple start: client address and source port. Its
+    /// family is the table's.
+    pub client: SocketAddr,
     /// Also packets from this address (the node that SNATed the probe)
     /// to this node's pods: masquerading picks a new source port.
-    pub snat_from: Option<(Ipv4Addr, Ipv4Net)>,
+    pub snat_from: Option<(IpAddr, IpNet)>,
+}
+
+impl Selector {
+    /// The nf_tables family of the marking table: `ip` or `ip6`.
+    pub fn family(&self) -> &'static str {
+        family_of(self.client.ip())
+    }
+}
+
+/// `ip` for an IPv4 address, `ip6` for an IPv6 one: the nf_tables family
+/// and the keyword its address matches start with.
+fn family_of(ip: IpAddr) -> &'static str {
+    if ip.is_ipv6() { "ip6" } else { "ip" }
 }
 
 pub fn table_name(run: &str) -> String {
@@ -55,17 +69,18 @@ pub fn table_name(run: &str) -> String {
 /// The table as one `nft -f` transaction.
 pub fn table_text(run: &str, sel: &Selector) -> String {
     let l4 = sel.protocol.lower();
+    let ip = sel.family();
     let mut rules = vec![format!(
-        "ip saddr {} {l4} sport {} ct state new meta nftrace set 1",
+        "{ip} saddr {} {l4} sport {} ct state new meta nftrace set 1",
         sel.client.ip(),
         sel.client.port()
     )];
     if let Some((from, pods)) = sel.snat_from {
         rules.push(format!(
-            "ip saddr {from} ip daddr {pods} meta l4proto {l4} ct state new meta nftrace set 1"
+            "{ip} saddr {from} {ip} daddr {pods} meta l4proto {l4} ct state new meta nftrace set 1"
         ));
     }
-    let mut s = format!("table ip {} {{\n", table_name(run));
+    let mut s = format!("table {ip} {} {{\n", table_name(run));
     for (chain, hook) in [("mark-prerouting", "prerouting"), ("mark-output", "output")] {
         s.push_str(&format!(
             "  chain {chain} {{\n    type filter hook {hook} priority {MARK_PRIORITY}; policy accept;\n"
@@ -83,47 +98,48 @@ pub fn table_text(run: &str, sel: &Selector) -> String {
 pub struct MarkTable {
     netns: String,
     run: String,
+    family: &'static str,
     live: bool,
 }
 
 impl MarkTable {
     pub fn create(netns: &str, run: &str, sel: &Selector) -> Result<MarkTable, TraceError> {
+        let family = sel.family();
         // A table left by an interrupted trace would double the marks.
         let _ = run_in(
             netns,
             "nft",
-            &["delete", "table", "ip", &table_name(run)],
+            &["delete", "table", family, &table_name(run)],
             None,
         );
         run_in(netns, "nft", &["-f", "-"], Some(&table_text(run, sel)))?;
         Ok(MarkTable {
             netns: netns.to_string(),
             run: run.to_string(),
+            family,
             live: true,
         })
     }
 
-    pub fn delete(mut self) -> Result<(), TraceError> {
-        self.live = false;
+    fn remove(&self) -> Result<String, TraceError> {
         run_in(
             &self.netns,
             "nft",
-            &["delete", "table", "ip", &table_name(&self.run)],
+            &["delete", "table", self.family, &table_name(&self.run)],
             None,
         )
-        .map(|_| ())
+    }
+
+    pub fn delete(mut self) -> Result<(), TraceError> {
+        self.live = false;
+        self.remove().map(|_| ())
     }
 }
 
 impl Drop for MarkTable {
     fn drop(&mut self) {
         if self.live {
-            let _ = run_in(
-                &self.netns,
-                "nft",
-                &["delete", "table", "ip", &table_name(&self.run)],
-                None,
-            );
+            let _ = self.remove();
         }
     }
 }
@@ -246,11 +262,14 @@ pub struct Packet {
     pub iif: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oif: Option<String>,
-    pub saddr: Option<Ipv4Addr>,
-    pub daddr: Option<Ipv4Addr>,
+    pub saddr: Option<IpAddr>,
+    pub daddr: Option<IpAddr>,
     pub sport: Option<u16>,
     pub dport: Option<u16>,
-    /// The IP header's id: the same packet keeps it across hooks and nodes.
+    /// The IPv4 header's id, or the IPv6 header's flow label: the same
+    /// packet keeps it across hooks, nodes and NAT, and a retransmission
+    /// gets a new one (Linux rehashes an IPv6 flow's label on a
+    /// retransmission timeout).
     pub ip_id: Option<u32>,
 }
 
@@ -268,20 +287,28 @@ impl Packet {
                 .find_map(|p| after(&[p, name]))
                 .and_then(|v| v.parse().ok())
         };
+        let addr = |name: &str| {
+            ["ip", "ip6"]
+                .iter()
+                .find_map(|f| after(&[f, name]))
+                .and_then(|v| v.parse().ok())
+        };
         Packet {
             iif: after(&["iif"]),
             oif: after(&["oif"]),
-            saddr: after(&["ip", "saddr"]).and_then(|v| v.parse().ok()),
-            daddr: after(&["ip", "daddr"]).and_then(|v| v.parse().ok()),
+            saddr: addr("saddr"),
+            daddr: addr("daddr"),
             sport: port("sport"),
             dport: port("dport"),
-            ip_id: after(&["ip", "id"]).and_then(|v| v.parse().ok()),
+            ip_id: after(&["ip", "id"])
+                .or_else(|| after(&["ip6", "flowlabel"]))
+                .and_then(|v| v.parse().ok()),
         }
     }
 
     pub fn summary(&self) -> String {
-        let addr = |a: Option<Ipv4Addr>, p: Option<u16>| match (a, p) {
-            (Some(a), Some(p)) => format!("{a}:{p}"),
+        let addr = |a: Option<IpAddr>, p: Option<u16>| match (a, p) {
+            (Some(a), Some(p)) => SocketAddr::new(a, p).to_string(),
             (Some(a), None) => a.to_string(),
             _ => "?".into(),
         };
@@ -513,7 +540,7 @@ trace id 7777aaaa ip nat PREROUTING rule jump KUBE-SERVICES (verdict jump KUBE-S
         assert_eq!(hooks, ["prerouting", "forward", "postrouting"]);
         let pre = &passes[0];
         assert_eq!(pre.table, "ip nat");
-        assert_eq!(pre.packet.saddr, Some(Ipv4Addr::new(10, 244, 0, 2)));
+        assert_eq!(pre.packet.saddr, Some("10.244.0.2".parse().unwrap()));
         assert_eq!(pre.packet.dport, Some(80));
         assert_eq!(pre.packet.iif.as_deref(), Some("cni0"));
         let chains: Vec<&str> = pre.steps.iter().map(|s| s.chain.as_str()).collect();
@@ -532,7 +559,7 @@ trace id 7777aaaa ip nat PREROUTING rule jump KUBE-SERVICES (verdict jump KUBE-S
             Some("meta l4proto tcp dnat to 10.244.1.3:8080")
         );
         assert_eq!(passes[1].steps.last().unwrap().verdict, "policy accept");
-        assert_eq!(passes[1].packet.daddr, Some(Ipv4Addr::new(10, 244, 1, 3)));
+        assert_eq!(passes[1].packet.daddr, Some("10.244.1.3".parse().unwrap()));
         let seen = marked(IPTABLES, "svclab-trace-1358");
         assert_eq!(seen.len(), 1);
         assert_eq!(seen[0].0, "prerouting");
@@ -564,5 +591,78 @@ trace id 7777aaaa ip nat PREROUTING rule jump KUBE-SERVICES (verdict jump KUBE-S
             t.contains("ip saddr 172.18.0.2 ip daddr 10.244.1.0/24 meta l4proto udp"),
             "{t}"
         );
+    }
+
+    #[test]
+    fn an_ipv6_probe_is_marked_in_an_ip6_table() {
+        let sel = Selector {
+            protocol: Protocol::Tcp,
+            client: "[fd00:10:244::2]:40001".parse().unwrap(),
+            snat_from: Some((
+                "fd00:172:18::2".parse().unwrap(),
+                "fd00:10:244:1::/64".parse().unwrap(),
+            )),
+        };
+        let t = table_text("ab12", &sel);
+        assert!(t.starts_with("table ip6 svclab-trace-ab12 {"), "{t}");
+        assert!(
+            t.contains("ip6 saddr fd00:10:244::2 tcp sport 40001 ct state new meta nftrace set 1"),
+            "{t}"
+        );
+        assert!(
+            t.contains("ip6 saddr fd00:172:18::2 ip6 daddr fd00:10:244:1::/64 meta l4proto tcp"),
+            "{t}"
+        );
+    }
+
+    /// Recorded from a dual-stack lab on kube-proxy:nftables (v1.37.2).
+    const IP6: &str = r#"trace id e086fde9 ip6 svclab-trace-a738 mark-prerouting packet: iif "cni0" ether saddr 32:c3:ca:a0:e4:8d ether daddr 62:c2:c0:7c:63:c2 ip6 saddr fd00:10:244::2 ip6 daddr fd00:10:96::b ip6 dscp cs0 ip6 ecn not-ect ip6 hoplimit 64 ip6 flowlabel 499556 ip6 length 40 tcp sport 45403 tcp dport 80 tcp flags == syn tcp window 64800 
+trace id e086fde9 ip6 svclab-trace-a738 mark-prerouting unknown rule handle 3 (verdict continue)
+trace id e086fde9 ip6 svclab-trace-a738 mark-prerouting policy accept 
+trace id e086fde9 ip6 kube-proxy nat-prerouting packet: iif "cni0" ether saddr 32:c3:ca:a0:e4:8d ether daddr 62:c2:c0:7c:63:c2 ip6 saddr fd00:10:244::2 ip6 daddr fd00:10:96::b ip6 dscp cs0 ip6 ecn not-ect ip6 hoplimit 64 ip6 flowlabel 499556 ip6 length 40 tcp sport 45403 tcp dport 80 tcp flags == syn tcp window 64800 
+trace id e086fde9 ip6 kube-proxy nat-prerouting rule jump services (verdict jump services)
+trace id e086fde9 ip6 kube-proxy services rule ip6 daddr . meta l4proto . th dport vmap @service-ips (verdict goto service-PFISGYVC-default/web/tcp/)
+trace id e086fde9 ip6 kube-proxy service-PFISGYVC-default/web/tcp/ rule meta l4proto tcp dnat ip6 to numgen random mod 2 map { 0 : fd00:10:244:1::3 . 8080, 1 : fd00:10:244::3 . 8080 } (verdict accept)
+trace id 3f804a48 ip6 kube-proxy filter-forward packet: iif "cni0" oif "eth0" ether saddr 32:c3:ca:a0:e4:8d ether daddr 62:c2:c0:7c:63:c2 ip6 saddr fd00:10:244::2 ip6 daddr fd00:10:244:1::3 ip6 dscp cs0 ip6 ecn not-ect ip6 hoplimit 63 ip6 flowlabel 499556 ip6 length 40 tcp sport 45403 tcp dport 8080 tcp flags == syn tcp window 64800 
+trace id 3f804a48 ip6 kube-proxy filter-forward policy accept 
+trace id 77777777 ip6 kube-proxy nat-prerouting packet: iif "cni0" ip6 saddr fd00:10:244::2 ip6 daddr fd00:10:96::b ip6 flowlabel 1234 tcp sport 45403 tcp dport 80 
+"#;
+
+    #[test]
+    fn parses_an_ipv6_trace_and_follows_the_flow_label() {
+        let mut bases = BaseChains::new();
+        for (c, hook, prio) in [
+            ("nat-prerouting", "prerouting", -100),
+            ("filter-forward", "forward", 0),
+        ] {
+            bases.insert(
+                ("ip6 kube-proxy".to_string(), c.to_string()),
+                (hook.to_string(), prio),
+            );
+        }
+        let passes = parse(IP6, &bases, "svclab-trace-a738", None);
+        // The last packet (another flow label: a retransmission) is left out.
+        assert_eq!(passes.len(), 2, "{passes:#?}");
+        let pre = &passes[0];
+        assert_eq!(pre.table, "ip6 kube-proxy");
+        assert_eq!(pre.hook, "prerouting");
+        assert_eq!(pre.packet.saddr, Some("fd00:10:244::2".parse().unwrap()));
+        assert_eq!(pre.packet.daddr, Some("fd00:10:96::b".parse().unwrap()));
+        assert_eq!(pre.packet.ip_id, Some(499556));
+        assert_eq!(
+            pre.packet.summary(),
+            "[fd00:10:244::2]:45403 -> [fd00:10:96::b]:80 in cni0"
+        );
+        assert_eq!(
+            pre.steps[1].verdict,
+            "goto service-PFISGYVC-default/web/tcp/"
+        );
+        assert_eq!(
+            passes[1].packet.daddr,
+            Some("fd00:10:244:1::3".parse().unwrap())
+        );
+        let marked = marked(IP6, "svclab-trace-a738");
+        assert_eq!(marked.len(), 1);
+        assert_eq!(marked[0].0, "prerouting");
     }
 }

@@ -32,8 +32,10 @@ fn headline(t: &Trace) -> String {
 fn outcome(t: &Trace) -> String {
     match (&t.probe.outcome, &t.answered_by) {
         (Outcome::Answered, Some(w)) => format!(
-            "answered by {} ({}:{}), which saw the client as {}",
-            w.pod, w.ip, w.port, w.peer
+            "answered by {} ({}), which saw the client as {}",
+            w.pod,
+            std::net::SocketAddr::new(w.ip, w.port),
+            w.peer
         ),
         (o, _) => format!("{o:?}").to_lowercase(),
     }

@@ -1,11 +1,11 @@
 //! `--from` and `--to` of `svclab trace`, resolved against a running lab's
 //! record: which namespace the probe starts in, which address it dials.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 
 use k8s_openapi::api::core::v1::Service;
 use serde::{Deserialize, Serialize};
-use svclab_backends::model::Protocol;
+use svclab_backends::model::{IpFamily, Protocol};
 
 use super::TraceError;
 use crate::topology::Topology;
@@ -19,7 +19,7 @@ pub struct From {
     pub name: String,
     #[serde(skip)]
     pub netns: String,
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     /// The node it sits on (none for `external`).
     pub node: Option<String>,
 }
@@ -32,17 +32,73 @@ pub struct To {
     pub service: Option<String>,
     pub port_name: Option<String>,
     pub protocol: Protocol,
-    pub address: SocketAddrV4,
+    pub address: SocketAddr,
     /// A NodePort on a node's address (rather than a ClusterIP).
     pub node_port: bool,
     /// The node whose address is dialled, for a NodePort.
     pub node: Option<String>,
 }
 
+/// The `<ip>` of an `<ip>:<port>` target (an IPv6 one in brackets).
+fn literal(host: &str) -> Option<IpAddr> {
+    match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().ok().map(Into::into),
+        None => host.parse::<std::net::Ipv4Addr>().ok().map(Into::into),
+    }
+}
+
+/// The IP family a trace runs in: the `--to` address's, else `asked`
+/// (`--family`), else the Service's primary one (its first
+/// `spec.ipFamilies`; IPv4 when unset, as in an IPv4-only lab).
+pub fn family(
+    to: &str,
+    asked: Option<IpFamily>,
+    services: &[Service],
+) -> Result<IpFamily, TraceError> {
+    let host = to.rsplit_once(':').map_or(to, |(h, _)| h);
+    if let Some(ip) = literal(host) {
+        let f = IpFamily::of(&ip);
+        return match asked {
+            Some(a) if a != f => Err(TraceError::Target(format!(
+                "{to:?} is an {} address, and --family asks for {}",
+                f.as_k8s(),
+                a.as_k8s()
+            ))),
+            _ => Ok(f),
+        };
+    }
+    if let Some(a) = asked {
+        return Ok(a);
+    }
+    let (name, ns) = host.split_once('.').unwrap_or((host, "default"));
+    Ok(services
+        .iter()
+        .find(|s| {
+            s.metadata.name.as_deref() == Some(name)
+                && s.metadata.namespace.as_deref().unwrap_or("default") == ns
+        })
+        .and_then(|s| s.spec.as_ref()?.ip_families.as_ref()?.first().cloned())
+        .and_then(|f| IpFamily::parse_k8s(&f))
+        .unwrap_or(IpFamily::IPv4))
+}
+
 /// Parses `pod/<ns>/<name>` (or `pod/<name>` in `default`),
-/// `node/<name>` or `external`.
-pub fn from(spec: &str, topology: &Topology) -> Result<From, TraceError> {
+/// `node/<name>` or `external`; the probe starts from its address of
+/// `family`.
+pub fn from(spec: &str, topology: &Topology, family: IpFamily) -> Result<From, TraceError> {
     let bad = |why: String| TraceError::Vantage(format!("{spec:?}: {why}"));
+    let no_family = || {
+        bad(format!(
+            "it has no {} address: this lab is not {}",
+            family.as_k8s(),
+            family.as_k8s()
+        ))
+    };
+    let v6 = topology.v6.as_ref();
+    let external = |v4: Option<std::net::Ipv4Addr>, v6: Option<std::net::Ipv6Addr>| match family {
+        IpFamily::IPv4 => v4.map(IpAddr::from),
+        IpFamily::IPv6 => v6.map(IpAddr::from),
+    };
     let parts: Vec<&str> = spec.split('/').collect();
     match parts.as_slice() {
         ["external"] => Ok(From {
@@ -52,9 +108,8 @@ pub fn from(spec: &str, topology: &Topology) -> Result<From, TraceError> {
                 .external
                 .clone()
                 .ok_or_else(|| bad("this lab has no external client".into()))?,
-            ip: topology
-                .external_ip
-                .ok_or_else(|| bad("this lab has no external client".into()))?,
+            ip: external(topology.external_ip, v6.and_then(|v| v.external_ip))
+                .ok_or_else(no_family)?,
             node: None,
         }),
         ["external-2"] => Ok(From {
@@ -64,9 +119,8 @@ pub fn from(spec: &str, topology: &Topology) -> Result<From, TraceError> {
                 .external2
                 .clone()
                 .ok_or_else(|| bad("this lab has no second external client".into()))?,
-            ip: topology
-                .external2_ip
-                .ok_or_else(|| bad("this lab has no second external client".into()))?,
+            ip: external(topology.external2_ip, v6.and_then(|v| v.external2_ip))
+                .ok_or_else(no_family)?,
             node: None,
         }),
         ["node", name] => {
@@ -85,12 +139,12 @@ pub fn from(spec: &str, topology: &Topology) -> Result<From, TraceError> {
                 kind: "node".into(),
                 name: n.name.clone(),
                 netns: n.netns.clone(),
-                ip: n.ip,
+                ip: n.ip_of(family).ok_or_else(no_family)?,
                 node: Some(n.name.clone()),
             })
         }
-        ["pod", ns, name] => pod(topology, ns, name, bad),
-        ["pod", name] => pod(topology, "default", name, bad),
+        ["pod", ns, name] => pod(topology, ns, name, family, bad),
+        ["pod", name] => pod(topology, "default", name, family, bad),
         _ => Err(bad(
             "expected pod/<namespace>/<name>, node/<name> or external".into(),
         )),
@@ -101,6 +155,7 @@ fn pod(
     topology: &Topology,
     ns: &str,
     name: &str,
+    family: IpFamily,
     bad: impl Fn(String) -> TraceError,
 ) -> Result<From, TraceError> {
     let p = topology.pod(ns, name).ok_or_else(|| {
@@ -116,7 +171,13 @@ fn pod(
         kind: "pod".into(),
         name: format!("{ns}/{name}"),
         netns: p.netns.clone(),
-        ip: p.ip,
+        ip: p.ip_of(family).ok_or_else(|| {
+            bad(format!(
+                "it has no {} address: this lab is not {}",
+                family.as_k8s(),
+                family.as_k8s()
+            ))
+        })?,
         node: topology.nodes.get(p.node).map(|n| n.name.clone()),
     })
 }
@@ -124,7 +185,9 @@ fn pod(
 /// Parses `<service>[.<namespace>]:<port>` (or `<ip>:<port>`). The port is
 /// a Service port, or one of its node ports. From `external`, which has no
 /// route to ClusterIPs, a Service port means its NodePort. A NodePort is
-/// dialled on `via_node`, else the client's node, else the first node.
+/// dialled on `via_node`, else the client's node, else the first node,
+/// at its address of the client's family; a ClusterIP is the Service's of
+/// that family.
 pub fn to(
     spec: &str,
     protocol: Protocol,
@@ -133,6 +196,7 @@ pub fn to(
     services: &[Service],
     topology: &Topology,
 ) -> Result<To, TraceError> {
+    let family = IpFamily::of(&from.ip);
     let bad = |why: String| TraceError::Target(format!("{spec:?}: {why}"));
     let (host, port) = spec
         .rsplit_once(':')
@@ -140,17 +204,17 @@ pub fn to(
     let port: u16 = port
         .parse()
         .map_err(|_| bad(format!("{port:?} is not a port number")))?;
-    if let Ok(ip) = host.parse::<Ipv4Addr>() {
+    if let Some(ip) = literal(host) {
         return Ok(To {
             service: None,
             port_name: None,
             protocol,
-            address: SocketAddrV4::new(ip, port),
-            node_port: topology.nodes.iter().any(|n| n.ip == ip),
+            address: SocketAddr::new(ip, port),
+            node_port: topology.nodes.iter().any(|n| n.has_ip(ip)),
             node: topology
                 .nodes
                 .iter()
-                .find(|n| n.ip == ip)
+                .find(|n| n.has_ip(ip))
                 .map(|n| n.name.clone()),
         });
     }
@@ -206,14 +270,31 @@ pub fn to(
                 .first()
                 .ok_or_else(|| bad("the lab has no nodes".into()))?,
         };
-        SocketAddrV4::new(node.ip, np)
+        let ip = node.ip_of(family).ok_or_else(|| {
+            bad(format!(
+                "node {} has no {} address",
+                node.name,
+                family.as_k8s()
+            ))
+        })?;
+        SocketAddr::new(ip, np)
     } else {
         let vip = spec_
-            .cluster_ip
-            .as_deref()
-            .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
-            .ok_or_else(|| bad(format!("Service {ns}/{name} has no ClusterIP (headless?)")))?;
-        SocketAddrV4::new(vip, port)
+            .cluster_ips
+            .iter()
+            .flatten()
+            .chain(spec_.cluster_ip.as_ref())
+            .filter_map(|ip| ip.parse::<IpAddr>().ok())
+            .find(|ip| IpFamily::of(ip) == family)
+            .ok_or_else(|| {
+                bad(format!(
+                    "Service {ns}/{name} has no {} ClusterIP (headless, or not of that family: \
+                     its ipFamilies are {:?})",
+                    family.as_k8s(),
+                    spec_.ip_families.clone().unwrap_or_default()
+                ))
+            })?;
+        SocketAddr::new(vip, port)
     };
     Ok(To {
         service: Some(format!("{ns}/{name}")),
@@ -226,7 +307,7 @@ pub fn to(
                 topology
                     .nodes
                     .iter()
-                    .find(|n| n.ip == *address.ip())
+                    .find(|n| n.has_ip(address.ip()))
                     .map(|n| n.name.clone())
             })
             .flatten(),
