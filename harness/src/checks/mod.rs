@@ -406,11 +406,16 @@ impl<'a> Ctx<'a> {
     }
 
     /// The address of the checks' family, from an IPv4 one and the IPv6
-    /// one a dual-stack or IPv6 lab gives.
+    /// one a dual-stack or IPv6 lab gives. The IPv6 checks run only in a
+    /// lab with IPv6, where every namespace has an IPv6 address: one
+    /// without is a bug in the topology, and it stops the run rather than
+    /// let an IPv6 check probe over IPv4.
     fn pick(&self, v4: Ipv4Addr, v6: Option<std::net::Ipv6Addr>) -> IpAddr {
-        match (self.family, v6) {
-            (IpFamily::IPv6, Some(v6)) => v6.into(),
-            _ => v4.into(),
+        match self.family {
+            IpFamily::IPv4 => v4.into(),
+            IpFamily::IPv6 => v6
+                .expect("a lab with IPv6 gives every namespace an IPv6 address")
+                .into(),
         }
     }
 
