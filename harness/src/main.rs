@@ -253,6 +253,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
                 nodes,
                 pools,
                 node_ports: true,
+                ..Default::default()
             };
             print!("{}", scenario::generate::yaml(&shape));
             Ok(ExitCode::SUCCESS)

@@ -52,6 +52,7 @@ fn scenario(services: usize, endpoints: usize, nodes: usize) -> Result<Scenario>
         nodes,
         pools: 2,
         node_ports: false,
+        ..Default::default()
     };
     Scenario::parse("bench api", &yaml(&shape)).map_err(|e| anyhow::anyhow!("{e}"))
 }

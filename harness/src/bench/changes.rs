@@ -18,7 +18,7 @@
 //! do: a pool backs a fifth of all Services, so its readiness changes
 //! thousands at once.)
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 
 use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
@@ -48,13 +48,26 @@ ports: [{name: http, containerPort: 8080}]\n\
 ---\napiVersion: v1\nkind: Service\nmetadata: {name: bench-probe, namespace: default}\n\
 spec:\n  selector: {app: bench-probe}\n  ports: [{name: http, port: 80, targetPort: http}]\n";
 
+const PREFER_DUAL_STACK: &str = "PreferDualStack";
+
 /// Parses `yaml` with the bench's manifests appended, the probe pod not
-/// ready yet.
+/// ready yet. In a dual-stack lab the bench's Services are PreferDualStack,
+/// so each change reaches both of a proxy's families.
 pub fn with_bench_objects(file: &str, yaml: &str) -> Result<Scenario> {
     let mut text = yaml.trim_end().to_string();
     text.push('\n');
     text.push_str(MANIFESTS);
     let mut scn = Scenario::parse(file, &text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if scn.stack.families.len() == 2 {
+        let probe = scn
+            .services
+            .iter_mut()
+            .find(|s| s.metadata.name.as_deref() == Some(PROBE))
+            .context("the bench's probe Service is missing from the scenario")?;
+        if let Some(spec) = probe.spec.as_mut() {
+            spec.ip_family_policy = Some(PREFER_DUAL_STACK.into());
+        }
+    }
     let pod = scn
         .pods
         .iter_mut()
@@ -87,7 +100,7 @@ pub struct Change {
     pub kind: ChangeKind,
     pub events: Vec<WatchEvent>,
     /// Where a client sees it, and what it sees once it is programmed.
-    pub target: SocketAddrV4,
+    pub target: SocketAddr,
     pub signal: Signal,
 }
 
@@ -95,11 +108,14 @@ pub struct Change {
 #[derive(Default)]
 pub struct Changer {
     step: usize,
-    added: Option<(String, SocketAddrV4)>,
+    added: Option<(String, SocketAddr)>,
+    /// The added Services' `ipFamilyPolicy`: the generated ones'.
+    policy: Option<&'static str>,
 }
 
-fn vip_of(svc: &Service) -> Result<SocketAddrV4> {
-    let ip: Ipv4Addr = svc
+/// The Service's primary ClusterIP (its family's first), port 80.
+fn vip_of(svc: &Service) -> Result<SocketAddr> {
+    let ip: IpAddr = svc
         .spec
         .as_ref()
         .and_then(|s| s.cluster_ip.as_deref())
@@ -110,10 +126,10 @@ fn vip_of(svc: &Service) -> Result<SocketAddrV4> {
                 svc.metadata.name.as_deref().unwrap_or("")
             )
         })?;
-    Ok(SocketAddrV4::new(ip, 80))
+    Ok(SocketAddr::new(ip, 80))
 }
 
-fn added_service(name: &str) -> Service {
+fn added_service(name: &str, policy: Option<&str>) -> Service {
     Service {
         metadata: ObjectMeta {
             name: Some(name.into()),
@@ -122,6 +138,7 @@ fn added_service(name: &str) -> Service {
         },
         spec: Some(ServiceSpec {
             selector: Some([("app".to_string(), STEADY.to_string())].into()),
+            ip_family_policy: policy.map(str::to_string),
             ports: Some(vec![ServicePort {
                 name: Some("http".into()),
                 port: 80,
@@ -136,14 +153,19 @@ fn added_service(name: &str) -> Service {
 }
 
 impl Changer {
-    pub fn new() -> Changer {
-        Changer::default()
+    /// `dual`: the lab has both families, and the Services it adds are
+    /// PreferDualStack, as [`with_bench_objects`] makes the scenario's.
+    pub fn new(dual: bool) -> Changer {
+        Changer {
+            policy: dual.then_some(PREFER_DUAL_STACK),
+            ..Changer::default()
+        }
     }
 
     /// The next change of the cycle, applied to `cp`.
     pub fn next(&mut self, cp: &mut ControlPlane) -> Result<Change> {
         let kind = ChangeKind::CYCLE[self.step % ChangeKind::CYCLE.len()];
-        let probe = || -> Result<SocketAddrV4> {
+        let probe = || -> Result<SocketAddr> {
             vip_of(
                 cp.service(NAMESPACE, PROBE)
                     .context("no bench-probe Service")?,
@@ -166,7 +188,7 @@ impl Changer {
             }
             ChangeKind::ServiceAdded => {
                 let name = format!("{ADDED_PREFIX}{}", self.step);
-                let events = cp.add_service(added_service(&name))?;
+                let events = cp.add_service(added_service(&name, self.policy))?;
                 let target = vip_of(cp.service(NAMESPACE, &name).context("added Service")?)?;
                 self.added = Some((name, target));
                 Change {
@@ -207,6 +229,7 @@ mod tests {
             nodes: 1,
             pools: 5,
             node_ports: true,
+            ..Default::default()
         };
         let scn = with_bench_objects("gen", &yaml(&shape)).unwrap();
         assert_eq!(scn.services.len(), 51);
@@ -217,7 +240,7 @@ mod tests {
                 .flatten()
                 .all(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(true))
         }));
-        let mut changer = Changer::new();
+        let mut changer = Changer::new(false);
         let mut kinds = Vec::new();
         for _ in 0..8 {
             let c = changer.next(&mut cp).unwrap();

@@ -100,9 +100,23 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
             budget,
             nodes,
             connects,
+            family,
             results,
         } => {
             let backend = crate::cli::resolve_backends(&backend)?;
+            let mut families = Vec::new();
+            for f in family {
+                let f = sync::SyncFamily::parse(&f)?;
+                if !families.contains(&f) {
+                    families.push(f);
+                }
+            }
+            if scenario.is_some() && families != [sync::SyncFamily::Ipv4] {
+                anyhow::bail!(
+                    "--family applies to generated scenarios; a scenario file sets its own \
+                     spec.ipFamilies"
+                );
+            }
             let mut sizes = services;
             sizes.sort_unstable();
             sizes.dedup();
@@ -115,6 +129,7 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
                 budget_seconds: budget,
                 nodes: nodes.max(1),
                 connects,
+                families,
                 min_sync_period_ms: 0,
                 sync_period_ms: 0,
             };
@@ -206,6 +221,7 @@ async fn run_sync(
     let probe = sync::scenario_for(
         &settings,
         settings.services.first().copied().unwrap_or(1000),
+        sync::SyncFamily::Ipv4,
     )?;
     if settings.scenario.is_some() {
         settings.services = vec![probe.services.len().saturating_sub(1)];
@@ -216,8 +232,31 @@ async fn run_sync(
     let (dir, name) = new_dir(results, "sync")?;
     let mut r = BenchResults::new("sync", &name, serde_json::to_value(&settings)?);
     println!("bench sync: writing {}", dir.display());
-    for kind in backends {
-        let b = kind.to_string();
+    for (family, kind) in settings
+        .families
+        .clone()
+        .into_iter()
+        .flat_map(|f| backends.iter().map(move |k| (f, k)))
+    {
+        let b = family.label(kind);
+        let ipv4_only = kind
+            .limitations(&Default::default())
+            .into_iter()
+            .find(|(f, _)| *f == svclab_backends::api::Feature::Ipv6)
+            .filter(|_| family != sync::SyncFamily::Ipv4);
+        if let Some((_, why)) = ipv4_only {
+            for &size in &settings.services {
+                r.cases.push(Case {
+                    backend: b.clone(),
+                    size: size as u64,
+                    status: Status::Unavailable,
+                    reason: Some(why.clone()),
+                    detail: serde_json::Value::Null,
+                });
+            }
+            println!("bench sync: {b}: unavailable: {why}");
+            continue;
+        }
         if let Err(e) = kind.capability() {
             for &size in &settings.services {
                 r.cases.push(Case {
@@ -245,14 +284,16 @@ async fn run_sync(
                 });
                 continue;
             }
-            let run = match sync::scenario_for(&settings, size) {
+            let run = match sync::scenario_for(&settings, size, family) {
                 Ok(scn) => {
                     // The agents' dumped tool input: a private folder with
                     // a random name inside the results folder (root writes
                     // there; never at a name someone could plant first).
-                    let dump =
-                        crate::state::private_temp_dir_in(&dir, &format!(".dump-{b}-{size}-"))
-                            .with_context(|| format!("a dump folder in {}", dir.display()))?;
+                    let dump = crate::state::private_temp_dir_in(
+                        &dir,
+                        &format!(".dump-{}-{size}-", b.replace('/', "-")),
+                    )
+                    .with_context(|| format!("a dump folder in {}", dir.display()))?;
                     sync::run_case(kind, scn, &settings, dump.path()).await
                 }
                 Err(e) => sync::CaseRun {

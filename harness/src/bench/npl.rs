@@ -9,7 +9,7 @@
 //! could still show it first).
 
 use std::collections::BTreeMap;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use svclab_backends::model::Protocol;
@@ -41,7 +41,7 @@ impl Signal {
 /// How to watch.
 #[derive(Clone, Copy, Debug)]
 pub struct Watch {
-    pub target: SocketAddrV4,
+    pub target: SocketAddr,
     pub signal: Signal,
     /// The change was emitted at this instant.
     pub since: Instant,
@@ -121,10 +121,7 @@ mod tests {
     async fn a_refusal_is_seen_at_once_and_an_absent_answer_never() {
         // Nothing listens on the port: every probe is refused at once.
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = match l.local_addr().unwrap() {
-            std::net::SocketAddr::V4(a) => a,
-            _ => unreachable!(),
-        };
+        let addr = l.local_addr().unwrap();
         drop(l);
         let since = Instant::now();
         let w = Watch {

@@ -119,6 +119,7 @@ pub async fn run(settings: &ProbeSettings, r: &mut BenchResults) -> Result<()> {
         nodes: 1,
         pools: 1,
         node_ports: false,
+        ..Default::default()
     };
     let scn = Scenario::parse("bench probes", &yaml(&shape)).map_err(|e| anyhow::anyhow!("{e}"))?;
     let opts = LabOptions {

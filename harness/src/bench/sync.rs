@@ -56,8 +56,49 @@ pub struct SyncSettings {
     pub budget_seconds: u64,
     pub nodes: usize,
     pub connects: usize,
+    /// The lab's IP families, one series each.
+    pub families: Vec<SyncFamily>,
     pub min_sync_period_ms: u64,
     pub sync_period_ms: u64,
+}
+
+/// A sync series' IP families (`--family`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncFamily {
+    Ipv4,
+    Ipv6,
+    Dual,
+}
+
+impl SyncFamily {
+    pub fn parse(s: &str) -> anyhow::Result<SyncFamily> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "ipv4" => Ok(SyncFamily::Ipv4),
+            "ipv6" => Ok(SyncFamily::Ipv6),
+            "dual" => Ok(SyncFamily::Dual),
+            other => anyhow::bail!("--family {other:?}: expected ipv4, ipv6 or dual"),
+        }
+    }
+
+    /// The lab's `ipFamilies`, primary first.
+    pub fn families(self) -> Vec<IpFamily> {
+        match self {
+            SyncFamily::Ipv4 => vec![IpFamily::IPv4],
+            SyncFamily::Ipv6 => vec![IpFamily::IPv6],
+            SyncFamily::Dual => vec![IpFamily::IPv4, IpFamily::IPv6],
+        }
+    }
+
+    /// The series' name in results: the backend's own for IPv4 (as before
+    /// families existed), `<backend>/ipv6` or `<backend>/dual` otherwise.
+    pub fn label(self, kind: &BackendKind) -> String {
+        match self {
+            SyncFamily::Ipv4 => kind.to_string(),
+            SyncFamily::Ipv6 => format!("{kind}/ipv6"),
+            SyncFamily::Dual => format!("{kind}/dual"),
+        }
+    }
 }
 
 /// One change of the cycle and the syncs that applied it.
@@ -124,7 +165,11 @@ fn has_dataplane(kind: &BackendKind) -> bool {
 
 /// The scenario for one size: generated, or the given file; plus the
 /// bench's own objects, and periodic resyncs off.
-pub fn scenario_for(settings: &SyncSettings, services: usize) -> Result<Scenario> {
+pub fn scenario_for(
+    settings: &SyncSettings,
+    services: usize,
+    family: SyncFamily,
+) -> Result<Scenario> {
     let mut scn = match &settings.scenario {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -136,6 +181,7 @@ pub fn scenario_for(settings: &SyncSettings, services: usize) -> Result<Scenario
                 services,
                 endpoints: settings.endpoints,
                 nodes: settings.nodes,
+                families: family.families(),
                 ..Shape::default()
             };
             with_bench_objects(
@@ -272,7 +318,7 @@ async fn drive(
     // passed since its last sync; spacing the changes keeps that wait out
     // of the programming latency.
     let spacing = Duration::from_millis(lab.scenario.lab.agent.min_sync_period_ms + 20);
-    let mut changer = Changer::new();
+    let mut changer = Changer::new(lab.scenario.stack.families.len() == 2);
     for _ in 0..settings.partials {
         tokio::time::sleep(spacing).await;
         let record = partial(lab, kind, &mut changer, &client)
@@ -391,7 +437,9 @@ async fn data_path(
     connects: usize,
     client: &str,
 ) -> Result<Datapath> {
-    let targets = crate::checks::expect::targets(&lab.cp(), IpFamily::IPv4);
+    // The primary family's ClusterIPs, as the changes' probes use.
+    let primary = lab.scenario.stack.families[0];
+    let targets = crate::checks::expect::targets(&lab.cp(), primary);
     let target = datapath::deepest(targets.iter().filter(|t| !t.service.starts_with("bench-")))
         .context("no TCP Service with endpoints to connect to")?;
     let service = format!("{}/{}", target.namespace, target.service);
@@ -710,4 +758,58 @@ pub fn record(r: &mut BenchResults, backend: &str, size: u64, run: CaseRun) {
         reason: run.reason,
         detail: serde_json::to_value(&run.detail).unwrap_or_default(),
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_parse_and_name_their_series() {
+        let kind: BackendKind = "kube-proxy:nftables".parse().unwrap();
+        for (text, family, label) in [
+            ("ipv4", vec![IpFamily::IPv4], "kube-proxy:nftables"),
+            ("IPv6", vec![IpFamily::IPv6], "kube-proxy:nftables/ipv6"),
+            (
+                " dual",
+                vec![IpFamily::IPv4, IpFamily::IPv6],
+                "kube-proxy:nftables/dual",
+            ),
+        ] {
+            let f = SyncFamily::parse(text).unwrap();
+            assert_eq!(f.families(), family);
+            assert_eq!(f.label(&kind), label);
+        }
+        let e = SyncFamily::parse("ip6").unwrap_err().to_string();
+        assert!(e.contains("\"ip6\": expected ipv4, ipv6 or dual"), "{e}");
+    }
+
+    /// A dual-stack series' bench Services are PreferDualStack, the
+    /// generated and the bench's own alike, so each change reaches both
+    /// of a proxy's families.
+    #[test]
+    fn a_dual_series_makes_every_service_dual_stack() {
+        let settings = SyncSettings {
+            scenario: None,
+            services: vec![20],
+            endpoints: 2,
+            backends: vec![],
+            partials: 0,
+            budget_seconds: 1,
+            nodes: 1,
+            connects: 0,
+            families: vec![SyncFamily::Dual],
+            min_sync_period_ms: 0,
+            sync_period_ms: 0,
+        };
+        let scn = scenario_for(&settings, 20, SyncFamily::Dual).unwrap();
+        assert_eq!(scn.stack.families, [IpFamily::IPv4, IpFamily::IPv6]);
+        assert_eq!(scn.services.len(), 21);
+        for s in &scn.services {
+            let policy = s.spec.as_ref().unwrap().ip_family_policy.as_deref();
+            assert_eq!(policy, Some("PreferDualStack"), "{:?}", s.metadata.name);
+        }
+        let v6 = scenario_for(&settings, 20, SyncFamily::Ipv6).unwrap();
+        assert_eq!(v6.stack.families, [IpFamily::IPv6]);
+    }
 }

@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+use svclab_backends::model::IpFamily;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -63,19 +64,13 @@ fn scenario(nodes: usize, pods_per_node: usize, dual: bool) -> Result<Scenario> 
         nodes,
         pools: 1,
         node_ports: false,
+        families: if dual {
+            vec![IpFamily::IPv4, IpFamily::IPv6]
+        } else {
+            vec![IpFamily::IPv4]
+        },
     };
-    let mut text = yaml(&shape);
-    if dual {
-        let cidr = crate::scenario::generate::service_cidr(1);
-        text = text.replacen(
-            &format!("  serviceCIDR: {cidr}\n"),
-            &format!(
-                "  ipFamilies: [IPv4, IPv6]\n  podCIDRs: [10.244.0.0/16, fd00:10:244::/56]\n  \
-                 serviceCIDRs: [{cidr}, fd00:10:96::/108]\n"
-            ),
-            1,
-        );
-    }
+    let text = yaml(&shape);
     Scenario::parse("bench topology", &text).map_err(|e| anyhow::anyhow!("{e}"))
 }
 

@@ -92,6 +92,18 @@ pub enum BenchKind {
         /// Sequential TCP connects for the data-path latency.
         #[arg(long, default_value_t = 2000)]
         connects: usize,
+        /// The lab's IP families, each measured as its own series:
+        /// `ipv4`, `ipv6` (IPv6 only) or `dual` (IPv4 primary, the
+        /// Services PreferDualStack, so a proxy programs both). Series
+        /// other than ipv4 are named `<backend>/<family>`; a backend that
+        /// programs IPv4 only is unavailable in them, with the reason.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "ipv4",
+            value_name = "ipv4|ipv6|dual,..."
+        )]
+        family: Vec<String>,
         /// Where the results folder is created.
         #[arg(
             long,
