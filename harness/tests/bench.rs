@@ -184,3 +184,70 @@ fn bench_sync_writes_every_figure_and_compare_gates_on_it() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("emulated"));
     let _ = std::fs::remove_dir_all(&results);
 }
+
+/// `--family ipv4,dual`: upstream kube-proxy measured in each family as its
+/// own series, every change proven through both of its proxiers; svclab's
+/// IPv4-only backend is unavailable in the dual series, with the reason.
+#[test]
+fn bench_sync_measures_each_family_as_its_own_series() {
+    require_root!();
+    if !common::have_kube_proxy() {
+        return;
+    }
+    let _lab = common::lab_lock();
+    let results = common::results_dir("bench-sync-families");
+    let out = common::run(&[
+        "bench",
+        "sync",
+        "--services",
+        "100",
+        "--endpoints",
+        "2",
+        "--backend",
+        "kube-proxy:nftables,iptables",
+        "--family",
+        "ipv4,dual",
+        "--partials",
+        "4",
+        "--budget",
+        "120",
+        "--connects",
+        "100",
+        "--results",
+        &results.display().to_string(),
+    ]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    let b: Value =
+        serde_json::from_slice(&std::fs::read(bench_dir(&results).join("bench.json")).unwrap())
+            .unwrap();
+    let cases = b["cases"].as_array().expect("cases");
+    let case = |backend: &str| {
+        cases
+            .iter()
+            .find(|c| c["backend"] == backend)
+            .unwrap_or_else(|| panic!("no {backend} case: {cases:#?}"))
+    };
+    for backend in [
+        "kube-proxy:nftables",
+        "kube-proxy:nftables/dual",
+        "iptables",
+    ] {
+        let c = case(backend);
+        assert_eq!(c["status"], "ok", "{backend}: {c:#}");
+        let partials = c["detail"]["partials"].as_array().expect("partials");
+        assert_eq!(partials.len(), 4, "{backend}");
+        // Every change was seen by the client, and proven programmed.
+        for p in partials {
+            assert!(p["nplSeconds"].as_f64().is_some(), "{backend}: {p:#}");
+        }
+    }
+    let dual = case("iptables/dual");
+    assert_eq!(dual["status"], "unavailable", "{dual:#}");
+    assert!(
+        dual["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("programs IPv4 only")),
+        "{dual:#}"
+    );
+    let _ = std::fs::remove_dir_all(&results);
+}
