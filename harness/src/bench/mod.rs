@@ -239,12 +239,15 @@ async fn run_sync(
         .flat_map(|f| backends.iter().map(move |k| (f, k)))
     {
         let b = family.label(kind);
+        // Unavailable: it programs IPv4 only and the series has IPv6, or
+        // it cannot run on this host.
         let ipv4_only = kind
             .limitations(&Default::default())
             .into_iter()
             .find(|(f, _)| *f == svclab_backends::api::Feature::Ipv6)
-            .filter(|_| family != sync::SyncFamily::Ipv4);
-        if let Some((_, why)) = ipv4_only {
+            .filter(|_| family != sync::SyncFamily::Ipv4)
+            .map(|(_, why)| why);
+        if let Some(why) = ipv4_only.or_else(|| kind.capability().err().map(|e| e.reason)) {
             for &size in &settings.services {
                 r.cases.push(Case {
                     backend: b.clone(),
@@ -255,19 +258,6 @@ async fn run_sync(
                 });
             }
             println!("bench sync: {b}: unavailable: {why}");
-            continue;
-        }
-        if let Err(e) = kind.capability() {
-            for &size in &settings.services {
-                r.cases.push(Case {
-                    backend: b.clone(),
-                    size: size as u64,
-                    status: Status::Unavailable,
-                    reason: Some(e.reason.clone()),
-                    detail: serde_json::Value::Null,
-                });
-            }
-            println!("bench sync: {b}: unavailable: {}", e.reason);
             continue;
         }
         let mut blown: Option<usize> = None;

@@ -83,6 +83,14 @@ impl NodeNet {
         }
     }
 
+    /// The node's pod CIDR of `family`; `None` for IPv6 in a lab without it.
+    pub fn pod_cidr_of(&self, family: svclab_backends::model::IpFamily) -> Option<ipnet::IpNet> {
+        match family {
+            svclab_backends::model::IpFamily::IPv4 => Some(self.pod_cidr.into()),
+            svclab_backends::model::IpFamily::IPv6 => self.pod_cidr6.map(Into::into),
+        }
+    }
+
     /// `ip` is one of the node's addresses.
     pub fn has_ip(&self, ip: std::net::IpAddr) -> bool {
         ip == self.ip || Some(ip) == self.ip6.map(Into::into)

@@ -236,11 +236,8 @@ fn node_side(
     node: &crate::topology::NodeNet,
     client: SocketAddr,
 ) -> Option<(IpAddr, ipnet::IpNet)> {
-    if client.is_ipv6() {
-        Some((node.ip6?.into(), node.pod_cidr6?.into()))
-    } else {
-        Some((node.ip.into(), node.pod_cidr.into()))
-    }
+    let family = svclab_backends::model::IpFamily::of(&client.ip());
+    Some((node.ip_of(family)?, node.pod_cidr_of(family)?))
 }
 
 fn arm(
