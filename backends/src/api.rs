@@ -191,6 +191,11 @@ pub struct BackendOptions {
     /// nftables: how a service chain picks an endpoint.
     #[serde(default)]
     pub nftables_layout: NftablesLayout,
+    /// The family of the proxier this instance is (kube-proxy runs one per
+    /// family; so does the agent, for a backend that has IPv6). Its
+    /// [`crate::model::NodeContext`] and state are of this family only.
+    #[serde(default)]
+    pub family: crate::model::IpFamily,
 }
 
 /// How the nftables backends pick an endpoint in a service chain.

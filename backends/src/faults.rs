@@ -179,7 +179,7 @@ mod tests {
         let n = ServicePortName::new("ns", name, "", Protocol::Tcp);
         let svc = ServicePort {
             name: n.clone(),
-            cluster_ip: Ipv4Addr::new(10, 96, 0, 10),
+            cluster_ip: Ipv4Addr::new(10, 96, 0, 10).into(),
             port: 80,
             protocol: Protocol::Tcp,
             node_port: None,
@@ -187,8 +187,8 @@ mod tests {
             external_policy_local: false,
             internal_policy_local: false,
             health_check_node_port: None,
-            external_ips: vec![Ipv4Addr::new(203, 0, 113, 10)],
-            load_balancer_ips: vec![Ipv4Addr::new(198, 51, 100, 10)],
+            external_ips: vec![Ipv4Addr::new(203, 0, 113, 10).into()],
+            load_balancer_ips: vec![Ipv4Addr::new(198, 51, 100, 10).into()],
             load_balancer_source_ranges: vec!["192.0.2.0/24".parse().unwrap()],
         };
         (n, svc)
@@ -196,7 +196,7 @@ mod tests {
 
     fn ep(ready: bool, serving: bool) -> Endpoint {
         Endpoint {
-            ip: Ipv4Addr::new(10, 244, 0, 2),
+            ip: Ipv4Addr::new(10, 244, 0, 2).into(),
             port: 8080,
             ready,
             serving,
@@ -239,7 +239,7 @@ mod tests {
         let bent = faulty(&[Fault::NodePortAnyAddress]).bend_node(&node);
         assert_eq!(
             bent.nodeport_ips(),
-            vec![node.node_ip, Ipv4Addr::new(10, 244, 0, 1)]
+            vec![node.node_ip, Ipv4Addr::new(10, 244, 0, 1).into()]
         );
         assert_eq!(
             NodeContext {
@@ -311,7 +311,7 @@ mod tests {
         assert!(c.deleted.is_empty());
         // Recreated under the same name with another address: the new one.
         let mut again = svc.clone();
-        again.cluster_ip = Ipv4Addr::new(10, 96, 0, 99);
+        again.cluster_ip = Ipv4Addr::new(10, 96, 0, 99).into();
         let mut now = ProxyState::default();
         now.services.insert(n.clone(), again.clone());
         let (s, _) = f.bend(&now, &ChangeSet::default());

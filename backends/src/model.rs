@@ -6,9 +6,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 /// L4 protocol of a service port.
@@ -57,8 +57,11 @@ impl fmt::Display for Protocol {
 
 /// An IP family, as Kubernetes names them (`IPv4`, `IPv6`). kube-proxy runs
 /// one proxier per family; a dual-stack lab has both.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 pub enum IpFamily {
+    #[default]
     IPv4,
     IPv6,
 }
@@ -90,7 +93,7 @@ impl IpFamily {
         }
     }
 
-    pub fn of(ip: &std::net::IpAddr) -> IpFamily {
+    pub fn of(ip: &IpAddr) -> IpFamily {
         if ip.is_ipv4() {
             IpFamily::IPv4
         } else {
@@ -150,7 +153,7 @@ impl fmt::Display for ServicePortName {
 #[serde(rename_all = "camelCase")]
 pub struct ServicePort {
     pub name: ServicePortName,
-    pub cluster_ip: Ipv4Addr,
+    pub cluster_ip: IpAddr,
     pub port: u16,
     pub protocol: Protocol,
     /// Allocated NodePort, for NodePort and LoadBalancer Services.
@@ -163,16 +166,16 @@ pub struct ServicePort {
     pub internal_policy_local: bool,
     /// `healthCheckNodePort`, for externalTrafficPolicy Local Services.
     pub health_check_node_port: Option<u16>,
-    pub external_ips: Vec<Ipv4Addr>,
+    pub external_ips: Vec<IpAddr>,
     /// `status.loadBalancer.ingress` IPs in VIP mode (kube-proxy's
     /// `LoadBalancerVIPs`); `ipMode: Proxy` addresses are left to the load
     /// balancer and are not here.
     #[serde(default)]
-    pub load_balancer_ips: Vec<Ipv4Addr>,
+    pub load_balancer_ips: Vec<IpAddr>,
     /// `spec.loadBalancerSourceRanges`, trimmed; empty when unset or when a
     /// range is 0.0.0.0/0 (which allows everyone, as no ranges do).
     #[serde(default)]
-    pub load_balancer_source_ranges: Vec<Ipv4Net>,
+    pub load_balancer_source_ranges: Vec<IpNet>,
 }
 
 impl ServicePort {
@@ -207,7 +210,7 @@ impl ServicePort {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Endpoint {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub port: u16,
     pub ready: bool,
     pub serving: bool,
@@ -264,8 +267,9 @@ impl Hint {
 
 impl Endpoint {
     /// `ip:port`, the form kube-proxy hashes into endpoint chain names.
+    /// IPv6 ones are bracketed (`[fd00::1]:80`), as Go's JoinHostPort.
     pub fn addr(&self) -> String {
-        format!("{}:{}", self.ip, self.port)
+        SocketAddr::new(self.ip, self.port).to_string()
     }
 }
 
@@ -274,12 +278,14 @@ impl Endpoint {
 #[serde(rename_all = "camelCase")]
 pub struct NodeContext {
     pub node_name: String,
-    pub node_ip: Ipv4Addr,
+    /// The node's address in this proxier's family; every address and
+    /// range below is of the same family.
+    pub node_ip: IpAddr,
     /// This node's pod CIDR (the `cni0` subnet).
-    pub pod_cidr: Ipv4Net,
+    pub pod_cidr: IpNet,
     /// The whole cluster's pod CIDR (kube-proxy's `--cluster-cidr`).
-    pub cluster_cidr: Ipv4Net,
-    pub service_cidr: Ipv4Net,
+    pub cluster_cidr: IpNet,
+    pub service_cidr: IpNet,
     /// The lab run's prefix; kernel objects a backend creates outside the
     /// fixed kube-proxy names (ipsets, pinned maps, links) start with it.
     pub run_prefix: String,
@@ -294,7 +300,7 @@ pub struct NodeContext {
     /// `nodePortAddresses` resolved by [`crate::nodeport_addresses`]. `None`
     /// is svclab's default: the node IP alone.
     #[serde(default)]
-    pub node_port_ips: Option<Vec<Ipv4Addr>>,
+    pub node_port_ips: Option<Vec<IpAddr>>,
     /// `nodePortAddresses` covers 127.0.0.1: a backend that can serve
     /// NodePorts on loopback from the node itself (kube-proxy's iptables
     /// mode, `iptables.localhostNodePorts`) does. Loopback is never among
@@ -305,15 +311,23 @@ pub struct NodeContext {
 
 impl NodeContext {
     /// The addresses NodePorts answer on, in the order they were given.
-    pub fn nodeport_ips(&self) -> Vec<Ipv4Addr> {
+    pub fn nodeport_ips(&self) -> Vec<IpAddr> {
         self.node_port_ips
             .clone()
             .unwrap_or_else(|| vec![self.node_ip])
     }
 
     /// The pod bridge's address: the first host of the node's pod CIDR.
-    pub fn gateway_ip(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.pod_cidr.network()) + 1)
+    pub fn gateway_ip(&self) -> IpAddr {
+        match self.pod_cidr.network() {
+            IpAddr::V4(n) => Ipv4Addr::from(u32::from(n) + 1).into(),
+            IpAddr::V6(n) => Ipv6Addr::from(u128::from(n) + 1).into(),
+        }
+    }
+
+    /// The family this node context, and the proxier given it, serve.
+    pub fn family(&self) -> IpFamily {
+        IpFamily::of(&self.node_ip)
     }
 }
 
@@ -474,7 +488,7 @@ mod tests {
     fn svc(itp_local: bool, etp_local: bool, node_port: Option<u16>) -> ServicePort {
         ServicePort {
             name: ServicePortName::new("ns", "svc", "p", Protocol::Tcp),
-            cluster_ip: Ipv4Addr::new(10, 96, 0, 10),
+            cluster_ip: Ipv4Addr::new(10, 96, 0, 10).into(),
             port: 80,
             protocol: Protocol::Tcp,
             node_port,
@@ -490,7 +504,7 @@ mod tests {
 
     fn ep(last: u8, ready: bool, terminating: bool, local: bool) -> Endpoint {
         Endpoint {
-            ip: Ipv4Addr::new(10, 244, 0, last),
+            ip: Ipv4Addr::new(10, 244, 0, last).into(),
             port: 8080,
             ready,
             serving: ready || terminating,
@@ -502,7 +516,7 @@ mod tests {
     }
 
     fn ips(v: &[&Endpoint]) -> Vec<u8> {
-        v.iter().map(|e| e.ip.octets()[3]).collect()
+        v.iter().map(|e| e.ip.v4().octets()[3]).collect()
     }
 
     #[test]
@@ -745,5 +759,40 @@ mod tests {
         assert_eq!(Hint::of(["a"], Some("b")), Hint::Elsewhere);
         assert_eq!(Hint::of(["a"], None), Hint::Elsewhere);
         assert_eq!(Hint::of([], Some("a")), Hint::None);
+    }
+}
+
+/// An address an IPv4-only dataplane (IPVS's netlink, the eBPF maps) is
+/// given. The agent runs such a backend as the IPv4 proxier alone (its
+/// spec declares no IPv6), so every address it sees is IPv4; an IPv6 one
+/// here is a bug in the agent, and stops it loudly.
+pub trait V4 {
+    fn v4(&self) -> Ipv4Addr;
+}
+
+impl V4 for IpAddr {
+    fn v4(&self) -> Ipv4Addr {
+        match self {
+            IpAddr::V4(a) => *a,
+            IpAddr::V6(a) => panic!(
+                "an IPv4-only backend was given the IPv6 address {a}: the agent runs it for IPv4 only"
+            ),
+        }
+    }
+}
+
+/// The IPv4 form of a range, for IPv4-only dataplanes (see [`V4`]).
+pub trait V4Net {
+    fn v4(&self) -> ipnet::Ipv4Net;
+}
+
+impl V4Net for IpNet {
+    fn v4(&self) -> ipnet::Ipv4Net {
+        match self {
+            IpNet::V4(n) => *n,
+            IpNet::V6(n) => panic!(
+                "an IPv4-only backend was given the IPv6 range {n}: the agent runs it for IPv4 only"
+            ),
+        }
     }
 }

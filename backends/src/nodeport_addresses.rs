@@ -11,7 +11,7 @@
 //! only the iptables backends act on (as kube-proxy's iptables mode alone
 //! serves localhost NodePorts).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv4Net};
 
@@ -83,14 +83,14 @@ pub fn cidrs(setting: &[String], node_ip: IpAddr) -> Result<Vec<IpNet>, String> 
 /// default, `primary`: the node IP only.
 pub fn resolve(
     setting: &[String],
-    node_ip: Ipv4Addr,
-    addresses: &[Ipv4Addr],
-) -> Result<Vec<Ipv4Addr>, String> {
-    let nets = cidrs(setting, node_ip.into())?;
+    node_ip: IpAddr,
+    addresses: &[IpAddr],
+) -> Result<Vec<IpAddr>, String> {
+    let nets = cidrs(setting, node_ip)?;
     Ok(addresses
         .iter()
         .copied()
-        .filter(|a| !a.is_loopback() && nets.iter().any(|n| n.contains(&IpAddr::V4(*a))))
+        .filter(|a| !a.is_loopback() && nets.iter().any(|n| n.contains(a)))
         .collect())
 }
 
@@ -109,6 +109,8 @@ pub fn matches(setting: &[String], node_ip: IpAddr, addr: IpAddr) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
 
     const NODE: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 2);
@@ -120,7 +122,7 @@ mod tests {
 
     #[test]
     fn resolves_keywords_and_cidrs_against_the_node_addresses() {
-        let addrs = [NODE, GATEWAY];
+        let addrs = [IpAddr::V4(NODE), IpAddr::V4(GATEWAY)];
         let table: &[(&[&str], &[Ipv4Addr])] = &[
             (&[], &[NODE]),
             (&["primary"], &[NODE]),
@@ -136,8 +138,8 @@ mod tests {
         ];
         for (setting, want) in table {
             assert_eq!(
-                resolve(&s(setting), NODE, &addrs).unwrap(),
-                want.to_vec(),
+                resolve(&s(setting), NODE.into(), &addrs).unwrap(),
+                want.iter().map(|a| IpAddr::V4(*a)).collect::<Vec<_>>(),
                 "{setting:?}"
             );
         }
@@ -155,7 +157,7 @@ mod tests {
         );
         let e = parse_entry("nodes").unwrap_err();
         assert!(e.contains("primary, localhost, all"), "{e}");
-        assert!(resolve(&s(&["primary", "bogus"]), NODE, &[NODE]).is_err());
+        assert!(resolve(&s(&["primary", "bogus"]), NODE.into(), &[NODE.into()]).is_err());
     }
 
     #[test]

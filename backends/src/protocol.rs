@@ -191,6 +191,10 @@ pub struct SyncReport {
     pub programming_seconds: Vec<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The proxier's family, when the agent runs one per family (a lab
+    /// with IPv6 and a backend that serves it); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<crate::model::IpFamily>,
 }
 
 /// The highest resourceVersion seen on each watch stream.

@@ -138,21 +138,44 @@ impl BackendKind {
             .spec()
             .map(|s| (s.limitations)(options))
             .unwrap_or_default();
-        if let BackendKind::Builtin(name) = self {
-            out.push((Feature::Ipv6, ipv4_only(name)));
+        if let Some(why) = self.ipv4_only() {
+            out.push((Feature::Ipv6, why));
         }
         out
     }
-}
 
-/// Why svclab's own backends skip the IPv6 checks.
-fn ipv4_only(name: &str) -> String {
-    format!(
-        "svclab's {name} backend programs IPv4 only: its service model \
-         (backends/src/model.rs) holds IPv4 addresses, so its agent takes a Service's IPv4 \
-         ClusterIP and the IPv4 EndpointSlices and leaves the IPv6 ones unprogrammed (an \
-         IPv6 proxier per backend is issue 18's next piece)"
-    )
+    /// Whether the agent runs an IPv6 proxier of this backend beside the
+    /// IPv4 one in a lab with IPv6 (kube-proxy's metaproxier).
+    pub fn serves(&self, family: crate::model::IpFamily) -> bool {
+        family == crate::model::IpFamily::IPv4 || self.ipv4_only().is_none()
+    }
+
+    /// Why one of svclab's backends programs IPv4 only; `None` for the
+    /// ones that run a proxier per family.
+    fn ipv4_only(&self) -> Option<String> {
+        let why = match self {
+            BackendKind::KubeProxy { .. } => return None,
+            BackendKind::Exec(_) => {
+                "an exec: program is one process per node, sent the watch events and the IPv4 \
+                 node context (backends/PROTOCOL.md); the protocol has no second family's \
+                 context, so the agent runs it as the IPv4 proxier only"
+            }
+            BackendKind::Builtin(name) => match *name {
+                "ipvs" => {
+                    "svclab's ipvs backend programs IPv4 virtual servers only: its IPVS \
+                     netlink messages, hash:ip,port ipsets and plans are IPv4 \
+                     (backends/src/ipvs), so the agent runs it as the IPv4 proxier only"
+                }
+                "ebpf" => {
+                    "svclab's eBPF programs parse and rewrite IPv4 headers only and their \
+                     service and backend maps are keyed by IPv4 addresses (backends/ebpf), so \
+                     the agent runs it as the IPv4 proxier only"
+                }
+                _ => return None,
+            },
+        };
+        Some(why.to_string())
+    }
 }
 
 impl Ord for BackendKind {

@@ -56,7 +56,7 @@ macro_rules! require_netns {
 pub fn node() -> NodeContext {
     NodeContext {
         node_name: "n0".into(),
-        node_ip: Ipv4Addr::new(192, 168, 0, 2),
+        node_ip: Ipv4Addr::new(192, 168, 0, 2).into(),
         pod_cidr: "10.244.0.0/24".parse().unwrap(),
         cluster_cidr: "10.244.0.0/16".parse().unwrap(),
         service_cidr: "10.96.0.0/12".parse().unwrap(),
@@ -75,7 +75,7 @@ pub fn service_port(name: ServicePortName, vip: Ipv4Addr, port: u16) -> ServiceP
     ServicePort {
         protocol: name.protocol,
         name,
-        cluster_ip: vip,
+        cluster_ip: vip.into(),
         port,
         node_port: None,
         session_affinity_seconds: None,
@@ -92,7 +92,7 @@ pub fn service_port(name: ServicePortName, vip: Ipv4Addr, port: u16) -> ServiceP
 /// when `local`.
 pub fn endpoint(ip: Ipv4Addr, port: u16, node: Option<&str>, local: bool) -> Endpoint {
     Endpoint {
-        ip,
+        ip: ip.into(),
         port,
         ready: true,
         serving: true,
@@ -250,5 +250,73 @@ fn serve(on: Option<Ipv4Addr>, jobs: &mpsc::Receiver<Job>) {
         if idle {
             std::thread::sleep(Duration::from_millis(2));
         }
+    }
+}
+
+/// The IPv6 twin of an IPv4 address in the IPv6 goldens: `a.b.c.d` is
+/// `fd00::a:b:c:d`, its octets written as the groups' digits, so
+/// 172.30.0.41 reads `fd00::172:30:0:41`.
+pub fn ipv6_twin(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let [a, b, c, d] = v4.octets();
+            format!("fd00::{a}:{b}:{c}:{d}")
+                .parse()
+                .expect("octets' digits are hex digits")
+        }
+        v6 => v6,
+    }
+}
+
+/// [`ipv6_twin`] of a range: the same host bits, the prefix 96 longer.
+pub fn ipv6_twin_net(net: ipnet::IpNet) -> ipnet::IpNet {
+    match net {
+        ipnet::IpNet::V4(_) => {
+            ipnet::IpNet::new(ipv6_twin(net.addr()), net.prefix_len() + 96).expect("at most 128")
+        }
+        v6 => v6,
+    }
+}
+
+/// An IPv4 state with every address and range replaced by its
+/// [`ipv6_twin`]: what the IPv6 proxier is given for the same Services.
+pub fn ipv6_state(state: &crate::model::ProxyState) -> crate::model::ProxyState {
+    let mut out = state.clone();
+    for svc in out.services.values_mut() {
+        svc.cluster_ip = ipv6_twin(svc.cluster_ip);
+        for ip in svc
+            .external_ips
+            .iter_mut()
+            .chain(&mut svc.load_balancer_ips)
+        {
+            *ip = ipv6_twin(*ip);
+        }
+        for net in &mut svc.load_balancer_source_ranges {
+            *net = ipv6_twin_net(*net);
+        }
+    }
+    for eps in out.endpoints.values_mut() {
+        for e in eps.iter_mut() {
+            e.ip = ipv6_twin(e.ip);
+        }
+        // The tracker's order.
+        eps.sort();
+    }
+    out
+}
+
+/// `node` as the IPv6 proxier sees it ([`ipv6_twin`] of every address).
+pub fn ipv6_node(node: &NodeContext) -> NodeContext {
+    NodeContext {
+        node_ip: ipv6_twin(node.node_ip),
+        pod_cidr: ipv6_twin_net(node.pod_cidr),
+        cluster_cidr: ipv6_twin_net(node.cluster_cidr),
+        service_cidr: ipv6_twin_net(node.service_cidr),
+        node_port_ips: node
+            .node_port_ips
+            .as_ref()
+            .map(|v| v.iter().map(|ip| ipv6_twin(*ip)).collect()),
+        localhost_node_ports: false,
+        ..node.clone()
     }
 }

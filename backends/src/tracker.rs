@@ -4,13 +4,13 @@
 //! next sync (an endpoint that flaps down and up) is no change at all.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::model::{
-    ChangeSet, Endpoint, Hint, Hints, Protocol, ProxyState, ServicePort, ServicePortName,
+    ChangeSet, Endpoint, Hint, Hints, IpFamily, Protocol, ProxyState, ServicePort, ServicePortName,
 };
 use crate::protocol::{ApiObject, WatchEvent};
 
@@ -26,6 +26,9 @@ type ServiceKey = (String, String);
 #[derive(Debug)]
 pub struct ChangeTracker {
     node_name: String,
+    /// The proxier's family: it takes only this family's ClusterIPs,
+    /// addresses and EndpointSlices (kube-proxy runs one per family).
+    family: IpFamily,
     /// The node's zone, for reading endpoints' zone hints.
     zone: Option<String>,
     /// Service ports per Service.
@@ -57,6 +60,7 @@ impl ChangeTracker {
     pub fn new(node_name: &str) -> Self {
         ChangeTracker {
             node_name: node_name.to_string(),
+            family: IpFamily::IPv4,
             zone: None,
             service_ports: HashMap::new(),
             slices: HashMap::new(),
@@ -69,6 +73,13 @@ impl ChangeTracker {
             trigger_times: Vec::new(),
             synced: false,
         }
+    }
+
+    /// The family this tracker's proxier serves (IPv4 unless set). Set
+    /// before the first event.
+    pub fn for_family(mut self, family: IpFamily) -> Self {
+        self.family = family;
+        self
     }
 
     /// The node's zone (its `topology.kubernetes.io/zone` label): endpoints
@@ -150,7 +161,7 @@ impl ChangeTracker {
         let (ports, result) = if deleted {
             (Vec::new(), Ok(()))
         } else {
-            match service_ports(svc) {
+            match service_ports(svc, self.family) {
                 Ok(p) => (p, Ok(())),
                 Err(what) => (
                     Vec::new(),
@@ -201,7 +212,14 @@ impl ChangeTracker {
         let (entries, result) = if deleted {
             (Vec::new(), Ok(()))
         } else {
-            match slice_endpoints(slice, &ns, &svc_name, &self.node_name, self.zone.as_deref()) {
+            match slice_endpoints(
+                slice,
+                self.family,
+                &ns,
+                &svc_name,
+                &self.node_name,
+                self.zone.as_deref(),
+            ) {
                 Ok(e) => (e, Ok(())),
                 Err(what) => (
                     Vec::new(),
@@ -330,7 +348,8 @@ fn trigger_time(slice: &EndpointSlice) -> Option<f64> {
 
 /// The service ports of a Service, or none for Services kube-proxy skips
 /// (headless, ExternalName). An error means the object is malformed.
-pub fn service_ports(svc: &Service) -> Result<Vec<ServicePort>, String> {
+/// The service ports `family`'s proxier programs.
+pub fn service_ports(svc: &Service, family: IpFamily) -> Result<Vec<ServicePort>, String> {
     let (ns, name) = object_key(&svc.metadata);
     let Some(spec) = &svc.spec else {
         return Ok(Vec::new());
@@ -346,15 +365,17 @@ pub fn service_ports(svc: &Service) -> Result<Vec<ServicePort>, String> {
                 .map_err(|_| format!("spec.clusterIP {ip:?} is not an IP address"))?;
         }
     }
-    // The proxy is IPv4's proxier (kube-proxy runs one per family): it
-    // takes the Service's IPv4 ClusterIP wherever `clusterIPs` lists it,
-    // and leaves a Service without one to the IPv6 proxier.
+    // The proxy is one family's proxier (kube-proxy runs one per family):
+    // it takes the Service's ClusterIP of its family wherever `clusterIPs`
+    // lists it, and leaves a Service without one to the other proxier.
+    let ours = |ip: &IpAddr| IpFamily::of(ip) == family;
     let Some(cluster_ip) = spec
         .cluster_ips
         .iter()
         .flatten()
         .chain(spec.cluster_ip.iter())
-        .find_map(|ip| ip.parse::<Ipv4Addr>().ok())
+        .filter_map(|ip| ip.parse::<IpAddr>().ok())
+        .find(ours)
     else {
         return Ok(Vec::new());
     };
@@ -376,9 +397,9 @@ pub fn service_ports(svc: &Service) -> Result<Vec<ServicePort>, String> {
     let mut external_ips = Vec::new();
     for ip in spec.external_ips.iter().flatten() {
         match ip.parse::<IpAddr>() {
-            Ok(IpAddr::V4(ip)) => external_ips.push(ip),
-            // The IPv6 proxier's.
-            Ok(IpAddr::V6(_)) => {}
+            Ok(ip) if ours(&ip) => external_ips.push(ip),
+            // The other proxier's.
+            Ok(_) => {}
             Err(_) => return Err(format!("spec.externalIPs {ip:?} is not an IP address")),
         }
     }
@@ -398,7 +419,9 @@ pub fn service_ports(svc: &Service) -> Result<Vec<ServicePort>, String> {
             continue;
         }
         // Another family's address is not this proxy's.
-        if let Ok(ip) = ip.parse::<Ipv4Addr>() {
+        if let Ok(ip) = ip.parse::<IpAddr>()
+            && ours(&ip)
+        {
             load_balancer_ips.push(ip);
         }
     }
@@ -410,13 +433,12 @@ pub fn service_ports(svc: &Service) -> Result<Vec<ServicePort>, String> {
         .enumerate()
     {
         let r = r.trim();
-        if r.contains(':') {
-            continue;
-        }
-        let net: ipnet::Ipv4Net = r
+        let net: ipnet::IpNet = r
             .parse()
-            .map_err(|_| format!("spec.loadBalancerSourceRanges[{i}] {r:?} is not an IPv4 CIDR"))?;
-        load_balancer_source_ranges.push(net.trunc());
+            .map_err(|_| format!("spec.loadBalancerSourceRanges[{i}] {r:?} is not a CIDR"))?;
+        if ours(&net.addr()) {
+            load_balancer_source_ranges.push(net.trunc());
+        }
     }
     // A zero-length range allows everyone: the same as no ranges.
     if load_balancer_source_ranges
@@ -471,12 +493,13 @@ pub fn service_ports(svc: &Service) -> Result<Vec<ServicePort>, String> {
 /// from node `node_name` in zone `zone`.
 pub fn slice_endpoints(
     slice: &EndpointSlice,
+    family: IpFamily,
     ns: &str,
     svc_name: &str,
     node_name: &str,
     zone: Option<&str>,
 ) -> Result<Vec<(ServicePortName, Endpoint)>, String> {
-    if slice.address_type != "IPv4" {
+    if slice.address_type != family.as_k8s() {
         return Ok(Vec::new());
     }
     let mut ports = Vec::new();
@@ -496,9 +519,11 @@ pub fn slice_endpoints(
         let Some(addr) = e.addresses.first() else {
             continue;
         };
-        let ip: Ipv4Addr = addr
+        let ip: IpAddr = addr
             .parse()
-            .map_err(|_| format!("endpoints[{i}].addresses[0] {addr:?} is not IPv4"))?;
+            .ok()
+            .filter(|ip| IpFamily::of(ip) == family)
+            .ok_or_else(|| format!("endpoints[{i}].addresses[0] {addr:?} is not {family}"))?;
         let cond = e.conditions.as_ref();
         // The API's rules for unset conditions: ready unknown means ready,
         // serving follows ready, terminating defaults to false.
@@ -605,22 +630,37 @@ mod tests {
             .unwrap()
         };
         // IPv6 primary: the IPv4 address is the second.
-        let ports = service_ports(&dual(
+        let svc = dual(
             json!(["fd00:10:96::a", "10.96.0.10"]),
             json!(["fd00:203::1", "203.0.113.9"]),
-        ))
-        .unwrap();
+        );
+        let ports = service_ports(&svc, IpFamily::IPv4).unwrap();
         assert_eq!(ports.len(), 1);
-        assert_eq!(ports[0].cluster_ip, Ipv4Addr::new(10, 96, 0, 10));
-        assert_eq!(ports[0].external_ips, [Ipv4Addr::new(203, 0, 113, 9)]);
+        assert_eq!(ports[0].cluster_ip, "10.96.0.10".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            ports[0].external_ips,
+            ["203.0.113.9".parse::<IpAddr>().unwrap()]
+        );
+        // The IPv6 proxier takes the other side of the same Service.
+        let ports = service_ports(&svc, IpFamily::IPv6).unwrap();
+        assert_eq!(ports.len(), 1);
+        assert_eq!(
+            ports[0].cluster_ip,
+            "fd00:10:96::a".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            ports[0].external_ips,
+            ["fd00:203::1".parse::<IpAddr>().unwrap()]
+        );
         // IPv6 only: the IPv6 proxier's, none of this one's.
         assert!(
-            service_ports(&dual(json!(["fd00:10:96::a"]), json!([])))
+            service_ports(&dual(json!(["fd00:10:96::a"]), json!([])), IpFamily::IPv4)
                 .unwrap()
                 .is_empty()
         );
         // Not an address at all is still an error.
-        let e = service_ports(&dual(json!(["10.96.0.300"]), json!([]))).unwrap_err();
+        let e =
+            service_ports(&dual(json!(["10.96.0.300"]), json!([])), IpFamily::IPv4).unwrap_err();
         assert!(e.contains("spec.clusterIP"), "{e}");
     }
 

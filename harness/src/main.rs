@@ -136,6 +136,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             backend,
             require,
             checks,
+            family,
             fault,
             balance_connections,
             results,
@@ -152,6 +153,16 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
                 Ok(c) => c,
                 Err(e) => return Ok(usage_error(&e)),
             };
+            if let Some(f) = family
+                && !scn.stack.families.contains(&f)
+            {
+                let has: Vec<&str> = scn.stack.families.iter().map(|f| f.as_k8s()).collect();
+                return Ok(usage_error(&anyhow::anyhow!(
+                    "--family {} asks for {f} checks, and {}'s lab has ipFamilies {has:?}",
+                    f.lower(),
+                    scenario.display()
+                )));
+            }
             let mut backends = match cli::resolve_backends(&backend) {
                 Ok(b) => b,
                 Err(e) => return Ok(usage_error(&e)),
@@ -177,6 +188,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
                 balance_connections,
                 checks,
                 rules_out,
+                family,
             };
             let (r, dir) = run::run(&scn, &opts).await?;
             Ok(run::report(&r, &dir))

@@ -26,6 +26,9 @@ pub struct RunOptions {
     /// Where node-0's ruleset goes once each lab is synced
     /// (`--rules-out`).
     pub rules_out: Option<PathBuf>,
+    /// Only this family's checks (`--family`); every family of the lab
+    /// when unset.
+    pub family: Option<svclab_backends::model::IpFamily>,
 }
 
 impl RunOptions {
@@ -41,7 +44,11 @@ impl RunOptions {
     /// Each check once per IP family of the scenario's lab, the families
     /// of one check side by side, under the names results give them.
     pub fn runs(&self, scn: &Scenario) -> Vec<CheckRun> {
-        CheckRun::all(&self.checks(), &scn.stack.families)
+        let mut runs = CheckRun::all(&self.checks(), &scn.stack.families);
+        if let Some(f) = self.family {
+            runs.retain(|r| r.family == f);
+        }
+        runs
     }
 }
 

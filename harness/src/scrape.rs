@@ -206,6 +206,7 @@ mod tests {
             versions: Default::default(),
             programming_seconds: vec![],
             error: None,
+            family: None,
         };
         m.record(&r);
         let first = r.clone();

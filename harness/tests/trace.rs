@@ -138,7 +138,7 @@ fn iptables_trace_names_kube_proxy_chains() {
         svc
     );
     let endpoint = Endpoint {
-        ip: *ep.ip(),
+        ip: std::net::IpAddr::V4(*ep.ip()),
         port: ep.port(),
         ready: true,
         serving: true,

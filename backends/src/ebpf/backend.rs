@@ -12,7 +12,7 @@ use super::maps::KernelMaps;
 use super::plan::ServicePlan;
 use super::sync::{Applied, Book, Maps};
 use crate::kernel::links::{Link, Links};
-use crate::model::{NodeContext, ServicePortName};
+use crate::model::{NodeContext, ServicePortName, V4, V4Net};
 use crate::protocol::SyncMode;
 use crate::{Backend, BackendError, BackendOptions, BackendStats, Fault, SyncOutcome, SyncRequest};
 
@@ -143,10 +143,10 @@ impl Backend for EbpfBackend {
         }
         let cfg = NodeConfig {
             nodeport_on,
-            node_ip: node.node_ip,
+            node_ip: node.node_ip.v4(),
             gateway_ip,
-            pod_cidr: node.pod_cidr,
-            cluster_cidr: node.cluster_cidr,
+            pod_cidr: node.pod_cidr.v4(),
+            cluster_cidr: node.cluster_cidr.v4(),
             faults: self.faults,
         };
         let mut programs = Programs::load(&cfg).map_err(other)?;

@@ -132,7 +132,7 @@ fn a_full_sync_attaches_to_new_pods() {
         let mut state = ProxyState::default();
         let web = service("web", Ipv4Addr::new(10, 96, 0, 10), 80, Protocol::Tcp);
         let ep = Endpoint {
-            ip: server,
+            ip: server.into(),
             port: TCP_PORT,
             ready: true,
             serving: true,

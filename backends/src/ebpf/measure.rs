@@ -39,7 +39,8 @@ fn endpoint(k: usize, i: usize, generation: usize) -> Endpoint {
             244,
             (i + 1 + generation * 16) as u8,
             (k % 250) as u8 + 1,
-        ),
+        )
+        .into(),
         port: 8080 + (k / 250) as u16,
         ready: true,
         serving: true,
@@ -66,7 +67,7 @@ fn synthetic(services: usize) -> ProxyState {
 
 fn node() -> NodeContext {
     NodeContext {
-        node_ip: Ipv4Addr::new(192, 168, 0, 1),
+        node_ip: Ipv4Addr::new(192, 168, 0, 1).into(),
         run_prefix: "svclab-m".into(),
         ..testkit::node()
     }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use super::abi::{self, Backend, SvcKey};
-use crate::model::{Endpoint, ServicePort, categorize_endpoints};
+use crate::model::{Endpoint, ServicePort, V4, categorize_endpoints};
 
 /// The desired programming of one service port.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,10 +56,10 @@ impl ServicePlan {
         };
         let mut entries = BTreeMap::new();
         if !svc.cluster_ip.is_unspecified() {
-            entries.insert(key(svc.cluster_ip, svc.port), flags);
+            entries.insert(key(svc.cluster_ip.v4(), svc.port), flags);
         }
         for ip in svc.external_ips.iter().chain(&svc.load_balancer_ips) {
-            entries.insert(key(*ip, svc.port), flags | abi::SVC_EXTERNAL);
+            entries.insert(key(ip.v4(), svc.port), flags | abi::SVC_EXTERNAL);
         }
         if let Some(np) = svc.node_port {
             entries.insert(key(Ipv4Addr::UNSPECIFIED, np), flags | abi::SVC_EXTERNAL);
@@ -75,7 +75,7 @@ impl ServicePlan {
             let mut v: Vec<Backend> = eps
                 .iter()
                 .map(|e| Backend {
-                    addr: abi::be_addr(e.ip),
+                    addr: abi::be_addr(e.ip.v4()),
                     port: abi::be_port(e.port),
                     pad: 0,
                 })
@@ -107,7 +107,7 @@ mod tests {
     fn svc(node_port: Option<u16>, etp_local: bool, itp_local: bool) -> ServicePort {
         ServicePort {
             name: ServicePortName::new("ns", "web", "http", Protocol::Tcp),
-            cluster_ip: Ipv4Addr::new(10, 96, 0, 10),
+            cluster_ip: Ipv4Addr::new(10, 96, 0, 10).into(),
             port: 80,
             protocol: Protocol::Tcp,
             node_port,
@@ -115,7 +115,7 @@ mod tests {
             external_policy_local: etp_local,
             internal_policy_local: itp_local,
             health_check_node_port: None,
-            external_ips: vec![Ipv4Addr::new(192, 0, 2, 1)],
+            external_ips: vec![Ipv4Addr::new(192, 0, 2, 1).into()],
             load_balancer_ips: vec![],
             load_balancer_source_ranges: vec![],
         }
@@ -123,7 +123,7 @@ mod tests {
 
     fn ep(last: u8, local: bool, ready: bool) -> Endpoint {
         Endpoint {
-            ip: Ipv4Addr::new(10, 244, 0, last),
+            ip: Ipv4Addr::new(10, 244, 0, last).into(),
             port: 8080,
             ready,
             serving: true,

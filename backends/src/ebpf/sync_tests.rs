@@ -96,7 +96,7 @@ fn name(port: &str, protocol: Protocol) -> ServicePortName {
 fn plan(protocol: Protocol, eps: &[u8], affinity: Option<u32>) -> ServicePlan {
     let svc = ServicePort {
         name: name("p", protocol),
-        cluster_ip: Ipv4Addr::new(10, 96, 0, 1),
+        cluster_ip: Ipv4Addr::new(10, 96, 0, 1).into(),
         port: 80,
         protocol,
         node_port: Some(30080),
@@ -111,7 +111,7 @@ fn plan(protocol: Protocol, eps: &[u8], affinity: Option<u32>) -> ServicePlan {
     let eps: Vec<Endpoint> = eps
         .iter()
         .map(|&last| Endpoint {
-            ip: Ipv4Addr::new(10, 244, 0, last),
+            ip: Ipv4Addr::new(10, 244, 0, last).into(),
             port: 8080,
             ready: true,
             serving: true,

@@ -98,7 +98,7 @@ impl Topology {
 
     pub fn node() -> NodeContext {
         NodeContext {
-            node_ip: NODE_IP,
+            node_ip: NODE_IP.into(),
             service_cidr: "10.96.0.0/16".parse().unwrap(),
             run_prefix: "svclab-t".into(),
             ..testkit::node()

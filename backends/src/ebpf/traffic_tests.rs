@@ -116,7 +116,7 @@ fn pods_and_the_node_reach_local_and_remote_endpoints() {
     let mut state = ProxyState::default();
     let pod1 = Ipv4Addr::new(10, 244, 0, 12);
     let remote = |port| Endpoint {
-        ip: REMOTE_POD,
+        ip: REMOTE_POD.into(),
         is_local: false,
         hints: Default::default(),
         ..local_ep(pod1, port)
@@ -268,7 +268,7 @@ fn nodeports_masquerade_for_cluster_and_keep_the_client_for_local() {
     crate::require_netns!();
     let pod1 = Ipv4Addr::new(10, 244, 0, 12);
     let remote = |port| Endpoint {
-        ip: REMOTE_POD,
+        ip: REMOTE_POD.into(),
         is_local: false,
         hints: Default::default(),
         ..local_ep(pod1, port)
@@ -302,7 +302,7 @@ fn nodeports_masquerade_for_cluster_and_keep_the_client_for_local() {
     insert(&mut state, elsewhere, vec![remote(TCP_PORT)]);
     let external_ip = Ipv4Addr::new(203, 0, 113, 10);
     let mut ext_ip = service("ext-ip", vip(43), 80, Protocol::Tcp);
-    ext_ip.external_ips = vec![external_ip];
+    ext_ip.external_ips = vec![external_ip.into()];
     insert(&mut state, ext_ip, vec![local_ep(pod1, TCP_PORT)]);
     with_lab(2, &state, |t, _| {
         t.remote.run(|| {
@@ -459,7 +459,7 @@ fn internal_traffic_policy_local_and_partial_endpoint_changes() {
     crate::require_netns!();
     let pod1 = Ipv4Addr::new(10, 244, 0, 12);
     let remote = Endpoint {
-        ip: REMOTE_POD,
+        ip: REMOTE_POD.into(),
         is_local: false,
         hints: Default::default(),
         ..local_ep(pod1, TCP_PORT)
@@ -555,7 +555,7 @@ fn a_client_port_reused_through_another_service_address_connects_at_once() {
     let mut state = ProxyState::default();
     let pod1 = Ipv4Addr::new(10, 244, 0, 12);
     let remote = Endpoint {
-        ip: REMOTE_POD,
+        ip: REMOTE_POD.into(),
         is_local: false,
         ..local_ep(pod1, TCP_PORT)
     };

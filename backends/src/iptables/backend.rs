@@ -8,7 +8,7 @@ use super::{cleanup, hooks};
 use crate::kernel::dump;
 use crate::kernel::iptables::saved::SavedTable;
 use crate::kernel::iptables::{self, Flavor};
-use crate::model::NodeContext;
+use crate::model::{IpFamily, NodeContext};
 use crate::protocol::SyncMode;
 use crate::{
     Backend, BackendError, BackendOptions, BackendStats, Fault, SyncOutcome, SyncRequest,
@@ -27,6 +27,8 @@ const ROUTE_LOCALNET: &str = "/proc/sys/net/ipv4/conf/all/route_localnet";
 
 pub struct IptablesBackend {
     flavor: Flavor,
+    /// ip6tables for the IPv6 proxier.
+    family: IpFamily,
     options: BackendOptions,
     config: Config,
     book: Book,
@@ -51,6 +53,7 @@ impl IptablesBackend {
         };
         IptablesBackend {
             flavor,
+            family: options.family,
             options: options.clone(),
             config,
             book: Book::default(),
@@ -64,8 +67,13 @@ impl IptablesBackend {
 
 impl Backend for IptablesBackend {
     fn setup(&mut self, node: &NodeContext) -> Result<(), BackendError> {
-        hooks::ensure(self.flavor)?;
-        if node.localhost_node_ports && !self.options.has_fault(Fault::NoRouteLocalnet) {
+        hooks::ensure_in(self.flavor, self.family)?;
+        // Loopback NodePorts are IPv4's only (route_localnet has no IPv6
+        // twin; kube-proxy's IPv6 proxier never serves them).
+        if self.family == IpFamily::IPv4
+            && node.localhost_node_ports
+            && !self.options.has_fault(Fault::NoRouteLocalnet)
+        {
             let was = std::fs::read_to_string(ROUTE_LOCALNET)
                 .map_err(|e| BackendError::io(format!("reading {ROUTE_LOCALNET}"), e))?;
             std::fs::write(ROUTE_LOCALNET, "1")
@@ -76,7 +84,7 @@ impl Backend for IptablesBackend {
             std::fs::read_to_string(TCP_LIBERAL_SYSCTL).is_ok_and(|v| v.trim() != "0");
         // Service chains of an earlier run: the first full sync deletes
         // the ones it does not reuse.
-        let saved = iptables::save(self.flavor, "nat")?;
+        let saved = iptables::save_in(self.flavor, self.family, "nat")?;
         let orphans: Vec<Chain> = SavedTable::parse(&saved)
             .chains
             .into_iter()
@@ -84,7 +92,7 @@ impl Backend for IptablesBackend {
             .collect();
         self.book.set_orphans(orphans);
         if self.options.has_fault(Fault::FlushConntrackOnStart) {
-            crate::kernel::conntrack::flush_all()?;
+            crate::kernel::conntrack::flush_all(node.family())?;
         }
         Ok(())
     }
@@ -110,7 +118,7 @@ impl Backend for IptablesBackend {
         }
         // Nothing differs from what is programmed: no restore at all.
         if !rendered.text.is_empty()
-            && let Err(e) = iptables::restore(self.flavor, &rendered.text)
+            && let Err(e) = iptables::restore_in(self.flavor, self.family, &rendered.text)
         {
             self.need_full = true;
             return Err(e);
@@ -130,7 +138,7 @@ impl Backend for IptablesBackend {
         let mut detail = self.book.detail();
         detail["syncs"] = self.syncs.into();
         detail["deletedChains"] = self.deleted_chains.into();
-        detail["restore"] = self.flavor.restore().into();
+        detail["restore"] = self.flavor.binary(self.family, "iptables-restore").into();
         Ok(BackendStats {
             rules: self.book.rules(),
             detail,
@@ -140,7 +148,7 @@ impl Backend for IptablesBackend {
     fn cleanup(&mut self) -> Result<(), Vec<BackendError>> {
         self.book.reset();
         self.need_full = true;
-        let mut result = cleanup::remove_all(self.flavor);
+        let mut result = cleanup::remove_all(self.flavor, self.family);
         if let Some(was) = self.route_localnet.take()
             && let Err(e) = std::fs::write(ROUTE_LOCALNET, &was)
         {

@@ -9,13 +9,14 @@ use super::render::NFT_CHAINS_PER_TRANSACTION;
 use crate::BackendError;
 use crate::kernel::iptables::saved::SavedTable;
 use crate::kernel::iptables::{self, Flavor};
+use crate::model::IpFamily;
 
 /// Removes the backend's chains and the jumps into them from both tables;
 /// keeps going after an error and returns all of them.
-pub fn remove_all(flavor: Flavor) -> Result<(), Vec<BackendError>> {
+pub fn remove_all(flavor: Flavor, family: IpFamily) -> Result<(), Vec<BackendError>> {
     let errors: Vec<BackendError> = [("filter", &FILTER_TOP[..]), ("nat", &NAT_TOP[..])]
         .into_iter()
-        .filter_map(|(table, top)| remove_table(flavor, table, top).err())
+        .filter_map(|(table, top)| remove_table(flavor, family, table, top).err())
         .collect();
     if errors.is_empty() {
         Ok(())
@@ -24,8 +25,13 @@ pub fn remove_all(flavor: Flavor) -> Result<(), Vec<BackendError>> {
     }
 }
 
-fn remove_table(flavor: Flavor, table: &str, top: &[&str]) -> Result<(), BackendError> {
-    let saved = iptables::save(flavor, table)?;
+fn remove_table(
+    flavor: Flavor,
+    family: IpFamily,
+    table: &str,
+    top: &[&str],
+) -> Result<(), BackendError> {
+    let saved = iptables::save_in(flavor, family, table)?;
     // The same reason as for syncs: iptables-nft 1.8.9 is quadratic in the
     // chains one transaction names.
     let limit = match flavor {
@@ -33,7 +39,7 @@ fn remove_table(flavor: Flavor, table: &str, top: &[&str]) -> Result<(), Backend
         Flavor::Legacy => None,
     };
     match removal_input(table, &SavedTable::parse(&saved), top, limit) {
-        Some(input) => iptables::restore(flavor, &input),
+        Some(input) => iptables::restore_in(flavor, family, &input),
         None => Ok(()),
     }
 }

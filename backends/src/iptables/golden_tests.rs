@@ -229,6 +229,25 @@ fn golden_rulesets() {
     }
 }
 
+/// The IPv6 proxier's ruleset for kube-proxy's overall test, every
+/// address its IPv6 twin (`testkit::ipv6_state`): what ip6tables-restore
+/// is fed. The same chains and names; `[ip]:port` DNAT targets.
+#[test]
+fn golden_ipv6_ruleset() {
+    use crate::testkit::{ipv6_node, ipv6_state};
+    let got = render_full(
+        &ipv6_state(&kube_proxy_overall()),
+        &ipv6_node(&node()),
+        &BackendOptions::default(),
+    );
+    check_golden("kube-proxy-overall-ipv6", &got);
+    assert!(!got.contains("127.0.0"), "no IPv4 loopback in IPv6 rules");
+    assert!(
+        got.contains("-j DNAT --to-destination [fd00::10:180:0:1]:80"),
+        "{got}"
+    );
+}
+
 /// Lines of kube-proxy's own TestOverallIPTablesRules golden that do not
 /// involve LoadBalancer IPs, localhost NodePorts or nfacct (which this lab
 /// does not configure) appear verbatim in ours.

@@ -4,6 +4,7 @@
 
 use crate::BackendError;
 use crate::kernel::iptables::{Flavor, Jump, jumps};
+use crate::model::IpFamily;
 
 const EXTERNAL: &str = "kubernetes externally-visible service portals";
 const PORTALS: &str = "kubernetes service portals";
@@ -40,5 +41,10 @@ pub const JUMPS: [Jump; 14] = [
 /// Creates the target chains and inserts the jumps that are missing;
 /// running it again changes nothing.
 pub fn ensure(flavor: Flavor) -> Result<(), BackendError> {
-    jumps::ensure(flavor, &JUMPS)
+    ensure_in(flavor, IpFamily::IPv4)
+}
+
+/// [`ensure`] in `family`'s tables (ip6tables for IPv6).
+pub fn ensure_in(flavor: Flavor, family: IpFamily) -> Result<(), BackendError> {
+    jumps::ensure_in(flavor, family, &JUMPS)
 }

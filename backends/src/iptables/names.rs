@@ -131,7 +131,8 @@ impl ServiceChains {
 /// KUBE-SEP chain of one endpoint of one service port.
 pub fn endpoint_chain(name: &ServicePortName, ep: &Endpoint) -> Chain {
     let mut h = Hasher(Sha256::new());
-    let _ = write!(h, "{name}{}{}:{}", name.protocol.lower(), ep.ip, ep.port);
+    // `ip:port` as Go's JoinHostPort writes it: `[fd00::1]:80` for IPv6.
+    let _ = write!(h, "{name}{}{}", name.protocol.lower(), ep.addr());
     Chain {
         kind: ChainKind::Sep,
         hash: h.finish(),

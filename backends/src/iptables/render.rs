@@ -522,8 +522,12 @@ fn filter_table(order: &[&ServiceEntry], config: &Config, node: &NodeContext) ->
         // kube-proxy's iptables mode leaves such traffic to routing.
         b.line(format_args!(
             "-A KUBE-SERVICES -m comment --comment \"fault: reject unallocated ClusterIPs\" -d \
-             {} -j REJECT --reject-with icmp-host-unreachable",
-            node.service_cidr
+             {} -j REJECT --reject-with {}",
+            node.service_cidr,
+            match node.family() {
+                crate::model::IpFamily::IPv4 => "icmp-host-unreachable",
+                crate::model::IpFamily::IPv6 => "icmp6-addr-unreachable",
+            }
         ));
     }
     if !config.conntrack_tcp_liberal {
@@ -812,8 +816,8 @@ impl ServiceCtx<'_> {
                 on: svc.session_affinity_seconds.is_some(),
             };
             rules.line(format_args!(
-                "-A {sep}{comment}{affinity} -m {p} -p {p} -j DNAT --to-destination {}:{}",
-                ep.ip, ep.port
+                "-A {sep}{comment}{affinity} -m {p} -p {p} -j DNAT --to-destination {}",
+                ep.addr()
             ));
         }
         chains.sort_unstable();
@@ -929,8 +933,9 @@ impl fmt::Display for Comment<'_> {
             (false, None) => write!(f, " -m comment --comment {}", self.name),
             (false, Some(ep)) => write!(
                 f,
-                " -m comment --comment \"{} -> {}:{}\"",
-                self.name, ep.ip, ep.port
+                " -m comment --comment \"{} -> {}\"",
+                self.name,
+                ep.addr()
             ),
         }
     }

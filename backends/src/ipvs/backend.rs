@@ -13,7 +13,7 @@ use super::{ipsets, rules};
 use crate::kernel::dump;
 use crate::kernel::iptables::{self, Flavor};
 use crate::kernel::links::Links;
-use crate::model::{NodeContext, ProxyState};
+use crate::model::{NodeContext, ProxyState, V4, V4Net};
 use crate::protocol::SyncMode;
 use crate::{
     Backend, BackendError, BackendOptions, BackendStats, Fault, SyncOutcome, SyncRequest,
@@ -103,7 +103,7 @@ impl IpvsBackend {
             .flat_map(|p| p.node_denied.iter().copied())
             .collect();
         rules::render(&rules::RuleInput {
-            cluster_cidr: node.cluster_cidr,
+            cluster_cidr: node.cluster_cidr.v4(),
             non_empty: &self.ledger.non_empty_sets(),
             masquerade: !self.options.has_fault(Fault::MissingMasquerade),
             node_denied: &node_denied,
@@ -114,9 +114,9 @@ impl IpvsBackend {
         let scheduler = self.scheduler.clone();
         let flavor = self.flavor;
         let k = self.kernel()?;
-        let node_port_ips = k.node.nodeport_ips();
+        let node_port_ips: Vec<Ipv4Addr> = k.node.nodeport_ips().iter().map(V4::v4).collect();
         let ctx = PlanContext {
-            node_ip: k.node.node_ip,
+            node_ip: k.node.node_ip.v4(),
             node_port_ips: &node_port_ips,
             scheduler: &scheduler,
         };
@@ -177,7 +177,8 @@ impl IpvsBackend {
 
     fn partial_sync(&mut self, req: &SyncRequest<'_>) -> Result<Written, BackendError> {
         let node = &self.kernel()?.node;
-        let (node_ip, node_port_ips) = (node.node_ip, node.nodeport_ips());
+        let node_ip = node.node_ip.v4();
+        let node_port_ips: Vec<Ipv4Addr> = node.nodeport_ips().iter().map(V4::v4).collect();
         let ctx = PlanContext {
             node_ip,
             node_port_ips: &node_port_ips,

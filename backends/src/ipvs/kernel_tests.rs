@@ -56,7 +56,7 @@ pub(super) fn service(name: &str, vip: [u8; 4], port: u16, protocol: Protocol) -
 /// Endpoint 10.244.<node>.<last>:<port>, ready unless `terminating`.
 pub(super) fn endpoint(node: u8, last: u8, port: u16, terminating: bool) -> Endpoint {
     Endpoint {
-        ip: Ipv4Addr::new(10, 244, node, last),
+        ip: Ipv4Addr::new(10, 244, node, last).into(),
         port,
         ready: !terminating,
         serving: true,
@@ -583,7 +583,7 @@ fn ruleset_applies_and_cleans_up_with(flavor: Flavor) {
             .filter(|s| !matches!(s, IpSet::ExternalIp | IpSet::ExternalIpLocal))
             .collect();
         let text = rules::render(&rules::RuleInput {
-            cluster_cidr: node().cluster_cidr,
+            cluster_cidr: crate::model::V4Net::v4(&node().cluster_cidr),
             non_empty: &non_empty,
             masquerade: true,
             node_denied: &[],
@@ -604,7 +604,7 @@ fn ruleset_applies_and_cleans_up_with(flavor: Flavor) {
     assert_eq!(
         applied.iter().filter(|l| l.starts_with("-A KUBE-")).count(),
         rules::rule_count(&rules::render(&rules::RuleInput {
-            cluster_cidr: node().cluster_cidr,
+            cluster_cidr: crate::model::V4Net::v4(&node().cluster_cidr),
             non_empty: &IpSet::ALL
                 .into_iter()
                 .filter(|s| !matches!(s, IpSet::ExternalIp | IpSet::ExternalIpLocal))
@@ -633,7 +633,7 @@ fn ipset_full_replace_swaps_under_live_rules() {
         ensure_jumps(FLAVOR).unwrap();
         let non_empty = BTreeSet::from([IpSet::ClusterIp]);
         let text = rules::render(&rules::RuleInput {
-            cluster_cidr: node().cluster_cidr,
+            cluster_cidr: crate::model::V4Net::v4(&node().cluster_cidr),
             non_empty: &non_empty,
             masquerade: true,
             node_denied: &[],

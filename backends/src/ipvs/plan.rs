@@ -10,7 +10,7 @@ use super::ipsets::{self, Entry, IpSet};
 use super::netlink::{
     Op, RealServer, SVC_F_PERSISTENT, SVC_F_SCHED_SH_PORT, ServiceKey, VirtualServer,
 };
-use crate::model::{Endpoint, ServicePort, categorize_endpoints};
+use crate::model::{Endpoint, ServicePort, V4, V4Net, categorize_endpoints};
 
 /// Real servers of one virtual server: (address, port) -> weight.
 pub type Dests = BTreeMap<(Ipv4Addr, u16), u32>;
@@ -95,11 +95,11 @@ fn dests(svc: &ServicePort, endpoints: &[Endpoint], policy: Policy) -> Dests {
     let mut out = Dests::new();
     for e in endpoints {
         if e.terminating && (e.is_local || !scope_local) {
-            out.insert((e.ip, e.port), 0);
+            out.insert((e.ip.v4(), e.port), 0);
         }
     }
     for e in chosen {
-        out.insert((e.ip, e.port), 1);
+        out.insert((e.ip.v4(), e.port), 1);
     }
     out
 }
@@ -140,21 +140,22 @@ pub fn plan_port(svc: &ServicePort, endpoints: &[Endpoint], ctx: &PlanContext) -
     for e in endpoints.iter().filter(|e| e.is_local) {
         plan.entries.push((
             IpSet::LoopBack,
-            ipsets::ip_port_ip(e.ip, proto, e.port, e.ip),
+            ipsets::ip_port_ip(e.ip.v4(), proto, e.port, e.ip.v4()),
         ));
     }
 
+    let cluster_ip = svc.cluster_ip.v4();
     plan.entries.push((
         IpSet::ClusterIp,
-        ipsets::ip_port(svc.cluster_ip, proto, svc.port),
+        ipsets::ip_port(cluster_ip, proto, svc.port),
     ));
     plan.servers.push(PlannedServer {
-        server: virtual_server(svc, svc.cluster_ip, svc.port, ctx),
+        server: virtual_server(svc, cluster_ip, svc.port, ctx),
         dests: dests(svc, endpoints, Policy::internal(svc)),
     });
-    plan.addresses.push(svc.cluster_ip);
+    plan.addresses.push(cluster_ip);
 
-    for &ext in &svc.external_ips {
+    for ext in svc.external_ips.iter().map(V4::v4) {
         let set = if svc.external_policy_local {
             IpSet::ExternalIpLocal
         } else {
@@ -172,7 +173,7 @@ pub fn plan_port(svc: &ServicePort, endpoints: &[Endpoint], ctx: &PlanContext) -
         }
     }
 
-    for &lb in &svc.load_balancer_ips {
+    for lb in svc.load_balancer_ips.iter().map(V4::v4) {
         let entry = ipsets::ip_port(lb, proto, svc.port);
         plan.entries.push((IpSet::LoadBalancer, entry.clone()));
         if svc.external_policy_local {
@@ -181,7 +182,7 @@ pub fn plan_port(svc: &ServicePort, endpoints: &[Endpoint], ctx: &PlanContext) -
         if !svc.load_balancer_source_ranges.is_empty() {
             plan.entries.push((IpSet::LoadBalancerFw, entry));
             let mut allow_from_node = false;
-            for &cidr in &svc.load_balancer_source_ranges {
+            for cidr in svc.load_balancer_source_ranges.iter().map(V4Net::v4) {
                 plan.entries.push((
                     IpSet::LoadBalancerSourceCidr,
                     ipsets::ip_port_net(lb, proto, svc.port, cidr),

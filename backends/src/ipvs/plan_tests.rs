@@ -25,7 +25,7 @@ fn svc(protocol: Protocol) -> ServicePort {
 /// and serving) or n(ot ready).
 fn ep(node: u8, last: u8, state: char) -> Endpoint {
     Endpoint {
-        ip: Ipv4Addr::new(10, 244, node, last),
+        ip: Ipv4Addr::new(10, 244, node, last).into(),
         port: 8080,
         ready: state == 'r',
         serving: state != 'n',
@@ -214,7 +214,7 @@ fn no_endpoints_still_has_a_virtual_server() {
 fn external_ips_sctp_health_checks_and_mh() {
     let ext = Ipv4Addr::new(203, 0, 113, 7);
     let mut s = svc(Protocol::Sctp);
-    s.external_ips = vec![ext, NODE_IP];
+    s.external_ips = vec![ext.into(), NODE_IP.into()];
     s.node_port = Some(30132);
     s.external_policy_local = true;
     s.health_check_node_port = Some(32000);
@@ -245,7 +245,7 @@ fn external_ips_sctp_health_checks_and_mh() {
 fn load_balancer_ips_and_source_ranges() {
     let lb = Ipv4Addr::new(198, 51, 100, 4);
     let mut s = svc(Protocol::Tcp);
-    s.load_balancer_ips = vec![lb];
+    s.load_balancer_ips = vec![lb.into()];
     let plan = plan_port(&s, &[ep(1, 6, 'r')], &ctx("rr"));
     assert_eq!(
         entries_of(&plan, IpSet::LoadBalancer),

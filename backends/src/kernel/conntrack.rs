@@ -14,6 +14,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 
+use crate::model::IpFamily;
+
 use netlink_packet_core::{DefaultNla, Nla};
 use netlink_packet_netfilter::conntrack::{
     ConntrackAttribute, ConntrackMessage, IPTuple, ProtoTuple, Protocol as CtProtocol, Status,
@@ -37,12 +39,12 @@ const CTA_ZONE: u16 = 18;
 pub enum Flush {
     /// Flows to `vip:port` that were DNATed to `endpoint`.
     ServiceToEndpoint {
-        vip: Ipv4Addr,
+        vip: IpAddr,
         port: u16,
-        endpoint: Ipv4Addr,
+        endpoint: IpAddr,
     },
     /// Flows to any address on `node_port` DNATed to `endpoint`.
-    NodePortToEndpoint { node_port: u16, endpoint: Ipv4Addr },
+    NodePortToEndpoint { node_port: u16, endpoint: IpAddr },
     /// Every UDP flow to `vip:port` that was not DNATed (a Service that
     /// just got endpoints may have flows that were rejected or dropped
     /// while it had none). Flows DNATed to an endpoint stay: after an
@@ -50,7 +52,7 @@ pub enum Flush {
     /// those flows loses them (kubernetes/kubernetes#122740; kube-proxy's
     /// reconciler deletes only entries whose reply does not come from a
     /// serving endpoint).
-    Service { vip: Ipv4Addr, port: u16 },
+    Service { vip: IpAddr, port: u16 },
 }
 
 impl fmt::Display for Flush {
@@ -71,6 +73,15 @@ impl fmt::Display for Flush {
 }
 
 impl Flush {
+    /// The family of the table the flow's entries are in.
+    pub fn family(&self) -> IpFamily {
+        match self {
+            Flush::ServiceToEndpoint { endpoint, .. }
+            | Flush::NodePortToEndpoint { endpoint, .. } => IpFamily::of(endpoint),
+            Flush::Service { vip, .. } => IpFamily::of(vip),
+        }
+    }
+
     /// Whether `entry` is one this deletion removes: the filters
     /// `conntrack -D -p udp` applied with `--orig-dst`, `--orig-port-dst`
     /// and `--dst-nat ENDPOINT` (DNAT done, and the reply comes from the
@@ -101,11 +112,11 @@ impl Flush {
     }
 }
 
-/// One direction of an IPv4 conntrack entry.
+/// One direction of a conntrack entry (IPv4 or IPv6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tuple4 {
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+    pub src: IpAddr,
+    pub dst: IpAddr,
     pub proto: u8,
     pub sport: u16,
     pub dport: u16,
@@ -114,8 +125,8 @@ pub struct Tuple4 {
 impl Default for Tuple4 {
     fn default() -> Self {
         Tuple4 {
-            src: Ipv4Addr::UNSPECIFIED,
-            dst: Ipv4Addr::UNSPECIFIED,
+            src: Ipv4Addr::UNSPECIFIED.into(),
+            dst: Ipv4Addr::UNSPECIFIED.into(),
             proto: 0,
             sport: 0,
             dport: 0,
@@ -132,8 +143,8 @@ impl Tuple4 {
                 Tuple::Ip(ips) => {
                     for ip in ips {
                         match ip {
-                            IPTuple::SourceAddress(IpAddr::V4(a)) => src = Some(*a),
-                            IPTuple::DestinationAddress(IpAddr::V4(a)) => dst = Some(*a),
+                            IPTuple::SourceAddress(a) => src = Some(*a),
+                            IPTuple::DestinationAddress(a) => dst = Some(*a),
                             _ => {}
                         }
                     }
@@ -160,8 +171,8 @@ impl Tuple4 {
     fn attrs(&self) -> Vec<Tuple> {
         vec![
             Tuple::Ip(vec![
-                IPTuple::SourceAddress(IpAddr::V4(self.src)),
-                IPTuple::DestinationAddress(IpAddr::V4(self.dst)),
+                IPTuple::SourceAddress(self.src),
+                IPTuple::DestinationAddress(self.dst),
             ]),
             Tuple::Proto(vec![
                 ProtoTuple::Protocol(CtProtocol::from(self.proto)),
@@ -185,7 +196,7 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// Reads a dumped entry; `None` for one without both IPv4 tuples.
+    /// Reads a dumped entry; `None` for one without both tuples.
     pub fn parse(attrs: &[ConntrackAttribute]) -> Option<Entry> {
         let (mut orig, mut reply) = (None, None);
         let mut e = Entry::default();
@@ -235,18 +246,23 @@ impl Entry {
                 id.to_be_bytes().to_vec(),
             )));
         }
-        NetfilterMessage::new(ipv4(), ConntrackMessage::Delete(attrs))
+        let family = IpFamily::of(&self.orig.dst);
+        NetfilterMessage::new(header(family), ConntrackMessage::Delete(attrs))
     }
 }
 
-fn ipv4() -> NetfilterHeader {
-    NetfilterHeader::new(NetfilterProtoFamily::IPv4, 0, 0)
+fn header(family: IpFamily) -> NetfilterHeader {
+    let f = match family {
+        IpFamily::IPv4 => NetfilterProtoFamily::IPv4,
+        IpFamily::IPv6 => NetfilterProtoFamily::IPv6,
+    };
+    NetfilterHeader::new(f, 0, 0)
 }
 
-/// The `IPCTNL_MSG_CT_GET` that, sent with `NLM_F_DUMP`, lists the IPv4
-/// table.
-pub fn dump_message() -> NetfilterMessage {
-    NetfilterMessage::new(ipv4(), ConntrackMessage::Get(vec![]))
+/// The `IPCTNL_MSG_CT_GET` that, sent with `NLM_F_DUMP`, lists the
+/// family's table.
+pub fn dump_message(family: IpFamily) -> NetfilterMessage {
+    NetfilterMessage::new(header(family), ConntrackMessage::Get(vec![]))
 }
 
 impl fmt::Display for Entry {
@@ -315,7 +331,7 @@ pub fn stale_flows(state: &ProxyState, changes: &ChangeSet) -> Vec<Flush> {
 /// backends' capability probes instead of looking for the `conntrack` tool.
 pub fn probe() -> Result<(), String> {
     Transport::open(netlink_sys::protocols::NETLINK_NETFILTER)
-        .and_then(|mut nl| nl.dump(dump_message()))
+        .and_then(|mut nl| nl.dump(dump_message(IpFamily::IPv4)))
         .map(drop)
         .map_err(|e| {
             format!(
@@ -378,9 +394,15 @@ pub fn flush(flows: &[Flush]) -> Result<Flushed, BackendError> {
     }
     let mut nl = Transport::open(netlink_sys::protocols::NETLINK_NETFILTER)
         .map_err(|e| BackendError::io("conntrack: opening a netfilter netlink socket", e))?;
-    let dumped = nl
-        .dump(dump_message())
-        .map_err(|e| BackendError::io("conntrack: listing the table", e))?;
+    // One dump per family the flows are in (a proxier's are all of one).
+    let mut dumped = Vec::new();
+    for family in IpFamily::ALL {
+        if flows.iter().any(|f| f.family() == family) {
+            dumped.extend(nl.dump(dump_message(family)).map_err(|e| {
+                BackendError::io(format!("conntrack: listing the {family} table"), e)
+            })?);
+        }
+    }
     let selected = select(flows, entries(dumped));
     let requests = selected
         .iter()
@@ -418,16 +440,16 @@ pub fn flush(flows: &[Flush]) -> Result<Flushed, BackendError> {
     })
 }
 
-/// Deletes every IPv4 conntrack entry in the calling thread's namespace
+/// Deletes every conntrack entry of `family` in the calling thread's namespace
 /// and returns how many went. Only the `flush-conntrack-on-start` fault
 /// does this: it is the defect of kubernetes/kubernetes#122740 (flows
 /// through Services lost when the proxy restarts), kept so the lab can show
 /// its agent-restart check catches it.
-pub fn flush_all() -> Result<usize, BackendError> {
+pub fn flush_all(family: IpFamily) -> Result<usize, BackendError> {
     let mut nl = Transport::open(netlink_sys::protocols::NETLINK_NETFILTER)
         .map_err(|e| BackendError::io("conntrack: opening a netfilter netlink socket", e))?;
     let dumped = nl
-        .dump(dump_message())
+        .dump(dump_message(family))
         .map_err(|e| BackendError::io("conntrack: listing the table", e))?;
     let requests: Vec<_> = entries(dumped)
         .iter()
@@ -457,7 +479,7 @@ mod tests {
         let name = ServicePortName::new("ns", "dns", "", Protocol::Udp);
         let svc = ServicePort {
             name: name.clone(),
-            cluster_ip: VIP,
+            cluster_ip: VIP.into(),
             port: 53,
             protocol: Protocol::Udp,
             node_port: Some(30053),
@@ -465,12 +487,12 @@ mod tests {
             external_policy_local: false,
             internal_policy_local: false,
             health_check_node_port: None,
-            external_ips: vec![Ipv4Addr::new(192, 0, 2, 7)],
+            external_ips: vec![Ipv4Addr::new(192, 0, 2, 7).into()],
             load_balancer_ips: vec![],
             load_balancer_source_ranges: vec![],
         };
         let ep = Endpoint {
-            ip: EP,
+            ip: EP.into(),
             port: 5353,
             ready: true,
             serving: true,
@@ -489,20 +511,23 @@ mod tests {
             flows,
             vec![
                 Flush::ServiceToEndpoint {
-                    vip: VIP,
+                    vip: VIP.into(),
                     port: 53,
-                    endpoint: EP
+                    endpoint: EP.into()
                 },
                 Flush::ServiceToEndpoint {
-                    vip: Ipv4Addr::new(192, 0, 2, 7),
+                    vip: Ipv4Addr::new(192, 0, 2, 7).into(),
                     port: 53,
-                    endpoint: EP
+                    endpoint: EP.into()
                 },
                 Flush::NodePortToEndpoint {
                     node_port: 30053,
-                    endpoint: EP
+                    endpoint: EP.into()
                 },
-                Flush::Service { vip: VIP, port: 53 },
+                Flush::Service {
+                    vip: VIP.into(),
+                    port: 53
+                },
             ]
         );
         assert_eq!(
@@ -522,7 +547,7 @@ mod tests {
     /// The dump request, decoded by hand: nlmsghdr, then nfgenmsg.
     #[test]
     fn dump_request_bytes() {
-        let got = serialize(dump_message(), NLM_F_REQUEST | NLM_F_DUMP, 7);
+        let got = serialize(dump_message(IpFamily::IPv4), NLM_F_REQUEST | NLM_F_DUMP, 7);
         #[rustfmt::skip]
         let want: Vec<u8> = [
             &20u32.to_ne_bytes()[..],  // nlmsg_len
@@ -539,15 +564,15 @@ mod tests {
     fn dnat_entry() -> Entry {
         Entry {
             orig: Tuple4 {
-                src: CLIENT,
-                dst: VIP,
+                src: CLIENT.into(),
+                dst: VIP.into(),
                 proto: IPPROTO_UDP,
                 sport: 40053,
                 dport: 53,
             },
             reply: Tuple4 {
-                src: EP,
-                dst: CLIENT,
+                src: EP.into(),
+                dst: CLIENT.into(),
                 proto: IPPROTO_UDP,
                 sport: 5353,
                 dport: 40053,
@@ -639,49 +664,67 @@ mod tests {
     fn filters_are_conntrack_ds() {
         let e = dnat_entry();
         let to_ep = |endpoint| Flush::ServiceToEndpoint {
-            vip: VIP,
+            vip: VIP.into(),
             port: 53,
             endpoint,
         };
-        assert!(to_ep(EP).matches(&e));
-        assert!(!to_ep(Ipv4Addr::new(10, 244, 2, 5)).matches(&e));
+        assert!(to_ep(EP.into()).matches(&e));
+        assert!(!to_ep(Ipv4Addr::new(10, 244, 2, 5).into()).matches(&e));
         assert!(
             !Flush::ServiceToEndpoint {
-                vip: VIP,
+                vip: VIP.into(),
                 port: 54,
-                endpoint: EP
+                endpoint: EP.into()
             }
             .matches(&e)
         );
         let np = |node_port| Flush::NodePortToEndpoint {
             node_port,
-            endpoint: EP,
+            endpoint: EP.into(),
         };
         assert!(np(53).matches(&e));
         assert!(!np(30053).matches(&e));
         // A flow DNATed to an endpoint is not the whole-Service flush's:
         // an agent restart must not lose it (kubernetes/kubernetes#122740).
-        assert!(!Flush::Service { vip: VIP, port: 53 }.matches(&e));
-        assert!(!Flush::Service { vip: EP, port: 53 }.matches(&e));
+        assert!(
+            !Flush::Service {
+                vip: VIP.into(),
+                port: 53
+            }
+            .matches(&e)
+        );
+        assert!(
+            !Flush::Service {
+                vip: EP.into(),
+                port: 53
+            }
+            .matches(&e)
+        );
 
         // Not DNATed (a flow rejected while the Service had no endpoints):
         // only the whole-Service flush takes it.
         let plain = Entry {
             reply: Tuple4 {
-                src: VIP,
+                src: VIP.into(),
                 sport: 53,
                 ..e.reply
             },
             status: Status::Confirmed.bits(),
             ..e.clone()
         };
-        assert!(!to_ep(EP).matches(&plain));
+        assert!(!to_ep(EP.into()).matches(&plain));
         assert!(!np(53).matches(&plain));
-        assert!(Flush::Service { vip: VIP, port: 53 }.matches(&plain));
+        assert!(
+            Flush::Service {
+                vip: VIP.into(),
+                port: 53
+            }
+            .matches(&plain)
+        );
         // DNATed to another port of the same address: not `--dst-nat`.
         let port_only = Entry {
             reply: Tuple4 {
-                src: VIP,
+                src: VIP.into(),
                 sport: 5353,
                 ..e.reply
             },
@@ -695,10 +738,23 @@ mod tests {
             orig: Tuple4 { proto: 6, ..e.orig },
             ..e.clone()
         };
-        assert!(!Flush::Service { vip: VIP, port: 53 }.matches(&tcp));
+        assert!(
+            !Flush::Service {
+                vip: VIP.into(),
+                port: 53
+            }
+            .matches(&tcp)
+        );
 
         // One entry, matched by two flows, is deleted once.
-        let flows = [to_ep(EP), np(53), Flush::Service { vip: EP, port: 1 }];
+        let flows = [
+            to_ep(EP.into()),
+            np(53),
+            Flush::Service {
+                vip: EP.into(),
+                port: 1,
+            },
+        ];
         let picked = select(&flows, [e.clone(), plain]);
         assert_eq!(picked, vec![(e, vec![0, 1])]);
     }
@@ -707,15 +763,15 @@ mod tests {
     /// `conntrack -I --dst-nat` does).
     fn create(nl: &mut Transport, sport: u16, dst: Ipv4Addr, nat: Option<Ipv4Addr>) {
         let orig = Tuple4 {
-            src: CLIENT,
-            dst,
+            src: CLIENT.into(),
+            dst: dst.into(),
             proto: IPPROTO_UDP,
             sport,
             dport: 53,
         };
         let reply = Tuple4 {
-            src: nat.unwrap_or(dst),
-            dst: CLIENT,
+            src: nat.unwrap_or(dst).into(),
+            dst: CLIENT.into(),
             proto: IPPROTO_UDP,
             sport: if nat.is_some() { 5353 } else { 53 },
             dport: sport,
@@ -743,7 +799,7 @@ mod tests {
                 value,
             )));
         }
-        let msg = NetfilterMessage::new(ipv4(), ConntrackMessage::New(attrs));
+        let msg = NetfilterMessage::new(header(IpFamily::IPv4), ConntrackMessage::New(attrs));
         nl.request(
             msg,
             netlink_packet_core::NLM_F_CREATE | netlink_packet_core::NLM_F_EXCL,
@@ -752,7 +808,7 @@ mod tests {
     }
 
     fn udp_sports(nl: &mut Transport) -> Vec<u16> {
-        let mut ports: Vec<u16> = entries(nl.dump(dump_message()).unwrap())
+        let mut ports: Vec<u16> = entries(nl.dump(dump_message(IpFamily::IPv4)).unwrap())
             .into_iter()
             .filter(|e| e.orig.proto == IPPROTO_UDP)
             .map(|e| e.orig.sport)
@@ -778,17 +834,17 @@ mod tests {
             let before = udp_sports(&mut nl);
             let flows = [
                 Flush::ServiceToEndpoint {
-                    vip: VIP,
+                    vip: VIP.into(),
                     port: 53,
-                    endpoint: EP,
+                    endpoint: EP.into(),
                 },
                 Flush::Service {
-                    vip: other_vip,
+                    vip: other_vip.into(),
                     port: 53,
                 },
                 Flush::NodePortToEndpoint {
                     node_port: 30053,
-                    endpoint: other_ep,
+                    endpoint: other_ep.into(),
                 },
             ];
             let flushed = flush(&flows).unwrap();

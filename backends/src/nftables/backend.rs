@@ -3,9 +3,10 @@
 //! conntrack entries after every successful sync.
 
 use crate::kernel::dump;
+use crate::model::IpFamily;
 use crate::model::NodeContext;
 use crate::nftables::existing::Existing;
-use crate::nftables::names::TABLE;
+use crate::nftables::names::Family;
 use crate::nftables::programmed::{Plan, Programmed};
 use crate::nftables::skeleton::write_skeleton;
 use crate::nftables::tx::Tx;
@@ -16,6 +17,7 @@ use crate::{
 };
 
 pub struct NftablesBackend {
+    family: IpFamily,
     options: BackendOptions,
     programmed: Programmed,
     /// Set until a full sync succeeds: after setup, and after a failed
@@ -38,6 +40,7 @@ struct LastSync {
 impl NftablesBackend {
     pub fn new(options: &BackendOptions) -> Self {
         NftablesBackend {
+            family: options.family,
             options: options.clone(),
             programmed: Programmed::default(),
             needs_full: true,
@@ -61,9 +64,10 @@ pub const DUMP_EXT: &str = "nft";
 /// A table left by an earlier run in this namespace is dropped first
 /// (`add` then `delete`, so a missing table is not an error).
 pub fn setup_text(node: &NodeContext, options: &BackendOptions) -> String {
-    let mut tx = Tx::with_capacity(8192);
-    tx.raw(format_args!("add table ip {TABLE}"));
-    tx.raw(format_args!("delete table ip {TABLE}"));
+    let mut tx = Tx::with_capacity(node.family(), 8192);
+    let table = Family(node.family()).table();
+    tx.raw(format_args!("add table {table}"));
+    tx.raw(format_args!("delete table {table}"));
     write_skeleton(&mut tx, node, options);
     tx.into_text()
 }
@@ -72,7 +76,7 @@ impl Backend for NftablesBackend {
     fn setup(&mut self, node: &NodeContext) -> Result<(), BackendError> {
         self.run(&setup_text(node, &self.options), 0, "setup")?;
         if self.options.has_fault(Fault::FlushConntrackOnStart) {
-            conntrack::flush_all()?;
+            conntrack::flush_all(node.family())?;
         }
         self.programmed = Programmed::default();
         self.needs_full = true;
@@ -81,7 +85,7 @@ impl Backend for NftablesBackend {
 
     fn sync(&mut self, req: &SyncRequest<'_>) -> Result<SyncOutcome, BackendError> {
         let plan: Plan = if req.mode == SyncMode::Full || self.needs_full {
-            let existing = Existing::list()?;
+            let existing = Existing::list(req.node.family())?;
             self.programmed
                 .plan_full(req.state, req.node, &self.options, &existing)
         } else {
@@ -130,7 +134,7 @@ impl Backend for NftablesBackend {
         Ok(BackendStats {
             rules: c.rules + c.elements,
             detail: serde_json::json!({
-                "table": format!("ip {TABLE}"),
+                "table": Family(self.family).table(),
                 "servicePorts": c.service_ports,
                 "serviceChains": c.chains,
                 "rules": c.rules,
@@ -142,7 +146,8 @@ impl Backend for NftablesBackend {
     }
 
     fn cleanup(&mut self) -> Result<(), Vec<BackendError>> {
-        let text = format!("add table ip {TABLE}\ndelete table ip {TABLE}\n");
+        let table = Family(self.family).table();
+        let text = format!("add table {table}\ndelete table {table}\n");
         let mut errors = Vec::new();
         if let Err(e) = cmd::run("nft", &["-f", "-"], Some(text.as_bytes())) {
             errors.push(e);

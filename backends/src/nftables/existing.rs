@@ -7,7 +7,8 @@ use std::collections::HashSet;
 
 use serde_json::Value;
 
-use crate::nftables::names::TABLE;
+use crate::model::IpFamily;
+use crate::nftables::names::{Family, TABLE};
 use crate::{BackendError, kernel::cmd};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -22,22 +23,26 @@ impl Existing {
     /// Lists the `ip kube-proxy` table's per-service objects. Listing the
     /// whole `ip` family never fails on a missing table; that is just an
     /// empty list.
-    pub fn list() -> Result<Existing, BackendError> {
+    pub fn list(family: IpFamily) -> Result<Existing, BackendError> {
+        let ip = Family(family).ip();
         Ok(Existing {
-            chains: list_names("chains", "chain", |n| n.contains('/'))?,
-            sets: list_names("sets", "set", |n| n.starts_with("affinity-"))?,
+            chains: list_names(ip, "chains", "chain", |n| n.contains('/'))?,
+            sets: list_names(ip, "sets", "set", |n| n.starts_with("affinity-"))?,
         })
     }
 }
 
 fn list_names(
+    ip: &str,
     what: &str,
     kind: &str,
     wanted: impl Fn(&str) -> bool,
 ) -> Result<HashSet<String>, BackendError> {
-    let out = cmd::run("nft", &["-j", "list", what, "ip"], None)?;
+    let out = cmd::run("nft", &["-j", "list", what, ip], None)?;
     let v: Value = serde_json::from_str(&out.stdout).map_err(|e| {
-        BackendError::Other(format!("`nft -j list {what} ip` printed invalid JSON: {e}"))
+        BackendError::Other(format!(
+            "`nft -j list {what} {ip}` printed invalid JSON: {e}"
+        ))
     })?;
     Ok(v["nftables"]
         .as_array()

@@ -102,7 +102,7 @@ pub fn mixed() -> ProxyState {
     let mut etp = tcp("ns1", "etp", [172, 30, 0, 6]);
     etp.node_port = Some(30006);
     etp.external_policy_local = true;
-    etp.external_ips = vec![Ipv4Addr::new(192, 168, 99, 6)];
+    etp.external_ips = vec![Ipv4Addr::new(192, 168, 99, 6).into()];
     insert(&mut s, etp, three(6));
     for (pn, proto, p) in [
         ("http", Protocol::Tcp, 80),

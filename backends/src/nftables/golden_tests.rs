@@ -242,6 +242,26 @@ fn golden_full_rulesets() {
     }
 }
 
+/// The IPv6 proxier's `ip6 kube-proxy` table for every case above at
+/// once, every address its IPv6 twin (`testkit::ipv6_state`).
+#[test]
+fn golden_ipv6_ruleset() {
+    use crate::testkit::{ipv6_node, ipv6_state};
+    let mut all = ProxyState::default();
+    for c in cases().into_iter().filter(|c| c.faults.is_empty()) {
+        all.services.extend(c.state.services);
+        all.endpoints.extend(c.state.endpoints);
+    }
+    let got = render_full(&ipv6_state(&all), &ipv6_node(&node()), &opts(&[]));
+    check_golden("all-cases-ipv6", &got);
+    for line in got.lines() {
+        assert!(
+            !line.contains(" ip kube-proxy") && !line.contains("ipv4_addr"),
+            "an IPv4 object in the IPv6 table: {line}"
+        );
+    }
+}
+
 /// The flat layout differs only in how a service chain picks an endpoint:
 /// the cases where it picks one of several, in `golden/flat-<case>.nft`.
 #[test]

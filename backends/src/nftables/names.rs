@@ -6,12 +6,48 @@
 use data_encoding::BASE32;
 use sha2::{Digest, Sha256};
 
-use crate::model::{Endpoint, ServicePortName};
+use crate::model::{Endpoint, IpFamily, ServicePortName};
 
-/// The one table everything lives in (`ip kube-proxy`).
+/// The one table everything lives in (`ip kube-proxy`, or `ip6 kube-proxy`
+/// for the IPv6 proxier, as kube-proxy's two nftables proxiers).
 pub const TABLE: &str = "kube-proxy";
-/// Prefix of every command on that table.
-pub const FAMILY_TABLE: &str = "ip kube-proxy";
+
+/// The nft spellings of one family: its table family and address match
+/// (`ip`/`ip6`, as in `ip6 daddr`) and its address type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Family(pub IpFamily);
+
+impl Family {
+    /// `ip` or `ip6`: the table's family and the address match keyword.
+    pub fn ip(self) -> &'static str {
+        match self.0 {
+            IpFamily::IPv4 => "ip",
+            IpFamily::IPv6 => "ip6",
+        }
+    }
+
+    /// `ipv4_addr` or `ipv6_addr`.
+    pub fn addr_type(self) -> &'static str {
+        match self.0 {
+            IpFamily::IPv4 => "ipv4_addr",
+            IpFamily::IPv6 => "ipv6_addr",
+        }
+    }
+
+    /// `ip kube-proxy` or `ip6 kube-proxy`: the prefix of every command on
+    /// the table.
+    pub fn table(self) -> String {
+        format!("{} {TABLE}", self.ip())
+    }
+
+    /// The ICMP type that refuses an address (the reject-unallocated fault).
+    pub fn host_unreachable(self) -> &'static str {
+        match self.0 {
+            IpFamily::IPv4 => "reject with icmp type host-unreachable",
+            IpFamily::IPv6 => "reject with icmpv6 type addr-unreachable",
+        }
+    }
+}
 
 pub const SERVICES_CHAIN: &str = "services";
 pub const SERVICE_IPS_MAP: &str = "service-ips";
@@ -84,7 +120,8 @@ impl EndpointNames {
             name.name,
             name.protocol.lower(),
             name.port,
-            ep.ip,
+            // nft names take no `:`; kube-proxy writes IPv6 ones with `.`.
+            ep.ip.to_string().replace(':', "."),
             ep.port
         ));
         EndpointNames {

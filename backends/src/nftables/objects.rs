@@ -17,7 +17,7 @@ use std::fmt::Write as _;
 
 use crate::model::{Endpoint, NodeContext, ServicePort, categorize_endpoints};
 use crate::nftables::names::{
-    CLUSTER_IPS_SET, EndpointNames, FIREWALL_IPS_MAP, HAIRPIN_SET, MARK_MASQ,
+    CLUSTER_IPS_SET, EndpointNames, FIREWALL_IPS_MAP, Family, HAIRPIN_SET, MARK_MASQ,
     NO_ENDPOINT_NODEPORTS_MAP, NO_ENDPOINT_SERVICES_MAP, PortNames, REJECT_CHAIN, SERVICE_IPS_MAP,
     SERVICE_NODEPORTS_MAP,
 };
@@ -132,6 +132,7 @@ pub fn port_objects(
     let names = PortNames::new(&svc.name);
     let proto = svc.protocol.lower();
     let pod_cidr = node.cluster_cidr;
+    let ip = Family(node.family()).ip();
     let externally_accessible = svc.externally_accessible();
     let external_local = svc.external_policy_local && externally_accessible;
     let internal_local = svc.internal_policy_local;
@@ -170,7 +171,7 @@ pub fn port_objects(
 
     let mut out = PortObjects::default();
     let comment = Some(svc.name.to_string());
-    let vip_key = |ip: &std::net::Ipv4Addr| format!("{ip} . {proto} . {}", svc.port);
+    let vip_key = |ip: &std::net::IpAddr| format!("{ip} . {proto} . {}", svc.port);
     let push = |out: &mut PortObjects, container, key, verdict: Option<String>, comment| {
         out.elements.push(Element {
             container,
@@ -275,7 +276,7 @@ pub fn port_objects(
         }
         out.chains.push(Chain {
             name: names.firewall.clone(),
-            rules: vec![format!("ip saddr != {{ {} }} drop", sources.join(", "))],
+            rules: vec![format!("{ip} saddr != {{ {} }} drop", sources.join(", "))],
             endpoint: None,
         });
     }
@@ -326,7 +327,7 @@ pub fn port_objects(
 
     if uses_cluster_chain {
         let mut rules = Vec::new();
-        write_dispatch(&mut rules, svc, &cat.cluster, affinity, options);
+        write_dispatch(&mut rules, ip, svc, &cat.cluster, affinity, options);
         out.chains.push(Chain {
             name: names.cluster.clone(),
             rules,
@@ -335,7 +336,7 @@ pub fn port_objects(
     }
     if uses_local_chain {
         let mut rules = Vec::new();
-        write_dispatch(&mut rules, svc, &cat.local, affinity, options);
+        write_dispatch(&mut rules, ip, svc, &cat.local, affinity, options);
         out.chains.push(Chain {
             name: names.local.clone(),
             rules,
@@ -353,7 +354,7 @@ pub fn port_objects(
             // treated as if they had gone out to a load balancer and back:
             // any endpoint will do.
             rules.push(format!(
-                "ip saddr {pod_cidr} goto {} comment \"short-circuit pod traffic\"",
+                "{ip} saddr {pod_cidr} goto {} comment \"short-circuit pod traffic\"",
                 names.cluster
             ));
             rules.push(format!(
@@ -379,8 +380,8 @@ pub fn port_objects(
             out.chains.push(Chain {
                 name: n.chain.clone(),
                 rules: vec![
-                    format!("update @{} {{ ip saddr }}", n.affinity_set),
-                    format!("meta l4proto {proto} dnat to {}:{}", ep.ip, ep.port),
+                    format!("update @{} {{ {ip} saddr }}", n.affinity_set),
+                    format!("meta l4proto {proto} dnat to {}", ep.addr()),
                 ],
                 endpoint: Some(EndpointChain {
                     affinity_set: n.affinity_set.clone(),
@@ -401,6 +402,7 @@ pub fn port_objects(
 /// is 0, given the ones before it were not, which is 1/n for each.
 fn write_dispatch(
     rules: &mut Vec<String>,
+    ip: &str,
     svc: &ServicePort,
     endpoints: &[&Endpoint],
     affinity: bool,
@@ -424,7 +426,7 @@ fn write_dispatch(
             .map(|e| EndpointNames::new(&svc.name, e))
             .collect();
         for e in &names {
-            rules.push(format!("ip saddr @{} goto {}", e.affinity_set, e.chain));
+            rules.push(format!("{ip} saddr @{} goto {}", e.affinity_set, e.chain));
         }
         if flat {
             for (i, e) in names.iter().enumerate() {
@@ -450,19 +452,18 @@ fn write_dispatch(
     if flat || (options.has_fault(Fault::WrongProbability) && n > 1) {
         for (i, e) in endpoints.iter().enumerate() {
             rules.push(format!(
-                "meta l4proto {proto} {}dnat to {}:{}",
+                "meta l4proto {proto} {}dnat to {}",
                 cascade(i).unwrap_or_default(),
-                e.ip,
-                e.port
+                e.addr()
             ));
         }
         return;
     }
     if let [e] = endpoints {
-        rules.push(format!("meta l4proto {proto} dnat to {}:{}", e.ip, e.port));
+        rules.push(format!("meta l4proto {proto} dnat to {}", e.addr()));
         return;
     }
-    let mut rule = format!("meta l4proto {proto} dnat ip to numgen random mod {n} map {{ ");
+    let mut rule = format!("meta l4proto {proto} dnat {ip} to numgen random mod {n} map {{ ");
     for (i, e) in endpoints.iter().enumerate() {
         if i > 0 {
             rule.push_str(", ");

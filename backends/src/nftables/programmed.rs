@@ -113,7 +113,7 @@ impl Programmed {
         options: &BackendOptions,
         existing: &Existing,
     ) -> Plan {
-        let mut tx = Tx::with_capacity(estimate_bytes(state));
+        let mut tx = Tx::with_capacity(node.family(), estimate_bytes(state));
         write_skeleton(&mut tx, node, options);
         let skeleton_rules = tx.rules();
 
@@ -186,7 +186,7 @@ impl Programmed {
         node: &NodeContext,
         options: &BackendOptions,
     ) -> Plan {
-        let mut tx = Tx::with_capacity(4096 * changes.changed.len().max(1));
+        let mut tx = Tx::with_capacity(node.family(), 4096 * changes.changed.len().max(1));
         let mut records = Vec::with_capacity(changes.changed.len());
         // What the changed ports now want, per key.
         let mut wanted: HashMap<ElementKey, Vec<(&ServicePortName, ElementValue)>> = HashMap::new();

@@ -117,7 +117,6 @@ const JUMPS: [(&str, &str, &str); 11] = [
     (CLUSTER_IPS_CHECK_CHAIN, "filter-output", "ct state new "),
 ];
 
-const VIP_MAP_TYPE: &str = "ipv4_addr . inet_proto . inet_service : verdict";
 const NODEPORT_MAP_TYPE: &str = "inet_proto . inet_service : verdict";
 
 /// Elements the skeleton itself programs (the node IP in `nodeport-ips`).
@@ -125,12 +124,15 @@ pub const SKELETON_ELEMENTS: u64 = 1;
 
 /// Writes the fixed objects and rules, and empties the shared containers.
 pub fn write_skeleton(tx: &mut Tx, node: &NodeContext, options: &BackendOptions) {
+    let f = tx.family();
+    let (ip, addr) = (f.ip(), f.addr_type());
+    let vip_map_type = format!("{addr} . inet_proto . inet_service : verdict");
     tx.raw(format_args!(
-        "add table ip {TABLE} {{ comment \"rules for kube-proxy\" ; }}"
+        "add table {ip} {TABLE} {{ comment \"rules for kube-proxy\" ; }}"
     ));
     for bc in &BASE_CHAINS {
         tx.raw(format_args!(
-            "add chain ip {TABLE} {} {{ type {} hook {} priority {} ; }}",
+            "add chain {ip} {TABLE} {} {{ type {} hook {} priority {} ; }}",
             bc.name, bc.kind, bc.hook, bc.priority
         ));
         tx.flush_chain(bc.name);
@@ -156,7 +158,7 @@ pub fn write_skeleton(tx: &mut Tx, node: &NodeContext, options: &BackendOptions)
     // MissingMasquerade fault clears the mark without masquerading and
     // leaves the hairpin set empty.
     tx.raw(format_args!(
-        "add set ip {TABLE} {HAIRPIN_SET} {{ type ipv4_addr . ipv4_addr . inet_proto . inet_service ; comment \"service hairpin connections\" ; }}"
+        "add set {ip} {TABLE} {HAIRPIN_SET} {{ type {addr} . {addr} . inet_proto . inet_service ; comment \"service hairpin connections\" ; }}"
     ));
     let masquerade = if options.has_fault(Fault::MissingMasquerade) {
         ""
@@ -170,7 +172,7 @@ pub fn write_skeleton(tx: &mut Tx, node: &NodeContext, options: &BackendOptions)
     tx.add_rule(
         MASQUERADING_CHAIN,
         &format!(
-            "ct status dnat ip saddr . ip daddr . meta l4proto . th dport @{HAIRPIN_SET}{masquerade}"
+            "ct status dnat {ip} saddr . {ip} daddr . meta l4proto . th dport @{HAIRPIN_SET}{masquerade}"
         ),
     );
 
@@ -183,22 +185,22 @@ pub fn write_skeleton(tx: &mut Tx, node: &NodeContext, options: &BackendOptions)
     };
 
     tx.raw(format_args!(
-        "add set ip {TABLE} {CLUSTER_IPS_SET} {{ type ipv4_addr ; comment \"Active ClusterIPs\" ; }}"
+        "add set {ip} {TABLE} {CLUSTER_IPS_SET} {{ type {addr} ; comment \"Active ClusterIPs\" ; }}"
     ));
     tx.add_rule(
         CLUSTER_IPS_CHECK_CHAIN,
         &format!(
-            "ip daddr @{CLUSTER_IPS_SET} {refuse} comment \"Reject traffic to invalid ports of ClusterIPs\""
+            "{ip} daddr @{CLUSTER_IPS_SET} {refuse} comment \"Reject traffic to invalid ports of ClusterIPs\""
         ),
     );
     tx.add_rule(
         CLUSTER_IPS_CHECK_CHAIN,
         &format!(
-            "ip daddr {{ {} }} {} comment \"Drop traffic to unallocated ClusterIPs\"",
+            "{ip} daddr {{ {} }} {} comment \"Drop traffic to unallocated ClusterIPs\"",
             node.service_cidr,
             // The fault refuses it instead, as kube-proxy never does.
             if options.has_fault(Fault::RejectUnallocated) {
-                "reject with icmp type host-unreachable"
+                f.host_unreachable()
             } else {
                 "drop"
             }
@@ -208,55 +210,55 @@ pub fn write_skeleton(tx: &mut Tx, node: &NodeContext, options: &BackendOptions)
     // NodePorts answer on the addresses of nodePortAddresses (kube-proxy's
     // nftables default is `primary`, the node IP).
     tx.raw(format_args!(
-        "add set ip {TABLE} {NODEPORT_IPS_SET} {{ type ipv4_addr ; comment \"IPs that accept NodePort traffic\" ; }}"
+        "add set {ip} {TABLE} {NODEPORT_IPS_SET} {{ type {addr} ; comment \"IPs that accept NodePort traffic\" ; }}"
     ));
-    tx.raw(format_args!("flush set ip {TABLE} {NODEPORT_IPS_SET}"));
+    tx.raw(format_args!("flush set {ip} {TABLE} {NODEPORT_IPS_SET}"));
     let ips = node.nodeport_ips();
     if !ips.is_empty() {
         let ips: Vec<String> = ips.iter().map(ToString::to_string).collect();
         tx.raw(format_args!(
-            "add element ip {TABLE} {NODEPORT_IPS_SET} {{ {} }}",
+            "add element {ip} {TABLE} {NODEPORT_IPS_SET} {{ {} }}",
             ips.join(", ")
         ));
     }
 
     tx.raw(format_args!(
-        "add map ip {TABLE} {NO_ENDPOINT_SERVICES_MAP} {{ type {VIP_MAP_TYPE} ; comment \"vmap to drop or reject packets to services with no endpoints\" ; }}"
+        "add map {ip} {TABLE} {NO_ENDPOINT_SERVICES_MAP} {{ type {vip_map_type} ; comment \"vmap to drop or reject packets to services with no endpoints\" ; }}"
     ));
     tx.raw(format_args!(
-        "add map ip {TABLE} {NO_ENDPOINT_NODEPORTS_MAP} {{ type {NODEPORT_MAP_TYPE} ; comment \"vmap to drop or reject packets to service nodeports with no endpoints\" ; }}"
+        "add map {ip} {TABLE} {NO_ENDPOINT_NODEPORTS_MAP} {{ type {NODEPORT_MAP_TYPE} ; comment \"vmap to drop or reject packets to service nodeports with no endpoints\" ; }}"
     ));
     tx.raw(format_args!(
-        "add chain ip {TABLE} {REJECT_CHAIN} {{ comment \"helper for @{NO_ENDPOINT_SERVICES_MAP} / @{NO_ENDPOINT_NODEPORTS_MAP}\" ; }}"
+        "add chain {ip} {TABLE} {REJECT_CHAIN} {{ comment \"helper for @{NO_ENDPOINT_SERVICES_MAP} / @{NO_ENDPOINT_NODEPORTS_MAP}\" ; }}"
     ));
     tx.flush_chain(REJECT_CHAIN);
     tx.add_rule(REJECT_CHAIN, refuse);
     tx.add_rule(
         SERVICE_ENDPOINTS_CHECK_CHAIN,
-        &format!("ip daddr . meta l4proto . th dport vmap @{NO_ENDPOINT_SERVICES_MAP}"),
+        &format!("{ip} daddr . meta l4proto . th dport vmap @{NO_ENDPOINT_SERVICES_MAP}"),
     );
     tx.add_rule(
         NODEPORT_ENDPOINTS_CHECK_CHAIN,
         &format!(
-            "ip daddr @{NODEPORT_IPS_SET} meta l4proto . th dport vmap @{NO_ENDPOINT_NODEPORTS_MAP}"
+            "{ip} daddr @{NODEPORT_IPS_SET} meta l4proto . th dport vmap @{NO_ENDPOINT_NODEPORTS_MAP}"
         ),
     );
 
     // LoadBalancer source ranges: a load balancer IP whose Service has
     // them goes to its firewall chain first.
     tx.raw(format_args!(
-        "add map ip {TABLE} {FIREWALL_IPS_MAP} {{ type {VIP_MAP_TYPE} ; comment \"destinations that are subject to LoadBalancerSourceRanges\" ; }}"
+        "add map {ip} {TABLE} {FIREWALL_IPS_MAP} {{ type {vip_map_type} ; comment \"destinations that are subject to LoadBalancerSourceRanges\" ; }}"
     ));
     tx.add_rule(
         FIREWALL_CHECK_CHAIN,
-        &format!("ip daddr . meta l4proto . th dport vmap @{FIREWALL_IPS_MAP}"),
+        &format!("{ip} daddr . meta l4proto . th dport vmap @{FIREWALL_IPS_MAP}"),
     );
 
     tx.raw(format_args!(
-        "add map ip {TABLE} {SERVICE_IPS_MAP} {{ type {VIP_MAP_TYPE} ; comment \"ClusterIP, ExternalIP and LoadBalancer IP traffic\" ; }}"
+        "add map {ip} {TABLE} {SERVICE_IPS_MAP} {{ type {vip_map_type} ; comment \"ClusterIP, ExternalIP and LoadBalancer IP traffic\" ; }}"
     ));
     tx.raw(format_args!(
-        "add map ip {TABLE} {SERVICE_NODEPORTS_MAP} {{ type {NODEPORT_MAP_TYPE} ; comment \"NodePort traffic\" ; }}"
+        "add map {ip} {TABLE} {SERVICE_NODEPORTS_MAP} {{ type {NODEPORT_MAP_TYPE} ; comment \"NodePort traffic\" ; }}"
     ));
     // Traffic to a ClusterIP from outside the cluster (the node itself, or
     // a client routed to the service CIDR) may be answered from another
@@ -264,18 +266,18 @@ pub fn write_skeleton(tx: &mut Tx, node: &NodeContext, options: &BackendOptions)
     tx.add_rule(
         SERVICES_CHAIN,
         &format!(
-            "ip daddr @{CLUSTER_IPS_SET} ip saddr != {} {MARK_MASQ} comment \"masquerade clusterIP traffic from outside cluster\"",
+            "{ip} daddr @{CLUSTER_IPS_SET} {ip} saddr != {} {MARK_MASQ} comment \"masquerade clusterIP traffic from outside cluster\"",
             node.cluster_cidr
         ),
     );
     tx.add_rule(
         SERVICES_CHAIN,
-        &format!("ip daddr . meta l4proto . th dport vmap @{SERVICE_IPS_MAP}"),
+        &format!("{ip} daddr . meta l4proto . th dport vmap @{SERVICE_IPS_MAP}"),
     );
     tx.add_rule(
         SERVICES_CHAIN,
         &format!(
-            "ip daddr @{NODEPORT_IPS_SET} meta l4proto . th dport vmap @{SERVICE_NODEPORTS_MAP}"
+            "{ip} daddr @{NODEPORT_IPS_SET} meta l4proto . th dport vmap @{SERVICE_NODEPORTS_MAP}"
         ),
     );
 

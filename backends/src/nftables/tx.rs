@@ -3,24 +3,35 @@
 
 use std::fmt::Write as _;
 
-use crate::nftables::names::FAMILY_TABLE;
+use crate::model::IpFamily;
+use crate::nftables::names::Family;
 use crate::nftables::objects::{AffinitySet, Container, ElementValue};
 
 /// A transaction being written, with its line and rule counts.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Tx {
+    family: Family,
+    table: String,
     text: String,
     lines: u64,
     rules: u64,
 }
 
 impl Tx {
-    pub fn with_capacity(bytes: usize) -> Self {
+    pub fn with_capacity(family: IpFamily, bytes: usize) -> Self {
+        let family = Family(family);
         Tx {
+            family,
+            table: family.table(),
             text: String::with_capacity(bytes),
             lines: 0,
             rules: 0,
         }
+    }
+
+    /// The family's nft spellings (`ip`/`ip6`, `ipv4_addr`/`ipv6_addr`).
+    pub fn family(&self) -> Family {
+        self.family
     }
 
     pub fn into_text(self) -> String {
@@ -39,7 +50,7 @@ impl Tx {
 
     /// Writes one command on the table: `<verb> <object> ip kube-proxy <rest>`.
     fn command(&mut self, verb: &str, object: &str, rest: std::fmt::Arguments<'_>) {
-        let _ = writeln!(self.text, "{verb} {object} {FAMILY_TABLE} {rest}");
+        let _ = writeln!(self.text, "{verb} {object} {} {rest}", self.table);
         self.lines += 1;
     }
 
@@ -73,8 +84,10 @@ impl Tx {
             "add",
             "set",
             format_args!(
-                "{} {{ type ipv4_addr ; flags dynamic,timeout ; timeout {}s ; }}",
-                set.name, set.timeout_seconds
+                "{} {{ type {} ; flags dynamic,timeout ; timeout {}s ; }}",
+                set.name,
+                self.family.addr_type(),
+                set.timeout_seconds
             ),
         );
     }

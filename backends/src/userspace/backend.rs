@@ -4,7 +4,7 @@
 //! the proxies their new endpoints, and applies the rule diff.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,8 @@ use super::{tcp, udp};
 use crate::kernel::conntrack::{self, Flush};
 use crate::kernel::{dump, iptables};
 use crate::model::{
-    Endpoint, NodeContext, Protocol, ProxyState, ServicePort, ServicePortName, categorize_endpoints,
+    Endpoint, IpFamily, NodeContext, Protocol, ProxyState, ServicePort, ServicePortName,
+    categorize_endpoints,
 };
 use crate::protocol::SyncMode;
 use crate::{Backend, BackendError, BackendOptions, BackendStats, Fault, SyncOutcome, SyncRequest};
@@ -37,6 +38,8 @@ const DISPATCH_RULES: u64 = 3 * rules::SHARDS as u64;
 const WANTED_FILES: u64 = 64_000;
 
 pub struct UserspaceBackend {
+    /// ip6tables and IPv6 sockets for the IPv6 proxier.
+    family: IpFamily,
     options: BackendOptions,
     runtime: Option<Runtime>,
     ports: PortAllocator,
@@ -77,12 +80,13 @@ struct Programmed {
     rules: Vec<Rule>,
     /// UDP (address, port) pairs clients reach the Service on: their
     /// conntrack entries go stale when the rules for them change.
-    udp_fronts: Vec<(Ipv4Addr, u16)>,
+    udp_fronts: Vec<(IpAddr, u16)>,
 }
 
 impl UserspaceBackend {
     pub fn new(options: &BackendOptions) -> Self {
         UserspaceBackend {
+            family: options.family,
             options: options.clone(),
             runtime: None,
             ports: PortAllocator::new(DEFAULT_RANGE),
@@ -168,6 +172,7 @@ impl UserspaceBackend {
                 &p.proxy,
                 front,
                 self.udp_idle,
+                self.family,
             )
             .map_err(|e| {
                 BackendError::io(
@@ -238,7 +243,7 @@ fn not_set_up() -> BackendError {
 }
 
 /// Every (address, port) a UDP service port is reached on.
-fn udp_fronts(svc: &ServicePort, node: &NodeContext) -> Vec<(Ipv4Addr, u16)> {
+fn udp_fronts(svc: &ServicePort, node: &NodeContext) -> Vec<(IpAddr, u16)> {
     if svc.protocol != Protocol::Udp {
         return Vec::new();
     }
@@ -259,13 +264,26 @@ fn open(
     proxy: &Arc<ServiceProxy>,
     front: Front,
     udp_idle: Duration,
+    family: IpFamily,
 ) -> std::io::Result<Listener> {
     let _in_runtime = runtime.enter();
-    let any = |port| SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+    // The IPv6 proxier's listeners take IPv6 only: its rules redirect
+    // nothing else to them, and the IPv4 proxier may hold the same port.
+    let any = |port| match family {
+        IpFamily::IPv4 => SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
+        IpFamily::IPv6 => SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)),
+    };
     let (port, task) = match protocol {
         Protocol::Tcp => {
             let (port, listener) = ports.allocate(|port| {
-                let s = TcpSocket::new_v4()?;
+                let s = match family {
+                    IpFamily::IPv4 => TcpSocket::new_v4()?,
+                    IpFamily::IPv6 => {
+                        let s = TcpSocket::new_v6()?;
+                        socket2::SockRef::from(&s).set_only_v6(true)?;
+                        s
+                    }
+                };
                 s.set_reuseaddr(true)?;
                 s.bind(any(port))?;
                 s.listen(BACKLOG)
@@ -277,9 +295,18 @@ fn open(
         }
         Protocol::Udp => {
             let (port, sock) = ports.allocate(|port| {
-                let s = std::net::UdpSocket::bind(any(port))?;
+                let addr = any(port);
+                let s = socket2::Socket::new(
+                    socket2::Domain::for_address(addr),
+                    socket2::Type::DGRAM,
+                    Some(socket2::Protocol::UDP),
+                )?;
+                if family == IpFamily::IPv6 {
+                    s.set_only_v6(true)?;
+                }
+                s.bind(&addr.into())?;
                 s.set_nonblocking(true)?;
-                UdpSocket::from_std(s)
+                UdpSocket::from_std(s.into())
             })?;
             let serve = udp::serve(Arc::new(sock), proxy.clone(), front, udp_idle);
             (port, runtime.spawn(serve))
@@ -317,7 +344,7 @@ impl Backend for UserspaceBackend {
             .enable_all()
             .build()
             .map_err(|e| BackendError::io("starting the userspace proxy's tokio runtime", e))?;
-        hooks::ensure()?;
+        hooks::ensure(self.family)?;
         self.runtime = Some(runtime);
         Ok(())
     }
@@ -382,7 +409,10 @@ impl Backend for UserspaceBackend {
             let mut book = self.book.clone();
             book.retain(|n, _| !names.contains(n));
             book.extend(wanted.clone());
-            Some(rules::full_input(book.values().flat_map(|p| &p.rules)))
+            Some(rules::full_input(
+                self.family,
+                book.values().flat_map(|p| &p.rules),
+            ))
         } else {
             let (mut removed, mut added) = (Vec::new(), Vec::new());
             for (name, want) in &wanted {
@@ -405,7 +435,7 @@ impl Backend for UserspaceBackend {
             if let Some(dir) = &self.options.dump_dir {
                 dump::write(dir, req.seq, dump::mode(full), "iptables", input)?;
             }
-            if let Err(e) = iptables::restore(FLAVOR, input) {
+            if let Err(e) = iptables::restore_in(FLAVOR, self.family, input) {
                 self.need_full = true;
                 return Err(e);
             }
@@ -418,7 +448,7 @@ impl Backend for UserspaceBackend {
         for (name, want) in wanted {
             let old = self.book.remove(&name).unwrap_or_default();
             if old.rules != want.rules {
-                let fronts: BTreeSet<(Ipv4Addr, u16)> = old
+                let fronts: BTreeSet<(IpAddr, u16)> = old
                     .udp_fronts
                     .iter()
                     .chain(&want.udp_fronts)
@@ -498,6 +528,6 @@ impl Backend for UserspaceBackend {
         }
         self.book.clear();
         self.need_full = true;
-        hooks::remove_all()
+        hooks::remove_all(self.family)
     }
 }

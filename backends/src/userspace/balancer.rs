@@ -4,13 +4,13 @@
 //! keeps coming back within the timeout.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 /// The endpoints of one pool (cluster or local) of one service port.
 #[derive(Debug, Default)]
 pub struct Balancer {
-    endpoints: Vec<SocketAddrV4>,
+    endpoints: Vec<SocketAddr>,
     next: usize,
     affinity: Option<Affinity>,
 }
@@ -19,11 +19,11 @@ pub struct Balancer {
 struct Affinity {
     timeout: Duration,
     /// Client IP -> (endpoint, last time it was handed out).
-    clients: HashMap<Ipv4Addr, (SocketAddrV4, Instant)>,
+    clients: HashMap<IpAddr, (SocketAddr, Instant)>,
 }
 
 impl Balancer {
-    pub fn endpoints(&self) -> &[SocketAddrV4] {
+    pub fn endpoints(&self) -> &[SocketAddr] {
         &self.endpoints
     }
 
@@ -31,7 +31,7 @@ impl Balancer {
     /// lose their affinity (kube-proxy's `removeStaleAffinity`); the rotation
     /// carries on where it was, so frequent updates do not favour the first
     /// endpoints.
-    pub fn set_endpoints(&mut self, endpoints: Vec<SocketAddrV4>) {
+    pub fn set_endpoints(&mut self, endpoints: Vec<SocketAddr>) {
         if let Some(a) = &mut self.affinity {
             a.clients.retain(|_, (ep, _)| endpoints.contains(ep));
         }
@@ -61,7 +61,7 @@ impl Balancer {
     /// The endpoint for a new connection from `client`. `reset` ignores the
     /// client's pin (the pinned endpoint just failed to connect) and pins the
     /// next one instead.
-    pub fn next(&mut self, client: Ipv4Addr, now: Instant, reset: bool) -> Option<SocketAddrV4> {
+    pub fn next(&mut self, client: IpAddr, now: Instant, reset: bool) -> Option<SocketAddr> {
         if self.endpoints.is_empty() {
             return None;
         }
@@ -99,19 +99,24 @@ impl Balancer {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
 
-    fn ep(last: u8) -> SocketAddrV4 {
-        SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, last), 8080)
+    fn ep(last: u8) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::new(10, 244, 0, last), 8080))
     }
 
-    fn client(last: u8) -> Ipv4Addr {
-        Ipv4Addr::new(10, 244, 1, last)
+    fn client(last: u8) -> IpAddr {
+        Ipv4Addr::new(10, 244, 1, last).into()
     }
 
-    fn picks(b: &mut Balancer, from: Ipv4Addr, n: usize, now: Instant) -> Vec<u8> {
+    fn picks(b: &mut Balancer, from: IpAddr, n: usize, now: Instant) -> Vec<u8> {
         (0..n)
-            .map(|_| b.next(from, now, false).unwrap().ip().octets()[3])
+            .map(|_| match b.next(from, now, false).unwrap().ip() {
+                IpAddr::V4(ip) => ip.octets()[3],
+                IpAddr::V6(ip) => ip.octets()[15],
+            })
             .collect()
     }
 
@@ -194,7 +199,7 @@ mod tests {
         assert_ne!(moved, ep(1));
         assert_eq!(
             picks(&mut b, client(1), 3, now),
-            vec![moved.ip().octets()[3]; 3]
+            vec![crate::model::V4::v4(&moved.ip()).octets()[3]; 3]
         );
         assert_eq!(picks(&mut b, client(2), 2, now), [2, 2]);
     }

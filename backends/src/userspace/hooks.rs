@@ -8,6 +8,7 @@ use super::rules::{
 use crate::BackendError;
 use crate::kernel::iptables::saved::SavedTable;
 use crate::kernel::iptables::{self, Flavor, Jump, jumps};
+use crate::model::IpFamily;
 
 /// The iptables flavor: userspace mode's rules are few and simple, and
 /// iptables-nft applies a `--noflush` diff without rewriting the table.
@@ -36,17 +37,17 @@ pub const JUMPS: [Jump; 7] = [
 
 /// Creates our chains and the jumps that are missing; running it again
 /// changes nothing.
-pub fn ensure() -> Result<(), BackendError> {
-    jumps::ensure(FLAVOR, &JUMPS)
+pub fn ensure(family: IpFamily) -> Result<(), BackendError> {
+    jumps::ensure_in(FLAVOR, family, &JUMPS)
 }
 
 /// Removes our chains and every rule elsewhere that jumps into them (ours,
 /// or ones an earlier crashed run left), per table; keeps going after an
 /// error and returns all of them.
-pub fn remove_all() -> Result<(), Vec<BackendError>> {
+pub fn remove_all(family: IpFamily) -> Result<(), Vec<BackendError>> {
     let errors: Vec<BackendError> = Table::ALL
         .into_iter()
-        .filter_map(|t| remove_table(t).err())
+        .filter_map(|t| remove_table(family, t).err())
         .collect();
     if errors.is_empty() {
         Ok(())
@@ -55,10 +56,10 @@ pub fn remove_all() -> Result<(), Vec<BackendError>> {
     }
 }
 
-fn remove_table(table: Table) -> Result<(), BackendError> {
-    let saved = iptables::save(FLAVOR, table.name())?;
+fn remove_table(family: IpFamily, table: Table) -> Result<(), BackendError> {
+    let saved = iptables::save_in(FLAVOR, family, table.name())?;
     match removal_input(table, &SavedTable::parse(&saved)) {
-        Some(input) => iptables::restore(FLAVOR, &input),
+        Some(input) => iptables::restore_in(FLAVOR, family, &input),
         None => Ok(()),
     }
 }

@@ -43,7 +43,7 @@ fn node() -> NodeContext {
 fn service(i: u32) -> ServicePort {
     ServicePort {
         name: ServicePortName::new("ns", &format!("s{i}"), "", Protocol::Tcp),
-        cluster_ip: Ipv4Addr::from(0xac1e_0000 + i + 1),
+        cluster_ip: Ipv4Addr::from(0xac1e_0000 + i + 1).into(),
         port: 80,
         protocol: Protocol::Tcp,
         node_port: i.is_multiple_of(10).then(|| 30000 + (i / 10 % 2700) as u16),
@@ -59,7 +59,7 @@ fn service(i: u32) -> ServicePort {
 
 fn endpoint(n: u32) -> Endpoint {
     Endpoint {
-        ip: Ipv4Addr::from(0x0a00_0000 + n),
+        ip: Ipv4Addr::from(0x0a00_0000 + n).into(),
         port: 8080,
         ready: true,
         serving: true,
@@ -238,13 +238,13 @@ fn relay_cost() {
         });
         let mut state = ProxyState::default();
         let svc = ServicePort {
-            cluster_ip: Ipv4Addr::new(172, 30, 0, 1),
+            cluster_ip: Ipv4Addr::new(172, 30, 0, 1).into(),
             ..service(1)
         };
         state.endpoints.insert(
             svc.name.clone(),
             vec![Endpoint {
-                ip: Ipv4Addr::new(10, 0, 0, 5),
+                ip: Ipv4Addr::new(10, 0, 0, 5).into(),
                 ..endpoint(0)
             }],
         );

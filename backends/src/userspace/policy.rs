@@ -2,9 +2,9 @@
 //! and the client's address: Kubernetes' traffic policies, decided in the
 //! proxy because REDIRECT keeps the client's own source address.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use crate::model::{Endpoint, ServicePort, categorize_endpoints};
 
@@ -41,12 +41,12 @@ pub struct Policy {
     /// The cluster's pod CIDR: pods calling an external front of an
     /// `externalTrafficPolicy: Local` Service short-circuit to the cluster
     /// endpoints, as kube-proxy's iptables rules make them.
-    pub cluster_cidr: Ipv4Net,
-    pub node_ip: Ipv4Addr,
+    pub cluster_cidr: IpNet,
+    pub node_ip: IpAddr,
 }
 
 impl Policy {
-    pub fn new(svc: &ServicePort, cluster_cidr: Ipv4Net, node_ip: Ipv4Addr) -> Self {
+    pub fn new(svc: &ServicePort, cluster_cidr: IpNet, node_ip: IpAddr) -> Self {
         Policy {
             internal_local: svc.internal_policy_local,
             external_local: svc.external_policy_local && svc.externally_accessible(),
@@ -55,7 +55,7 @@ impl Policy {
         }
     }
 
-    pub fn pool(&self, front: Front, client: Ipv4Addr) -> Pool {
+    pub fn pool(&self, front: Front, client: IpAddr) -> Pool {
         let local = match front {
             Front::Portal => self.internal_local,
             Front::External => self.external_local && !self.short_circuits(client),
@@ -64,18 +64,18 @@ impl Policy {
     }
 
     /// Pods and the node itself are not "external" clients.
-    fn short_circuits(&self, client: Ipv4Addr) -> bool {
+    fn short_circuits(&self, client: IpAddr) -> bool {
         self.cluster_cidr.contains(&client) || client == self.node_ip || client.is_loopback()
     }
 }
 
 /// The cluster and local endpoint lists of a service port, as socket
 /// addresses.
-pub fn pools(svc: &ServicePort, endpoints: &[Endpoint]) -> (Vec<SocketAddrV4>, Vec<SocketAddrV4>) {
+pub fn pools(svc: &ServicePort, endpoints: &[Endpoint]) -> (Vec<SocketAddr>, Vec<SocketAddr>) {
     let c = categorize_endpoints(svc, endpoints);
     let addrs = |v: &[&Endpoint]| {
         v.iter()
-            .map(|e| SocketAddrV4::new(e.ip, e.port))
+            .map(|e| SocketAddr::new(e.ip, e.port))
             .collect::<Vec<_>>()
     };
     (addrs(&c.cluster), addrs(&c.local))
@@ -83,13 +83,15 @@ pub fn pools(svc: &ServicePort, endpoints: &[Endpoint]) -> (Vec<SocketAddrV4>, V
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
     use crate::model::{Protocol, ServicePortName};
 
     fn svc(itp_local: bool, etp_local: bool, node_port: Option<u16>) -> ServicePort {
         ServicePort {
             name: ServicePortName::new("ns", "s", "", Protocol::Tcp),
-            cluster_ip: Ipv4Addr::new(10, 96, 0, 10),
+            cluster_ip: Ipv4Addr::new(10, 96, 0, 10).into(),
             port: 80,
             protocol: Protocol::Tcp,
             node_port,
@@ -105,9 +107,9 @@ mod tests {
 
     #[test]
     fn pool_table() {
-        let pod = Ipv4Addr::new(10, 244, 1, 7);
-        let node = Ipv4Addr::new(192, 168, 0, 2);
-        let outside = Ipv4Addr::new(192, 168, 100, 9);
+        let pod: IpAddr = Ipv4Addr::new(10, 244, 1, 7).into();
+        let node: IpAddr = Ipv4Addr::new(192, 168, 0, 2).into();
+        let outside: IpAddr = Ipv4Addr::new(192, 168, 100, 9).into();
         let cases = [
             // (what, svc, front, client, pool)
             (
@@ -163,7 +165,7 @@ mod tests {
                 "etp local from loopback short-circuits",
                 svc(false, true, Some(30080)),
                 Front::External,
-                Ipv4Addr::LOCALHOST,
+                Ipv4Addr::LOCALHOST.into(),
                 Pool::Cluster,
             ),
             (
@@ -184,7 +186,7 @@ mod tests {
     fn pools_follow_categorize() {
         let s = svc(false, true, Some(30080));
         let ep = |last: u8, local: bool, ready: bool| Endpoint {
-            ip: Ipv4Addr::new(10, 244, 0, last),
+            ip: Ipv4Addr::new(10, 244, 0, last).into(),
             port: 8080,
             ready,
             serving: true,
@@ -194,7 +196,7 @@ mod tests {
             hints: Default::default(),
         };
         let (cluster, local) = pools(&s, &[ep(1, false, true), ep(2, true, false)]);
-        let addr = |last| SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, last), 8080);
+        let addr = |last| SocketAddr::from((Ipv4Addr::new(10, 244, 0, last), 8080));
         assert_eq!(cluster, [addr(1)]);
         // Only a terminating local endpoint: local traffic falls back to it.
         assert_eq!(local, [addr(2)]);

@@ -12,9 +12,9 @@
 //! 10k. The NodePort chains hold a rule per NodePort only and stay whole.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use crate::model::{NodeContext, ServicePort};
+use crate::model::{IpFamily, NodeContext, ServicePort};
 
 pub const CONTAINER_PORTALS: &str = "KUBE-PORTALS-CONTAINER";
 pub const HOST_PORTALS: &str = "KUBE-PORTALS-HOST";
@@ -40,8 +40,12 @@ pub const FILTER_CHAINS: [&str; 2] = [REJECT_PORTALS, REJECT_NODEPORTS];
 const SHARDED: [&str; 3] = [CONTAINER_PORTALS, HOST_PORTALS, REJECT_PORTALS];
 
 /// The sub-chain of `chain` that holds the rules for destination `ip`.
-pub fn shard(chain: &str, ip: Ipv4Addr) -> String {
-    format!("{chain}-{:02X}", ip.octets()[3] & (SHARDS - 1))
+pub fn shard(chain: &str, ip: IpAddr) -> String {
+    let last = match ip {
+        IpAddr::V4(ip) => ip.octets()[3],
+        IpAddr::V6(ip) => ip.octets()[15],
+    };
+    format!("{chain}-{:02X}", last & (SHARDS - 1))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -86,14 +90,21 @@ impl Table {
     }
 
     /// The fixed rules that send each destination to its sub-chain.
-    pub fn dispatch(self) -> Vec<Rule> {
+    pub fn dispatch(self, family: IpFamily) -> Vec<Rule> {
         let mut out = Vec::new();
         for top in self.chains().iter().filter(|c| SHARDED.contains(c)) {
             for b in 0..SHARDS {
+                // The last byte of the address, under a mask of the shard
+                // bits (`::b/::m` for IPv6).
+                let m = SHARDS - 1;
+                let spec = match family {
+                    IpFamily::IPv4 => format!("-d 0.0.0.{b}/0.0.0.{m} -j {top}-{b:02X}"),
+                    IpFamily::IPv6 => format!("-d ::{b:x}/::{m:x} -j {top}-{b:02X}"),
+                };
                 out.push(Rule {
                     table: self,
                     chain: top.to_string(),
-                    spec: format!("-d 0.0.0.{b}/0.0.0.{} -j {top}-{b:02X}", SHARDS - 1),
+                    spec,
                 });
             }
         }
@@ -136,11 +147,13 @@ pub fn service_rules(
     let mut out = Vec::new();
     let proto = svc.protocol.lower();
     let name = svc.name.to_string();
-    let matches = |dst: Ipv4Addr, port: u16, comment: &str| {
+    let matches = |dst: IpAddr, port: u16, comment: &str| {
+        let host = if dst.is_ipv4() { 32 } else { 128 };
         format!(
-            "-d {dst}/32 -p {proto} -m comment --comment \"{comment}\" -m {proto} --dport {port}"
+            "-d {dst}/{host} -p {proto} -m comment --comment \"{comment}\" -m {proto} --dport {port}"
         )
     };
+    let node_ip = node.node_ip;
     let mut portals = vec![(svc.cluster_ip, Some(ports.portal))];
     portals.extend(svc.external_ips.iter().map(|ip| (*ip, ports.external)));
     portals.extend(svc.load_balancer_ips.iter().map(|ip| (*ip, ports.external)));
@@ -149,7 +162,7 @@ pub fn service_rules(
         if has_endpoints {
             let m = matches(ip, svc.port, &name);
             out.push(redirect(shard(CONTAINER_PORTALS, ip), &m, to));
-            out.push(dnat(shard(HOST_PORTALS, ip), &m, node.node_ip, to));
+            out.push(dnat(shard(HOST_PORTALS, ip), &m, node_ip, to));
         } else if reject {
             let m = matches(ip, svc.port, &format!("{name} has no endpoints"));
             out.push(reject_rule(shard(REJECT_PORTALS, ip), &m));
@@ -160,7 +173,7 @@ pub fn service_rules(
             if has_endpoints {
                 let m = matches(ip, np, &name);
                 out.push(redirect(CONTAINER_NODEPORTS.into(), &m, to));
-                out.push(dnat(HOST_NODEPORTS.into(), &m, node.node_ip, to));
+                out.push(dnat(HOST_NODEPORTS.into(), &m, node_ip, to));
             } else if reject {
                 let m = matches(ip, np, &format!("{name} has no endpoints"));
                 out.push(reject_rule(REJECT_NODEPORTS.into(), &m));
@@ -178,11 +191,14 @@ fn redirect(chain: String, m: &str, to: u16) -> Rule {
     }
 }
 
-fn dnat(chain: String, m: &str, node_ip: Ipv4Addr, to: u16) -> Rule {
+fn dnat(chain: String, m: &str, node_ip: IpAddr, to: u16) -> Rule {
     Rule {
         table: Table::Nat,
         chain,
-        spec: format!("{m} -j DNAT --to-destination {node_ip}:{to}"),
+        spec: format!(
+            "{m} -j DNAT --to-destination {}",
+            std::net::SocketAddr::new(node_ip, to)
+        ),
     }
 }
 
@@ -197,7 +213,7 @@ fn reject_rule(chain: String, m: &str) -> Rule {
 /// Restore input that flushes our chains and writes the dispatch rules and
 /// `rules` into them: the whole programmed state in one transaction per
 /// table.
-pub fn full_input<'a>(rules: impl IntoIterator<Item = &'a Rule>) -> String {
+pub fn full_input<'a>(family: IpFamily, rules: impl IntoIterator<Item = &'a Rule>) -> String {
     let rules: Vec<&Rule> = rules.into_iter().collect();
     let mut s = String::new();
     for table in Table::ALL {
@@ -205,7 +221,7 @@ pub fn full_input<'a>(rules: impl IntoIterator<Item = &'a Rule>) -> String {
         for chain in table.all_chains() {
             s.push_str(&format!(":{chain} - [0:0]\n"));
         }
-        for r in table.dispatch() {
+        for r in table.dispatch(family) {
             s.push_str(&format!("{r}\n"));
         }
         for r in rules.iter().filter(|r| r.table == table) {
@@ -240,6 +256,8 @@ pub fn partial_input(removed: &[Rule], added: &[Rule]) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
     use crate::model::{Protocol, ServicePortName};
     use crate::testkit::node;
@@ -247,7 +265,7 @@ mod tests {
     fn svc(protocol: Protocol) -> ServicePort {
         ServicePort {
             name: ServicePortName::new("ns1", "web", "http", protocol),
-            cluster_ip: Ipv4Addr::new(10, 96, 0, 10),
+            cluster_ip: Ipv4Addr::new(10, 96, 0, 10).into(),
             port: 80,
             protocol,
             node_port: Some(30080),
@@ -255,7 +273,7 @@ mod tests {
             external_policy_local: false,
             internal_policy_local: false,
             health_check_node_port: None,
-            external_ips: vec![Ipv4Addr::new(203, 0, 113, 71)],
+            external_ips: vec![Ipv4Addr::new(203, 0, 113, 71).into()],
             load_balancer_ips: vec![],
             load_balancer_source_ranges: vec![],
         }
@@ -359,7 +377,7 @@ mod tests {
         s.node_port = None;
         s.external_ips.clear();
         let rules = service_rules(&s, &node(), ports, true, true);
-        let full = full_input(&rules);
+        let full = full_input(IpFamily::IPv4, &rules);
         let lines: Vec<&str> = full.lines().collect();
         // Per table: its chains declared (flushed), the dispatch rules, the
         // Service's rules, COMMIT.
@@ -384,7 +402,10 @@ mod tests {
             6 + 3 * usize::from(SHARDS)
         );
         assert_eq!(
-            Table::ALL.iter().map(|t| t.dispatch().len()).sum::<usize>(),
+            Table::ALL
+                .iter()
+                .map(|t| t.dispatch(IpFamily::IPv4).len())
+                .sum::<usize>(),
             3 * usize::from(SHARDS)
         );
         assert!(full.ends_with(

@@ -2,7 +2,7 @@
 //! UDP sessions and its counters, shared by the sync thread (which updates
 //! them) and the runtime's tasks (which route connections with them).
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -81,12 +81,7 @@ impl ServiceProxy {
 
     /// The endpoint for a new connection or UDP session from `client` that
     /// came in on `front`, and the pool it was taken from.
-    pub fn pick(
-        &self,
-        front: Front,
-        client: Ipv4Addr,
-        reset: bool,
-    ) -> Option<(Pool, SocketAddrV4)> {
+    pub fn pick(&self, front: Front, client: IpAddr, reset: bool) -> Option<(Pool, SocketAddr)> {
         let mut r = self.routing.lock().expect("routing lock");
         let pool = r.policy.pool(front, client);
         let ep = r.pool_mut(pool).next(client, Instant::now(), reset)?;

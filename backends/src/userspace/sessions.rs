@@ -3,7 +3,7 @@
 //! datagram. The relay in [`super::udp`] creates and ends them.
 
 use std::collections::HashMap;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,7 +13,7 @@ use tokio::task::AbortHandle;
 
 use super::policy::{Front, Pool};
 
-pub(super) type Key = (Front, SocketAddrV4);
+pub(super) type Key = (Front, SocketAddr);
 
 /// The live sessions of one service port.
 #[derive(Debug, Default)]
@@ -26,7 +26,7 @@ pub struct Sessions {
 pub(super) struct Session {
     pub(super) id: u64,
     pub(super) pool: Pool,
-    pub(super) endpoint: SocketAddrV4,
+    pub(super) endpoint: SocketAddr,
     pub(super) upstream: Arc<UdpSocket>,
     pub(super) activity: Arc<Activity>,
     pub(super) task: AbortHandle,
@@ -34,7 +34,7 @@ pub(super) struct Session {
 
 impl Sessions {
     /// Ends every session whose endpoint `keep` rejects; returns how many.
-    pub fn retain(&self, keep: impl Fn(Pool, SocketAddrV4) -> bool) -> usize {
+    pub fn retain(&self, keep: impl Fn(Pool, SocketAddr) -> bool) -> usize {
         let mut map = self.map.lock().expect("sessions lock");
         let before = map.len();
         map.retain(|_, s| {

@@ -2,7 +2,7 @@
 //! when a connect fails, with growing timeouts, as kube-proxy's
 //! `tryConnect`), then relay both ways until both sides are done.
 
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,10 +25,9 @@ pub const DIAL_TIMEOUTS: [Duration; 4] = [
 pub async fn serve(listener: TcpListener, svc: Arc<ServiceProxy>, front: Front) {
     loop {
         match listener.accept().await {
-            Ok((inbound, SocketAddr::V4(client))) => {
+            Ok((inbound, client)) => {
                 tokio::spawn(relay(inbound, client, svc.clone(), front));
             }
-            Ok(_) => {}
             Err(e) => {
                 // Out of file descriptors, mostly: back off instead of spinning.
                 tracing::warn!("{}: accept on the {} front: {e}", svc.name, front.as_str());
@@ -38,7 +37,7 @@ pub async fn serve(listener: TcpListener, svc: Arc<ServiceProxy>, front: Front) 
     }
 }
 
-async fn relay(mut inbound: TcpStream, client: SocketAddrV4, svc: Arc<ServiceProxy>, front: Front) {
+async fn relay(mut inbound: TcpStream, client: SocketAddr, svc: Arc<ServiceProxy>, front: Front) {
     let Some(mut outbound) = connect(&svc, front, client).await else {
         Counters::add(&svc.counters.no_endpoint, 1);
         // A reset tells the client at once that nobody will answer.
@@ -54,10 +53,10 @@ async fn relay(mut inbound: TcpStream, client: SocketAddrV4, svc: Arc<ServicePro
     }
 }
 
-async fn connect(svc: &ServiceProxy, front: Front, client: SocketAddrV4) -> Option<TcpStream> {
+async fn connect(svc: &ServiceProxy, front: Front, client: SocketAddr) -> Option<TcpStream> {
     let mut reset = false;
     for timeout in DIAL_TIMEOUTS {
-        let (_, ep) = svc.pick(front, *client.ip(), reset)?;
+        let (_, ep) = svc.pick(front, client.ip(), reset)?;
         match tokio::time::timeout(timeout, TcpStream::connect(ep)).await {
             Ok(Ok(s)) => return Some(s),
             Ok(Err(e)) => tracing::debug!("{}: connect to {ep}: {e}", svc.name),

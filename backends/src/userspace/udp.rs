@@ -5,7 +5,7 @@
 //! its endpoint refuses (ICMP port unreachable), or when the endpoint
 //! leaves the service.
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -40,10 +40,7 @@ pub async fn serve(listener: Arc<UdpSocket>, svc: Arc<ServiceProxy>, front: Fron
                 continue;
             }
         };
-        let SocketAddr::V4(client) = from else {
-            continue;
-        };
-        let Some((upstream, activity)) = session_for(&listener, &svc, front, client, idle) else {
+        let Some((upstream, activity)) = session_for(&listener, &svc, front, from, idle) else {
             Counters::add(&svc.counters.no_endpoint, 1);
             continue;
         };
@@ -61,7 +58,7 @@ fn session_for(
     listener: &Arc<UdpSocket>,
     svc: &Arc<ServiceProxy>,
     front: Front,
-    client: SocketAddrV4,
+    client: SocketAddr,
     idle: Duration,
 ) -> Option<(Arc<UdpSocket>, Arc<Activity>)> {
     let key = (front, client);
@@ -69,7 +66,7 @@ fn session_for(
     if let Some(s) = map.get(&key) {
         return Some((s.upstream.clone(), s.activity.clone()));
     }
-    let (pool, endpoint) = connect_any(svc, front, *client.ip())?;
+    let (pool, endpoint) = connect_any(svc, front, client.ip())?;
     let upstream = Arc::new(endpoint.1);
     let activity = Arc::new(Activity::new());
     let id = svc.sessions.next_id.fetch_add(1, Ordering::Relaxed);
@@ -103,8 +100,8 @@ fn session_for(
 fn connect_any(
     svc: &ServiceProxy,
     front: Front,
-    client: Ipv4Addr,
-) -> Option<(Pool, (SocketAddrV4, UdpSocket))> {
+    client: IpAddr,
+) -> Option<(Pool, (SocketAddr, UdpSocket))> {
     let mut reset = false;
     for _ in 0..super::tcp::DIAL_TIMEOUTS.len() {
         let (pool, ep) = svc.pick(front, client, reset)?;
@@ -120,8 +117,12 @@ fn connect_any(
     None
 }
 
-fn connect(ep: SocketAddrV4) -> std::io::Result<UdpSocket> {
-    let sock = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+fn connect(ep: SocketAddr) -> std::io::Result<UdpSocket> {
+    let any: IpAddr = match ep {
+        SocketAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+        SocketAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+    };
+    let sock = std::net::UdpSocket::bind((any, 0))?;
     sock.connect(ep)?;
     sock.set_nonblocking(true)?;
     UdpSocket::from_std(sock)

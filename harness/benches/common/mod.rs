@@ -29,10 +29,10 @@ pub fn node(scn: &Scenario) -> NodeContext {
     let n = &scn.nodes[0];
     NodeContext {
         node_name: n.name.clone(),
-        node_ip: n.ip,
-        pod_cidr: n.pod_cidr,
-        cluster_cidr: scn.lab.pod_cidr,
-        service_cidr: scn.lab.service_cidr,
+        node_ip: n.ip.into(),
+        pod_cidr: n.pod_cidr.into(),
+        cluster_cidr: scn.lab.pod_cidr.into(),
+        service_cidr: scn.lab.service_cidr.into(),
         run_prefix: "slbench".into(),
         bridge: svclab::topology::names::POD_BRIDGE.into(),
         uplink: svclab::topology::names::NODE_UPLINK.into(),

@@ -5,7 +5,7 @@
 //! balancer only sends traffic to nodes that can serve it locally.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use svclab_backends::model::{Endpoint, NodeContext, ProxyState};
 use tokio::sync::watch;
@@ -42,12 +42,21 @@ impl HealthState {
     }
 
     /// Recomputes the table after a sync.
-    pub fn update(&self, state: &ProxyState, _node: &NodeContext, _healthy: bool) {
-        let table = if self.counts_terminating {
-            counted(state, |e| e.ready || e.serving)
-        } else {
-            table(state)
-        };
+    /// Recomputes the table from every proxier's state (one per family).
+    /// A Service in both families counts its local endpoints of the first
+    /// family given; a single-stack one, those of its own.
+    pub fn update(&self, states: &[&ProxyState], _node: &NodeContext, _healthy: bool) {
+        let mut table = HealthTable::new();
+        for state in states {
+            let one = if self.counts_terminating {
+                counted(state, |e| e.ready || e.serving)
+            } else {
+                self::table(state)
+            };
+            for (port, entry) in one {
+                table.entry(port).or_insert(entry);
+            }
+        }
         self.tx.send_if_modified(|t| {
             if *t == table {
                 false
@@ -76,12 +85,16 @@ impl HealthState {
                 if servers.contains_key(&port) {
                     continue;
                 }
-                let listener = match std::net::TcpListener::bind(SocketAddr::from((
-                    Ipv4Addr::UNSPECIFIED,
+                // `[::]` takes both families (the lab's namespaces keep
+                // bindv6only off); a namespace without IPv6 takes 0.0.0.0.
+                let listener = std::net::TcpListener::bind(SocketAddr::from((
+                    std::net::Ipv6Addr::UNSPECIFIED,
                     port,
                 )))
-                .and_then(|l| l.set_nonblocking(true).map(|()| l))
-                {
+                .or_else(|_| {
+                    std::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))
+                });
+                let listener = match listener.and_then(|l| l.set_nonblocking(true).map(|()| l)) {
                     Ok(l) => l,
                     Err(e) => {
                         tracing::warn!("agent: health check node port {port}: {e}");
@@ -134,7 +147,7 @@ fn counted(state: &ProxyState, counts: impl Fn(&Endpoint) -> bool) -> HealthTabl
         let Some(port) = svc.health_check_node_port else {
             continue;
         };
-        let local: BTreeSet<Ipv4Addr> = state
+        let local: BTreeSet<IpAddr> = state
             .services
             .keys()
             .filter(|n| n.namespace == name.namespace && n.name == name.name)
@@ -163,7 +176,7 @@ mod tests {
             name.clone(),
             ServicePort {
                 name: name.clone(),
-                cluster_ip: Ipv4Addr::new(10, 96, 0, 11),
+                cluster_ip: Ipv4Addr::new(10, 96, 0, 11).into(),
                 port: 80,
                 protocol: Protocol::Tcp,
                 node_port: Some(30080),
@@ -177,7 +190,7 @@ mod tests {
             },
         );
         let ep = |last, local, ready| Endpoint {
-            ip: Ipv4Addr::new(10, 244, 0, last),
+            ip: Ipv4Addr::new(10, 244, 0, last).into(),
             port: 8080,
             ready,
             serving: ready,

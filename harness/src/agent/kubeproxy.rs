@@ -727,6 +727,9 @@ fn report(
                 args.node
             )
         }),
+        // Both proxiers' work is in one report: kube-proxy's metrics add
+        // the families up.
+        family: None,
     }
 }
 

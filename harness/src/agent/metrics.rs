@@ -355,6 +355,7 @@ mod tests {
             versions: Default::default(),
             programming_seconds: vec![0.3],
             error: None,
+            family: None,
         };
         m.record(&report);
         let text = m.encode();
@@ -393,6 +394,7 @@ mod tests {
             versions: Default::default(),
             programming_seconds: vec![],
             error: Some(error.into()),
+            family: None,
         };
         m.record(&failed(
             SyncMode::Partial,

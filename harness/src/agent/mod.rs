@@ -22,20 +22,40 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub use crate::cli::agent::AgentArgs;
-use svclab_backends::model::NodeContext;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use svclab_backends::model::{IpFamily, NodeContext};
 use svclab_backends::nodeport_addresses;
 use svclab_backends::protocol::{AgentMessage, CpuUsage, SyncMode, SyncReport, WatchEvent};
 use svclab_backends::tracker::ChangeTracker;
 use svclab_backends::{BackendKind, BackendOptions, Fault, SyncRequest};
 
 impl AgentArgs {
-    pub fn node_context(&self) -> NodeContext {
+    /// The node as `family`'s proxier sees it; `None` when the lab has no
+    /// such family.
+    pub fn node_context(&self, family: IpFamily) -> Option<NodeContext> {
+        let (node_ip, pod_cidr, cluster_cidr, service_cidr): (IpAddr, IpNet, IpNet, IpNet) =
+            match family {
+                IpFamily::IPv4 => (
+                    self.node_ip.into(),
+                    self.pod_cidr.into(),
+                    self.cluster_cidr.into(),
+                    self.service_cidr.into(),
+                ),
+                IpFamily::IPv6 => (
+                    self.node_ip_v6?.into(),
+                    self.pod_cidr_v6?.into(),
+                    self.cluster_cidr_v6?.into(),
+                    self.service_cidr_v6?.into(),
+                ),
+            };
         let mut node = NodeContext {
             node_name: self.node.clone(),
-            node_ip: self.node_ip,
-            pod_cidr: self.pod_cidr,
-            cluster_cidr: self.cluster_cidr,
-            service_cidr: self.service_cidr,
+            node_ip,
+            pod_cidr,
+            cluster_cidr,
+            service_cidr,
             run_prefix: self.run_prefix.clone(),
             bridge: crate::topology::names::POD_BRIDGE.into(),
             uplink: crate::topology::names::NODE_UPLINK.into(),
@@ -50,14 +70,35 @@ impl AgentArgs {
             node.node_port_ips =
                 nodeport_addresses::resolve(&self.node_port_addresses, node.node_ip, &addresses)
                     .ok();
-            node.localhost_node_ports = nodeport_addresses::matches(
-                &self.node_port_addresses,
-                node.node_ip.into(),
-                std::net::Ipv4Addr::LOCALHOST.into(),
-            );
+            // Loopback NodePorts are IPv4's only, as in kube-proxy.
+            node.localhost_node_ports = family == IpFamily::IPv4
+                && nodeport_addresses::matches(
+                    &self.node_port_addresses,
+                    node.node_ip,
+                    std::net::Ipv4Addr::LOCALHOST.into(),
+                );
         }
-        node
+        Some(node)
     }
+
+    /// The families this agent runs a proxier for: IPv4, and IPv6 when
+    /// the lab has it and the backend serves it.
+    pub fn families(&self) -> Vec<IpFamily> {
+        IpFamily::ALL
+            .into_iter()
+            .filter(|f| self.backend.serves(*f) && self.node_context(*f).is_some())
+            .collect()
+    }
+}
+
+/// One family's proxier in the agent (kube-proxy's metaproxier holds one
+/// per family): its node context, its backend instance and its change
+/// tracker. Both see every watch event; each takes its own family's.
+struct Proxier {
+    family: IpFamily,
+    node: NodeContext,
+    backend: Box<dyn svclab_backends::Backend>,
+    tracker: ChangeTracker,
 }
 
 enum Input {
@@ -93,7 +134,6 @@ fn emit(out: &mut impl Write, msg: &AgentMessage) {
 
 /// Runs the agent until stdin closes or a signal arrives. Returns the exit code.
 pub fn run(args: AgentArgs) -> i32 {
-    let node = args.node_context();
     let mut out = std::io::stdout().lock();
     let fatal = |out: &mut std::io::StdoutLock<'_>, error: String| {
         tracing::error!("agent {}: {error}", args.node);
@@ -122,22 +162,49 @@ pub fn run(args: AgentArgs) -> i32 {
         drop(out);
         return kubeproxy::run(args, mode, &version);
     }
-    let options = BackendOptions {
-        ipvs_scheduler: args.ipvs_scheduler.clone(),
-        faults: args.faults.clone(),
-        dump_dir: args.dump_dir.clone(),
-        ..BackendOptions::default()
-    };
-    if let Some(d) = &args.dump_dir
-        && let Err(e) = std::fs::create_dir_all(d)
-    {
-        return fatal(&mut out, format!("creating dump dir {}: {e}", d.display()));
+    let families = args.families();
+    let mut proxiers: Vec<Proxier> = Vec::with_capacity(families.len());
+    for family in families {
+        let node = args
+            .node_context(family)
+            .expect("families() lists only the lab's families");
+        // The IPv6 proxier's dumps go beside the IPv4 one's, in `ipv6/`.
+        let dump_dir = args.dump_dir.as_ref().map(|d| match family {
+            IpFamily::IPv4 => d.clone(),
+            IpFamily::IPv6 => d.join("ipv6"),
+        });
+        if let Some(d) = &dump_dir
+            && let Err(e) = std::fs::create_dir_all(d)
+        {
+            cleanup_all(&mut proxiers, &args.node);
+            return fatal(&mut out, format!("creating dump dir {}: {e}", d.display()));
+        }
+        let options = BackendOptions {
+            ipvs_scheduler: args.ipvs_scheduler.clone(),
+            faults: args.faults.clone(),
+            dump_dir,
+            family,
+            ..BackendOptions::default()
+        };
+        let mut backend = svclab_backends::create(&args.backend, &options);
+        if let Err(e) = backend.setup(&node) {
+            let _ = backend.cleanup();
+            cleanup_all(&mut proxiers, &args.node);
+            return fatal(
+                &mut out,
+                format!("backend {} setup ({family}): {e}", args.backend),
+            );
+        }
+        proxiers.push(Proxier {
+            family,
+            node,
+            backend,
+            tracker: ChangeTracker::new(&args.node)
+                .with_zone(args.zone.clone())
+                .for_family(family),
+        });
     }
-    let mut backend = svclab_backends::create(&args.backend, &options);
-    if let Err(e) = backend.setup(&node) {
-        let _ = backend.cleanup();
-        return fatal(&mut out, format!("backend {} setup: {e}", args.backend));
-    }
+    let dual = proxiers.len() > 1;
 
     let (tx, rx) = channel::<Input>();
     let stdin_tx = tx.clone();
@@ -174,7 +241,7 @@ pub fn run(args: AgentArgs) -> i32 {
                 .contains(&svclab_backends::Fault::IgnoreProxyLabels),
         )
     {
-        let _ = backend.cleanup();
+        cleanup_all(&mut proxiers, &args.node);
         return fatal(&mut out, format!("starting the informers: {e}"));
     }
 
@@ -187,7 +254,7 @@ pub fn run(args: AgentArgs) -> i32 {
     let servers = match metrics::start_servers(&args, shared.clone(), health.clone(), tx) {
         Ok(s) => s,
         Err(e) => {
-            let _ = backend.cleanup();
+            cleanup_all(&mut proxiers, &args.node);
             return fatal(&mut out, format!("starting healthz/metrics servers: {e}"));
         }
     };
@@ -202,33 +269,41 @@ pub fn run(args: AgentArgs) -> i32 {
 
     let min_sync = Duration::from_millis(args.min_sync_period_ms);
     let sync_period = Duration::from_millis(args.sync_period_ms.max(1));
-    let mut tracker = ChangeTracker::new(&args.node).with_zone(args.zone.clone());
     let mut seq = 0u64;
     let mut last_sync: Option<Instant> = None;
     let mut last_full = Instant::now();
     let mut retry = Retry::new(sync_period);
+    // Every proxier sees every event, so they are synced together.
+    let synced = |p: &[Proxier]| p.iter().all(|p| p.tracker.is_synced());
+    let pending = |p: &[Proxier]| p.iter().any(|p| p.tracker.has_pending());
     let stop_reason = loop {
-        let wait = if !tracker.is_synced() {
+        let wait = if !synced(&proxiers) {
             Duration::from_secs(3600)
         } else if let Some(at) = retry.at {
             at.saturating_duration_since(Instant::now())
-        } else if tracker.has_pending() {
+        } else if pending(&proxiers) {
             last_sync.map_or(Duration::ZERO, |t| min_sync.saturating_sub(t.elapsed()))
         } else {
             sync_period.saturating_sub(last_full.elapsed())
         };
         let round = next_round(&rx, wait, |ev| {
-            if let Err(e) = tracker.apply(ev) {
-                tracing::warn!("agent {}: skipping object: {e}", args.node);
-            }
-            if let Err(e) = backend.observe(ev) {
-                tracing::warn!("agent {}: backend observe: {e}", args.node);
+            for p in proxiers.iter_mut() {
+                // An object the IPv4 tracker skips is skipped by both: say
+                // it once.
+                if let Err(e) = p.tracker.apply(ev)
+                    && p.family == IpFamily::IPv4
+                {
+                    tracing::warn!("agent {}: skipping object: {e}", args.node);
+                }
+                if let Err(e) = p.backend.observe(ev) {
+                    tracing::warn!("agent {} ({}): backend observe: {e}", args.node, p.family);
+                }
             }
         });
         if let Err(why) = round {
             break why;
         }
-        if !tracker.is_synced() {
+        if !synced(&proxiers) {
             continue;
         }
         // After a failed sync the next one waits for the retry's backoff
@@ -238,7 +313,7 @@ pub fn run(args: AgentArgs) -> i32 {
             Some(at) => (Instant::now() >= at, false),
             None => (
                 seq == 0 || last_full.elapsed() >= sync_period,
-                tracker.has_pending() && last_sync.is_none_or(|t| t.elapsed() >= min_sync),
+                pending(&proxiers) && last_sync.is_none_or(|t| t.elapsed() >= min_sync),
             ),
         };
         if !(full_due || partial_due) {
@@ -250,16 +325,30 @@ pub fn run(args: AgentArgs) -> i32 {
             SyncMode::Partial
         };
         seq += 1;
-        let report = sync_once(&args, &node, &mut *backend, &mut tracker, mode, seq);
+        // Each proxier syncs in turn; the reports go out once all have, so
+        // a change is reported programmed only when every family has it.
+        let reports: Vec<SyncReport> = proxiers
+            .iter_mut()
+            .map(|p| {
+                let mut report = sync_once(&args, p, mode, seq);
+                report.family = dual.then_some(p.family);
+                report
+            })
+            .collect();
         last_sync = Some(Instant::now());
         if mode == SyncMode::Full {
             last_full = Instant::now();
         }
-        health.update(tracker.state(), &node, report.error.is_none());
+        let failed = reports.iter().any(|r| r.error.is_some());
+        let states: Vec<&svclab_backends::model::ProxyState> =
+            proxiers.iter().map(|p| p.tracker.state()).collect();
+        health.update(&states, &proxiers[0].node, !failed);
         {
             let mut m = shared.lock().expect("metrics lock");
-            m.record(&report);
-            if report.error.is_some() {
+            for report in &reports {
+                m.record(report);
+            }
+            if failed {
                 let wait = retry.failed();
                 m.record_retry();
                 tracing::warn!(
@@ -272,7 +361,9 @@ pub fn run(args: AgentArgs) -> i32 {
                 retry.succeeded();
             }
         }
-        emit(&mut out, &AgentMessage::Sync(Box::new(report)));
+        for report in reports {
+            emit(&mut out, &AgentMessage::Sync(Box::new(report)));
+        }
     };
     tracing::warn!(
         "agent {}: stopping ({stop_reason}); cleaning up backend {}",
@@ -280,15 +371,26 @@ pub fn run(args: AgentArgs) -> i32 {
         args.backend
     );
     drop(servers);
-    match backend.cleanup() {
-        Ok(()) => 0,
-        Err(errors) => {
+    if cleanup_all(&mut proxiers, &args.node) {
+        0
+    } else {
+        4
+    }
+}
+
+/// Cleans up every proxier's backend, logging each error; `true` when all
+/// went cleanly.
+fn cleanup_all(proxiers: &mut [Proxier], node: &str) -> bool {
+    let mut clean = true;
+    for p in proxiers.iter_mut() {
+        if let Err(errors) = p.backend.cleanup() {
+            clean = false;
             for e in errors {
-                tracing::error!("agent {}: cleanup: {e}", args.node);
+                tracing::error!("agent {node} ({}): cleanup: {e}", p.family);
             }
-            4
         }
     }
+    clean
 }
 
 /// One round of input: waits up to `wait` for the first, then takes what
@@ -357,14 +459,13 @@ impl Retry {
     }
 }
 
-fn sync_once(
-    args: &AgentArgs,
-    node: &NodeContext,
-    backend: &mut dyn svclab_backends::Backend,
-    tracker: &mut ChangeTracker,
-    mode: SyncMode,
-    seq: u64,
-) -> SyncReport {
+fn sync_once(args: &AgentArgs, p: &mut Proxier, mode: SyncMode, seq: u64) -> SyncReport {
+    let Proxier {
+        family,
+        node,
+        backend,
+        tracker,
+    } = p;
     use nix::sys::resource::UsageWho;
     let changes = tracker.take_changes(mode == SyncMode::Full);
     let triggers = tracker.take_trigger_times();
@@ -392,7 +493,10 @@ fn sync_once(
         Err(e) => (Default::default(), Some(e.to_string())),
     };
     if let Some(e) = &error {
-        tracing::warn!("agent {}: {mode} sync {seq} failed: {e}", args.node);
+        tracing::warn!(
+            "agent {} ({family}): {mode} sync {seq} failed: {e}",
+            args.node
+        );
     }
     SyncReport {
         node: args.node.clone(),
@@ -420,6 +524,7 @@ fn sync_once(
         versions: tracker.versions(),
         programming_seconds: triggers.iter().map(|t| (ended - t).max(0.0)).collect(),
         error,
+        family: None,
     }
 }
 

@@ -26,6 +26,12 @@ pub struct AgentArgs {
     /// The node's pod CIDR.
     #[arg(long)]
     pub pod_cidr: Ipv4Net,
+    /// The node's IPv6 address, in a lab with IPv6.
+    #[arg(long)]
+    pub node_ip_v6: Option<std::net::Ipv6Addr>,
+    /// The node's IPv6 pod CIDR, in a lab with IPv6.
+    #[arg(long)]
+    pub pod_cidr_v6: Option<ipnet::Ipv6Net>,
     /// The node's zone (its `topology.kubernetes.io/zone` label).
     #[arg(long)]
     pub zone: Option<String>,
@@ -38,6 +44,9 @@ pub struct AgentArgs {
     /// The ClusterIP range.
     #[arg(long)]
     pub service_cidr: Ipv4Net,
+    /// The IPv6 ClusterIP range, in a lab with IPv6.
+    #[arg(long)]
+    pub service_cidr_v6: Option<ipnet::Ipv6Net>,
     /// Prefix for kernel objects outside kube-proxy's fixed names.
     #[arg(long, default_value = "svclab-")]
     pub run_prefix: String,
@@ -150,6 +159,9 @@ mod tests {
             zone: Some("zone-a".into()),
             cluster_cidr: "10.244.0.0/16".parse().unwrap(),
             cluster_cidr_v6: Some("fd00:10:244::/56".parse().unwrap()),
+            node_ip_v6: Some("fd00:172:18::3".parse().unwrap()),
+            pod_cidr_v6: Some("fd00:10:244:1::/64".parse().unwrap()),
+            service_cidr_v6: Some("fd00:10:96::/112".parse().unwrap()),
             service_cidr: "10.96.0.0/16".parse().unwrap(),
             run_prefix: "svclab-0a1f-".into(),
             min_sync_period_ms: 7,

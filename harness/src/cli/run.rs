@@ -6,6 +6,13 @@ use clap::Args;
 
 use super::{BackendItem, CheckSelection};
 
+fn parse_family(s: &str) -> Result<svclab_backends::model::IpFamily, String> {
+    svclab_backends::model::IpFamily::ALL
+        .into_iter()
+        .find(|f| f.lower() == s)
+        .ok_or_else(|| format!("{s:?} is not an IP family: ipv4 or ipv6"))
+}
+
 #[derive(Args, Debug)]
 #[command(after_help = super::BACKEND_RULE)]
 pub struct RunArgs {
@@ -26,6 +33,11 @@ pub struct RunArgs {
     pub require: Vec<BackendItem>,
     #[command(flatten)]
     pub checks: CheckSelection,
+    /// Run the checks in this IP family only (`ipv4` or `ipv6`); a
+    /// dual-stack lab otherwise runs each check in both. The scenario's
+    /// lab must have the family.
+    #[arg(long, value_parser = parse_family, value_name = "ipv4|ipv6")]
+    pub family: Option<svclab_backends::model::IpFamily>,
     /// Deliberate defect to inject (negative tests of the lab itself;
     /// repeatable).
     #[arg(long)]

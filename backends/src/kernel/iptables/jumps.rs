@@ -5,6 +5,7 @@
 
 use super::Flavor;
 use crate::BackendError;
+use crate::model::IpFamily;
 
 /// One jump rule from a built-in chain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,32 +92,42 @@ impl Jump {
 /// Creates the target chains and adds the jumps that are missing, in
 /// order; running it again changes nothing.
 pub fn ensure(flavor: Flavor, jumps: &[Jump]) -> Result<(), BackendError> {
+    ensure_in(flavor, IpFamily::IPv4, jumps)
+}
+
+/// [`ensure`] in `family`'s tables (ip6tables for IPv6).
+pub fn ensure_in(flavor: Flavor, family: IpFamily, jumps: &[Jump]) -> Result<(), BackendError> {
     for j in jumps {
-        ensure_chain(flavor, j.table, j.to)?;
-        if !has_rule(flavor, j)? {
+        ensure_chain(flavor, family, j.table, j.to)?;
+        if !has_rule(flavor, family, j)? {
             let mut args = if j.append {
                 vec!["-A", j.from]
             } else {
                 vec!["-I", j.from, "1"]
             };
             args.extend(j.spec());
-            super::run(flavor, j.table, &args)?;
+            super::run_in(flavor, family, j.table, &args)?;
         }
     }
     Ok(())
 }
 
-fn ensure_chain(flavor: Flavor, table: &str, chain: &str) -> Result<(), BackendError> {
-    match super::run(flavor, table, &["-N", chain]) {
+fn ensure_chain(
+    flavor: Flavor,
+    family: IpFamily,
+    table: &str,
+    chain: &str,
+) -> Result<(), BackendError> {
+    match super::run_in(flavor, family, table, &["-N", chain]) {
         Err(BackendError::Command { stderr, .. }) if stderr.contains("already exists") => Ok(()),
         other => other,
     }
 }
 
-fn has_rule(flavor: Flavor, j: &Jump) -> Result<bool, BackendError> {
+fn has_rule(flavor: Flavor, family: IpFamily, j: &Jump) -> Result<bool, BackendError> {
     let mut args = vec!["-C", j.from];
     args.extend(j.spec());
-    match super::run(flavor, j.table, &args) {
+    match super::run_in(flavor, family, j.table, &args) {
         Ok(()) => Ok(true),
         // An absent rule: iptables-nft says "Bad rule (does a matching rule
         // exist in that chain?)", iptables-legacy "No chain/target/match by

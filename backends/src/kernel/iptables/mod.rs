@@ -13,6 +13,7 @@ pub use jumps::Jump;
 
 use crate::BackendError;
 use crate::kernel::cmd;
+use crate::model::IpFamily;
 
 /// Which iptables binary family programs the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,6 +46,23 @@ impl Flavor {
         }
     }
 
+    /// The flavor's `tool` (`iptables`, `iptables-restore`,
+    /// `iptables-save`) for `family`: IPv6 rules go through ip6tables.
+    pub fn binary(self, family: IpFamily, tool: &str) -> String {
+        let kind = match self {
+            Flavor::Nft => "nft",
+            Flavor::Legacy => "legacy",
+        };
+        let ip = match family {
+            IpFamily::IPv4 => "iptables",
+            IpFamily::IPv6 => "ip6tables",
+        };
+        match tool.strip_prefix("iptables") {
+            Some(rest) => format!("{ip}-{kind}{rest}"),
+            None => panic!("{tool} is not an iptables tool"),
+        }
+    }
+
     /// Arguments of every restore: never flush tables (other software owns
     /// the other chains), and for legacy wait for the xtables lock, as
     /// kube-proxy does (iptables-nft takes no lock).
@@ -58,8 +76,13 @@ impl Flavor {
 
 /// Feeds `input` to the flavor's iptables-restore.
 pub fn restore(flavor: Flavor, input: &str) -> Result<(), BackendError> {
+    restore_in(flavor, IpFamily::IPv4, input)
+}
+
+/// Feeds `input` to the flavor's iptables-restore, or ip6tables-restore.
+pub fn restore_in(flavor: Flavor, family: IpFamily, input: &str) -> Result<(), BackendError> {
     cmd::run(
-        flavor.restore(),
+        &flavor.binary(family, "iptables-restore"),
         flavor.restore_args(),
         Some(input.as_bytes()),
     )
@@ -69,14 +92,34 @@ pub fn restore(flavor: Flavor, input: &str) -> Result<(), BackendError> {
 
 /// `iptables-save -t table`.
 pub fn save(flavor: Flavor, table: &str) -> Result<String, BackendError> {
-    cmd::run(flavor.save(), &["-t", table], None).map(|o| o.stdout)
+    save_in(flavor, IpFamily::IPv4, table)
+}
+
+/// `iptables-save -t table`, or `ip6tables-save`.
+pub fn save_in(flavor: Flavor, family: IpFamily, table: &str) -> Result<String, BackendError> {
+    cmd::run(
+        &flavor.binary(family, "iptables-save"),
+        &["-t", table],
+        None,
+    )
+    .map(|o| o.stdout)
 }
 
 /// `iptables -w -t table args..`.
 pub fn run(flavor: Flavor, table: &str, args: &[&str]) -> Result<(), BackendError> {
+    run_in(flavor, IpFamily::IPv4, table, args)
+}
+
+/// `iptables -w -t table args..`, or `ip6tables`.
+pub fn run_in(
+    flavor: Flavor,
+    family: IpFamily,
+    table: &str,
+    args: &[&str],
+) -> Result<(), BackendError> {
     let mut all = vec!["-w", "-t", table];
     all.extend_from_slice(args);
-    cmd::run(flavor.iptables(), &all, None).map(drop)
+    cmd::run(&flavor.binary(family, "iptables"), &all, None).map(drop)
 }
 
 /// iptables-restore reports only "line N failed"; the line itself is what
