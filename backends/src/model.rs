@@ -481,6 +481,41 @@ pub fn categorize_endpoints<'a>(svc: &ServicePort, endpoints: &'a [Endpoint]) ->
     out
 }
 
+/// An address an IPv4-only dataplane (IPVS's netlink, the eBPF maps) is
+/// given. The agent runs such a backend as the IPv4 proxier alone (its
+/// spec declares no IPv6), so every address it sees is IPv4; an IPv6 one
+/// here is a bug in the agent, and stops it loudly.
+pub trait V4 {
+    fn v4(&self) -> Ipv4Addr;
+}
+
+impl V4 for IpAddr {
+    fn v4(&self) -> Ipv4Addr {
+        match self {
+            IpAddr::V4(a) => *a,
+            IpAddr::V6(a) => panic!(
+                "an IPv4-only backend was given the IPv6 address {a}: the agent runs it for IPv4 only"
+            ),
+        }
+    }
+}
+
+/// The IPv4 form of a range, for IPv4-only dataplanes (see [`V4`]).
+pub trait V4Net {
+    fn v4(&self) -> ipnet::Ipv4Net;
+}
+
+impl V4Net for IpNet {
+    fn v4(&self) -> ipnet::Ipv4Net {
+        match self {
+            IpNet::V4(n) => *n,
+            IpNet::V6(n) => panic!(
+                "an IPv4-only backend was given the IPv6 range {n}: the agent runs it for IPv4 only"
+            ),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -759,40 +794,5 @@ mod tests {
         assert_eq!(Hint::of(["a"], Some("b")), Hint::Elsewhere);
         assert_eq!(Hint::of(["a"], None), Hint::Elsewhere);
         assert_eq!(Hint::of([], Some("a")), Hint::None);
-    }
-}
-
-/// An address an IPv4-only dataplane (IPVS's netlink, the eBPF maps) is
-/// given. The agent runs such a backend as the IPv4 proxier alone (its
-/// spec declares no IPv6), so every address it sees is IPv4; an IPv6 one
-/// here is a bug in the agent, and stops it loudly.
-pub trait V4 {
-    fn v4(&self) -> Ipv4Addr;
-}
-
-impl V4 for IpAddr {
-    fn v4(&self) -> Ipv4Addr {
-        match self {
-            IpAddr::V4(a) => *a,
-            IpAddr::V6(a) => panic!(
-                "an IPv4-only backend was given the IPv6 address {a}: the agent runs it for IPv4 only"
-            ),
-        }
-    }
-}
-
-/// The IPv4 form of a range, for IPv4-only dataplanes (see [`V4`]).
-pub trait V4Net {
-    fn v4(&self) -> ipnet::Ipv4Net;
-}
-
-impl V4Net for IpNet {
-    fn v4(&self) -> ipnet::Ipv4Net {
-        match self {
-            IpNet::V4(n) => *n,
-            IpNet::V6(n) => panic!(
-                "an IPv4-only backend was given the IPv6 range {n}: the agent runs it for IPv4 only"
-            ),
-        }
     }
 }
