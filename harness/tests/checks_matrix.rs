@@ -27,13 +27,13 @@ fn upstream_zone_race(check: &str, verdict: &str, why: &str) -> bool {
         && why.contains("the upstream startup race in kube-proxy's NodeTopologyConfig")
 }
 
-/// A SKIP over IPv6 that the lab explains: its load balancer pool is IPv4
-/// only, so no Service has an IPv6 ingress address to probe.
+/// A SKIP over IPv6 that the scenario explains: it gives no IPv6 load
+/// balancer pool, so no Service has an IPv6 ingress address to probe.
 fn ipv4_pool_skip(check: &str, verdict: &str, why: &str) -> bool {
     check.starts_with("loadbalancer-")
         && check.ends_with("/ipv6")
         && verdict == "SKIP"
-        && why.contains("spec.loadBalancerPool, which is IPv4 only")
+        && why.contains("the Lab needs spec.loadBalancerPoolIPv6")
 }
 
 fn run_checks(

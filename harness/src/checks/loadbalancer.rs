@@ -47,8 +47,9 @@ fn no_ingress(family: IpFamily, which: &str) -> String {
              spec.loadBalancerPool and a type: LoadBalancer Service)"
         ),
         IpFamily::IPv6 => format!(
-            "no LoadBalancer Service {which} has an IPv6 ingress address: the lab's cloud \
-             controller hands out addresses from spec.loadBalancerPool, which is IPv4 only"
+            "no LoadBalancer Service {which} has an IPv6 ingress address (the Lab needs \
+             spec.loadBalancerPoolIPv6 and a type: LoadBalancer Service whose ipFamilies list \
+             IPv6)"
         ),
     }
 }

@@ -196,7 +196,7 @@ impl PortAllocator {
 #[derive(Debug)]
 pub struct PoolAllocator {
     pool: Option<crate::scenario::LoadBalancerPool>,
-    used: BTreeMap<Ipv4Addr, String>,
+    used: BTreeMap<IpAddr, String>,
 }
 
 impl PoolAllocator {
@@ -226,11 +226,8 @@ impl PoolAllocator {
             .unwrap_or_default()
     }
 
-    pub fn request(&mut self, ip: Ipv4Addr, owner: &str) -> Result<(), AllocError> {
-        let inside = self
-            .pool
-            .as_ref()
-            .is_some_and(|p| p.addresses().any(|a| a == ip));
+    pub fn request(&mut self, ip: IpAddr, owner: &str) -> Result<(), AllocError> {
+        let inside = self.pool.as_ref().is_some_and(|p| p.holds(ip));
         if !inside {
             return Err(AllocError::OutOfRange {
                 what: "loadBalancerIP",
@@ -251,7 +248,7 @@ impl PoolAllocator {
         Ok(())
     }
 
-    pub fn allocate(&mut self, owner: &str) -> Result<Ipv4Addr, AllocError> {
+    pub fn allocate(&mut self, owner: &str) -> Result<IpAddr, AllocError> {
         let free = self
             .pool
             .as_ref()
@@ -269,7 +266,7 @@ impl PoolAllocator {
         }
     }
 
-    pub fn release(&mut self, ip: Ipv4Addr) {
+    pub fn release(&mut self, ip: IpAddr) {
         self.used.remove(&ip);
     }
 }
@@ -283,21 +280,22 @@ mod tests {
         let pool: crate::scenario::LoadBalancerPool =
             serde_json::from_str("\"192.0.2.0/30\"").unwrap();
         let mut p = PoolAllocator::new(Some(pool));
-        p.request(Ipv4Addr::new(192, 0, 2, 2), "ns/a").unwrap();
+        p.request(Ipv4Addr::new(192, 0, 2, 2).into(), "ns/a")
+            .unwrap();
         assert_eq!(p.allocate("ns/b").unwrap(), Ipv4Addr::new(192, 0, 2, 1));
         assert!(matches!(
             p.allocate("ns/c"),
             Err(AllocError::Exhausted { .. })
         ));
         assert!(matches!(
-            p.request(Ipv4Addr::new(192, 0, 2, 3), "ns/c"),
+            p.request(Ipv4Addr::new(192, 0, 2, 3).into(), "ns/c"),
             Err(AllocError::OutOfRange { .. })
         ));
         assert!(matches!(
-            p.request(Ipv4Addr::new(192, 0, 2, 2), "ns/c"),
+            p.request(Ipv4Addr::new(192, 0, 2, 2).into(), "ns/c"),
             Err(AllocError::Taken { .. })
         ));
-        p.release(Ipv4Addr::new(192, 0, 2, 2));
+        p.release(Ipv4Addr::new(192, 0, 2, 2).into());
         assert_eq!(p.allocate("ns/c").unwrap(), Ipv4Addr::new(192, 0, 2, 2));
         let list: crate::scenario::LoadBalancerPool =
             serde_json::from_str("[\"198.51.100.7\", \"198.51.100.9\"]").unwrap();
@@ -305,6 +303,25 @@ mod tests {
         assert_eq!(p.allocate("x").unwrap(), Ipv4Addr::new(198, 51, 100, 7));
         assert_eq!(p.allocate("y").unwrap(), Ipv4Addr::new(198, 51, 100, 9));
         assert!(PoolAllocator::new(None).allocate("z").is_err());
+    }
+
+    #[test]
+    fn an_ipv6_pool_is_never_walked_whole() {
+        // A /64: requests are a containment test, allocations take at most
+        // used + 1 steps.
+        let pool: crate::scenario::LoadBalancerPool =
+            serde_json::from_str("\"fd00:198:51:100::/64\"").unwrap();
+        let mut p = PoolAllocator::new(Some(pool));
+        let far: IpAddr = "fd00:198:51:100:ffff::9".parse().unwrap();
+        p.request(far, "ns/a").unwrap();
+        assert_eq!(
+            p.allocate("ns/b").unwrap(),
+            "fd00:198:51:100::1".parse::<IpAddr>().unwrap()
+        );
+        assert!(matches!(
+            p.request("fd00:198:51:101::1".parse().unwrap(), "ns/c"),
+            Err(AllocError::OutOfRange { .. })
+        ));
     }
 
     #[test]

@@ -10,7 +10,7 @@ pub mod objects;
 pub mod store;
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use svclab_backends::model::IpFamily;
 
@@ -93,6 +93,8 @@ pub struct ControlPlane {
     node_ports: PortAllocator,
     /// The cloud controller's LoadBalancer addresses.
     lb_pool: PoolAllocator,
+    /// `spec.loadBalancerPoolIPv6`'s addresses.
+    lb_pool6: PoolAllocator,
     resource_version: u64,
     /// What the API endpoint serves: every change above is recorded here.
     store: Store,
@@ -131,6 +133,7 @@ impl ControlPlane {
             families: scenario.stack.families.clone(),
             node_ports: PortAllocator::new(scenario.node_port_range),
             lb_pool: PoolAllocator::new(scenario.lab.load_balancer_pool.clone()),
+            lb_pool6: PoolAllocator::new(scenario.lab.load_balancer_pool_v6.clone()),
             resource_version: 0,
             store: Store::new(),
         };
@@ -549,7 +552,8 @@ impl ControlPlane {
         svc: &mut Service,
     ) -> Result<(), AllocError> {
         use k8s_openapi::api::core::v1::{LoadBalancerIngress, LoadBalancerStatus, ServiceStatus};
-        if !is_lb || !self.lb_pool.enabled() {
+        let enabled = self.lb_pool.enabled() || self.lb_pool6.enabled();
+        if !is_lb || !enabled {
             if let Some(st) = svc.status.as_mut() {
                 st.load_balancer = None;
             }
@@ -560,36 +564,79 @@ impl ControlPlane {
             value,
             range: "VIP or Proxy".into(),
         })?;
-        let had: Option<Ipv4Addr> = svc
+        let had: Vec<IpAddr> = svc
             .status
             .as_ref()
             .and_then(|s| s.load_balancer.as_ref())
             .and_then(|lb| lb.ingress.as_ref())
-            .and_then(|i| i.first())
-            .and_then(|i| i.ip.as_deref())
-            .and_then(|ip| ip.parse().ok());
-        let asked: Option<Ipv4Addr> = svc
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i.ip.as_deref()?.parse().ok())
+            .collect();
+        let asked: Option<IpAddr> = svc
             .spec
             .as_ref()
             .and_then(|sp| sp.load_balancer_ip.as_deref())
             .filter(|ip| !ip.is_empty())
             .and_then(|ip| ip.parse().ok());
-        let ip = match asked.or(had) {
-            Some(ip) => {
-                self.lb_pool.request(ip, owner)?;
-                ip
+        let families: Vec<IpFamily> = svc
+            .spec
+            .as_ref()
+            .and_then(|sp| sp.ip_families.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|f| IpFamily::parse_k8s(f))
+            .collect();
+        // One ingress address per family of the Service that has a pool,
+        // in the Service's family order: the one asked for or kept across
+        // an update, else the next free one.
+        let mut ips: Vec<(IpAddr, bool)> = Vec::new();
+        for family in families {
+            let pool = match family {
+                IpFamily::IPv4 => &mut self.lb_pool,
+                IpFamily::IPv6 => &mut self.lb_pool6,
+            };
+            if !pool.enabled() {
+                continue;
             }
-            None => self.lb_pool.allocate(owner)?,
-        };
+            let of_family = |ip: &&IpAddr| IpFamily::of(ip) == family;
+            let got = match asked.iter().find(of_family).or(had.iter().find(of_family)) {
+                Some(ip) => pool.request(*ip, owner).map(|()| (*ip, false)),
+                None => pool.allocate(owner).map(|ip| (ip, true)),
+            };
+            match got {
+                Ok(ip) => ips.push(ip),
+                Err(e) => {
+                    // Give back what this call took, not what was kept.
+                    for (ip, new) in ips {
+                        if new {
+                            self.release_lb_ip(ip);
+                        }
+                    }
+                    return Err(e);
+                }
+            }
+        }
         let status = svc.status.get_or_insert_with(ServiceStatus::default);
         status.load_balancer = Some(LoadBalancerStatus {
-            ingress: Some(vec![LoadBalancerIngress {
-                ip: Some(ip.to_string()),
-                ip_mode: Some(mode.into()),
-                ..Default::default()
-            }]),
+            ingress: (!ips.is_empty()).then(|| {
+                ips.iter()
+                    .map(|(ip, _)| LoadBalancerIngress {
+                        ip: Some(ip.to_string()),
+                        ip_mode: Some(mode.into()),
+                        ..Default::default()
+                    })
+                    .collect()
+            }),
         });
         Ok(())
+    }
+
+    fn release_lb_ip(&mut self, ip: IpAddr) {
+        match IpFamily::of(&ip) {
+            IpFamily::IPv4 => self.lb_pool.release(ip),
+            IpFamily::IPv6 => self.lb_pool6.release(ip),
+        }
     }
 
     fn release_ip(&mut self, ip: IpAddr) {
@@ -625,7 +672,7 @@ impl ControlPlane {
             .flat_map(|lb| lb.ingress.iter().flatten())
         {
             if let Some(ip) = ing.ip.as_deref().and_then(|s| s.parse().ok()) {
-                self.lb_pool.release(ip);
+                self.release_lb_ip(ip);
             }
         }
     }
@@ -1025,6 +1072,47 @@ mod dual_stack_tests {
             spec.cluster_ips.unwrap_or_default(),
             spec.ip_family_policy.unwrap_or_default(),
         )
+    }
+
+    /// With a pool per family, a LoadBalancer Service gets an ingress
+    /// address of each of its families, in its families' order; a
+    /// single-stack one only its family's.
+    #[test]
+    fn load_balancers_get_an_ingress_address_per_family() {
+        let lab = LAB.replacen(
+            "  serviceCIDRs: [10.96.0.0/16, fd00:10:96::/112]\n",
+            "  serviceCIDRs: [10.96.0.0/16, fd00:10:96::/112]\n  loadBalancerPool: 198.51.100.0/28\n  loadBalancerPoolIPv6: fd00:198:51:100::/124\n",
+            1,
+        );
+        let text = format!(
+            "{lab}{}{}{}",
+            svc("single", "  type: LoadBalancer\n"),
+            svc(
+                "prefer",
+                "  type: LoadBalancer\n  ipFamilyPolicy: PreferDualStack\n"
+            ),
+            svc(
+                "six-first",
+                "  type: LoadBalancer\n  ipFamilyPolicy: RequireDualStack\n  ipFamilies: [IPv6, IPv4]\n"
+            ),
+        );
+        let s = Scenario::parse("t.yaml", &text).unwrap_or_else(|e| panic!("{e}"));
+        let cp = ControlPlane::new(&s).unwrap();
+        let ingress = |name: &str| -> Vec<String> {
+            cp.service("default", name)
+                .unwrap()
+                .status
+                .clone()
+                .and_then(|s| s.load_balancer)
+                .and_then(|lb| lb.ingress)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|i| i.ip)
+                .collect()
+        };
+        assert_eq!(ingress("single"), ["198.51.100.1"]);
+        assert_eq!(ingress("prefer"), ["198.51.100.2", "fd00:198:51:100::1"]);
+        assert_eq!(ingress("six-first"), ["fd00:198:51:100::2", "198.51.100.3"]);
     }
 
     /// The checks' targets in each family: a Service's ClusterIP of that

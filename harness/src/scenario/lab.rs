@@ -110,34 +110,57 @@ pub struct LabSpec {
     /// the node network.
     #[serde(default)]
     pub load_balancer_pool: Option<LoadBalancerPool>,
+    /// The IPv6 pool, in a lab with IPv6: a Service whose `ipFamilies`
+    /// list IPv6 gets an IPv6 ingress address from it too, and the external
+    /// clients route it to the first node's IPv6 address.
+    #[serde(default, rename = "loadBalancerPoolIPv6")]
+    pub load_balancer_pool_v6: Option<LoadBalancerPool>,
 }
 
-/// `spec.loadBalancerPool`: one CIDR, or a list of single addresses.
+/// `spec.loadBalancerPool` (IPv4) or `spec.loadBalancerPoolIPv6`: one
+/// CIDR, or a list of single addresses.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum LoadBalancerPool {
-    Cidr(Ipv4Net),
-    Addresses(Vec<Ipv4Addr>),
+    Cidr(IpNet),
+    Addresses(Vec<std::net::IpAddr>),
 }
 
 impl LoadBalancerPool {
-    /// The pool as networks (an address is a /32).
-    pub fn nets(&self) -> Vec<Ipv4Net> {
+    /// The pool as networks (an address is a /32 or a /128).
+    pub fn nets(&self) -> Vec<IpNet> {
         match self {
             LoadBalancerPool::Cidr(n) => vec![*n],
-            LoadBalancerPool::Addresses(v) => v
-                .iter()
-                .map(|a| Ipv4Net::new(*a, 32).expect("/32 is valid"))
-                .collect(),
+            LoadBalancerPool::Addresses(v) => v.iter().map(|a| IpNet::from(*a)).collect(),
         }
     }
 
     /// Every address the cloud controller may hand out, in order: a CIDR's
-    /// hosts (not its network or broadcast address), or the list as given.
-    pub fn addresses(&self) -> Box<dyn Iterator<Item = Ipv4Addr> + '_> {
+    /// hosts (IPv4's without its network or broadcast address, IPv6's
+    /// without the subnet-router anycast address), or the list as given.
+    /// An IPv6 range is walked lazily.
+    pub fn addresses(&self) -> Box<dyn Iterator<Item = std::net::IpAddr> + '_> {
         match self {
+            LoadBalancerPool::Cidr(IpNet::V6(n)) if n.prefix_len() < 127 => {
+                Box::new(n.hosts().skip(1).map(std::net::IpAddr::V6))
+            }
             LoadBalancerPool::Cidr(n) => Box::new(n.hosts()),
             LoadBalancerPool::Addresses(v) => Box::new(v.iter().copied()),
+        }
+    }
+
+    /// Whether the cloud controller may hand out `ip`, without walking an
+    /// IPv6 range.
+    pub fn holds(&self, ip: std::net::IpAddr) -> bool {
+        match self {
+            LoadBalancerPool::Cidr(IpNet::V4(n)) => {
+                n.hosts().any(|a| std::net::IpAddr::V4(a) == ip)
+            }
+            LoadBalancerPool::Cidr(IpNet::V6(n)) if n.prefix_len() < 127 => {
+                IpNet::V6(*n).contains(&ip) && ip != std::net::IpAddr::V6(n.network())
+            }
+            LoadBalancerPool::Cidr(n) => n.contains(&ip),
+            LoadBalancerPool::Addresses(v) => v.contains(&ip),
         }
     }
 }

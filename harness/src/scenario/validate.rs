@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -194,7 +194,8 @@ pub(crate) fn derive(
     // the external client at the last usable address, the second external
     // client (with a load balancer pool) just below it.
     let hosts: Vec<Ipv4Addr> = lab.node_network.hosts().collect();
-    let second = lab.external && lab.load_balancer_pool.is_some();
+    let second =
+        lab.external && (lab.load_balancer_pool.is_some() || lab.load_balancer_pool_v6.is_some());
     let needed = names.len() + 1 + usize::from(lab.external) + usize::from(second);
     if hosts.len() < needed {
         errs.at(
@@ -268,29 +269,87 @@ pub(crate) fn derive(
     })
 }
 
-/// `spec.loadBalancerPool`: every range is a network address, holds at
-/// least one address to hand out, and overlaps none of the lab's ranges.
+/// `spec.loadBalancerPool` and `spec.loadBalancerPoolIPv6`: each of its
+/// family, every range a network address that holds at least one address to
+/// hand out and overlaps none of the lab's ranges of the family. An IPv6
+/// pool needs IPv6 in `spec.ipFamilies`.
 fn check_load_balancer_pool(ctx: &Context<'_>, ranges: &[(&str, Ipv4Net)], errs: &mut Errs) {
+    let v4: Vec<(String, IpNet)> = ranges
+        .iter()
+        .map(|(f, n)| (f.to_string(), IpNet::V4(*n)))
+        .collect();
+    check_pool(
+        ctx,
+        "spec.loadBalancerPool",
+        ctx.lab.load_balancer_pool.as_ref(),
+        IpFamily::IPv4,
+        &v4,
+        errs,
+    );
+    let Some(pool6) = &ctx.lab.load_balancer_pool_v6 else {
+        return;
+    };
+    let Some(v6) = &ctx.stack.v6 else {
+        errs.at(
+            &ctx.docs[ctx.lab_doc],
+            "spec.loadBalancerPoolIPv6",
+            format!(
+                "is an IPv6 pool, and spec.ipFamilies is {:?}",
+                ctx.stack.names()
+            ),
+        );
+        return;
+    };
+    let v6_ranges: Vec<(String, IpNet)> = [
+        ("the IPv6 pod CIDR", v6.pod_cidr),
+        ("the IPv6 service CIDR", v6.service_cidr),
+        ("spec.nodeNetworkIPv6", v6.node_network),
+    ]
+    .into_iter()
+    .map(|(f, n)| (f.to_string(), IpNet::V6(n)))
+    .collect();
+    check_pool(
+        ctx,
+        "spec.loadBalancerPoolIPv6",
+        Some(pool6),
+        IpFamily::IPv6,
+        &v6_ranges,
+        errs,
+    );
+}
+
+fn check_pool(
+    ctx: &Context<'_>,
+    name: &str,
+    pool: Option<&crate::scenario::LoadBalancerPool>,
+    family: IpFamily,
+    ranges: &[(String, IpNet)],
+    errs: &mut Errs,
+) {
     let doc = &ctx.docs[ctx.lab_doc];
-    let Some(pool) = &ctx.lab.load_balancer_pool else {
+    let Some(pool) = pool else {
         return;
     };
     let list = matches!(pool, crate::scenario::LoadBalancerPool::Addresses(_));
     let nets = pool.nets();
     if nets.is_empty() {
-        errs.at(
-            doc,
-            "spec.loadBalancerPool",
-            "is empty: give a CIDR or addresses",
-        );
+        errs.at(doc, name, "is empty: give a CIDR or addresses");
     }
     let mut seen = BTreeSet::new();
     for (i, net) in nets.iter().enumerate() {
         let field = if list {
-            format!("spec.loadBalancerPool[{i}]")
+            format!("{name}[{i}]")
         } else {
-            "spec.loadBalancerPool".to_string()
+            name.to_string()
         };
+        if IpFamily::of(&net.addr()) != family {
+            let other = match family {
+                IpFamily::IPv4 => "IPv6 pools go in spec.loadBalancerPoolIPv6",
+                IpFamily::IPv6 => "IPv4 pools go in spec.loadBalancerPool",
+            };
+            errs.at(doc, &field, format!("{net} is not {family}: {other}"));
+            continue;
+        }
         if net.network() != net.addr() {
             errs.at(
                 doc,
@@ -299,7 +358,7 @@ fn check_load_balancer_pool(ctx: &Context<'_>, ranges: &[(&str, Ipv4Net)], errs:
             );
             continue;
         }
-        if net.hosts().next().is_none() {
+        if !list && pool.addresses().next().is_none() {
             errs.at(doc, &field, format!("{net} has no address to hand out"));
         }
         if net.addr().is_loopback() || net.addr().is_multicast() || net.addr().is_unspecified() {
@@ -1019,11 +1078,13 @@ fn check_services(
             .flatten()
             .enumerate()
         {
-            if r.trim().parse::<Ipv4Net>().is_err() {
+            // Either family, as the API server takes them; each family's
+            // proxier reads its own.
+            if r.trim().parse::<IpNet>().is_err() {
                 errs.at(
                     doc,
                     &format!("spec.loadBalancerSourceRanges[{i}]"),
-                    format!("{} is not an IPv4 CIDR", elide(r)),
+                    format!("{} is not a CIDR", elide(r)),
                 );
             }
         }

@@ -364,7 +364,12 @@ async fn build_fabric(t: &Topology) -> Result<(), TopologyError> {
         // some node; here the first.
         if let Some(first) = t.nodes.first() {
             for net in &t.lb_pool {
-                add_route(&h, ext, *net, first.ip).await?;
+                match (net, first.ip6) {
+                    (ipnet::IpNet::V4(net), _) => add_route(&h, ext, *net, first.ip).await?,
+                    (ipnet::IpNet::V6(net), Some(ip6)) => add_route6(&h, ext, *net, ip6).await?,
+                    // Validation allows an IPv6 pool only in a lab with IPv6.
+                    (ipnet::IpNet::V6(_), None) => {}
+                }
             }
         }
     }

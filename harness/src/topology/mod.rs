@@ -126,7 +126,9 @@ pub struct Topology {
     /// The load balancer pool, which the external clients route to the
     /// first node (as a load balancer forwards to some node).
     #[serde(default)]
-    pub lb_pool: Vec<Ipv4Net>,
+    /// The load balancer pools of both families, routed to the first node
+    /// from the external clients.
+    pub lb_pool: Vec<ipnet::IpNet>,
     pub nodes: Vec<NodeNet>,
     pub pods: Vec<PodNet>,
     /// The fabric's IPv6 side, in a lab with IPv6.
@@ -195,12 +197,14 @@ impl Topology {
             external_ip: scenario.external_ip,
             external2: scenario.external2_ip.map(|_| run.external2_ns()),
             external2_ip: scenario.external2_ip,
-            lb_pool: scenario
-                .lab
-                .load_balancer_pool
-                .as_ref()
-                .map(|p| p.nets())
-                .unwrap_or_default(),
+            lb_pool: [
+                &scenario.lab.load_balancer_pool,
+                &scenario.lab.load_balancer_pool_v6,
+            ]
+            .into_iter()
+            .flatten()
+            .flat_map(|p| p.nets())
+            .collect(),
             nodes,
             pods,
             v6: scenario.stack.v6.as_ref().map(|v| FabricV6 {
