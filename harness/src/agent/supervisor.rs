@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use svclab_backends::model::IpFamily;
 use svclab_backends::protocol::{AgentMessage, ApiObject, StreamVersions, SyncReport, WatchEvent};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{ChildStdin, Command};
@@ -121,6 +122,9 @@ struct Handle {
     started: bool,
     fatal: Option<String>,
     failures_in_a_row: u32,
+    /// A report of the sync round still being read failed (an agent with a
+    /// proxier per family writes an IPv4 report, then an IPv6 one).
+    round_failed: bool,
     last_failure: Option<String>,
     restarts: u32,
     /// Restarts since the backoff last reset.
@@ -363,6 +367,7 @@ impl Agents {
                 started: false,
                 fatal: None,
                 failures_in_a_row: 0,
+                round_failed: false,
                 last_failure: None,
                 restarts: 0,
                 crash_streak: 0,
@@ -522,9 +527,21 @@ impl Agents {
             Msg::Line(m) => match *m {
                 AgentMessage::Sync(r) => {
                     if current {
+                        // A round with a proxier per family is its IPv4
+                        // report then its IPv6 one, written once both
+                        // synced: the versions count as programmed when the
+                        // round's last report is in and none failed, so no
+                        // one probes before the IPv6 report is read.
+                        let ends_round = r.family != Some(IpFamily::IPv4);
+                        h.round_failed |= r.error.is_some();
+                        if ends_round {
+                            if !h.round_failed {
+                                let covered = h.replayed_rv.take().unwrap_or_default();
+                                h.synced_rv = h.synced_rv.max(r.versions).max(covered);
+                            }
+                            h.round_failed = false;
+                        }
                         if r.error.is_none() {
-                            let covered = h.replayed_rv.take().unwrap_or_default();
-                            h.synced_rv = h.synced_rv.max(r.versions).max(covered);
                             h.failures_in_a_row = 0;
                         } else {
                             h.failures_in_a_row += 1;
@@ -571,6 +588,7 @@ impl Agents {
                 h.synced_rv = StreamVersions::default();
                 h.replayed_rv = None;
                 h.failures_in_a_row = 0;
+                h.round_failed = false;
                 let detail = if supervised && !crate::stop::stopping() {
                     format!(
                         "pid {} exited with {status}; restart {} in {:.0} s",

@@ -767,28 +767,23 @@ fn bad_dual_stack_specs_name_the_field() {
         ),
         (
             "an IPv6 load balancer pool in an IPv4-only lab",
-            lab("  loadBalancerPoolIPv6: fd00:198:51:100::/124
-"),
+            lab("  loadBalancerPoolIPv6: fd00:198:51:100::/124\n"),
             5,
             "spec.loadBalancerPoolIPv6: is an IPv6 pool, and spec.ipFamilies is [\"IPv4\"]",
         ),
         (
             "an IPv4 range in the IPv6 pool",
-            lab("  ipFamilies: [IPv4, IPv6]
-  podCIDRs: [10.244.0.0/16, fd00:10:244::/56]
-  serviceCIDRs: [10.96.0.0/16, fd00:10:96::/112]
-  loadBalancerPoolIPv6: 198.51.100.0/28
-"),
+            lab(
+                "  ipFamilies: [IPv4, IPv6]\n  podCIDRs: [10.244.0.0/16, fd00:10:244::/56]\n  serviceCIDRs: [10.96.0.0/16, fd00:10:96::/112]\n  loadBalancerPoolIPv6: 198.51.100.0/28\n",
+            ),
             8,
             "spec.loadBalancerPoolIPv6: 198.51.100.0/28 is not IPv6: IPv4 pools go in spec.loadBalancerPool",
         ),
         (
             "an IPv6 pool inside the IPv6 node network",
-            lab("  ipFamilies: [IPv4, IPv6]
-  podCIDRs: [10.244.0.0/16, fd00:10:244::/56]
-  serviceCIDRs: [10.96.0.0/16, fd00:10:96::/112]
-  loadBalancerPoolIPv6: ['fd00:172:18::99']
-"),
+            lab(
+                "  ipFamilies: [IPv4, IPv6]\n  podCIDRs: [10.244.0.0/16, fd00:10:244::/56]\n  serviceCIDRs: [10.96.0.0/16, fd00:10:96::/112]\n  loadBalancerPoolIPv6: ['fd00:172:18::99']\n",
+            ),
             8,
             "spec.loadBalancerPoolIPv6[0]: fd00:172:18::99/128 overlaps spec.nodeNetworkIPv6 fd00:172:18::/64",
         ),
