@@ -287,13 +287,16 @@ pub fn run(args: AgentArgs) -> i32 {
             sync_period.saturating_sub(last_full.elapsed())
         };
         let round = next_round(&rx, wait, |ev| {
+            // A malformed Service is skipped by both trackers, a malformed
+            // IPv6 slice by the IPv6 one only: say each reason once.
+            let mut skipped: Vec<String> = Vec::new();
             for p in proxiers.iter_mut() {
-                // An object the IPv4 tracker skips is skipped by both: say
-                // it once.
-                if let Err(e) = p.tracker.apply(ev)
-                    && p.family == IpFamily::IPv4
-                {
-                    tracing::warn!("agent {}: skipping object: {e}", args.node);
+                if let Err(e) = p.tracker.apply(ev) {
+                    let e = e.to_string();
+                    if !skipped.contains(&e) {
+                        tracing::warn!("agent {}: skipping object: {e}", args.node);
+                        skipped.push(e);
+                    }
                 }
                 if let Err(e) = p.backend.observe(ev) {
                     tracing::warn!("agent {} ({}): backend observe: {e}", args.node, p.family);
